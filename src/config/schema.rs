@@ -1,0 +1,276 @@
+//! The TOML schema of a Vigil config file, as serde types.
+//!
+//! Every table denies unknown fields. Semantic checks (ranges, references, geometry) live in
+//! `validate.rs`; this file only says what shape the file has and what the defaults are.
+//! Documented for users in `configs/README.md`: keep the two in step.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A duration written as a human string: `"500ms"`, `"10s"`, `"2m"`, `"1h 30m"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Dur(pub Duration);
+
+impl Dur {
+    pub const fn secs(s: u64) -> Self {
+        Dur(Duration::from_secs(s))
+    }
+    pub const fn millis(ms: u64) -> Self {
+        Dur(Duration::from_millis(ms))
+    }
+    pub fn as_secs_f64(&self) -> f64 {
+        self.0.as_secs_f64()
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(s.trim()).map(Dur).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration {s:?}: {e} (expected a duration such as \"500ms\", \"10s\", \"2m\")"
+            ))
+        })
+    }
+}
+
+impl Serialize for Dur {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub device: DeviceConfig,
+    #[serde(default)]
+    pub mqtt: MqttConfig,
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelConfig>,
+    #[serde(default)]
+    pub cameras: Vec<CameraConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// Names this box in MQTT topics: `[A-Za-z0-9_-]`, 1..=64 characters.
+    pub id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    pub host: String,
+    pub port: u16,
+    /// Defaults to `vigil-<device id>`.
+    pub client_id: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Topic root: topics are `<prefix>/<device id>/...`.
+    pub topic_prefix: String,
+    pub keep_alive: Dur,
+    pub telemetry_interval: Dur,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 1883,
+            client_id: None,
+            username: None,
+            password: None,
+            topic_prefix: "vigil".into(),
+            keep_alive: Dur::secs(30),
+            telemetry_interval: Dur::secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    /// NanoDet (COCO, 80 classes) as converted from the TF.js graph: see `models/README.md`.
+    Nanodet,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// The best backend this box has.
+    #[default]
+    Auto,
+    /// ONNX Runtime on the CPU.
+    Cpu,
+    /// ONNX Runtime with the CUDA execution provider (an NVIDIA GPU is required).
+    Cuda,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// ONNX file; a relative path is relative to the config file's directory.
+    pub path: PathBuf,
+    pub kind: ModelKind,
+    #[serde(default)]
+    pub backend: BackendKind,
+    /// Inference threads; 0 = one per core.
+    #[serde(default)]
+    pub threads: u32,
+    /// Square network input side in pixels.
+    #[serde(default = "default_input_size")]
+    pub input_size: u32,
+}
+
+fn default_input_size() -> u32 {
+    416
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CameraConfig {
+    /// Unique, `[A-Za-z0-9_-]`, 1..=64 characters (used in MQTT topics).
+    pub name: String,
+    /// `rtsp://[user:pass@]host[:port]/path` or `file:///abs/path`.
+    pub url: String,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Frames analysed per second (the rest are dropped before conversion).
+    #[serde(default = "default_fps")]
+    pub fps: f32,
+    /// Name of a `[models.<name>]` table.
+    pub model: String,
+    /// Detections scoring below this are ignored everywhere.
+    #[serde(default = "default_min_score")]
+    pub min_score: f32,
+    /// No frame for this long = the source is stalled and is rebuilt.
+    #[serde(default = "default_stall_timeout")]
+    pub stall_timeout: Dur,
+    /// RTSP jitter-buffer latency.
+    #[serde(default = "default_rtsp_latency")]
+    pub rtsp_latency: Dur,
+    #[serde(default)]
+    pub reconnect: ReconnectConfig,
+    #[serde(default)]
+    pub zones: Vec<ZoneConfig>,
+    #[serde(default)]
+    pub lines: Vec<LineConfig>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_fps() -> f32 {
+    5.0
+}
+fn default_min_score() -> f32 {
+    0.35
+}
+fn default_stall_timeout() -> Dur {
+    Dur::secs(10)
+}
+fn default_rtsp_latency() -> Dur {
+    Dur::millis(200)
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReconnectConfig {
+    /// First back-off after a failure; doubled per consecutive failure, ±20% jitter.
+    pub initial_backoff: Dur,
+    pub max_backoff: Dur,
+    /// Consecutive failed attempts that open the circuit.
+    pub circuit_after: u32,
+    /// How long an open circuit waits before one trial attempt.
+    pub circuit_open: Dur,
+}
+
+impl Default for ReconnectConfig {
+    fn default() -> Self {
+        Self {
+            initial_backoff: Dur::secs(1),
+            max_backoff: Dur::secs(30),
+            circuit_after: 8,
+            circuit_open: Dur::secs(120),
+        }
+    }
+}
+
+/// Which point of a tracked box rules test against zones and lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Anchor {
+    /// Bottom centre: where a person stands.
+    #[default]
+    Bottom,
+    Center,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum ZoneEventKind {
+    Enter,
+    Leave,
+    Dwell,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZoneConfig {
+    /// Unique among the camera's zones and lines.
+    pub name: String,
+    /// At least 3 vertices `[x, y]`, normalised to `0..=1`, not self-intersecting.
+    pub polygon: Vec<[f32; 2]>,
+    /// COCO class names; empty = every class.
+    #[serde(default)]
+    pub classes: Vec<String>,
+    /// Overrides the camera's `min_score` for this rule.
+    pub min_score: Option<f32>,
+    /// Which events this zone emits; `dwell` needs `dwell`.
+    #[serde(default = "default_zone_events")]
+    pub events: Vec<ZoneEventKind>,
+    /// A track inside the zone for this long fires one `dwell` event.
+    pub dwell: Option<Dur>,
+    /// After an event for a track, the same rule stays quiet for that track this long.
+    #[serde(default)]
+    pub cooldown: Dur,
+    #[serde(default)]
+    pub anchor: Anchor,
+}
+
+fn default_zone_events() -> Vec<ZoneEventKind> {
+    vec![ZoneEventKind::Enter, ZoneEventKind::Leave]
+}
+
+/// Which crossings of a line fire. Walking along the line from `from` to `to`,
+/// `in` is a crossing from your left-hand side to your right-hand side, `out` the reverse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LineDirection {
+    In,
+    Out,
+    #[default]
+    Both,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LineConfig {
+    pub name: String,
+    /// Segment end points `[x, y]`, normalised to `0..=1`, distinct.
+    pub from: [f32; 2],
+    pub to: [f32; 2],
+    #[serde(default)]
+    pub direction: LineDirection,
+    #[serde(default)]
+    pub classes: Vec<String>,
+    pub min_score: Option<f32>,
+    #[serde(default)]
+    pub cooldown: Dur,
+    #[serde(default)]
+    pub anchor: Anchor,
+}

@@ -1,0 +1,14 @@
+//! Vigil: an edge video-analytics appliance service.
+//!
+//! Data plane (OS threads, no async): [`media`] → [`infer`] → [`analytics`] → [`events`].
+//! Control plane (tokio): [`supervisor`] owns the [`config`], the camera pipelines and
+//! [`mqtt`]. See `ARCHITECTURE.md` for what each module deliberately does not know.
+
+pub mod analytics;
+pub mod config;
+pub mod events;
+pub mod infer;
+pub mod media;
+pub mod mqtt;
+pub mod redact;
+pub mod supervisor;
