@@ -6,9 +6,11 @@
 
 pub mod analytics;
 pub mod config;
+pub mod detect;
 pub mod events;
 pub mod infer;
 pub mod media;
 pub mod mqtt;
+pub mod pipeline;
 pub mod redact;
 pub mod supervisor;

@@ -1,1 +1,120 @@
-fn main() {}
+//! `vigil`: the command line. Errors are reported here (anyhow); the library returns typed ones.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "vigil",
+    version,
+    about = "GPU edge video-analytics appliance service"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the service on a config file.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file: exit 0, or exit 2 with every error as FILE:LINE:COL: field: message.
+    CheckConfig { file: PathBuf },
+    /// Detect objects in pictures or clip frames and print them (one line per detection).
+    Detect {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, default_value_t = 0.35)]
+        min_score: f32,
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+        files: Vec<PathBuf>,
+    },
+    /// Serve an H.264 MP4 file as an RTSP camera on 127.0.0.1 (demo and tests).
+    RtspServe {
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long, default_value_t = 8554)]
+        port: u16,
+        #[arg(long, default_value = "/cam")]
+        mount: String,
+    },
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("VIGIL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::CheckConfig { file } => match vigil::config::load(&file) {
+            Ok(cfg) => {
+                println!(
+                    "{}: ok (device {}, {} camera(s), {} model(s))",
+                    file.display(),
+                    cfg.device.id,
+                    cfg.cameras.len(),
+                    cfg.models.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprintln!("{errors}");
+                ExitCode::from(2)
+            }
+        },
+        Cmd::Run { config } => {
+            init_logging();
+            let cfg = match vigil::config::load(&config) {
+                Ok(c) => c,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    eprintln!("vigil: not started: {} has errors", config.display());
+                    return ExitCode::from(2);
+                }
+            };
+            report(run_service(cfg))
+        }
+        Cmd::Detect {
+            model,
+            min_score,
+            threads,
+            files,
+        } => report(vigil::detect::detect_files(
+            &model, min_score, threads, &files,
+        )),
+        Cmd::RtspServe { file, port, mount } => report(
+            vigil::media::rtsp_server::serve_forever(&file, port, &mount)
+                .map_err(anyhow::Error::msg),
+        ),
+    }
+}
+
+fn run_service(cfg: vigil::config::Config) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(vigil::supervisor::run(cfg))
+}
+
+fn report(r: Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vigil: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,277 @@
-//! (being written)
+//! The supervisor: turns a validated config into a running plan (models loaded, one analysis
+//! worker per model, one pipeline per camera), forwards events and telemetry to MQTT, and
+//! shuts everything down in order on SIGINT/SIGTERM.
+
+use crate::config::{BackendKind, Config};
+use crate::events::Event;
+use crate::infer::Backend;
+use crate::infer::nanodet::{NanodetDecoder, input_spec};
+use crate::infer::onnx::OnnxBackend;
+use crate::infer::preprocess::Preprocessor;
+use crate::media::camera::SourceSettings;
+use crate::media::{CameraHandle, FrameQueue};
+use crate::mqtt::MqttLink;
+use crate::pipeline::{AnalysisStats, AnalysisWorker, CameraAnalysis};
+use crate::redact::redact;
+use anyhow::{Context, Result};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// One camera as the supervisor sees it.
+struct RunningCamera {
+    name: String,
+    handle: CameraHandle,
+    queue: Arc<FrameQueue>,
+    slot: usize,
+    analysis: Arc<AnalysisStats>,
+}
+
+/// The running plan.
+pub struct Plan {
+    cameras: Vec<RunningCamera>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    queues: Vec<Arc<FrameQueue>>,
+    stop: Arc<AtomicBool>,
+}
+
+/// Loads a model for a backend choice; `auto` is the CPU until the GPU path lands.
+fn load_backend(name: &str, m: &crate::config::ModelConfig) -> Result<Box<dyn Backend>> {
+    let chosen = match m.backend {
+        BackendKind::Cpu => "cpu",
+        BackendKind::Auto => {
+            tracing::info!(
+                model = name,
+                "backend auto → cpu (this build has no GPU backend yet)"
+            );
+            "cpu"
+        }
+        BackendKind::Cuda => anyhow::bail!(
+            "model {name}: backend \"cuda\" is not available in this build (use \"cpu\" or \"auto\")"
+        ),
+    };
+    let b = OnnxBackend::load_cpu(&m.path, m.threads as usize)
+        .with_context(|| format!("model {name}"))?;
+    tracing::info!(model = name, backend = chosen, engine = %b.describe(), "model loaded");
+    Ok(Box::new(b))
+}
+
+impl Plan {
+    /// Builds and starts everything the config describes.
+    pub fn start(cfg: &Config, events: tokio::sync::mpsc::Sender<Event>) -> Result<Self> {
+        crate::media::init().map_err(anyhow::Error::msg)?;
+        let decoders = crate::media::probe::choose_decoders(false);
+        tracing::info!("decoders: {} (CPU path)", decoders.summary());
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut plan = Plan {
+            cameras: Vec::new(),
+            workers: Vec::new(),
+            queues: Vec::new(),
+            stop: stop.clone(),
+        };
+        for (model_name, model) in &cfg.models {
+            let cams: Vec<_> = cfg
+                .cameras
+                .iter()
+                .filter(|c| c.enabled && &c.model == model_name)
+                .collect();
+            if cams.is_empty() {
+                continue;
+            }
+            let backend = load_backend(model_name, model)?;
+            let size = model.input_size as usize;
+            let shape = &backend.inputs()[0].shape;
+            if shape[2] != size as i64 || shape[3] != size as i64 || shape[1] != 3 {
+                anyhow::bail!(
+                    "model {model_name}: input {:?} does not match input_size = {size} (expected [1, 3, {size}, {size}])",
+                    shape
+                );
+            }
+            let decoder =
+                NanodetDecoder::new(&model.path.display().to_string(), size, backend.outputs())?;
+            let queue = Arc::new(FrameQueue::new(cams.len()));
+            let analyses: Vec<CameraAnalysis> =
+                cams.iter().map(|c| CameraAnalysis::new(c)).collect();
+            for (slot, (c, a)) in cams.iter().zip(&analyses).enumerate() {
+                let handle = CameraHandle::spawn(SourceSettings::from(*c), slot, queue.clone())
+                    .with_context(|| format!("camera {}", c.name))?;
+                plan.cameras.push(RunningCamera {
+                    name: c.name.clone(),
+                    handle,
+                    queue: queue.clone(),
+                    slot,
+                    analysis: a.stats.clone(),
+                });
+                tracing::info!(camera = %c.name, url = %redact(&c.url), model = %model_name, fps = c.fps, "camera started");
+            }
+            let worker = AnalysisWorker {
+                device: cfg.device.id.clone(),
+                backend,
+                pre: Preprocessor::new(input_spec(size)),
+                decoder,
+                cameras: analyses,
+                queue: queue.clone(),
+                events: events.clone(),
+                stop: stop.clone(),
+            };
+            plan.queues.push(queue);
+            plan.workers.push(
+                std::thread::Builder::new()
+                    .name(format!("infer-{model_name}"))
+                    .spawn(move || worker.run())?,
+            );
+        }
+        Ok(plan)
+    }
+
+    /// Snapshot of every camera for telemetry.
+    pub fn telemetry(
+        &self,
+        prev: &mut BTreeMap<String, (u64, u64, Instant)>,
+    ) -> BTreeMap<String, CameraTelemetry> {
+        let now = Instant::now();
+        let mut out = BTreeMap::new();
+        for c in &self.cameras {
+            let st = &c.handle.stats;
+            let frames_in = st.frames_in.load(Ordering::Relaxed);
+            let analysed = c.analysis.analysed.load(Ordering::Relaxed);
+            let (pin, pan, pt) = prev.get(&c.name).copied().unwrap_or((0, 0, now));
+            let dt = now.saturating_duration_since(pt).as_secs_f64();
+            let rate = |a: u64, b: u64| {
+                if dt > 0.0 {
+                    (a.saturating_sub(b)) as f64 / dt
+                } else {
+                    0.0
+                }
+            };
+            prev.insert(c.name.clone(), (frames_in, analysed, now));
+            let status = st.status();
+            let infer_total = c.analysis.infer_us_total.load(Ordering::Relaxed);
+            out.insert(
+                c.name.clone(),
+                CameraTelemetry {
+                    state: status.state,
+                    fps_in: round2(rate(frames_in, pin)),
+                    fps_analysed: round2(rate(analysed, pan)),
+                    frames_in,
+                    frames_analysed: analysed,
+                    frames_dropped: c.queue.dropped(c.slot),
+                    reconnects: st.reconnects.load(Ordering::Relaxed),
+                    infer_ms_avg: if analysed > 0 {
+                        round2(infer_total as f64 / analysed as f64 / 1000.0)
+                    } else {
+                        0.0
+                    },
+                    events: c.analysis.events.load(Ordering::Relaxed),
+                    decoder: status.decoder,
+                    last_error: status.last_error,
+                    retry_in_s: status.retry_in_s.map(round2),
+                },
+            );
+        }
+        out
+    }
+
+    /// Stops cameras, then workers.
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for c in &self.cameras {
+            c.handle.request_stop();
+        }
+        drop(self.cameras);
+        for q in &self.queues {
+            q.close();
+        }
+        for w in self.workers {
+            let _ = w.join();
+        }
+    }
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+#[derive(Debug, Serialize)]
+pub struct CameraTelemetry {
+    pub state: crate::media::CameraState,
+    pub fps_in: f64,
+    pub fps_analysed: f64,
+    pub frames_in: u64,
+    pub frames_analysed: u64,
+    /// Frames replaced in the latest-frame queue before inference took them.
+    pub frames_dropped: u64,
+    pub reconnects: u64,
+    pub infer_ms_avg: f64,
+    pub events: u64,
+    pub decoder: Option<String>,
+    pub last_error: Option<String>,
+    pub retry_in_s: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct TelemetryPayload {
+    time: String,
+    uptime_s: f64,
+    mqtt_connected: bool,
+    events_published: u64,
+    events_dropped: u64,
+    cameras: BTreeMap<String, CameraTelemetry>,
+}
+
+/// `vigil run`: start everything, forward events and telemetry until a signal arrives.
+pub async fn run(cfg: Config) -> Result<()> {
+    let started = Instant::now();
+    let link = MqttLink::start(&cfg.mqtt, &cfg.device.id);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Event>(1024);
+    let plan = tokio::task::block_in_place(|| Plan::start(&cfg, tx))?;
+    tracing::info!(device = %cfg.device.id, cameras = plan.cameras.len(), "vigil running");
+    let mut tick = tokio::time::interval(cfg.mqtt.telemetry_interval.0);
+    tick.tick().await;
+    let mut prev = BTreeMap::new();
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            Some(ev) = rx.recv() => {
+                tracing::info!(
+                    camera = %ev.camera, rule = %ev.rule, kind = ?ev.kind, direction = ev.direction.unwrap_or("-"),
+                    track = ev.track_id, class = %ev.class, score = ev.score, "event"
+                );
+                let topic = link.topics.events(&ev.camera);
+                match serde_json::to_vec(&ev) {
+                    Ok(payload) => {
+                        if !link.publish(topic, false, payload) {
+                            tracing::warn!(camera = %ev.camera, id = %ev.id, "MQTT queue full: event not published");
+                        }
+                    }
+                    Err(e) => tracing::error!("cannot serialise event: {e}"),
+                }
+            }
+            _ = tick.tick() => {
+                let payload = TelemetryPayload {
+                    time: crate::events::now_rfc3339(),
+                    uptime_s: round2(started.elapsed().as_secs_f64()),
+                    mqtt_connected: link.stats.connected.load(Ordering::Relaxed),
+                    events_published: link.stats.published.load(Ordering::Relaxed),
+                    events_dropped: link.stats.dropped.load(Ordering::Relaxed),
+                    cameras: plan.telemetry(&mut prev),
+                };
+                if let Ok(p) = serde_json::to_vec(&payload) {
+                    link.publish(link.topics.telemetry(), false, p);
+                }
+            }
+            _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); break; }
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+        }
+    }
+    tokio::task::block_in_place(|| plan.stop());
+    while let Ok(ev) = rx.try_recv() {
+        if let Ok(p) = serde_json::to_vec(&ev) {
+            link.publish(link.topics.events(&ev.camera), false, p);
+        }
+    }
+    link.shutdown(Duration::from_secs(3)).await;
+    Ok(())
+}

@@ -1,1 +1,883 @@
-//! (being written)
+//! Rule engine of one camera: confirmed tracks of each frame → zone and line events.
+//!
+//! Rules are the camera's zones followed by its lines, in config order; [`RuleHit::rule`]
+//! indexes [`RuleEngine::rule_names`].
+//!
+//! Per rule and track:
+//!
+//! * **Reference point**: the rule's [`Anchor`] of the track's box (bottom centre, or centre).
+//! * **Filters**: a track whose class is not in the rule's `classes` (empty = every class) is
+//!   invisible to the rule. A frame in which the track's detection scores below the rule's
+//!   `min_score` (or the camera's) is skipped for that rule, as if the track had not been seen:
+//!   the state stays as it was and nothing fires; the next qualifying frame continues from the
+//!   last qualifying point (so a line crossed during low-score frames still fires, once).
+//! * **Zones**: `enter` when the point goes from outside to inside; a track first seen already
+//!   inside counts as entering. `leave` when it goes from inside to outside, or when the track
+//!   is removed (left the frame or died) while inside; a track that is lost but not yet removed
+//!   stays inside. `dwell` fires once per continuous stay, the first frame the stay has lasted
+//!   `dwell` seconds; a new stay (after leaving) can fire it again. Points on the polygon's
+//!   edge are inside. Enter fires `dwell_s: None`; dwell and leave report the stay's length.
+//! * **Lines**: a crossing when the segment from the track's previous point to its current one
+//!   meets the line segment *and* the side (sign of [`cross`]`(from, to, p)`, > 0 = right)
+//!   strictly changes. A point exactly on the line has no side: the last non-zero side is kept,
+//!   so touching the line and going back fires nothing, and crossing through a point exactly on
+//!   the line fires once (at the frame that reaches the far side). Left → right (walking from
+//!   `from` to `to`) is [`Crossing::In`], right → left [`Crossing::Out`]; the rule's direction
+//!   filters them. Going round the end of the segment changes side without firing.
+//! * **Cooldown**: after a hit of rule R for track T, further hits of R for T are suppressed
+//!   (dropped, state still updated) for `cooldown` seconds. A `dwell` due during the cooldown
+//!   is not lost but waits: it fires at the first frame after the cooldown, if the stay goes on.
+//!
+//! Per-track state lives in [`MAX_TRACKS`] slots, allocated once in [`RuleEngine::new`] (one
+//! state per slot and rule); [`RuleEngine::update`] does not allocate. A slot is freed when its
+//! track is reported removed; if a new track finds every slot taken, the slot seen least
+//! recently is reused (its state is dropped without events).
+
+use super::geometry::{Point, cross, point_in_polygon, segments_intersect};
+use super::tracker::TrackView;
+use super::{BBox, MAX_HITS, MAX_TRACKS, coco_class_id};
+use crate::config::{Anchor, LineConfig, LineDirection, ZoneConfig, ZoneEventKind};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HitKind {
+    ZoneEnter,
+    ZoneLeave,
+    ZoneDwell,
+    LineCross,
+}
+
+impl HitKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HitKind::ZoneEnter => "enter",
+            HitKind::ZoneLeave => "leave",
+            HitKind::ZoneDwell => "dwell",
+            HitKind::LineCross => "cross",
+        }
+    }
+}
+
+/// Direction of a line crossing; see [`LineDirection`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Crossing {
+    /// From the left-hand side to the right-hand side, walking from `from` to `to`.
+    In,
+    Out,
+}
+
+impl Crossing {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Crossing::In => "in",
+            Crossing::Out => "out",
+        }
+    }
+}
+
+/// One event of one frame.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RuleHit {
+    /// Index into [`RuleEngine::rule_names`].
+    pub rule: usize,
+    pub kind: HitKind,
+    /// `Some` for [`HitKind::LineCross`] only.
+    pub crossing: Option<Crossing>,
+    pub track_id: u64,
+    pub class_id: u16,
+    /// The track's detection in this frame; for a leave on removal, its last one seen.
+    pub score: f32,
+    pub bbox: BBox,
+    /// Length of the stay in seconds, for [`HitKind::ZoneDwell`] and [`HitKind::ZoneLeave`].
+    pub dwell_s: Option<f32>,
+}
+
+pub type RuleHits = heapless::Vec<RuleHit, MAX_HITS>;
+
+#[derive(Debug, Clone)]
+enum Shape {
+    Zone {
+        polygon: Vec<Point>,
+        enter: bool,
+        leave: bool,
+        /// Seconds, when dwell events are wanted.
+        dwell: Option<f64>,
+    },
+    Line {
+        from: Point,
+        to: Point,
+        direction: LineDirection,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Rule {
+    shape: Shape,
+    /// `None` = every class.
+    classes: Option<Vec<u16>>,
+    min_score: f32,
+    cooldown: f64,
+    anchor: Anchor,
+}
+
+/// State of one track for one rule.
+#[derive(Debug, Clone, Copy)]
+struct RuleState {
+    /// Seen by this rule at least once (a qualifying frame).
+    seen: bool,
+    // Zones.
+    inside: bool,
+    enter_t: f64,
+    dwell_fired: bool,
+    // Lines.
+    prev: Point,
+    /// Last non-zero side: -1 left, 1 right, 0 not known yet.
+    side: i8,
+    /// Time of the last hit emitted; -inf = none.
+    last_hit: f64,
+}
+
+const FRESH: RuleState = RuleState {
+    seen: false,
+    inside: false,
+    enter_t: 0.0,
+    dwell_fired: false,
+    prev: [0.0, 0.0],
+    side: 0,
+    last_hit: f64::NEG_INFINITY,
+};
+
+/// A track's slot: its id and what it looked like last.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    track_id: u64,
+    last_seen: u64,
+    class_id: u16,
+    score: f32,
+    bbox: BBox,
+}
+
+/// The rules of one camera and the per-track state they need.
+pub struct RuleEngine {
+    names: Vec<String>,
+    rules: Vec<Rule>,
+    slots: [Option<Slot>; MAX_TRACKS],
+    /// `MAX_TRACKS * rules.len()` states; slot `i` owns `states[i * n .. (i + 1) * n]`.
+    states: Vec<RuleState>,
+    frame: u64,
+    dropped_hits: u64,
+}
+
+fn class_filter(names: &[String]) -> Option<Vec<u16>> {
+    // Unknown names are skipped; a non-empty list of only unknown names matches nothing.
+    (!names.is_empty()).then(|| names.iter().filter_map(|n| coco_class_id(n)).collect())
+}
+
+impl RuleEngine {
+    /// Builds the rules of one camera. Class names are mapped with [`coco_class_id`]; the
+    /// config is expected to be validated already.
+    pub fn new(zones: &[ZoneConfig], lines: &[LineConfig], camera_min_score: f32) -> Self {
+        let mut names = Vec::with_capacity(zones.len() + lines.len());
+        let mut rules = Vec::with_capacity(zones.len() + lines.len());
+        for z in zones {
+            names.push(z.name.clone());
+            let has = |k| z.events.contains(&k);
+            rules.push(Rule {
+                shape: Shape::Zone {
+                    polygon: z.polygon.clone(),
+                    enter: has(ZoneEventKind::Enter),
+                    leave: has(ZoneEventKind::Leave),
+                    dwell: z
+                        .dwell
+                        .filter(|_| has(ZoneEventKind::Dwell))
+                        .map(|d| d.as_secs_f64()),
+                },
+                classes: class_filter(&z.classes),
+                min_score: z.min_score.unwrap_or(camera_min_score),
+                cooldown: z.cooldown.as_secs_f64(),
+                anchor: z.anchor,
+            });
+        }
+        for l in lines {
+            names.push(l.name.clone());
+            rules.push(Rule {
+                shape: Shape::Line {
+                    from: l.from,
+                    to: l.to,
+                    direction: l.direction,
+                },
+                classes: class_filter(&l.classes),
+                min_score: l.min_score.unwrap_or(camera_min_score),
+                cooldown: l.cooldown.as_secs_f64(),
+                anchor: l.anchor,
+            });
+        }
+        let states = vec![FRESH; MAX_TRACKS * rules.len()];
+        Self {
+            names,
+            rules,
+            slots: [None; MAX_TRACKS],
+            states,
+            frame: 0,
+            dropped_hits: 0,
+        }
+    }
+
+    /// Rule names: zones first, then lines, in config order.
+    pub fn rule_names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Hits dropped so far because one frame produced more than [`MAX_HITS`].
+    pub fn dropped_hits(&self) -> u64 {
+        self.dropped_hits
+    }
+
+    /// Forgets every track, firing nothing.
+    pub fn reset(&mut self) {
+        self.slots = [None; MAX_TRACKS];
+    }
+
+    /// One frame: `tracks` are the confirmed tracks matched in it, `removed` the ids of tracks
+    /// that died in it (both as [`super::tracker::TrackerOutput`] gives them), `t_s` its time in
+    /// seconds (monotonic). `hits` is cleared, then filled with this frame's events (tracks in
+    /// the given order, rules in index order, then leaves of removed tracks); hits beyond
+    /// [`MAX_HITS`] are dropped and counted in [`RuleEngine::dropped_hits`].
+    pub fn update(&mut self, t_s: f64, tracks: &[TrackView], removed: &[u64], hits: &mut RuleHits) {
+        hits.clear();
+        self.frame += 1;
+        let n = self.rules.len();
+        if n == 0 {
+            return;
+        }
+        for tv in tracks {
+            let slot = self.slot_for(tv.id);
+            self.slots[slot] = Some(Slot {
+                track_id: tv.id,
+                last_seen: self.frame,
+                class_id: tv.class_id,
+                score: tv.score,
+                bbox: tv.bbox,
+            });
+            let states = &mut self.states[slot * n..(slot + 1) * n];
+            for (ri, (rule, st)) in self.rules.iter().zip(states.iter_mut()).enumerate() {
+                if let Some(c) = &rule.classes
+                    && !c.contains(&tv.class_id)
+                {
+                    continue;
+                }
+                if tv.score.is_nan() || tv.score < rule.min_score {
+                    continue;
+                }
+                let p = anchor_point(&tv.bbox, rule.anchor);
+                let mut emit = |kind: HitKind, crossing: Option<Crossing>, dwell_s: Option<f64>| {
+                    let hit = RuleHit {
+                        rule: ri,
+                        kind,
+                        crossing,
+                        track_id: tv.id,
+                        class_id: tv.class_id,
+                        score: tv.score,
+                        bbox: tv.bbox,
+                        dwell_s: dwell_s.map(|d| d as f32),
+                    };
+                    if hits.push(hit).is_err() {
+                        self.dropped_hits += 1;
+                    }
+                };
+                let cooling =
+                    |st: &RuleState| rule.cooldown > 0.0 && t_s - st.last_hit < rule.cooldown;
+                match &rule.shape {
+                    Shape::Zone {
+                        polygon,
+                        enter,
+                        leave,
+                        dwell,
+                    } => {
+                        let now_inside = point_in_polygon(polygon, p);
+                        let was_inside = st.seen && st.inside;
+                        st.seen = true;
+                        if now_inside && !was_inside {
+                            st.inside = true;
+                            st.enter_t = t_s;
+                            st.dwell_fired = false;
+                            if *enter && !cooling(st) {
+                                st.last_hit = t_s;
+                                emit(HitKind::ZoneEnter, None, None);
+                            }
+                        } else if !now_inside && was_inside {
+                            st.inside = false;
+                            if *leave && !cooling(st) {
+                                st.last_hit = t_s;
+                                emit(HitKind::ZoneLeave, None, Some(t_s - st.enter_t));
+                            }
+                        }
+                        if let Some(d) = dwell
+                            && st.inside
+                            && !st.dwell_fired
+                            && t_s - st.enter_t >= *d
+                            && !cooling(st)
+                        {
+                            st.dwell_fired = true;
+                            st.last_hit = t_s;
+                            emit(HitKind::ZoneDwell, None, Some(t_s - st.enter_t));
+                        }
+                    }
+                    Shape::Line {
+                        from,
+                        to,
+                        direction,
+                    } => {
+                        let c = cross(*from, *to, p);
+                        let side: i8 = if c > 0.0 {
+                            1
+                        } else if c < 0.0 {
+                            -1
+                        } else {
+                            0
+                        };
+                        if st.seen
+                            && side != 0
+                            && st.side != 0
+                            && side != st.side
+                            && segments_intersect(st.prev, p, *from, *to)
+                        {
+                            let crossing = if side > 0 {
+                                Crossing::In
+                            } else {
+                                Crossing::Out
+                            };
+                            let wanted = match direction {
+                                LineDirection::Both => true,
+                                LineDirection::In => crossing == Crossing::In,
+                                LineDirection::Out => crossing == Crossing::Out,
+                            };
+                            if wanted && !cooling(st) {
+                                st.last_hit = t_s;
+                                emit(HitKind::LineCross, Some(crossing), None);
+                            }
+                        }
+                        st.seen = true;
+                        st.prev = p;
+                        if side != 0 {
+                            st.side = side;
+                        }
+                    }
+                }
+            }
+        }
+        for &id in removed {
+            let Some(slot) = self.find(id) else { continue };
+            let Some(s) = self.slots[slot].take() else {
+                continue;
+            };
+            let states = &mut self.states[slot * n..(slot + 1) * n];
+            for (ri, (rule, st)) in self.rules.iter().zip(states.iter()).enumerate() {
+                if let Shape::Zone { leave: true, .. } = rule.shape
+                    && st.seen
+                    && st.inside
+                    && !(rule.cooldown > 0.0 && t_s - st.last_hit < rule.cooldown)
+                {
+                    let hit = RuleHit {
+                        rule: ri,
+                        kind: HitKind::ZoneLeave,
+                        crossing: None,
+                        track_id: id,
+                        class_id: s.class_id,
+                        score: s.score,
+                        bbox: s.bbox,
+                        dwell_s: Some((t_s - st.enter_t) as f32),
+                    };
+                    if hits.push(hit).is_err() {
+                        self.dropped_hits += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    fn find(&self, id: u64) -> Option<usize> {
+        self.slots
+            .iter()
+            .position(|s| s.is_some_and(|s| s.track_id == id))
+    }
+
+    /// The slot of `id`, taking a free one (with fresh states) if it has none, or the least
+    /// recently seen one if none is free.
+    fn slot_for(&mut self, id: u64) -> usize {
+        if let Some(i) = self.find(id) {
+            return i;
+        }
+        let i = self
+            .slots
+            .iter()
+            .position(|s| s.is_none())
+            .unwrap_or_else(|| {
+                self.slots
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, s)| s.map_or(0, |s| s.last_seen))
+                    .map_or(0, |(i, _)| i)
+            });
+        let n = self.rules.len();
+        self.states[i * n..(i + 1) * n].fill(FRESH);
+        self.slots[i] = None;
+        i
+    }
+}
+
+fn anchor_point(b: &BBox, anchor: Anchor) -> Point {
+    let cx = (b.x1 + b.x2) * 0.5;
+    match anchor {
+        Anchor::Bottom => [cx, b.y2],
+        Anchor::Center => [cx, (b.y1 + b.y2) * 0.5],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Dur;
+
+    fn zone(name: &str, polygon: &[[f32; 2]]) -> ZoneConfig {
+        ZoneConfig {
+            name: name.into(),
+            polygon: polygon.to_vec(),
+            classes: vec![],
+            min_score: None,
+            events: vec![ZoneEventKind::Enter, ZoneEventKind::Leave],
+            dwell: None,
+            cooldown: Dur::default(),
+            anchor: Anchor::Bottom,
+        }
+    }
+
+    fn line(name: &str, from: [f32; 2], to: [f32; 2]) -> LineConfig {
+        LineConfig {
+            name: name.into(),
+            from,
+            to,
+            direction: LineDirection::Both,
+            classes: vec![],
+            min_score: None,
+            cooldown: Dur::default(),
+            anchor: Anchor::Bottom,
+        }
+    }
+
+    /// A track whose bottom-centre anchor is at (x, y), box 0.1 × 0.2.
+    fn tv(id: u64, x: f32, y: f32) -> TrackView {
+        TrackView {
+            id,
+            bbox: BBox::new(x - 0.05, y - 0.2, x + 0.05, y),
+            score: 0.9,
+            class_id: 0,
+            hits: 5,
+        }
+    }
+
+    const SQUARE: [[f32; 2]; 4] = [[0.4, 0.4], [0.6, 0.4], [0.6, 0.6], [0.4, 0.6]];
+
+    /// (rule, kind, crossing, track) of each hit.
+    type Brief = (usize, HitKind, Option<Crossing>, u64);
+
+    fn brief(h: &RuleHits) -> Vec<Brief> {
+        h.iter()
+            .map(|h| (h.rule, h.kind, h.crossing, h.track_id))
+            .collect()
+    }
+
+    /// Runs track 7's anchor through `pts`, frame k at t = k s; every hit with its frame.
+    fn run_path(e: &mut RuleEngine, pts: &[[f32; 2]]) -> Vec<(usize, Brief)> {
+        let mut hits = RuleHits::new();
+        let mut all = Vec::new();
+        for (k, p) in pts.iter().enumerate() {
+            e.update(k as f64, &[tv(7, p[0], p[1])], &[], &mut hits);
+            all.extend(brief(&hits).into_iter().map(|b| (k, b)));
+        }
+        all
+    }
+
+    const IN: Option<Crossing> = Some(Crossing::In);
+    const OUT: Option<Crossing> = Some(Crossing::Out);
+
+    // A horizontal line from (0.2, 0.5) to (0.8, 0.5): walking rightwards, the right-hand side
+    // is below (y down). So moving downwards across it is `in`, upwards is `out`.
+    fn hline() -> LineConfig {
+        line("door", [0.2, 0.5], [0.8, 0.5])
+    }
+
+    #[test]
+    fn rule_names_zones_then_lines() {
+        let e = RuleEngine::new(&[zone("z", &SQUARE)], &[hline()], 0.3);
+        assert_eq!(e.rule_names(), &["z".to_string(), "door".to_string()]);
+    }
+
+    #[test]
+    fn line_crossing_direction() {
+        let mut e = RuleEngine::new(&[], &[hline()], 0.3);
+        let hits = run_path(&mut e, &[[0.5, 0.3], [0.5, 0.45], [0.5, 0.55], [0.5, 0.7]]);
+        assert_eq!(hits, vec![(2, (0, HitKind::LineCross, IN, 7))]);
+        let mut e = RuleEngine::new(&[], &[hline()], 0.3);
+        let hits = run_path(&mut e, &[[0.5, 0.7], [0.5, 0.55], [0.5, 0.45], [0.5, 0.3]]);
+        assert_eq!(hits, vec![(2, (0, HitKind::LineCross, OUT, 7))]);
+        // Reversing the line's end points swaps the meaning.
+        let mut e = RuleEngine::new(&[], &[line("door", [0.8, 0.5], [0.2, 0.5])], 0.3);
+        let hits = run_path(&mut e, &[[0.5, 0.3], [0.5, 0.7]]);
+        assert_eq!(hits, vec![(1, (0, HitKind::LineCross, OUT, 7))]);
+    }
+
+    #[test]
+    fn line_crossing_vertical_line_in_is_left_to_right_walking_down() {
+        // Walking from (0.5, 0.1) down to (0.5, 0.9), your right hand points to -x.
+        let mut e = RuleEngine::new(&[], &[line("v", [0.5, 0.1], [0.5, 0.9])], 0.3);
+        let hits = run_path(&mut e, &[[0.7, 0.5], [0.3, 0.5]]);
+        assert_eq!(hits, vec![(1, (0, HitKind::LineCross, IN, 7))]);
+    }
+
+    #[test]
+    fn back_and_forth_fires_each_crossing_without_cooldown() {
+        let mut e = RuleEngine::new(&[], &[hline()], 0.3);
+        let path = [[0.5, 0.4], [0.5, 0.6], [0.5, 0.4], [0.5, 0.6], [0.5, 0.4]];
+        let hits = run_path(&mut e, &path);
+        assert_eq!(
+            hits,
+            vec![
+                (1, (0, HitKind::LineCross, IN, 7)),
+                (2, (0, HitKind::LineCross, OUT, 7)),
+                (3, (0, HitKind::LineCross, IN, 7)),
+                (4, (0, HitKind::LineCross, OUT, 7)),
+            ]
+        );
+    }
+
+    #[test]
+    fn cooldown_suppresses_crossings_per_rule_and_track() {
+        let mut l = hline();
+        l.cooldown = Dur::millis(2500);
+        let mut e = RuleEngine::new(&[], &[l], 0.3);
+        let path = [
+            [0.5, 0.4],
+            [0.5, 0.6],
+            [0.5, 0.4],
+            [0.5, 0.6],
+            [0.5, 0.4],
+            [0.5, 0.6],
+        ];
+        // Hits at t = 1 (fires), 2 and 3 (within 2.5 s: suppressed), 4 (fires), 5 (suppressed).
+        let hits = run_path(&mut e, &path);
+        assert_eq!(
+            hits,
+            vec![
+                (1, (0, HitKind::LineCross, IN, 7)),
+                (4, (0, HitKind::LineCross, OUT, 7))
+            ]
+        );
+        // Another track is not affected by track 7's cooldown.
+        let mut l = hline();
+        l.cooldown = Dur::secs(100);
+        let mut e = RuleEngine::new(&[], &[l], 0.3);
+        let mut hits = RuleHits::new();
+        e.update(0.0, &[tv(1, 0.5, 0.4), tv(2, 0.6, 0.4)], &[], &mut hits);
+        e.update(1.0, &[tv(1, 0.5, 0.6), tv(2, 0.6, 0.4)], &[], &mut hits);
+        assert_eq!(brief(&hits), vec![(0, HitKind::LineCross, IN, 1)]);
+        e.update(2.0, &[tv(1, 0.5, 0.4), tv(2, 0.6, 0.6)], &[], &mut hits);
+        assert_eq!(brief(&hits), vec![(0, HitKind::LineCross, IN, 2)]);
+    }
+
+    #[test]
+    fn touching_the_line_and_retreating_fires_nothing() {
+        let mut e = RuleEngine::new(&[], &[hline()], 0.3);
+        let path = [[0.5, 0.3], [0.5, 0.5], [0.5, 0.3], [0.5, 0.5], [0.5, 0.45]];
+        assert_eq!(run_path(&mut e, &path), vec![]);
+    }
+
+    #[test]
+    fn crossing_through_a_point_on_the_line_fires_once() {
+        let mut e = RuleEngine::new(&[], &[hline()], 0.3);
+        let path = [[0.5, 0.3], [0.5, 0.5], [0.5, 0.5], [0.5, 0.7], [0.5, 0.8]];
+        assert_eq!(
+            run_path(&mut e, &path),
+            vec![(3, (0, HitKind::LineCross, IN, 7))]
+        );
+        // First seen exactly on the line: no side yet, so leaving it is no crossing either.
+        let mut e = RuleEngine::new(&[], &[hline()], 0.3);
+        let path = [[0.5, 0.5], [0.5, 0.7], [0.5, 0.3]];
+        assert_eq!(
+            run_path(&mut e, &path),
+            vec![(2, (0, HitKind::LineCross, OUT, 7))]
+        );
+    }
+
+    #[test]
+    fn crossing_the_infinite_line_beyond_the_segment_fires_nothing() {
+        let mut e = RuleEngine::new(&[], &[hline()], 0.3);
+        // Past the right end (x > 0.8), down then back up.
+        let path = [[0.9, 0.3], [0.9, 0.7], [0.85, 0.3]];
+        assert_eq!(run_path(&mut e, &path), vec![]);
+        // Going round the end changes side silently: coming back through the segment is `out`.
+        let mut e = RuleEngine::new(&[], &[hline()], 0.3);
+        let path = [[0.5, 0.3], [0.9, 0.3], [0.9, 0.7], [0.5, 0.7], [0.5, 0.3]];
+        assert_eq!(
+            run_path(&mut e, &path),
+            vec![(4, (0, HitKind::LineCross, OUT, 7))]
+        );
+    }
+
+    #[test]
+    fn direction_filter() {
+        let path = [[0.5, 0.4], [0.5, 0.6], [0.5, 0.4]];
+        let mut l = hline();
+        l.direction = LineDirection::In;
+        let mut e = RuleEngine::new(&[], &[l], 0.3);
+        assert_eq!(
+            run_path(&mut e, &path),
+            vec![(1, (0, HitKind::LineCross, IN, 7))]
+        );
+        let mut l = hline();
+        l.direction = LineDirection::Out;
+        let mut e = RuleEngine::new(&[], &[l], 0.3);
+        assert_eq!(
+            run_path(&mut e, &path),
+            vec![(2, (0, HitKind::LineCross, OUT, 7))]
+        );
+    }
+
+    #[test]
+    fn class_filter_applies() {
+        let mut l = hline();
+        l.classes = vec!["car".into(), "truck".into()];
+        let mut e = RuleEngine::new(&[], &[l], 0.3);
+        let mut hits = RuleHits::new();
+        let mut person = tv(1, 0.5, 0.4);
+        let mut car = tv(2, 0.3, 0.4);
+        car.class_id = coco_class_id("car").unwrap();
+        e.update(0.0, &[person, car], &[], &mut hits);
+        person.bbox = tv(1, 0.5, 0.6).bbox;
+        car.bbox = tv(2, 0.3, 0.6).bbox;
+        e.update(1.0, &[person, car], &[], &mut hits);
+        assert_eq!(brief(&hits), vec![(0, HitKind::LineCross, IN, 2)]);
+        assert_eq!(hits[0].class_id, 2);
+        // Only unknown names: matches nothing (not everything).
+        let mut l = hline();
+        l.classes = vec!["unicorn".into()];
+        let mut e = RuleEngine::new(&[], &[l], 0.3);
+        assert_eq!(run_path(&mut e, &[[0.5, 0.4], [0.5, 0.6]]), vec![]);
+    }
+
+    #[test]
+    fn min_score_filter_rule_overrides_camera() {
+        let mut hits = RuleHits::new();
+        let low = |id, y| TrackView {
+            score: 0.4,
+            ..tv(id, 0.5, y)
+        };
+        // Camera min_score 0.5 filters a 0.4 track.
+        let mut e = RuleEngine::new(&[], &[hline()], 0.5);
+        e.update(0.0, &[low(1, 0.4)], &[], &mut hits);
+        e.update(1.0, &[low(1, 0.6)], &[], &mut hits);
+        assert!(hits.is_empty());
+        // The rule's own min_score 0.3 lets it through.
+        let mut l = hline();
+        l.min_score = Some(0.3);
+        let mut e = RuleEngine::new(&[], &[l], 0.5);
+        e.update(0.0, &[low(1, 0.4)], &[], &mut hits);
+        e.update(1.0, &[low(1, 0.6)], &[], &mut hits);
+        assert_eq!(brief(&hits), vec![(0, HitKind::LineCross, IN, 1)]);
+        assert_eq!(hits[0].score, 0.4);
+    }
+
+    #[test]
+    fn low_score_frames_are_skipped_not_reset() {
+        let mut e = RuleEngine::new(&[], &[hline()], 0.5);
+        let mut hits = RuleHits::new();
+        e.update(0.0, &[tv(1, 0.5, 0.4)], &[], &mut hits);
+        // Crosses while the detector is unsure: nothing, and no state from that frame.
+        let unsure = TrackView {
+            score: 0.3,
+            ..tv(1, 0.5, 0.6)
+        };
+        e.update(1.0, &[unsure], &[], &mut hits);
+        assert!(hits.is_empty());
+        e.update(2.0, &[tv(1, 0.5, 0.65)], &[], &mut hits);
+        assert_eq!(brief(&hits), vec![(0, HitKind::LineCross, IN, 1)]);
+    }
+
+    #[test]
+    fn zone_enter_and_leave() {
+        let mut e = RuleEngine::new(&[zone("z", &SQUARE)], &[], 0.3);
+        let path = [
+            [0.3, 0.5],
+            [0.45, 0.5],
+            [0.5, 0.5],
+            [0.6, 0.5],
+            [0.7, 0.5],
+            [0.5, 0.5],
+        ];
+        assert_eq!(
+            run_path(&mut e, &path),
+            vec![
+                (1, (0, HitKind::ZoneEnter, None, 7)),
+                (4, (0, HitKind::ZoneLeave, None, 7)),
+                (5, (0, HitKind::ZoneEnter, None, 7)),
+            ]
+        );
+    }
+
+    #[test]
+    fn zone_first_seen_inside_counts_as_enter_and_leave_reports_stay() {
+        let mut e = RuleEngine::new(&[zone("z", &SQUARE)], &[], 0.3);
+        let mut hits = RuleHits::new();
+        e.update(10.0, &[tv(3, 0.5, 0.5)], &[], &mut hits);
+        assert_eq!(brief(&hits), vec![(0, HitKind::ZoneEnter, None, 3)]);
+        assert_eq!(hits[0].dwell_s, None);
+        e.update(12.5, &[tv(3, 0.8, 0.5)], &[], &mut hits);
+        assert_eq!(brief(&hits), vec![(0, HitKind::ZoneLeave, None, 3)]);
+        assert_eq!(hits[0].dwell_s, Some(2.5));
+    }
+
+    #[test]
+    fn zone_events_filter() {
+        let mut z = zone("z", &SQUARE);
+        z.events = vec![ZoneEventKind::Leave];
+        let mut e = RuleEngine::new(&[z], &[], 0.3);
+        let path = [[0.3, 0.5], [0.5, 0.5], [0.7, 0.5]];
+        assert_eq!(
+            run_path(&mut e, &path),
+            vec![(2, (0, HitKind::ZoneLeave, None, 7))]
+        );
+    }
+
+    #[test]
+    fn leave_on_track_removal() {
+        let mut e = RuleEngine::new(&[zone("z", &SQUARE)], &[hline()], 0.3);
+        let mut hits = RuleHits::new();
+        e.update(0.0, &[tv(4, 0.5, 0.45), tv(5, 0.1, 0.1)], &[], &mut hits);
+        assert_eq!(brief(&hits), vec![(0, HitKind::ZoneEnter, None, 4)]);
+        // Lost for a while: nothing.
+        e.update(1.0, &[], &[], &mut hits);
+        assert!(hits.is_empty());
+        // Removed: leave for the one inside, none for the one outside; with its last box.
+        e.update(3.0, &[], &[4, 5, 99], &mut hits);
+        assert_eq!(brief(&hits), vec![(0, HitKind::ZoneLeave, None, 4)]);
+        assert_eq!(hits[0].bbox, tv(4, 0.5, 0.45).bbox);
+        assert_eq!(hits[0].dwell_s, Some(3.0));
+        // Removed twice: nothing more.
+        e.update(4.0, &[], &[4], &mut hits);
+        assert!(hits.is_empty());
+        // The state is gone: the same id seen again inside is a fresh enter.
+        e.update(5.0, &[tv(4, 0.5, 0.45)], &[], &mut hits);
+        assert_eq!(brief(&hits), vec![(0, HitKind::ZoneEnter, None, 4)]);
+    }
+
+    #[test]
+    fn dwell_fires_once_per_stay() {
+        let mut z = zone("z", &SQUARE);
+        z.events = vec![ZoneEventKind::Dwell];
+        z.dwell = Some(Dur::secs(3));
+        let mut e = RuleEngine::new(&[z], &[], 0.3);
+        let mut path = vec![[0.3, 0.5]];
+        path.extend([[0.5, 0.5]; 6]); // inside at t = 1..=6
+        path.push([0.8, 0.5]); // out at 7
+        path.extend([[0.5, 0.5]; 5]); // inside at 8..=12
+        let hits = run_path(&mut e, &path);
+        assert_eq!(
+            hits,
+            vec![
+                (4, (0, HitKind::ZoneDwell, None, 7)),
+                (11, (0, HitKind::ZoneDwell, None, 7))
+            ]
+        );
+        // dwell_s is the stay's length so far.
+        let mut z = zone("z", &SQUARE);
+        z.events = vec![ZoneEventKind::Dwell];
+        z.dwell = Some(Dur::millis(2500));
+        let mut e = RuleEngine::new(&[z], &[], 0.3);
+        let mut hits = RuleHits::new();
+        for t in 0..5 {
+            e.update(t as f64, &[tv(1, 0.5, 0.5)], &[], &mut hits);
+            if t == 3 {
+                assert_eq!(brief(&hits), vec![(0, HitKind::ZoneDwell, None, 1)]);
+                assert_eq!(hits[0].dwell_s, Some(3.0));
+            } else {
+                assert!(hits.is_empty(), "t = {t}");
+            }
+        }
+    }
+
+    #[test]
+    fn dwell_due_during_cooldown_waits_for_it() {
+        let mut z = zone("z", &SQUARE);
+        z.events = vec![ZoneEventKind::Enter, ZoneEventKind::Dwell];
+        z.dwell = Some(Dur::secs(1));
+        z.cooldown = Dur::secs(3);
+        let mut e = RuleEngine::new(&[z], &[], 0.3);
+        let hits = run_path(&mut e, &[[0.5, 0.5]; 6]);
+        assert_eq!(
+            hits,
+            vec![
+                (0, (0, HitKind::ZoneEnter, None, 7)),
+                (3, (0, HitKind::ZoneDwell, None, 7))
+            ]
+        );
+    }
+
+    #[test]
+    fn anchor_bottom_vs_center() {
+        // Box x 0.45..0.55, y 0.5..0.7, half inside a zone covering y 0.65..0.9: its bottom
+        // centre (0.5, 0.7) is inside, its centre (0.5, 0.6) outside.
+        let lower = [[0.3, 0.65], [0.7, 0.65], [0.7, 0.9], [0.3, 0.9]];
+        let b = TrackView {
+            bbox: BBox::new(0.45, 0.5, 0.55, 0.7),
+            ..tv(1, 0.0, 0.0)
+        };
+        let mut bottom = zone("bottom", &lower);
+        bottom.anchor = Anchor::Bottom;
+        let mut center = zone("center", &lower);
+        center.anchor = Anchor::Center;
+        let mut e = RuleEngine::new(&[bottom, center], &[], 0.3);
+        let mut hits = RuleHits::new();
+        e.update(0.0, &[b], &[], &mut hits);
+        assert_eq!(brief(&hits), vec![(0, HitKind::ZoneEnter, None, 1)]);
+        // The same for a line at y = 0.65 crossed by the box moving down by 0.1.
+        let mut lb = line("lb", [0.2, 0.65], [0.8, 0.65]);
+        lb.anchor = Anchor::Bottom;
+        let mut lc = line("lc", [0.2, 0.65], [0.8, 0.65]);
+        lc.anchor = Anchor::Center;
+        let mut e = RuleEngine::new(&[], &[lb, lc], 0.3);
+        let up = TrackView {
+            bbox: BBox::new(0.45, 0.42, 0.55, 0.62),
+            ..b
+        };
+        e.update(0.0, &[up], &[], &mut hits);
+        e.update(1.0, &[b], &[], &mut hits);
+        assert_eq!(brief(&hits), vec![(0, HitKind::LineCross, IN, 1)]);
+    }
+
+    #[test]
+    fn capacity_is_bounded_and_oldest_state_evicted() {
+        let mut e = RuleEngine::new(&[zone("z", &SQUARE)], &[], 0.3);
+        let mut hits = RuleHits::new();
+        // Never reported removed: MAX_TRACKS + 1 different tracks, one per frame, all inside.
+        for id in 1..=(MAX_TRACKS as u64 + 1) {
+            e.update(id as f64, &[tv(id, 0.5, 0.5)], &[], &mut hits);
+            assert_eq!(brief(&hits), vec![(0, HitKind::ZoneEnter, None, id)]);
+        }
+        // Track 1's state was the oldest and was evicted: no leave on its removal.
+        e.update(1000.0, &[], &[1, 2], &mut hits);
+        assert_eq!(brief(&hits), vec![(0, HitKind::ZoneLeave, None, 2)]);
+    }
+
+    #[test]
+    fn hits_beyond_capacity_are_counted() {
+        let mut e = RuleEngine::new(&[zone("z", &SQUARE)], &[], 0.3);
+        let mut hits = RuleHits::new();
+        let many: Vec<TrackView> = (1..=(MAX_HITS as u64 + 3))
+            .map(|id| tv(id, 0.5, 0.5))
+            .collect();
+        e.update(0.0, &many, &[], &mut hits);
+        assert_eq!(hits.len(), MAX_HITS);
+        assert_eq!(e.dropped_hits(), 3);
+    }
+}

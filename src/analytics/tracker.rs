@@ -1,1 +1,922 @@
-//! (being written)
+//! ByteTrack-style multi-object tracker: detections of one frame → stable track ids.
+//!
+//! Each track carries a constant-velocity Kalman filter on `(cx, cy, a, h)` (box centre, aspect
+//! ratio `w / h`, height, all in normalised coordinates) and their velocities, as in SORT and
+//! ByteTrack; one step is one call to [`Tracker::update`] (one analysed frame).
+//!
+//! Association, per frame, after every track's filter has predicted the frame:
+//!
+//! 1. high-score detections (`score >= high_thresh`) against every confirmed track, tracked or
+//!    lost;
+//! 2. low-score detections (`low_thresh <= score < high_thresh`) against the confirmed tracks
+//!    that were tracked last frame and are still unmatched (low-score boxes never revive a lost
+//!    track nor start one: this is the ByteTrack "second stage" that keeps occluded objects
+//!    alive);
+//! 3. the high-score detections left over against the tentative tracks;
+//! 4. the high-score detections still left over start new tentative tracks.
+//!
+//! Each stage matches by IoU between the track's *predicted* box and the detection box, only
+//! between the same `class_id`, only pairs with `IoU >= match_iou` (and > 0). The matching is
+//! **greedy**, not Hungarian: the candidate pairs are sorted by descending IoU (ties: lower track
+//! slot, then lower detection index) and taken in that order whenever both sides are still free.
+//! With few objects per camera and the IoU gate, greedy and optimal assignment almost always
+//! agree, and greedy is simple and allocation-free.
+//!
+//! Lifecycle (hysteresis): a new track is *tentative* until it has `min_hits` consecutive
+//! matches; a tentative track that misses one frame is dropped silently. On reaching `min_hits`
+//! it is *confirmed* and only then gets its public id, from a counter starting at 1, so ids are
+//! dense and never reused during the tracker's life ([`Tracker::reset`] included). A confirmed
+//! track that goes unmatched is *lost*; it keeps predicting (with its height velocity zeroed, as
+//! ByteTrack does) and can be re-acquired, keeping its id, by a high-score detection. A lost
+//! track with more than `max_age` consecutive missed frames is removed (as in SORT and
+//! ByteTrack: with `max_age = 30`, a track missing for 30 frames can still come back on the
+//! 31st; on the 31st miss it dies) and its id is reported once, in [`TrackerOutput::removed`].
+//!
+//! Storage is fixed-capacity ([`MAX_TRACKS`] tracks; only the first [`MAX_DETECTIONS`]
+//! detections of a frame are looked at). The one heap buffer (the candidate pairs) is allocated
+//! in [`Tracker::new`]; [`Tracker::update`] does not allocate. When all track slots are taken, a
+//! new track replaces the lost track with the most missed frames (its id is reported as removed);
+//! with no lost track to replace, the detection starts no track.
+
+use super::{BBox, Detection, MAX_DETECTIONS, MAX_TRACKS};
+
+/// Tracker settings. See the module documentation for what each one does.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrackerConfig {
+    /// Detections scoring at least this take part in the first association stage and can start
+    /// tracks. Default 0.5.
+    pub high_thresh: f32,
+    /// Detections scoring below this are ignored entirely; those between `low_thresh` and
+    /// `high_thresh` only keep already-tracked tracks alive. Set it to the camera's `min_score`
+    /// when that is what the detector was thresholded at. Default 0.1 (ByteTrack's).
+    pub low_thresh: f32,
+    /// Least IoU between a track's predicted box and a detection for them to match. Default 0.3.
+    pub match_iou: f32,
+    /// Consecutive matches a new track needs to be confirmed (and get an id). Default 3; 0 and 1
+    /// both confirm a track on its first frame.
+    pub min_hits: u32,
+    /// Consecutive missed frames a confirmed track survives. Default 30.
+    pub max_age: u32,
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        Self {
+            high_thresh: 0.5,
+            low_thresh: 0.1,
+            match_iou: 0.3,
+            min_hits: 3,
+            max_age: 30,
+        }
+    }
+}
+
+/// A confirmed track matched in this frame.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrackView {
+    /// Public id: dense, starting at 1, stable for the track's life.
+    pub id: u64,
+    /// The box of the detection matched this frame (not the Kalman-filtered box): rules need a
+    /// reference point that is what the detector saw, not a smoothed estimate.
+    pub bbox: BBox,
+    /// Score of the detection matched this frame.
+    pub score: f32,
+    pub class_id: u16,
+    /// Frames in which this track was matched so far, this one included.
+    pub hits: u32,
+}
+
+/// What one [`Tracker::update`] produced; borrows the tracker until the next update.
+#[derive(Debug, Clone, Copy)]
+pub struct TrackerOutput<'a> {
+    /// Confirmed tracks matched in this frame, ordered by id.
+    pub active: &'a [TrackView],
+    /// Ids of confirmed tracks that died in this frame (each id is reported exactly once).
+    pub removed: &'a [u64],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Tentative,
+    Tracked,
+    Lost,
+}
+
+#[derive(Debug, Clone)]
+struct Track {
+    kf: Kalman,
+    /// This frame's predicted box (before the measurement update).
+    pred: BBox,
+    state: State,
+    /// 0 while tentative.
+    id: u64,
+    class_id: u16,
+    hits: u32,
+    misses: u32,
+    /// Index of the detection matched in the current frame.
+    matched: Option<u16>,
+}
+
+/// The tracker of one camera.
+pub struct Tracker {
+    cfg: TrackerConfig,
+    tracks: heapless::Vec<Track, MAX_TRACKS>,
+    next_id: u64,
+    /// Candidate (IoU, track slot, detection index) pairs; capacity for every pair, reserved once.
+    pairs: Vec<(f32, u16, u16)>,
+    active: heapless::Vec<TrackView, MAX_TRACKS>,
+    removed: heapless::Vec<u64, MAX_TRACKS>,
+}
+
+impl Tracker {
+    pub fn new(cfg: TrackerConfig) -> Self {
+        Self {
+            cfg,
+            tracks: heapless::Vec::new(),
+            next_id: 1,
+            pairs: Vec::with_capacity(MAX_TRACKS * MAX_DETECTIONS),
+            active: heapless::Vec::new(),
+            removed: heapless::Vec::new(),
+        }
+    }
+
+    pub fn config(&self) -> &TrackerConfig {
+        &self.cfg
+    }
+
+    /// Live tracks of any state (tentative, tracked, lost).
+    pub fn live_tracks(&self) -> usize {
+        self.tracks.len()
+    }
+
+    /// Advances one frame with this frame's detections (any order; only the first
+    /// [`MAX_DETECTIONS`] are used; boxes that are not finite or have no area are ignored).
+    pub fn update(&mut self, dets: &[Detection]) -> TrackerOutput<'_> {
+        self.active.clear();
+        self.removed.clear();
+        let cfg = self.cfg;
+        let dets = &dets[..dets.len().min(MAX_DETECTIONS)];
+
+        for t in self.tracks.iter_mut() {
+            if t.state == State::Lost {
+                t.kf.x[7] = 0.0;
+            }
+            t.kf.predict();
+            t.pred = t.kf.bbox();
+            t.matched = None;
+        }
+
+        let usable = |d: &Detection| {
+            let b = &d.bbox;
+            d.score.is_finite()
+                && d.score >= cfg.low_thresh
+                && b.x1.is_finite()
+                && b.y1.is_finite()
+                && b.x2.is_finite()
+                && b.y2.is_finite()
+                && b.x2 > b.x1
+                && b.y2 > b.y1
+        };
+        let high = |d: &Detection| usable(d) && d.score >= cfg.high_thresh;
+        let low = |d: &Detection| usable(d) && d.score < cfg.high_thresh;
+
+        let mut used = [false; MAX_DETECTIONS];
+        let iou = cfg.match_iou;
+        let (pairs, tracks) = (&mut self.pairs, &mut self.tracks[..]);
+        greedy_match(
+            pairs,
+            tracks,
+            dets,
+            &mut used,
+            iou,
+            |t| t.state != State::Tentative,
+            high,
+        );
+        greedy_match(
+            pairs,
+            tracks,
+            dets,
+            &mut used,
+            iou,
+            |t| t.state == State::Tracked,
+            low,
+        );
+        greedy_match(
+            pairs,
+            tracks,
+            dets,
+            &mut used,
+            iou,
+            |t| t.state == State::Tentative,
+            high,
+        );
+
+        let mut i = 0;
+        while i < self.tracks.len() {
+            let t = &mut self.tracks[i];
+            match t.matched {
+                Some(di) => {
+                    let d = &dets[di as usize];
+                    t.kf.update(xyah(&d.bbox));
+                    t.hits = t.hits.saturating_add(1);
+                    t.misses = 0;
+                    match t.state {
+                        State::Tentative => {
+                            if t.hits >= cfg.min_hits {
+                                t.state = State::Tracked;
+                                t.id = self.next_id;
+                                self.next_id += 1;
+                            }
+                        }
+                        State::Tracked | State::Lost => t.state = State::Tracked,
+                    }
+                    if t.state == State::Tracked {
+                        let _ = self.active.push(view(t, d));
+                    }
+                }
+                None => match t.state {
+                    State::Tentative => {
+                        self.tracks.swap_remove(i);
+                        continue;
+                    }
+                    State::Tracked | State::Lost => {
+                        t.state = State::Lost;
+                        t.misses = t.misses.saturating_add(1);
+                        if t.misses > cfg.max_age {
+                            let _ = self.removed.push(t.id);
+                            self.tracks.swap_remove(i);
+                            continue;
+                        }
+                    }
+                },
+            }
+            i += 1;
+        }
+
+        // Births, best score first so that the best detections get the free slots.
+        let mut births: heapless::Vec<u16, MAX_DETECTIONS> = heapless::Vec::new();
+        for (di, d) in dets.iter().enumerate() {
+            if !used[di] && high(d) {
+                let _ = births.push(di as u16);
+            }
+        }
+        births.sort_unstable_by(|&a, &b| {
+            dets[b as usize]
+                .score
+                .total_cmp(&dets[a as usize].score)
+                .then(a.cmp(&b))
+        });
+        for &di in births.iter() {
+            let d = &dets[di as usize];
+            if self.tracks.is_full() {
+                let victim = self
+                    .tracks
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, t)| t.state == State::Lost)
+                    .max_by(|a, b| a.1.misses.cmp(&b.1.misses).then(b.0.cmp(&a.0)))
+                    .map(|(i, _)| i);
+                let Some(v) = victim else { break };
+                let _ = self.removed.push(self.tracks[v].id);
+                self.tracks.swap_remove(v);
+            }
+            let kf = Kalman::new(xyah(&d.bbox));
+            let mut t = Track {
+                pred: d.bbox,
+                kf,
+                state: State::Tentative,
+                id: 0,
+                class_id: d.class_id,
+                hits: 1,
+                misses: 0,
+                matched: Some(di),
+            };
+            if cfg.min_hits <= 1 {
+                t.state = State::Tracked;
+                t.id = self.next_id;
+                self.next_id += 1;
+                let _ = self.active.push(view(&t, d));
+            }
+            let _ = self.tracks.push(t);
+        }
+
+        self.active.sort_unstable_by_key(|v| v.id);
+        TrackerOutput {
+            active: &self.active,
+            removed: &self.removed,
+        }
+    }
+
+    /// Drops every track (the id counter keeps counting, so ids are never reused) and returns the
+    /// ids of the confirmed tracks dropped, for the caller to pass on as removed (e.g. to
+    /// `RuleEngine::update`) if it wants their zone `leave` events.
+    pub fn reset(&mut self) -> &[u64] {
+        self.active.clear();
+        self.removed.clear();
+        for t in self.tracks.iter() {
+            if t.state != State::Tentative {
+                let _ = self.removed.push(t.id);
+            }
+        }
+        self.tracks.clear();
+        &self.removed
+    }
+}
+
+fn view(t: &Track, d: &Detection) -> TrackView {
+    TrackView {
+        id: t.id,
+        bbox: d.bbox,
+        score: d.score,
+        class_id: t.class_id,
+        hits: t.hits,
+    }
+}
+
+/// Greedy IoU matching of the still-free tracks selected by `track_sel` with the still-free
+/// detections selected by `det_sel`, same class only.
+fn greedy_match(
+    pairs: &mut Vec<(f32, u16, u16)>,
+    tracks: &mut [Track],
+    dets: &[Detection],
+    used: &mut [bool; MAX_DETECTIONS],
+    min_iou: f32,
+    track_sel: impl Fn(&Track) -> bool,
+    det_sel: impl Fn(&Detection) -> bool,
+) {
+    pairs.clear();
+    for (ti, t) in tracks.iter().enumerate() {
+        if t.matched.is_some() || !track_sel(t) {
+            continue;
+        }
+        for (di, d) in dets.iter().enumerate() {
+            if used[di] || d.class_id != t.class_id || !det_sel(d) {
+                continue;
+            }
+            let iou = t.pred.iou(&d.bbox);
+            if iou > 0.0 && iou >= min_iou {
+                // Never reallocates: at most MAX_TRACKS * MAX_DETECTIONS pairs, reserved in new().
+                pairs.push((iou, ti as u16, di as u16));
+            }
+        }
+    }
+    pairs.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    for &(_, ti, di) in pairs.iter() {
+        let t = &mut tracks[ti as usize];
+        if t.matched.is_none() && !used[di as usize] {
+            t.matched = Some(di);
+            used[di as usize] = true;
+        }
+    }
+}
+
+/// `(cx, cy, w / h, h)` of a box with positive height.
+fn xyah(b: &BBox) -> [f64; 4] {
+    let (w, h) = (b.width() as f64, b.height() as f64);
+    [
+        (b.x1 as f64 + b.x2 as f64) * 0.5,
+        (b.y1 as f64 + b.y2 as f64) * 0.5,
+        w / h,
+        h,
+    ]
+}
+
+/// Noise scales of ByteTrack's filter, relative to the box height.
+const STD_POS: f64 = 1.0 / 20.0;
+const STD_VEL: f64 = 1.0 / 160.0;
+
+/// Constant-velocity Kalman filter on `(cx, cy, a, h, vcx, vcy, va, vh)`, measuring
+/// `(cx, cy, a, h)`; noise model as in ByteTrack's `KalmanFilter`. f64 because the variances
+/// span ten orders of magnitude in normalised coordinates.
+#[derive(Debug, Clone)]
+struct Kalman {
+    x: [f64; 8],
+    p: [[f64; 8]; 8],
+}
+
+// Index loops read like the matrix algebra they implement.
+#[allow(clippy::needless_range_loop)]
+impl Kalman {
+    fn new(z: [f64; 4]) -> Self {
+        let h = z[3];
+        let std = [
+            2.0 * STD_POS * h,
+            2.0 * STD_POS * h,
+            1e-2,
+            2.0 * STD_POS * h,
+            10.0 * STD_VEL * h,
+            10.0 * STD_VEL * h,
+            1e-5,
+            10.0 * STD_VEL * h,
+        ];
+        let mut p = [[0.0; 8]; 8];
+        for i in 0..8 {
+            p[i][i] = std[i] * std[i];
+        }
+        Self {
+            x: [z[0], z[1], z[2], z[3], 0.0, 0.0, 0.0, 0.0],
+            p,
+        }
+    }
+
+    /// `x = F x`, `P = F P Fᵀ + Q`, with `F = I + E` and `E[i][i + 4] = 1` (one frame).
+    fn predict(&mut self) {
+        let h = self.x[3].abs();
+        let (sp, sv) = (STD_POS * h, STD_VEL * h);
+        let q = [sp, sp, 1e-2, sp, sv, sv, 1e-5, sv];
+        for i in 0..4 {
+            self.x[i] += self.x[i + 4];
+        }
+        let p = &self.p;
+        let mut n = [[0.0; 8]; 8];
+        for i in 0..8 {
+            for j in 0..8 {
+                let mut v = p[i][j];
+                if i < 4 {
+                    v += p[i + 4][j];
+                }
+                if j < 4 {
+                    v += p[i][j + 4];
+                }
+                if i < 4 && j < 4 {
+                    v += p[i + 4][j + 4];
+                }
+                n[i][j] = v;
+            }
+            n[i][i] += q[i] * q[i];
+        }
+        self.p = n;
+    }
+
+    /// Measurement update with `H = [I₄ 0]`.
+    fn update(&mut self, z: [f64; 4]) {
+        let h = self.x[3].abs();
+        let r = [STD_POS * h, STD_POS * h, 1e-1, STD_POS * h];
+        let mut s = [[0.0; 4]; 4];
+        for i in 0..4 {
+            for j in 0..4 {
+                s[i][j] = self.p[i][j];
+            }
+            s[i][i] += r[i] * r[i];
+        }
+        let Some(si) = inv4(s) else {
+            // Degenerate covariance: restart the filter on the measurement.
+            *self = Kalman::new(z);
+            return;
+        };
+        // K = P Hᵀ S⁻¹ (8×4).
+        let mut k = [[0.0; 4]; 8];
+        for (i, row) in k.iter_mut().enumerate() {
+            for (j, kij) in row.iter_mut().enumerate() {
+                *kij = (0..4).map(|m| self.p[i][m] * si[m][j]).sum();
+            }
+        }
+        let y = [
+            z[0] - self.x[0],
+            z[1] - self.x[1],
+            z[2] - self.x[2],
+            z[3] - self.x[3],
+        ];
+        for (i, row) in k.iter().enumerate() {
+            self.x[i] += (0..4).map(|m| row[m] * y[m]).sum::<f64>();
+        }
+        // P = P - K H P, H P being the first four rows of P.
+        let mut n = self.p;
+        for (i, row) in k.iter().enumerate() {
+            for j in 0..8 {
+                n[i][j] -= (0..4).map(|m| row[m] * self.p[m][j]).sum::<f64>();
+            }
+        }
+        for i in 0..8 {
+            for j in (i + 1)..8 {
+                let v = 0.5 * (n[i][j] + n[j][i]);
+                n[i][j] = v;
+                n[j][i] = v;
+            }
+        }
+        self.p = n;
+    }
+
+    fn bbox(&self) -> BBox {
+        let h = self.x[3].max(0.0);
+        let w = (self.x[2] * h).max(0.0);
+        let (cx, cy) = (self.x[0], self.x[1]);
+        BBox::new(
+            (cx - w * 0.5) as f32,
+            (cy - h * 0.5) as f32,
+            (cx + w * 0.5) as f32,
+            (cy + h * 0.5) as f32,
+        )
+    }
+}
+
+/// Inverse of a 4×4 matrix by Gauss–Jordan elimination with partial pivoting.
+#[allow(clippy::needless_range_loop)]
+fn inv4(mut a: [[f64; 4]; 4]) -> Option<[[f64; 4]; 4]> {
+    let mut inv = [[0.0; 4]; 4];
+    for (i, row) in inv.iter_mut().enumerate() {
+        row[i] = 1.0;
+    }
+    for c in 0..4 {
+        let piv = (c..4).max_by(|&x, &y| a[x][c].abs().total_cmp(&a[y][c].abs()))?;
+        let pv = a[piv][c].abs();
+        if pv.is_nan() || pv <= 1e-300 {
+            return None;
+        }
+        a.swap(c, piv);
+        inv.swap(c, piv);
+        let d = 1.0 / a[c][c];
+        for j in 0..4 {
+            a[c][j] *= d;
+            inv[c][j] *= d;
+        }
+        for r in 0..4 {
+            if r != c {
+                let f = a[r][c];
+                if f != 0.0 {
+                    for j in 0..4 {
+                        a[r][j] -= f * a[c][j];
+                        inv[r][j] -= f * inv[c][j];
+                    }
+                }
+            }
+        }
+    }
+    Some(inv)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn det(cx: f32, cy: f32, w: f32, h: f32, score: f32, class_id: u16) -> Detection {
+        Detection {
+            bbox: BBox::new(cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0),
+            score,
+            class_id,
+        }
+    }
+
+    fn ids(out: &TrackerOutput<'_>) -> Vec<u64> {
+        out.active.iter().map(|v| v.id).collect()
+    }
+
+    #[test]
+    #[allow(clippy::needless_range_loop)]
+    fn inv4_inverts() {
+        let m = [
+            [4.0, 1.0, 0.0, 0.5],
+            [1.0, 3.0, 0.2, 0.0],
+            [0.0, 0.2, 2.0, 0.1],
+            [0.5, 0.0, 0.1, 1.0],
+        ];
+        let inv = inv4(m).unwrap();
+        for i in 0..4 {
+            for j in 0..4 {
+                let v: f64 = (0..4).map(|k| m[i][k] * inv[k][j]).sum();
+                let want = if i == j { 1.0 } else { 0.0 };
+                assert!((v - want).abs() < 1e-12, "({i},{j}) = {v}");
+            }
+        }
+        assert!(inv4([[0.0; 4]; 4]).is_none());
+    }
+
+    #[test]
+    fn kalman_learns_constant_velocity() {
+        let mut kf = Kalman::new([0.1, 0.5, 0.5, 0.2]);
+        for k in 1..=30 {
+            kf.predict();
+            kf.update([0.1 + 0.01 * k as f64, 0.5, 0.5, 0.2]);
+        }
+        assert!((kf.x[4] - 0.01).abs() < 1e-3, "vx = {}", kf.x[4]);
+        kf.predict();
+        assert!((kf.x[0] - 0.41).abs() < 2e-3, "cx = {}", kf.x[0]);
+    }
+
+    #[test]
+    fn birth_needs_min_hits_and_ids_start_at_one() {
+        let mut t = Tracker::new(TrackerConfig::default());
+        let d = [det(0.5, 0.5, 0.1, 0.2, 0.9, 0)];
+        assert!(t.update(&d).active.is_empty());
+        assert!(t.update(&d).active.is_empty());
+        let out = t.update(&d);
+        assert_eq!(ids(&out), vec![1]);
+        assert_eq!(out.active[0].hits, 3);
+        assert_eq!(out.active[0].bbox, d[0].bbox);
+        assert_eq!(out.active[0].score, 0.9);
+        assert_eq!(t.update(&d).active[0].hits, 4);
+    }
+
+    #[test]
+    fn tentative_track_dies_on_one_miss() {
+        let mut t = Tracker::new(TrackerConfig::default());
+        let d = [det(0.5, 0.5, 0.1, 0.2, 0.9, 0)];
+        t.update(&d);
+        t.update(&d);
+        let out = t.update(&[]);
+        assert!(out.active.is_empty());
+        assert!(
+            out.removed.is_empty(),
+            "tentative tracks have no id to report"
+        );
+        assert_eq!(t.live_tracks(), 0);
+        // Starting over takes min_hits again, and the first confirmed id is still 1.
+        t.update(&d);
+        assert!(t.update(&d).active.is_empty());
+        assert_eq!(ids(&t.update(&d)), vec![1]);
+    }
+
+    #[test]
+    fn low_score_detection_alone_starts_no_track() {
+        let mut t = Tracker::new(TrackerConfig::default());
+        let d = [det(0.5, 0.5, 0.1, 0.2, 0.3, 0)];
+        for _ in 0..5 {
+            assert!(t.update(&d).active.is_empty());
+        }
+        assert_eq!(t.live_tracks(), 0);
+    }
+
+    #[test]
+    fn steady_motion_keeps_one_id() {
+        let mut t = Tracker::new(TrackerConfig::default());
+        for k in 0..60 {
+            let d = [det(0.1 + 0.012 * k as f32, 0.5, 0.08, 0.2, 0.8, 0)];
+            let out = t.update(&d);
+            if k >= 2 {
+                assert_eq!(ids(&out), vec![1], "frame {k}");
+                assert_eq!(out.active[0].hits, k + 1);
+            }
+            assert!(out.removed.is_empty());
+        }
+        assert_eq!(t.live_tracks(), 1);
+    }
+
+    #[test]
+    fn fast_motion_is_followed_thanks_to_velocity() {
+        // Moves 0.05 per frame with a 0.08-wide box: IoU between consecutive raw boxes is
+        // 0.03/0.13 ≈ 0.23 < 0.3, so only the velocity prediction keeps the match.
+        let mut t = Tracker::new(TrackerConfig {
+            min_hits: 1,
+            match_iou: 0.3,
+            ..TrackerConfig::default()
+        });
+        // Ramp up the speed so that the filter can learn it while raw IoU is still high.
+        let mut x = 0.05;
+        let mut v = 0.0;
+        for k in 0..24 {
+            if v < 0.05 {
+                v += 0.005;
+            }
+            x += v;
+            let d = [det(x, 0.5, 0.08, 0.2, 0.9, 0)];
+            let out = t.update(&d);
+            assert_eq!(ids(&out), vec![1], "frame {k}, x {x}");
+        }
+    }
+
+    #[test]
+    fn different_classes_crossing_never_swap() {
+        let mut t = Tracker::new(TrackerConfig::default());
+        // Same path, opposite directions, identical box at the crossing frame.
+        let mut by_class = [0u64; 2];
+        for k in 0..40 {
+            let a = det(0.1 + 0.02 * k as f32, 0.5, 0.1, 0.2, 0.9, 0);
+            let b = det(0.88 - 0.02 * k as f32, 0.5, 0.1, 0.2, 0.9, 1);
+            let out = t.update(&[a, b]);
+            if k >= 2 {
+                assert_eq!(out.active.len(), 2, "frame {k}");
+                for v in out.active {
+                    let c = v.class_id as usize;
+                    if by_class[c] == 0 {
+                        by_class[c] = v.id;
+                    }
+                    assert_eq!(v.id, by_class[c], "frame {k}");
+                }
+            }
+        }
+        assert_eq!(by_class, [1, 2]);
+    }
+
+    #[test]
+    fn same_class_crossing_with_distinct_velocity_keeps_ids() {
+        let mut t = Tracker::new(TrackerConfig::default());
+        // Two people walking towards each other, vertically offset by a quarter of their
+        // height; at the crossing the boxes overlap with IoU 0.6.
+        let mut id_of_left_walker = 0;
+        let mut id_of_right_walker = 0;
+        for k in 0..60 {
+            let a = det(0.1 + 0.013 * k as f32, 0.45, 0.08, 0.2, 0.9, 0);
+            let b = det(0.87 - 0.013 * k as f32, 0.50, 0.08, 0.2, 0.9, 0);
+            let out = t.update(&[a, b]);
+            if k < 2 {
+                continue;
+            }
+            assert_eq!(out.active.len(), 2, "frame {k}");
+            for v in out.active {
+                if v.bbox == a.bbox {
+                    if id_of_left_walker == 0 {
+                        id_of_left_walker = v.id;
+                    }
+                    assert_eq!(v.id, id_of_left_walker, "frame {k}");
+                } else {
+                    assert_eq!(v.bbox, b.bbox);
+                    if id_of_right_walker == 0 {
+                        id_of_right_walker = v.id;
+                    }
+                    assert_eq!(v.id, id_of_right_walker, "frame {k}");
+                }
+            }
+        }
+        assert_eq!((id_of_left_walker, id_of_right_walker), (1, 2));
+    }
+
+    #[test]
+    fn lost_track_reacquired_within_max_age_keeps_id() {
+        let mut t = Tracker::new(TrackerConfig::default());
+        let at = |k: u32| [det(0.2 + 0.005 * k as f32, 0.5, 0.1, 0.2, 0.9, 0)];
+        for k in 0..10 {
+            t.update(&at(k));
+        }
+        // Occluded for 30 frames (= max_age): still lost, not removed.
+        for k in 10..40 {
+            let out = t.update(&[]);
+            assert!(out.active.is_empty(), "frame {k}");
+            assert!(out.removed.is_empty(), "frame {k}");
+        }
+        let out = t.update(&at(40));
+        assert_eq!(ids(&out), vec![1]);
+        assert_eq!(out.active[0].hits, 11);
+    }
+
+    #[test]
+    fn removal_after_max_age_is_reported_once() {
+        let mut t = Tracker::new(TrackerConfig {
+            max_age: 5,
+            ..TrackerConfig::default()
+        });
+        let d = [det(0.5, 0.5, 0.1, 0.2, 0.9, 0)];
+        for _ in 0..4 {
+            t.update(&d);
+        }
+        let mut removed_at = Vec::new();
+        for k in 1..=10 {
+            let out = t.update(&[]);
+            for &id in out.removed {
+                removed_at.push((k, id));
+            }
+        }
+        assert_eq!(removed_at, vec![(6, 1)]);
+        assert_eq!(t.live_tracks(), 0);
+        // A new object there is a new track with the next id.
+        for _ in 0..2 {
+            t.update(&d);
+        }
+        assert_eq!(ids(&t.update(&d)), vec![2]);
+    }
+
+    #[test]
+    fn low_score_detection_keeps_track_alive() {
+        let mut t = Tracker::new(TrackerConfig {
+            max_age: 2,
+            ..TrackerConfig::default()
+        });
+        let hi = [det(0.5, 0.5, 0.1, 0.2, 0.9, 0)];
+        let lo = [det(0.5, 0.5, 0.1, 0.2, 0.3, 0)];
+        for _ in 0..3 {
+            t.update(&hi);
+        }
+        for k in 0..10 {
+            let out = t.update(&lo);
+            assert_eq!(ids(&out), vec![1], "frame {k}");
+            assert_eq!(out.active[0].score, 0.3);
+            assert!(out.removed.is_empty());
+        }
+        // Without the low-score boxes it would have died after 2 misses.
+        t.update(&[]);
+        t.update(&[]);
+        assert_eq!(t.update(&[]).removed, &[1]);
+    }
+
+    #[test]
+    fn low_score_detection_does_not_revive_a_lost_track() {
+        let mut t = Tracker::new(TrackerConfig::default());
+        let hi = [det(0.5, 0.5, 0.1, 0.2, 0.9, 0)];
+        let lo = [det(0.5, 0.5, 0.1, 0.2, 0.3, 0)];
+        for _ in 0..3 {
+            t.update(&hi);
+        }
+        assert!(t.update(&[]).active.is_empty());
+        assert!(t.update(&lo).active.is_empty());
+        assert_eq!(ids(&t.update(&hi)), vec![1]);
+    }
+
+    #[test]
+    fn detections_below_low_thresh_are_ignored() {
+        let mut t = Tracker::new(TrackerConfig {
+            low_thresh: 0.2,
+            max_age: 0,
+            ..TrackerConfig::default()
+        });
+        let hi = [det(0.5, 0.5, 0.1, 0.2, 0.9, 0)];
+        for _ in 0..3 {
+            t.update(&hi);
+        }
+        let out = t.update(&[det(0.5, 0.5, 0.1, 0.2, 0.15, 0)]);
+        assert!(out.active.is_empty());
+        assert_eq!(out.removed, &[1]);
+    }
+
+    #[test]
+    fn class_mismatch_does_not_match() {
+        let mut t = Tracker::new(TrackerConfig {
+            min_hits: 1,
+            ..TrackerConfig::default()
+        });
+        assert_eq!(ids(&t.update(&[det(0.5, 0.5, 0.1, 0.2, 0.9, 0)])), vec![1]);
+        let out = t.update(&[det(0.5, 0.5, 0.1, 0.2, 0.9, 2)]);
+        assert_eq!(ids(&out), vec![2]);
+        assert_eq!(out.active[0].class_id, 2);
+    }
+
+    #[test]
+    fn greedy_prefers_the_higher_iou() {
+        let mut t = Tracker::new(TrackerConfig {
+            min_hits: 1,
+            ..TrackerConfig::default()
+        });
+        t.update(&[det(0.5, 0.5, 0.1, 0.2, 0.9, 0)]);
+        // Two candidates; the closer one (listed second) must keep id 1.
+        let far = det(0.54, 0.5, 0.1, 0.2, 0.95, 0);
+        let near = det(0.51, 0.5, 0.1, 0.2, 0.6, 0);
+        let out = t.update(&[far, near]);
+        assert_eq!(out.active.len(), 2);
+        assert_eq!(out.active[0].id, 1);
+        assert_eq!(out.active[0].bbox, near.bbox);
+        assert_eq!(out.active[1].id, 2);
+        assert_eq!(out.active[1].bbox, far.bbox);
+    }
+
+    #[test]
+    fn reset_reports_confirmed_ids_and_keeps_counting() {
+        let mut t = Tracker::new(TrackerConfig {
+            min_hits: 2,
+            ..TrackerConfig::default()
+        });
+        let a = det(0.2, 0.5, 0.1, 0.2, 0.9, 0);
+        let b = det(0.7, 0.5, 0.1, 0.2, 0.9, 0);
+        t.update(&[a]);
+        t.update(&[a, b]); // a confirmed (id 1), b tentative
+        assert_eq!(t.reset(), &[1]);
+        assert_eq!(t.live_tracks(), 0);
+        t.update(&[b]);
+        assert_eq!(ids(&t.update(&[b])), vec![2]);
+    }
+
+    #[test]
+    fn invalid_boxes_are_ignored() {
+        let mut t = Tracker::new(TrackerConfig {
+            min_hits: 1,
+            ..TrackerConfig::default()
+        });
+        let mut nan = det(0.5, 0.5, 0.1, 0.2, 0.9, 0);
+        nan.bbox.x1 = f32::NAN;
+        let flat = Detection {
+            bbox: BBox::new(0.2, 0.3, 0.4, 0.3),
+            score: 0.9,
+            class_id: 0,
+        };
+        assert!(t.update(&[nan, flat]).active.is_empty());
+        assert_eq!(t.live_tracks(), 0);
+    }
+
+    #[test]
+    fn full_storage_replaces_the_oldest_lost_track() {
+        let mut t = Tracker::new(TrackerConfig {
+            min_hits: 1,
+            max_age: 1000,
+            ..TrackerConfig::default()
+        });
+        let grid = |k: usize| {
+            det(
+                0.02 + 0.06 * (k % 16) as f32,
+                0.05 + 0.12 * (k / 16) as f32,
+                0.04,
+                0.08,
+                0.9,
+                0,
+            )
+        };
+        let all: Vec<Detection> = (0..MAX_TRACKS).map(grid).collect();
+        assert_eq!(t.update(&all).active.len(), MAX_TRACKS);
+        // Every track but the first misses one frame, then the first one misses too.
+        t.update(&all[..1]);
+        t.update(&[]);
+        // One new object: the longest-lost track (id 2..) must make room, not track 1.
+        let newcomer = det(0.5, 0.97, 0.04, 0.04, 0.9, 0);
+        let out = t.update(&[newcomer]);
+        assert_eq!(ids(&out), vec![MAX_TRACKS as u64 + 1]);
+        assert_eq!(out.removed.len(), 1);
+        assert_ne!(out.removed[0], 1);
+        assert_eq!(t.live_tracks(), MAX_TRACKS);
+    }
+}

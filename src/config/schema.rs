@@ -155,6 +155,9 @@ pub struct CameraConfig {
     pub rtsp_latency: Dur,
     #[serde(default)]
     pub reconnect: ReconnectConfig,
+    /// What to do when the source ends its stream (EOS).
+    #[serde(default)]
+    pub on_end: OnEnd,
     #[serde(default)]
     pub zones: Vec<ZoneConfig>,
     #[serde(default)]
@@ -198,6 +201,18 @@ impl Default for ReconnectConfig {
             circuit_open: Dur::secs(120),
         }
     }
+}
+
+/// What a camera does when its source ends the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnEnd {
+    /// Treat the end as a fault: rebuild the pipeline after the back-off (a live camera never
+    /// ends; a file source loops).
+    #[default]
+    Restart,
+    /// Stop the camera (state `ended`): for analysing a recording once.
+    Stop,
 }
 
 /// Which point of a tracked box rules test against zones and lines.

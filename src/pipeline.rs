@@ -1,0 +1,177 @@
+//! The analysis worker: one per loaded model. Takes the latest frame of each of its cameras,
+//! preprocesses it, runs the model, decodes detections, tracks them per camera, applies the
+//! camera's rules and emits [`Event`]s on a bounded channel.
+//!
+//! Runs on its own OS thread; allocation per frame is limited to events (rare). Knows nothing
+//! of MQTT (events leave through a channel) nor of how frames are decoded (it sees `FrameRef`).
+
+use crate::analytics::rules::{HitKind, RuleEngine, RuleHits};
+use crate::analytics::tracker::{Tracker, TrackerConfig};
+use crate::analytics::{COCO_CLASSES, Detections};
+use crate::config::CameraConfig;
+use crate::events::{Event, EventKind, new_event_id, now_rfc3339};
+use crate::infer::Backend;
+use crate::infer::nanodet::NanodetDecoder;
+use crate::infer::preprocess::Preprocessor;
+use crate::media::FrameQueue;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Counters of one camera's analysis, shared with telemetry.
+#[derive(Default)]
+pub struct AnalysisStats {
+    pub analysed: AtomicU64,
+    pub infer_us_total: AtomicU64,
+    pub detections: AtomicU64,
+    pub events: AtomicU64,
+    /// Events the bus refused because it was closed.
+    pub events_lost: AtomicU64,
+}
+
+/// Per-camera analysis state owned by the worker.
+pub struct CameraAnalysis {
+    pub name: String,
+    pub min_score: f32,
+    pub tracker: Tracker,
+    pub rules: RuleEngine,
+    pub stats: Arc<AnalysisStats>,
+    session: u64,
+    /// Stream time of this camera continues across pipeline rebuilds: base + pts.
+    time_base: f64,
+    last_t: f64,
+    last_seen: Option<Instant>,
+}
+
+impl CameraAnalysis {
+    pub fn new(cfg: &CameraConfig) -> Self {
+        let tracker = Tracker::new(TrackerConfig {
+            low_thresh: (cfg.min_score * 0.5).max(0.1),
+            ..TrackerConfig::default()
+        });
+        Self {
+            name: cfg.name.clone(),
+            min_score: cfg.min_score,
+            tracker,
+            rules: RuleEngine::new(&cfg.zones, &cfg.lines, cfg.min_score),
+            stats: Arc::new(AnalysisStats::default()),
+            session: 0,
+            time_base: 0.0,
+            last_t: 0.0,
+            last_seen: None,
+        }
+    }
+}
+
+/// Where events go: a bounded channel drained by the control plane. A full channel blocks the
+/// worker (back-pressure); frames then wait in the latest-frame-wins queue and older ones are
+/// dropped and counted there, so nothing upstream grows.
+pub type EventSink = tokio::sync::mpsc::Sender<Event>;
+
+pub struct AnalysisWorker {
+    pub device: String,
+    pub backend: Box<dyn Backend>,
+    pub pre: Preprocessor,
+    pub decoder: NanodetDecoder,
+    pub cameras: Vec<CameraAnalysis>,
+    pub queue: Arc<FrameQueue>,
+    pub events: EventSink,
+    pub stop: Arc<AtomicBool>,
+}
+
+impl AnalysisWorker {
+    /// Runs until `stop` is set or the queue is closed.
+    pub fn run(mut self) {
+        let mut input = vec![0.0f32; self.pre.input_len()];
+        let mut dets = Detections::new();
+        let mut hits = RuleHits::new();
+        let dec_threshold = self
+            .cameras
+            .iter()
+            .map(|c| c.min_score)
+            .fold(1.0f32, f32::min)
+            * 0.5;
+        self.decoder.score_threshold = dec_threshold.max(0.05);
+        while !self.stop.load(Ordering::Relaxed) {
+            let Some(frame) = self.queue.pop(Duration::from_millis(500)) else {
+                continue;
+            };
+            let Some(yuv) = frame.host_yuv() else {
+                tracing::warn!("frame in an unsupported format; skipped");
+                continue;
+            };
+            let lb = self.pre.run(&yuv, &mut input);
+            let t0 = Instant::now();
+            let decoder = &mut self.decoder;
+            let res = self
+                .backend
+                .run(&input, &mut |outs| decoder.decode(outs, &lb, &mut dets));
+            let infer_us = t0.elapsed().as_micros() as u64;
+            let cam = &mut self.cameras[frame.slot];
+            if let Err(e) = res {
+                tracing::error!(camera = %cam.name, "inference failed: {e}");
+                continue;
+            }
+            let pts = frame.pts.map(|d| d.as_secs_f64()).unwrap_or(0.0);
+            let session = frame.session;
+            let received = frame.received;
+            drop(frame);
+            hits.clear();
+            if session != cam.session {
+                // New pipeline: tracks do not survive it; their zone leaves are reported.
+                let gap = cam
+                    .last_seen
+                    .map(|t| received.saturating_duration_since(t).as_secs_f64())
+                    .unwrap_or(0.0);
+                cam.time_base = cam.last_t + gap - pts;
+                let removed: heapless::Vec<u64, { crate::analytics::MAX_TRACKS }> =
+                    cam.tracker.reset().iter().copied().collect();
+                cam.rules.update(cam.last_t, &[], &removed, &mut hits);
+                cam.session = session;
+            }
+            let t = cam.time_base + pts;
+            cam.last_t = t;
+            cam.last_seen = Some(received);
+            dets.retain(|d| d.score >= cam.tracker.config().low_thresh);
+            let out = cam.tracker.update(&dets);
+            cam.rules.update(t, out.active, out.removed, &mut hits);
+            cam.stats.analysed.fetch_add(1, Ordering::Relaxed);
+            cam.stats
+                .infer_us_total
+                .fetch_add(infer_us, Ordering::Relaxed);
+            cam.stats
+                .detections
+                .fetch_add(dets.len() as u64, Ordering::Relaxed);
+            for h in &hits {
+                let ev = Event {
+                    id: new_event_id(),
+                    device: self.device.clone(),
+                    camera: cam.name.clone(),
+                    rule: cam.rules.rule_names()[h.rule].clone(),
+                    kind: match h.kind {
+                        HitKind::ZoneEnter => EventKind::ZoneEnter,
+                        HitKind::ZoneLeave => EventKind::ZoneLeave,
+                        HitKind::ZoneDwell => EventKind::ZoneDwell,
+                        HitKind::LineCross => EventKind::LineCross,
+                    },
+                    direction: h.crossing.map(|c| c.as_str()),
+                    track_id: h.track_id,
+                    class: COCO_CLASSES
+                        .get(h.class_id as usize)
+                        .copied()
+                        .unwrap_or("unknown")
+                        .to_string(),
+                    score: h.score,
+                    bbox: [h.bbox.x1, h.bbox.y1, h.bbox.x2, h.bbox.y2],
+                    pts_s: t,
+                    time: now_rfc3339(),
+                    dwell_s: h.dwell_s,
+                };
+                cam.stats.events.fetch_add(1, Ordering::Relaxed);
+                if self.events.blocking_send(ev).is_err() {
+                    cam.stats.events_lost.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
