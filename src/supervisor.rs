@@ -236,6 +236,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         tokio::select! {
             Some(ev) = rx.recv() => {
                 tracing::info!(
+                    target: "vigil::events",
                     camera = %ev.camera, rule = %ev.rule, kind = ?ev.kind, direction = ev.direction.unwrap_or("-"),
                     track = ev.track_id, class = %ev.class, score = ev.score, "event"
                 );

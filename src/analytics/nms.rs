@@ -8,16 +8,14 @@ pub type Candidates = heapless::Vec<Detection, MAX_CANDIDATES>;
 
 /// Adds a candidate; when full, it replaces the lowest-scoring one if it scores higher.
 pub fn push_candidate(c: &mut Candidates, d: Detection) {
-    if let Err(d) = c.push(d) {
-        if let Some((i, low)) = c
+    if let Err(d) = c.push(d)
+        && let Some((i, low)) = c
             .iter()
             .enumerate()
             .min_by(|a, b| a.1.score.total_cmp(&b.1.score))
-        {
-            if low.score < d.score {
-                c[i] = d;
-            }
-        }
+        && low.score < d.score
+    {
+        c[i] = d;
     }
 }
 

@@ -18,17 +18,17 @@ pub fn runtime_candidates() -> Vec<PathBuf> {
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
         c.push(PathBuf::from(p));
     }
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(dir) = exe.parent() {
-            c.push(dir.join("libonnxruntime.so.1"));
-            // target/release/vigil → <repo>/.cache/onnxruntime
-            if let Some(repo) = dir.parent().and_then(Path::parent) {
-                c.push(repo.join(".cache/onnxruntime/libonnxruntime.so.1"));
-            }
-            // target/release/deps/test-binary → <repo>/.cache/onnxruntime
-            if let Some(repo) = dir.parent().and_then(Path::parent).and_then(Path::parent) {
-                c.push(repo.join(".cache/onnxruntime/libonnxruntime.so.1"));
-            }
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+    {
+        c.push(dir.join("libonnxruntime.so.1"));
+        // target/release/vigil → <repo>/.cache/onnxruntime
+        if let Some(repo) = dir.parent().and_then(Path::parent) {
+            c.push(repo.join(".cache/onnxruntime/libonnxruntime.so.1"));
+        }
+        // target/release/deps/test-binary → <repo>/.cache/onnxruntime
+        if let Some(repo) = dir.parent().and_then(Path::parent).and_then(Path::parent) {
+            c.push(repo.join(".cache/onnxruntime/libonnxruntime.so.1"));
         }
     }
     c.push(PathBuf::from("/usr/lib/vigil/libonnxruntime.so.1"));

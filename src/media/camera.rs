@@ -438,23 +438,22 @@ fn build_pipeline(
     src.set_property("uri", &s.url);
     let latency_ms = s.rtsp_latency.as_millis() as u32;
     src.connect("source-setup", false, move |args| {
-        if let Ok(el) = args[1].get::<gst::Element>() {
-            if el.has_property("latency") {
-                el.set_property("latency", latency_ms);
-            }
+        if let Ok(el) = args[1].get::<gst::Element>()
+            && el.has_property("latency")
+        {
+            el.set_property("latency", latency_ms);
         }
         None
     });
     {
         let stats = stats.clone();
         pipeline.connect_deep_element_added(move |_, _, el| {
-            if let Some(f) = el.factory() {
-                if f.metadata(gst::ELEMENT_METADATA_KLASS)
+            if let Some(f) = el.factory()
+                && f.metadata(gst::ELEMENT_METADATA_KLASS)
                     .is_some_and(|k| k.contains("Decoder/Video"))
-                {
-                    let name = f.name().to_string();
-                    stats.set(|st, _| st.decoder = Some(name));
-                }
+            {
+                let name = f.name().to_string();
+                stats.set(|st, _| st.decoder = Some(name));
             }
         });
     }
@@ -486,10 +485,11 @@ fn build_pipeline(
         let Some(sinkpad) = convert.static_pad("sink") else {
             return;
         };
-        if is_video && !sinkpad.is_linked() {
-            if let Err(e) = pad.link(&sinkpad) {
-                tracing::warn!("cannot link decoded video pad: {e:?}");
-            }
+        if is_video
+            && !sinkpad.is_linked()
+            && let Err(e) = pad.link(&sinkpad)
+        {
+            tracing::warn!("cannot link decoded video pad: {e:?}");
         }
     });
 

@@ -65,12 +65,11 @@ pub fn decode_file(path: &Path, every: usize, max: usize) -> Result<Vec<OwnedI42
     convert.link(&sink).map_err(|e| e.to_string())?;
     let convert_weak = convert.downgrade();
     decode.connect_pad_added(move |_, pad| {
-        if let Some(c) = convert_weak.upgrade() {
-            if let Some(sp) = c.static_pad("sink") {
-                if !sp.is_linked() {
-                    let _ = pad.link(&sp);
-                }
-            }
+        if let Some(c) = convert_weak.upgrade()
+            && let Some(sp) = c.static_pad("sink")
+            && !sp.is_linked()
+        {
+            let _ = pad.link(&sp);
         }
     });
     pipeline
@@ -81,7 +80,7 @@ pub fn decode_file(path: &Path, every: usize, max: usize) -> Result<Vec<OwnedI42
     let result = loop {
         match sink.try_pull_sample(gst::ClockTime::from_seconds(30)) {
             Some(sample) => {
-                let take = n % every.max(1) == 0;
+                let take = n.is_multiple_of(every.max(1));
                 n += 1;
                 if !take {
                     continue;

@@ -1,1 +1,281 @@
-fn main() {}
+//! `cargo xtask <task>`: the project's tasks, for a fresh Debian 12 / Ubuntu 24.04 machine.
+//!
+//! - `setup`: installs what is missing (apt packages, ONNX Runtime, the model, the media).
+//! - `demo`:  setup, then a local mosquitto, the demo clip as an RTSP camera, `vigil run` on
+//!   `configs/demo.toml`, and every event printed as a subscriber receives it.
+//! - `test`:  setup, then formatting, clippy and the whole test suite.
+//!
+//! Everything downloaded is pinned and checked by sha256, and cached under `.cache/`.
+
+mod assets;
+
+use anyhow::{Context, Result, bail};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let r = match args.first().map(String::as_str) {
+        Some("setup") => assets::setup(&root()).map(|_| ()),
+        Some("demo") => demo(&args[1..]),
+        Some("test") => test(&args[1..]),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <setup | demo [--seconds N] | test [--no-lint] [-- cargo test args]>"
+            );
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = r {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+pub fn step(msg: &str) {
+    println!("\x1b[1m==> {msg}\x1b[0m");
+}
+
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed ({status})");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn test(args: &[String]) -> Result<()> {
+    let root = root();
+    let t0 = Instant::now();
+    assets::setup(&root)?;
+    let (lint, rest): (bool, &[String]) = match args.first().map(String::as_str) {
+        Some("--no-lint") => (false, &args[1..]),
+        _ => (true, args),
+    };
+    let extra: Vec<&String> = rest.iter().skip_while(|a| *a == "--").collect();
+    if lint {
+        step("cargo fmt --check");
+        run(cargo().current_dir(&root).args(["fmt", "--all", "--check"]))?;
+        step("cargo clippy --release --all-targets -- -D warnings");
+        run(cargo().current_dir(&root).args([
+            "clippy",
+            "--release",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+    }
+    step("cargo test --release --workspace (unit, integration and end-to-end tests)");
+    run(cargo()
+        .current_dir(&root)
+        .args(["test", "--release", "--workspace"])
+        .args(extra))?;
+    step(&format!(
+        "all tests passed in {:.0}s",
+        t0.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
+
+/// Kills child processes when dropped.
+struct Children(Vec<(String, Child)>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for (name, c) in self.0.iter_mut().rev() {
+            // SIGTERM first so vigil can publish its retained `offline` and stop cleanly.
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if let Ok(None) = c.try_wait() {
+                let _ = c.kill();
+                let _ = c.wait();
+                eprintln!("(killed {name})");
+            }
+        }
+    }
+}
+
+fn port_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+fn demo(args: &[String]) -> Result<()> {
+    let root = root();
+    let seconds: Option<u64> = match args {
+        [flag, n] if flag == "--seconds" => Some(n.parse().context("--seconds N")?),
+        [] => None,
+        _ => bail!("usage: cargo xtask demo [--seconds N]"),
+    };
+    let assets = assets::setup(&root)?;
+    step("building vigil (release)");
+    run(cargo()
+        .current_dir(&root)
+        .args(["build", "--release", "--bin", "vigil"]))?;
+    let vigil = root.join("target/release/vigil");
+    let config = root.join("configs/demo.toml");
+    let (mqtt_port, rtsp_port) = (18883u16, 18554u16);
+    for p in [mqtt_port, rtsp_port] {
+        if !port_free(p) {
+            bail!(
+                "port {p} on 127.0.0.1 is taken (configs/demo.toml uses {mqtt_port} for MQTT and {rtsp_port} for RTSP)"
+            );
+        }
+    }
+    let work = root.join(".cache/demo");
+    std::fs::create_dir_all(&work)?;
+    let mut kids = Children(Vec::new());
+
+    step(&format!("starting mosquitto on 127.0.0.1:{mqtt_port}"));
+    let conf = work.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!("listener {mqtt_port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+    )?;
+    let mosq = Command::new(assets::mosquitto_bin())
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    kids.0.push(("mosquitto".into(), mosq));
+
+    step(&format!(
+        "serving the demo clip as an RTSP camera on 127.0.0.1:{rtsp_port}"
+    ));
+    let rtsp = Command::new(&vigil)
+        .args([
+            "rtsp-serve",
+            "--port",
+            &rtsp_port.to_string(),
+            "--mount",
+            "/plaza",
+            "--file",
+        ])
+        .arg(&assets.demo_clip)
+        .stdout(Stdio::null())
+        .spawn()?;
+    kids.0.push(("rtsp server".into(), rtsp));
+    wait_port(mqtt_port, Duration::from_secs(5))?;
+    wait_port(rtsp_port, Duration::from_secs(10))?;
+
+    step("subscribing to vigil/demo/# (events are printed as they arrive)");
+    let mut sub = Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &mqtt_port.to_string(),
+            "-v",
+            "-t",
+            "vigil/demo/events/#",
+            "-t",
+            "vigil/demo/status",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let out = sub.stdout.take().context("subscriber stdout")?;
+    kids.0.push(("mosquitto_sub".into(), sub));
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            println!("{}", pretty_event(&line));
+        }
+    });
+
+    println!();
+    println!(
+        "  camera (RTSP):   rtsp://127.0.0.1:{rtsp_port}/plaza   (e.g. `gst-play-1.0 rtsp://127.0.0.1:{rtsp_port}/plaza`)"
+    );
+    println!(
+        "  broker (MQTT):   mqtt://127.0.0.1:{mqtt_port}   events: vigil/demo/events/<camera>, telemetry: vigil/demo/telemetry, status: vigil/demo/status"
+    );
+    println!("  watch telemetry: mosquitto_sub -p {mqtt_port} -t vigil/demo/telemetry");
+    println!("  config:          {}", config.display());
+    println!("  stop:            Ctrl-C");
+    println!();
+    step("vigil run --config configs/demo.toml");
+    let vigil_run = Command::new(&vigil)
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .env("VIGIL_LOG", "info,vigil::events=warn")
+        .spawn()?;
+    kids.0.push(("vigil".into(), vigil_run));
+    let started = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        if let Some((_, v)) = kids.0.last_mut()
+            && let Ok(Some(status)) = v.try_wait()
+        {
+            bail!("vigil exited: {status}");
+        }
+        if seconds.is_some_and(|s| started.elapsed() >= Duration::from_secs(s)) {
+            step(&format!(
+                "demo ran {}s; stopping",
+                seconds.unwrap_or_default()
+            ));
+            return Ok(());
+        }
+    }
+}
+
+fn wait_port(port: u16, timeout: Duration) -> Result<()> {
+    let t0 = Instant::now();
+    while t0.elapsed() < timeout {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("nothing listens on 127.0.0.1:{port} after {timeout:?}")
+}
+
+/// `topic {json}` → a one-line summary of an event or status.
+fn pretty_event(line: &str) -> String {
+    let Some((topic, payload)) = line.split_once(' ') else {
+        return line.to_string();
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(payload) else {
+        return line.to_string();
+    };
+    if topic.ends_with("/status") {
+        return format!("[mqtt] {topic}: {}", v["state"].as_str().unwrap_or("?"));
+    }
+    format!(
+        "[mqtt] EVENT {:<8} {:<11} {:<10} {:<4} track {:<4} {:<7} score {:.2}  t={:.1}s",
+        v["camera"].as_str().unwrap_or("?"),
+        v["kind"].as_str().unwrap_or("?"),
+        v["rule"].as_str().unwrap_or("?"),
+        v["direction"].as_str().unwrap_or(""),
+        v["track_id"],
+        v["class"].as_str().unwrap_or("?"),
+        v["score"].as_f64().unwrap_or(0.0),
+        v["pts_s"].as_f64().unwrap_or(0.0),
+    )
+}

