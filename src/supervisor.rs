@@ -259,7 +259,10 @@ pub async fn run(cfg: Config) -> Result<()> {
                     events_dropped: link.stats.dropped.load(Ordering::Relaxed),
                     cameras: plan.telemetry(&mut prev),
                 };
-                if let Ok(p) = serde_json::to_vec(&payload) {
+                // Telemetry is a snapshot: one queued while the broker is away would arrive stale.
+                if payload.mqtt_connected
+                    && let Ok(p) = serde_json::to_vec(&payload)
+                {
                     link.publish(link.topics.telemetry(), false, p);
                 }
             }

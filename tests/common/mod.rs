@@ -1,0 +1,321 @@
+//! Real parts for the integration tests: a mosquitto broker on a free port, the RTSP server
+//! (`vigil rtsp-serve`), `vigil run`, and an MQTT subscriber (`mosquitto_sub`). Everything is
+//! a real process, killed when its guard drops.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// An asset installed by `cargo xtask setup`; panics with the fix if missing.
+pub fn asset(rel: &str) -> PathBuf {
+    let p = repo().join(rel);
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo xtask setup` (or `cargo xtask test`)",
+        p.display()
+    );
+    p
+}
+
+pub fn model() -> PathBuf {
+    asset("models/nanodet.onnx")
+}
+
+pub fn vigil_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_vigil")
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+pub fn wait_port(port: u16, timeout: Duration) {
+    let t0 = Instant::now();
+    while t0.elapsed() < timeout {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("nothing listens on 127.0.0.1:{port} after {timeout:?}");
+}
+
+pub fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("vigil-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+/// A child process killed (SIGKILL) on drop.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+}
+
+impl Proc {
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let t0 = Instant::now();
+        while t0.elapsed() < timeout {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn mosquitto_bin() -> &'static str {
+    ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or("mosquitto")
+}
+
+/// A real mosquitto on 127.0.0.1:`port`, persistence off.
+pub fn mosquitto(dir: &Path, port: u16) -> Proc {
+    let conf = dir.join(format!("mosquitto-{port}.conf"));
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+    )
+    .unwrap();
+    let child = Command::new(mosquitto_bin())
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto");
+    wait_port(port, Duration::from_secs(5));
+    Proc {
+        name: "mosquitto".into(),
+        child,
+    }
+}
+
+/// `vigil rtsp-serve` serving `file` at rtsp://127.0.0.1:`port``mount`.
+pub fn rtsp_server(file: &Path, port: u16, mount: &str) -> Proc {
+    let child = Command::new(vigil_bin())
+        .args([
+            "rtsp-serve",
+            "--port",
+            &port.to_string(),
+            "--mount",
+            mount,
+            "--file",
+        ])
+        .arg(file)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("rtsp server");
+    wait_port(port, Duration::from_secs(10));
+    Proc {
+        name: "rtsp".into(),
+        child,
+    }
+}
+
+/// Lines written by a child, collected by a thread.
+#[derive(Clone, Default)]
+pub struct Lines(pub Arc<Mutex<Vec<(Instant, String)>>>);
+
+impl Lines {
+    fn collect(&self, r: impl std::io::Read + Send + 'static, echo: Option<&'static str>) {
+        let me = self.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(r).lines().map_while(Result::ok) {
+                if let Some(tag) = echo {
+                    eprintln!("[{tag}] {line}");
+                }
+                me.0.lock().unwrap().push((Instant::now(), line));
+            }
+        });
+    }
+    pub fn snapshot(&self) -> Vec<(Instant, String)> {
+        self.0.lock().unwrap().clone()
+    }
+    pub fn contains(&self, s: &str) -> bool {
+        self.0.lock().unwrap().iter().any(|(_, l)| l.contains(s))
+    }
+    /// Waits until a line satisfies `f`; returns it.
+    pub fn wait_for(
+        &self,
+        timeout: Duration,
+        f: impl Fn(&str) -> bool,
+    ) -> Option<(Instant, String)> {
+        let t0 = Instant::now();
+        loop {
+            if let Some(l) = self.0.lock().unwrap().iter().find(|(_, l)| f(l)) {
+                return Some(l.clone());
+            }
+            if t0.elapsed() > timeout {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// `vigil run --config`, stderr (logs) collected and echoed.
+pub fn vigil_run(config: &Path) -> (Proc, Lines) {
+    let mut child = Command::new(vigil_bin())
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .env("VIGIL_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("vigil run");
+    let logs = Lines::default();
+    logs.collect(child.stderr.take().unwrap(), Some("vigil"));
+    (
+        Proc {
+            name: "vigil".into(),
+            child,
+        },
+        logs,
+    )
+}
+
+/// A received MQTT message.
+#[derive(Debug, Clone)]
+pub struct Msg {
+    pub at: Instant,
+    pub topic: String,
+    pub json: serde_json::Value,
+}
+
+/// `mosquitto_sub` on `topics`, messages parsed as JSON.
+pub struct Subscriber {
+    pub proc: Proc,
+    lines: Lines,
+}
+
+impl Subscriber {
+    pub fn start(port: u16, topics: &[&str]) -> Self {
+        let mut cmd = Command::new("mosquitto_sub");
+        cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-v", "-q", "1"]);
+        for t in topics {
+            cmd.args(["-t", t]);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto_sub");
+        let lines = Lines::default();
+        lines.collect(child.stdout.take().unwrap(), None);
+        // Give the subscription a moment to reach the broker.
+        std::thread::sleep(Duration::from_millis(300));
+        Self {
+            proc: Proc {
+                name: "mosquitto_sub".into(),
+                child,
+            },
+            lines,
+        }
+    }
+
+    pub fn messages(&self) -> Vec<Msg> {
+        self.lines
+            .snapshot()
+            .into_iter()
+            .filter_map(|(at, l)| {
+                let (topic, payload) = l.split_once(' ')?;
+                let json = serde_json::from_str(payload).ok()?;
+                Some(Msg {
+                    at,
+                    topic: topic.to_string(),
+                    json,
+                })
+            })
+            .collect()
+    }
+
+    pub fn on(&self, suffix: &str) -> Vec<Msg> {
+        self.messages()
+            .into_iter()
+            .filter(|m| m.topic.ends_with(suffix))
+            .collect()
+    }
+
+    pub fn wait(&self, timeout: Duration, f: impl Fn(&Msg) -> bool) -> Option<Msg> {
+        let t0 = Instant::now();
+        loop {
+            if let Some(m) = self.messages().into_iter().find(|m| f(m)) {
+                return Some(m);
+            }
+            if t0.elapsed() > timeout {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A config with one RTSP camera and the given extra camera TOML (rules).
+pub fn config_toml(
+    device: &str,
+    mqtt_port: u16,
+    rtsp_url: &str,
+    camera_extra: &str,
+    rules: &str,
+) -> String {
+    format!(
+        r#"[device]
+id = "{device}"
+
+[mqtt]
+host = "127.0.0.1"
+port = {mqtt_port}
+telemetry_interval = "1s"
+
+[models.nanodet]
+path = "{model}"
+kind = "nanodet"
+backend = "cpu"
+threads = 2
+
+[[cameras]]
+name = "plaza"
+url = "{rtsp_url}"
+model = "nanodet"
+{camera_extra}
+
+{rules}
+"#,
+        model = model().display()
+    )
+}
