@@ -5,6 +5,7 @@
 //! [`mqtt`]. See `ARCHITECTURE.md` for what each module deliberately does not know.
 
 pub mod analytics;
+pub mod bench;
 pub mod config;
 pub mod detect;
 pub mod events;

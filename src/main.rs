@@ -44,6 +44,8 @@ enum Cmd {
         #[arg(long, default_value = "/cam")]
         mount: String,
     },
+    /// Measure the CPU analysis path against the Python baseline; see benches/RESULTS.md.
+    Bench(vigil::bench::BenchArgs),
 }
 
 fn init_logging() {
@@ -94,6 +96,10 @@ fn main() -> ExitCode {
         } => report(vigil::detect::detect_files(
             &model, min_score, threads, &files,
         )),
+        Cmd::Bench(args) => {
+            init_logging();
+            report(vigil::bench::run(args))
+        }
         Cmd::RtspServe { file, port, mount } => report(
             vigil::media::rtsp_server::serve_forever(&file, port, &mount)
                 .map_err(anyhow::Error::msg),

@@ -91,11 +91,14 @@ impl Plan {
             }
             let decoder =
                 NanodetDecoder::new(&model.path.display().to_string(), size, backend.outputs())?;
-            let queue = Arc::new(FrameQueue::new(cams.len()));
+            let sources: Vec<SourceSettings> =
+                cams.iter().map(|c| SourceSettings::from(*c)).collect();
+            let policies: Vec<_> = sources.iter().map(SourceSettings::drop_policy).collect();
+            let queue = Arc::new(FrameQueue::new(&policies));
             let analyses: Vec<CameraAnalysis> =
                 cams.iter().map(|c| CameraAnalysis::new(c)).collect();
-            for (slot, (c, a)) in cams.iter().zip(&analyses).enumerate() {
-                let handle = CameraHandle::spawn(SourceSettings::from(*c), slot, queue.clone())
+            for (slot, ((c, a), src)) in cams.iter().zip(&analyses).zip(sources).enumerate() {
+                let handle = CameraHandle::spawn(src, slot, queue.clone())
                     .with_context(|| format!("camera {}", c.name))?;
                 plan.cameras.push(RunningCamera {
                     name: c.name.clone(),
@@ -172,6 +175,37 @@ impl Plan {
             );
         }
         out
+    }
+
+    /// State of the first camera and the frames waiting for analysis (for `vigil bench`).
+    pub fn bench_progress(&self) -> (crate::media::CameraState, usize) {
+        let state = self
+            .cameras
+            .first()
+            .map(|c| c.handle.stats.state())
+            .unwrap_or(crate::media::CameraState::Stopped);
+        (state, self.queues.iter().map(|q| q.pending()).sum())
+    }
+
+    /// Waits until the analysed-frame counters stop moving (at most `timeout`); returns their sum.
+    pub fn wait_idle(&self, timeout: Duration) -> u64 {
+        let total = || {
+            self.cameras
+                .iter()
+                .map(|c| c.analysis.analysed.load(Ordering::Relaxed))
+                .sum::<u64>()
+        };
+        let t0 = Instant::now();
+        let mut last = total();
+        while t0.elapsed() < timeout {
+            std::thread::sleep(Duration::from_millis(100));
+            let now = total();
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+        last
     }
 
     /// Stops cameras, then workers.

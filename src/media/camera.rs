@@ -129,6 +129,18 @@ pub struct SourceSettings {
     pub on_end: OnEnd,
 }
 
+impl SourceSettings {
+    /// Live cameras keep only the latest frame; recordings (`file://`) are read no faster than
+    /// they are analysed, so every sampled frame is analysed.
+    pub fn drop_policy(&self) -> super::DropPolicy {
+        if self.url.starts_with("file://") {
+            super::DropPolicy::Block
+        } else {
+            super::DropPolicy::LatestWins
+        }
+    }
+}
+
 impl From<&CameraConfig> for SourceSettings {
     fn from(c: &CameraConfig) -> Self {
         Self {
@@ -249,10 +261,12 @@ fn run_camera(
         let (outcome, got_frames) =
             match build_pipeline(&s, slot, session, queue.clone(), stats.clone()) {
                 Ok(pipeline) => {
+                    queue.set_flushing(slot, false);
                     let r = watch(&s, &pipeline, &stats, &stop);
+                    // Release a streaming thread waiting on a full slot before stopping it.
+                    queue.set_flushing(slot, true);
                     let _ = pipeline.set_state(gst::State::Null);
                     *stop.bus.lock().unwrap_or_else(|e| e.into_inner()) = None;
-                    queue.clear(slot);
                     r
                 }
                 Err(e) => (Outcome::Failed(e), false),

@@ -91,32 +91,55 @@ impl FrameRef {
     }
 }
 
-/// Bounded hand-over from N camera pipelines to one inference worker: one slot per camera, a
-/// new frame replaces an unconsumed one (latest frame wins) and the replaced one is counted as
-/// dropped. Capacity is fixed at N frames; nothing blocks the pipelines.
+/// What a camera's slot does when a new frame arrives before the last one was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropPolicy {
+    /// Replace it and count a drop: live cameras, where only the present matters.
+    LatestWins,
+    /// Wait until it is taken (back-pressure into the decoder): recordings, where every
+    /// sampled frame is analysed and a file is read no faster than it is analysed.
+    Block,
+}
+
+/// Bounded hand-over from N camera pipelines to one inference worker: one slot per camera, so
+/// capacity is fixed at N frames. Per slot a [`DropPolicy`]: for live cameras a new frame
+/// replaces an unconsumed one (latest frame wins) and the replaced one is counted as dropped;
+/// for recordings the pipeline waits.
 pub struct FrameQueue {
     slots: Mutex<QueueInner>,
     ready: Condvar,
+    space: Condvar,
     dropped: Vec<AtomicU64>,
 }
 
 struct QueueInner {
     frames: Vec<Option<FrameRef>>,
+    policy: Vec<DropPolicy>,
+    /// A flushing slot refuses frames at once (its pipeline is being torn down).
+    flushing: Vec<bool>,
     next: usize,
     closed: bool,
 }
 
 impl FrameQueue {
-    pub fn new(cameras: usize) -> Self {
+    pub fn new(policies: &[DropPolicy]) -> Self {
+        let n = policies.len();
         Self {
             slots: Mutex::new(QueueInner {
-                frames: (0..cameras).map(|_| None).collect(),
+                frames: (0..n).map(|_| None).collect(),
+                policy: policies.to_vec(),
+                flushing: vec![false; n],
                 next: 0,
                 closed: false,
             }),
             ready: Condvar::new(),
-            dropped: (0..cameras).map(|_| AtomicU64::new(0)).collect(),
+            space: Condvar::new(),
+            dropped: (0..n).map(|_| AtomicU64::new(0)).collect(),
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueInner> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn len(&self) -> usize {
@@ -127,12 +150,21 @@ impl FrameQueue {
         self.dropped.is_empty()
     }
 
-    /// Offers a frame; returns true if it replaced an unconsumed one (a drop).
+    /// Offers a frame; returns true if it replaced an unconsumed one (a drop). With
+    /// [`DropPolicy::Block`] it waits for the slot to empty instead (or for a flush or close).
     pub fn push(&self, frame: FrameRef) -> bool {
         let slot = frame.slot;
         let old = {
-            let mut g = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-            if g.closed {
+            let mut g = self.lock();
+            if g.policy[slot] == DropPolicy::Block {
+                g = self
+                    .space
+                    .wait_while(g, |q| {
+                        q.frames[slot].is_some() && !q.flushing[slot] && !q.closed
+                    })
+                    .unwrap_or_else(|e| e.into_inner());
+            }
+            if g.closed || g.flushing[slot] {
                 return false;
             }
             g.frames[slot].replace(frame)
@@ -151,11 +183,16 @@ impl FrameQueue {
         self.dropped[slot].load(Ordering::Relaxed)
     }
 
+    /// Frames waiting for the worker.
+    pub fn pending(&self) -> usize {
+        self.lock().frames.iter().filter(|f| f.is_some()).count()
+    }
+
     /// Takes the next waiting frame, cameras served round-robin; waits up to `timeout`.
     /// `None` on timeout or when closed.
     pub fn pop(&self, timeout: Duration) -> Option<FrameRef> {
         let deadline = Instant::now() + timeout;
-        let mut g = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = self.lock();
         loop {
             if g.closed {
                 return None;
@@ -165,6 +202,8 @@ impl FrameQueue {
                 let i = (g.next + k) % n;
                 if let Some(f) = g.frames[i].take() {
                     g.next = (i + 1) % n;
+                    drop(g);
+                    self.space.notify_all();
                     return Some(f);
                 }
             }
@@ -180,20 +219,106 @@ impl FrameQueue {
         }
     }
 
-    /// Drops waiting frames of one camera (its pipeline is being torn down).
-    pub fn clear(&self, slot: usize) {
-        let old = self.slots.lock().unwrap_or_else(|e| e.into_inner()).frames[slot].take();
+    /// While flushing, the slot refuses frames and a producer waiting on it returns: set before
+    /// tearing a camera's pipeline down (its streaming thread may be waiting here), cleared when
+    /// the next pipeline starts. Setting it drops the waiting frame.
+    pub fn set_flushing(&self, slot: usize, flushing: bool) {
+        let old = {
+            let mut g = self.lock();
+            g.flushing[slot] = flushing;
+            if flushing {
+                g.frames[slot].take()
+            } else {
+                None
+            }
+        };
+        self.space.notify_all();
         drop(old);
     }
 
-    /// Wakes the consumer and refuses further frames.
+    /// Wakes the consumer and every producer, and refuses further frames.
     pub fn close(&self) {
         let old: Vec<Option<FrameRef>> = {
-            let mut g = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            let mut g = self.lock();
             g.closed = true;
             g.frames.iter_mut().map(Option::take).collect()
         };
         drop(old);
         self.ready.notify_all();
+        self.space.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn frame(slot: usize, n: u64) -> FrameRef {
+        gst::init().unwrap();
+        let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::I420, 4, 4)
+            .build()
+            .unwrap();
+        let mut buf = gst::Buffer::with_size(info.size()).unwrap();
+        buf.get_mut()
+            .unwrap()
+            .set_pts(gst::ClockTime::from_mseconds(n));
+        FrameRef::from_buffer(slot, 1, buf, &info).unwrap()
+    }
+
+    #[test]
+    fn latest_wins_replaces_and_counts_drops() {
+        let q = FrameQueue::new(&[DropPolicy::LatestWins, DropPolicy::LatestWins]);
+        assert!(!q.push(frame(0, 1)));
+        assert!(q.push(frame(0, 2)));
+        assert!(!q.push(frame(1, 3)));
+        assert_eq!((q.dropped(0), q.dropped(1), q.pending()), (1, 0, 2));
+        // Round-robin, and the survivor of slot 0 is the newest frame.
+        let a = q.pop(Duration::ZERO).unwrap();
+        let b = q.pop(Duration::ZERO).unwrap();
+        assert_eq!(
+            (a.slot, a.pts, b.slot),
+            (0, Some(Duration::from_millis(2)), 1)
+        );
+        assert!(q.pop(Duration::from_millis(10)).is_none());
+    }
+
+    #[test]
+    fn block_waits_for_the_worker_and_flushing_releases_the_producer() {
+        let q = Arc::new(FrameQueue::new(&[DropPolicy::Block]));
+        assert!(!q.push(frame(0, 1)));
+        let producer = {
+            let q = q.clone();
+            std::thread::spawn(move || q.push(frame(0, 2)))
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            !producer.is_finished(),
+            "a full Block slot makes the producer wait"
+        );
+        assert_eq!(
+            q.pop(Duration::ZERO).unwrap().pts,
+            Some(Duration::from_millis(1))
+        );
+        assert!(!producer.join().unwrap());
+        assert_eq!(
+            q.pop(Duration::ZERO).unwrap().pts,
+            Some(Duration::from_millis(2))
+        );
+        assert_eq!(q.dropped(0), 0);
+
+        assert!(!q.push(frame(0, 3)));
+        let producer = {
+            let q = q.clone();
+            std::thread::spawn(move || q.push(frame(0, 4)))
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        q.set_flushing(0, true);
+        producer.join().unwrap();
+        assert_eq!(
+            q.pending(),
+            0,
+            "flushing empties the slot and refuses frames"
+        );
     }
 }

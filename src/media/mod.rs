@@ -12,7 +12,7 @@ pub mod rtsp_server;
 pub mod still;
 
 pub use camera::{CameraHandle, CameraState, CameraStats};
-pub use frame::{FrameQueue, FrameRef};
+pub use frame::{DropPolicy, FrameQueue, FrameRef};
 
 /// Initialises GStreamer (idempotent).
 pub fn init() -> Result<(), String> {

@@ -142,3 +142,30 @@ pub fn decode_file(path: &Path, every: usize, max: usize) -> Result<Vec<OwnedI42
     }
     Ok(out)
 }
+
+/// Duration of a clip in seconds.
+pub fn duration_s(path: &Path) -> Result<f64, String> {
+    super::init()?;
+    let abs = std::fs::canonicalize(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let uri = gst::glib::filename_to_uri(&abs, None).map_err(|e| e.to_string())?;
+    let fake = || {
+        gst::ElementFactory::make("fakesink")
+            .build()
+            .map_err(|e| e.to_string())
+    };
+    let playbin = gst::ElementFactory::make("playbin")
+        .property("uri", uri.as_str())
+        .property("video-sink", fake()?)
+        .property("audio-sink", fake()?)
+        .build()
+        .map_err(|e| e.to_string())?;
+    playbin
+        .set_state(gst::State::Paused)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let (res, _, _) = playbin.state(gst::ClockTime::from_seconds(10));
+    let d = playbin.query_duration::<gst::ClockTime>();
+    let _ = playbin.set_state(gst::State::Null);
+    res.map_err(|e| format!("{}: {e}", path.display()))?;
+    d.map(|d| d.nseconds() as f64 / 1e9)
+        .ok_or_else(|| format!("{}: unknown duration", path.display()))
+}

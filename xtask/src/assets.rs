@@ -346,3 +346,24 @@ fn pictures(media: &Path, dl: &Path) -> Result<()> {
     }
     check_sha(&astronaut, ASTRONAUT_SHA256)
 }
+
+/// A virtualenv with onnxruntime over Debian's python3 (which has python3-opencv), for the
+/// Python baseline of `vigil bench`.
+pub fn bench_python(root: &Path) -> Result<PathBuf> {
+    let venv = root.join(".cache/bench-venv");
+    let py = venv.join("bin/python");
+    if !py.exists() {
+        step("creating the baseline's virtualenv (Debian python3 + python3-opencv + onnxruntime)");
+        run(Command::new("/usr/bin/python3")
+            .args(["-m", "venv", "--system-site-packages"])
+            .arg(&venv))?;
+    }
+    run(Command::new(&py).args([
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        &format!("onnxruntime=={ORT_VERSION}"),
+    ]))?;
+    Ok(py)
+}

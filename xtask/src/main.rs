@@ -21,9 +21,10 @@ fn main() {
         Some("setup") => assets::setup(&root()).map(|_| ()),
         Some("demo") => demo(&args[1..]),
         Some("test") => test(&args[1..]),
+        Some("bench") => bench(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup | demo [--seconds N] | test [--no-lint] [-- cargo test args]>"
+                "usage: cargo xtask <setup | demo [--seconds N] | test [--no-lint] [-- cargo test args] | bench [vigil bench args]>"
             );
             std::process::exit(2);
         }
@@ -93,6 +94,26 @@ fn test(args: &[String]) -> Result<()> {
         t0.elapsed().as_secs_f64()
     ));
     Ok(())
+}
+
+/// `vigil bench` with the Python baseline (OpenCV + onnxruntime in a virtualenv that sees
+/// Debian's python3-opencv).
+fn bench(args: &[String]) -> Result<()> {
+    let root = root();
+    assets::setup(&root)?;
+    let py = assets::bench_python(&root)?;
+    step("building vigil (release)");
+    run(cargo()
+        .current_dir(&root)
+        .args(["build", "--release", "--bin", "vigil"]))?;
+    step("vigil bench (Vigil's CPU path, then the Python baseline, same clip, model and threads)");
+    run(Command::new(root.join("target/release/vigil"))
+        .current_dir(&root)
+        .arg("bench")
+        .arg("--python")
+        .arg(py)
+        .args(args)
+        .env("VIGIL_LOG", "warn"))
 }
 
 /// Kills child processes when dropped.

@@ -1,0 +1,303 @@
+//! `vigil bench`: the CPU analysis path measured against a faithful Python baseline
+//! (`benches/baseline/baseline.py`: OpenCV capture → resize → onnxruntime → NMS), same model,
+//! same clip, same thread count, in one invocation.
+//!
+//! Vigil runs its production path (the camera pipeline on a `file://` recording, the analysis
+//! worker, tracker and rules) in this process; the baseline runs as a child. CPU time comes from
+//! `getrusage` (this process, then its children). The baseline's detections go through Vigil's
+//! own tracker and rules, so the two event lists can be compared: "same events found".
+
+use crate::analytics::rules::{RuleEngine, RuleHits};
+use crate::analytics::tracker::{Tracker, TrackerConfig};
+use crate::analytics::{BBox, Detection};
+use crate::config::{CameraConfig, Config, DeviceConfig, ModelConfig, MqttConfig, OnEnd};
+use crate::events::Event;
+use crate::media::CameraState;
+use crate::supervisor::Plan;
+use anyhow::{Context, Result, bail};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// H.264 clip (the first 30 s of vtest.avi by default).
+    #[arg(long, default_value = ".cache/media/vtest-30s.mp4")]
+    pub clip: PathBuf,
+    #[arg(long, default_value = "models/nanodet.onnx")]
+    pub model: PathBuf,
+    /// Inference threads, for both.
+    #[arg(long, default_value_t = 2)]
+    pub threads: u32,
+    /// Vigil's analysis rate (frames per second of video).
+    #[arg(long, default_value_t = 5.0)]
+    pub fps: f32,
+    /// Python with cv2 and onnxruntime for the baseline; none = skip the baseline.
+    #[arg(long)]
+    pub python: Option<PathBuf>,
+    #[arg(long, default_value = "benches/baseline/baseline.py")]
+    pub baseline: PathBuf,
+    /// Rules (TOML with [[cameras.lines]] / [[cameras.zones]] tables) to count events with.
+    #[arg(long, default_value = "benches/rules.toml")]
+    pub rules: PathBuf,
+}
+
+fn cpu_seconds(who: i32) -> f64 {
+    // SAFETY: getrusage only writes the struct we pass; zeroed is a valid rusage.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a valid, writable rusage for the duration of the call.
+    if unsafe { libc::getrusage(who, &mut ru) } != 0 {
+        return 0.0;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+#[derive(serde::Deserialize)]
+struct RulesFile {
+    cameras: Vec<RulesOnly>,
+}
+
+#[derive(serde::Deserialize)]
+struct RulesOnly {
+    #[serde(default)]
+    zones: Vec<crate::config::ZoneConfig>,
+    #[serde(default)]
+    lines: Vec<crate::config::LineConfig>,
+}
+
+/// A comparable summary of events: count per (rule, kind, direction).
+fn tally<'a>(events: impl Iterator<Item = (&'a str, &'a str, &'a str)>) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for (rule, kind, dir) in events {
+        *m.entry(format!(
+            "{rule} {kind}{}{dir}",
+            if dir.is_empty() { "" } else { " " }
+        ))
+        .or_insert(0) += 1;
+    }
+    m
+}
+
+struct Measured {
+    cpu_s: f64,
+    wall_s: f64,
+    frames: u64,
+    events: BTreeMap<String, usize>,
+}
+
+fn run_vigil(a: &BenchArgs, rules: &RulesOnly, min_score: f32) -> Result<Measured> {
+    let clip = std::fs::canonicalize(&a.clip).with_context(|| a.clip.display().to_string())?;
+    let model = std::fs::canonicalize(&a.model).with_context(|| a.model.display().to_string())?;
+    let camera: CameraConfig = toml::from_str(&format!(
+        "name = \"bench\"\nurl = \"file://{}\"\nmodel = \"m\"\nfps = {}\nmin_score = {min_score}\non_end = \"stop\"",
+        clip.display(),
+        a.fps
+    ))?;
+    let camera = CameraConfig {
+        zones: rules.zones.clone(),
+        lines: rules.lines.clone(),
+        on_end: OnEnd::Stop,
+        ..camera
+    };
+    let model_cfg: ModelConfig = toml::from_str(&format!(
+        "path = \"{}\"\nkind = \"nanodet\"\nbackend = \"cpu\"\nthreads = {}",
+        model.display(),
+        a.threads
+    ))?;
+    let cfg = Config {
+        device: DeviceConfig { id: "bench".into() },
+        mqtt: MqttConfig::default(),
+        models: [("m".to_string(), model_cfg)].into_iter().collect(),
+        cameras: vec![camera],
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Event>(4096);
+    // Warm-up outside the measurement: load the model and GStreamer once.
+    crate::media::init().map_err(anyhow::Error::msg)?;
+    let cpu0 = cpu_seconds(libc::RUSAGE_SELF);
+    let t0 = Instant::now();
+    let plan = Plan::start(&cfg, tx)?;
+    loop {
+        std::thread::sleep(Duration::from_millis(20));
+        let (state, pending) = plan.bench_progress();
+        if state == CameraState::Ended && pending == 0 {
+            break;
+        }
+        if !matches!(
+            state,
+            CameraState::Connecting | CameraState::Live | CameraState::Ended
+        ) {
+            bail!("bench camera failed: {state:?}");
+        }
+    }
+    // The worker may be finishing the last frame.
+    let frames = plan.wait_idle(Duration::from_secs(5));
+    let wall_s = t0.elapsed().as_secs_f64();
+    let cpu_s = cpu_seconds(libc::RUSAGE_SELF) - cpu0;
+    plan.stop();
+    let mut evs = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        evs.push(e);
+    }
+    let kinds: Vec<(String, String, String)> = evs
+        .iter()
+        .map(|e| {
+            (
+                e.rule.clone(),
+                format!("{:?}", e.kind),
+                e.direction.unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    let events = tally(
+        kinds
+            .iter()
+            .map(|(r, k, d)| (r.as_str(), k.as_str(), d.as_str())),
+    );
+    Ok(Measured {
+        cpu_s,
+        wall_s,
+        frames,
+        events,
+    })
+}
+
+#[derive(serde::Deserialize)]
+struct BaselineFrame {
+    pts_s: f64,
+    dets: Vec<[f64; 6]>,
+}
+
+fn run_baseline(
+    a: &BenchArgs,
+    python: &Path,
+    rules: &RulesOnly,
+    min_score: f32,
+) -> Result<Measured> {
+    let out =
+        std::env::temp_dir().join(format!("vigil-bench-baseline-{}.jsonl", std::process::id()));
+    let cpu0 = cpu_seconds(libc::RUSAGE_CHILDREN);
+    let t0 = Instant::now();
+    let o = Command::new(python)
+        .arg(&a.baseline)
+        .arg("--clip")
+        .arg(&a.clip)
+        .arg("--model")
+        .arg(&a.model)
+        .args([
+            "--threads",
+            &a.threads.to_string(),
+            "--min-score",
+            &(min_score * 0.5).to_string(),
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .context("starting the Python baseline")?;
+    let wall_s = t0.elapsed().as_secs_f64();
+    let cpu_s = cpu_seconds(libc::RUSAGE_CHILDREN) - cpu0;
+    if !o.status.success() {
+        bail!("baseline failed: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    // The baseline's detections through Vigil's tracker and rules (microseconds of work).
+    let text = std::fs::read_to_string(&out)?;
+    let _ = std::fs::remove_file(&out);
+    let mut tracker = Tracker::new(TrackerConfig {
+        low_thresh: (min_score * 0.5).max(0.1),
+        ..TrackerConfig::default()
+    });
+    let mut engine = RuleEngine::new(&rules.zones, &rules.lines, min_score);
+    let mut hits = RuleHits::new();
+    let mut all = Vec::new();
+    let mut frames = 0;
+    for line in text.lines() {
+        let f: BaselineFrame = serde_json::from_str(line)?;
+        frames += 1;
+        let dets: heapless::Vec<Detection, { crate::analytics::MAX_DETECTIONS }> = f
+            .dets
+            .iter()
+            .take(crate::analytics::MAX_DETECTIONS)
+            .map(|d| Detection {
+                bbox: BBox::new(d[0] as f32, d[1] as f32, d[2] as f32, d[3] as f32),
+                score: d[4] as f32,
+                class_id: d[5] as u16,
+            })
+            .collect();
+        let out = tracker.update(&dets);
+        engine.update(f.pts_s, out.active, out.removed, &mut hits);
+        for h in &hits {
+            let kind = match h.kind {
+                crate::analytics::rules::HitKind::ZoneEnter => "ZoneEnter",
+                crate::analytics::rules::HitKind::ZoneLeave => "ZoneLeave",
+                crate::analytics::rules::HitKind::ZoneDwell => "ZoneDwell",
+                crate::analytics::rules::HitKind::LineCross => "LineCross",
+            };
+            all.push((
+                engine.rule_names()[h.rule].clone(),
+                kind,
+                h.crossing.map(|c| c.as_str()).unwrap_or(""),
+            ));
+        }
+    }
+    let events = tally(all.iter().map(|(r, k, d)| (r.as_str(), *k, *d)));
+    Ok(Measured {
+        cpu_s,
+        wall_s,
+        frames,
+        events,
+    })
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    let rules_text =
+        std::fs::read_to_string(&a.rules).with_context(|| a.rules.display().to_string())?;
+    let rf: RulesFile =
+        toml::from_str(&rules_text).with_context(|| a.rules.display().to_string())?;
+    let rules = rf
+        .cameras
+        .into_iter()
+        .next()
+        .context("rules file has no [[cameras]] table")?;
+    let min_score = 0.35;
+    let clip_s = crate::media::still::duration_s(&a.clip).map_err(anyhow::Error::msg)?;
+    println!(
+        "clip {} ({clip_s:.1} s), model {}, {} inference threads",
+        a.clip.display(),
+        a.model.display(),
+        a.threads
+    );
+    let v = run_vigil(&a, &rules, min_score)?;
+    let v_rate = clip_s / v.cpu_s;
+    println!(
+        "vigil    : {:>4} frames analysed at {} fps, wall {:>6.2} s, CPU {:>6.2} s, {:>5.1} ms CPU/analysed frame, {:.2} camera-s per CPU-s",
+        v.frames,
+        a.fps,
+        v.wall_s,
+        v.cpu_s,
+        v.cpu_s * 1000.0 / v.frames.max(1) as f64,
+        v_rate
+    );
+    println!("           events {:?}", v.events);
+    let Some(py) = &a.python else {
+        println!("baseline : skipped (no --python)");
+        return Ok(());
+    };
+    let b = run_baseline(&a, py, &rules, min_score)?;
+    let b_rate = clip_s / b.cpu_s;
+    println!(
+        "baseline : {:>4} frames analysed at every frame, wall {:>6.2} s, CPU {:>6.2} s, {:>5.1} ms CPU/analysed frame, {:.2} camera-s per CPU-s",
+        b.frames,
+        b.wall_s,
+        b.cpu_s,
+        b.cpu_s * 1000.0 / b.frames.max(1) as f64,
+        b_rate
+    );
+    println!("           events {:?}", b.events);
+    println!(
+        "ratio    : {:.2}x camera-seconds analysed per CPU-second (vigil / baseline); same events found: {}",
+        v_rate / b_rate,
+        if v.events == b.events { "yes" } else { "NO" }
+    );
+    Ok(())
+}
