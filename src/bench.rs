@@ -135,6 +135,10 @@ fn run_vigil(a: &BenchArgs, rules: &RulesOnly, min_score: f32) -> Result<Measure
     let frames = plan.wait_idle(Duration::from_secs(5));
     let wall_s = t0.elapsed().as_secs_f64();
     let cpu_s = cpu_seconds(libc::RUSAGE_SELF) - cpu0;
+    let (pre_ms, infer_ms) = plan.stage_means_ms();
+    println!(
+        "           per analysed frame: preprocess {pre_ms:.2} ms, inference {infer_ms:.2} ms (wall, worker thread)"
+    );
     plan.stop();
     let mut evs = Vec::new();
     while let Ok(e) = rx.try_recv() {

@@ -23,10 +23,14 @@ use std::time::{Duration, Instant};
 pub struct AnalysisStats {
     pub analysed: AtomicU64,
     pub infer_us_total: AtomicU64,
+    /// Time spent preprocessing (colour conversion + letterbox + normalisation).
+    pub pre_us_total: AtomicU64,
     pub detections: AtomicU64,
     pub events: AtomicU64,
     /// Events the bus refused because it was closed.
     pub events_lost: AtomicU64,
+    /// Frames skipped because their memory/format is not readable by this worker.
+    pub unsupported: AtomicU64,
 }
 
 /// Per-camera analysis state owned by the worker.
@@ -97,10 +101,15 @@ impl AnalysisWorker {
                 continue;
             };
             let Some(yuv) = frame.host_yuv() else {
-                tracing::warn!("frame in an unsupported format; skipped");
+                let cam = &self.cameras[frame.slot];
+                if cam.stats.unsupported.fetch_add(1, Ordering::Relaxed) == 0 {
+                    tracing::warn!(camera = %cam.name, "frames in a memory or format the CPU path cannot read are skipped (counted)");
+                }
                 continue;
             };
+            let t_pre = Instant::now();
             let lb = self.pre.run(&yuv, &mut input);
+            let pre_us = t_pre.elapsed().as_micros() as u64;
             let t0 = Instant::now();
             let decoder = &mut self.decoder;
             let res = self
@@ -139,6 +148,7 @@ impl AnalysisWorker {
             cam.stats
                 .infer_us_total
                 .fetch_add(infer_us, Ordering::Relaxed);
+            cam.stats.pre_us_total.fetch_add(pre_us, Ordering::Relaxed);
             cam.stats
                 .detections
                 .fetch_add(dets.len() as u64, Ordering::Relaxed);

@@ -35,6 +35,7 @@ pub struct Plan {
     workers: Vec<std::thread::JoinHandle<()>>,
     queues: Vec<Arc<FrameQueue>>,
     stop: Arc<AtomicBool>,
+    started: Instant,
 }
 
 /// Loads a model for a backend choice; `auto` is the CPU until the GPU path lands.
@@ -70,6 +71,7 @@ impl Plan {
             workers: Vec::new(),
             queues: Vec::new(),
             stop: stop.clone(),
+            started: Instant::now(),
         };
         for (model_name, model) in &cfg.models {
             let cams: Vec<_> = cfg
@@ -140,7 +142,7 @@ impl Plan {
             let st = &c.handle.stats;
             let frames_in = st.frames_in.load(Ordering::Relaxed);
             let analysed = c.analysis.analysed.load(Ordering::Relaxed);
-            let (pin, pan, pt) = prev.get(&c.name).copied().unwrap_or((0, 0, now));
+            let (pin, pan, pt) = prev.get(&c.name).copied().unwrap_or((0, 0, self.started));
             let dt = now.saturating_duration_since(pt).as_secs_f64();
             let rate = |a: u64, b: u64| {
                 if dt > 0.0 {
@@ -185,6 +187,21 @@ impl Plan {
             .map(|c| c.handle.stats.state())
             .unwrap_or(crate::media::CameraState::Stopped);
         (state, self.queues.iter().map(|q| q.pending()).sum())
+    }
+
+    /// Mean preprocessing and inference milliseconds per analysed frame, over all cameras.
+    pub fn stage_means_ms(&self) -> (f64, f64) {
+        let sum = |f: fn(&AnalysisStats) -> &std::sync::atomic::AtomicU64| {
+            self.cameras
+                .iter()
+                .map(|c| f(&c.analysis).load(Ordering::Relaxed))
+                .sum::<u64>() as f64
+        };
+        let n = sum(|a| &a.analysed).max(1.0);
+        (
+            sum(|a| &a.pre_us_total) / n / 1000.0,
+            sum(|a| &a.infer_us_total) / n / 1000.0,
+        )
     }
 
     /// Waits until the analysed-frame counters stop moving (at most `timeout`); returns their sum.
@@ -277,7 +294,7 @@ pub async fn run(cfg: Config) -> Result<()> {
                 let topic = link.topics.events(&ev.camera);
                 match serde_json::to_vec(&ev) {
                     Ok(payload) => {
-                        if !link.publish(topic, false, payload) {
+                        if !link.publish_event(topic, payload) {
                             tracing::warn!(camera = %ev.camera, id = %ev.id, "MQTT queue full: event not published");
                         }
                     }
@@ -307,7 +324,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     tokio::task::block_in_place(|| plan.stop());
     while let Ok(ev) = rx.try_recv() {
         if let Ok(p) = serde_json::to_vec(&ev) {
-            link.publish(link.topics.events(&ev.camera), false, p);
+            link.publish_event(link.topics.events(&ev.camera), p);
         }
     }
     link.shutdown(Duration::from_secs(3)).await;

@@ -166,7 +166,7 @@ fn expected_good_config() -> Config {
             ModelConfig {
                 path: "models/nanodet-plus-m_416.onnx".into(),
                 kind: ModelKind::Nanodet,
-                backend: BackendKind::Cuda,
+                backend: BackendKind::Auto,
                 threads: 4,
                 input_size: 416,
             },

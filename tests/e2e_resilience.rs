@@ -200,4 +200,19 @@ fn vigil_analyses_without_a_broker_and_connects_when_one_appears() {
     })
     .expect("events flow once connected");
     no_secret(&logs, &sub);
+
+    // Killed without a goodbye: the broker publishes the last will, retained.
+    let killed = Instant::now();
+    vigil.kill9();
+    let will =
+        |m: &Msg| m.topic.ends_with("/status") && m.json["state"] == "offline" && m.at >= killed;
+    let will = sub
+        .wait(Duration::from_secs(10), will)
+        .expect("last will `offline` after kill -9");
+    assert_eq!(will.json["reason"], "connection lost");
+    let late = Subscriber::start(mqtt, &["vigil/late/status"]);
+    let retained = late
+        .wait(Duration::from_secs(5), |_| true)
+        .expect("status is retained");
+    assert_eq!(retained.json["state"], "offline");
 }

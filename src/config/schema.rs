@@ -139,12 +139,14 @@ pub struct CameraConfig {
     pub url: String,
     #[serde(default = "yes")]
     pub enabled: bool,
-    /// Frames analysed per second (the rest are dropped before conversion).
+    /// Frames analysed per second, picked by timestamp; every frame is decoded, the others are
+    /// dropped before preprocessing.
     #[serde(default = "default_fps")]
     pub fps: f32,
     /// Name of a `[models.<name>]` table.
     pub model: String,
-    /// Detections scoring below this are ignored everywhere.
+    /// Rules fire only for detections scoring at least this. (The tracker also keeps existing
+    /// tracks alive with detections down to half of it, ByteTrack's second stage.)
     #[serde(default = "default_min_score")]
     pub min_score: f32,
     /// No frame for this long = the source is stalled and is rebuilt.

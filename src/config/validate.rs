@@ -530,6 +530,18 @@ fn check_mqtt(c: &mut Checker, config: &Config) {
             "port 0 is not a valid port (expected 1 to 65535)",
         );
     }
+    if mqtt.topic_prefix.is_empty()
+        || mqtt.topic_prefix.starts_with('/')
+        || mqtt.topic_prefix.ends_with('/')
+    {
+        c.err(
+            "mqtt.topic_prefix",
+            format!(
+                "topic prefix {:?} is empty or starts or ends with '/' (expected e.g. \"vigil\")",
+                mqtt.topic_prefix
+            ),
+        );
+    }
     if mqtt.topic_prefix.contains(['+', '#']) {
         c.err(
             "mqtt.topic_prefix",
@@ -558,6 +570,12 @@ fn check_model(c: &mut Checker, path: &str, model: &ModelConfig) {
         c.err(
             format!("{path}.path"),
             "empty model path (expected the path of an ONNX file)",
+        );
+    }
+    if model.backend == crate::config::BackendKind::Cuda {
+        c.err(
+            format!("{path}.backend"),
+            "backend \"cuda\" is not available in this build (expected \"cpu\" or \"auto\")",
         );
     }
     if model.threads > 256 {
@@ -701,6 +719,12 @@ fn check_reconnect(c: &mut Checker, cp: &str, config: &Config, i: usize) {
             ),
         );
     }
+    check_min_duration(
+        c,
+        &format!("{rp}.circuit_open"),
+        r.circuit_open,
+        Duration::from_secs(1),
+    );
     if r.circuit_after == 0 {
         c.err(
             format!("{rp}.circuit_after"),

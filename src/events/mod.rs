@@ -30,7 +30,8 @@ pub struct Event {
     pub score: f32,
     /// `[x1, y1, x2, y2]`, normalised to the frame (0..1, origin top-left).
     pub bbox: [f32; 4],
-    /// Stream time of the frame, seconds since the camera's pipeline started.
+    /// Stream time of the frame in seconds: 0 at the camera's first analysed frame, carried on
+    /// across pipeline rebuilds (an outage is bridged with wall-clock time).
     pub pts_s: f64,
     /// Wall-clock time the event was produced, RFC 3339 UTC.
     pub time: String,

@@ -133,7 +133,11 @@ impl SourceSettings {
     /// Live cameras keep only the latest frame; recordings (`file://`) are read no faster than
     /// they are analysed, so every sampled frame is analysed.
     pub fn drop_policy(&self) -> super::DropPolicy {
-        if self.url.starts_with("file://") {
+        if self
+            .url
+            .get(..7)
+            .is_some_and(|s| s.eq_ignore_ascii_case("file://"))
+        {
             super::DropPolicy::Block
         } else {
             super::DropPolicy::LatestWins

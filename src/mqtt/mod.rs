@@ -39,7 +39,9 @@ impl Topics {
 pub struct StatusPayload<'a> {
     pub state: &'a str,
     pub version: &'a str,
-    pub time: String,
+    /// When the message was produced; absent from the last will, which is registered at start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'a str>,
 }
@@ -49,9 +51,11 @@ pub struct StatusPayload<'a> {
 pub struct LinkStats {
     pub connected: AtomicBool,
     pub connects: AtomicU64,
+    /// Events handed to the client's queue (not yet acknowledged by the broker).
+    /// Events handed to the client's queue (not yet acknowledged by the broker).
     pub published: AtomicU64,
     pub acked: AtomicU64,
-    /// Publishes refused because the client's queue was full (broker away for long).
+    /// Events refused because the client's queue was full (broker away for long).
     pub dropped: AtomicU64,
 }
 
@@ -82,7 +86,7 @@ impl MqttLink {
         let will = serde_json::to_vec(&StatusPayload {
             state: "offline",
             version: env!("CARGO_PKG_VERSION"),
-            time: crate::events::now_rfc3339(),
+            time: None,
             reason: Some("connection lost"),
         })
         .unwrap_or_default();
@@ -138,21 +142,23 @@ impl MqttLink {
         }
     }
 
-    /// Queues a QoS 1 publish; false (and counted) if the client queue is full.
+    /// Queues an event (QoS 1); false (and counted as dropped) if the client queue is full.
+    pub fn publish_event(&self, topic: String, payload: Vec<u8>) -> bool {
+        let ok = self.publish(topic, false, payload);
+        let counter = if ok {
+            &self.stats.published
+        } else {
+            &self.stats.dropped
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        ok
+    }
+
+    /// Queues a QoS 1 publish; false if the client queue is full.
     pub fn publish(&self, topic: String, retain: bool, payload: Vec<u8>) -> bool {
-        match self
-            .client
+        self.client
             .try_publish(topic, QoS::AtLeastOnce, retain, payload)
-        {
-            Ok(()) => {
-                self.stats.published.fetch_add(1, Ordering::Relaxed);
-                true
-            }
-            Err(_) => {
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                false
-            }
-        }
+            .is_ok()
     }
 
     /// Publishes `offline` (retained), disconnects cleanly, and waits up to `timeout`.
@@ -173,7 +179,7 @@ fn status_json(state: &str, reason: Option<&str>) -> Vec<u8> {
     serde_json::to_vec(&StatusPayload {
         state,
         version: env!("CARGO_PKG_VERSION"),
-        time: crate::events::now_rfc3339(),
+        time: Some(crate::events::now_rfc3339()),
         reason,
     })
     .unwrap_or_default()

@@ -279,7 +279,7 @@ fn nanodet(root: &Path, cache: &Path, dl: &Path) -> Result<PathBuf> {
         run(Command::new(python()).args(["-m", "venv"]).arg(&venv))?;
     }
     run(Command::new(&py)
-        .args(["-m", "pip", "install", "--progress-bar", "on", "-q"])
+        .args(["-m", "pip", "install", "--progress-bar", "on"])
         .args(CONVERTER_PIP))?;
     step("converting NanoDet (TF.js graph) → ONNX, opset 13");
     let tmp = root.join("models/nanodet.onnx.part");
