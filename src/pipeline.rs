@@ -100,8 +100,12 @@ impl AnalysisWorker {
             let Some(frame) = self.queue.pop(Duration::from_millis(500)) else {
                 continue;
             };
+            let slot = frame.slot;
+            let pts = frame.pts.map(|d| d.as_secs_f64()).unwrap_or(0.0);
+            let t = self.cameras[slot].stream_time(pts, frame.session, frame.received, &mut hits);
+            self.emit(slot, &hits, t);
             let Some(yuv) = frame.host_yuv() else {
-                let cam = &self.cameras[frame.slot];
+                let cam = &self.cameras[slot];
                 if cam.stats.unsupported.fetch_add(1, Ordering::Relaxed) == 0 {
                     tracing::warn!(camera = %cam.name, "frames in a memory or format the CPU path cannot read are skipped (counted)");
                 }
@@ -116,31 +120,12 @@ impl AnalysisWorker {
                 .backend
                 .run(&input, &mut |outs| decoder.decode(outs, &lb, &mut dets));
             let infer_us = t0.elapsed().as_micros() as u64;
-            let cam = &mut self.cameras[frame.slot];
+            drop(frame);
+            let cam = &mut self.cameras[slot];
             if let Err(e) = res {
                 tracing::error!(camera = %cam.name, "inference failed: {e}");
                 continue;
             }
-            let pts = frame.pts.map(|d| d.as_secs_f64()).unwrap_or(0.0);
-            let session = frame.session;
-            let received = frame.received;
-            drop(frame);
-            hits.clear();
-            if session != cam.session {
-                // New pipeline: tracks do not survive it; their zone leaves are reported.
-                let gap = cam
-                    .last_seen
-                    .map(|t| received.saturating_duration_since(t).as_secs_f64())
-                    .unwrap_or(0.0);
-                cam.time_base = cam.last_t + gap - pts;
-                let removed: heapless::Vec<u64, { crate::analytics::MAX_TRACKS }> =
-                    cam.tracker.reset().iter().copied().collect();
-                cam.rules.update(cam.last_t, &[], &removed, &mut hits);
-                cam.session = session;
-            }
-            let t = cam.time_base + pts;
-            cam.last_t = t;
-            cam.last_seen = Some(received);
             dets.retain(|d| d.score >= cam.tracker.config().low_thresh);
             let out = cam.tracker.update(&dets);
             cam.rules.update(t, out.active, out.removed, &mut hits);
@@ -152,36 +137,72 @@ impl AnalysisWorker {
             cam.stats
                 .detections
                 .fetch_add(dets.len() as u64, Ordering::Relaxed);
-            for h in &hits {
-                let ev = Event {
-                    id: new_event_id(),
-                    device: self.device.clone(),
-                    camera: cam.name.clone(),
-                    rule: cam.rules.rule_names()[h.rule].clone(),
-                    kind: match h.kind {
-                        HitKind::ZoneEnter => EventKind::ZoneEnter,
-                        HitKind::ZoneLeave => EventKind::ZoneLeave,
-                        HitKind::ZoneDwell => EventKind::ZoneDwell,
-                        HitKind::LineCross => EventKind::LineCross,
-                    },
-                    direction: h.crossing.map(|c| c.as_str()),
-                    track_id: h.track_id,
-                    class: COCO_CLASSES
-                        .get(h.class_id as usize)
-                        .copied()
-                        .unwrap_or("unknown")
-                        .to_string(),
-                    score: h.score,
-                    bbox: [h.bbox.x1, h.bbox.y1, h.bbox.x2, h.bbox.y2],
-                    pts_s: t,
-                    time: now_rfc3339(),
-                    dwell_s: h.dwell_s,
-                };
-                cam.stats.events.fetch_add(1, Ordering::Relaxed);
-                if self.events.blocking_send(ev).is_err() {
-                    cam.stats.events_lost.fetch_add(1, Ordering::Relaxed);
-                }
+            self.emit(slot, &hits, t);
+        }
+    }
+
+    /// Turns one frame's rule hits into events on the bus.
+    fn emit(&self, slot: usize, hits: &RuleHits, t: f64) {
+        let cam = &self.cameras[slot];
+        for h in hits {
+            let ev = Event {
+                id: new_event_id(),
+                device: self.device.clone(),
+                camera: cam.name.clone(),
+                rule: cam.rules.rule_names()[h.rule].clone(),
+                kind: match h.kind {
+                    HitKind::ZoneEnter => EventKind::ZoneEnter,
+                    HitKind::ZoneLeave => EventKind::ZoneLeave,
+                    HitKind::ZoneDwell => EventKind::ZoneDwell,
+                    HitKind::LineCross => EventKind::LineCross,
+                },
+                direction: h.crossing.map(|c| c.as_str()),
+                track_id: h.track_id,
+                class: COCO_CLASSES
+                    .get(h.class_id as usize)
+                    .copied()
+                    .unwrap_or("unknown")
+                    .to_string(),
+                score: h.score,
+                bbox: [h.bbox.x1, h.bbox.y1, h.bbox.x2, h.bbox.y2],
+                pts_s: t,
+                time: now_rfc3339(),
+                dwell_s: h.dwell_s,
+            };
+            cam.stats.events.fetch_add(1, Ordering::Relaxed);
+            if self.events.blocking_send(ev).is_err() {
+                cam.stats.events_lost.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+}
+
+impl CameraAnalysis {
+    /// The camera's stream time for a frame, continuous across pipeline rebuilds. On a new
+    /// pipeline session, tracks are dropped and their zone leaves written to `hits` (cleared
+    /// first in every case).
+    fn stream_time(
+        &mut self,
+        pts: f64,
+        session: u64,
+        received: Instant,
+        hits: &mut RuleHits,
+    ) -> f64 {
+        hits.clear();
+        if session != self.session {
+            let gap = self
+                .last_seen
+                .map(|t| received.saturating_duration_since(t).as_secs_f64())
+                .unwrap_or(0.0);
+            self.time_base = self.last_t + gap - pts;
+            let removed: heapless::Vec<u64, { crate::analytics::MAX_TRACKS }> =
+                self.tracker.reset().iter().copied().collect();
+            self.rules.update(self.last_t, &[], &removed, hits);
+            self.session = session;
+        }
+        let t = self.time_base + pts;
+        self.last_t = t;
+        self.last_seen = Some(received);
+        t
     }
 }
