@@ -18,11 +18,13 @@ pub struct Detector {
 }
 
 impl Detector {
-    pub fn load(model: &Path, threads: usize) -> Result<Self> {
+    /// Loads a NanoDet model; `size` is the input's (long) side, used when the model's input
+    /// size is dynamic.
+    pub fn load(model: &Path, threads: usize, size: usize) -> Result<Self> {
         let backend = OnnxBackend::load_cpu(model, threads)?;
-        let size = backend.inputs()[0].shape[3] as usize;
+        let (size, dynamic) = crate::infer::nanodet::input_size(backend.inputs(), size)?;
         let decoder = NanodetDecoder::new(&model.display().to_string(), size, backend.outputs())?;
-        let pre = Preprocessor::new(input_spec(size));
+        let pre = Preprocessor::new(input_spec(size, dynamic));
         let input = vec![0.0; pre.input_len()];
         Ok(Self {
             backend,
@@ -42,15 +44,18 @@ impl Detector {
         self.decoder.score_threshold = min_score;
         let lb = self.pre.run(frame, &mut self.input);
         let decoder = &mut self.decoder;
+        let mut decoded = Ok(());
         self.backend
-            .run(&self.input, &mut |o| decoder.decode(o, &lb, out))?;
-        Ok(())
+            .run(&self.input, [1, 3, lb.in_h, lb.in_w], &mut |o| {
+                decoded = decoder.decode(o, &lb, out)
+            })?;
+        decoded.map_err(anyhow::Error::msg)
     }
 }
 
 /// Prints `file frame class score x1 y1 x2 y2` for every detection.
 pub fn detect_files(model: &Path, min_score: f32, threads: usize, files: &[PathBuf]) -> Result<()> {
-    let mut det = Detector::load(model, threads)?;
+    let mut det = Detector::load(model, threads, 416)?;
     let mut dets = Detections::new();
     for f in files {
         let frames = crate::media::still::decode_file(f, 1, 1)

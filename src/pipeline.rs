@@ -10,9 +10,9 @@ use crate::analytics::tracker::{Tracker, TrackerConfig};
 use crate::analytics::{COCO_CLASSES, Detections};
 use crate::config::CameraConfig;
 use crate::events::{Event, EventKind, new_event_id, now_rfc3339};
-use crate::infer::Backend;
 use crate::infer::nanodet::NanodetDecoder;
 use crate::infer::preprocess::Preprocessor;
+use crate::infer::{Backend, InferError};
 use crate::media::FrameQueue;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -116,9 +116,14 @@ impl AnalysisWorker {
             let pre_us = t_pre.elapsed().as_micros() as u64;
             let t0 = Instant::now();
             let decoder = &mut self.decoder;
+            let mut decoded = Ok(());
+            let shape = [1, 3, lb.in_h, lb.in_w];
             let res = self
                 .backend
-                .run(&input, &mut |outs| decoder.decode(outs, &lb, &mut dets));
+                .run(&input, shape, &mut |outs| {
+                    decoded = decoder.decode(outs, &lb, &mut dets)
+                })
+                .and_then(|()| decoded.map_err(InferError::Run));
             let infer_us = t0.elapsed().as_micros() as u64;
             drop(frame);
             let cam = &mut self.cameras[slot];

@@ -83,14 +83,23 @@ impl Plan {
                 continue;
             }
             let backend = load_backend(model_name, model)?;
-            let size = model.input_size as usize;
-            let shape = &backend.inputs()[0].shape;
-            if shape[2] != size as i64 || shape[3] != size as i64 || shape[1] != 3 {
+            let (size, dynamic) =
+                crate::infer::nanodet::input_size(backend.inputs(), model.input_size as usize)?;
+            if size != model.input_size as usize {
                 anyhow::bail!(
-                    "model {model_name}: input {:?} does not match input_size = {size} (expected [1, 3, {size}, {size}])",
-                    shape
+                    "model {model_name}: its input is fixed at {size}×{size}, but input_size = {} (expected {size})",
+                    model.input_size
                 );
             }
+            tracing::info!(
+                model = %model_name,
+                "input {}",
+                if dynamic {
+                    format!("{size} on the long side, the short side padded to a multiple of 32")
+                } else {
+                    format!("{size}×{size}")
+                }
+            );
             let decoder =
                 NanodetDecoder::new(&model.path.display().to_string(), size, backend.outputs())?;
             let sources: Vec<SourceSettings> =
@@ -114,7 +123,7 @@ impl Plan {
             let worker = AnalysisWorker {
                 device: cfg.device.id.clone(),
                 backend,
-                pre: Preprocessor::new(input_spec(size)),
+                pre: Preprocessor::new(input_spec(size, dynamic)),
                 decoder,
                 cameras: analyses,
                 queue: queue.clone(),

@@ -10,7 +10,7 @@ const VTEST: &str = "/usr/share/doc/opencv-doc/examples/data/vtest.avi";
 
 #[test]
 fn astronaut_is_one_person_on_the_left_of_the_picture() {
-    let mut det = Detector::load(&common::model(), 2).expect("model loads");
+    let mut det = Detector::load(&common::model(), 2, 416).expect("model loads");
     let img = decode_file(&common::asset(".cache/media/astronaut.png"), 1, 1).unwrap();
     let mut dets = Detections::new();
     det.detect(&img[0].view(), 0.35, &mut dets).unwrap();
@@ -30,7 +30,7 @@ fn astronaut_is_one_person_on_the_left_of_the_picture() {
 
 #[test]
 fn vtest_frames_show_several_people_with_plausible_boxes() {
-    let mut det = Detector::load(&common::model(), 2).expect("model loads");
+    let mut det = Detector::load(&common::model(), 2, 416).expect("model loads");
     // Frames 0, 100, 200, 300, 400 of the plaza clip: each shows several pedestrians
     // (between 3 and 12 visible when looked at; the parked vans are not people).
     let frames = decode_file(std::path::Path::new(VTEST), 100, 5).unwrap();
@@ -56,7 +56,7 @@ fn vtest_frames_show_several_people_with_plausible_boxes() {
 
 #[test]
 fn missing_model_file_is_a_clear_error() {
-    let e = Detector::load(std::path::Path::new("/nonexistent/model.onnx"), 1)
+    let e = Detector::load(std::path::Path::new("/nonexistent/model.onnx"), 1, 416)
         .err()
         .expect("fails");
     let msg = format!("{e:#}");

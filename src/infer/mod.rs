@@ -52,11 +52,13 @@ pub trait Backend: Send {
     fn describe(&self) -> String;
     fn inputs(&self) -> &[TensorDesc];
     fn outputs(&self) -> &[TensorDesc];
-    /// Runs the model on `input` (NCHW f32 matching `inputs()[0]`) and hands the outputs,
-    /// in `outputs()` order, to `consume`.
+    /// Runs the model on `input`, an NCHW f32 tensor of `shape` (which must fit `inputs()[0]`:
+    /// equal where that is fixed, anything where it is dynamic), and hands the outputs, in
+    /// `outputs()` order, to `consume`.
     fn run(
         &mut self,
         input: &[f32],
+        shape: [usize; 4],
         consume: &mut dyn FnMut(&OutputViews<'_>),
     ) -> Result<(), InferError>;
 }

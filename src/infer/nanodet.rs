@@ -4,21 +4,50 @@
 //! distance from the cell's point at (col × stride, row × stride). Then class-aware NMS.
 //!
 //! The outputs are matched to levels by shape, not by name, so a re-export of the same network
-//! with other tensor names still loads; a model that does not fit is a clear load error.
+//! with other tensor names still loads; a model that does not fit is a clear load error. The
+//! network is fully convolutional: exported with dynamic height and width (as `cargo xtask
+//! setup` does), it takes any input whose sides are multiples of 32, and the levels are then
+//! worked out per input size.
 
 use super::preprocess::{InputSpec, Letterbox};
 use super::{InferError, OutputViews, TensorDesc};
 use crate::analytics::nms::{Candidates, nms, push_candidate};
 use crate::analytics::{BBox, Detection, Detections};
 
-/// NanoDet's input normalisation (BGR planes).
-pub fn input_spec(size: usize) -> InputSpec {
+/// Strides of NanoDet's three output levels.
+pub const STRIDES: [usize; 3] = [8, 16, 32];
+
+/// NanoDet's input normalisation (BGR planes); `dynamic` = the model takes any H and W that are
+/// multiples of 32.
+pub fn input_spec(size: usize, dynamic: bool) -> InputSpec {
     InputSpec {
         size,
+        align: if dynamic { 32 } else { 0 },
         bgr: true,
         mean: [103.53, 116.28, 123.675],
         std: [57.375, 57.12, 58.395],
         pad_value: 114.0,
+    }
+}
+
+/// The input side to use and whether the model's height and width are dynamic, from its input
+/// description: a fixed square input must be `size`×`size`... unless `size` is what it has.
+pub fn input_size(inputs: &[TensorDesc], size: usize) -> Result<(usize, bool), InferError> {
+    let shape = &inputs[0].shape;
+    let (h, w) = (shape[2], shape[3]);
+    if shape[1] != 3 {
+        return Err(InferError::Run(format!(
+            "input {} is not 3-channel NCHW",
+            inputs[0]
+        )));
+    }
+    match (h, w) {
+        (h, w) if h < 0 && w < 0 => Ok((size, true)),
+        (h, w) if h == w && h > 0 => Ok((h as usize, false)),
+        _ => Err(InferError::Run(format!(
+            "input {}: expected a square or dynamic height and width",
+            inputs[0]
+        ))),
     }
 }
 
@@ -34,7 +63,11 @@ struct Level {
 /// How to read one NanoDet model's outputs.
 #[derive(Debug, Clone)]
 pub struct NanodetDecoder {
-    levels: heapless::Vec<Level, 4>,
+    /// Per output: its channel count (last dimension).
+    channels: heapless::Vec<usize, { super::MAX_OUTPUTS }>,
+    /// Levels for the input size they were worked out for.
+    levels: heapless::Vec<Level, 3>,
+    levels_for: (usize, usize),
     classes: usize,
     bins: usize,
     pub score_threshold: f32,
@@ -43,49 +76,102 @@ pub struct NanodetDecoder {
 }
 
 impl NanodetDecoder {
-    /// Checks the model's outputs against NanoDet's layout for a `size`×`size` input.
+    /// Checks the model's outputs against NanoDet's layout: three class-score and three box
+    /// outputs of shape `[1, N, C]`, and, where N is fixed, the cell counts of a `size`×`size`
+    /// input.
     pub fn new(path: &str, size: usize, outputs: &[TensorDesc]) -> Result<Self, InferError> {
         let bad = |reason: String| InferError::Layout {
             path: path.to_string(),
             kind: "nanodet",
             reason,
         };
-        let mut levels = heapless::Vec::new();
-        let mut classes = 0;
-        let mut box_ch = 0;
-        for stride in [8usize, 16, 32] {
-            let grid_w = size.div_ceil(stride);
-            let cells = grid_w * grid_w;
-            let of_level: Vec<usize> = (0..outputs.len())
-                .filter(|&i| outputs[i].shape.len() == 3 && outputs[i].shape[1] == cells as i64)
+        let listed = || {
+            outputs
+                .iter()
+                .map(|t| t.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if outputs.len() != 6
+            || outputs
+                .iter()
+                .any(|o| o.shape.len() != 3 || o.shape[2] <= 0)
+        {
+            return Err(bad(format!(
+                "expected six outputs [1, N, C], found {}",
+                listed()
+            )));
+        }
+        let channels: heapless::Vec<usize, { super::MAX_OUTPUTS }> =
+            outputs.iter().map(|o| o.shape[2] as usize).collect();
+        let mut distinct: Vec<usize> = channels.to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        // The box outputs have 4 × bins channels with few bins; the score outputs one per class.
+        let (box_ch, classes) = match distinct.as_slice() {
+            [a, b] if a % 4 == 0 && *a < 128 => (*a, *b),
+            [a, b] if b % 4 == 0 && *b < 128 => (*b, *a),
+            _ => {
+                return Err(bad(format!(
+                    "expected class-score and box outputs, found {}",
+                    listed()
+                )));
+            }
+        };
+        if channels.iter().filter(|&&c| c == box_ch).count() != 3 || box_ch < 8 {
+            return Err(bad(format!(
+                "expected three box outputs of 4 × bins channels, found {}",
+                listed()
+            )));
+        }
+        let mut dec = Self {
+            channels,
+            levels: heapless::Vec::new(),
+            levels_for: (0, 0),
+            classes,
+            bins: box_ch / 4,
+            score_threshold: 0.35,
+            nms_iou: 0.5,
+            candidates: Candidates::new(),
+        };
+        let fixed: Vec<usize> = outputs
+            .iter()
+            .filter(|o| o.shape[1] > 0)
+            .map(|o| o.shape[1] as usize)
+            .collect();
+        if !fixed.is_empty() {
+            let lens: Vec<usize> = outputs
+                .iter()
+                .map(|o| o.shape[1].max(0) as usize * o.shape[2] as usize)
                 .collect();
-            if of_level.len() != 2 {
-                return Err(bad(format!(
-                    "expected 2 outputs with {cells} cells for stride {stride}, found {}: outputs are {}",
-                    of_level.len(),
-                    outputs
-                        .iter()
-                        .map(|t| t.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )));
-            }
-            let (a, b) = (of_level[0], of_level[1]);
-            let (ca, cb) = (outputs[a].shape[2] as usize, outputs[b].shape[2] as usize);
-            // The box tensor is the one whose channels are 4 × bins with bins small (< 32).
-            let (scores, boxes, c, bc) = if cb % 4 == 0 && cb < 128 && (ca % 4 != 0 || ca > cb) {
-                (a, b, ca, cb)
-            } else {
-                (b, a, cb, ca)
+            dec.layout(size, size, &lens).map_err(bad)?;
+        }
+        Ok(dec)
+    }
+
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+
+    /// Works out which output holds which level for an `in_w`×`in_h` input, from the outputs'
+    /// lengths. Kept until the input size changes.
+    fn layout(&mut self, in_w: usize, in_h: usize, lens: &[usize]) -> Result<(), String> {
+        if self.levels_for == (in_w, in_h) && !self.levels.is_empty() {
+            return Ok(());
+        }
+        self.levels.clear();
+        for stride in STRIDES {
+            let grid_w = in_w.div_ceil(stride);
+            let cells = grid_w * in_h.div_ceil(stride);
+            let find = |ch: usize| {
+                (0..lens.len()).find(|&i| self.channels[i] == ch && lens[i] == cells * ch)
             };
-            if classes != 0 && (c != classes || bc != box_ch) {
-                return Err(bad(format!(
-                    "stride {stride} has {c} classes / {bc} box channels, others {classes} / {box_ch}"
-                )));
-            }
-            classes = c;
-            box_ch = bc;
-            let _ = levels.push(Level {
+            let (Some(scores), Some(boxes)) = (find(self.classes), find(self.bins * 4)) else {
+                return Err(format!(
+                    "no class-score/box outputs with {cells} cells for stride {stride} of a {in_w}×{in_h} input"
+                ));
+            };
+            let _ = self.levels.push(Level {
                 stride,
                 grid_w,
                 cells,
@@ -93,25 +179,24 @@ impl NanodetDecoder {
                 boxes,
             });
         }
-        if box_ch % 4 != 0 || box_ch < 8 {
-            return Err(bad(format!("box channels {box_ch} are not 4 × bins")));
+        self.levels_for = (in_w, in_h);
+        Ok(())
+    }
+
+    /// Decodes one image's outputs into `out` (normalised source coordinates). `lb` is the
+    /// letterbox the input was made with (its `in_w`×`in_h` is the input size).
+    pub fn decode(
+        &mut self,
+        outputs: &OutputViews<'_>,
+        lb: &Letterbox,
+        out: &mut Detections,
+    ) -> Result<(), String> {
+        out.clear();
+        let mut lens = heapless::Vec::<usize, { super::MAX_OUTPUTS }>::new();
+        for o in outputs.iter() {
+            let _ = lens.push(o.len());
         }
-        Ok(Self {
-            levels,
-            classes,
-            bins: box_ch / 4,
-            score_threshold: 0.35,
-            nms_iou: 0.5,
-            candidates: Candidates::new(),
-        })
-    }
-
-    pub fn classes(&self) -> usize {
-        self.classes
-    }
-
-    /// Decodes one image's outputs into `out` (normalised source coordinates).
-    pub fn decode(&mut self, outputs: &OutputViews<'_>, lb: &Letterbox, out: &mut Detections) {
+        self.layout(lb.in_w, lb.in_h, &lens)?;
         self.candidates.clear();
         let bins = self.bins;
         for lv in &self.levels {
@@ -151,6 +236,7 @@ impl NanodetDecoder {
             }
         }
         nms(&mut self.candidates, self.nms_iou, out);
+        Ok(())
     }
 }
 
@@ -190,6 +276,7 @@ mod tests {
     fn layout_is_found_by_shape() {
         let d = NanodetDecoder::new("m", 416, &outputs(416)).unwrap();
         assert_eq!((d.classes, d.bins), (80, 11));
+        assert_eq!(d.levels_for, (416, 416));
         assert_eq!(
             d.levels[0],
             Level {
@@ -209,6 +296,59 @@ mod tests {
     }
 
     #[test]
+    fn dynamic_outputs_are_laid_out_per_input_size() {
+        let dynamic: Vec<TensorDesc> = outputs(64)
+            .into_iter()
+            .map(|mut d| {
+                d.shape[1] = -1;
+                d
+            })
+            .collect();
+        let mut dec = NanodetDecoder::new("m", 64, &dynamic).unwrap();
+        assert!(
+            dec.levels.is_empty(),
+            "no layout before the input size is known"
+        );
+        // A 64×32 input: stride 8 → 8×4 cells, 16 → 4×2, 32 → 2×1. Outputs in model order
+        // (s32, b32, s8, b8, s16, b16) with lengths cells × channels.
+        let cells = [2usize, 2, 32, 32, 8, 8];
+        let chans = [80usize, 44, 80, 44, 80, 44];
+        let mut data: Vec<Vec<f32>> = cells
+            .iter()
+            .zip(chans)
+            .map(|(n, c)| vec![0.0; n * c])
+            .collect();
+        // Stride 16, cell (row 1, col 2) → point (32, 16): class 0 at 0.8, every side 1 bin = 16.
+        let cell = 4 + 2;
+        data[4][cell * 80] = 0.8;
+        for side in 0..4 {
+            data[5][cell * 44 + side * 11 + 1] = 50.0;
+        }
+        let views: OutputViews = data.iter().map(|v| v.as_slice()).collect();
+        let lb = Letterbox::new(64, 32, 64, 32);
+        let mut out = Detections::new();
+        dec.decode(&views, &lb, &mut out).unwrap();
+        assert_eq!(dec.levels_for, (64, 32));
+        assert_eq!(out.len(), 1);
+        let b = out[0].bbox;
+        // (16, 0, 48, 32) in a 64×32 input = (0.25, 0, 0.75, 1).
+        assert!(
+            (b.x1 - 0.25).abs() < 1e-3
+                && b.y1.abs() < 1e-3
+                && (b.x2 - 0.75).abs() < 1e-3
+                && (b.y2 - 1.0).abs() < 1e-3,
+            "{b:?}"
+        );
+        // The same outputs cannot be read as a 64×64 input.
+        let square = Letterbox::new(64, 64, 64, 64);
+        assert!(
+            dec.decode(&views, &square, &mut out)
+                .unwrap_err()
+                .contains("stride 8")
+        );
+    }
+
+    #[test]
     fn one_confident_cell_decodes_to_its_box() {
         let size = 64;
         let descs = outputs(size);
@@ -225,9 +365,9 @@ mod tests {
         }
         let views: OutputViews = data.iter().map(|v| v.as_slice()).collect();
         let mut dec = NanodetDecoder::new("m", size, &descs).unwrap();
-        let lb = Letterbox::new(64, 64, 64);
+        let lb = Letterbox::new(64, 64, 64, 64);
         let mut out = Detections::new();
-        dec.decode(&views, &lb, &mut out);
+        dec.decode(&views, &lb, &mut out).unwrap();
         assert_eq!(out.len(), 1);
         let d = out[0];
         assert_eq!(d.class_id, 3);

@@ -62,7 +62,6 @@ pub struct OnnxBackend {
     inputs: Vec<TensorDesc>,
     outputs: Vec<TensorDesc>,
     threads: usize,
-    input_shape: [i64; 4],
 }
 
 impl OnnxBackend {
@@ -117,14 +116,11 @@ impl OnnxBackend {
                 outputs.len()
             )));
         }
-        let s = &inputs[0].shape;
-        let input_shape = [s[0].max(1), s[1], s[2], s[3]];
         Ok(Self {
             session,
             inputs,
             outputs,
             threads,
-            input_shape,
         })
     }
 }
@@ -142,10 +138,24 @@ impl Backend for OnnxBackend {
     fn run(
         &mut self,
         input: &[f32],
+        shape: [usize; 4],
         consume: &mut dyn FnMut(&OutputViews<'_>),
     ) -> Result<(), InferError> {
         let err = |e: ort::Error| InferError::Run(e.to_string());
-        let tensor = TensorRef::from_array_view((self.input_shape, input)).map_err(err)?;
+        let fits = self.inputs[0]
+            .shape
+            .iter()
+            .zip(shape)
+            .all(|(&want, got)| want < 0 || want as usize == got);
+        let len: usize = shape.iter().product();
+        if !fits || input.len() < len {
+            return Err(InferError::Run(format!(
+                "input of shape {shape:?} does not fit {} ({} values given)",
+                self.inputs[0],
+                input.len()
+            )));
+        }
+        let tensor = TensorRef::from_array_view((shape, &input[..len])).map_err(err)?;
         let name = self.inputs[0].name.as_str();
         let outs = self
             .session

