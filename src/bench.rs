@@ -112,6 +112,7 @@ fn run_vigil(a: &BenchArgs, rules: &RulesOnly, min_score: f32) -> Result<Measure
     let cfg = Config {
         device: DeviceConfig { id: "bench".into() },
         mqtt: MqttConfig::default(),
+        storage: Default::default(),
         models: [("m".to_string(), model_cfg)].into_iter().collect(),
         cameras: vec![camera],
     };

@@ -151,6 +151,7 @@ impl AnalysisWorker {
         let cam = &self.cameras[slot];
         for h in hits {
             let ev = Event {
+                seq: 0,
                 id: new_event_id(),
                 device: self.device.clone(),
                 camera: cam.name.clone(),

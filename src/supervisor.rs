@@ -4,6 +4,7 @@
 
 use crate::config::{BackendKind, Config};
 use crate::events::Event;
+use crate::events::spool::{Retention, Spool, SpoolStats};
 use crate::infer::Backend;
 use crate::infer::nanodet::{NanodetDecoder, input_spec};
 use crate::infer::onnx::OnnxBackend;
@@ -276,15 +277,51 @@ struct TelemetryPayload {
     time: String,
     uptime_s: f64,
     mqtt_connected: bool,
+    /// Event publishes handed to the MQTT client, re-sends after a reconnect included.
     events_published: u64,
-    events_dropped: u64,
+    /// Events the broker acknowledged (marked sent in the spool).
+    events_acked: u64,
+    spool: SpoolStats,
     cameras: BTreeMap<String, CameraTelemetry>,
 }
 
-/// `vigil run`: start everything, forward events and telemetry until a signal arrives.
+/// Writes an event to the spool (which numbers it) and returns its sequence number.
+fn spool_event(spool: &Spool, ev: &mut Event) -> Result<u64, crate::events::spool::SpoolError> {
+    let (id, camera) = (ev.id.clone(), ev.camera.clone());
+    let seq = tokio::task::block_in_place(|| {
+        spool.append(&id, &camera, |seq| {
+            ev.seq = seq;
+            serde_json::to_vec(&*ev).unwrap_or_default()
+        })
+    })?;
+    Ok(seq)
+}
+
+/// `vigil run`: start everything, spool and forward events, publish telemetry, answer commands,
+/// until a signal arrives.
 pub async fn run(cfg: Config) -> Result<()> {
     let started = Instant::now();
-    let link = MqttLink::start(&cfg.mqtt, &cfg.device.id);
+    let state_dir = cfg.storage.state_dir();
+    let spool_path = state_dir.join("events.db");
+    let retention = Retention {
+        max_events: cfg.storage.max_events,
+        max_age: cfg.storage.max_age.0,
+        max_bytes: cfg.storage.max_bytes,
+    };
+    let spool = Arc::new(Spool::open(&spool_path, retention)?);
+    let held = spool.stats()?;
+    tracing::info!(
+        spool = %spool_path.display(), unsent = held.unsent, last_seq = held.last_seq,
+        "event spool open"
+    );
+    let snapshot = Arc::new(std::sync::Mutex::new(serde_json::Value::Null));
+    let handler = {
+        let snapshot = snapshot.clone();
+        crate::mqtt::commands::Handler::new(Arc::new(move || {
+            snapshot.lock().map(|v| v.clone()).unwrap_or_default()
+        }))
+    };
+    let link = MqttLink::start(&cfg.mqtt, &cfg.device.id, spool.clone(), handler);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Event>(1024);
     let plan = tokio::task::block_in_place(|| Plan::start(&cfg, tx))?;
     tracing::info!(device = %cfg.device.id, cameras = plan.cameras.len(), "vigil running");
@@ -292,38 +329,37 @@ pub async fn run(cfg: Config) -> Result<()> {
     tick.tick().await;
     let mut prev = BTreeMap::new();
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let take = |mut ev: Event| match spool_event(&spool, &mut ev) {
+        Ok(seq) => {
+            tracing::info!(
+                target: "vigil::events",
+                seq, camera = %ev.camera, rule = %ev.rule, kind = ?ev.kind, direction = ev.direction.unwrap_or("-"),
+                track = ev.track_id, class = %ev.class, score = ev.score, "event"
+            );
+            link.wake();
+        }
+        Err(e) => tracing::error!(camera = %ev.camera, id = %ev.id, "event not spooled: {e}"),
+    };
     loop {
         tokio::select! {
-            Some(ev) = rx.recv() => {
-                tracing::info!(
-                    target: "vigil::events",
-                    camera = %ev.camera, rule = %ev.rule, kind = ?ev.kind, direction = ev.direction.unwrap_or("-"),
-                    track = ev.track_id, class = %ev.class, score = ev.score, "event"
-                );
-                let topic = link.topics.events(&ev.camera);
-                match serde_json::to_vec(&ev) {
-                    Ok(payload) => {
-                        if !link.publish_event(topic, payload) {
-                            tracing::warn!(camera = %ev.camera, id = %ev.id, "MQTT queue full: event not published");
-                        }
-                    }
-                    Err(e) => tracing::error!("cannot serialise event: {e}"),
-                }
-            }
+            Some(ev) = rx.recv() => take(ev),
             _ = tick.tick() => {
                 let payload = TelemetryPayload {
                     time: crate::events::now_rfc3339(),
                     uptime_s: round2(started.elapsed().as_secs_f64()),
                     mqtt_connected: link.stats.connected.load(Ordering::Relaxed),
                     events_published: link.stats.published.load(Ordering::Relaxed),
-                    events_dropped: link.stats.dropped.load(Ordering::Relaxed),
+                    events_acked: link.stats.acked.load(Ordering::Relaxed),
+                    spool: tokio::task::block_in_place(|| spool.stats()).unwrap_or_default(),
                     cameras: plan.telemetry(&mut prev),
                 };
-                // Telemetry is a snapshot: one queued while the broker is away would arrive stale.
-                if payload.mqtt_connected
-                    && let Ok(p) = serde_json::to_vec(&payload)
-                {
-                    link.publish(link.topics.telemetry(), false, p);
+                if let Ok(v) = serde_json::to_value(&payload) {
+                    if let Ok(mut g) = snapshot.lock() {
+                        *g = v.clone();
+                    }
+                    if let Ok(p) = serde_json::to_vec(&v) {
+                        link.telemetry(p);
+                    }
                 }
             }
             _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); break; }
@@ -332,9 +368,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     }
     tokio::task::block_in_place(|| plan.stop());
     while let Ok(ev) = rx.try_recv() {
-        if let Ok(p) = serde_json::to_vec(&ev) {
-            link.publish_event(link.topics.events(&ev.camera), p);
-        }
+        take(ev);
     }
     link.shutdown(Duration::from_secs(3)).await;
     Ok(())

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use vigil::config::{
     Anchor, BackendKind, CameraConfig, Config, ConfigError, DeviceConfig, Dur, LineConfig,
-    LineDirection, ModelConfig, ModelKind, MqttConfig, OnEnd, ReconnectConfig, ZoneConfig,
-    ZoneEventKind, load, parse,
+    LineDirection, ModelConfig, ModelKind, MqttConfig, OnEnd, ReconnectConfig, StorageConfig,
+    ZoneConfig, ZoneEventKind, load, parse,
 };
 
 fn data_dir() -> PathBuf {
@@ -195,6 +195,12 @@ fn expected_good_config() -> Config {
             topic_prefix: "site/a".into(),
             keep_alive: Dur::secs(45),
             telemetry_interval: Dur::secs(60),
+        },
+        storage: StorageConfig {
+            dir: Some("/var/lib/vigil-lobby".into()),
+            max_events: 50_000,
+            max_age: Dur::secs(3 * 24 * 3600),
+            max_bytes: 32 << 20,
         },
         models: models.into_iter().collect(),
         cameras: vec![lobby_camera(), replay_camera()],

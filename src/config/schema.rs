@@ -49,6 +49,8 @@ pub struct Config {
     #[serde(default)]
     pub mqtt: MqttConfig,
     #[serde(default)]
+    pub storage: StorageConfig,
+    #[serde(default)]
     pub models: BTreeMap<String, ModelConfig>,
     #[serde(default)]
     pub cameras: Vec<CameraConfig>,
@@ -88,6 +90,41 @@ impl Default for MqttConfig {
             keep_alive: Dur::secs(30),
             telemetry_interval: Dur::secs(10),
         }
+    }
+}
+
+/// Where Vigil keeps its state: the event spool (`events.db`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// State directory; a relative path is relative to the config file's directory. Unset:
+    /// `$STATE_DIRECTORY` (systemd's `StateDirectory=`), else `/var/lib/vigil`.
+    pub dir: Option<PathBuf>,
+    /// Spool retention: whichever limit is reached first drops the oldest events (unsent ones
+    /// dropped this way are counted in telemetry).
+    pub max_events: u64,
+    pub max_age: Dur,
+    pub max_bytes: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            max_events: 100_000,
+            max_age: Dur::secs(7 * 24 * 3600),
+            max_bytes: 64 << 20,
+        }
+    }
+}
+
+impl StorageConfig {
+    /// The state directory this config resolves to.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir
+            .clone()
+            .or_else(|| std::env::var_os("STATE_DIRECTORY").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("/var/lib/vigil"))
     }
 }
 

@@ -469,6 +469,7 @@ fn check_config(config: &Config) -> Vec<Issue> {
     let mut c = Checker::default();
     check_name(&mut c, "device.id", &config.device.id, "device id");
     check_mqtt(&mut c, config);
+    check_storage(&mut c, config);
     for (name, model) in &config.models {
         check_model(&mut c, &join_key("models", name), model);
     }
@@ -514,6 +515,23 @@ fn check_min_duration(c: &mut Checker, path: &str, value: Dur, min: Duration) {
             format!("{} is too short (expected at least {min})", fmt_dur(value)),
         );
     }
+}
+
+fn check_storage(c: &mut Checker, config: &Config) {
+    let s = &config.storage;
+    if s.max_events == 0 {
+        c.err("storage.max_events", "0 events (expected at least 1)");
+    }
+    if s.max_bytes < 4096 {
+        c.err(
+            "storage.max_bytes",
+            format!(
+                "{} bytes is too small (expected at least 4096)",
+                s.max_bytes
+            ),
+        );
+    }
+    check_min_duration(c, "storage.max_age", s.max_age, Duration::from_secs(60));
 }
 
 fn check_mqtt(c: &mut Checker, config: &Config) {
@@ -1003,6 +1021,10 @@ fn resolve_model_paths(config: &mut Config, config_file: &Path) -> Vec<Issue> {
         .filter(|cam| cam.enabled)
         .map(|cam| cam.model.clone())
         .collect();
+    if let Some(d) = config.storage.dir.as_mut() {
+        let joined = dir.join(&*d);
+        *d = std::path::absolute(&joined).unwrap_or(joined);
+    }
     let mut c = Checker::default();
     for (name, model) in config.models.iter_mut() {
         let joined = dir.join(&model.path);

@@ -1,6 +1,8 @@
 //! Events: what Vigil reports. An [`Event`] is built from a rule hit with a unique id and
 //! both timestamps; it is plain data (serde), knows nothing of MQTT or of how it was detected.
 
+pub mod spool;
+
 use serde::Serialize;
 use std::time::SystemTime;
 
@@ -15,6 +17,9 @@ pub enum EventKind {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Event {
+    /// The device's sequence number: 1, 2, 3, … without gaps, assigned when the event is
+    /// written to the spool (0 before). A consumer that sees a gap asks for a replay.
+    pub seq: u64,
     /// Unique, time-ordered (UUID v7).
     pub id: String,
     pub device: String,

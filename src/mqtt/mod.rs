@@ -1,15 +1,28 @@
-//! MQTT link (rumqttc): the retained `status` with a last will, QoS 1 events, periodic
-//! telemetry. Topics and payloads are documented in `docs/mqtt.md`.
+//! MQTT link (rumqttc): the retained `status` with a last will, events drained in order from
+//! the durable spool and marked sent only on PUBACK, periodic telemetry, and commands with
+//! replies. Topics and payloads are documented in `docs/mqtt.md`.
 //!
-//! Knows nothing of GStreamer, models or rules: it publishes JSON it is given. A broker that is
-//! down never stops Vigil: the link says so once, retries with back-off, and connects when it can.
+//! Knows nothing of GStreamer, models or rules: it publishes what the spool holds and JSON it is
+//! given. A broker that is down never stops Vigil: the link says so once, retries with back-off,
+//! and drains the spool when it connects.
+//!
+//! Each connection attempt gets a fresh rumqttc client: rumqttc keeps unacknowledged publishes
+//! only in memory and drops them when a clean session starts, so the spool, not the client, is
+//! the source of truth, and no request queued for a dead connection leaks into the next one. The
+//! QoS 1 publishes of one connection leave in the order they were queued, so the n-th outgoing
+//! publish's packet id belongs to the n-th queued one: that is how a PUBACK finds its event.
+
+pub mod commands;
 
 use crate::config::MqttConfig;
+use crate::events::spool::Spool;
 use rumqttc::{AsyncClient, Event as MqttEvent, LastWill, MqttOptions, Outgoing, Packet, QoS};
 use serde::Serialize;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 
 /// Topic names under `<prefix>/<device>/`.
 #[derive(Debug, Clone)]
@@ -32,6 +45,15 @@ impl Topics {
     pub fn events(&self, camera: &str) -> String {
         format!("{}/events/{camera}", self.root)
     }
+    /// The subscription for this device's commands.
+    pub fn commands(&self) -> String {
+        format!("{}/cmd/#", self.root)
+    }
+    /// The command name of a topic under this device's `cmd/`, unless it is a reply.
+    pub fn command_name<'a>(&self, topic: &'a str) -> Option<&'a str> {
+        let name = topic.strip_prefix(&self.root)?.strip_prefix("/cmd/")?;
+        (!name.ends_with("/reply") && !name.is_empty()).then_some(name)
+    }
 }
 
 /// Payload of `status` (retained). The last will carries `state: "offline"`.
@@ -51,27 +73,41 @@ pub struct StatusPayload<'a> {
 pub struct LinkStats {
     pub connected: AtomicBool,
     pub connects: AtomicU64,
-    /// Events handed to the client's queue (not yet acknowledged by the broker).
-    /// Events handed to the client's queue (not yet acknowledged by the broker).
+    /// Event publishes handed to the client (first sends and re-sends after a reconnect).
     pub published: AtomicU64,
+    /// Events acknowledged by the broker (and so marked sent in the spool).
     pub acked: AtomicU64,
-    /// Events refused because the client's queue was full (broker away for long).
-    pub dropped: AtomicU64,
+    /// Events re-published on request (`cmd/events/replay`).
+    pub replayed: AtomicU64,
+    pub commands: AtomicU64,
+}
+
+enum LinkCmd {
+    /// New events are in the spool.
+    Wake,
+    /// Telemetry (QoS 0), dropped while disconnected: a stale snapshot is noise.
+    Telemetry(Vec<u8>),
+    Shutdown,
 }
 
 pub struct MqttLink {
-    client: AsyncClient,
+    tx: mpsc::Sender<LinkCmd>,
     pub topics: Topics,
     pub stats: Arc<LinkStats>,
     task: tokio::task::JoinHandle<()>,
 }
 
-/// Requests the client queues while the broker is away, before publishes are refused.
-const CLIENT_QUEUE: usize = 4096;
+/// Most event publishes awaiting their PUBACK at once.
+const WINDOW: usize = 64;
 
 impl MqttLink {
     /// Starts the link in the background; returns at once, connected or not.
-    pub fn start(cfg: &MqttConfig, device: &str) -> Self {
+    pub fn start(
+        cfg: &MqttConfig,
+        device: &str,
+        spool: Arc<Spool>,
+        handler: commands::Handler,
+    ) -> Self {
         let topics = Topics::new(&cfg.topic_prefix, device);
         let client_id = cfg
             .client_id
@@ -80,6 +116,7 @@ impl MqttLink {
         let mut opts = MqttOptions::new(client_id, cfg.host.clone(), cfg.port);
         opts.set_keep_alive(cfg.keep_alive.0);
         opts.set_clean_session(true);
+        opts.set_inflight(WINDOW as u16 + 16);
         if let Some(user) = &cfg.username {
             opts.set_credentials(user.clone(), cfg.password.clone().unwrap_or_default());
         }
@@ -91,83 +128,46 @@ impl MqttLink {
         })
         .unwrap_or_default();
         opts.set_last_will(LastWill::new(topics.status(), will, QoS::AtLeastOnce, true));
-        let (client, mut eventloop) = AsyncClient::new(opts, CLIENT_QUEUE);
         let stats = Arc::new(LinkStats::default());
-        let addr = format!("{}:{}", cfg.host, cfg.port);
-        let task = {
-            let (client, stats, topics) = (client.clone(), stats.clone(), topics.clone());
-            tokio::spawn(async move {
-                let mut delay = Duration::from_millis(500);
-                let mut said_down = false;
-                loop {
-                    match eventloop.poll().await {
-                        Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
-                            stats.connected.store(true, Ordering::Relaxed);
-                            stats.connects.fetch_add(1, Ordering::Relaxed);
-                            tracing::info!(broker = %addr, "MQTT connected");
-                            said_down = false;
-                            delay = Duration::from_millis(500);
-                            let online = status_json("online", None);
-                            let _ =
-                                client.try_publish(topics.status(), QoS::AtLeastOnce, true, online);
-                        }
-                        Ok(MqttEvent::Incoming(Packet::PubAck(_))) => {
-                            stats.acked.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Ok(MqttEvent::Outgoing(Outgoing::Disconnect)) => {
-                            stats.connected.store(false, Ordering::Relaxed);
-                            break;
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            stats.connected.store(false, Ordering::Relaxed);
-                            if !said_down {
-                                tracing::warn!(broker = %addr, "MQTT broker unreachable ({e}); analysing on, retrying in the background");
-                                said_down = true;
-                            } else {
-                                tracing::debug!(broker = %addr, "MQTT still unreachable: {e}");
-                            }
-                            tokio::time::sleep(delay).await;
-                            delay = (delay * 2).min(Duration::from_secs(10));
-                        }
-                    }
-                }
-            })
+        let (tx, rx) = mpsc::channel(256);
+        let link = LinkTask {
+            opts,
+            addr: format!("{}:{}", cfg.host, cfg.port),
+            topics: topics.clone(),
+            stats: stats.clone(),
+            spool,
+            handler,
+            rx,
         };
+        let task = tokio::spawn(link.run());
         Self {
-            client,
+            tx,
             topics,
             stats,
             task,
         }
     }
 
-    /// Queues an event (QoS 1); false (and counted as dropped) if the client queue is full.
-    pub fn publish_event(&self, topic: String, payload: Vec<u8>) -> bool {
-        let ok = self.publish(topic, false, payload);
-        let counter = if ok {
-            &self.stats.published
-        } else {
-            &self.stats.dropped
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        ok
+    /// Tells the link that the spool has new events.
+    pub fn wake(&self) {
+        let _ = self.tx.try_send(LinkCmd::Wake);
     }
 
-    /// Queues a QoS 1 publish; false if the client queue is full.
-    pub fn publish(&self, topic: String, retain: bool, payload: Vec<u8>) -> bool {
-        self.client
-            .try_publish(topic, QoS::AtLeastOnce, retain, payload)
-            .is_ok()
+    pub fn telemetry(&self, payload: Vec<u8>) {
+        let _ = self.tx.try_send(LinkCmd::Telemetry(payload));
+    }
+
+    /// A handle that publishes telemetry from any thread.
+    pub fn telemetry_sender(&self) -> impl Fn(Vec<u8>) + Send + 'static {
+        let tx = self.tx.clone();
+        move |payload| {
+            let _ = tx.try_send(LinkCmd::Telemetry(payload));
+        }
     }
 
     /// Publishes `offline` (retained), disconnects cleanly, and waits up to `timeout`.
     pub async fn shutdown(self, timeout: Duration) {
-        let offline = status_json("offline", Some("shutdown"));
-        let _ = self
-            .client
-            .try_publish(self.topics.status(), QoS::AtLeastOnce, true, offline);
-        let _ = self.client.try_disconnect();
+        let _ = self.tx.send(LinkCmd::Shutdown).await;
         let abort = self.task.abort_handle();
         if tokio::time::timeout(timeout, self.task).await.is_err() {
             abort.abort();
@@ -183,4 +183,206 @@ fn status_json(state: &str, reason: Option<&str>) -> Vec<u8> {
         reason,
     })
     .unwrap_or_default()
+}
+
+struct LinkTask {
+    opts: MqttOptions,
+    addr: String,
+    topics: Topics,
+    stats: Arc<LinkStats>,
+    spool: Arc<Spool>,
+    handler: commands::Handler,
+    rx: mpsc::Receiver<LinkCmd>,
+}
+
+/// One connection's bookkeeping.
+struct Session {
+    client: AsyncClient,
+    connected: bool,
+    /// Per QoS 1 publish queued on this client, in order: the event's seq, or None.
+    queued: VecDeque<Option<u64>>,
+    /// Packet id → seq of event publishes awaiting their PUBACK.
+    inflight: HashMap<u16, u64>,
+    /// Highest seq queued on this connection.
+    cursor: u64,
+}
+
+enum SessionEnd {
+    Lost,
+    Shutdown,
+}
+
+impl LinkTask {
+    async fn run(mut self) {
+        let mut delay = Duration::from_millis(500);
+        let mut said_down = false;
+        loop {
+            let (client, eventloop) = AsyncClient::new(self.opts.clone(), 2 * WINDOW + 1024);
+            let started = Instant::now();
+            match self.session(client, eventloop, &mut said_down).await {
+                SessionEnd::Shutdown => return,
+                SessionEnd::Lost => {}
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                delay = Duration::from_millis(500);
+            }
+            // Back off, but stay responsive to a shutdown.
+            let sleep = tokio::time::sleep(delay);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    _ = &mut sleep => break,
+                    cmd = self.rx.recv() => if matches!(cmd, None | Some(LinkCmd::Shutdown)) { return },
+                }
+            }
+            delay = (delay * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    fn spool_call<T>(
+        &self,
+        f: impl FnOnce(&Spool) -> Result<T, crate::events::spool::SpoolError>,
+    ) -> Option<T> {
+        match tokio::task::block_in_place(|| f(&self.spool)) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                tracing::error!("{e}");
+                None
+            }
+        }
+    }
+
+    /// Queues unsent events from the spool until the window is full.
+    fn fill(&self, s: &mut Session) {
+        if !s.connected {
+            return;
+        }
+        let pending = s.inflight.len() + s.queued.iter().filter(|q| q.is_some()).count();
+        if pending >= WINDOW {
+            return;
+        }
+        let Some(rows) = self.spool_call(|sp| sp.unsent_after(s.cursor, WINDOW - pending)) else {
+            return;
+        };
+        for row in rows {
+            if s.client
+                .try_publish(
+                    self.topics.events(&row.camera),
+                    QoS::AtLeastOnce,
+                    false,
+                    row.payload,
+                )
+                .is_err()
+            {
+                break;
+            }
+            s.queued.push_back(Some(row.seq));
+            s.cursor = row.seq;
+            self.stats.published.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn publish_other(&self, s: &mut Session, topic: String, retain: bool, payload: Vec<u8>) {
+        if s.client
+            .try_publish(topic, QoS::AtLeastOnce, retain, payload)
+            .is_ok()
+        {
+            s.queued.push_back(None);
+        }
+    }
+
+    async fn session(
+        &mut self,
+        client: AsyncClient,
+        mut eventloop: rumqttc::EventLoop,
+        said_down: &mut bool,
+    ) -> SessionEnd {
+        let mut s = Session {
+            client,
+            connected: false,
+            queued: VecDeque::new(),
+            inflight: HashMap::new(),
+            cursor: 0,
+        };
+        let mut closing: Option<tokio::time::Instant> = None;
+        loop {
+            let deadline =
+                closing.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                ev = eventloop.poll() => match ev {
+                    Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
+                        s.connected = true;
+                        self.stats.connected.store(true, Ordering::Relaxed);
+                        self.stats.connects.fetch_add(1, Ordering::Relaxed);
+                        *said_down = false;
+                        let unsent = self.spool_call(|sp| sp.stats()).map(|st| st.unsent).unwrap_or(0);
+                        tracing::info!(broker = %self.addr, unsent, "MQTT connected; draining the spool");
+                        let _ = s.client.try_subscribe(self.topics.commands(), QoS::AtLeastOnce);
+                        self.publish_other(&mut s, self.topics.status(), true, status_json("online", None));
+                        self.fill(&mut s);
+                    }
+                    Ok(MqttEvent::Outgoing(Outgoing::Publish(pkid))) if pkid != 0 => {
+                        if let Some(Some(seq)) = s.queued.pop_front() {
+                            s.inflight.insert(pkid, seq);
+                        }
+                    }
+                    Ok(MqttEvent::Incoming(Packet::PubAck(ack))) => {
+                        if let Some(seq) = s.inflight.remove(&ack.pkid) {
+                            self.spool_call(|sp| sp.mark_sent(&[seq]));
+                            self.stats.acked.fetch_add(1, Ordering::Relaxed);
+                        }
+                        self.fill(&mut s);
+                    }
+                    Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
+                        if let Some(name) = self.topics.command_name(&p.topic) {
+                            self.stats.commands.fetch_add(1, Ordering::Relaxed);
+                            let reply_topic = format!("{}/reply", p.topic);
+                            let ctx = commands::Context { spool: &self.spool };
+                            let out = tokio::task::block_in_place(|| self.handler.handle(name, &p.payload, &ctx));
+                            for ev in out.republish {
+                                self.publish_other(&mut s, self.topics.events(&ev.camera), false, ev.payload);
+                                self.stats.replayed.fetch_add(1, Ordering::Relaxed);
+                            }
+                            self.publish_other(&mut s, reply_topic, false, out.reply);
+                        }
+                    }
+                    Ok(MqttEvent::Outgoing(Outgoing::Disconnect)) => {
+                        self.stats.connected.store(false, Ordering::Relaxed);
+                        return SessionEnd::Shutdown;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        self.stats.connected.store(false, Ordering::Relaxed);
+                        if closing.is_some() {
+                            return SessionEnd::Shutdown;
+                        }
+                        if !*said_down {
+                            tracing::warn!(broker = %self.addr, "MQTT broker unreachable ({e}); analysing on, events kept in the spool");
+                            *said_down = true;
+                        } else {
+                            tracing::debug!(broker = %self.addr, "MQTT still unreachable: {e}");
+                        }
+                        return SessionEnd::Lost;
+                    }
+                },
+                cmd = self.rx.recv(), if closing.is_none() => match cmd {
+                    Some(LinkCmd::Wake) => self.fill(&mut s),
+                    Some(LinkCmd::Telemetry(p)) => {
+                        if s.connected {
+                            let _ = s.client.try_publish(self.topics.telemetry(), QoS::AtMostOnce, false, p);
+                        }
+                    }
+                    Some(LinkCmd::Shutdown) | None => {
+                        if !s.connected {
+                            return SessionEnd::Shutdown;
+                        }
+                        self.publish_other(&mut s, self.topics.status(), true, status_json("offline", Some("shutdown")));
+                        let _ = s.client.try_disconnect();
+                        closing = Some(tokio::time::Instant::now() + Duration::from_secs(2));
+                    }
+                },
+                _ = tokio::time::sleep_until(deadline), if closing.is_some() => return SessionEnd::Shutdown,
+            }
+        }
+    }
 }

@@ -302,6 +302,9 @@ host = "127.0.0.1"
 port = {mqtt_port}
 telemetry_interval = "1s"
 
+[storage]
+dir = "{state}"
+
 [models.nanodet]
 path = "{model}"
 kind = "nanodet"
@@ -316,6 +319,9 @@ model = "nanodet"
 
 {rules}
 "#,
-        model = model().display()
+        model = model().display(),
+        state = std::env::temp_dir()
+            .join(format!("vigil-test-state-{device}-{}", std::process::id()))
+            .display()
     )
 }

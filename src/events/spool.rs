@@ -1,0 +1,362 @@
+//! The durable event spool: every event is written to SQLite (WAL, `synchronous = FULL`)
+//! before it is published, gets the device's next sequence number (gapless: one writer, one
+//! transaction per event), and is marked sent only when the broker acknowledges it (PUBACK).
+//! Retention is bounded by count, age and bytes; the oldest rows go first and every unsent row
+//! dropped that way is counted. The same store answers replays (`cmd/events/replay`).
+//!
+//! Knows nothing of MQTT or of how events are made: rows in, rows out.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("event spool {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+}
+
+/// Retention limits; whichever is reached first applies.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Retention {
+    pub max_events: u64,
+    pub max_age: Duration,
+    pub max_bytes: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            max_events: 100_000,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            max_bytes: 64 << 20,
+        }
+    }
+}
+
+/// One spooled event, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpooledEvent {
+    pub seq: u64,
+    pub camera: String,
+    pub payload: Vec<u8>,
+}
+
+/// What the spool holds, for telemetry and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
+pub struct SpoolStats {
+    /// Events not yet acknowledged by the broker.
+    pub unsent: u64,
+    /// Events held (sent or not).
+    pub held: u64,
+    pub bytes: u64,
+    /// Sequence number of the last event written (0: none yet).
+    pub last_seq: u64,
+    /// Unsent events removed by retention since the spool was created.
+    pub dropped_unsent: u64,
+}
+
+pub struct Spool {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+    retention: Retention,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Spool {
+    pub fn open(path: &Path, retention: Retention) -> Result<Self, SpoolError> {
+        let err = |source| SpoolError::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let conn = Connection::open(path).map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        // FULL: a committed event survives power loss, not only a process kill.
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(err)?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS events (
+                 seq INTEGER PRIMARY KEY,
+                 id TEXT NOT NULL UNIQUE,
+                 camera TEXT NOT NULL,
+                 created_ms INTEGER NOT NULL,
+                 payload BLOB NOT NULL,
+                 sent INTEGER NOT NULL DEFAULT 0
+             );
+             CREATE INDEX IF NOT EXISTS events_unsent ON events(sent, seq);
+             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+             INSERT OR IGNORE INTO meta VALUES ('last_seq', 0), ('dropped_unsent', 0);",
+        )
+        .map_err(err)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            conn: Mutex::new(conn),
+            retention,
+        })
+    }
+
+    fn err(&self, source: rusqlite::Error) -> SpoolError {
+        SpoolError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes one event and returns its sequence number. `payload` is called with the number
+    /// to build the stored bytes (the payload carries its own `seq`).
+    pub fn append(
+        &self,
+        id: &str,
+        camera: &str,
+        payload: impl FnOnce(u64) -> Vec<u8>,
+    ) -> Result<u64, SpoolError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let last: i64 = tx
+            .query_row("SELECT value FROM meta WHERE key = 'last_seq'", [], |r| {
+                r.get(0)
+            })
+            .map_err(|e| self.err(e))?;
+        let seq = last as u64 + 1;
+        let bytes = payload(seq);
+        tx.execute(
+            "INSERT INTO events (seq, id, camera, created_ms, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![seq as i64, id, camera, now_ms(), bytes],
+        )
+        .map_err(|e| self.err(e))?;
+        tx.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'last_seq'",
+            params![seq as i64],
+        )
+        .map_err(|e| self.err(e))?;
+        Self::enforce_retention(&tx, self.retention).map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(seq)
+    }
+
+    fn enforce_retention(tx: &rusqlite::Transaction<'_>, r: Retention) -> rusqlite::Result<()> {
+        let cutoff = now_ms() - r.max_age.as_millis() as i64;
+        let (count, bytes): (i64, i64) = tx.query_row(
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM events",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?;
+        let over_count = (count as u64).saturating_sub(r.max_events);
+        // Oldest first: by count, then by age, then by bytes.
+        let mut victims: Vec<(i64, bool, i64)> = Vec::new();
+        if over_count > 0 || bytes as u64 > r.max_bytes {
+            let mut stmt =
+                tx.prepare("SELECT seq, sent, LENGTH(payload) FROM events ORDER BY seq")?;
+            let mut rows = stmt.query([])?;
+            let (mut n, mut b) = (count as u64, bytes as u64);
+            while let Some(row) = rows.next()? {
+                if n <= r.max_events && b <= r.max_bytes {
+                    break;
+                }
+                let (seq, sent, len): (i64, i64, i64) = (row.get(0)?, row.get(1)?, row.get(2)?);
+                victims.push((seq, sent != 0, len));
+                n -= 1;
+                b = b.saturating_sub(len as u64);
+            }
+        }
+        let mut dropped_unsent: i64 = victims.iter().filter(|v| !v.1).count() as i64;
+        if let Some(last) = victims.last() {
+            tx.execute("DELETE FROM events WHERE seq <= ?1", params![last.0])?;
+        }
+        dropped_unsent += tx.query_row(
+            "SELECT COUNT(*) FROM events WHERE created_ms < ?1 AND sent = 0",
+            params![cutoff],
+            |row| row.get::<_, i64>(0),
+        )?;
+        tx.execute("DELETE FROM events WHERE created_ms < ?1", params![cutoff])?;
+        if dropped_unsent > 0 {
+            tx.execute(
+                "UPDATE meta SET value = value + ?1 WHERE key = 'dropped_unsent'",
+                params![dropped_unsent],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Up to `limit` unsent events with `seq > after`, oldest first.
+    pub fn unsent_after(&self, after: u64, limit: usize) -> Result<Vec<SpooledEvent>, SpoolError> {
+        self.select("SELECT seq, camera, payload FROM events WHERE sent = 0 AND seq > ?1 ORDER BY seq LIMIT ?2", after, limit)
+    }
+
+    /// Up to `limit` events (sent or not) with `seq >= from`, oldest first: for replays.
+    pub fn from_seq(&self, from: u64, limit: usize) -> Result<Vec<SpooledEvent>, SpoolError> {
+        self.select(
+            "SELECT seq, camera, payload FROM events WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
+            from,
+            limit,
+        )
+    }
+
+    fn select(&self, sql: &str, a: u64, limit: usize) -> Result<Vec<SpooledEvent>, SpoolError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(sql).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![a as i64, limit as i64], |r| {
+                Ok(SpooledEvent {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    camera: r.get(1)?,
+                    payload: r.get(2)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Marks events acknowledged by the broker.
+    pub fn mark_sent(&self, seqs: &[u64]) -> Result<(), SpoolError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        {
+            let mut stmt = tx
+                .prepare_cached("UPDATE events SET sent = 1 WHERE seq = ?1")
+                .map_err(|e| self.err(e))?;
+            for s in seqs {
+                stmt.execute(params![*s as i64]).map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    pub fn stats(&self) -> Result<SpoolStats, SpoolError> {
+        let conn = self.lock();
+        let q = |sql: &str| {
+            conn.query_row(sql, [], |r| r.get::<_, i64>(0))
+                .optional()
+                .map(|v| v.unwrap_or(0) as u64)
+        };
+        let e = |e| self.err(e);
+        Ok(SpoolStats {
+            unsent: q("SELECT COUNT(*) FROM events WHERE sent = 0").map_err(e)?,
+            held: q("SELECT COUNT(*) FROM events").map_err(e)?,
+            bytes: q("SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM events").map_err(e)?,
+            last_seq: q("SELECT value FROM meta WHERE key = 'last_seq'").map_err(e)?,
+            dropped_unsent: q("SELECT value FROM meta WHERE key = 'dropped_unsent'").map_err(e)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spool(name: &str, r: Retention) -> Spool {
+        let dir = std::env::temp_dir().join(format!("vigil-spool-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Spool::open(&dir.join("events.db"), r).unwrap()
+    }
+
+    fn add(s: &Spool, n: usize) -> Vec<u64> {
+        (0..n)
+            .map(|i| {
+                s.append(
+                    &format!("id-{i}-{:?}", std::time::Instant::now()),
+                    "cam",
+                    |seq| format!("{{\"seq\":{seq}}}").into_bytes(),
+                )
+                .unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sequence_numbers_are_gapless_and_payloads_carry_them() {
+        let s = spool("seq", Retention::default());
+        assert_eq!(add(&s, 5), vec![1, 2, 3, 4, 5]);
+        let rows = s.unsent_after(0, 10).unwrap();
+        assert_eq!(
+            rows.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4, 5]
+        );
+        assert_eq!(rows[2].payload, b"{\"seq\":3}");
+    }
+
+    #[test]
+    fn only_acknowledged_events_leave_the_unsent_set_and_survive_reopen() {
+        let dir = std::env::temp_dir().join(format!("vigil-spool-reopen-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("events.db");
+        {
+            let s = Spool::open(&path, Retention::default()).unwrap();
+            add(&s, 4);
+            s.mark_sent(&[1, 3]).unwrap();
+        }
+        let s = Spool::open(&path, Retention::default()).unwrap();
+        let unsent: Vec<u64> = s
+            .unsent_after(0, 10)
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(unsent, vec![2, 4]);
+        assert_eq!(
+            s.append("next", "cam", |_| vec![1]).unwrap(),
+            5,
+            "numbering continues after a restart"
+        );
+        assert_eq!(
+            s.from_seq(3, 10).unwrap().len(),
+            3,
+            "replays include sent events"
+        );
+    }
+
+    #[test]
+    fn retention_drops_the_oldest_first_and_counts_unsent_drops() {
+        let s = spool(
+            "ret",
+            Retention {
+                max_events: 3,
+                ..Retention::default()
+            },
+        );
+        add(&s, 2);
+        s.mark_sent(&[1]).unwrap();
+        add(&s, 3);
+        let st = s.stats().unwrap();
+        assert_eq!((st.held, st.last_seq), (3, 5));
+        // Dropped: 1 (sent) and 2 (unsent).
+        assert_eq!(st.dropped_unsent, 1);
+        assert_eq!(
+            s.from_seq(0, 10)
+                .unwrap()
+                .iter()
+                .map(|r| r.seq)
+                .collect::<Vec<_>>(),
+            vec![3, 4, 5]
+        );
+        let by_bytes = spool(
+            "bytes",
+            Retention {
+                max_bytes: 25,
+                ..Retention::default()
+            },
+        );
+        add(&by_bytes, 4);
+        assert!(by_bytes.stats().unwrap().bytes <= 25);
+        assert_eq!(by_bytes.stats().unwrap().last_seq, 4);
+    }
+}
