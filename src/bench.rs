@@ -113,6 +113,7 @@ fn run_vigil(a: &BenchArgs, rules: &RulesOnly, min_score: f32) -> Result<Measure
         device: DeviceConfig { id: "bench".into() },
         mqtt: MqttConfig::default(),
         storage: Default::default(),
+        http: Default::default(),
         models: [("m".to_string(), model_cfg)].into_iter().collect(),
         cameras: vec![camera],
     };
@@ -121,7 +122,7 @@ fn run_vigil(a: &BenchArgs, rules: &RulesOnly, min_score: f32) -> Result<Measure
     crate::media::init().map_err(anyhow::Error::msg)?;
     let cpu0 = cpu_seconds(libc::RUSAGE_SELF);
     let t0 = Instant::now();
-    let plan = Plan::start(&cfg, tx)?;
+    let plan = Plan::start(&cfg, tx, &Default::default())?;
     let cpu_started = cpu_seconds(libc::RUSAGE_SELF);
     loop {
         std::thread::sleep(Duration::from_millis(20));

@@ -9,6 +9,8 @@ pub mod bench;
 pub mod config;
 pub mod detect;
 pub mod events;
+pub mod health;
+pub mod http;
 pub mod infer;
 pub mod media;
 pub mod mqtt;

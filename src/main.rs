@@ -48,11 +48,21 @@ enum Cmd {
     Bench(vigil::bench::BenchArgs),
 }
 
+/// Human text on a terminal; journald (structured fields) when systemd started us.
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("VIGIL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    use tracing_subscriber::prelude::*;
+    let filter = || EnvFilter::try_from_env("VIGIL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let under_systemd =
+        std::env::var_os("INVOCATION_ID").is_some() || std::env::var_os("JOURNAL_STREAM").is_some();
+    if under_systemd && let Ok(journald) = tracing_journald::layer() {
+        tracing_subscriber::registry()
+            .with(journald.with_filter(filter()))
+            .init();
+        return;
+    }
     tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(filter())
         .with_writer(std::io::stderr)
         .init();
 }

@@ -40,6 +40,8 @@ pub struct CameraAnalysis {
     pub tracker: Tracker,
     pub rules: RuleEngine,
     pub stats: Arc<AnalysisStats>,
+    /// Inference latency histogram of this camera (Prometheus).
+    pub latency: Option<prometheus_client::metrics::histogram::Histogram>,
     session: u64,
     /// Stream time of this camera continues across pipeline rebuilds: base + pts.
     time_base: f64,
@@ -59,6 +61,7 @@ impl CameraAnalysis {
             tracker,
             rules: RuleEngine::new(&cfg.zones, &cfg.lines, cfg.min_score),
             stats: Arc::new(AnalysisStats::default()),
+            latency: None,
             session: 0,
             time_base: 0.0,
             last_t: 0.0,
@@ -81,6 +84,8 @@ pub struct AnalysisWorker {
     pub queue: Arc<FrameQueue>,
     pub events: EventSink,
     pub stop: Arc<AtomicBool>,
+    /// Beats every loop turn (at least every half second when idle).
+    pub heartbeat: Option<crate::health::Heartbeat>,
 }
 
 impl AnalysisWorker {
@@ -97,6 +102,9 @@ impl AnalysisWorker {
             * 0.5;
         self.decoder.score_threshold = dec_threshold.max(0.05);
         while !self.stop.load(Ordering::Relaxed) {
+            if let Some(h) = &self.heartbeat {
+                h.beat();
+            }
             let Some(frame) = self.queue.pop(Duration::from_millis(500)) else {
                 continue;
             };
@@ -135,6 +143,9 @@ impl AnalysisWorker {
             let out = cam.tracker.update(&dets);
             cam.rules.update(t, out.active, out.removed, &mut hits);
             cam.stats.analysed.fetch_add(1, Ordering::Relaxed);
+            if let Some(h) = &cam.latency {
+                h.observe(infer_us as f64 / 1e6);
+            }
             cam.stats
                 .infer_us_total
                 .fetch_add(infer_us, Ordering::Relaxed);

@@ -30,6 +30,31 @@ struct RunningCamera {
     analysis: Arc<AnalysisStats>,
 }
 
+/// A read-only view of one running camera: its counters and state, for the HTTP API and
+/// metrics.
+#[derive(Clone)]
+pub struct CameraView {
+    pub name: String,
+    pub url: String,
+    pub stats: Arc<crate::media::CameraStats>,
+    pub analysis: Arc<AnalysisStats>,
+    pub queue: Arc<FrameQueue>,
+    pub slot: usize,
+}
+
+impl std::fmt::Debug for CameraView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CameraView({})", self.name)
+    }
+}
+
+/// What the running plan reports into: health heartbeats and latency histograms.
+#[derive(Clone, Default)]
+pub struct Instruments {
+    pub health: crate::health::HealthRegistry,
+    pub latency: Option<crate::http::InferLatency>,
+}
+
 /// The running plan.
 pub struct Plan {
     cameras: Vec<RunningCamera>,
@@ -37,6 +62,7 @@ pub struct Plan {
     queues: Vec<Arc<FrameQueue>>,
     stop: Arc<AtomicBool>,
     started: Instant,
+    urls: Vec<String>,
 }
 
 /// Loads a model for a backend choice; `auto` is the CPU until the GPU path lands.
@@ -62,7 +88,11 @@ fn load_backend(name: &str, m: &crate::config::ModelConfig) -> Result<Box<dyn Ba
 
 impl Plan {
     /// Builds and starts everything the config describes.
-    pub fn start(cfg: &Config, events: tokio::sync::mpsc::Sender<Event>) -> Result<Self> {
+    pub fn start(
+        cfg: &Config,
+        events: tokio::sync::mpsc::Sender<Event>,
+        inst: &Instruments,
+    ) -> Result<Self> {
         crate::media::init().map_err(anyhow::Error::msg)?;
         let decoders = crate::media::probe::choose_decoders(false);
         tracing::info!("decoders: {} (CPU path)", decoders.summary());
@@ -73,6 +103,7 @@ impl Plan {
             queues: Vec::new(),
             stop: stop.clone(),
             started: Instant::now(),
+            urls: Vec::new(),
         };
         for (model_name, model) in &cfg.models {
             let cams: Vec<_> = cfg
@@ -107,11 +138,21 @@ impl Plan {
                 cams.iter().map(|c| SourceSettings::from(*c)).collect();
             let policies: Vec<_> = sources.iter().map(SourceSettings::drop_policy).collect();
             let queue = Arc::new(FrameQueue::new(&policies));
-            let analyses: Vec<CameraAnalysis> =
-                cams.iter().map(|c| CameraAnalysis::new(c)).collect();
+            let analyses: Vec<CameraAnalysis> = cams
+                .iter()
+                .map(|c| {
+                    let mut a = CameraAnalysis::new(c);
+                    a.latency = inst
+                        .latency
+                        .as_ref()
+                        .map(|f| f.get_or_create(&[("camera", c.name.clone())]).clone());
+                    a
+                })
+                .collect();
             for (slot, ((c, a), src)) in cams.iter().zip(&analyses).zip(sources).enumerate() {
                 let handle = CameraHandle::spawn(src, slot, queue.clone())
                     .with_context(|| format!("camera {}", c.name))?;
+                plan.urls.push(c.url.clone());
                 plan.cameras.push(RunningCamera {
                     name: c.name.clone(),
                     handle,
@@ -130,6 +171,11 @@ impl Plan {
                 queue: queue.clone(),
                 events: events.clone(),
                 stop: stop.clone(),
+                heartbeat: Some(inst.health.register(
+                    format!("infer/{model_name}"),
+                    Duration::from_secs(10),
+                    true,
+                )),
             };
             plan.queues.push(queue);
             plan.workers.push(
@@ -187,6 +233,22 @@ impl Plan {
             );
         }
         out
+    }
+
+    /// Read-only views of the running cameras.
+    pub fn views(&self) -> Vec<CameraView> {
+        self.cameras
+            .iter()
+            .zip(&self.urls)
+            .map(|(c, url)| CameraView {
+                name: c.name.clone(),
+                url: url.clone(),
+                stats: c.handle.stats.clone(),
+                analysis: c.analysis.clone(),
+                queue: c.queue.clone(),
+                slot: c.slot,
+            })
+            .collect()
     }
 
     /// State of the first camera and the frames waiting for analysis (for `vigil bench`).
@@ -321,10 +383,43 @@ pub async fn run(cfg: Config) -> Result<()> {
             snapshot.lock().map(|v| v.clone()).unwrap_or_default()
         }))
     };
-    let link = MqttLink::start(&cfg.mqtt, &cfg.device.id, spool.clone(), handler);
+    let health = crate::health::HealthRegistry::default();
+    let link_beat = health.register("mqtt-link", Duration::from_secs(15), true);
+    let link = MqttLink::start(&cfg.mqtt, &cfg.device.id, spool.clone(), handler, link_beat);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Event>(1024);
-    let plan = tokio::task::block_in_place(|| Plan::start(&cfg, tx))?;
-    tracing::info!(device = %cfg.device.id, cameras = plan.cameras.len(), "vigil running");
+    let latency = crate::http::new_infer_latency();
+    let inst = Instruments {
+        health: health.clone(),
+        latency: Some(latency.clone()),
+    };
+    let plan = tokio::task::block_in_place(|| Plan::start(&cfg, tx, &inst))?;
+    let views = Arc::new(plan.views());
+    let _http = if cfg.http.listen.is_empty() {
+        None
+    } else {
+        let registry = crate::http::registry((&views, &spool, &link.stats, &health), &latency);
+        let state = crate::http::AppState {
+            health: health.clone(),
+            spool: spool.clone(),
+            link: link.stats.clone(),
+            cameras: views.clone(),
+            registry: Arc::new(registry),
+        };
+        let (addr, task) = crate::http::serve(&cfg.http.listen, state).await?;
+        tracing::info!("HTTP API on http://{addr} (/healthz, /metrics, /api/cameras, /api/events)");
+        Some(task)
+    };
+    let core_beat = health.register("supervisor", Duration::from_secs(10), true);
+    // systemd: READY once cameras are built; WATCHDOG only while every required stage beats.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    let watchdog_period = sd_notify::watchdog_enabled();
+    let watchdog = watchdog_period.is_some();
+    let mut health_tick = tokio::time::interval(
+        watchdog_period
+            .map(|p| (p / 3).clamp(Duration::from_millis(100), Duration::from_secs(1)))
+            .unwrap_or(Duration::from_secs(1)),
+    );
+    tracing::info!(device = %cfg.device.id, cameras = plan.cameras.len(), watchdog, "vigil running");
     let mut tick = tokio::time::interval(cfg.mqtt.telemetry_interval.0);
     tick.tick().await;
     let mut prev = BTreeMap::new();
@@ -343,6 +438,15 @@ pub async fn run(cfg: Config) -> Result<()> {
     loop {
         tokio::select! {
             Some(ev) = rx.recv() => take(ev),
+            _ = health_tick.tick() => {
+                core_beat.beat();
+                let summary = health.summary();
+                let mut states = vec![sd_notify::NotifyState::Status(&summary)];
+                if watchdog && health.healthy() {
+                    states.push(sd_notify::NotifyState::Watchdog);
+                }
+                let _ = sd_notify::notify(&states);
+            }
             _ = tick.tick() => {
                 let payload = TelemetryPayload {
                     time: crate::events::now_rfc3339(),

@@ -6,9 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use vigil::config::{
-    Anchor, BackendKind, CameraConfig, Config, ConfigError, DeviceConfig, Dur, LineConfig,
-    LineDirection, ModelConfig, ModelKind, MqttConfig, OnEnd, ReconnectConfig, StorageConfig,
-    ZoneConfig, ZoneEventKind, load, parse,
+    Anchor, BackendKind, CameraConfig, Config, ConfigError, DeviceConfig, Dur, HttpConfig,
+    LineConfig, LineDirection, ModelConfig, ModelKind, MqttConfig, OnEnd, ReconnectConfig,
+    StorageConfig, ZoneConfig, ZoneEventKind, load, parse,
 };
 
 fn data_dir() -> PathBuf {
@@ -201,6 +201,9 @@ fn expected_good_config() -> Config {
             max_events: 50_000,
             max_age: Dur::secs(3 * 24 * 3600),
             max_bytes: 32 << 20,
+        },
+        http: HttpConfig {
+            listen: "0.0.0.0:8080".into(),
         },
         models: models.into_iter().collect(),
         cameras: vec![lobby_camera(), replay_camera()],

@@ -143,6 +143,11 @@ fn ten_thousand_events_survive_twenty_broker_kills() {
             "kill",
             spool.clone(),
             Handler::new(Arc::new(|| serde_json::Value::Null)),
+            vigil::health::HealthRegistry::default().register(
+                "mqtt-link",
+                Duration::from_secs(15),
+                true,
+            ),
         )
     });
 

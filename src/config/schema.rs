@@ -51,6 +51,8 @@ pub struct Config {
     #[serde(default)]
     pub storage: StorageConfig,
     #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
     pub models: BTreeMap<String, ModelConfig>,
     #[serde(default)]
     pub cameras: Vec<CameraConfig>,
@@ -89,6 +91,22 @@ impl Default for MqttConfig {
             topic_prefix: "vigil".into(),
             keep_alive: Dur::secs(30),
             telemetry_interval: Dur::secs(10),
+        }
+    }
+}
+
+/// The HTTP API (`/healthz`, `/metrics`, `/api/...`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// `address:port` to listen on; port 0 picks a free one (logged); "" turns the API off.
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
         }
     }
 }

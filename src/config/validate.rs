@@ -470,6 +470,7 @@ fn check_config(config: &Config) -> Vec<Issue> {
     check_name(&mut c, "device.id", &config.device.id, "device id");
     check_mqtt(&mut c, config);
     check_storage(&mut c, config);
+    check_http(&mut c, config);
     for (name, model) in &config.models {
         check_model(&mut c, &join_key("models", name), model);
     }
@@ -514,6 +515,13 @@ fn check_min_duration(c: &mut Checker, path: &str, value: Dur, min: Duration) {
             path,
             format!("{} is too short (expected at least {min})", fmt_dur(value)),
         );
+    }
+}
+
+fn check_http(c: &mut Checker, config: &Config) {
+    let l = &config.http.listen;
+    if !l.is_empty() && l.parse::<std::net::SocketAddr>().is_err() {
+        c.err("http.listen", format!("{l:?} is not an address:port (expected e.g. \"127.0.0.1:8080\" or \"\" for no HTTP API)"));
     }
 }
 

@@ -33,6 +33,29 @@ pub enum CameraState {
     Stopped,
 }
 
+/// Every state, for exporting one gauge per state.
+pub const ALL_STATES: [CameraState; 6] = [
+    CameraState::Connecting,
+    CameraState::Live,
+    CameraState::BackingOff,
+    CameraState::CircuitOpen,
+    CameraState::Ended,
+    CameraState::Stopped,
+];
+
+impl CameraState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CameraState::Connecting => "connecting",
+            CameraState::Live => "live",
+            CameraState::BackingOff => "backing_off",
+            CameraState::CircuitOpen => "circuit_open",
+            CameraState::Ended => "ended",
+            CameraState::Stopped => "stopped",
+        }
+    }
+}
+
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CameraStatus {
     pub state: CameraState,

@@ -107,6 +107,7 @@ impl MqttLink {
         device: &str,
         spool: Arc<Spool>,
         handler: commands::Handler,
+        heartbeat: crate::health::Heartbeat,
     ) -> Self {
         let topics = Topics::new(&cfg.topic_prefix, device);
         let client_id = cfg
@@ -138,6 +139,7 @@ impl MqttLink {
             spool,
             handler,
             rx,
+            heartbeat,
         };
         let task = tokio::spawn(link.run());
         Self {
@@ -193,6 +195,8 @@ struct LinkTask {
     spool: Arc<Spool>,
     handler: commands::Handler,
     rx: mpsc::Receiver<LinkCmd>,
+    /// Beats at least once a second, connected or not.
+    heartbeat: crate::health::Heartbeat,
 }
 
 /// One connection's bookkeeping.
@@ -229,9 +233,11 @@ impl LinkTask {
             // Back off, but stay responsive to a shutdown.
             let sleep = tokio::time::sleep(delay);
             tokio::pin!(sleep);
+            let mut beat = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tokio::select! {
                     _ = &mut sleep => break,
+                    _ = beat.tick() => self.heartbeat.beat(),
                     cmd = self.rx.recv() => if matches!(cmd, None | Some(LinkCmd::Shutdown)) { return },
                 }
             }
@@ -305,6 +311,7 @@ impl LinkTask {
             cursor: 0,
         };
         let mut closing: Option<tokio::time::Instant> = None;
+        let mut beat = tokio::time::interval(Duration::from_secs(1));
         loop {
             let deadline =
                 closing.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
@@ -382,6 +389,7 @@ impl LinkTask {
                     }
                 },
                 _ = tokio::time::sleep_until(deadline), if closing.is_some() => return SessionEnd::Shutdown,
+                _ = beat.tick() => self.heartbeat.beat(),
             }
         }
     }

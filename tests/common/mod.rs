@@ -305,6 +305,9 @@ telemetry_interval = "1s"
 [storage]
 dir = "{state}"
 
+[http]
+listen = "127.0.0.1:0"
+
 [models.nanodet]
 path = "{model}"
 kind = "nanodet"

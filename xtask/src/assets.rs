@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-/// Debian/Ubuntu packages: build headers, GStreamer plugins, the broker, the demo footage.
+/// Debian/Ubuntu packages: build headers, GStreamer plugins, the broker, the demo footage, and
+/// `promtool` (package prometheus) for the metrics format test.
 const APT_PACKAGES: &[&str] = &[
     "pkg-config",
     "libgstreamer1.0-dev",
@@ -28,6 +29,7 @@ const APT_PACKAGES: &[&str] = &[
     "python3-pip",
     "python3-opencv",
     "npm",
+    "prometheus",
 ];
 
 const ORT_VERSION: &str = "1.32.0";

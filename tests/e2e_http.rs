@@ -1,0 +1,155 @@
+//! The HTTP API of a running Vigil: `/healthz`, `/metrics` (checked by `promtool check
+//! metrics`), `/api/cameras` (credentials redacted) and `/api/events` (paged from the spool).
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn get(addr: &str, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").expect("HTTP response");
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code");
+    // Un-chunk if needed.
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((len, tail)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            out.push_str(&tail[..n]);
+            rest = &tail[n + 2..];
+        }
+        out
+    } else {
+        body.to_string()
+    };
+    (code, body)
+}
+
+#[test]
+fn health_metrics_cameras_and_event_history_over_http() {
+    let dir = temp_dir("http");
+    let (mqtt, rtsp) = (free_port(), free_port());
+    let _broker = mosquitto(&dir, mqtt);
+    let _server = rtsp_server(&asset(".cache/media/vtest.mp4"), rtsp, "/plaza");
+    let sub = Subscriber::start(mqtt, &["vigil/http/#"]);
+    let url = format!("rtsp://admin:hunter2@127.0.0.1:{rtsp}/plaza");
+    let rules = "[[cameras.zones]]\nname = \"plaza\"\npolygon = [[0.0, 0.2], [1.0, 0.2], [1.0, 1.0], [0.0, 1.0]]\n";
+    let cfg = dir.join("vigil.toml");
+    std::fs::write(&cfg, config_toml("http", mqtt, &url, "fps = 5", rules)).unwrap();
+    let (_vigil, logs) = vigil_run(&cfg);
+    let line = logs
+        .wait_for(Duration::from_secs(20), |l| {
+            l.contains("HTTP API on http://")
+        })
+        .expect("HTTP API started")
+        .1;
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let t0 = std::time::Instant::now();
+    while sub.on("/events/plaza").len() < 3 {
+        assert!(t0.elapsed() < Duration::from_secs(40), "events flow");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let (code, body) = get(&addr, "/healthz");
+    assert_eq!(code, 200, "{body}");
+    let h: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(h["healthy"], true);
+    let stages: Vec<&str> = h["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    for want in ["infer/nanodet", "mqtt-link", "supervisor"] {
+        assert!(stages.contains(&want), "{stages:?}");
+    }
+    assert_eq!(h["cameras"]["plaza"]["state"], "live");
+
+    let (code, metrics) = get(&addr, "/metrics");
+    assert_eq!(code, 200);
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus)");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{metrics}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in\n{metrics}"))
+    };
+    assert!(value("vigil_camera_frames_analysed_total{camera=\"plaza\"}") > 0.0);
+    assert!(value("vigil_inference_seconds_count{camera=\"plaza\"}") > 0.0);
+    assert_eq!(
+        value("vigil_camera_state{camera=\"plaza\",state=\"live\"}"),
+        1.0
+    );
+    assert_eq!(value("vigil_mqtt_connected"), 1.0);
+    assert!(value("vigil_spool_last_seq") >= 3.0);
+
+    let (code, body) = get(&addr, "/api/cameras");
+    assert_eq!(code, 200);
+    assert!(!body.contains("hunter2"), "credentials leaked: {body}");
+    let cams: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(cams[0]["name"], "plaza");
+    assert!(cams[0]["url"].as_str().unwrap().contains("***@127.0.0.1"));
+
+    let (code, body) = get(&addr, "/api/events?from_seq=2&limit=2");
+    assert_eq!(code, 200);
+    let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let seqs: Vec<u64> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, vec![2, 3]);
+    assert_eq!(page["next_from_seq"], 4);
+    let (code, _) = get(&addr, "/api/events?from_seq=abc");
+    assert_eq!(code, 400, "a bad query is a client error");
+}
