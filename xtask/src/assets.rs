@@ -30,6 +30,7 @@ const APT_PACKAGES: &[&str] = &[
     "python3-opencv",
     "npm",
     "prometheus",
+    "systemd",
 ];
 
 const ORT_VERSION: &str = "1.32.0";
