@@ -7,7 +7,7 @@
 use crate::events::spool::Spool;
 use crate::health::HealthRegistry;
 use crate::mqtt::LinkStats;
-use crate::supervisor::CameraView;
+use crate::supervisor::{CameraView, SharedViews};
 use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
@@ -24,6 +24,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 pub type CameraLabel = [(&'static str, String); 1];
+
+fn read(v: &SharedViews) -> Vec<CameraView> {
+    v.read().map(|g| g.clone()).unwrap_or_default()
+}
 
 fn infer_histogram() -> Histogram {
     // 5 ms … 2.56 s
@@ -42,14 +46,14 @@ pub struct AppState {
     pub health: HealthRegistry,
     pub spool: Arc<Spool>,
     pub link: Arc<LinkStats>,
-    pub cameras: Arc<Vec<CameraView>>,
+    pub cameras: SharedViews,
     pub registry: Arc<Registry>,
 }
 
 /// Everything that is a counter or gauge already lives in atomics; this reads them at scrape.
 #[derive(Debug)]
 struct Snapshot {
-    cameras: Arc<Vec<CameraView>>,
+    cameras: SharedViews,
     spool: Arc<Spool>,
     link: Arc<LinkStats>,
     health: HealthRegistry,
@@ -85,8 +89,9 @@ fn gauge(
 
 impl Collector for Snapshot {
     fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        let views = read(&self.cameras);
         let per_cam = |f: &dyn Fn(&CameraView) -> u64| -> Vec<(CameraLabel, u64)> {
-            self.cameras
+            views
                 .iter()
                 .map(|c| ([("camera", c.name.clone())], f(c)))
                 .collect()
@@ -121,8 +126,7 @@ impl Collector for Snapshot {
             "Events produced",
             &per_cam(&|c| c.analysis.events.load(Ordering::Relaxed)),
         )?;
-        let states: Vec<(Vec<(&'static str, String)>, i64)> = self
-            .cameras
+        let states: Vec<(Vec<(&'static str, String)>, i64)> = views
             .iter()
             .flat_map(|c| {
                 let now = c.stats.state();
@@ -143,8 +147,7 @@ impl Collector for Snapshot {
             "1 for the camera's current state.",
             &states,
         )?;
-        let depth: Vec<(Vec<(&'static str, String)>, i64)> = self
-            .cameras
+        let depth: Vec<(Vec<(&'static str, String)>, i64)> = views
             .iter()
             .map(|c| (vec![("camera", c.name.clone())], c.queue.pending() as i64))
             .collect();
@@ -233,12 +236,7 @@ impl Collector for Snapshot {
 
 /// Builds the metrics registry: live counters read at scrape, plus the latency histograms.
 pub fn registry(
-    state_parts: (
-        &Arc<Vec<CameraView>>,
-        &Arc<Spool>,
-        &Arc<LinkStats>,
-        &HealthRegistry,
-    ),
+    state_parts: (&SharedViews, &Arc<Spool>, &Arc<LinkStats>, &HealthRegistry),
     latency: &InferLatency,
 ) -> Registry {
     let mut r = Registry::default();
@@ -259,8 +257,7 @@ pub fn registry(
 async fn healthz(State(s): State<AppState>) -> Response {
     let stages = s.health.check();
     let healthy = stages.iter().all(|st| st.ok || !st.required);
-    let cameras: serde_json::Map<String, serde_json::Value> = s
-        .cameras
+    let cameras: serde_json::Map<String, serde_json::Value> = read(&s.cameras)
         .iter()
         .map(|c| {
             (
@@ -320,14 +317,14 @@ async fn metrics(State(s): State<AppState>) -> Response {
 }
 
 async fn cameras(State(s): State<AppState>) -> Response {
-    let list: Vec<serde_json::Value> = s
-        .cameras
+    let list: Vec<serde_json::Value> = read(&s.cameras)
         .iter()
         .map(|c| {
             serde_json::json!({
                 "name": c.name,
                 "url": crate::redact::redact(&c.url),
                 "status": c.stats.status(),
+                "pipeline_id": c.stats.pipeline_id.load(Ordering::Relaxed),
                 "frames_decoded": c.stats.frames_in.load(Ordering::Relaxed),
                 "frames_analysed": c.analysis.analysed.load(Ordering::Relaxed),
                 "frames_dropped": c.queue.dropped(c.slot),

@@ -96,7 +96,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            report(run_service(cfg))
+            report(run_service(cfg, config))
         }
         Cmd::Detect {
             model,
@@ -117,12 +117,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_service(cfg: vigil::config::Config) -> Result<()> {
+fn run_service(cfg: vigil::config::Config, path: PathBuf) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(vigil::supervisor::run(cfg))
+    rt.block_on(vigil::supervisor::run(cfg, path))
 }
 
 fn report(r: Result<()>) -> ExitCode {

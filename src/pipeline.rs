@@ -86,6 +86,23 @@ pub struct AnalysisWorker {
     pub stop: Arc<AtomicBool>,
     /// Beats every loop turn (at least every half second when idle).
     pub heartbeat: Option<crate::health::Heartbeat>,
+    /// Changes from the supervisor (hot reload), applied between frames.
+    pub control: Option<std::sync::mpsc::Receiver<WorkerCmd>>,
+}
+
+/// A change the supervisor makes to a running worker without stopping it.
+pub enum WorkerCmd {
+    /// New rules (and score threshold) for one camera; its tracks and pipeline are kept.
+    Rules {
+        slot: usize,
+        rules: Box<RuleEngine>,
+        min_score: f32,
+    },
+    /// The camera in this slot was rebuilt with new settings: fresh analysis state.
+    Replace {
+        slot: usize,
+        analysis: Box<CameraAnalysis>,
+    },
 }
 
 impl AnalysisWorker {
@@ -104,6 +121,27 @@ impl AnalysisWorker {
         while !self.stop.load(Ordering::Relaxed) {
             if let Some(h) = &self.heartbeat {
                 h.beat();
+            }
+            while let Some(cmd) = self.control.as_ref().and_then(|c| c.try_recv().ok()) {
+                match cmd {
+                    WorkerCmd::Rules {
+                        slot,
+                        rules,
+                        min_score,
+                    } => {
+                        let cam = &mut self.cameras[slot];
+                        cam.rules = *rules;
+                        cam.min_score = min_score;
+                    }
+                    WorkerCmd::Replace { slot, analysis } => self.cameras[slot] = *analysis,
+                }
+                let dec_threshold = self
+                    .cameras
+                    .iter()
+                    .map(|c| c.min_score)
+                    .fold(1.0f32, f32::min)
+                    * 0.5;
+                self.decoder.score_threshold = dec_threshold.max(0.05);
             }
             let Some(frame) = self.queue.pop(Duration::from_millis(500)) else {
                 continue;

@@ -2,7 +2,7 @@
 //! worker per model, one pipeline per camera), forwards events and telemetry to MQTT, and
 //! shuts everything down in order on SIGINT/SIGTERM.
 
-use crate::config::{BackendKind, Config};
+use crate::config::{BackendKind, CameraConfig, Config, ModelConfig};
 use crate::events::Event;
 use crate::events::spool::{Retention, Spool, SpoolStats};
 use crate::infer::Backend;
@@ -12,11 +12,13 @@ use crate::infer::preprocess::Preprocessor;
 use crate::media::camera::SourceSettings;
 use crate::media::{CameraHandle, FrameQueue};
 use crate::mqtt::MqttLink;
-use crate::pipeline::{AnalysisStats, AnalysisWorker, CameraAnalysis};
+use crate::mqtt::commands::{ControlKind, ControlRequest};
+use crate::pipeline::{AnalysisStats, AnalysisWorker, CameraAnalysis, WorkerCmd};
 use crate::redact::redact;
 use anyhow::{Context, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -24,6 +26,7 @@ use std::time::{Duration, Instant};
 /// One camera as the supervisor sees it.
 struct RunningCamera {
     name: String,
+    cfg: CameraConfig,
     handle: CameraHandle,
     queue: Arc<FrameQueue>,
     slot: usize,
@@ -48,6 +51,9 @@ impl std::fmt::Debug for CameraView {
     }
 }
 
+/// The cameras' views, replaced after every reload.
+pub type SharedViews = Arc<std::sync::RwLock<Vec<CameraView>>>;
+
 /// What the running plan reports into: health heartbeats and latency histograms.
 #[derive(Clone, Default)]
 pub struct Instruments {
@@ -55,18 +61,52 @@ pub struct Instruments {
     pub latency: Option<crate::http::InferLatency>,
 }
 
-/// The running plan.
-pub struct Plan {
+/// One loaded model with its analysis worker and the cameras it serves.
+struct Group {
+    model: String,
+    model_cfg: ModelConfig,
+    queue: Arc<FrameQueue>,
     cameras: Vec<RunningCamera>,
-    workers: Vec<std::thread::JoinHandle<()>>,
-    queues: Vec<Arc<FrameQueue>>,
+    control: std::sync::mpsc::Sender<WorkerCmd>,
     stop: Arc<AtomicBool>,
+    worker: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Group {
+    /// Stops the cameras, then the worker.
+    fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for c in &self.cameras {
+            c.handle.request_stop();
+        }
+        self.cameras.clear();
+        self.queue.close();
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+/// A model loaded and checked, ready to be given a worker.
+struct Prepared {
+    backend: Box<dyn Backend>,
+    decoder: NanodetDecoder,
+    size: usize,
+    dynamic: bool,
+}
+
+/// The running plan: built from a config by [`Plan::apply`], at start-up and on every reload
+/// alike (one code path).
+pub struct Plan {
+    groups: Vec<Group>,
     started: Instant,
-    urls: Vec<String>,
+    device: String,
+    events: tokio::sync::mpsc::Sender<Event>,
+    inst: Instruments,
 }
 
 /// Loads a model for a backend choice; `auto` is the CPU until the GPU path lands.
-fn load_backend(name: &str, m: &crate::config::ModelConfig) -> Result<Box<dyn Backend>> {
+fn load_backend(name: &str, m: &ModelConfig) -> Result<Box<dyn Backend>> {
     let chosen = match m.backend {
         BackendKind::Cpu => "cpu",
         BackendKind::Auto => {
@@ -86,6 +126,73 @@ fn load_backend(name: &str, m: &crate::config::ModelConfig) -> Result<Box<dyn Ba
     Ok(Box::new(b))
 }
 
+fn prepare(model_name: &str, model: &ModelConfig) -> Result<Prepared> {
+    let backend = load_backend(model_name, model)?;
+    let (size, dynamic) =
+        crate::infer::nanodet::input_size(backend.inputs(), model.input_size as usize)?;
+    if size != model.input_size as usize {
+        anyhow::bail!(
+            "model {model_name}: its input is fixed at {size}×{size}, but input_size = {} (expected {size})",
+            model.input_size
+        );
+    }
+    tracing::info!(
+        model = %model_name,
+        "input {}",
+        if dynamic { format!("{size} on the long side, the short side padded to a multiple of 32") } else { format!("{size}×{size}") }
+    );
+    let decoder = NanodetDecoder::new(&model.path.display().to_string(), size, backend.outputs())?;
+    Ok(Prepared {
+        backend,
+        decoder,
+        size,
+        dynamic,
+    })
+}
+
+/// Whether two camera configs differ only in what the analysis worker can take without
+/// touching the pipeline (rules and score threshold).
+fn same_source(a: &CameraConfig, b: &CameraConfig) -> bool {
+    let strip = |c: &CameraConfig| CameraConfig {
+        zones: Vec::new(),
+        lines: Vec::new(),
+        min_score: 0.0,
+        ..c.clone()
+    };
+    strip(a) == strip(b)
+}
+
+/// What a reload did, camera by camera, for the log and the command reply.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ApplyReport {
+    pub unchanged: Vec<String>,
+    pub rules_updated: Vec<String>,
+    pub restarted: Vec<String>,
+    pub started: Vec<String>,
+    pub stopped: Vec<String>,
+    pub models_loaded: Vec<String>,
+}
+
+impl ApplyReport {
+    pub fn summary(&self) -> String {
+        let part = |what: &str, v: &Vec<String>| {
+            (!v.is_empty()).then(|| format!("{what}: {}", v.join(", ")))
+        };
+        [
+            part("models loaded", &self.models_loaded),
+            part("cameras started", &self.started),
+            part("restarted", &self.restarted),
+            part("rules updated", &self.rules_updated),
+            part("stopped", &self.stopped),
+            part("unchanged", &self.unchanged),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join("; ")
+    }
+}
+
 impl Plan {
     /// Builds and starts everything the config describes.
     pub fn start(
@@ -96,95 +203,202 @@ impl Plan {
         crate::media::init().map_err(anyhow::Error::msg)?;
         let decoders = crate::media::probe::choose_decoders(false);
         tracing::info!("decoders: {} (CPU path)", decoders.summary());
-        let stop = Arc::new(AtomicBool::new(false));
         let mut plan = Plan {
-            cameras: Vec::new(),
-            workers: Vec::new(),
-            queues: Vec::new(),
-            stop: stop.clone(),
+            groups: Vec::new(),
             started: Instant::now(),
-            urls: Vec::new(),
+            device: cfg.device.id.clone(),
+            events,
+            inst: inst.clone(),
         };
-        for (model_name, model) in &cfg.models {
-            let cams: Vec<_> = cfg
-                .cameras
-                .iter()
-                .filter(|c| c.enabled && &c.model == model_name)
-                .collect();
-            if cams.is_empty() {
-                continue;
+        plan.apply(cfg)?;
+        Ok(plan)
+    }
+
+    fn analysis_for(&self, c: &CameraConfig) -> CameraAnalysis {
+        let mut a = CameraAnalysis::new(c);
+        a.latency = self
+            .inst
+            .latency
+            .as_ref()
+            .map(|f| f.get_or_create(&[("camera", c.name.clone())]).clone());
+        a
+    }
+
+    fn start_group(
+        &self,
+        model: &str,
+        model_cfg: &ModelConfig,
+        p: Prepared,
+        cams: &[CameraConfig],
+    ) -> Result<Group> {
+        let sources: Vec<SourceSettings> = cams.iter().map(SourceSettings::from).collect();
+        let policies: Vec<_> = sources.iter().map(SourceSettings::drop_policy).collect();
+        let queue = Arc::new(FrameQueue::new(&policies));
+        let analyses: Vec<CameraAnalysis> = cams.iter().map(|c| self.analysis_for(c)).collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (control, control_rx) = std::sync::mpsc::channel();
+        let mut cameras = Vec::new();
+        for (slot, ((c, a), src)) in cams.iter().zip(&analyses).zip(sources).enumerate() {
+            let handle = CameraHandle::spawn(src, slot, queue.clone())
+                .with_context(|| format!("camera {}", c.name))?;
+            cameras.push(RunningCamera {
+                name: c.name.clone(),
+                cfg: c.clone(),
+                handle,
+                queue: queue.clone(),
+                slot,
+                analysis: a.stats.clone(),
+            });
+            tracing::info!(camera = %c.name, url = %redact(&c.url), model = %model, fps = c.fps, "camera started");
+        }
+        let worker = AnalysisWorker {
+            device: self.device.clone(),
+            backend: p.backend,
+            pre: Preprocessor::new(input_spec(p.size, p.dynamic)),
+            decoder: p.decoder,
+            cameras: analyses,
+            queue: queue.clone(),
+            events: self.events.clone(),
+            stop: stop.clone(),
+            heartbeat: Some(self.inst.health.register(
+                format!("infer/{model}"),
+                Duration::from_secs(10),
+                true,
+            )),
+            control: Some(control_rx),
+        };
+        let handle = std::thread::Builder::new()
+            .name(format!("infer-{model}"))
+            .spawn(move || worker.run())?;
+        Ok(Group {
+            model: model.to_string(),
+            model_cfg: model_cfg.clone(),
+            queue,
+            cameras,
+            control,
+            stop,
+            worker: Some(handle),
+        })
+    }
+
+    /// Makes the running plan match `cfg` (already validated), touching only what changed:
+    /// a camera whose rules or score threshold changed keeps its pipeline; a camera whose source
+    /// settings changed is rebuilt alone; adding or removing a camera, or changing a model,
+    /// rebuilds that model's group. New models are loaded before anything is stopped, so a model
+    /// that fails to load leaves everything running as it was.
+    pub fn apply(&mut self, cfg: &Config) -> Result<ApplyReport> {
+        let mut report = ApplyReport::default();
+        let desired: Vec<(String, ModelConfig, Vec<CameraConfig>)> = cfg
+            .models
+            .iter()
+            .map(|(m, mc)| {
+                (
+                    m.clone(),
+                    mc.clone(),
+                    cfg.cameras
+                        .iter()
+                        .filter(|c| c.enabled && &c.model == m)
+                        .cloned()
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .filter(|(_, _, cams)| !cams.is_empty())
+            .collect();
+        let names = |v: &[CameraConfig]| v.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
+        // 1. Load every model that needs a new group first: nothing changes if one fails.
+        let mut prepared = BTreeMap::new();
+        for (m, mc, cams) in &desired {
+            let reusable = self.groups.iter().any(|g| {
+                &g.model == m
+                    && &g.model_cfg == mc
+                    && g.cameras.iter().map(|c| c.name.clone()).collect::<Vec<_>>() == names(cams)
+            });
+            if !reusable {
+                prepared.insert(m.clone(), prepare(m, mc)?);
+                report.models_loaded.push(m.clone());
             }
-            let backend = load_backend(model_name, model)?;
-            let (size, dynamic) =
-                crate::infer::nanodet::input_size(backend.inputs(), model.input_size as usize)?;
-            if size != model.input_size as usize {
-                anyhow::bail!(
-                    "model {model_name}: its input is fixed at {size}×{size}, but input_size = {} (expected {size})",
-                    model.input_size
-                );
-            }
-            tracing::info!(
-                model = %model_name,
-                "input {}",
-                if dynamic {
-                    format!("{size} on the long side, the short side padded to a multiple of 32")
-                } else {
-                    format!("{size}×{size}")
+        }
+        // 2. Stop groups that are gone or rebuilt.
+        let (keep, drop_groups): (Vec<Group>, Vec<Group>) =
+            std::mem::take(&mut self.groups).into_iter().partition(|g| {
+                desired.iter().any(|(m, _, _)| m == &g.model) && !prepared.contains_key(&g.model)
+            });
+        for g in drop_groups {
+            for c in &g.cameras {
+                let still = desired
+                    .iter()
+                    .any(|(_, _, cams)| cams.iter().any(|n| n.name == c.name));
+                if !still {
+                    report.stopped.push(c.name.clone());
                 }
-            );
-            let decoder =
-                NanodetDecoder::new(&model.path.display().to_string(), size, backend.outputs())?;
-            let sources: Vec<SourceSettings> =
-                cams.iter().map(|c| SourceSettings::from(*c)).collect();
-            let policies: Vec<_> = sources.iter().map(SourceSettings::drop_policy).collect();
-            let queue = Arc::new(FrameQueue::new(&policies));
-            let analyses: Vec<CameraAnalysis> = cams
-                .iter()
-                .map(|c| {
-                    let mut a = CameraAnalysis::new(c);
-                    a.latency = inst
+            }
+            g.stop();
+        }
+        self.groups = keep;
+        // 3. Update kept groups in place.
+        for (m, _, cams) in &desired {
+            let Some(g) = self.groups.iter_mut().find(|g| &g.model == m) else {
+                continue;
+            };
+            for (slot, new) in cams.iter().enumerate() {
+                let cam = &mut g.cameras[slot];
+                if cam.cfg == *new {
+                    report.unchanged.push(new.name.clone());
+                } else if same_source(&cam.cfg, new) {
+                    let rules = Box::new(crate::analytics::rules::RuleEngine::new(
+                        &new.zones,
+                        &new.lines,
+                        new.min_score,
+                    ));
+                    let _ = g.control.send(WorkerCmd::Rules {
+                        slot,
+                        rules,
+                        min_score: new.min_score,
+                    });
+                    cam.cfg = new.clone();
+                    report.rules_updated.push(new.name.clone());
+                } else {
+                    cam.handle.request_stop();
+                    let src = SourceSettings::from(new);
+                    g.queue.set_policy(slot, src.drop_policy());
+                    let handle = CameraHandle::spawn(src, slot, g.queue.clone())
+                        .with_context(|| format!("camera {}", new.name))?;
+                    let old = std::mem::replace(&mut cam.handle, handle);
+                    drop(old);
+                    let mut a = CameraAnalysis::new(new);
+                    a.latency = self
+                        .inst
                         .latency
                         .as_ref()
-                        .map(|f| f.get_or_create(&[("camera", c.name.clone())]).clone());
-                    a
-                })
-                .collect();
-            for (slot, ((c, a), src)) in cams.iter().zip(&analyses).zip(sources).enumerate() {
-                let handle = CameraHandle::spawn(src, slot, queue.clone())
-                    .with_context(|| format!("camera {}", c.name))?;
-                plan.urls.push(c.url.clone());
-                plan.cameras.push(RunningCamera {
-                    name: c.name.clone(),
-                    handle,
-                    queue: queue.clone(),
-                    slot,
-                    analysis: a.stats.clone(),
-                });
-                tracing::info!(camera = %c.name, url = %redact(&c.url), model = %model_name, fps = c.fps, "camera started");
+                        .map(|f| f.get_or_create(&[("camera", new.name.clone())]).clone());
+                    cam.analysis = a.stats.clone();
+                    let _ = g.control.send(WorkerCmd::Replace {
+                        slot,
+                        analysis: Box::new(a),
+                    });
+                    cam.cfg = new.clone();
+                    report.restarted.push(new.name.clone());
+                }
             }
-            let worker = AnalysisWorker {
-                device: cfg.device.id.clone(),
-                backend,
-                pre: Preprocessor::new(input_spec(size, dynamic)),
-                decoder,
-                cameras: analyses,
-                queue: queue.clone(),
-                events: events.clone(),
-                stop: stop.clone(),
-                heartbeat: Some(inst.health.register(
-                    format!("infer/{model_name}"),
-                    Duration::from_secs(10),
-                    true,
-                )),
-            };
-            plan.queues.push(queue);
-            plan.workers.push(
-                std::thread::Builder::new()
-                    .name(format!("infer-{model_name}"))
-                    .spawn(move || worker.run())?,
-            );
         }
-        Ok(plan)
+        // 4. Start new groups.
+        for (m, mc, cams) in &desired {
+            if let Some(p) = prepared.remove(m) {
+                let g = self.start_group(m, mc, p, cams)?;
+                report.started.extend(names(cams));
+                self.groups.push(g);
+            }
+        }
+        Ok(report)
+    }
+
+    fn cameras(&self) -> impl Iterator<Item = &RunningCamera> {
+        self.groups.iter().flat_map(|g| g.cameras.iter())
+    }
+
+    /// Number of running cameras.
+    pub fn camera_count(&self) -> usize {
+        self.cameras().count()
     }
 
     /// Snapshot of every camera for telemetry.
@@ -194,7 +408,7 @@ impl Plan {
     ) -> BTreeMap<String, CameraTelemetry> {
         let now = Instant::now();
         let mut out = BTreeMap::new();
-        for c in &self.cameras {
+        for c in self.cameras() {
             let st = &c.handle.stats;
             let frames_in = st.frames_in.load(Ordering::Relaxed);
             let analysed = c.analysis.analysed.load(Ordering::Relaxed);
@@ -237,12 +451,10 @@ impl Plan {
 
     /// Read-only views of the running cameras.
     pub fn views(&self) -> Vec<CameraView> {
-        self.cameras
-            .iter()
-            .zip(&self.urls)
-            .map(|(c, url)| CameraView {
+        self.cameras()
+            .map(|c| CameraView {
                 name: c.name.clone(),
-                url: url.clone(),
+                url: c.cfg.url.clone(),
                 stats: c.handle.stats.clone(),
                 analysis: c.analysis.clone(),
                 queue: c.queue.clone(),
@@ -254,18 +466,17 @@ impl Plan {
     /// State of the first camera and the frames waiting for analysis (for `vigil bench`).
     pub fn bench_progress(&self) -> (crate::media::CameraState, usize) {
         let state = self
-            .cameras
-            .first()
+            .cameras()
+            .next()
             .map(|c| c.handle.stats.state())
             .unwrap_or(crate::media::CameraState::Stopped);
-        (state, self.queues.iter().map(|q| q.pending()).sum())
+        (state, self.groups.iter().map(|g| g.queue.pending()).sum())
     }
 
     /// Mean preprocessing and inference milliseconds per analysed frame, over all cameras.
     pub fn stage_means_ms(&self) -> (f64, f64) {
         let sum = |f: fn(&AnalysisStats) -> &std::sync::atomic::AtomicU64| {
-            self.cameras
-                .iter()
+            self.cameras()
                 .map(|c| f(&c.analysis).load(Ordering::Relaxed))
                 .sum::<u64>() as f64
         };
@@ -279,8 +490,7 @@ impl Plan {
     /// Waits until the analysed-frame counters stop moving (at most `timeout`); returns their sum.
     pub fn wait_idle(&self, timeout: Duration) -> u64 {
         let total = || {
-            self.cameras
-                .iter()
+            self.cameras()
                 .map(|c| c.analysis.analysed.load(Ordering::Relaxed))
                 .sum::<u64>()
         };
@@ -299,16 +509,8 @@ impl Plan {
 
     /// Stops cameras, then workers.
     pub fn stop(self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for c in &self.cameras {
-            c.handle.request_stop();
-        }
-        drop(self.cameras);
-        for q in &self.queues {
-            q.close();
-        }
-        for w in self.workers {
-            let _ = w.join();
+        for g in self.groups {
+            g.stop();
         }
     }
 }
@@ -347,6 +549,92 @@ struct TelemetryPayload {
     cameras: BTreeMap<String, CameraTelemetry>,
 }
 
+/// Reloads: validates the new config (the file, or `text` for `config/set`), applies it to the
+/// plan (only what changed), and on success makes `text` the config file. On any error the
+/// running config and plan are kept and the errors returned (and logged).
+fn reload(
+    plan: &mut Plan,
+    current: &mut Config,
+    path: &std::path::Path,
+    text: Option<&str>,
+    views: &SharedViews,
+) -> Result<serde_json::Value, (String, serde_json::Value)> {
+    let t0 = Instant::now();
+    let candidate = path.with_extension("toml.candidate");
+    let loaded = match text {
+        None => crate::config::load(path),
+        Some(t) => match std::fs::write(&candidate, t) {
+            Ok(()) => crate::config::load(&candidate),
+            Err(e) => {
+                let msg = format!("cannot write {}: {e}", candidate.display());
+                return Err((msg, serde_json::Value::Null));
+            }
+        },
+    };
+    let new = match loaded {
+        Ok(c) => c,
+        Err(errors) => {
+            let _ = std::fs::remove_file(&candidate);
+            let lines: Vec<String> = errors.errors().iter().map(|e| e.to_string()).collect();
+            for l in &lines {
+                tracing::error!("reload rejected: {l}");
+            }
+            tracing::warn!("reload rejected; the running config is kept");
+            return Err((
+                format!(
+                    "config rejected ({} errors); the running config is kept",
+                    lines.len()
+                ),
+                serde_json::json!({ "errors": lines }),
+            ));
+        }
+    };
+    let restart_only = [
+        ("device", current.device != new.device),
+        ("mqtt", current.mqtt != new.mqtt),
+        ("storage", current.storage != new.storage),
+        ("http", current.http != new.http),
+    ];
+    let needs_restart: Vec<&str> = restart_only
+        .iter()
+        .filter(|(_, changed)| *changed)
+        .map(|(n, _)| *n)
+        .collect();
+    match tokio::task::block_in_place(|| plan.apply(&new)) {
+        Ok(report) => {
+            if text.is_some()
+                && let Err(e) = std::fs::rename(&candidate, path)
+            {
+                tracing::error!("config applied but not saved to {}: {e}", path.display());
+            }
+            if let Ok(mut v) = views.write() {
+                *v = plan.views();
+            }
+            let ms = t0.elapsed().as_secs_f64() * 1000.0;
+            let mut summary = report.summary();
+            if !needs_restart.is_empty() {
+                summary.push_str(&format!(
+                    "; [{}] changes take effect after a restart",
+                    needs_restart.join("], [")
+                ));
+            }
+            tracing::info!(ms = format!("{ms:.1}"), "reload applied: {summary}");
+            *current = new;
+            Ok(
+                serde_json::json!({ "summary": summary, "report": report, "ms": ms, "needs_restart": needs_restart }),
+            )
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&candidate);
+            tracing::error!("reload failed: {e:#}; the running config is kept");
+            Err((
+                format!("reload failed: {e:#}; the running config is kept"),
+                serde_json::Value::Null,
+            ))
+        }
+    }
+}
+
 /// Writes an event to the spool (which numbers it) and returns its sequence number.
 fn spool_event(spool: &Spool, ev: &mut Event) -> Result<u64, crate::events::spool::SpoolError> {
     let (id, camera) = (ev.id.clone(), ev.camera.clone());
@@ -361,7 +649,8 @@ fn spool_event(spool: &Spool, ev: &mut Event) -> Result<u64, crate::events::spoo
 
 /// `vigil run`: start everything, spool and forward events, publish telemetry, answer commands,
 /// until a signal arrives.
-pub async fn run(cfg: Config) -> Result<()> {
+pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
+    let mut cfg = cfg;
     let started = Instant::now();
     let state_dir = cfg.storage.state_dir();
     let spool_path = state_dir.join("events.db");
@@ -377,11 +666,13 @@ pub async fn run(cfg: Config) -> Result<()> {
         "event spool open"
     );
     let snapshot = Arc::new(std::sync::Mutex::new(serde_json::Value::Null));
+    let (control_tx, mut control_rx) = tokio::sync::mpsc::channel::<ControlRequest>(4);
     let handler = {
         let snapshot = snapshot.clone();
         crate::mqtt::commands::Handler::new(Arc::new(move || {
             snapshot.lock().map(|v| v.clone()).unwrap_or_default()
         }))
+        .with_control(control_tx)
     };
     let health = crate::health::HealthRegistry::default();
     let link_beat = health.register("mqtt-link", Duration::from_secs(15), true);
@@ -393,7 +684,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         latency: Some(latency.clone()),
     };
     let plan = tokio::task::block_in_place(|| Plan::start(&cfg, tx, &inst))?;
-    let views = Arc::new(plan.views());
+    let views: SharedViews = Arc::new(std::sync::RwLock::new(plan.views()));
     let _http = if cfg.http.listen.is_empty() {
         None
     } else {
@@ -419,11 +710,13 @@ pub async fn run(cfg: Config) -> Result<()> {
             .map(|p| (p / 3).clamp(Duration::from_millis(100), Duration::from_secs(1)))
             .unwrap_or(Duration::from_secs(1)),
     );
-    tracing::info!(device = %cfg.device.id, cameras = plan.cameras.len(), watchdog, "vigil running");
+    tracing::info!(device = %cfg.device.id, cameras = plan.camera_count(), watchdog, "vigil running");
     let mut tick = tokio::time::interval(cfg.mqtt.telemetry_interval.0);
     tick.tick().await;
     let mut prev = BTreeMap::new();
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut plan = plan;
     let take = |mut ev: Event| match spool_event(&spool, &mut ev) {
         Ok(seq) => {
             tracing::info!(
@@ -468,6 +761,21 @@ pub async fn run(cfg: Config) -> Result<()> {
             }
             _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); break; }
             _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+            _ = sighup.recv() => {
+                tracing::info!("SIGHUP: reloading {}", config_path.display());
+                let _ = reload(&mut plan, &mut cfg, &config_path, None, &views);
+            }
+            Some(req) = control_rx.recv() => {
+                let answer = match &req.kind {
+                    ControlKind::Reload => reload(&mut plan, &mut cfg, &config_path, None, &views),
+                    ControlKind::SetConfig(text) => reload(&mut plan, &mut cfg, &config_path, Some(text), &views),
+                    ControlKind::GetConfig => match std::fs::read_to_string(&config_path) {
+                        Ok(text) => Ok(serde_json::json!({ "summary": "config", "toml": text })),
+                        Err(e) => Err((format!("{}: {e}", config_path.display()), serde_json::Value::Null)),
+                    },
+                };
+                let _ = req.reply.send(answer);
+            }
         }
     }
     tokio::task::block_in_place(|| plan.stop());

@@ -4,47 +4,9 @@
 mod common;
 
 use common::*;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-
-fn get(addr: &str, path: &str) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").expect("HTTP response");
-    let code = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status code");
-    // Un-chunk if needed.
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        let mut out = String::new();
-        let mut rest = body;
-        while let Some((len, tail)) = rest.split_once("\r\n") {
-            let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
-            if n == 0 {
-                break;
-            }
-            out.push_str(&tail[..n]);
-            rest = &tail[n + 2..];
-        }
-        out
-    } else {
-        body.to_string()
-    };
-    (code, body)
-}
 
 #[test]
 fn health_metrics_cameras_and_event_history_over_http() {
@@ -78,7 +40,7 @@ fn health_metrics_cameras_and_event_history_over_http() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    let (code, body) = get(&addr, "/healthz");
+    let (code, body) = http_get(&addr, "/healthz");
     assert_eq!(code, 200, "{body}");
     let h: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(h["healthy"], true);
@@ -93,7 +55,7 @@ fn health_metrics_cameras_and_event_history_over_http() {
     }
     assert_eq!(h["cameras"]["plaza"]["state"], "live");
 
-    let (code, metrics) = get(&addr, "/metrics");
+    let (code, metrics) = http_get(&addr, "/metrics");
     assert_eq!(code, 200);
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])
@@ -132,14 +94,14 @@ fn health_metrics_cameras_and_event_history_over_http() {
     assert_eq!(value("vigil_mqtt_connected"), 1.0);
     assert!(value("vigil_spool_last_seq") >= 3.0);
 
-    let (code, body) = get(&addr, "/api/cameras");
+    let (code, body) = http_get(&addr, "/api/cameras");
     assert_eq!(code, 200);
     assert!(!body.contains("hunter2"), "credentials leaked: {body}");
     let cams: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(cams[0]["name"], "plaza");
     assert!(cams[0]["url"].as_str().unwrap().contains("***@127.0.0.1"));
 
-    let (code, body) = get(&addr, "/api/events?from_seq=2&limit=2");
+    let (code, body) = http_get(&addr, "/api/events?from_seq=2&limit=2");
     assert_eq!(code, 200);
     let page: serde_json::Value = serde_json::from_str(&body).unwrap();
     let seqs: Vec<u64> = page["events"]
@@ -150,6 +112,6 @@ fn health_metrics_cameras_and_event_history_over_http() {
         .collect();
     assert_eq!(seqs, vec![2, 3]);
     assert_eq!(page["next_from_seq"], 4);
-    let (code, _) = get(&addr, "/api/events?from_seq=abc");
+    let (code, _) = http_get(&addr, "/api/events?from_seq=abc");
     assert_eq!(code, 400, "a bad query is a client error");
 }

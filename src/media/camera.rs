@@ -68,8 +68,14 @@ pub struct CameraStatus {
     pub consecutive_failures: u32,
 }
 
+/// Pipelines built by this process: each gets the next number, so a pipeline's identity can be
+/// told apart across rebuilds and reloads.
+static PIPELINES: AtomicU64 = AtomicU64::new(0);
+
 /// Counters and state of one camera, shared with telemetry.
 pub struct CameraStats {
+    /// Process-wide number of the pipeline currently built for this camera.
+    pub pipeline_id: AtomicU64,
     /// Decoded frames delivered by the pipeline.
     pub frames_in: AtomicU64,
     /// Frames taken for analysis (after the analysis-rate sampler).
@@ -86,6 +92,7 @@ pub struct CameraStats {
 impl CameraStats {
     fn new() -> Self {
         Self {
+            pipeline_id: AtomicU64::new(0),
             frames_in: AtomicU64::new(0),
             frames_sampled: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
@@ -280,6 +287,10 @@ fn run_camera(
             break;
         }
         let session = stats.session.fetch_add(1, Ordering::Relaxed) + 1;
+        stats.pipeline_id.store(
+            PIPELINES.fetch_add(1, Ordering::Relaxed) + 1,
+            Ordering::Relaxed,
+        );
         stats.set(|st, at| {
             st.state = CameraState::Connecting;
             *at = None;

@@ -183,6 +183,12 @@ impl FrameQueue {
         self.dropped[slot].load(Ordering::Relaxed)
     }
 
+    /// Changes a slot's drop policy (its camera was rebuilt with another kind of source).
+    pub fn set_policy(&self, slot: usize, policy: DropPolicy) {
+        self.lock().policy[slot] = policy;
+        self.space.notify_all();
+    }
+
     /// Frames waiting for the worker.
     pub fn pending(&self) -> usize {
         self.lock().frames.iter().filter(|f| f.is_some()).count()

@@ -27,7 +27,29 @@ pub type StatusFn = Arc<dyn Fn() -> Value + Send + Sync>;
 
 pub struct Handler {
     status: StatusFn,
+    control: Option<tokio::sync::mpsc::Sender<ControlRequest>>,
 }
+
+/// What a command asks of the supervisor (it owns the config and the plan).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ControlKind {
+    /// Re-read the config file and apply it.
+    Reload,
+    /// The config file's text.
+    GetConfig,
+    /// Validate this TOML; if good, apply it and make it the config file.
+    SetConfig(String),
+}
+
+/// A supervisor request with the channel its answer comes back on.
+pub struct ControlRequest {
+    pub kind: ControlKind,
+    /// Ok(data) or Err((message, data)).
+    pub reply: std::sync::mpsc::Sender<Result<Value, (String, Value)>>,
+}
+
+/// How long a command waits for the supervisor (a reload may load a model).
+const CONTROL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 #[derive(Serialize)]
 struct Reply<'a> {
@@ -48,11 +70,55 @@ fn reply(request_id: Option<&str>, ok: bool, message: String, data: Value) -> Ve
     .unwrap_or_default()
 }
 
-const KNOWN: &str = "ping, status, events/replay";
+const KNOWN: &str = "ping, status, events/replay, reload, config/get, config/set";
 
 impl Handler {
     pub fn new(status: StatusFn) -> Self {
-        Self { status }
+        Self {
+            status,
+            control: None,
+        }
+    }
+
+    /// Enables the commands that need the supervisor (`reload`, `config/get`, `config/set`).
+    pub fn with_control(mut self, control: tokio::sync::mpsc::Sender<ControlRequest>) -> Self {
+        self.control = Some(control);
+        self
+    }
+
+    fn ask(&self, id: &str, kind: ControlKind) -> Vec<u8> {
+        let Some(control) = &self.control else {
+            return reply(Some(id), false, "not available here".into(), Value::Null);
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        if control
+            .try_send(ControlRequest { kind, reply: tx })
+            .is_err()
+        {
+            return reply(
+                Some(id),
+                false,
+                "the supervisor is busy; try again".into(),
+                Value::Null,
+            );
+        }
+        match rx.recv_timeout(CONTROL_TIMEOUT) {
+            Ok(Ok(data)) => {
+                let msg = data
+                    .get("summary")
+                    .and_then(Value::as_str)
+                    .unwrap_or("done")
+                    .to_string();
+                reply(Some(id), true, msg, data)
+            }
+            Ok(Err((msg, data))) => reply(Some(id), false, msg, data),
+            Err(_) => reply(
+                Some(id),
+                false,
+                "no answer from the supervisor".into(),
+                Value::Null,
+            ),
+        }
     }
 
     pub fn handle(&self, name: &str, payload: &[u8], ctx: &Context<'_>) -> Outcome {
@@ -122,6 +188,17 @@ impl Handler {
                     Err(e) => done(reply(Some(id), false, e.to_string(), Value::Null)),
                 }
             }
+            "reload" => done(self.ask(id, ControlKind::Reload)),
+            "config/get" => done(self.ask(id, ControlKind::GetConfig)),
+            "config/set" => match request.get("config").and_then(Value::as_str) {
+                Some(text) => done(self.ask(id, ControlKind::SetConfig(text.to_string()))),
+                None => done(reply(
+                    Some(id),
+                    false,
+                    "config missing or not a string (expected {\"request_id\": \"…\", \"config\": \"<the whole TOML file>\"})".into(),
+                    Value::Null,
+                )),
+            },
             other => done(reply(
                 Some(id),
                 false,
