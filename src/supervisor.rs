@@ -150,6 +150,30 @@ fn prepare(model_name: &str, model: &ModelConfig) -> Result<Prepared> {
     })
 }
 
+/// Stops the camera in `slot` of `g` and starts it again with `new`, with fresh analysis state;
+/// the group's other cameras and its worker are untouched.
+fn respawn(g: &mut Group, slot: usize, new: &CameraConfig, inst: &Instruments) -> Result<()> {
+    let cam = &mut g.cameras[slot];
+    cam.handle.request_stop();
+    let src = SourceSettings::from(new);
+    g.queue.set_policy(slot, src.drop_policy());
+    let handle = CameraHandle::spawn(src, slot, g.queue.clone())
+        .with_context(|| format!("camera {}", new.name))?;
+    drop(std::mem::replace(&mut cam.handle, handle));
+    let mut a = CameraAnalysis::new(new);
+    a.latency = inst
+        .latency
+        .as_ref()
+        .map(|f| f.get_or_create(&[("camera", new.name.clone())]).clone());
+    cam.analysis = a.stats.clone();
+    let _ = g.control.send(WorkerCmd::Replace {
+        slot,
+        analysis: Box::new(a),
+    });
+    cam.cfg = new.clone();
+    Ok(())
+}
+
 /// Whether two camera configs differ only in what the analysis worker can take without
 /// touching the pipeline (rules and score threshold).
 fn same_source(a: &CameraConfig, b: &CameraConfig) -> bool {
@@ -358,25 +382,7 @@ impl Plan {
                     cam.cfg = new.clone();
                     report.rules_updated.push(new.name.clone());
                 } else {
-                    cam.handle.request_stop();
-                    let src = SourceSettings::from(new);
-                    g.queue.set_policy(slot, src.drop_policy());
-                    let handle = CameraHandle::spawn(src, slot, g.queue.clone())
-                        .with_context(|| format!("camera {}", new.name))?;
-                    let old = std::mem::replace(&mut cam.handle, handle);
-                    drop(old);
-                    let mut a = CameraAnalysis::new(new);
-                    a.latency = self
-                        .inst
-                        .latency
-                        .as_ref()
-                        .map(|f| f.get_or_create(&[("camera", new.name.clone())]).clone());
-                    cam.analysis = a.stats.clone();
-                    let _ = g.control.send(WorkerCmd::Replace {
-                        slot,
-                        analysis: Box::new(a),
-                    });
-                    cam.cfg = new.clone();
+                    respawn(g, slot, new, &self.inst)?;
                     report.restarted.push(new.name.clone());
                 }
             }
@@ -390,6 +396,17 @@ impl Plan {
             }
         }
         Ok(report)
+    }
+
+    /// Rebuilds one camera's pipeline on demand (`cmd/camera/restart`); the others are untouched.
+    pub fn restart_camera(&mut self, name: &str) -> Result<()> {
+        for g in &mut self.groups {
+            if let Some(slot) = g.cameras.iter().position(|c| c.name == name) {
+                let cfg = g.cameras[slot].cfg.clone();
+                return respawn(g, slot, &cfg, &self.inst);
+            }
+        }
+        anyhow::bail!("no running camera named {name:?}")
     }
 
     fn cameras(&self) -> impl Iterator<Item = &RunningCamera> {
@@ -769,6 +786,19 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
                 let answer = match &req.kind {
                     ControlKind::Reload => reload(&mut plan, &mut cfg, &config_path, None, &views),
                     ControlKind::SetConfig(text) => reload(&mut plan, &mut cfg, &config_path, Some(text), &views),
+                    ControlKind::RestartCamera(name) => {
+                        let r = tokio::task::block_in_place(|| plan.restart_camera(name));
+                        if let Ok(mut v) = views.write() {
+                            *v = plan.views();
+                        }
+                        match r {
+                            Ok(()) => {
+                                tracing::info!(camera = %name, "camera restarted on request");
+                                Ok(serde_json::json!({ "summary": format!("camera {name} restarted") }))
+                            }
+                            Err(e) => Err((format!("{e:#}"), serde_json::Value::Null)),
+                        }
+                    }
                     ControlKind::GetConfig => match std::fs::read_to_string(&config_path) {
                         Ok(text) => Ok(serde_json::json!({ "summary": "config", "toml": text })),
                         Err(e) => Err((format!("{}: {e}", config_path.display()), serde_json::Value::Null)),

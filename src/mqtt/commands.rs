@@ -39,6 +39,8 @@ pub enum ControlKind {
     GetConfig,
     /// Validate this TOML; if good, apply it and make it the config file.
     SetConfig(String),
+    /// Rebuild this camera's pipeline.
+    RestartCamera(String),
 }
 
 /// A supervisor request with the channel its answer comes back on.
@@ -70,7 +72,7 @@ fn reply(request_id: Option<&str>, ok: bool, message: String, data: Value) -> Ve
     .unwrap_or_default()
 }
 
-const KNOWN: &str = "ping, status, events/replay, reload, config/get, config/set";
+const KNOWN: &str = "ping, status, events/replay, reload, config/get, config/set, camera/restart";
 
 impl Handler {
     pub fn new(status: StatusFn) -> Self {
@@ -189,6 +191,15 @@ impl Handler {
                 }
             }
             "reload" => done(self.ask(id, ControlKind::Reload)),
+            "camera/restart" => match request.get("camera").and_then(Value::as_str) {
+                Some(cam) => done(self.ask(id, ControlKind::RestartCamera(cam.to_string()))),
+                None => done(reply(
+                    Some(id),
+                    false,
+                    "camera missing or not a string (expected {\"request_id\": \"…\", \"camera\": \"<camera name>\"})".into(),
+                    Value::Null,
+                )),
+            },
             "config/get" => done(self.ask(id, ControlKind::GetConfig)),
             "config/set" => match request.get("config").and_then(Value::as_str) {
                 Some(text) => done(self.ask(id, ControlKind::SetConfig(text.to_string()))),
