@@ -9,6 +9,7 @@ pub mod bench;
 pub mod config;
 pub mod detect;
 pub mod events;
+pub mod gpu;
 pub mod health;
 pub mod http;
 pub mod infer;

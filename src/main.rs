@@ -44,6 +44,8 @@ enum Cmd {
         #[arg(long, default_value = "/cam")]
         mount: String,
     },
+    /// Probe the GPU and check the fused preprocessing kernel against the CPU reference.
+    GpuCheck,
     /// Measure the CPU analysis path against the Python baseline; see benches/RESULTS.md.
     Bench(vigil::bench::BenchArgs),
 }
@@ -106,6 +108,7 @@ fn main() -> ExitCode {
         } => report(vigil::detect::detect_files(
             &model, min_score, threads, &files,
         )),
+        Cmd::GpuCheck => report(vigil::gpu::check::run()),
         Cmd::Bench(args) => {
             init_logging();
             report(vigil::bench::run(args))
