@@ -40,9 +40,11 @@ pub struct StageStatus {
     pub deadline_s: f64,
 }
 
+/// Stages are held weakly: a stage whose last [`Heartbeat`] is dropped (its worker stopped, e.g.
+/// on a reload) leaves the registry instead of turning late.
 #[derive(Default, Clone)]
 pub struct HealthRegistry {
-    stages: Arc<Mutex<Vec<Arc<StageInner>>>>,
+    stages: Arc<Mutex<Vec<std::sync::Weak<StageInner>>>>,
 }
 
 impl std::fmt::Debug for HealthRegistry {
@@ -84,14 +86,16 @@ impl HealthRegistry {
         self.stages
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(inner.clone());
+            .push(Arc::downgrade(&inner));
         Heartbeat(inner)
     }
 
     pub fn check(&self) -> Vec<StageStatus> {
-        let stages = self.stages.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stages = self.stages.lock().unwrap_or_else(|e| e.into_inner());
+        stages.retain(|w| w.strong_count() > 0);
         stages
             .iter()
+            .filter_map(std::sync::Weak::upgrade)
             .map(|s| {
                 let last = s.last_ns.load(Ordering::Relaxed);
                 let age = (last != 0)
@@ -134,5 +138,17 @@ mod tests {
             h.healthy(),
             "an optional stage past its deadline is reported, not fatal"
         );
+    }
+
+    #[test]
+    fn a_stage_whose_heartbeat_is_dropped_leaves_the_registry() {
+        let h = HealthRegistry::default();
+        let old = h.register("infer/m", Duration::from_millis(20), true);
+        let new = h.register("infer/m", Duration::from_millis(20), true);
+        drop(old);
+        std::thread::sleep(Duration::from_millis(40));
+        new.beat();
+        assert!(h.healthy(), "the stopped worker's stage is gone, not late");
+        assert_eq!(h.check().len(), 1);
     }
 }

@@ -599,8 +599,9 @@ fn reload(
             tracing::warn!("reload rejected; the running config is kept");
             return Err((
                 format!(
-                    "config rejected ({} errors); the running config is kept",
-                    lines.len()
+                    "config rejected ({} error{}); the running config is kept",
+                    lines.len(),
+                    if lines.len() == 1 { "" } else { "s" }
                 ),
                 serde_json::json!({ "errors": lines }),
             ));
@@ -636,7 +637,14 @@ fn reload(
                 ));
             }
             tracing::info!(ms = format!("{ms:.1}"), "reload applied: {summary}");
-            *current = new;
+            // Sections that need a restart stay as they run, so a later reload still reports them.
+            *current = Config {
+                device: current.device.clone(),
+                mqtt: current.mqtt.clone(),
+                storage: current.storage.clone(),
+                http: current.http.clone(),
+                ..new
+            };
             Ok(
                 serde_json::json!({ "summary": summary, "report": report, "ms": ms, "needs_restart": needs_restart }),
             )
@@ -733,13 +741,18 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
     let mut prev = BTreeMap::new();
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let stall_after = std::env::var("VIGIL_TEST_STALL_AFTER_S")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_secs);
     let mut plan = plan;
     let take = |mut ev: Event| match spool_event(&spool, &mut ev) {
         Ok(seq) => {
             tracing::info!(
                 target: "vigil::events",
                 seq, camera = %ev.camera, rule = %ev.rule, kind = ?ev.kind, direction = ev.direction.unwrap_or("-"),
-                track = ev.track_id, class = %ev.class, score = ev.score, "event"
+                track = ev.track_id, class = %ev.class, score = ev.score,
+                "event {seq}: {} {:?} {} track {} ({})", ev.camera, ev.kind, ev.rule, ev.track_id, ev.class
             );
             link.wake();
         }
@@ -749,6 +762,15 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
         tokio::select! {
             Some(ev) = rx.recv() => take(ev),
             _ = health_tick.tick() => {
+                if stall_after.is_some_and(|d| started.elapsed() >= d) {
+                    // Test-only fault hook (VIGIL_TEST_STALL_AFTER_S, used by
+                    // tests/systemd_watchdog.rs): the core stops here as a deadlock would stop
+                    // it, so the watchdog pings stop and systemd must restart the process.
+                    tracing::warn!("test fault hook: stalling the supervisor loop");
+                    loop {
+                        std::thread::sleep(Duration::from_secs(3600));
+                    }
+                }
                 core_beat.beat();
                 let summary = health.summary();
                 let mut states = vec![sd_notify::NotifyState::Status(&summary)];

@@ -286,11 +286,11 @@ fn run_camera(
         if stop.is_stopped() {
             break;
         }
-        let session = stats.session.fetch_add(1, Ordering::Relaxed) + 1;
-        stats.pipeline_id.store(
-            PIPELINES.fetch_add(1, Ordering::Relaxed) + 1,
-            Ordering::Relaxed,
-        );
+        stats.session.fetch_add(1, Ordering::Relaxed);
+        // Frames carry the process-wide pipeline number, so a rebuilt camera's frames are never
+        // mistaken for its previous pipeline's (stream time stays monotonic).
+        let session = PIPELINES.fetch_add(1, Ordering::Relaxed) + 1;
+        stats.pipeline_id.store(session, Ordering::Relaxed);
         stats.set(|st, at| {
             st.state = CameraState::Connecting;
             *at = None;

@@ -118,6 +118,8 @@ impl MqttLink {
         opts.set_keep_alive(cfg.keep_alive.0);
         opts.set_clean_session(true);
         opts.set_inflight(WINDOW as u16 + 16);
+        // Commands carry whole config files (config/set, config/get): 1 MiB, not rumqttc's 10 KiB.
+        opts.set_max_packet_size(1 << 20, 1 << 20);
         if let Some(user) = &cfg.username {
             opts.set_credentials(user.clone(), cfg.password.clone().unwrap_or_default());
         }

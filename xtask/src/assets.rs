@@ -31,6 +31,8 @@ const APT_PACKAGES: &[&str] = &[
     "npm",
     "prometheus",
     "systemd",
+    "systemd-container",
+    "mmdebstrap",
 ];
 
 const ORT_VERSION: &str = "1.32.0";
@@ -99,6 +101,7 @@ pub fn setup(root: &Path) -> Result<Assets> {
     let model = nanodet(root, &cache, &dl)?;
     let demo_clip = clips(&media)?;
     pictures(&media, &dl)?;
+    nspawn_rootfs(&cache)?;
     step(&format!(
         "setup complete ({:.0}s): model {}, media in {}",
         t0.elapsed().as_secs_f64(),
@@ -393,4 +396,27 @@ pub fn bench_python(root: &Path) -> Result<PathBuf> {
         &format!("onnxruntime=={ORT_VERSION}"),
     ]))?;
     Ok(py)
+}
+
+/// A minimal Debian 12 root file system with systemd, for booting Vigil's unit under a real
+/// systemd in `systemd-nspawn --boot` (tests/systemd_watchdog.rs). The host's /usr is bound over
+/// it at boot, so Vigil's libraries need not be installed in it.
+fn nspawn_rootfs(cache: &Path) -> Result<()> {
+    let dir = cache.join("nspawn-rootfs");
+    if dir.join("usr/lib/systemd/systemd").exists() || dir.join("lib/systemd/systemd").exists() {
+        step("container root file system: present");
+        return Ok(());
+    }
+    step("building a minimal Debian 12 root file system with systemd (mmdebstrap, ~20 s)");
+    let tmp = cache.join("nspawn-rootfs.part");
+    let _ = std::fs::remove_dir_all(&tmp);
+    run(as_root(&[
+        "mmdebstrap",
+        "--variant=minbase",
+        "--include=systemd-sysv,dbus",
+        "bookworm",
+    ])
+    .arg(&tmp))?;
+    std::fs::rename(&tmp, &dir)?;
+    Ok(())
 }
