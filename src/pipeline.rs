@@ -106,18 +106,23 @@ pub enum WorkerCmd {
 }
 
 impl AnalysisWorker {
+    /// The decoder keeps candidates down to half the lowest camera `min_score`: the tracker's
+    /// second stage uses those to keep tracks alive.
+    fn set_decoder_threshold(&mut self) {
+        let lowest = self
+            .cameras
+            .iter()
+            .map(|c| c.min_score)
+            .fold(1.0f32, f32::min);
+        self.decoder.score_threshold = (lowest * 0.5).max(0.05);
+    }
+
     /// Runs until `stop` is set or the queue is closed.
     pub fn run(mut self) {
         let mut input = vec![0.0f32; self.pre.input_len()];
         let mut dets = Detections::new();
         let mut hits = RuleHits::new();
-        let dec_threshold = self
-            .cameras
-            .iter()
-            .map(|c| c.min_score)
-            .fold(1.0f32, f32::min)
-            * 0.5;
-        self.decoder.score_threshold = dec_threshold.max(0.05);
+        self.set_decoder_threshold();
         while !self.stop.load(Ordering::Relaxed) {
             if let Some(h) = &self.heartbeat {
                 h.beat();
@@ -135,13 +140,7 @@ impl AnalysisWorker {
                     }
                     WorkerCmd::Replace { slot, analysis } => self.cameras[slot] = *analysis,
                 }
-                let dec_threshold = self
-                    .cameras
-                    .iter()
-                    .map(|c| c.min_score)
-                    .fold(1.0f32, f32::min)
-                    * 0.5;
-                self.decoder.score_threshold = dec_threshold.max(0.05);
+                self.set_decoder_threshold();
             }
             let Some(frame) = self.queue.pop(Duration::from_millis(500)) else {
                 continue;
