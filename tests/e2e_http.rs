@@ -16,7 +16,7 @@ fn health_metrics_cameras_and_event_history_over_http() {
     let _server = rtsp_server(&asset(".cache/media/vtest.mp4"), rtsp, "/plaza");
     let sub = Subscriber::start(mqtt, &["vigil/http/#"]);
     let url = format!("rtsp://admin:hunter2@127.0.0.1:{rtsp}/plaza");
-    let rules = "[[cameras.zones]]\nname = \"plaza\"\npolygon = [[0.0, 0.2], [1.0, 0.2], [1.0, 1.0], [0.0, 1.0]]\n";
+    let rules = PLAZA_ZONE;
     let cfg = dir.join("vigil.toml");
     std::fs::write(&cfg, config_toml("http", mqtt, &url, "fps = 5", rules)).unwrap();
     let (_vigil, logs) = vigil_run(&cfg);

@@ -10,13 +10,6 @@ use common::*;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-const RULES: &str = r#"
-[[cameras.zones]]
-name = "plaza"
-polygon = [[0.0, 0.2], [1.0, 0.2], [1.0, 1.0], [0.0, 1.0]]
-classes = ["person"]
-"#;
-
 #[test]
 fn events_committed_before_a_kill_9_reach_the_subscriber_after_restart() {
     let dir = temp_dir("kill-vigil");
@@ -28,7 +21,7 @@ fn events_committed_before_a_kill_9_reach_the_subscriber_after_restart() {
     let url = format!("rtsp://127.0.0.1:{rtsp}/plaza");
     std::fs::write(
         &cfg,
-        config_toml("killme", mqtt, &url, "fps = 5\nmin_score = 0.4", RULES),
+        config_toml("killme", mqtt, &url, "fps = 5\nmin_score = 0.4", PLAZA_ZONE),
     )
     .unwrap();
     let state =

@@ -6,15 +6,6 @@ mod common;
 use common::*;
 use std::time::{Duration, Instant};
 
-/// A zone over the whole walkable plaza: every person tracked fires `zone_enter`, so events
-/// flow steadily while the camera is live.
-const PLAZA_ZONE: &str = r#"
-[[cameras.zones]]
-name = "plaza"
-polygon = [[0.0, 0.2], [1.0, 0.2], [1.0, 1.0], [0.0, 1.0]]
-classes = ["person"]
-"#;
-
 const CAMERA: &str = r#"
 fps = 5
 min_score = 0.4

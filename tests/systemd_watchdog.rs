@@ -56,7 +56,7 @@ fn a_stalled_core_is_killed_by_the_watchdog_and_restarted_without_losing_events(
     std::fs::create_dir_all(&cfg_dir).unwrap();
     std::fs::create_dir_all(&out).unwrap();
     let url = format!("rtsp://127.0.0.1:{rtsp}/plaza");
-    let zone = "[[cameras.zones]]\nname = \"plaza\"\npolygon = [[0.0, 0.2], [1.0, 0.2], [1.0, 1.0], [0.0, 1.0]]\n";
+    let zone = PLAZA_ZONE;
     let cfg = config_toml("wd", mqtt, &url, "fps = 5", zone)
         .replace(
             &format!(

@@ -285,6 +285,15 @@ impl Subscriber {
     }
 }
 
+/// A zone over the whole walkable plaza of vtest.avi: every person tracked fires `zone_enter`,
+/// so events flow steadily while a camera is live.
+pub const PLAZA_ZONE: &str = r#"
+[[cameras.zones]]
+name = "plaza"
+polygon = [[0.0, 0.2], [1.0, 0.2], [1.0, 1.0], [0.0, 1.0]]
+classes = ["person"]
+"#;
+
 /// A config with one RTSP camera and the given extra camera TOML (rules).
 pub fn config_toml(
     device: &str,
