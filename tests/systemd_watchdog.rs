@@ -3,13 +3,15 @@
 //! `cargo xtask setup`, with the host's /usr bound in for Vigil's libraries). A test-only fault
 //! hook (`VIGIL_TEST_STALL_AFTER_S`) stalls Vigil's core loop; its watchdog pings stop, systemd
 //! kills and restarts it (`NRestarts` grows, the journal says "Watchdog timeout"), and no event
-//! committed to the spool is lost across the restarts.
+//! committed to the spool is lost across the restarts. And a remote `config/set` is saved in the
+//! state directory, the only place the hardened service may write.
 
 mod common;
 
 use common::*;
 use std::collections::BTreeSet;
 use std::process::Command;
+use std::time::Duration;
 
 #[test]
 fn a_stalled_core_is_killed_by_the_watchdog_and_restarted_without_losing_events() {
@@ -36,9 +38,9 @@ fn a_stalled_core_is_killed_by_the_watchdog_and_restarted_without_losing_events(
     std::fs::write(
         units.join("vigil.service.d/test.conf"),
         format!(
-            "[Service]\nExecStart=\nExecStart=/opt/vigil/{} run --config /srv/vigil-test/vigil.toml\n\
+            "[Service]\nExecStart=\nExecStart=/opt/vigil/{} run --config /var/lib/vigil/vigil.toml\n\
              Environment=ORT_DYLIB_PATH=/opt/vigil/.cache/onnxruntime/libonnxruntime.so.1\n\
-             Environment=VIGIL_TEST_STALL_AFTER_S=8\nWatchdogSec=3s\n",
+             Environment=VIGIL_TEST_STALL_AFTER_S=12\nWatchdogSec=3s\n",
             bin.display()
         ),
     )
@@ -72,7 +74,44 @@ fn a_stalled_core_is_killed_by_the_watchdog_and_restarted_without_losing_events(
             "/opt/vigil/models/nanodet.onnx",
         )
         .replace("listen = \"127.0.0.1:0\"", "listen = \"\"");
-    std::fs::write(cfg_dir.join("vigil.toml"), cfg).unwrap();
+    // The factory config, copied to the state directory by the unit's ExecStartPre.
+    std::fs::create_dir_all(rootfs.join("etc/vigil")).unwrap();
+    std::fs::write(rootfs.join("etc/vigil/vigil.toml"), &cfg).unwrap();
+    std::fs::write(cfg_dir.join("vigil.toml"), &cfg).unwrap();
+    // While the container runs: a remote config change (a new line rule) is applied and saved in
+    // the state directory, the only place the service may write.
+    let changed = format!(
+        "{cfg}\n[[cameras.lines]]\nname = \"remote\"\nfrom = [0.5, 0.0]\nto = [0.5, 1.0]\n"
+    );
+    let remote = {
+        let changed = changed.clone();
+        std::thread::spawn(move || {
+            let sub = Subscriber::start(mqtt, &["vigil/wd/cmd/#", "vigil/wd/status"]);
+            sub.wait(Duration::from_secs(40), |m| {
+                m.topic.ends_with("/status") && m.json["state"] == "online"
+            })?;
+            let payload = serde_json::json!({"request_id": "set1", "config": changed}).to_string();
+            Command::new("mosquitto_pub")
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &mqtt.to_string(),
+                    "-q",
+                    "1",
+                    "-t",
+                    "vigil/wd/cmd/config/set",
+                    "-m",
+                    &payload,
+                ])
+                .status()
+                .ok()?;
+            sub.wait(Duration::from_secs(20), |m| {
+                m.topic.ends_with("/reply") && m.json["request_id"] == "set1"
+            })
+            .map(|m| m.json)
+        })
+    };
 
     let status = Command::new("timeout")
         .arg("90")
@@ -94,6 +133,13 @@ fn a_stalled_core_is_killed_by_the_watchdog_and_restarted_without_losing_events(
     assert!(
         status.success(),
         "the container booted and powered off: {status}"
+    );
+    let reply = remote.join().unwrap().expect("a reply to config/set");
+    assert_eq!(reply["status"], "ok", "{reply}");
+    let saved = std::fs::read_to_string(rootfs.join("var/lib/private/vigil/vigil.toml")).unwrap();
+    assert_eq!(
+        saved, changed,
+        "config/set saved the config in the state directory"
     );
     let state = std::fs::read_to_string(out.join("state")).expect("the probe ran");
     let journal = std::fs::read_to_string(out.join("journal")).unwrap();
