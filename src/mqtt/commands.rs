@@ -16,10 +16,43 @@ pub struct Context<'a> {
     pub spool: &'a Spool,
 }
 
-/// A command's effect: its reply, and events to publish again (replays).
+/// A command's effect: its reply, and events to publish again (replays). A command the
+/// supervisor must carry out is `deferred`: its reply comes later, and nothing waits for it.
 pub struct Outcome {
     pub reply: Vec<u8>,
     pub republish: Vec<SpooledEvent>,
+    pub deferred: Option<Deferred>,
+}
+
+/// A reply still to come from the supervisor.
+pub struct Deferred {
+    id: String,
+    rx: tokio::sync::oneshot::Receiver<Result<Value, (String, Value)>>,
+}
+
+impl Deferred {
+    /// Waits (asynchronously, at most [`CONTROL_TIMEOUT`]) for the supervisor's answer and
+    /// returns the reply payload.
+    pub async fn reply(self) -> Vec<u8> {
+        let id = Some(self.id.as_str());
+        match tokio::time::timeout(CONTROL_TIMEOUT, self.rx).await {
+            Ok(Ok(Ok(data))) => {
+                let msg = data
+                    .get("summary")
+                    .and_then(Value::as_str)
+                    .unwrap_or("done")
+                    .to_string();
+                reply(id, true, msg, data)
+            }
+            Ok(Ok(Err((msg, data)))) => reply(id, false, msg, data),
+            _ => reply(
+                id,
+                false,
+                "no answer from the supervisor".into(),
+                Value::Null,
+            ),
+        }
+    }
 }
 
 /// A snapshot of the service for `cmd/status` (the supervisor's telemetry).
@@ -47,7 +80,7 @@ pub enum ControlKind {
 pub struct ControlRequest {
     pub kind: ControlKind,
     /// Ok(data) or Err((message, data)).
-    pub reply: std::sync::mpsc::Sender<Result<Value, (String, Value)>>,
+    pub reply: tokio::sync::oneshot::Sender<Result<Value, (String, Value)>>,
 }
 
 /// How long a command waits for the supervisor (a reload may load a model).
@@ -88,38 +121,39 @@ impl Handler {
         self
     }
 
-    fn ask(&self, id: &str, kind: ControlKind) -> Vec<u8> {
-        let Some(control) = &self.control else {
-            return reply(Some(id), false, "not available here".into(), Value::Null);
+    fn ask(&self, id: &str, kind: ControlKind) -> Outcome {
+        let now = |bytes| Outcome {
+            reply: bytes,
+            republish: Vec::new(),
+            deferred: None,
         };
-        let (tx, rx) = std::sync::mpsc::channel();
+        let Some(control) = &self.control else {
+            return now(reply(
+                Some(id),
+                false,
+                "not available here".into(),
+                Value::Null,
+            ));
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
         if control
             .try_send(ControlRequest { kind, reply: tx })
             .is_err()
         {
-            return reply(
+            return now(reply(
                 Some(id),
                 false,
                 "the supervisor is busy; try again".into(),
                 Value::Null,
-            );
+            ));
         }
-        match rx.recv_timeout(CONTROL_TIMEOUT) {
-            Ok(Ok(data)) => {
-                let msg = data
-                    .get("summary")
-                    .and_then(Value::as_str)
-                    .unwrap_or("done")
-                    .to_string();
-                reply(Some(id), true, msg, data)
-            }
-            Ok(Err((msg, data))) => reply(Some(id), false, msg, data),
-            Err(_) => reply(
-                Some(id),
-                false,
-                "no answer from the supervisor".into(),
-                Value::Null,
-            ),
+        Outcome {
+            reply: Vec::new(),
+            republish: Vec::new(),
+            deferred: Some(Deferred {
+                id: id.to_string(),
+                rx,
+            }),
         }
     }
 
@@ -127,6 +161,7 @@ impl Handler {
         let done = |reply| Outcome {
             reply,
             republish: Vec::new(),
+            deferred: None,
         };
         let request: Value = match serde_json::from_slice(payload) {
             Ok(v @ Value::Object(_)) => v,
@@ -185,14 +220,15 @@ impl Handler {
                         Outcome {
                             reply: reply(Some(id), true, msg, data),
                             republish: rows,
+                            deferred: None,
                         }
                     }
                     Err(e) => done(reply(Some(id), false, e.to_string(), Value::Null)),
                 }
             }
-            "reload" => done(self.ask(id, ControlKind::Reload)),
+            "reload" => self.ask(id, ControlKind::Reload),
             "camera/restart" => match request.get("camera").and_then(Value::as_str) {
-                Some(cam) => done(self.ask(id, ControlKind::RestartCamera(cam.to_string()))),
+                Some(cam) => self.ask(id, ControlKind::RestartCamera(cam.to_string())),
                 None => done(reply(
                     Some(id),
                     false,
@@ -200,9 +236,9 @@ impl Handler {
                     Value::Null,
                 )),
             },
-            "config/get" => done(self.ask(id, ControlKind::GetConfig)),
+            "config/get" => self.ask(id, ControlKind::GetConfig),
             "config/set" => match request.get("config").and_then(Value::as_str) {
-                Some(text) => done(self.ask(id, ControlKind::SetConfig(text.to_string()))),
+                Some(text) => self.ask(id, ControlKind::SetConfig(text.to_string())),
                 None => done(reply(
                     Some(id),
                     false,

@@ -87,6 +87,8 @@ enum LinkCmd {
     Wake,
     /// Telemetry (QoS 0), dropped while disconnected: a stale snapshot is noise.
     Telemetry(Vec<u8>),
+    /// A command reply that came later (from the supervisor): topic, payload.
+    Reply(String, Vec<u8>),
     Shutdown,
 }
 
@@ -142,6 +144,7 @@ impl MqttLink {
             handler,
             rx,
             heartbeat,
+            me: tx.clone(),
         };
         let task = tokio::spawn(link.run());
         Self {
@@ -199,6 +202,8 @@ struct LinkTask {
     rx: mpsc::Receiver<LinkCmd>,
     /// Beats at least once a second, connected or not.
     heartbeat: crate::health::Heartbeat,
+    /// The link's own command channel, for replies that come later.
+    me: mpsc::Sender<LinkCmd>,
 }
 
 /// One connection's bookkeeping.
@@ -352,7 +357,16 @@ impl LinkTask {
                                 self.publish_other(&mut s, self.topics.events(&ev.camera), false, ev.payload);
                                 self.stats.replayed.fetch_add(1, Ordering::Relaxed);
                             }
-                            self.publish_other(&mut s, reply_topic, false, out.reply);
+                            match out.deferred {
+                                // The supervisor answers later; the link goes on meanwhile.
+                                Some(d) => {
+                                    let me = self.me.clone();
+                                    tokio::spawn(async move {
+                                        let _ = me.send(LinkCmd::Reply(reply_topic, d.reply().await)).await;
+                                    });
+                                }
+                                None => self.publish_other(&mut s, reply_topic, false, out.reply),
+                            }
                         }
                     }
                     Ok(MqttEvent::Outgoing(Outgoing::Disconnect)) => {
@@ -376,6 +390,7 @@ impl LinkTask {
                 },
                 cmd = self.rx.recv(), if closing.is_none() => match cmd {
                     Some(LinkCmd::Wake) => self.fill(&mut s),
+                    Some(LinkCmd::Reply(topic, payload)) => self.publish_other(&mut s, topic, false, payload),
                     Some(LinkCmd::Telemetry(p)) => {
                         if s.connected {
                             let _ = s.client.try_publish(self.topics.telemetry(), QoS::AtMostOnce, false, p);
