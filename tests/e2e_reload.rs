@@ -238,4 +238,122 @@ fn reload_touches_only_what_changed_and_a_bad_config_changes_nothing() {
         "reload with no change took {:.1} ms",
         r["data"]["ms"].as_f64().unwrap()
     );
+
+    // 6. camera/restart rebuilds that camera alone; an unknown name is an error.
+    let before = cams(&addr);
+    let r = command(
+        mqtt,
+        &sub,
+        "camera/restart",
+        serde_json::json!({"request_id": "rb", "camera": "b"}),
+    );
+    assert_eq!(r["status"], "ok", "{r}");
+    let now = cams(&addr);
+    assert_eq!(now[0].1, before[0].1, "camera a untouched");
+    assert_ne!(now[1].1, before[1].1, "camera b rebuilt");
+    let r = command(
+        mqtt,
+        &sub,
+        "camera/restart",
+        serde_json::json!({"request_id": "rx", "camera": "nope"}),
+    );
+    assert_eq!(r["status"], "error");
+    assert!(
+        r["message"]
+            .as_str()
+            .unwrap()
+            .contains("no running camera named \"nope\""),
+        "{r}"
+    );
+
+    // 7. The other commands and their error replies, over the real broker; a command on another
+    // device's topic is not answered (Vigil subscribes to its own topic only).
+    let r = command(mqtt, &sub, "ping", serde_json::json!({"request_id": "p1"}));
+    assert_eq!(
+        (r["status"].as_str(), r["message"].as_str()),
+        (Some("ok"), Some("pong"))
+    );
+    std::thread::sleep(Duration::from_millis(1200)); // one telemetry tick for `status`
+    let r = command(
+        mqtt,
+        &sub,
+        "status",
+        serde_json::json!({"request_id": "s1"}),
+    );
+    assert_eq!(r["status"], "ok");
+    assert!(r["data"]["cameras"]["a"]["state"].is_string(), "{r}");
+    let r = command(
+        mqtt,
+        &sub,
+        "reboot",
+        serde_json::json!({"request_id": "u1"}),
+    );
+    assert_eq!(r["status"], "error");
+    assert!(
+        r["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown command \"reboot\""),
+        "{r}"
+    );
+    let r = command(
+        mqtt,
+        &sub,
+        "config/set",
+        serde_json::json!({"request_id": "m1"}),
+    );
+    assert!(
+        r["message"].as_str().unwrap().contains("config missing"),
+        "{r}"
+    );
+    let publish = |topic: &str, payload: &str| {
+        let ok = Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &mqtt.to_string(),
+                "-q",
+                "1",
+                "-t",
+                topic,
+                "-m",
+                payload,
+            ])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    publish("vigil/reload/cmd/ping", "not json");
+    let bad = sub
+        .wait(Duration::from_secs(10), |m| {
+            m.topic == "vigil/reload/cmd/ping/reply" && m.json["request_id"].is_null()
+        })
+        .expect("an error reply to a malformed payload");
+    assert!(
+        bad.json["message"]
+            .as_str()
+            .unwrap()
+            .contains("payload is not JSON"),
+        "{}",
+        bad.json
+    );
+    let other = Subscriber::start(mqtt, &["vigil/otherbox/#"]);
+    publish("vigil/otherbox/cmd/ping", r#"{"request_id": "x1"}"#);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        other.on("/reply").is_empty(),
+        "a command for another device was answered"
+    );
+    assert!(
+        std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "vigil still running"
+    );
+
+    // Across every restart above, no stay came out negative (stream time never went back).
+    for m in sub.on("/events/a").into_iter().chain(sub.on("/events/b")) {
+        if let Some(d) = m.json["dwell_s"].as_f64() {
+            assert!(d >= 0.0, "negative stay: {}", m.json);
+        }
+    }
 }
