@@ -96,22 +96,11 @@ fn command(
     payload: serde_json::Value,
 ) -> serde_json::Value {
     let id = payload["request_id"].as_str().unwrap().to_string();
-    let ok = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &mqtt.to_string(),
-            "-q",
-            "1",
-            "-t",
-            &format!("vigil/reload/cmd/{name}"),
-            "-m",
-        ])
-        .arg(payload.to_string())
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    mqtt_publish(
+        mqtt,
+        &format!("vigil/reload/cmd/{name}"),
+        &payload.to_string(),
+    );
     sub.wait(Duration::from_secs(60), |m| {
         m.topic.ends_with("/reply") && m.json["request_id"] == id.as_str()
     })
@@ -306,25 +295,7 @@ fn reload_touches_only_what_changed_and_a_bad_config_changes_nothing() {
         r["message"].as_str().unwrap().contains("config missing"),
         "{r}"
     );
-    let publish = |topic: &str, payload: &str| {
-        let ok = Command::new("mosquitto_pub")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &mqtt.to_string(),
-                "-q",
-                "1",
-                "-t",
-                topic,
-                "-m",
-                payload,
-            ])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    };
-    publish("vigil/reload/cmd/ping", "not json");
+    mqtt_publish(mqtt, "vigil/reload/cmd/ping", "not json");
     let bad = sub
         .wait(Duration::from_secs(10), |m| {
             m.topic == "vigil/reload/cmd/ping/reply" && m.json["request_id"].is_null()
@@ -339,7 +310,7 @@ fn reload_touches_only_what_changed_and_a_bad_config_changes_nothing() {
         bad.json
     );
     let other = Subscriber::start(mqtt, &["vigil/otherbox/#"]);
-    publish("vigil/otherbox/cmd/ping", r#"{"request_id": "x1"}"#);
+    mqtt_publish(mqtt, "vigil/otherbox/cmd/ping", r#"{"request_id": "x1"}"#);
     std::thread::sleep(Duration::from_secs(2));
     assert!(
         other.on("/reply").is_empty(),

@@ -91,21 +91,7 @@ fn a_stalled_core_is_killed_by_the_watchdog_and_restarted_without_losing_events(
                 m.topic.ends_with("/status") && m.json["state"] == "online"
             })?;
             let payload = serde_json::json!({"request_id": "set1", "config": changed}).to_string();
-            Command::new("mosquitto_pub")
-                .args([
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &mqtt.to_string(),
-                    "-q",
-                    "1",
-                    "-t",
-                    "vigil/wd/cmd/config/set",
-                    "-m",
-                    &payload,
-                ])
-                .status()
-                .ok()?;
+            mqtt_publish(mqtt, "vigil/wd/cmd/config/set", &payload);
             sub.wait(Duration::from_secs(20), |m| {
                 m.topic.ends_with("/reply") && m.json["request_id"] == "set1"
             })

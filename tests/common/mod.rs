@@ -285,6 +285,26 @@ impl Subscriber {
     }
 }
 
+/// Publishes one QoS 1 message with `mosquitto_pub` (a real client); panics if it fails.
+pub fn mqtt_publish(port: u16, topic: &str, payload: &str) {
+    let ok = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+            "-t",
+            topic,
+            "-m",
+            payload,
+        ])
+        .status()
+        .expect("mosquitto_pub");
+    assert!(ok.success(), "mosquitto_pub to {topic} failed");
+}
+
 /// A zone over the whole walkable plaza of vtest.avi: every person tracked fires `zone_enter`,
 /// so events flow steadily while a camera is live.
 pub const PLAZA_ZONE: &str = r#"
