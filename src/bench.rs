@@ -10,7 +10,7 @@
 use crate::analytics::rules::{RuleEngine, RuleHits};
 use crate::analytics::tracker::{Tracker, TrackerConfig};
 use crate::analytics::{BBox, Detection};
-use crate::config::{CameraConfig, Config, DeviceConfig, ModelConfig, MqttConfig, OnEnd};
+use crate::config::{CameraConfig, Config, DeviceConfig, ModelConfig, MqttConfig};
 use crate::events::Event;
 use crate::media::CameraState;
 use crate::supervisor::Plan;
@@ -101,7 +101,6 @@ fn run_vigil(a: &BenchArgs, rules: &RulesOnly, min_score: f32) -> Result<Measure
     let camera = CameraConfig {
         zones: rules.zones.clone(),
         lines: rules.lines.clone(),
-        on_end: OnEnd::Stop,
         ..camera
     };
     let model_cfg: ModelConfig = toml::from_str(&format!(

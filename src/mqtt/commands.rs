@@ -105,6 +105,13 @@ fn reply(request_id: Option<&str>, ok: bool, message: String, data: Value) -> Ve
     .unwrap_or_default()
 }
 
+/// A required string field of a request, or the error message naming what was expected.
+fn string_field(request: &Value, key: &str, example: &str) -> Result<String, String> {
+    request.get(key).and_then(Value::as_str).map(str::to_string).ok_or_else(|| {
+        format!("{key} missing or not a string (expected {{\"request_id\": \"…\", \"{key}\": \"{example}\"}})")
+    })
+}
+
 const KNOWN: &str = "ping, status, events/replay, reload, config/get, config/set, camera/restart";
 
 impl Handler {
@@ -227,24 +234,14 @@ impl Handler {
                 }
             }
             "reload" => self.ask(id, ControlKind::Reload),
-            "camera/restart" => match request.get("camera").and_then(Value::as_str) {
-                Some(cam) => self.ask(id, ControlKind::RestartCamera(cam.to_string())),
-                None => done(reply(
-                    Some(id),
-                    false,
-                    "camera missing or not a string (expected {\"request_id\": \"…\", \"camera\": \"<camera name>\"})".into(),
-                    Value::Null,
-                )),
+            "camera/restart" => match string_field(&request, "camera", "<camera name>") {
+                Ok(cam) => self.ask(id, ControlKind::RestartCamera(cam)),
+                Err(msg) => done(reply(Some(id), false, msg, Value::Null)),
             },
             "config/get" => self.ask(id, ControlKind::GetConfig),
-            "config/set" => match request.get("config").and_then(Value::as_str) {
-                Some(text) => self.ask(id, ControlKind::SetConfig(text.to_string())),
-                None => done(reply(
-                    Some(id),
-                    false,
-                    "config missing or not a string (expected {\"request_id\": \"…\", \"config\": \"<the whole TOML file>\"})".into(),
-                    Value::Null,
-                )),
+            "config/set" => match string_field(&request, "config", "<the whole TOML file>") {
+                Ok(text) => self.ask(id, ControlKind::SetConfig(text)),
+                Err(msg) => done(reply(Some(id), false, msg, Value::Null)),
             },
             other => done(reply(
                 Some(id),
