@@ -61,6 +61,18 @@ pub struct Instruments {
     pub latency: Option<crate::http::InferLatency>,
 }
 
+impl Instruments {
+    /// Fresh analysis state for a camera, reporting into this camera's latency histogram.
+    fn analysis_for(&self, c: &CameraConfig) -> CameraAnalysis {
+        let mut a = CameraAnalysis::new(c);
+        a.latency = self
+            .latency
+            .as_ref()
+            .map(|f| f.get_or_create(&[("camera", c.name.clone())]).clone());
+        a
+    }
+}
+
 /// One loaded model with its analysis worker and the cameras it serves.
 struct Group {
     model: String,
@@ -160,11 +172,7 @@ fn respawn(g: &mut Group, slot: usize, new: &CameraConfig, inst: &Instruments) -
     let handle = CameraHandle::spawn(src, slot, g.queue.clone())
         .with_context(|| format!("camera {}", new.name))?;
     drop(std::mem::replace(&mut cam.handle, handle));
-    let mut a = CameraAnalysis::new(new);
-    a.latency = inst
-        .latency
-        .as_ref()
-        .map(|f| f.get_or_create(&[("camera", new.name.clone())]).clone());
+    let a = inst.analysis_for(new);
     cam.analysis = a.stats.clone();
     let _ = g.control.send(WorkerCmd::Replace {
         slot,
@@ -238,16 +246,6 @@ impl Plan {
         Ok(plan)
     }
 
-    fn analysis_for(&self, c: &CameraConfig) -> CameraAnalysis {
-        let mut a = CameraAnalysis::new(c);
-        a.latency = self
-            .inst
-            .latency
-            .as_ref()
-            .map(|f| f.get_or_create(&[("camera", c.name.clone())]).clone());
-        a
-    }
-
     fn start_group(
         &self,
         model: &str,
@@ -258,7 +256,8 @@ impl Plan {
         let sources: Vec<SourceSettings> = cams.iter().map(SourceSettings::from).collect();
         let policies: Vec<_> = sources.iter().map(SourceSettings::drop_policy).collect();
         let queue = Arc::new(FrameQueue::new(&policies));
-        let analyses: Vec<CameraAnalysis> = cams.iter().map(|c| self.analysis_for(c)).collect();
+        let analyses: Vec<CameraAnalysis> =
+            cams.iter().map(|c| self.inst.analysis_for(c)).collect();
         let stop = Arc::new(AtomicBool::new(false));
         let (control, control_rx) = std::sync::mpsc::channel();
         let mut cameras = Vec::new();
