@@ -41,6 +41,31 @@ pub struct BenchArgs {
     /// Rules (TOML with [[cameras.lines]] / [[cameras.zones]] tables) to count events with.
     #[arg(long, default_value = "benches/rules.toml")]
     pub rules: PathBuf,
+    /// The GPU bench instead: N streams of `--gpu-clip` through NVDEC, the GPU path and the
+    /// bare decoder (an NVIDIA GPU is required).
+    #[arg(long)]
+    pub gpu: bool,
+    /// GPU bench: a 1080p30 H.264 clip.
+    #[arg(long, default_value = ".cache/media/vtest-1080p30.mp4")]
+    pub gpu_clip: PathBuf,
+    /// GPU bench: the numbers of streams, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,16,32,64,128")]
+    pub streams: Vec<usize>,
+    /// GPU bench: inference workers (each its own ONNX Runtime session and CUDA stream); the
+    /// streams are spread over them.
+    #[arg(long, default_value_t = 4)]
+    pub workers: usize,
+    /// GPU bench: run inference with CUDA graphs `on`, `off`, or `both` (each N twice).
+    #[arg(long, default_value = "on")]
+    pub graph: String,
+    /// GPU bench: seconds of warm-up and of measurement per run.
+    #[arg(long, default_value_t = 3.0)]
+    pub warmup: f64,
+    #[arg(long, default_value_t = 8.0)]
+    pub seconds: f64,
+    /// GPU bench: also write the rows as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
 fn cpu_seconds(who: i32) -> f64 {
@@ -282,6 +307,25 @@ fn report(who: &str, rate: &str, m: &Measured, clip_s: f64) {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
+    if a.gpu {
+        let rows = crate::bench_gpu::run(
+            &a.gpu_clip,
+            &a.model,
+            &a.streams,
+            a.workers,
+            match a.graph.as_str() {
+                "off" => &[false],
+                "both" => &[false, true],
+                _ => &[true],
+            },
+            a.warmup,
+            a.seconds,
+        )?;
+        if let Some(p) = &a.json {
+            std::fs::write(p, serde_json::to_string_pretty(&rows)?)?;
+        }
+        return Ok(());
+    }
     let rules_text =
         std::fs::read_to_string(&a.rules).with_context(|| a.rules.display().to_string())?;
     let rf: RulesFile =

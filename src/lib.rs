@@ -6,6 +6,7 @@
 
 pub mod analytics;
 pub mod bench;
+pub mod bench_gpu;
 pub mod config;
 pub mod detect;
 pub mod events;

@@ -44,8 +44,18 @@ enum Cmd {
         #[arg(long, default_value = "/cam")]
         mount: String,
     },
-    /// Probe the GPU and check the fused preprocessing kernel against the CPU reference.
-    GpuCheck,
+    /// Probe the GPU and check the fused preprocessing kernel against the CPU reference; with
+    /// `--model`, also the GPU path's detections against the CPU path's on the same frames.
+    GpuCheck {
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[arg(long, default_value = ".cache/media/astronaut.png")]
+        picture: PathBuf,
+        #[arg(long, default_value = ".cache/media/vtest.mp4")]
+        clip: PathBuf,
+        #[arg(long, default_value_t = 40)]
+        frames: usize,
+    },
     /// Measure the CPU analysis path against the Python baseline; see benches/RESULTS.md.
     Bench(vigil::bench::BenchArgs),
 }
@@ -108,7 +118,15 @@ fn main() -> ExitCode {
         } => report(vigil::detect::detect_files(
             &model, min_score, threads, &files,
         )),
-        Cmd::GpuCheck => report(vigil::gpu::check::run()),
+        Cmd::GpuCheck {
+            model,
+            picture,
+            clip,
+            frames,
+        } => report(vigil::gpu::check::run().and_then(|gpu| match (gpu, model) {
+            (true, Some(m)) => vigil::gpu::equality::run(&m, &picture, &clip, frames),
+            _ => Ok(()),
+        })),
         Cmd::Bench(args) => {
             init_logging();
             report(vigil::bench::run(args))

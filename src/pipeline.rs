@@ -13,7 +13,7 @@ use crate::events::{Event, EventKind, new_event_id, now_rfc3339};
 use crate::infer::nanodet::NanodetDecoder;
 use crate::infer::preprocess::Preprocessor;
 use crate::infer::{Backend, InferError};
-use crate::media::FrameQueue;
+use crate::media::{FrameQueue, FrameRef};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -31,6 +31,58 @@ pub struct AnalysisStats {
     pub events_lost: AtomicU64,
     /// Frames skipped because their memory/format is not readable by this worker.
     pub unsupported: AtomicU64,
+    /// Frame-to-detection latency: from the frame leaving the decoder (appsink) to its
+    /// detections being on the host, queueing included.
+    pub frame_latency: LatencyHist,
+}
+
+/// A lock-free latency histogram: 50 µs buckets up to 200 ms, then one overflow bucket.
+pub struct LatencyHist {
+    buckets: Box<[AtomicU64]>,
+}
+
+impl LatencyHist {
+    const STEP_US: u64 = 50;
+    const BUCKETS: usize = 4000;
+
+    pub fn record(&self, d: Duration) {
+        let i = ((d.as_micros() as u64) / Self::STEP_US).min(Self::BUCKETS as u64) as usize;
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A copy of the bucket counts (to subtract a start snapshot from).
+    pub fn snapshot(&self) -> Vec<u64> {
+        self.buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// The `q` quantile (0..1) in milliseconds of bucket counts (the buckets' upper bounds;
+    /// `None` if empty).
+    pub fn quantile_ms(counts: &[u64], q: f64) -> Option<f64> {
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let want = ((total as f64 * q).ceil() as u64).max(1);
+        let mut acc = 0;
+        for (i, c) in counts.iter().enumerate() {
+            acc += c;
+            if acc >= want {
+                return Some(((i as u64 + 1) * Self::STEP_US) as f64 / 1000.0);
+            }
+        }
+        None
+    }
+}
+
+impl Default for LatencyHist {
+    fn default() -> Self {
+        Self {
+            buckets: (0..=Self::BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
 }
 
 /// Per-camera analysis state owned by the worker.
@@ -77,9 +129,7 @@ pub type EventSink = tokio::sync::mpsc::Sender<Event>;
 
 pub struct AnalysisWorker {
     pub device: String,
-    pub backend: Box<dyn Backend>,
-    pub pre: Preprocessor,
-    pub decoder: NanodetDecoder,
+    pub engine: Engine,
     pub cameras: Vec<CameraAnalysis>,
     pub queue: Arc<FrameQueue>,
     pub events: EventSink,
@@ -88,6 +138,77 @@ pub struct AnalysisWorker {
     pub heartbeat: Option<crate::health::Heartbeat>,
     /// Changes from the supervisor (hot reload), applied between frames.
     pub control: Option<std::sync::mpsc::Receiver<WorkerCmd>>,
+}
+
+/// What turns a frame into detections: the CPU path (host frames, CPU preprocessing, any
+/// [`Backend`], CPU decoding) or the GPU path (frames, preprocessing, inference and decoding on
+/// the GPU; see [`crate::gpu::detector`]).
+// Made once per worker; the CPU variant's fixed-capacity decoder is meant to be inline.
+#[allow(clippy::large_enum_variant)]
+pub enum Engine {
+    Cpu {
+        backend: Box<dyn Backend>,
+        pre: Preprocessor,
+        decoder: NanodetDecoder,
+    },
+    Gpu(Box<crate::gpu::detector::GpuDetector>),
+}
+
+enum DetectError {
+    /// The frame's memory or format is not one this engine reads.
+    Unsupported,
+    Failed(String),
+}
+
+impl Engine {
+    fn set_score_threshold(&mut self, t: f32) {
+        match self {
+            Engine::Cpu { decoder, .. } => decoder.score_threshold = t,
+            Engine::Gpu(g) => g.set_score_threshold(t),
+        }
+    }
+
+    /// Detections of `frame` into `dets`; returns (preprocessing, inference) µs (the GPU path
+    /// reports its whole frame as inference: its stages overlap on one stream).
+    fn detect(
+        &mut self,
+        frame: &FrameRef,
+        input: &mut Vec<f32>,
+        dets: &mut Detections,
+    ) -> Result<(u64, u64), DetectError> {
+        match self {
+            Engine::Cpu {
+                backend,
+                pre,
+                decoder,
+            } => {
+                let Some(yuv) = frame.host_yuv() else {
+                    return Err(DetectError::Unsupported);
+                };
+                if input.len() < pre.input_len() {
+                    input.resize(pre.input_len(), 0.0);
+                }
+                let t_pre = Instant::now();
+                let lb = pre.run(&yuv, input);
+                let pre_us = t_pre.elapsed().as_micros() as u64;
+                let t0 = Instant::now();
+                let mut decoded = Ok(());
+                let shape = [1, 3, lb.in_h, lb.in_w];
+                backend
+                    .run(input, shape, &mut |outs| {
+                        decoded = decoder.decode(outs, &lb, dets)
+                    })
+                    .and_then(|()| decoded.map_err(InferError::Run))
+                    .map_err(|e| DetectError::Failed(e.to_string()))?;
+                Ok((pre_us, t0.elapsed().as_micros() as u64))
+            }
+            Engine::Gpu(g) => {
+                let t0 = Instant::now();
+                g.detect(frame, dets).map_err(DetectError::Failed)?;
+                Ok((0, t0.elapsed().as_micros() as u64))
+            }
+        }
+    }
 }
 
 /// A change the supervisor makes to a running worker without stopping it.
@@ -114,12 +235,12 @@ impl AnalysisWorker {
             .iter()
             .map(|c| c.min_score)
             .fold(1.0f32, f32::min);
-        self.decoder.score_threshold = (lowest * 0.5).max(0.05);
+        self.engine.set_score_threshold((lowest * 0.5).max(0.05));
     }
 
     /// Runs until `stop` is set or the queue is closed.
     pub fn run(mut self) {
-        let mut input = vec![0.0f32; self.pre.input_len()];
+        let mut input = Vec::new();
         let mut dets = Detections::new();
         let mut hits = RuleHits::new();
         self.set_decoder_threshold();
@@ -149,37 +270,28 @@ impl AnalysisWorker {
             let pts = frame.pts.map(|d| d.as_secs_f64()).unwrap_or(0.0);
             let t = self.cameras[slot].stream_time(pts, frame.session, frame.received, &mut hits);
             self.emit(slot, &hits, t);
-            let Some(yuv) = frame.host_yuv() else {
-                let cam = &self.cameras[slot];
-                if cam.stats.unsupported.fetch_add(1, Ordering::Relaxed) == 0 {
-                    tracing::warn!(camera = %cam.name, "frames in a memory or format the CPU path cannot read are skipped (counted)");
-                }
-                continue;
-            };
-            let t_pre = Instant::now();
-            let lb = self.pre.run(&yuv, &mut input);
-            let pre_us = t_pre.elapsed().as_micros() as u64;
-            let t0 = Instant::now();
-            let decoder = &mut self.decoder;
-            let mut decoded = Ok(());
-            let shape = [1, 3, lb.in_h, lb.in_w];
-            let res = self
-                .backend
-                .run(&input, shape, &mut |outs| {
-                    decoded = decoder.decode(outs, &lb, &mut dets)
-                })
-                .and_then(|()| decoded.map_err(InferError::Run));
-            let infer_us = t0.elapsed().as_micros() as u64;
+            let res = self.engine.detect(&frame, &mut input, &mut dets);
+            let received = frame.received;
             drop(frame);
             let cam = &mut self.cameras[slot];
-            if let Err(e) = res {
-                tracing::error!(camera = %cam.name, "inference failed: {e}");
-                continue;
-            }
+            let (pre_us, infer_us) = match res {
+                Ok(t) => t,
+                Err(DetectError::Unsupported) => {
+                    if cam.stats.unsupported.fetch_add(1, Ordering::Relaxed) == 0 {
+                        tracing::warn!(camera = %cam.name, "frames in a memory or format this path cannot read are skipped (counted)");
+                    }
+                    continue;
+                }
+                Err(DetectError::Failed(e)) => {
+                    tracing::error!(camera = %cam.name, "inference failed: {e}");
+                    continue;
+                }
+            };
             dets.retain(|d| d.score >= cam.tracker.config().low_thresh);
             let out = cam.tracker.update(&dets);
             cam.rules.update(t, out.active, out.removed, &mut hits);
             cam.stats.analysed.fetch_add(1, Ordering::Relaxed);
+            cam.stats.frame_latency.record(received.elapsed());
             if let Some(h) = &cam.latency {
                 h.observe(infer_us as f64 / 1e6);
             }

@@ -5,6 +5,7 @@
 use crate::config::{BackendKind, CameraConfig, Config, ModelConfig};
 use crate::events::Event;
 use crate::events::spool::{Retention, Spool, SpoolStats};
+use crate::gpu::detector::GpuDetector;
 use crate::infer::Backend;
 use crate::infer::nanodet::{NanodetDecoder, input_spec};
 use crate::infer::onnx::OnnxBackend;
@@ -13,7 +14,7 @@ use crate::media::camera::SourceSettings;
 use crate::media::{CameraHandle, FrameQueue};
 use crate::mqtt::MqttLink;
 use crate::mqtt::commands::{ControlKind, ControlRequest};
-use crate::pipeline::{AnalysisStats, AnalysisWorker, CameraAnalysis, WorkerCmd};
+use crate::pipeline::{AnalysisStats, AnalysisWorker, CameraAnalysis, Engine, WorkerCmd};
 use crate::redact::redact;
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -82,6 +83,8 @@ struct Group {
     control: std::sync::mpsc::Sender<WorkerCmd>,
     stop: Arc<AtomicBool>,
     worker: Option<std::thread::JoinHandle<()>>,
+    /// The GPU path's shared CUDA context for its cameras' decoders.
+    cuda: Option<gstreamer::Context>,
 }
 
 impl Group {
@@ -101,10 +104,85 @@ impl Group {
 
 /// A model loaded and checked, ready to be given a worker.
 struct Prepared {
-    backend: Box<dyn Backend>,
-    decoder: NanodetDecoder,
-    size: usize,
-    dynamic: bool,
+    engine: Engine,
+    /// The GPU path: the cameras' decoders share this CUDA context.
+    cuda: Option<gstreamer::Context>,
+}
+
+/// Loads a model for its backend choice: `cpu`; `cuda` (the config check refuses it on a box
+/// without a GPU); `auto` = the GPU path where the GPU runtime comes up and ONNX Runtime's CUDA
+/// provider loads the model, else the CPU, saying why.
+fn prepare(name: &str, m: &ModelConfig) -> Result<Prepared> {
+    let gpu = match m.backend {
+        BackendKind::Cpu => None,
+        BackendKind::Cuda => Some(
+            crate::gpu::runtime()
+                .map_err(|why| anyhow::anyhow!("model {name}: backend \"cuda\": {why}"))?,
+        ),
+        BackendKind::Auto => match crate::gpu::runtime() {
+            Ok(rt) => Some(rt),
+            Err(why) => {
+                tracing::info!(model = name, "backend auto → cpu: {why}");
+                None
+            }
+        },
+    };
+    if let Some(rt) = gpu {
+        match GpuDetector::new(&rt.ctx, &m.path, m.input_size as usize) {
+            Ok(g) => {
+                let (size, dynamic) = g.input();
+                check_input_size(name, m, size)?;
+                tracing::info!(
+                    model = name,
+                    backend = "cuda",
+                    sync = rt.sync,
+                    "model loaded: onnxruntime CUDA provider, NVDEC frames → fused preprocessing → inference → decode + NMS on the GPU; input {}",
+                    describe_input(size, dynamic)
+                );
+                return Ok(Prepared {
+                    engine: Engine::Gpu(Box::new(g)),
+                    cuda: Some(rt.gst.clone()),
+                });
+            }
+            Err(e) if m.backend == BackendKind::Cuda => {
+                anyhow::bail!("model {name}: backend \"cuda\": {e}")
+            }
+            Err(e) => tracing::warn!(model = name, "backend auto → cpu: the GPU path failed: {e}"),
+        }
+    }
+    let backend = OnnxBackend::load_cpu(&m.path, m.threads as usize)
+        .with_context(|| format!("model {name}"))?;
+    let (size, dynamic) =
+        crate::infer::nanodet::input_size(backend.inputs(), m.input_size as usize)?;
+    check_input_size(name, m, size)?;
+    tracing::info!(model = name, backend = "cpu", engine = %backend.describe(), "model loaded; input {}", describe_input(size, dynamic));
+    let decoder = NanodetDecoder::new(&m.path.display().to_string(), size, backend.outputs())?;
+    Ok(Prepared {
+        engine: Engine::Cpu {
+            backend: Box::new(backend),
+            pre: Preprocessor::new(input_spec(size, dynamic)),
+            decoder,
+        },
+        cuda: None,
+    })
+}
+
+fn check_input_size(name: &str, m: &ModelConfig, size: usize) -> Result<()> {
+    if size != m.input_size as usize {
+        anyhow::bail!(
+            "model {name}: its input is fixed at {size}×{size}, but input_size = {} (expected {size})",
+            m.input_size
+        );
+    }
+    Ok(())
+}
+
+fn describe_input(size: usize, dynamic: bool) -> String {
+    if dynamic {
+        format!("{size} on the long side, the short side padded to a multiple of 32")
+    } else {
+        format!("{size}×{size}")
+    }
 }
 
 /// The running plan: built from a config by [`Plan::apply`], at start-up and on every reload
@@ -117,57 +195,15 @@ pub struct Plan {
     inst: Instruments,
 }
 
-/// Loads a model for a backend choice; `auto` is the CPU until the GPU path lands.
-fn load_backend(name: &str, m: &ModelConfig) -> Result<Box<dyn Backend>> {
-    let chosen = match m.backend {
-        BackendKind::Cpu => "cpu",
-        BackendKind::Auto => {
-            tracing::info!(
-                model = name,
-                "backend auto → cpu (this build has no GPU backend yet)"
-            );
-            "cpu"
-        }
-        BackendKind::Cuda => anyhow::bail!(
-            "model {name}: backend \"cuda\" is not available in this build (use \"cpu\" or \"auto\")"
-        ),
-    };
-    let b = OnnxBackend::load_cpu(&m.path, m.threads as usize)
-        .with_context(|| format!("model {name}"))?;
-    tracing::info!(model = name, backend = chosen, engine = %b.describe(), "model loaded");
-    Ok(Box::new(b))
-}
-
-fn prepare(model_name: &str, model: &ModelConfig) -> Result<Prepared> {
-    let backend = load_backend(model_name, model)?;
-    let (size, dynamic) =
-        crate::infer::nanodet::input_size(backend.inputs(), model.input_size as usize)?;
-    if size != model.input_size as usize {
-        anyhow::bail!(
-            "model {model_name}: its input is fixed at {size}×{size}, but input_size = {} (expected {size})",
-            model.input_size
-        );
-    }
-    tracing::info!(
-        model = %model_name,
-        "input {}",
-        if dynamic { format!("{size} on the long side, the short side padded to a multiple of 32") } else { format!("{size}×{size}") }
-    );
-    let decoder = NanodetDecoder::new(&model.path.display().to_string(), size, backend.outputs())?;
-    Ok(Prepared {
-        backend,
-        decoder,
-        size,
-        dynamic,
-    })
-}
-
 /// Stops the camera in `slot` of `g` and starts it again with `new`, with fresh analysis state;
 /// the group's other cameras and its worker are untouched.
 fn respawn(g: &mut Group, slot: usize, new: &CameraConfig, inst: &Instruments) -> Result<()> {
     let cam = &mut g.cameras[slot];
     cam.handle.request_stop();
-    let src = SourceSettings::from(new);
+    let src = SourceSettings {
+        cuda: g.cuda.clone(),
+        ..SourceSettings::from(new)
+    };
     g.queue.set_policy(slot, src.drop_policy());
     let handle = CameraHandle::spawn(src, slot, g.queue.clone())
         .with_context(|| format!("camera {}", new.name))?;
@@ -233,8 +269,15 @@ impl Plan {
         inst: &Instruments,
     ) -> Result<Self> {
         crate::media::init().map_err(anyhow::Error::msg)?;
-        let decoders = crate::media::probe::choose_decoders(false);
-        tracing::info!("decoders: {} (CPU path)", decoders.summary());
+        // NVDEC decoders only where a model may run on the GPU (its frames then stay there).
+        let gpu = cfg.models.values().any(|m| m.backend != BackendKind::Cpu)
+            && crate::gpu::runtime().is_ok();
+        let decoders = crate::media::probe::choose_decoders(gpu);
+        tracing::info!(
+            "decoders: {} ({})",
+            decoders.summary(),
+            if decoders.hardware { "hardware" } else { "CPU" }
+        );
         let mut plan = Plan {
             groups: Vec::new(),
             started: Instant::now(),
@@ -253,7 +296,14 @@ impl Plan {
         p: Prepared,
         cams: &[CameraConfig],
     ) -> Result<Group> {
-        let sources: Vec<SourceSettings> = cams.iter().map(SourceSettings::from).collect();
+        let cuda = p.cuda.clone();
+        let sources: Vec<SourceSettings> = cams
+            .iter()
+            .map(|c| SourceSettings {
+                cuda: cuda.clone(),
+                ..SourceSettings::from(c)
+            })
+            .collect();
         let policies: Vec<_> = sources.iter().map(SourceSettings::drop_policy).collect();
         let queue = Arc::new(FrameQueue::new(&policies));
         let analyses: Vec<CameraAnalysis> =
@@ -276,9 +326,7 @@ impl Plan {
         }
         let worker = AnalysisWorker {
             device: self.device.clone(),
-            backend: p.backend,
-            pre: Preprocessor::new(input_spec(p.size, p.dynamic)),
-            decoder: p.decoder,
+            engine: p.engine,
             cameras: analyses,
             queue: queue.clone(),
             events: self.events.clone(),
@@ -301,6 +349,7 @@ impl Plan {
             control,
             stop,
             worker: Some(handle),
+            cuda,
         })
     }
 
@@ -487,6 +536,23 @@ impl Plan {
             .map(|c| c.handle.stats.state())
             .unwrap_or(crate::media::CameraState::Stopped);
         (state, self.groups.iter().map(|g| g.queue.pending()).sum())
+    }
+
+    /// Frames analysed so far and the frame-to-detection latency buckets, over all cameras
+    /// (for `vigil bench --gpu`).
+    pub fn analysed_and_latency(&self) -> (u64, Vec<u64>) {
+        let mut frames = 0;
+        let mut hist: Vec<u64> = Vec::new();
+        for c in self.cameras() {
+            frames += c.analysis.analysed.load(Ordering::Relaxed);
+            let h = c.analysis.frame_latency.snapshot();
+            if hist.is_empty() {
+                hist = h;
+            } else {
+                hist.iter_mut().zip(h).for_each(|(a, b)| *a += b);
+            }
+        }
+        (frames, hist)
     }
 
     /// Mean preprocessing and inference milliseconds per analysed frame, over all cameras.

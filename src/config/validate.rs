@@ -598,10 +598,14 @@ fn check_model(c: &mut Checker, path: &str, model: &ModelConfig) {
             "empty model path (expected the path of an ONNX file)",
         );
     }
-    if model.backend == crate::config::BackendKind::Cuda {
+    if model.backend == crate::config::BackendKind::Cuda
+        && let crate::gpu::GpuProbe::Unavailable(why) = crate::gpu::probe()
+    {
         c.err(
             format!("{path}.backend"),
-            "backend \"cuda\" is not available in this build (expected \"cpu\" or \"auto\")",
+            format!(
+                "backend \"cuda\" needs an NVIDIA GPU, and this box has none usable: {why} (expected \"cpu\" or \"auto\")"
+            ),
         );
     }
     if model.threads > 256 {

@@ -49,7 +49,8 @@ fn picture(w: usize, h: usize, nv12: bool) -> (Vec<u8>, usize, usize, usize, usi
     }
 }
 
-pub fn run() -> Result<()> {
+/// Returns whether a GPU was there (and checked).
+pub fn run() -> Result<bool> {
     let GpuProbe::Available {
         name,
         compute_capability,
@@ -60,7 +61,7 @@ pub fn run() -> Result<()> {
             unreachable!()
         };
         println!("GPU: unavailable ({why}); the CPU path is used");
-        return Ok(());
+        return Ok(false);
     };
     println!(
         "GPU: {name}, compute capability {}.{}, {memory_mib} MiB",
@@ -71,7 +72,8 @@ pub fn run() -> Result<()> {
     for dynamic in [true, false] {
         let spec = input_spec(416, dynamic);
         let t0 = Instant::now();
-        let gpu = GpuPreprocessor::new(&ctx, spec).map_err(anyhow::Error::msg)?;
+        let gpu =
+            GpuPreprocessor::new(&ctx, spec, ctx.default_stream()).map_err(anyhow::Error::msg)?;
         if dynamic {
             println!(
                 "kernel compiled by NVRTC in {:.0} ms",
@@ -190,5 +192,5 @@ pub fn run() -> Result<()> {
         );
     }
     println!("gpu-check: ok");
-    Ok(())
+    Ok(true)
 }

@@ -6,6 +6,11 @@
 //! or MQTT.
 
 pub mod check;
+pub mod detector;
+pub mod equality;
+pub mod gst_cuda;
+pub mod ort_cuda;
+pub mod postprocess;
 pub mod preprocess;
 
 use std::sync::Arc;
@@ -23,8 +28,14 @@ pub enum GpuProbe {
     Unavailable(String),
 }
 
-/// Looks for a CUDA driver and device 0 without ever panicking.
+/// Looks for a CUDA driver and device 0 without ever panicking (once per process; the result
+/// is kept).
 pub fn probe() -> GpuProbe {
+    static PROBE: std::sync::OnceLock<GpuProbe> = std::sync::OnceLock::new();
+    PROBE.get_or_init(probe_now).clone()
+}
+
+fn probe_now() -> GpuProbe {
     // SAFETY: only tries to dlopen the driver library; no CUDA call is made if it is absent.
     let present = unsafe { cudarc::driver::sys::is_culib_present() };
     if !present {
@@ -51,10 +62,117 @@ fn cudarc_device() -> Result<GpuProbe, cudarc::driver::DriverError> {
 
 /// The process's CUDA context (the primary context of device 0).
 pub fn context() -> Result<Arc<cudarc::driver::CudaContext>, String> {
-    match probe() {
-        GpuProbe::Available { .. } => {
-            cudarc::driver::CudaContext::new(0).map_err(|e| e.to_string())
+    runtime().map(|r| r.ctx.clone())
+}
+
+/// What the GPU path shares process-wide: one CUDA context (device 0's primary context, which
+/// ONNX Runtime's CUDA provider also uses) and the same context wrapped for GStreamer.
+pub struct GpuRuntime {
+    pub ctx: Arc<cudarc::driver::CudaContext>,
+    /// `gst.cuda.context` for the camera pipelines (their decoders allocate frames in it).
+    pub gst: gstreamer::Context,
+    /// How the host waits for the GPU (`VIGIL_CUDA_SYNC`: `blocking` (default), `spin`,
+    /// `yield`).
+    pub sync: &'static str,
+}
+
+/// The process's GPU runtime, made once: the probe, then the primary context with the chosen
+/// scheduling flags (set before anything makes it active), then its GStreamer wrapper.
+pub fn runtime() -> Result<&'static GpuRuntime, String> {
+    static RT: std::sync::OnceLock<Result<GpuRuntime, String>> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        if let GpuProbe::Unavailable(why) = probe() {
+            return Err(why);
         }
-        GpuProbe::Unavailable(why) => Err(why),
+        if std::env::var("VIGIL_CUDA_GRAPH").as_deref() == Ok("0") {
+            ort_cuda::CUDA_GRAPH.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+        // GStreamer must be up before its CUDA context is made.
+        crate::media::init()?;
+        use cudarc::driver::sys::CUctx_flags as F;
+        let (sync, flags) = match std::env::var("VIGIL_CUDA_SYNC").as_deref() {
+            Ok("spin") => ("spin", F::CU_CTX_SCHED_SPIN),
+            Ok("yield") => ("yield", F::CU_CTX_SCHED_YIELD),
+            _ => ("blocking", F::CU_CTX_SCHED_BLOCKING_SYNC),
+        };
+        // SAFETY: the driver is present (probe); device 0 exists; setting the primary
+        // context's flags has no other effect than how the host waits for the GPU. It fails
+        // harmlessly if the context is already active (then the driver's choice stays).
+        unsafe {
+            let mut dev = 0;
+            if cudarc::driver::sys::cuDeviceGet(&mut dev, 0)
+                == cudarc::driver::sys::CUresult::CUDA_SUCCESS
+            {
+                let _ = cudarc::driver::sys::cuDevicePrimaryCtxSetFlags_v2(dev, flags as u32);
+            }
+        }
+        let ctx = cudarc::driver::CudaContext::new(0).map_err(|e| e.to_string())?;
+        let mut got = 0u32;
+        // SAFETY: the context is current on this thread (cudarc binds it on creation); the
+        // call only writes the flags word.
+        let sync = if unsafe { cudarc::driver::sys::cuCtxGetFlags(&mut got) }
+            == cudarc::driver::sys::CUresult::CUDA_SUCCESS
+            && got & 0x7 != flags as u32
+        {
+            tracing::warn!(
+                "CUDA context scheduling flags are {got:#x}, not the {sync} wait asked for (the context was already active)"
+            );
+            "driver's choice"
+        } else {
+            sync
+        };
+        // SAFETY: each GPU detector queues all its work on its one stream, so cudarc's
+        // cross-stream event tracking (an event record per launch) has nothing to order.
+        unsafe { ctx.disable_event_tracking() };
+        let gst = gst_cuda::shared_context(&ctx)?;
+        Ok(GpuRuntime { ctx, gst, sync })
+    })
+    .as_ref()
+    .map_err(Clone::clone)
+}
+
+/// Compiles CUDA C for `ctx`'s device with NVRTC (at start-up, once per kernel set) and loads
+/// it. `fmad=false` so products and sums round as on the CPU, whose code is the reference.
+pub fn compile(
+    ctx: &Arc<cudarc::driver::CudaContext>,
+    src: &str,
+) -> Result<Arc<cudarc::driver::CudaModule>, String> {
+    let (major, minor) = ctx.compute_capability().map_err(|e| e.to_string())?;
+    let arch: &'static str = ARCH.get_or_init(|| {
+        // CompileOptions wants a 'static name; one per process.
+        Box::leak(format!("sm_{major}{minor}").into_boxed_str())
+    });
+    let opts = cudarc::nvrtc::CompileOptions {
+        arch: Some(arch),
+        fmad: Some(false),
+        ..Default::default()
+    };
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(src, opts).map_err(|e| format!("NVRTC: {e}"))?;
+    ctx.load_module(ptx).map_err(|e| e.to_string())
+}
+
+static ARCH: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
+/// Lets the calling thread keep making CUDA calls while another thread captures a CUDA graph
+/// (ONNX Runtime captures in global mode, which otherwise forbids, process-wide, calls such as
+/// allocations and synchronous copies, and the capture then fails). Called once per thread by
+/// the GPU workers and by the camera threads that receive NVDEC frames; a thread-local flag
+/// makes repeated calls free. A no-op where no GPU runtime was made.
+pub fn relax_capture_mode() {
+    thread_local! {
+        static DONE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    if DONE.with(|d| d.replace(true)) {
+        return;
+    }
+    let mut mode = cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED;
+    // SAFETY: only called once the driver is loaded (the GPU runtime exists); the call
+    // exchanges this thread's capture mode and writes the previous one into `mode`.
+    unsafe {
+        let _ = cudarc::driver::sys::cuThreadExchangeStreamCaptureMode(&mut mode);
     }
 }
+
+/// Per-frame GPU work holds this shared; capturing a CUDA graph holds it exclusively (a
+/// capture in global mode fails if another thread makes a forbidden CUDA call meanwhile).
+pub static GPU_LOCK: std::sync::RwLock<()> = std::sync::RwLock::new(());

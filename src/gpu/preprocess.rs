@@ -4,9 +4,9 @@
 
 use crate::infer::preprocess::{InputSpec, Letterbox};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig,
+    PushKernelArg,
 };
-use cudarc::nvrtc::CompileOptions;
 use std::sync::Arc;
 
 /// CUDA C of the kernel; `fmad=false` so products and sums round as on the CPU.
@@ -70,6 +70,19 @@ pub struct DeviceYuv<'a> {
     pub uv_step: usize,
 }
 
+/// Device pointers of a 4:2:0 frame's planes (NV12: `v = u + 1`, `uv_step = 2`).
+#[derive(Debug, Clone, Copy)]
+pub struct DevicePlanes {
+    pub y: u64,
+    pub u: u64,
+    pub v: u64,
+    pub width: usize,
+    pub height: usize,
+    pub y_stride: usize,
+    pub uv_stride: usize,
+    pub uv_step: usize,
+}
+
 pub struct GpuPreprocessor {
     spec: InputSpec,
     func: CudaFunction,
@@ -77,31 +90,26 @@ pub struct GpuPreprocessor {
 }
 
 impl GpuPreprocessor {
-    /// Compiles the kernel for `ctx`'s device (once; NVRTC at run time).
-    pub fn new(ctx: &Arc<CudaContext>, spec: InputSpec) -> Result<Self, String> {
-        let (major, minor) = ctx.compute_capability().map_err(|e| e.to_string())?;
-        // CompileOptions wants a 'static architecture name; one per process is leaked.
-        let arch: &'static str = Box::leak(format!("sm_{major}{minor}").into_boxed_str());
-        let opts = CompileOptions {
-            arch: Some(arch),
-            fmad: Some(false),
-            ..Default::default()
-        };
-        let ptx = cudarc::nvrtc::compile_ptx_with_opts(KERNEL, opts)
-            .map_err(|e| format!("NVRTC: {e}"))?;
-        let module = ctx.load_module(ptx).map_err(|e| e.to_string())?;
+    /// Compiles the kernel for `ctx`'s device (once; NVRTC at run time); launches go on
+    /// `stream`.
+    pub fn new(
+        ctx: &Arc<CudaContext>,
+        spec: InputSpec,
+        stream: Arc<CudaStream>,
+    ) -> Result<Self, String> {
+        let module = super::compile(ctx, KERNEL)?;
         let func = module
             .load_function("yuv420_letterbox")
             .map_err(|e| e.to_string())?;
-        Ok(Self {
-            spec,
-            func,
-            stream: ctx.default_stream(),
-        })
+        Ok(Self { spec, func, stream })
     }
 
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
+    }
+
+    pub fn spec(&self) -> &InputSpec {
+        &self.spec
     }
 
     /// Writes the network input for `frame` into `out` (at least 3 × in_h × in_w floats) on the
@@ -111,19 +119,45 @@ impl GpuPreprocessor {
         frame: &DeviceYuv<'_>,
         out: &mut CudaSlice<f32>,
     ) -> Result<Letterbox, String> {
+        let (base, _sync) = frame.data.device_ptr(&self.stream);
+        let planes = DevicePlanes {
+            y: base,
+            u: base + frame.u_offset as u64,
+            v: base + frame.v_offset as u64,
+            width: frame.width,
+            height: frame.height,
+            y_stride: frame.y_stride,
+            uv_stride: frame.uv_stride,
+            uv_step: frame.uv_step,
+        };
+        let len = out.len();
+        let (dst, _sync) = out.device_ptr_mut(&self.stream);
+        // SAFETY: `planes` lie within `frame.data` (the caller's contract, as for the CPU
+        // reference) and `dst` holds `len` floats; both stay alive until the stream is synced
+        // (the `_sync` guards record that).
+        unsafe { self.run_ptrs(&planes, dst, len) }
+    }
+
+    /// As [`Self::run`], on raw device pointers (decoder output, ONNX Runtime's input tensor).
+    ///
+    /// # Safety
+    /// The planes must be readable device memory of the frame's size and strides, and `out` must
+    /// hold `out_len` floats, both until the stream has run the kernel.
+    pub unsafe fn run_ptrs(
+        &self,
+        frame: &DevicePlanes,
+        out: u64,
+        out_len: usize,
+    ) -> Result<Letterbox, String> {
         let (in_w, in_h) = self.spec.input_dims(frame.width, frame.height);
         let lb = Letterbox::new(frame.width, frame.height, in_w, in_h);
-        if out.len() < 3 * in_w * in_h {
+        if out_len < 3 * in_w * in_h {
             return Err(format!(
-                "input buffer of {} floats, {} needed",
-                out.len(),
+                "input buffer of {out_len} floats, {} needed",
                 3 * in_w * in_h
             ));
         }
         let s = self.spec;
-        let y = frame.data.slice(0..);
-        let u = frame.data.slice(frame.u_offset..);
-        let v = frame.data.slice(frame.v_offset..);
         let ints = [
             frame.y_stride as i32,
             frame.uv_stride as i32,
@@ -145,15 +179,15 @@ impl GpuPreprocessor {
             shared_mem_bytes: 0,
         };
         let mut b = self.stream.launch_builder(&self.func);
-        b.arg(&y)
+        b.arg(&frame.y)
             .arg(&ints[0])
-            .arg(&u)
-            .arg(&v)
+            .arg(&frame.u)
+            .arg(&frame.v)
             .arg(&ints[1])
             .arg(&ints[2])
             .arg(&ints[3])
             .arg(&ints[4]);
-        b.arg(out)
+        b.arg(&out)
             .arg(&ints[5])
             .arg(&ints[6])
             .arg(&ints[7])
@@ -167,10 +201,9 @@ impl GpuPreprocessor {
             .arg(&inv[1])
             .arg(&inv[2]);
         b.arg(&s.pad_value).arg(&ints[11]);
-        // SAFETY: the argument list matches the kernel's signature in order and type (pointers,
-        // i32, f32); `out` holds at least 3 × in_h × in_w floats (checked above); the frame's
-        // planes lie within `frame.data` as its strides and offsets say (the caller's contract,
-        // as for the CPU reference).
+        // SAFETY: the argument list matches the kernel's signature in order and type (pointers
+        // as 64-bit integers, i32, f32); `out` holds at least 3 × in_h × in_w floats (checked
+        // above); the planes are valid per this function's contract.
         unsafe { b.launch(cfg) }.map_err(|e| e.to_string())?;
         Ok(lb)
     }

@@ -51,13 +51,16 @@ pub fn input_size(inputs: &[TensorDesc], size: usize) -> Result<(usize, bool), I
     }
 }
 
+/// One output level for one input size: which outputs hold its class scores and boxes.
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct Level {
-    stride: usize,
-    grid_w: usize,
-    cells: usize,
-    scores: usize,
-    boxes: usize,
+pub struct LevelInfo {
+    pub stride: usize,
+    pub grid_w: usize,
+    pub cells: usize,
+    /// Index of its class-score output.
+    pub scores: usize,
+    /// Index of its box output.
+    pub boxes: usize,
 }
 
 /// How to read one NanoDet model's outputs.
@@ -66,7 +69,7 @@ pub struct NanodetDecoder {
     /// Per output: its channel count (last dimension).
     channels: heapless::Vec<usize, { super::MAX_OUTPUTS }>,
     /// Levels for the input size they were worked out for.
-    levels: heapless::Vec<Level, 3>,
+    levels: heapless::Vec<LevelInfo, 3>,
     levels_for: (usize, usize),
     classes: usize,
     bins: usize,
@@ -153,9 +156,19 @@ impl NanodetDecoder {
         self.classes
     }
 
+    /// Bins per box side.
+    pub fn bins(&self) -> usize {
+        self.bins
+    }
+
+    /// The levels worked out by the last [`Self::layout`].
+    pub fn levels(&self) -> &[LevelInfo] {
+        &self.levels
+    }
+
     /// Works out which output holds which level for an `in_w`×`in_h` input, from the outputs'
     /// lengths. Kept until the input size changes.
-    fn layout(&mut self, in_w: usize, in_h: usize, lens: &[usize]) -> Result<(), String> {
+    pub fn layout(&mut self, in_w: usize, in_h: usize, lens: &[usize]) -> Result<(), String> {
         if self.levels_for == (in_w, in_h) && !self.levels.is_empty() {
             return Ok(());
         }
@@ -171,7 +184,7 @@ impl NanodetDecoder {
                     "no class-score/box outputs with {cells} cells for stride {stride} of a {in_w}×{in_h} input"
                 ));
             };
-            let _ = self.levels.push(Level {
+            let _ = self.levels.push(LevelInfo {
                 stride,
                 grid_w,
                 cells,
@@ -279,7 +292,7 @@ mod tests {
         assert_eq!(d.levels_for, (416, 416));
         assert_eq!(
             d.levels[0],
-            Level {
+            LevelInfo {
                 stride: 8,
                 grid_w: 52,
                 cells: 2704,

@@ -57,6 +57,38 @@ pub fn init_runtime() -> Result<(String, ort::environment::Environment), InferEr
         .map_err(InferError::Runtime)
 }
 
+/// The session's inputs and outputs, checked to be one NCHW input and at most
+/// [`MAX_OUTPUTS`] outputs.
+pub fn describe(session: &Session) -> Result<(Vec<TensorDesc>, Vec<TensorDesc>), String> {
+    let desc = |o: &ort::value::Outlet| TensorDesc {
+        name: o.name().to_string(),
+        shape: o
+            .dtype()
+            .tensor_shape()
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default(),
+    };
+    let inputs: Vec<TensorDesc> = session.inputs().iter().map(desc).collect();
+    let outputs: Vec<TensorDesc> = session.outputs().iter().map(desc).collect();
+    if inputs.len() != 1 || inputs[0].shape.len() != 4 {
+        return Err(format!(
+            "expected one NCHW input, found {}",
+            inputs
+                .iter()
+                .map(|t| t.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if outputs.len() > MAX_OUTPUTS {
+        return Err(format!(
+            "{} outputs, at most {MAX_OUTPUTS} supported",
+            outputs.len()
+        ));
+    }
+    Ok((inputs, outputs))
+}
+
 pub struct OnnxBackend {
     session: Session,
     inputs: Vec<TensorDesc>,
@@ -90,32 +122,7 @@ impl OnnxBackend {
             .map_err(|e| load_err(&e))?
             .commit_from_file(path)
             .map_err(|e| load_err(&e))?;
-        let desc = |o: &ort::value::Outlet| TensorDesc {
-            name: o.name().to_string(),
-            shape: o
-                .dtype()
-                .tensor_shape()
-                .map(|s| s.iter().copied().collect())
-                .unwrap_or_default(),
-        };
-        let inputs: Vec<TensorDesc> = session.inputs().iter().map(desc).collect();
-        let outputs: Vec<TensorDesc> = session.outputs().iter().map(desc).collect();
-        if inputs.len() != 1 || inputs[0].shape.len() != 4 {
-            return Err(load_err(&format!(
-                "expected one NCHW input, found {}",
-                inputs
-                    .iter()
-                    .map(|t| t.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        }
-        if outputs.len() > MAX_OUTPUTS {
-            return Err(load_err(&format!(
-                "{} outputs, at most {MAX_OUTPUTS} supported",
-                outputs.len()
-            )));
-        }
+        let (inputs, outputs) = describe(&session).map_err(|e| load_err(&e))?;
         Ok(Self {
             session,
             inputs,

@@ -157,6 +157,9 @@ pub struct SourceSettings {
     pub rtsp_latency: Duration,
     pub reconnect: ReconnectConfig,
     pub on_end: OnEnd,
+    /// GPU path: the process's CUDA context for the decoders, whose frames then stay in CUDA
+    /// memory (NV12) up to the analysis worker; `None` = frames in system memory.
+    pub cuda: Option<gst::Context>,
 }
 
 impl SourceSettings {
@@ -185,6 +188,7 @@ impl From<&CameraConfig> for SourceSettings {
             rtsp_latency: c.rtsp_latency.0,
             reconnect: c.reconnect.clone(),
             on_end: c.on_end,
+            cuda: None,
         }
     }
 }
@@ -499,6 +503,7 @@ fn build_pipeline(
     });
     {
         let stats = stats.clone();
+        let gpu_decoder = s.cuda.is_some();
         pipeline.connect_deep_element_added(move |_, _, el| {
             if let Some(f) = el.factory()
                 && f.metadata(gst::ELEMENT_METADATA_KLASS)
@@ -506,26 +511,53 @@ fn build_pipeline(
             {
                 let name = f.name().to_string();
                 stats.set(|st, _| st.decoder = Some(name));
+                // On the GPU path the decoder's streaming thread makes CUDA calls: let it go on
+                // while a GPU worker captures a CUDA graph (from its first buffer on).
+                if gpu_decoder && let Some(pad) = el.static_pad("sink") {
+                    pad.add_probe(gst::PadProbeType::BUFFER, |_, _| {
+                        crate::gpu::relax_capture_mode();
+                        gst::PadProbeReturn::Ok
+                    });
+                }
             }
         });
     }
-    let convert = make("videoconvert")?;
-    let caps = gst::Caps::builder("video/x-raw")
-        .field("format", gst::List::new(["I420", "NV12"]))
-        .build();
     let sink = gst_app::AppSink::builder()
-        .caps(&caps)
         .sync(false)
         .max_buffers(2)
         .drop(true)
         .build();
-    pipeline
-        .add_many([&src, &convert, sink.upcast_ref()])
-        .map_err(|e| format!("cannot assemble pipeline: {e}"))?;
-    convert
-        .link(&sink)
-        .map_err(|e| format!("cannot link converter: {e}"))?;
-    let convert_weak = convert.downgrade();
+    // CPU path: any decoder, converted to I420/NV12 in system memory. GPU path: the decoder's
+    // NV12 in CUDA memory as it is (no converter: a decoder that cannot give CUDA memory fails
+    // to link, and the camera reports it), in the shared CUDA context.
+    let head = if let Some(ctx) = &s.cuda {
+        pipeline.set_context(ctx);
+        sink.set_caps(Some(
+            &gst::Caps::builder("video/x-raw")
+                .features(["memory:CUDAMemory"])
+                .field("format", "NV12")
+                .build(),
+        ));
+        pipeline
+            .add_many([&src, sink.upcast_ref()])
+            .map_err(|e| format!("cannot assemble pipeline: {e}"))?;
+        sink.clone().upcast::<gst::Element>()
+    } else {
+        let convert = make("videoconvert")?;
+        sink.set_caps(Some(
+            &gst::Caps::builder("video/x-raw")
+                .field("format", gst::List::new(["I420", "NV12"]))
+                .build(),
+        ));
+        pipeline
+            .add_many([&src, &convert, sink.upcast_ref()])
+            .map_err(|e| format!("cannot assemble pipeline: {e}"))?;
+        convert
+            .link(&sink)
+            .map_err(|e| format!("cannot link converter: {e}"))?;
+        convert
+    };
+    let convert_weak = head.downgrade();
     src.connect_pad_added(move |_, pad| {
         let Some(convert) = convert_weak.upgrade() else {
             return;
@@ -545,13 +577,19 @@ fn build_pipeline(
         }
     });
 
+    let gpu = s.cuda.is_some();
     let mut sampler = RateSampler::new(s.fps);
     let mut first = true;
-    let mut info_cache: Option<(gst::Caps, gst_video::VideoInfo)> = None;
+    let mut info_cache: Option<(gst::Caps, gst_video::VideoInfo, bool)> = None;
     sink.set_callbacks(
         gst_app::AppSinkCallbacks::builder()
             .new_sample(move |sink| {
                 let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                if gpu {
+                    // This streaming thread is the decoder's: let it keep working while a
+                    // GPU worker captures a CUDA graph.
+                    crate::gpu::relax_capture_mode();
+                }
                 stats.frames_in.fetch_add(1, Ordering::Relaxed);
                 stats.touch();
                 if first {
@@ -576,17 +614,20 @@ fn build_pipeline(
                 };
                 if info_cache
                     .as_ref()
-                    .is_none_or(|(c, _)| c.as_ptr() != caps.as_ptr())
+                    .is_none_or(|(c, _, _)| c.as_ptr() != caps.as_ptr())
                 {
                     match gst_video::VideoInfo::from_caps(caps) {
-                        Ok(info) => info_cache = Some((caps.to_owned(), info)),
+                        Ok(info) => {
+                            let cuda = crate::gpu::gst_cuda::is_cuda_caps(caps);
+                            info_cache = Some((caps.to_owned(), info, cuda));
+                        }
                         Err(_) => return Ok(gst::FlowSuccess::Ok),
                     }
                 }
-                let Some((_, info)) = info_cache.as_ref() else {
+                let Some((_, info, cuda)) = info_cache.as_ref() else {
                     return Ok(gst::FlowSuccess::Ok);
                 };
-                if let Some(frame) = FrameRef::from_buffer(slot, session, buffer, info) {
+                if let Some(frame) = FrameRef::from_buffer(slot, session, buffer, info, *cuda) {
                     stats.frames_sampled.fetch_add(1, Ordering::Relaxed);
                     queue.push(frame);
                 }

@@ -9,11 +9,17 @@ use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// Where a frame's pixels live.
+// Not boxed: a frame moves through the queue by value, and boxing would allocate per frame.
+#[allow(clippy::large_enum_variant)]
 pub enum FrameMemory {
     /// System memory, mapped for reading for as long as the frame lives.
     Host(gst_video::VideoFrame<gst_video::video_frame::Readable>),
-    // `Cuda` (device pointer + the GStreamer buffer kept alive until our stream is done) is
-    // added by the GPU path.
+    /// NVDEC output in CUDA device memory (`memory:CUDAMemory`, NV12): the buffer, kept alive
+    /// (so not returned to the decoder's pool) until the GPU path is done with it.
+    Cuda {
+        buffer: gst::Buffer,
+        info: gst_video::VideoInfo,
+    },
 }
 
 /// One decoded frame of one camera. Holding it keeps the GStreamer buffer alive.
@@ -32,17 +38,21 @@ impl FrameRef {
     pub fn width(&self) -> usize {
         match &self.memory {
             FrameMemory::Host(f) => f.width() as usize,
+            FrameMemory::Cuda { info, .. } => info.width() as usize,
         }
     }
     pub fn height(&self) -> usize {
         match &self.memory {
             FrameMemory::Host(f) => f.height() as usize,
+            FrameMemory::Cuda { info, .. } => info.height() as usize,
         }
     }
 
     /// A view of the pixels if they are in host memory as I420 or NV12.
     pub fn host_yuv(&self) -> Option<YuvView<'_>> {
-        let FrameMemory::Host(f) = &self.memory;
+        let FrameMemory::Host(f) = &self.memory else {
+            return None;
+        };
         let (w, h) = (f.width() as usize, f.height() as usize);
         match f.format() {
             gst_video::VideoFormat::I420 => Some(YuvView {
@@ -72,21 +82,30 @@ impl FrameRef {
         }
     }
 
-    /// Wraps a decoded sample's buffer, mapping it for reading.
+    /// Wraps a decoded sample's buffer: host memory is mapped for reading; CUDA memory
+    /// (`cuda`: the caps said `memory:CUDAMemory`) is kept as is for the GPU path to map.
     pub fn from_buffer(
         slot: usize,
         session: u64,
         buffer: gst::Buffer,
         info: &gst_video::VideoInfo,
+        cuda: bool,
     ) -> Option<Self> {
         let pts = buffer.pts().map(|t| Duration::from_nanos(t.nseconds()));
-        let frame = gst_video::VideoFrame::from_buffer_readable(buffer, info).ok()?;
+        let memory = if cuda {
+            FrameMemory::Cuda {
+                buffer,
+                info: info.clone(),
+            }
+        } else {
+            FrameMemory::Host(gst_video::VideoFrame::from_buffer_readable(buffer, info).ok()?)
+        };
         Some(Self {
             slot,
             pts,
             session,
             received: Instant::now(),
-            memory: FrameMemory::Host(frame),
+            memory,
         })
     }
 }
@@ -108,7 +127,8 @@ pub enum DropPolicy {
 pub struct FrameQueue {
     slots: Mutex<QueueInner>,
     ready: Condvar,
-    space: Condvar,
+    /// One per slot: a producer blocked on a full slot is woken alone when it empties.
+    space: Vec<Condvar>,
     dropped: Vec<AtomicU64>,
 }
 
@@ -133,7 +153,7 @@ impl FrameQueue {
                 closed: false,
             }),
             ready: Condvar::new(),
-            space: Condvar::new(),
+            space: (0..n).map(|_| Condvar::new()).collect(),
             dropped: (0..n).map(|_| AtomicU64::new(0)).collect(),
         }
     }
@@ -157,8 +177,7 @@ impl FrameQueue {
         let old = {
             let mut g = self.lock();
             if g.policy[slot] == DropPolicy::Block {
-                g = self
-                    .space
+                g = self.space[slot]
                     .wait_while(g, |q| {
                         q.frames[slot].is_some() && !q.flushing[slot] && !q.closed
                     })
@@ -186,7 +205,7 @@ impl FrameQueue {
     /// Changes a slot's drop policy (its camera was rebuilt with another kind of source).
     pub fn set_policy(&self, slot: usize, policy: DropPolicy) {
         self.lock().policy[slot] = policy;
-        self.space.notify_all();
+        self.space[slot].notify_all();
     }
 
     /// Frames waiting for the worker.
@@ -209,7 +228,8 @@ impl FrameQueue {
                 if let Some(f) = g.frames[i].take() {
                     g.next = (i + 1) % n;
                     drop(g);
-                    self.space.notify_all();
+                    // Only this slot's producer can be waiting for this space.
+                    self.space[i].notify_one();
                     return Some(f);
                 }
             }
@@ -238,7 +258,7 @@ impl FrameQueue {
                 None
             }
         };
-        self.space.notify_all();
+        self.space[slot].notify_all();
         drop(old);
     }
 
@@ -251,7 +271,9 @@ impl FrameQueue {
         };
         drop(old);
         self.ready.notify_all();
-        self.space.notify_all();
+        for c in &self.space {
+            c.notify_all();
+        }
     }
 }
 
@@ -269,7 +291,7 @@ mod tests {
         buf.get_mut()
             .unwrap()
             .set_pts(gst::ClockTime::from_mseconds(n));
-        FrameRef::from_buffer(slot, 1, buf, &info).unwrap()
+        FrameRef::from_buffer(slot, 1, buf, &info, false).unwrap()
     }
 
     #[test]

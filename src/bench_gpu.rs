@@ -1,0 +1,280 @@
+//! `vigil bench --gpu`: N streams of a 1080p30 H.264 clip on the GPU path, against the bare
+//! decoder (`nvh264dec ! fakesink`) on the same N streams, in one invocation.
+//!
+//! Per N: frames/s with detection on every frame (Vigil's production path: camera pipelines,
+//! NVDEC into CUDA memory, the analysis workers, tracker), frames/s of the bare decoder (the
+//! ceiling), their ratio, CPU-seconds per frame (getrusage of the whole process), device→host
+//! bytes per frame (the GPU path's one counter), p50/p99 frame-to-detection latency and GPU
+//! memory in use. Every measurement is a window after a warm-up; streams that reach the end of
+//! the clip start again (and the frames they would have decoded meanwhile are lost to the
+//! measurement, as they would be to a camera).
+
+use crate::config::{CameraConfig, Config, DeviceConfig, ModelConfig, MqttConfig};
+use crate::events::Event;
+use crate::gpu::detector::COUNTERS;
+use crate::pipeline::LatencyHist;
+use crate::supervisor::Plan;
+use anyhow::{Context, Result, bail};
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, serde::Serialize)]
+pub struct Row {
+    pub streams: usize,
+    pub cuda_graph: bool,
+    pub workers: usize,
+    pub fps_detect: f64,
+    pub fps_decode_only: f64,
+    pub ratio: f64,
+    pub cpu_us_per_frame_detect: f64,
+    pub cpu_us_per_frame_decode_only: f64,
+    pub cpu_pct_core_per_30fps_stream: f64,
+    pub d2h_bytes_per_frame: f64,
+    pub h2d_bytes_per_frame: f64,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub gpu_mem_used_mib: f64,
+    /// Wall time of one frame's GPU path on its worker thread (map → detections on the host).
+    pub worker_ms_per_frame: f64,
+    /// Share of the workers' time spent on frames (1.0 = the workers are the limit).
+    pub worker_busy: f64,
+}
+
+fn cpu_s() -> f64 {
+    // SAFETY: getrusage only writes the zero-initialised struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is valid and writable for the call.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return 0.0;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+fn gpu_used_mib() -> f64 {
+    cudarc::driver::result::mem_get_info()
+        .map(|(free, total)| (total - free) as f64 / 1048576.0)
+        .unwrap_or(f64::NAN)
+}
+
+/// Bare decode of `n` streams: frames/s and CPU µs per frame over the window.
+fn decode_only(clip: &Path, n: usize, warmup: f64, window: f64) -> Result<(f64, f64)> {
+    let count = Arc::new(AtomicU64::new(0));
+    let mut pipes = Vec::new();
+    for _ in 0..n {
+        let p = crate::gpu::gst_cuda::nvdec_pipeline(
+            clip,
+            "video/x-raw(memory:CUDAMemory) ! fakesink name=sink sync=false",
+        )
+        .map_err(anyhow::Error::msg)?;
+        let sink = p.by_name("sink").context("sink")?;
+        let c = count.clone();
+        sink.static_pad("sink").context("sink pad")?.add_probe(
+            gst::PadProbeType::BUFFER,
+            move |_, _| {
+                c.fetch_add(1, Ordering::Relaxed);
+                gst::PadProbeReturn::Ok
+            },
+        );
+        p.set_state(gst::State::Playing)?;
+        pipes.push(p);
+    }
+    let run = |secs: f64| -> Result<()> {
+        let end = Instant::now() + Duration::from_secs_f64(secs);
+        while Instant::now() < end {
+            for p in &pipes {
+                let bus = p.bus().context("bus")?;
+                while let Some(m) = bus.pop() {
+                    match m.view() {
+                        gst::MessageView::Eos(_) => {
+                            p.seek_simple(
+                                gst::SeekFlags::FLUSH | gst::SeekFlags::KEY_UNIT,
+                                gst::ClockTime::ZERO,
+                            )?;
+                        }
+                        gst::MessageView::Error(e) => bail!("decoder pipeline: {}", e.error()),
+                        _ => {}
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    };
+    run(warmup)?;
+    let (f0, c0, t0) = (count.load(Ordering::Relaxed), cpu_s(), Instant::now());
+    run(window)?;
+    let (f1, c1, dt) = (
+        count.load(Ordering::Relaxed),
+        cpu_s(),
+        t0.elapsed().as_secs_f64(),
+    );
+    for p in &pipes {
+        let _ = p.set_state(gst::State::Null);
+    }
+    let frames = (f1 - f0).max(1) as f64;
+    Ok((frames / dt, (c1 - c0) / frames * 1e6))
+}
+
+/// The GPU path on `n` streams spread over `workers` inference workers.
+fn detect(
+    clip: &Path,
+    model: &Path,
+    n: usize,
+    workers: usize,
+    warmup: f64,
+    window: f64,
+) -> Result<Row> {
+    let mut models = std::collections::BTreeMap::new();
+    for w in 0..workers.min(n) {
+        let m: ModelConfig = toml::from_str(&format!(
+            "path = \"{}\"\nkind = \"nanodet\"\nbackend = \"cuda\"",
+            model.display()
+        ))?;
+        models.insert(format!("m{w}"), m);
+    }
+    let k = models.len();
+    let cameras: Vec<CameraConfig> = (0..n)
+        .map(|i| {
+            toml::from_str(&format!(
+                "name = \"s{i}\"\nurl = \"file://{}\"\nmodel = \"m{}\"\nfps = 30\nmin_score = 0.4\nstall_timeout = \"30s\"\n[reconnect]\ninitial_backoff = \"10ms\"\nmax_backoff = \"20ms\"",
+                clip.display(),
+                i % k
+            ))
+        })
+        .collect::<Result<_, _>>()?;
+    let cfg = Config {
+        device: DeviceConfig { id: "bench".into() },
+        mqtt: MqttConfig::default(),
+        storage: Default::default(),
+        http: Default::default(),
+        models,
+        cameras,
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Event>(65536);
+    let drain = std::thread::spawn(move || while rx.blocking_recv().is_some() {});
+    let plan = Plan::start(&cfg, tx, &Default::default())?;
+    std::thread::sleep(Duration::from_secs_f64(warmup));
+    let snap = |plan: &Plan| {
+        let (f, h) = plan.analysed_and_latency();
+        (
+            f,
+            h,
+            cpu_s(),
+            COUNTERS.d2h_bytes.load(Ordering::Relaxed),
+            COUNTERS.h2d_bytes.load(Ordering::Relaxed),
+            Instant::now(),
+        )
+    };
+    let (f0, h0, c0, d0, u0, t0) = snap(&plan);
+    std::thread::sleep(Duration::from_secs_f64(window));
+    let (f1, h1, c1, d1, u1, _) = snap(&plan);
+    let dt = t0.elapsed().as_secs_f64();
+    let mem = gpu_used_mib();
+    let (_, worker_ms) = plan.stage_means_ms();
+    plan.stop();
+    let _ = drain.join();
+    let frames = (f1 - f0).max(1) as f64;
+    let hist: Vec<u64> = h1.iter().zip(&h0).map(|(a, b)| a - b).collect();
+    let cpu_us = (c1 - c0) / frames * 1e6;
+    Ok(Row {
+        streams: n,
+        cuda_graph: crate::gpu::ort_cuda::CUDA_GRAPH.load(Ordering::Relaxed),
+        workers: k,
+        fps_detect: frames / dt,
+        fps_decode_only: 0.0,
+        ratio: 0.0,
+        cpu_us_per_frame_detect: cpu_us,
+        cpu_us_per_frame_decode_only: 0.0,
+        // µs per frame × 30 frames/s = µs of CPU per second of one stream.
+        cpu_pct_core_per_30fps_stream: cpu_us * 30.0 / 1e6 * 100.0,
+        d2h_bytes_per_frame: (d1 - d0) as f64 / frames,
+        h2d_bytes_per_frame: (u1 - u0) as f64 / frames,
+        p50_ms: LatencyHist::quantile_ms(&hist, 0.5),
+        p99_ms: LatencyHist::quantile_ms(&hist, 0.99),
+        gpu_mem_used_mib: mem,
+        worker_ms_per_frame: worker_ms,
+        worker_busy: frames / dt * worker_ms / 1000.0 / k as f64,
+    })
+}
+
+/// Runs the table for every N in `streams`; prints it and returns the rows.
+pub fn run(
+    clip: &Path,
+    model: &Path,
+    streams: &[usize],
+    workers: usize,
+    graphs: &[bool],
+    warmup: f64,
+    window: f64,
+) -> Result<Vec<Row>> {
+    crate::media::init().map_err(anyhow::Error::msg)?;
+    let rt = crate::gpu::runtime().map_err(|e| anyhow::anyhow!("no GPU: {e}"))?;
+    let clip = std::fs::canonicalize(clip).with_context(|| clip.display().to_string())?;
+    let model = std::fs::canonicalize(model).with_context(|| model.display().to_string())?;
+    crate::media::probe::choose_decoders(true);
+    println!(
+        "GPU bench: clip {}, model {}, host sync {}, warm-up {warmup} s, window {window} s",
+        clip.display(),
+        model.display(),
+        rt.sync
+    );
+    println!(
+        "{:>5} {:>3} {:>5} {:>9} {:>9} {:>6} {:>9} {:>9} {:>8} {:>8} {:>7} {:>7} {:>8} {:>6} {:>5}",
+        "N",
+        "K",
+        "graph",
+        "det fps",
+        "dec fps",
+        "ratio",
+        "cpu µs/f",
+        "dec µs/f",
+        "%core/s",
+        "D2H B/f",
+        "p50 ms",
+        "p99 ms",
+        "GPU MiB",
+        "wrk ms",
+        "busy"
+    );
+    let mut rows = Vec::new();
+    for &n in streams {
+        let (dec_fps, dec_cpu) = decode_only(&clip, n, warmup, window)?;
+        for &graph in graphs {
+            crate::gpu::ort_cuda::CUDA_GRAPH.store(graph, Ordering::Relaxed);
+            let r = detect(&clip, &model, n, workers, warmup, window)?;
+            rows.push(finish(r, dec_fps, dec_cpu));
+        }
+    }
+    Ok(rows)
+}
+
+fn finish(mut r: Row, dec_fps: f64, dec_cpu: f64) -> Row {
+    r.fps_decode_only = dec_fps;
+    r.cpu_us_per_frame_decode_only = dec_cpu;
+    r.ratio = r.fps_detect / dec_fps;
+    let q = |v: Option<f64>| v.map(|x| format!("{x:.1}")).unwrap_or("-".into());
+    println!(
+        "{:>5} {:>3} {:>5} {:>9.0} {:>9.0} {:>6.2} {:>9.0} {:>9.0} {:>8.2} {:>8.0} {:>7} {:>7} {:>8.0} {:>6.2} {:>5.2}",
+        r.streams,
+        r.workers,
+        if r.cuda_graph { "on" } else { "off" },
+        r.fps_detect,
+        r.fps_decode_only,
+        r.ratio,
+        r.cpu_us_per_frame_detect,
+        r.cpu_us_per_frame_decode_only,
+        r.cpu_pct_core_per_30fps_stream,
+        r.d2h_bytes_per_frame,
+        q(r.p50_ms),
+        q(r.p99_ms),
+        r.gpu_mem_used_mib,
+        r.worker_ms_per_frame,
+        r.worker_busy
+    );
+    r
+}
