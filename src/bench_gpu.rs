@@ -42,6 +42,8 @@ pub struct Row {
     pub worker_ms_per_frame: f64,
     /// Share of the workers' time spent on frames (1.0 = the workers are the limit).
     pub worker_busy: f64,
+    /// Seconds from start until every camera had a frame analysed (not measured).
+    pub startup_s: f64,
 }
 
 fn cpu_s() -> f64 {
@@ -158,6 +160,19 @@ fn detect(
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Event>(65536);
     let drain = std::thread::spawn(move || while rx.blocking_recv().is_some() {});
     let plan = Plan::start(&cfg, tx, &Default::default())?;
+    // Start-up (sessions made and CUDA graphs captured per worker, one at a time) is not part
+    // of the measurement: the warm-up starts once every camera has had a frame analysed.
+    let t_start = Instant::now();
+    while plan.cameras_without_frames() > 0 {
+        if t_start.elapsed() > Duration::from_secs(120) {
+            bail!(
+                "{} of {n} cameras had no frame analysed after 120 s",
+                plan.cameras_without_frames()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let startup_s = t_start.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_secs_f64(warmup));
     let snap = |plan: &Plan| {
         let (f, h) = plan.analysed_and_latency();
@@ -199,6 +214,7 @@ fn detect(
         gpu_mem_used_mib: mem,
         worker_ms_per_frame: worker_ms,
         worker_busy: frames / dt * worker_ms / 1000.0 / k as f64,
+        startup_s,
     })
 }
 
@@ -224,7 +240,7 @@ pub fn run(
         rt.sync
     );
     println!(
-        "{:>5} {:>3} {:>5} {:>9} {:>9} {:>6} {:>9} {:>9} {:>8} {:>8} {:>7} {:>7} {:>8} {:>6} {:>5}",
+        "{:>5} {:>3} {:>5} {:>9} {:>9} {:>6} {:>9} {:>9} {:>8} {:>8} {:>7} {:>7} {:>8} {:>6} {:>5} {:>7}",
         "N",
         "K",
         "graph",
@@ -239,7 +255,8 @@ pub fn run(
         "p99 ms",
         "GPU MiB",
         "wrk ms",
-        "busy"
+        "busy",
+        "start s"
     );
     let mut rows = Vec::new();
     for &n in streams {
@@ -259,7 +276,7 @@ fn finish(mut r: Row, dec_fps: f64, dec_cpu: f64) -> Row {
     r.ratio = r.fps_detect / dec_fps;
     let q = |v: Option<f64>| v.map(|x| format!("{x:.1}")).unwrap_or("-".into());
     println!(
-        "{:>5} {:>3} {:>5} {:>9.0} {:>9.0} {:>6.2} {:>9.0} {:>9.0} {:>8.2} {:>8.0} {:>7} {:>7} {:>8.0} {:>6.2} {:>5.2}",
+        "{:>5} {:>3} {:>5} {:>9.0} {:>9.0} {:>6.2} {:>9.0} {:>9.0} {:>8.2} {:>8.0} {:>7} {:>7} {:>8.0} {:>6.2} {:>5.2} {:>7.1}",
         r.streams,
         r.workers,
         if r.cuda_graph { "on" } else { "off" },
@@ -274,7 +291,8 @@ fn finish(mut r: Row, dec_fps: f64, dec_cpu: f64) -> Row {
         q(r.p99_ms),
         r.gpu_mem_used_mib,
         r.worker_ms_per_frame,
-        r.worker_busy
+        r.worker_busy,
+        r.startup_s
     );
     r
 }

@@ -218,6 +218,38 @@ impl Collector for Snapshot {
             "Events acknowledged by the broker",
             &link(&self.link.acked),
         )?;
+        // The GPU path: every device→host byte is counted in one place (zero on the CPU path).
+        let gpu = &crate::gpu::detector::COUNTERS;
+        let path = |v: &std::sync::atomic::AtomicU64| {
+            [([("path", "gpu".to_string())], v.load(Ordering::Relaxed))]
+        };
+        counter(
+            &mut enc,
+            "vigil_gpu_device_to_host_bytes",
+            "Bytes copied from the GPU to the host (detections only: pixels never leave the GPU)",
+            &path(&gpu.d2h_bytes),
+        )?;
+        counter(
+            &mut enc,
+            "vigil_gpu_host_to_device_bytes",
+            "Bytes of frames that arrived in host memory, uploaded to the GPU",
+            &path(&gpu.h2d_bytes),
+        )?;
+        counter(
+            &mut enc,
+            "vigil_gpu_frames",
+            "Frames analysed on the GPU, by where the decoder left them",
+            &[
+                (
+                    [("memory", "cuda".to_string())],
+                    gpu.device_frames.load(Ordering::Relaxed),
+                ),
+                (
+                    [("memory", "host".to_string())],
+                    gpu.host_frames.load(Ordering::Relaxed),
+                ),
+            ],
+        )?;
         let health: Vec<(Vec<(&'static str, String)>, i64)> = self
             .health
             .check()

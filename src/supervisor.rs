@@ -538,6 +538,13 @@ impl Plan {
         (state, self.groups.iter().map(|g| g.queue.pending()).sum())
     }
 
+    /// Cameras that have had no frame analysed yet (the bench waits for none before measuring).
+    pub fn cameras_without_frames(&self) -> usize {
+        self.cameras()
+            .filter(|c| c.analysis.analysed.load(Ordering::Relaxed) == 0)
+            .count()
+    }
+
     /// Frames analysed so far and the frame-to-detection latency buckets, over all cameras
     /// (for `vigil bench --gpu`).
     pub fn analysed_and_latency(&self) -> (u64, Vec<u64>) {

@@ -14,7 +14,7 @@ use crate::analytics::{BBox, Detection, Detections, MAX_DETECTIONS};
 use crate::infer::nanodet::LevelInfo;
 use crate::infer::preprocess::Letterbox;
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PinnedHostSlice, PushKernelArg,
 };
 use std::sync::Arc;
 
@@ -134,7 +134,9 @@ pub struct GpuPostprocessor {
     cand: CudaSlice<f32>,
     count: CudaSlice<u32>,
     result: CudaSlice<f32>,
-    host: Box<[f32; RESULT_FLOATS]>,
+    /// Page-locked (cacheable) host copy of `result`: a pageable copy goes through the
+    /// driver's shared staging buffer, which serialises the workers.
+    host: PinnedHostSlice<f32>,
     pub score_threshold: f32,
     pub nms_iou: f32,
     /// Frames where more cells passed the threshold than [`MAX_CANDIDATES`].
@@ -152,7 +154,9 @@ impl GpuPostprocessor {
             cand: stream.alloc_zeros::<f32>(MAX_CANDIDATES * 7).map_err(e)?,
             count: stream.alloc_zeros::<u32>(1).map_err(e)?,
             result: stream.alloc_zeros::<f32>(RESULT_FLOATS).map_err(e)?,
-            host: Box::new([0.0; RESULT_FLOATS]),
+            // SAFETY: plain page-locked memory (no write-combining: the CPU reads it); its
+            // contents are only read after a copy into it has completed.
+            host: unsafe { ctx.alloc_pinned_with_flags::<f32>(RESULT_FLOATS, 0) }.map_err(e)?,
             stream,
             score_threshold: 0.35,
             nms_iou: 0.5,
@@ -245,16 +249,17 @@ impl GpuPostprocessor {
         // candidate count for the next frame.
         unsafe { b.launch(cfg) }.map_err(e)?;
         self.stream
-            .memcpy_dtoh(&self.result, &mut self.host[..])
+            .memcpy_dtoh(&self.result, &mut self.host)
             .map_err(e)?;
         self.stream.synchronize().map_err(e)?;
         let bytes = RESULT_FLOATS * 4;
         out.clear();
-        let n = (self.host[0] as usize).min(MAX_DETECTIONS);
-        if self.host[1] as usize > MAX_CANDIDATES {
+        let host = self.host.as_slice().map_err(e)?;
+        let n = (host[0] as usize).min(MAX_DETECTIONS);
+        if host[1] as usize > MAX_CANDIDATES {
             self.overflows += 1;
         }
-        for d in self.host[2..2 + 6 * n].chunks_exact(6) {
+        for d in host[2..2 + 6 * n].chunks_exact(6) {
             let _ = out.push(Detection {
                 bbox: BBox::new(d[0], d[1], d[2], d[3]),
                 score: d[4],
