@@ -33,6 +33,16 @@ pub struct AnalysisStats {
     pub unsupported: AtomicU64,
 }
 
+/// How well-formed one worker's model outputs have been since it was loaded (or swapped in):
+/// the supervisor's OTA probation reads these.
+#[derive(Default, Debug)]
+pub struct OutputCounters {
+    /// Inferences whose outputs were all finite and decoded with the expected layout.
+    pub good: AtomicU64,
+    /// Inferences that failed, or returned non-finite values or outputs of the wrong shape.
+    pub bad: AtomicU64,
+}
+
 /// Per-camera analysis state owned by the worker.
 pub struct CameraAnalysis {
     pub name: String,
@@ -88,6 +98,8 @@ pub struct AnalysisWorker {
     pub heartbeat: Option<crate::health::Heartbeat>,
     /// Changes from the supervisor (hot reload), applied between frames.
     pub control: Option<std::sync::mpsc::Receiver<WorkerCmd>>,
+    /// Well-formed and malformed outputs of the current model.
+    pub outputs: Arc<OutputCounters>,
 }
 
 /// A change the supervisor makes to a running worker without stopping it.
@@ -103,6 +115,17 @@ pub enum WorkerCmd {
         slot: usize,
         analysis: Box<CameraAnalysis>,
     },
+    /// A new model of the same name (OTA or reload) for the same cameras: backend, input
+    /// preparation and decoder swapped between frames; cameras, tracks and rules kept.
+    Swap(Box<ModelSwap>),
+}
+
+/// What [`WorkerCmd::Swap`] brings: a model already loaded and checked.
+pub struct ModelSwap {
+    pub backend: Box<dyn Backend>,
+    pub pre: Preprocessor,
+    pub decoder: NanodetDecoder,
+    pub outputs: Arc<OutputCounters>,
 }
 
 impl AnalysisWorker {
@@ -139,6 +162,17 @@ impl AnalysisWorker {
                         cam.min_score = min_score;
                     }
                     WorkerCmd::Replace { slot, analysis } => self.cameras[slot] = *analysis,
+                    WorkerCmd::Swap(swap) => {
+                        let ModelSwap {
+                            backend,
+                            pre,
+                            decoder,
+                            outputs,
+                        } = *swap;
+                        (self.backend, self.pre, self.decoder, self.outputs) =
+                            (backend, pre, decoder, outputs);
+                        input.resize(self.pre.input_len(), 0.0);
+                    }
                 }
                 self.set_decoder_threshold();
             }
@@ -166,12 +200,21 @@ impl AnalysisWorker {
             let res = self
                 .backend
                 .run(&input, shape, &mut |outs| {
-                    decoded = decoder.decode(outs, &lb, &mut dets)
+                    decoded = match outs.iter().all(|o| o.iter().all(|v| v.is_finite())) {
+                        true => decoder.decode(outs, &lb, &mut dets),
+                        false => Err("the model returned non-finite values".into()),
+                    }
                 })
                 .and_then(|()| decoded.map_err(InferError::Run));
             let infer_us = t0.elapsed().as_micros() as u64;
             drop(frame);
             let cam = &mut self.cameras[slot];
+            let counter = if res.is_ok() {
+                &self.outputs.good
+            } else {
+                &self.outputs.bad
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
             if let Err(e) = res {
                 tracing::error!(camera = %cam.name, "inference failed: {e}");
                 continue;

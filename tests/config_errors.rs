@@ -207,6 +207,7 @@ fn expected_good_config() -> Config {
         },
         models: models.into_iter().collect(),
         cameras: vec![lobby_camera(), replay_camera()],
+        ota: Default::default(),
     }
 }
 
