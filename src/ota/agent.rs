@@ -174,7 +174,7 @@ impl Agent {
                     Some(error.kind()),
                     Some(error.to_string()),
                 ));
-                let _ = self.store.write_state(&self.state);
+                // Refused: nothing on disk changes (the result is reported, not stored).
                 self.progress(Progress::failed(&request_id, "failed", &error));
                 self.publish_status();
             }

@@ -3,6 +3,8 @@
 //! a real process, killed when its guard drops.
 #![allow(dead_code)]
 
+pub mod ota;
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
