@@ -295,6 +295,25 @@ mod tests {
     }
 
     #[test]
+    fn any_trusted_key_verifies_so_keys_can_rotate() {
+        use ed25519_dalek::Signer;
+        let (old, new) = (
+            SigningKey::from_bytes(&[1; 32]),
+            SigningKey::from_bytes(&[2; 32]),
+        );
+        let bytes = b"{\"manifest\": 1}";
+        let sig = new.sign(bytes).to_bytes();
+        let both = [old.verifying_key(), new.verifying_key()];
+        assert_eq!(verify_signature(bytes, &sig, &both).unwrap(), 1);
+        let e = verify_signature(bytes, &sig, &both[..1]).unwrap_err();
+        assert_eq!(e.kind(), "signature");
+        let e = verify_signature(b"{\"manifest\": 2}", &sig, &both).unwrap_err();
+        assert!(e.to_string().contains("does not verify"), "{e}");
+        let round = parse_public_key(&encode_key(new.verifying_key().as_bytes())).unwrap();
+        assert_eq!(round, new.verifying_key());
+    }
+
+    #[test]
     fn versions_compare_numerically() {
         assert!(parse_version("0.10.0").unwrap() > parse_version("0.9.9").unwrap());
         assert!(parse_version("1.2").is_err());
