@@ -4,6 +4,8 @@
 //! with `current` pointing at exactly A or exactly B: every file of the active slot matches its
 //! manifest's digest, nothing else is in it, no staging directory is left after start-up.
 //!
+//! Then a download cut by a kill is resumed after the restart with a `Range` request.
+//!
 //! The seed is printed; `VIGIL_KILL_SEED=N` replays a run. `VIGIL_TEST_OTA_PAUSE_MS` (a
 //! test-only hook, see `src/ota/mod.rs`) slows staging so that kills land in every phase.
 
@@ -226,4 +228,37 @@ fn sigkill_during_an_update_leaves_exactly_the_old_or_the_new_set() {
         ended.get("old").copied().unwrap_or(0) > 0 && ended.get("new").copied().unwrap_or(0) > 0,
         "kills landed both before and after the switch: {ended:?}"
     );
+
+    // A download cut by a kill resumes after the restart: the same command continues from the
+    // `.part` it left, with a Range request.
+    copy_dir(&dir.join("template-a"), &ota_dir);
+    http.rate
+        .store(1 << 20, std::sync::atomic::Ordering::Relaxed);
+    let (mut v, logs) = start(&config, false);
+    wait_connected(&logs);
+    apply("cut", "b", &shas[1]);
+    let part = ota_dir.join("download").join(format!("{}.part", shas[1]));
+    let t0 = Instant::now();
+    while std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0) < 200_000 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the download started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    v.kill9();
+    let held = std::fs::metadata(&part).unwrap().len();
+    let before = http.requests_for("b.vigil").len();
+    let (_v, logs) = start(&config, false);
+    wait_connected(&logs);
+    apply("resumed", "b", &shas[1]);
+    done("resumed");
+    let reqs = &http.requests_for("b.vigil")[before..];
+    assert_eq!(reqs.len(), 1, "{reqs:?}");
+    assert_eq!(
+        reqs[0].range,
+        Some(format!("bytes={held}-")),
+        "resumed from the {held} bytes held"
+    );
+    assert_eq!(check_slot(&ota_dir, &current(&ota_dir).unwrap()), 2);
 }

@@ -178,13 +178,9 @@ impl Agent {
                 self.progress(Progress::failed(&request_id, "failed", &error));
                 self.publish_status();
             }
-            JobEvent::Staged {
-                request_id,
-                info,
-                config,
-            } => {
+            JobEvent::Staged { request_id, info } => {
                 self.busy = false;
-                if let Err(e) = self.activate(&request_id, info, &config, apply) {
+                if let Err(e) = self.activate(&request_id, info, apply) {
                     tracing::error!("ota: activation of {request_id} failed: {e}");
                     self.progress(Progress::failed(&request_id, "failed", &e));
                 }
@@ -197,7 +193,6 @@ impl Agent {
         &mut self,
         request_id: &str,
         info: super::store::SlotInfo,
-        config: &Config,
         apply: ApplyFn<'_>,
     ) -> Result<(), OtaError> {
         tracing::info!(slot = %info.slot, "ota: phase activating");
@@ -216,7 +211,12 @@ impl Agent {
         });
         self.state.active = Some(info);
         self.store.write_state(&self.state)?;
-        match apply(config) {
+        // The config a restart would load now: the file with the new set's overlay (validated
+        // by the job before the switch; loaded again here in case the file changed since).
+        let applied = crate::ota::load_effective(&self.config_path)
+            .map_err(|e| e.to_string())
+            .and_then(|config| apply(&config));
+        match applied {
             Ok(watch) => {
                 tracing::info!(sequence, models = ?watch.iter().map(|w| &w.0).collect::<Vec<_>>(), "ota: activated; phase probation");
                 self.probation = Some(Probation {

@@ -184,7 +184,6 @@ pub enum JobEvent {
     Staged {
         request_id: String,
         info: SlotInfo,
-        config: Box<Config>,
     },
     Failed {
         request_id: String,
@@ -201,26 +200,29 @@ pub struct JobContext {
 }
 
 /// Download → verify → stage → validate, on the calling (job) thread. Never touches the active
-/// set: on any failure the staging directory and the download are removed.
+/// set: on any failure the staging directory and the download are removed. A panic is reported
+/// as a failure, so the agent is never left busy.
 pub fn run_job(ctx: JobContext, req: ApplyRequest) {
     let id = req.request_id.clone();
-    let send = |e: JobEvent| {
-        let _ = ctx.events.send(e);
-    };
-    match job(&ctx, &req) {
-        Ok((info, config)) => send(JobEvent::Staged {
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&ctx, &req)))
+        .unwrap_or_else(|_| {
+            Err(OtaError::Io(
+                "the OTA job panicked (a bug; see the log)".into(),
+            ))
+        });
+    let _ = ctx.events.send(match outcome {
+        Ok(info) => JobEvent::Staged {
             request_id: id,
             info,
-            config: Box::new(config),
-        }),
-        Err(error) => send(JobEvent::Failed {
+        },
+        Err(error) => JobEvent::Failed {
             request_id: id,
             error,
-        }),
-    }
+        },
+    });
 }
 
-fn job(ctx: &JobContext, req: &ApplyRequest) -> Result<(SlotInfo, Config), OtaError> {
+fn job(ctx: &JobContext, req: &ApplyRequest) -> Result<SlotInfo, OtaError> {
     let send = |p: Progress| {
         let _ = ctx.events.send(JobEvent::Progress(p));
     };
@@ -263,7 +265,7 @@ fn stage(
     trusted: &[ed25519_dalek::VerifyingKey],
     file: &Path,
     send: &dyn Fn(Progress),
-) -> Result<(SlotInfo, Config), OtaError> {
+) -> Result<SlotInfo, OtaError> {
     let cfg = &ctx.config;
     tracing::info!("ota: phase verifying");
     send(Progress::phase(&req.request_id, "verifying"));
@@ -319,7 +321,7 @@ fn stage(
     let base =
         crate::config::load(&ctx.config_path).map_err(|e| OtaError::Config(e.to_string()))?;
     match load_for_slot(&ctx.config_path, Some(&dir), base) {
-        Ok(c) => Ok((info, c)),
+        Ok(_) => Ok(info),
         Err(e) => {
             let _ = std::fs::remove_dir_all(&dir);
             Err(OtaError::Config(e.to_string()))
