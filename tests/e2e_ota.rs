@@ -343,7 +343,11 @@ fn ota_updates_roll_back_and_refuse_bad_bundles_without_touching_the_running_set
         &s,
         serde_json::json!({}),
     );
-    assert_eq!(out["phase"], "rolled_back", "{out}");
+    assert_eq!(
+        (out["phase"].as_str(), out["error"].as_str()),
+        (Some("rolled_back"), Some("activation")),
+        "{out}"
+    );
     assert!(
         out["reason"]
             .as_str()
@@ -386,7 +390,11 @@ fn ota_updates_roll_back_and_refuse_bad_bundles_without_touching_the_running_set
         "{busy}"
     );
     let out = b.outcome("garbage");
-    assert_eq!(out["phase"], "rolled_back", "{out}");
+    assert_eq!(
+        (out["phase"].as_str(), out["error"].as_str()),
+        (Some("rolled_back"), Some("probation")),
+        "{out}"
+    );
     let reason = out["reason"].as_str().unwrap();
     assert!(reason.contains("malformed outputs"), "{reason}");
     let took = b.phase_at("garbage", "rolled_back") - b.phase_at("garbage", "probation");
@@ -414,6 +422,12 @@ fn ota_updates_roll_back_and_refuse_bad_bundles_without_touching_the_running_set
     let r = b.command("ota/rollback", serde_json::json!({"request_id": "rb"}));
     assert_eq!(r["status"], "ok", "{r}");
     assert_eq!(current(&ota_dir), None);
+    let out = b.outcome("rb");
+    assert_eq!(
+        (out["error"].as_str(), out["sequence"].as_u64()),
+        (Some("requested"), Some(10)),
+        "{out}"
+    );
     assert!(b.status()["active"].is_null());
     let (p, analysed) = camera(&addr);
     assert_eq!(p, pipeline);

@@ -78,7 +78,7 @@ impl Agent {
                     p.slot
                 );
                 tracing::error!("ota: {reason}; rolling back before start-up");
-                agent.switch_back("startup", &reason, "rolled_back")?;
+                agent.switch_back("startup", &reason, "startup")?;
                 rolled_back = true;
             } else {
                 agent.store.write_state(&agent.state)?;
@@ -233,19 +233,19 @@ impl Agent {
             }
             Err(reason) => {
                 let reason = format!("the new set did not apply: {reason}");
-                self.rollback(request_id, &reason, apply);
+                self.rollback(request_id, &reason, "activation", apply);
                 Ok(())
             }
         }
     }
 
-    /// Points `current` back at the previous set (or none) and records why; does not touch
-    /// the plan.
+    /// Points `current` back at the previous set (or none) and records why (`cause`: the short
+    /// code `activation`, `probation`, `requested` or `startup`); does not touch the plan.
     fn switch_back(
         &mut self,
         request_id: &str,
         reason: &str,
-        result: &str,
+        cause: &'static str,
     ) -> Result<(), OtaError> {
         let from = self.state.active.clone();
         let to = self.state.previous.take();
@@ -254,9 +254,9 @@ impl Agent {
         self.state.probation = None;
         self.probation = None;
         self.state.last = Some(last_result(
-            result,
+            "rolled_back",
             from.as_ref().map(|f| f.sequence),
-            Some("probation"),
+            Some(cause),
             Some(reason.to_string()),
         ));
         self.store.write_state(&self.state)?;
@@ -266,8 +266,14 @@ impl Agent {
     }
 
     /// Rolls back to the previous set and applies the config that goes with it.
-    fn rollback(&mut self, request_id: &str, reason: &str, apply: ApplyFn<'_>) {
-        if let Err(e) = self.switch_back(request_id, reason, "rolled_back") {
+    fn rollback(
+        &mut self,
+        request_id: &str,
+        reason: &str,
+        cause: &'static str,
+        apply: ApplyFn<'_>,
+    ) {
+        if let Err(e) = self.switch_back(request_id, reason, cause) {
             tracing::error!("ota: rollback failed: {e}");
             return;
         }
@@ -281,7 +287,7 @@ impl Agent {
         }
         let mut p = Progress::phase(request_id, "rolled_back");
         p.sequence = self.state.last.as_ref().and_then(|l| l.sequence);
-        p.error = Some("probation");
+        p.error = Some(cause);
         p.reason = Some(reason.to_string());
         self.progress(p);
         self.publish_status();
@@ -318,6 +324,7 @@ impl Agent {
                 "requested by cmd/ota/rollback (sequence {} → {to})",
                 active.sequence
             ),
+            "requested",
             apply,
         );
         Ok(json!({ "summary": format!("rolled back from sequence {} to {to}", active.sequence) }))
@@ -347,7 +354,12 @@ impl Agent {
             }
             Verdict::Failed(reason) => {
                 tracing::error!("ota: probation failed: {reason}");
-                self.rollback(&request_id, &format!("probation failed: {reason}"), apply);
+                self.rollback(
+                    &request_id,
+                    &format!("probation failed: {reason}"),
+                    "probation",
+                    apply,
+                );
             }
         }
     }
