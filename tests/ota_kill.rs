@@ -4,7 +4,8 @@
 //! with `current` pointing at exactly A or exactly B: every file of the active slot matches its
 //! manifest's digest, nothing else is in it, no staging directory is left after start-up.
 //!
-//! Then a download cut by a kill is resumed after the restart with a `Range` request.
+//! Then a download cut by a kill is resumed after the restart with a `Range` request, and the
+//! older set A is refused as a downgrade unless the command sets `allow_rollback`.
 //!
 //! The seed is printed; `VIGIL_KILL_SEED=N` replays a run. `VIGIL_TEST_OTA_PAUSE_MS` (a
 //! test-only hook, see `src/ota/mod.rs`) slows staging so that kills land in every phase.
@@ -261,4 +262,20 @@ fn sigkill_during_an_update_leaves_exactly_the_old_or_the_new_set() {
         "resumed from the {held} bytes held"
     );
     assert_eq!(check_slot(&ota_dir, &current(&ota_dir).unwrap()), 2);
+
+    // Back to the older signed set A: refused as a downgrade, unless the command allows it.
+    apply("down", "a", &shas[0]);
+    let refused = sub
+        .wait(Duration::from_secs(30), |m| {
+            m.json["request_id"] == "down" && m.json["phase"] == "failed"
+        })
+        .expect("the downgrade is refused");
+    assert_eq!(refused.json["error"], "sequence", "{}", refused.json);
+    mqtt_publish(
+        mqtt,
+        "vigil/kill/cmd/ota/apply",
+        &serde_json::json!({"request_id": "allowed", "url": http.url("a.vigil"), "sha256": shas[0], "allow_rollback": true}).to_string(),
+    );
+    done("allowed");
+    assert_eq!(check_slot(&ota_dir, &current(&ota_dir).unwrap()), 1);
 }

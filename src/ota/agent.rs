@@ -364,3 +364,58 @@ impl Agent {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ota::store::SlotInfo;
+
+    #[test]
+    fn the_third_restart_during_a_probation_rolls_back_before_start_up() {
+        let dir = std::env::temp_dir().join(format!("vigil-agent-boots-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cfg = crate::config::parse(
+            &format!("[device]\nid = \"x\"\n[ota]\ndir = \"{}\"\n", dir.display()),
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let store = Store { dir: dir.clone() };
+        std::fs::create_dir_all(store.slot_dir("5-x")).unwrap();
+        store.switch(Some("5-x")).unwrap();
+        let active = SlotInfo {
+            slot: "5-x".into(),
+            sequence: 5,
+            version: "v5".into(),
+        };
+        store
+            .write_state(&State {
+                active: Some(active),
+                probation: Some(ProbationState {
+                    slot: "5-x".into(),
+                    started: 0,
+                    boots: 1,
+                }),
+                ..State::default()
+            })
+            .unwrap();
+        for boots in [2, 3] {
+            let (agent, _, rolled_back) = Agent::open(&cfg, Path::new("t.toml")).unwrap();
+            assert!(!rolled_back);
+            assert_eq!(agent.state.probation.map(|p| p.boots), Some(boots));
+            assert_eq!(store.active_slot().unwrap().as_deref(), Some("5-x"));
+        }
+        let (agent, _, rolled_back) = Agent::open(&cfg, Path::new("t.toml")).unwrap();
+        assert!(rolled_back);
+        assert_eq!(
+            store.active_slot().unwrap(),
+            None,
+            "back to the device's own config"
+        );
+        let last = agent.state.last.unwrap();
+        assert_eq!(
+            (last.result.as_str(), last.error.as_deref()),
+            ("rolled_back", Some("startup"))
+        );
+        assert_eq!(store.read_state().unwrap().active, None);
+    }
+}

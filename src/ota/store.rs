@@ -106,7 +106,12 @@ impl Store {
         };
         std::fs::create_dir_all(store.slots()).map_err(|e| io(&store.slots(), e))?;
         std::fs::create_dir_all(store.downloads()).map_err(|e| io(&store.downloads(), e))?;
-        let mut state = store.read_state()?;
+        // state.json is only ever replaced whole (rename), but a box must start even if it is
+        // unreadable: `current` is the truth, and the state is rebuilt from it below.
+        let mut state = store.read_state().unwrap_or_else(|e| {
+            tracing::error!("ota: {e}; rebuilding the state from the current link");
+            State::default()
+        });
         let active = store.active_slot()?;
         let named = state.active.as_ref().map(|s| s.slot.clone());
         if named != active {
@@ -279,5 +284,99 @@ impl Store {
             let _ = std::fs::remove_file(self.dir.join(leftover));
         }
         sync_dir(&self.slots())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store with slots `1-a` and `2-b` (each with its manifest) and `current` → `active`.
+    fn store(name: &str, active: Option<&str>, state: &State) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("vigil-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let s = Store { dir: dir.clone() };
+        for (slot, seq) in [("1-a", 1), ("2-b", 2)] {
+            std::fs::create_dir_all(s.slot_dir(slot)).unwrap();
+            let m = format!(
+                r#"{{"format": 1, "version": "v{seq}", "sequence": {seq}, "created": "2026-01-01T00:00:00Z",
+                "expires": "2099-01-01T00:00:00Z", "files": [{{"path": "f", "size": 0,
+                "sha256": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"}}]}}"#
+            );
+            std::fs::write(s.slot_dir(slot).join("manifest.json"), m).unwrap();
+        }
+        std::fs::create_dir_all(s.slots().join(".staging-0123")).unwrap();
+        s.switch(active).unwrap();
+        s.write_state(state).unwrap();
+        dir
+    }
+
+    fn info(slot: &str, sequence: u64) -> SlotInfo {
+        SlotInfo {
+            slot: slot.into(),
+            sequence,
+            version: format!("v{sequence}"),
+        }
+    }
+
+    fn slots(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir.join("slots"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn an_activation_cut_after_the_switch_makes_the_new_set_active_on_probation() {
+        let before = State {
+            active: Some(info("1-a", 1)),
+            ..State::default()
+        };
+        let dir = store("cut-activation", Some("2-b"), &before);
+        let (_, state) = Store::open(&dir).unwrap();
+        assert_eq!(state.active, Some(info("2-b", 2)));
+        assert_eq!(state.previous, Some(info("1-a", 1)));
+        assert_eq!(state.probation.map(|p| p.slot), Some("2-b".into()));
+        assert_eq!(
+            slots(&dir),
+            ["1-a", "2-b"],
+            "staging removed, both sets kept"
+        );
+    }
+
+    #[test]
+    fn a_rollback_cut_after_the_switch_is_completed() {
+        let before = State {
+            active: Some(info("2-b", 2)),
+            previous: Some(info("1-a", 1)),
+            probation: Some(ProbationState {
+                slot: "2-b".into(),
+                started: 0,
+                boots: 1,
+            }),
+            last: None,
+        };
+        let dir = store("cut-rollback", Some("1-a"), &before);
+        let (s, state) = Store::open(&dir).unwrap();
+        assert_eq!(
+            (state.active, state.previous, state.probation),
+            (Some(info("1-a", 1)), None, None)
+        );
+        assert_eq!(slots(&dir), ["1-a"], "the rolled-back set is removed");
+        assert_eq!(
+            s.read_state().unwrap().active.map(|a| a.slot),
+            Some("1-a".into())
+        );
+    }
+
+    #[test]
+    fn an_unreadable_state_is_rebuilt_from_the_link() {
+        let dir = store("bad-state", Some("2-b"), &State::default());
+        std::fs::write(dir.join("state.json"), b"{not json").unwrap();
+        let (_, state) = Store::open(&dir).unwrap();
+        assert_eq!(state.active, Some(info("2-b", 2)));
+        assert_eq!(slots(&dir), ["2-b"]);
     }
 }
