@@ -215,7 +215,13 @@ impl Store {
         sync_tree(staging)?;
         let dest = self.slot_dir(slot);
         if dest.exists() {
-            std::fs::remove_dir_all(&dest).map_err(|e| io(&dest, e))?;
+            // The same bundle installed again (the previous set, by an allowed rollback): move
+            // the old copy aside in one rename, so that a kill never leaves a half-removed set
+            // under a name the state refers to (the aside copy is garbage at the next start).
+            let aside = self.slots().join(format!(".old-{slot}"));
+            let _ = std::fs::remove_dir_all(&aside);
+            std::fs::rename(&dest, &aside).map_err(|e| io(&dest, e))?;
+            let _ = std::fs::remove_dir_all(&aside);
         }
         std::fs::rename(staging, &dest).map_err(|e| io(&dest, e))?;
         sync_dir(&self.slots())?;
