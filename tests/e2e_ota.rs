@@ -1,6 +1,6 @@
 //! Signed OTA end to end, over the real broker and a real HTTP server started here: a good
 //! bundle swaps the model without restarting the camera; bad bundles (unknown key, corrupted
-//! byte, truncated, wrong digest, other target, expired, downgrade, path traversal) are refused
+//! byte, truncated, wrong digest, other target or runtime, expired, downgrade, path traversal) are refused
 //! with the precise reason and change nothing on disk or in the running plan; a model that fails
 //! to load and one that returns garbage are rolled back within the probation window;
 //! `cmd/ota/rollback` goes back to the device's own config; a download cut halfway resumes.
@@ -164,7 +164,7 @@ fn ota_updates_roll_back_and_refuse_bad_bundles_without_touching_the_running_set
         10,
         &good,
         &srv.join("good.vigil"),
-        &["--device-class", "edge-a"],
+        &["--device-class", "edge-a", "--ort-version", "1"],
     );
     let out = b.apply("good", &http.url("good.vigil"), &sha, serde_json::json!({}));
     assert_eq!(out["phase"], "done", "{out}");
@@ -260,6 +260,21 @@ fn ota_updates_roll_back_and_refuse_bad_bundles_without_touching_the_running_set
         s,
         "target",
         "device_class: the bundle is for \"edge-b\", this device is \"edge-a\"",
+    ));
+    // The ONNX Runtime version is read from the loaded library: 0.0 is never it.
+    let s = pack(
+        &key,
+        11,
+        &small("b-ort", 6),
+        &srv.join("ort.vigil"),
+        &["--device-class", "edge-a", "--ort-version", "0.0"],
+    );
+    cases.push((
+        "another runtime",
+        "ort.vigil".into(),
+        s,
+        "target",
+        "ort_version: the bundle is for \"0.0\", this device is \"1.",
     ));
     let s = pack(
         &key,

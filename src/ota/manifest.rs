@@ -84,12 +84,19 @@ impl DeviceFacts {
     }
 }
 
-/// The ONNX Runtime version, from the loaded library's build info (`git-branch=rel-1.32.0`).
+/// The ONNX Runtime version, from the file name of the library loaded (ONNX Runtime ships it
+/// as `libonnxruntime.so.MAJOR.MINOR.PATCH`, reached through the `libonnxruntime.so.1` link;
+/// its build info carries no version). None when the name does not tell.
 fn ort_version() -> Option<String> {
-    crate::infer::onnx::init_runtime().ok()?;
-    let info = ort::info();
-    let rest = info.split("git-branch=rel-").nth(1)?;
-    Some(rest.split([',', ' ']).next()?.to_string())
+    let (path, _) = crate::infer::onnx::init_runtime().ok()?;
+    let real = std::fs::canonicalize(path).ok()?;
+    let version = real
+        .file_name()?
+        .to_str()?
+        .strip_prefix("libonnxruntime.so.")?
+        .to_string();
+    let parts: Vec<&str> = version.split('.').collect();
+    (parts.len() == 3 && parts.iter().all(|p| p.parse::<u64>().is_ok())).then_some(version)
 }
 
 impl Manifest {
