@@ -110,10 +110,8 @@ pub fn read_bundle(
     if name != "manifest.json" {
         return Err(bad(format!("entry 0 is {name:?} (expected manifest.json)")));
     }
-    let size = e
-        .header()
-        .entry_size()
-        .map_err(|e| bad(format!("manifest.json: {e}")))?;
+    // The size tar reads (a PAX header may override the one in the header block).
+    let size = e.size();
     let manifest_bytes = read_small(&mut e, "manifest.json", size, MAX_MANIFEST)?;
     drop(e);
     let mut e = next("manifest.sig")?.ok_or_else(|| bad("no manifest.sig (expected it second)"))?;
@@ -121,10 +119,7 @@ pub fn read_bundle(
     if name != "manifest.sig" {
         return Err(bad(format!("entry 1 is {name:?} (expected manifest.sig)")));
     }
-    let size = e
-        .header()
-        .entry_size()
-        .map_err(|e| bad(format!("manifest.sig: {e}")))?;
+    let size = e.size();
     let sig = read_small(&mut e, "manifest.sig", size, 64)?;
     drop(e);
     let key_index = verify_signature(&manifest_bytes, &sig, trusted)?;
@@ -154,10 +149,7 @@ pub fn read_bundle(
         if seen.contains(&listed.path.as_str()) {
             return Err(bad(format!("entry {index} {name:?} appears twice")));
         }
-        let size = e
-            .header()
-            .entry_size()
-            .map_err(|e| bad(format!("{name}: {e}")))?;
+        let size = e.size();
         if size != listed.size {
             return Err(bad(format!(
                 "{name}: {size} bytes in the archive, {} in the manifest",
