@@ -140,6 +140,7 @@ fn run_vigil(a: &BenchArgs, rules: &RulesOnly, min_score: f32) -> Result<Measure
         http: Default::default(),
         models: [("m".to_string(), model_cfg)].into_iter().collect(),
         cameras: vec![camera],
+        ota: Default::default(),
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Event>(4096);
     // Warm-up outside the measurement: load the model and GStreamer once.

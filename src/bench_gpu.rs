@@ -154,6 +154,7 @@ fn detect(
         mqtt: MqttConfig::default(),
         storage: Default::default(),
         http: Default::default(),
+        ota: Default::default(),
         models,
         cameras,
     };

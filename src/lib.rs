@@ -16,6 +16,7 @@ pub mod http;
 pub mod infer;
 pub mod media;
 pub mod mqtt;
+pub mod ota;
 pub mod pipeline;
 pub mod redact;
 pub mod supervisor;

@@ -58,6 +58,9 @@ enum Cmd {
     },
     /// Measure the CPU analysis path against the Python baseline; see benches/RESULTS.md.
     Bench(vigil::bench::BenchArgs),
+    /// Signed OTA bundles of models and config: keygen, pack, verify (see ota/README.md).
+    #[command(subcommand)]
+    Ota(vigil::ota::cli::OtaCmd),
 }
 
 /// Human text on a terminal; journald (structured fields) when systemd started us.
@@ -100,7 +103,8 @@ fn main() -> ExitCode {
         },
         Cmd::Run { config } => {
             init_logging();
-            let cfg = match vigil::config::load(&config) {
+            // The device's config with the active OTA set's overlay, if any.
+            let cfg = match vigil::ota::load_effective(&config) {
                 Ok(c) => c,
                 Err(errors) => {
                     eprintln!("{errors}");
@@ -131,6 +135,7 @@ fn main() -> ExitCode {
             init_logging();
             report(vigil::bench::run(args))
         }
+        Cmd::Ota(cmd) => report(vigil::ota::cli::run(cmd)),
         Cmd::RtspServe { file, port, mount } => report(
             vigil::media::rtsp_server::serve_forever(&file, port, &mount)
                 .map_err(anyhow::Error::msg),

@@ -85,6 +85,18 @@ impl Default for LatencyHist {
     }
 }
 
+/// How well-formed one worker's model outputs have been since it was loaded (or swapped in):
+/// the supervisor's OTA probation reads these.
+#[derive(Default, Debug)]
+pub struct OutputCounters {
+    /// Inferences whose outputs were all finite and decoded with the expected layout.
+    pub good: AtomicU64,
+    /// Inferences that failed, or returned non-finite values or outputs of the wrong shape.
+    pub bad: AtomicU64,
+    /// Frames this engine could not read (neither good nor bad for the model).
+    pub unsupported: AtomicU64,
+}
+
 /// Per-camera analysis state owned by the worker.
 pub struct CameraAnalysis {
     pub name: String,
@@ -138,6 +150,8 @@ pub struct AnalysisWorker {
     pub heartbeat: Option<crate::health::Heartbeat>,
     /// Changes from the supervisor (hot reload), applied between frames.
     pub control: Option<std::sync::mpsc::Receiver<WorkerCmd>>,
+    /// Well-formed and malformed outputs of the current model.
+    pub outputs: Arc<OutputCounters>,
 }
 
 /// What turns a frame into detections: the CPU path (host frames, CPU preprocessing, any
@@ -196,7 +210,10 @@ impl Engine {
                 let shape = [1, 3, lb.in_h, lb.in_w];
                 backend
                     .run(input, shape, &mut |outs| {
-                        decoded = decoder.decode(outs, &lb, dets)
+                        decoded = match outs.iter().all(|o| o.iter().all(|v| v.is_finite())) {
+                            true => decoder.decode(outs, &lb, dets),
+                            false => Err("the model returned non-finite values".into()),
+                        }
                     })
                     .and_then(|()| decoded.map_err(InferError::Run))
                     .map_err(|e| DetectError::Failed(e.to_string()))?;
@@ -224,6 +241,15 @@ pub enum WorkerCmd {
         slot: usize,
         analysis: Box<CameraAnalysis>,
     },
+    /// A new model of the same name (OTA or reload) for the same cameras: backend, input
+    /// preparation and decoder swapped between frames; cameras, tracks and rules kept.
+    Swap(Box<ModelSwap>),
+}
+
+/// What [`WorkerCmd::Swap`] brings: a model already loaded and checked.
+pub struct ModelSwap {
+    pub engine: Engine,
+    pub outputs: Arc<OutputCounters>,
 }
 
 impl AnalysisWorker {
@@ -260,6 +286,10 @@ impl AnalysisWorker {
                         cam.min_score = min_score;
                     }
                     WorkerCmd::Replace { slot, analysis } => self.cameras[slot] = *analysis,
+                    WorkerCmd::Swap(swap) => {
+                        let ModelSwap { engine, outputs } = *swap;
+                        (self.engine, self.outputs) = (engine, outputs);
+                    }
                 }
                 self.set_decoder_threshold();
             }
@@ -274,6 +304,12 @@ impl AnalysisWorker {
             let received = frame.received;
             drop(frame);
             let cam = &mut self.cameras[slot];
+            let counter = match &res {
+                Ok(_) => &self.outputs.good,
+                Err(DetectError::Failed(_)) => &self.outputs.bad,
+                Err(DetectError::Unsupported) => &self.outputs.unsupported,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
             let (pre_us, infer_us) = match res {
                 Ok(t) => t,
                 Err(DetectError::Unsupported) => {

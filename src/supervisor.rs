@@ -14,7 +14,9 @@ use crate::media::camera::SourceSettings;
 use crate::media::{CameraHandle, FrameQueue};
 use crate::mqtt::MqttLink;
 use crate::mqtt::commands::{ControlKind, ControlRequest};
-use crate::pipeline::{AnalysisStats, AnalysisWorker, CameraAnalysis, Engine, WorkerCmd};
+use crate::pipeline::{
+    AnalysisStats, AnalysisWorker, CameraAnalysis, Engine, ModelSwap, OutputCounters, WorkerCmd,
+};
 use crate::redact::redact;
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -85,6 +87,8 @@ struct Group {
     worker: Option<std::thread::JoinHandle<()>>,
     /// The GPU path's shared CUDA context for its cameras' decoders.
     cuda: Option<gstreamer::Context>,
+    /// The current model's well-formed / malformed outputs (OTA probation).
+    outputs: Arc<OutputCounters>,
 }
 
 impl Group {
@@ -239,6 +243,8 @@ pub struct ApplyReport {
     pub started: Vec<String>,
     pub stopped: Vec<String>,
     pub models_loaded: Vec<String>,
+    /// Models replaced in their running worker, their cameras' pipelines kept.
+    pub models_swapped: Vec<String>,
 }
 
 impl ApplyReport {
@@ -248,6 +254,7 @@ impl ApplyReport {
         };
         [
             part("models loaded", &self.models_loaded),
+            part("models swapped (pipelines kept)", &self.models_swapped),
             part("cameras started", &self.started),
             part("restarted", &self.restarted),
             part("rules updated", &self.rules_updated),
@@ -309,6 +316,7 @@ impl Plan {
         let analyses: Vec<CameraAnalysis> =
             cams.iter().map(|c| self.inst.analysis_for(c)).collect();
         let stop = Arc::new(AtomicBool::new(false));
+        let outputs = Arc::new(OutputCounters::default());
         let (control, control_rx) = std::sync::mpsc::channel();
         let mut cameras = Vec::new();
         for (slot, ((c, a), src)) in cams.iter().zip(&analyses).zip(sources).enumerate() {
@@ -337,6 +345,7 @@ impl Plan {
                 true,
             )),
             control: Some(control_rx),
+            outputs: outputs.clone(),
         };
         let handle = std::thread::Builder::new()
             .name(format!("infer-{model}"))
@@ -350,12 +359,14 @@ impl Plan {
             stop,
             worker: Some(handle),
             cuda,
+            outputs,
         })
     }
 
     /// Makes the running plan match `cfg` (already validated), touching only what changed:
     /// a camera whose rules or score threshold changed keeps its pipeline; a camera whose source
-    /// settings changed is rebuilt alone; adding or removing a camera, or changing a model,
+    /// settings changed is rebuilt alone; a model whose table changed but whose cameras did not
+    /// is swapped inside its running worker (pipelines kept); adding or removing a camera
     /// rebuilds that model's group. New models are loaded before anything is stopped, so a model
     /// that fails to load leaves everything running as it was.
     pub fn apply(&mut self, cfg: &Config) -> Result<ApplyReport> {
@@ -379,15 +390,30 @@ impl Plan {
         let names = |v: &[CameraConfig]| v.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
         // 1. Load every model that needs a new group first: nothing changes if one fails.
         let mut prepared = BTreeMap::new();
+        let mut swaps = BTreeMap::new();
         for (m, mc, cams) in &desired {
-            let reusable = self.groups.iter().any(|g| {
+            let same_cameras = self.groups.iter().find(|g| {
                 &g.model == m
-                    && &g.model_cfg == mc
                     && g.cameras.iter().map(|c| c.name.clone()).collect::<Vec<_>>() == names(cams)
             });
-            if !reusable {
-                prepared.insert(m.clone(), prepare(m, mc)?);
-                report.models_loaded.push(m.clone());
+            match same_cameras {
+                Some(g) if &g.model_cfg == mc => {}
+                // Swapped in place only while the frames stay where the new engine reads them
+                // (CUDA memory for the GPU path, host memory for the CPU path).
+                Some(g) => {
+                    let p = prepare(m, mc)?;
+                    if p.cuda.is_some() == g.cuda.is_some() {
+                        swaps.insert(m.clone(), p);
+                        report.models_swapped.push(m.clone());
+                    } else {
+                        prepared.insert(m.clone(), p);
+                        report.models_loaded.push(m.clone());
+                    }
+                }
+                None => {
+                    prepared.insert(m.clone(), prepare(m, mc)?);
+                    report.models_loaded.push(m.clone());
+                }
             }
         }
         // 2. Stop groups that are gone or rebuilt.
@@ -407,11 +433,20 @@ impl Plan {
             g.stop();
         }
         self.groups = keep;
-        // 3. Update kept groups in place.
-        for (m, _, cams) in &desired {
+        // 3. Update kept groups in place: swap changed models, then update cameras.
+        for (m, mc, cams) in &desired {
             let Some(g) = self.groups.iter_mut().find(|g| &g.model == m) else {
                 continue;
             };
+            if let Some(p) = swaps.remove(m) {
+                g.outputs = Arc::new(OutputCounters::default());
+                let _ = g.control.send(WorkerCmd::Swap(Box::new(ModelSwap {
+                    engine: p.engine,
+                    outputs: g.outputs.clone(),
+                })));
+                g.model_cfg = mc.clone();
+                tracing::info!(model = %m, "model swapped in its running worker; camera pipelines kept");
+            }
             for (slot, new) in cams.iter().enumerate() {
                 let cam = &mut g.cameras[slot];
                 if cam.cfg == *new {
@@ -444,6 +479,19 @@ impl Plan {
             }
         }
         Ok(report)
+    }
+
+    /// The output counters of a running model's current backend.
+    pub fn output_counters(&self, model: &str) -> Option<Arc<OutputCounters>> {
+        self.groups
+            .iter()
+            .find(|g| g.model == model)
+            .map(|g| g.outputs.clone())
+    }
+
+    /// Names of the models that run (have cameras).
+    pub fn running_models(&self) -> Vec<String> {
+        self.groups.iter().map(|g| g.model.clone()).collect()
     }
 
     /// Rebuilds one camera's pipeline on demand (`cmd/camera/restart`); the others are untouched.
@@ -638,9 +686,10 @@ struct TelemetryPayload {
     cameras: BTreeMap<String, CameraTelemetry>,
 }
 
-/// Reloads: validates the new config (the file, or `text` for `config/set`), applies it to the
-/// plan (only what changed), and on success makes `text` the config file. On any error the
-/// running config and plan are kept and the errors returned (and logged).
+/// Reloads: validates the new config (the file, or `text` for `config/set`, each with the active
+/// OTA set's overlay), applies it to the plan (only what changed), and on success makes `text`
+/// the config file. On any error the running config and plan are kept and the errors returned
+/// (and logged).
 fn reload(
     plan: &mut Plan,
     current: &mut Config,
@@ -651,9 +700,9 @@ fn reload(
     let t0 = Instant::now();
     let candidate = path.with_extension("toml.candidate");
     let loaded = match text {
-        None => crate::config::load(path),
+        None => crate::ota::load_effective(path),
         Some(t) => match std::fs::write(&candidate, t) {
-            Ok(()) => crate::config::load(&candidate),
+            Ok(()) => crate::ota::load_effective(&candidate),
             Err(e) => {
                 let msg = format!("cannot write {}: {e}", candidate.display());
                 return Err((msg, serde_json::Value::Null));
@@ -679,6 +728,28 @@ fn reload(
             ));
         }
     };
+    let applied = apply_loaded(plan, current, new, views, t0);
+    if text.is_some() {
+        let saved = match &applied {
+            Ok(_) => std::fs::rename(&candidate, path),
+            Err(_) => std::fs::remove_file(&candidate),
+        };
+        if let (Ok(_), Err(e)) = (&applied, saved) {
+            tracing::error!("config applied but not saved to {}: {e}", path.display());
+        }
+    }
+    applied.map(|(v, _)| v)
+}
+
+/// Applies a validated config to the plan and, on success, makes it the running one (sections
+/// that need a restart stay as they run). The reply data and the report, or the error.
+fn apply_loaded(
+    plan: &mut Plan,
+    current: &mut Config,
+    new: Config,
+    views: &SharedViews,
+    t0: Instant,
+) -> Result<(serde_json::Value, ApplyReport), (String, serde_json::Value)> {
     let restart_only = [
         ("device", current.device != new.device),
         ("mqtt", current.mqtt != new.mqtt),
@@ -692,11 +763,6 @@ fn reload(
         .collect();
     match tokio::task::block_in_place(|| plan.apply(&new)) {
         Ok(report) => {
-            if text.is_some()
-                && let Err(e) = std::fs::rename(&candidate, path)
-            {
-                tracing::error!("config applied but not saved to {}: {e}", path.display());
-            }
             if let Ok(mut v) = views.write() {
                 *v = plan.views();
             }
@@ -717,18 +783,41 @@ fn reload(
                 http: current.http.clone(),
                 ..new
             };
-            Ok(
-                serde_json::json!({ "summary": summary, "report": report, "ms": ms, "needs_restart": needs_restart }),
-            )
+            let data = serde_json::json!({ "summary": summary, "report": report, "ms": ms, "needs_restart": needs_restart });
+            Ok((data, report))
         }
         Err(e) => {
-            let _ = std::fs::remove_file(&candidate);
             tracing::error!("reload failed: {e:#}; the running config is kept");
             Err((
                 format!("reload failed: {e:#}; the running config is kept"),
                 serde_json::Value::Null,
             ))
         }
+    }
+}
+
+/// Applies an OTA set's config; the models whose backend is new, with their output counters,
+/// for the probation.
+fn apply_for_ota(
+    plan: &mut Plan,
+    current: &mut Config,
+    new: &Config,
+    views: &SharedViews,
+) -> Result<Vec<(String, Arc<OutputCounters>)>, String> {
+    let (_, report) =
+        apply_loaded(plan, current, new.clone(), views, Instant::now()).map_err(|(msg, _)| msg)?;
+    Ok(report
+        .models_loaded
+        .iter()
+        .chain(&report.models_swapped)
+        .filter_map(|m| plan.output_counters(m).map(|c| (m.clone(), c)))
+        .collect())
+}
+
+/// Hands what the OTA agent has to publish to the link.
+fn flush_ota(agent: &mut crate::ota::agent::Agent, link: &MqttLink) {
+    for (topic, payload) in agent.outbox.drain(..) {
+        link.ota(topic, payload);
     }
 }
 
@@ -780,7 +869,20 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
         health: health.clone(),
         latency: Some(latency.clone()),
     };
+    let (mut ota, mut ota_events, rolled_back) =
+        crate::ota::agent::Agent::open(&cfg, &config_path).context("OTA store")?;
+    if rolled_back {
+        cfg = crate::ota::load_effective(&config_path)
+            .map_err(|e| anyhow::anyhow!("after an OTA rollback at start-up: {e}"))?;
+    }
     let plan = tokio::task::block_in_place(|| Plan::start(&cfg, tx, &inst))?;
+    ota.resume_probation(
+        plan.running_models()
+            .into_iter()
+            .filter_map(|m| plan.output_counters(&m).map(|c| (m, c)))
+            .collect(),
+    );
+    flush_ota(&mut ota, &link);
     let views: SharedViews = Arc::new(std::sync::RwLock::new(plan.views()));
     let _http = if cfg.http.listen.is_empty() {
         None
@@ -850,6 +952,12 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
                     states.push(sd_notify::NotifyState::Watchdog);
                 }
                 let _ = sd_notify::notify(&states);
+                ota.tick(health.healthy(), &summary, &mut |c| apply_for_ota(&mut plan, &mut cfg, c, &views));
+                flush_ota(&mut ota, &link);
+            }
+            Some(ev) = ota_events.recv() => {
+                ota.on_job_event(ev, &mut |c| apply_for_ota(&mut plan, &mut cfg, c, &views));
+                flush_ota(&mut ota, &link);
             }
             _ = tick.tick() => {
                 let payload = TelemetryPayload {
@@ -897,7 +1005,13 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
                         Ok(text) => Ok(serde_json::json!({ "summary": "config", "toml": text })),
                         Err(e) => Err((format!("{}: {e}", config_path.display()), serde_json::Value::Null)),
                     },
+                    ControlKind::OtaApply(r) => ota.request(r.clone(), &cfg),
+                    ControlKind::OtaRollback(id) => {
+                        ota.rollback_on_request(id, &mut |c| apply_for_ota(&mut plan, &mut cfg, c, &views))
+                    }
                 };
+                ota.configure(&cfg);
+                flush_ota(&mut ota, &link);
                 let _ = req.reply.send(answer);
             }
         }

@@ -1,4 +1,5 @@
-//! The command line: `check-config` exit codes and messages, `run` refusing a bad file.
+//! The command line: `check-config` exit codes and messages, `run` refusing a bad file, `ota
+//! keygen | pack | verify`.
 
 mod common;
 
@@ -74,5 +75,95 @@ fn run_on_a_bad_config_exits_2_and_starts_nothing() {
         sub.messages().is_empty(),
         "a rejected config published: {:?}",
         sub.messages()
+    );
+}
+
+/// `vigil ota keygen`, `pack` and `verify`: a bundle verifies with its key and with a device
+/// config that trusts it and fits its target; another key, another device class and a flipped
+/// byte are refused with exit status 1 and the reason.
+#[test]
+fn ota_keygen_pack_and_verify() {
+    use common::ota::*;
+    let dir = common::temp_dir("cli-ota");
+    let (key, public) = keygen(&dir, "k");
+    let (_, other) = keygen(&dir, "other");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("k.pub")).unwrap().trim(),
+        public
+    );
+    let again = Command::new(common::vigil_bin())
+        .args(["ota", "keygen", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(
+        !again.status.success(),
+        "an existing key is never overwritten"
+    );
+    let src = bundle_dir(
+        &dir.join("src"),
+        &[("models/m.onnx", b"weights"), ("config.toml", b"")],
+    );
+    let bundle = dir.join("b.vigil");
+    pack(&key, 3, &src, &bundle, &["--device-class", "lobby"]);
+    let cfg = |class: &str, key: &str| {
+        let p = dir.join(format!("{class}.toml"));
+        std::fs::write(
+            &p,
+            format!(
+                "[device]\nid = \"x\"\n[storage]\ndir = \"{}\"\n[ota]\ntrusted_keys = [\"{key}\"]\ndevice_class = \"{class}\"\n",
+                dir.join("state").display()
+            ),
+        )
+        .unwrap();
+        p
+    };
+    let verify = |args: &[&std::ffi::OsStr]| {
+        let o = Command::new(common::vigil_bin())
+            .args(["ota", "verify"])
+            .arg(&bundle)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr),
+        )
+    };
+    let pubfile = dir.join("k.pub");
+    let (code, out) = verify(&["--key".as_ref(), pubfile.as_os_str()]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("\"sequence\": 3") && out.contains(": ok (signed by trusted key 0"),
+        "{out}"
+    );
+    let good = cfg("lobby", &public);
+    let (code, out) = verify(&["--config".as_ref(), good.as_os_str()]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("fits this device"), "{out}");
+    let (code, out) = verify(&["--key".as_ref(), other.as_ref()]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("refused: signature: manifest.sig does not verify"),
+        "{out}"
+    );
+    let wrong = cfg("garage", &public);
+    let (code, out) = verify(&["--config".as_ref(), wrong.as_os_str()]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(
+            "refused: target: device_class: the bundle is for \"lobby\", this device is \"garage\""
+        ),
+        "{out}"
+    );
+    let mut bytes = std::fs::read(&bundle).unwrap();
+    let at = bytes.windows(7).position(|w| w == b"weights").unwrap();
+    bytes[at] ^= 1;
+    std::fs::write(&bundle, bytes).unwrap();
+    let (code, out) = verify(&["--key".as_ref(), pubfile.as_os_str()]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("refused: digest: files/models/m.onnx: sha256"),
+        "{out}"
     );
 }

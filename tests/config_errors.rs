@@ -207,6 +207,7 @@ fn expected_good_config() -> Config {
         },
         models: models.into_iter().collect(),
         cameras: vec![lobby_camera(), replay_camera()],
+        ota: Default::default(),
     }
 }
 
@@ -354,4 +355,82 @@ fn load_reports_an_unreadable_file() {
     };
     assert_eq!((e.line, e.col, e.path.as_str()), (0, 0, ""));
     assert!(e.message.starts_with("cannot read config file"), "{e}");
+}
+
+/// An OTA set's `config.toml` overlay: merged over the device's file (tables merged, values and
+/// arrays replaced), its model paths resolved inside the set, and each error located in the file
+/// its value came from.
+#[test]
+fn an_ota_overlay_merges_over_the_file_and_its_errors_point_into_it() {
+    let tmp = TempDir::new("overlay");
+    let file = tmp.0.join("vigil.toml");
+    std::fs::write(&file, LOAD_CONFIG).expect("write config");
+    std::fs::write(tmp.0.join("models/m.onnx"), b"onnx").unwrap();
+    let slot = tmp.0.join("slots/7-abc");
+    std::fs::create_dir_all(slot.join("models")).unwrap();
+    std::fs::write(slot.join("models/new.onnx"), b"onnx").unwrap();
+    let overlay = slot.join("config.toml");
+    std::fs::write(
+        &overlay,
+        "[models.m]\npath = \"models/new.onnx\"\nthreads = 2\n\n[[cameras]]\nname = \"d\"\nurl = \"rtsp://cam/y\"\nmodel = \"m\"\n",
+    )
+    .unwrap();
+    let c = vigil::config::load_overlaid(&file, &overlay).unwrap_or_else(|e| panic!("\n{e}"));
+    assert_eq!(c.models["m"].path, slot.join("models/new.onnx"));
+    assert_eq!(
+        (c.models["m"].threads, c.models["m"].kind),
+        (2, ModelKind::Nanodet)
+    );
+    assert_eq!(c.cameras.len(), 1, "arrays are replaced");
+    assert_eq!(
+        (c.cameras[0].name.as_str(), c.device.id.as_str()),
+        ("d", "box")
+    );
+
+    // A bad value in the overlay is reported at its place in the overlay.
+    std::fs::write(&overlay, "# from the bundle\n[models.m]\nthreads = 999\n").unwrap();
+    let errors = vigil::config::load_overlaid(&file, &overlay).expect_err("threads too many");
+    let [e] = errors.errors() else {
+        panic!("expected one error:\n{errors}")
+    };
+    assert_eq!(
+        (e.file.as_path(), e.line, e.col, e.path.as_str()),
+        (overlay.as_path(), 3, 11, "models.m.threads"),
+        "{e}"
+    );
+    // A missing model file named by the overlay.
+    std::fs::write(&overlay, "[models.m]\npath = \"models/missing.onnx\"\n").unwrap();
+    let errors = vigil::config::load_overlaid(&file, &overlay).expect_err("missing model");
+    assert_eq!(errors.errors()[0].file, overlay, "{errors}");
+    // One in the device's own file is reported at its place there.
+    std::fs::write(
+        &file,
+        LOAD_CONFIG.replace("model = \"m\"", "model = \"m\"\nfps = 0"),
+    )
+    .unwrap();
+    std::fs::write(&overlay, "[models.m]\nthreads = 2\n").unwrap();
+    let errors = vigil::config::load_overlaid(&file, &overlay).expect_err("fps 0");
+    let [e] = errors.errors() else {
+        panic!("expected one error:\n{errors}")
+    };
+    assert_eq!(
+        (e.file.as_path(), e.line, e.path.as_str()),
+        (file.as_path(), 16, "cameras[0].fps"),
+        "{e}"
+    );
+    // Tables that belong to the device are refused.
+    std::fs::write(&overlay, "[mqtt]\nhost = \"evil.example\"\n").unwrap();
+    let errors = vigil::config::load_overlaid(&file, &overlay).expect_err("no [mqtt]");
+    let [e] = errors.errors() else {
+        panic!("expected one error:\n{errors}")
+    };
+    assert_eq!(
+        (e.file.as_path(), e.line, e.path.as_str()),
+        (overlay.as_path(), 1, "mqtt"),
+        "{e}"
+    );
+    assert!(
+        e.message.contains("an OTA bundle may not set [mqtt]"),
+        "{e}"
+    );
 }

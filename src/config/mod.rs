@@ -5,4 +5,4 @@ mod schema;
 mod validate;
 
 pub use schema::*;
-pub use validate::{ConfigError, ConfigErrors, load, parse};
+pub use validate::{ConfigError, ConfigErrors, load, load_overlaid, parse};

@@ -56,6 +56,51 @@ pub struct Config {
     pub models: BTreeMap<String, ModelConfig>,
     #[serde(default)]
     pub cameras: Vec<CameraConfig>,
+    #[serde(default)]
+    pub ota: OtaConfig,
+}
+
+/// Signed over-the-air updates of models and config (`ota/README.md`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtaConfig {
+    /// Base64 ed25519 public keys (`vigil ota keygen`); a bundle signed by any of them is
+    /// trusted. Empty: OTA refused. Several: key rotation (add the new key, later drop the old).
+    pub trusted_keys: Vec<String>,
+    /// Installed sets and downloads; a relative path is relative to the config file's
+    /// directory. Unset: `<storage dir>/ota`.
+    pub dir: Option<PathBuf>,
+    /// After an activation, how long health must hold and the new models must produce
+    /// well-formed outputs before the update is committed; else it is rolled back.
+    pub probation: Dur,
+    /// Well-formed inferences each new model must complete within the probation window.
+    pub probation_min_inferences: u32,
+    /// Matched against a bundle's `target.device_class`.
+    pub device_class: String,
+    /// Largest bundle (and largest file in it) accepted.
+    pub max_bundle_bytes: u64,
+}
+
+impl Default for OtaConfig {
+    fn default() -> Self {
+        Self {
+            trusted_keys: Vec::new(),
+            dir: None,
+            probation: Dur::secs(60),
+            probation_min_inferences: 3,
+            device_class: "generic".into(),
+            max_bundle_bytes: 1 << 30,
+        }
+    }
+}
+
+impl OtaConfig {
+    /// The OTA directory this config resolves to.
+    pub fn dir(&self, storage: &StorageConfig) -> PathBuf {
+        self.dir
+            .clone()
+            .unwrap_or_else(|| storage.state_dir().join("ota"))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

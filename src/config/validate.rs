@@ -118,6 +118,126 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     Ok(config)
 }
 
+/// Tables an OTA overlay may not set: they need a restart or name the device itself.
+const NOT_IN_OVERLAY: [&str; 5] = ["device", "mqtt", "storage", "http", "ota.dir"];
+
+/// Reads, parses and validates the device config at `base` with an OTA overlay (a bundle's
+/// `config.toml`) deep-merged over it: tables merged key by key, scalars and arrays replaced.
+/// Relative model paths in the overlay resolve against the overlay's directory (the slot).
+/// Each error is located in the file its value came from.
+pub fn load_overlaid(base: &Path, overlay: &Path) -> Result<Config, ConfigErrors> {
+    let read = |p: &Path| {
+        std::fs::read_to_string(p).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: p.to_path_buf(),
+                line: 0,
+                col: 0,
+                path: String::new(),
+                message: format!(
+                    "cannot read config file: {e} (expected a readable UTF-8 TOML file)"
+                ),
+            }])
+        })
+    };
+    let (base_text, over_text) = (read(base)?, read(overlay)?);
+    let source = |text, file| {
+        let (doc, _) = DeTable::parse_recoverable(text);
+        Source {
+            text,
+            file,
+            index: SpanIndex::build(doc.get_ref()),
+        }
+    };
+    let (base_src, over_src) = (source(&base_text, base), source(&over_text, overlay));
+    let mut merged: toml::Table = match base_text.parse() {
+        Ok(t) => t,
+        Err(e) => return Err(ConfigErrors(vec![base_src.syntax_error(&e)])),
+    };
+    let mut over: toml::Table = match over_text.parse() {
+        Ok(t) => t,
+        Err(e) => return Err(ConfigErrors(vec![over_src.syntax_error(&e)])),
+    };
+    let forbidden: Vec<Issue> = NOT_IN_OVERLAY
+        .iter()
+        .filter(|p| over_src.index.by_path.contains_key(**p))
+        .map(|p| Issue {
+            path: p.to_string(),
+            message: format!("an OTA bundle may not set [{p}] (expected only models, cameras and ota keys; [{p}] is the device's own)"),
+        })
+        .collect();
+    over_src.report(forbidden)?;
+    let slot = overlay.parent().unwrap_or(Path::new("."));
+    if let Some(toml::Value::Table(models)) = over.get_mut("models") {
+        for (_, m) in models.iter_mut() {
+            if let Some(toml::Value::String(p)) = m.get_mut("path") {
+                let joined = slot.join(p.as_str()).display().to_string();
+                *p = joined;
+            }
+        }
+    }
+    merge_tables(&mut merged, over);
+    let text = toml::to_string(&merged).map_err(|e| {
+        ConfigErrors(vec![over_src.error_at(
+            0,
+            String::new(),
+            format!("cannot merge over {}: {e}", base.display()),
+        )])
+    })?;
+    let relocate = |errors: ConfigErrors| {
+        let mut v: Vec<ConfigError> = errors
+            .into_errors()
+            .into_iter()
+            .map(|e| {
+                let src = if from_overlay(&over_src.index, &base_src.index, &e.path) {
+                    &over_src
+                } else {
+                    &base_src
+                };
+                let offset = src.index.span_of(&e.path).map_or(0, |s| s.start);
+                src.error_at(offset, e.path, e.message)
+            })
+            .collect();
+        v.sort_by(|a, b| (&a.file, a.line, a.col).cmp(&(&b.file, b.line, b.col)));
+        ConfigErrors(v)
+    };
+    let (mut config, merged_src) = parse_located(&text, base).map_err(relocate)?;
+    let issues = resolve_model_paths(&mut config, base);
+    merged_src.report(issues).map_err(relocate)?;
+    Ok(config)
+}
+
+/// Deep merge: tables key by key, anything else replaced.
+fn merge_tables(into: &mut toml::Table, from: toml::Table) {
+    for (k, v) in from {
+        match (into.get_mut(&k), v) {
+            (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge_tables(a, b),
+            (_, v) => {
+                into.insert(k, v);
+            }
+        }
+    }
+}
+
+/// Whether the value at `path` of a merged document came from the overlay: the overlay holds
+/// it (or an array or value above it, which replaced the base's), or holds a deeper part of
+/// it than the base does.
+fn from_overlay(over: &SpanIndex, base: &SpanIndex, path: &str) -> bool {
+    let deepest = |ix: &SpanIndex| {
+        ix.nodes
+            .iter()
+            .filter(|n| n.path == path || is_ancestor(&n.path, path))
+            .map(|n| (n.path.len(), n.array_len.is_some()))
+            .collect::<Vec<_>>()
+    };
+    let o = deepest(over);
+    if o.iter().any(|(_, array)| *array) {
+        return true;
+    }
+    let o = o.iter().map(|(l, _)| *l).max();
+    let b = deepest(base).iter().map(|(l, _)| *l).max();
+    o.is_some() && o >= b
+}
+
 fn parse_located<'t>(text: &'t str, file: &'t Path) -> Result<(Config, Source<'t>), ConfigErrors> {
     let (doc, syntax_errors) = DeTable::parse_recoverable(text);
     let source = Source {
@@ -471,6 +591,7 @@ fn check_config(config: &Config) -> Vec<Issue> {
     check_mqtt(&mut c, config);
     check_storage(&mut c, config);
     check_http(&mut c, config);
+    check_ota(&mut c, config);
     for (name, model) in &config.models {
         check_model(&mut c, &join_key("models", name), model);
     }
@@ -522,6 +643,35 @@ fn check_http(c: &mut Checker, config: &Config) {
     let l = &config.http.listen;
     if !l.is_empty() && l.parse::<std::net::SocketAddr>().is_err() {
         c.err("http.listen", format!("{l:?} is not an address:port (expected e.g. \"127.0.0.1:8080\" or \"\" for no HTTP API)"));
+    }
+}
+
+fn check_ota(c: &mut Checker, config: &Config) {
+    let o = &config.ota;
+    for (i, k) in o.trusted_keys.iter().enumerate() {
+        if let Err(e) = crate::ota::manifest::parse_public_key(k) {
+            c.err(
+                format!("ota.trusted_keys[{i}]"),
+                format!("{e} (expected a base64 ed25519 public key from `vigil ota keygen`)"),
+            );
+        }
+    }
+    check_min_duration(c, "ota.probation", o.probation, Duration::from_secs(1));
+    if o.probation_min_inferences == 0 {
+        c.err(
+            "ota.probation_min_inferences",
+            "0 would accept a model that never ran (expected at least 1)",
+        );
+    }
+    check_name(c, "ota.device_class", &o.device_class, "device class");
+    if o.max_bundle_bytes < 1024 {
+        c.err(
+            "ota.max_bundle_bytes",
+            format!(
+                "{} bytes is too small (expected at least 1024)",
+                o.max_bundle_bytes
+            ),
+        );
     }
 }
 
@@ -1033,7 +1183,10 @@ fn resolve_model_paths(config: &mut Config, config_file: &Path) -> Vec<Issue> {
         .filter(|cam| cam.enabled)
         .map(|cam| cam.model.clone())
         .collect();
-    if let Some(d) = config.storage.dir.as_mut() {
+    for d in [config.storage.dir.as_mut(), config.ota.dir.as_mut()]
+        .into_iter()
+        .flatten()
+    {
         let joined = dir.join(&*d);
         *d = std::path::absolute(&joined).unwrap_or(joined);
     }

@@ -222,6 +222,9 @@ impl GpuDetector {
         COUNTERS
             .d2h_bytes
             .fetch_add(bytes as u64, Ordering::Relaxed);
+        if self.post.nonfinite {
+            return Err("the model returned non-finite values".into());
+        }
         Ok(lb)
     }
 

@@ -1,5 +1,6 @@
 //! NanoDet decoding and class-aware NMS on the GPU, so that only the detections cross to the
-//! host: a fixed block of `2 + 6 × MAX_DETECTIONS` floats (3 080 bytes) per frame.
+//! host: a fixed block of `3 + 6 × MAX_DETECTIONS` floats (3 084 bytes) per frame. The kernels
+//! also flag a non-finite model output (a broken model: OTA probation rolls it back).
 //!
 //! The same arithmetic as the CPU decoder (`crate::infer::nanodet`) and NMS
 //! (`crate::analytics::nms`): per cell the best class, softmax expectation of the box bins,
@@ -37,14 +38,23 @@ extern "C" __global__ void nanodet_candidates(
     else { s = (const float*)s2; b = (const float*)b2; gw = gw2; stride = st2; cell = i - c0 - c1; }
     const float* row = s + (unsigned long long)cell * classes;
     float best = 0.0f; int cls = 0;
-    for (int c = 0; c < classes; c++) { float v = row[c]; if (v > best) { best = v; cls = c; } }
+    bool finite = true;
+    for (int c = 0; c < classes; c++) {
+        float v = row[c];
+        finite = finite && (v - v == 0.0f);
+        if (v > best) { best = v; cls = c; }
+    }
+    if (!finite) count[1] = 1u;
     if (best < thr) return;
     const float* dist = b + (unsigned long long)cell * 4 * bins;
     float d[4];
     for (int side = 0; side < 4; side++) {
         const float* l = dist + side * bins;
         float mx = NEG_INF;
-        for (int k = 0; k < bins; k++) mx = fmaxf(mx, l[k]);
+        for (int k = 0; k < bins; k++) {
+            if (!(l[k] - l[k] == 0.0f)) count[1] = 1u;
+            mx = fmaxf(mx, l[k]);
+        }
         float sum = 0.0f, acc = 0.0f;
         for (int k = 0; k < bins; k++) { float e = expf(l[k] - mx); sum += e; acc += e * (float)k; }
         d[side] = acc / sum * (float)stride;
@@ -71,7 +81,8 @@ __device__ float iou(const float* a, const float* b) {
 
 // One block of 1024 threads: bitonic sort of the candidates by score (ties: lower cell first),
 // then greedy class-aware suppression in that order. out[0] = kept, out[1] = candidates
-// found (may exceed cap), then 6 floats per detection.
+// found (may exceed cap), out[2] = 1 if the model gave a non-finite value, then 6 floats per
+// detection.
 extern "C" __global__ void nms_sorted(const float* cand, unsigned int* count, int cap,
                                       float iou_thr, int max_out, float* out)
 {
@@ -107,7 +118,7 @@ extern "C" __global__ void nms_sorted(const float* cand, unsigned int* count, in
         if (!supp[i]) {
             const float* a = cand + idx[i] * CAND;
             if (t == 0) {
-                float* o = out + 2 + kept * 6;
+                float* o = out + 3 + kept * 6;
                 for (int q = 0; q < 6; q++) o[q] = a[q];
             }
             for (int j = i + 1 + t; j < n; j += blockDim.x) {
@@ -120,12 +131,12 @@ extern "C" __global__ void nms_sorted(const float* cand, unsigned int* count, in
         __syncthreads();
         if (kept >= max_out) break;
     }
-    if (t == 0) { out[0] = (float)kept; out[1] = (float)*count; *count = 0; }
+    if (t == 0) { out[0] = (float)kept; out[1] = (float)count[0]; out[2] = (float)count[1]; count[0] = 0; count[1] = 0; }
 }
 "#;
 
-/// Floats copied to the host per frame: two counts and six per detection.
-pub const RESULT_FLOATS: usize = 2 + 6 * MAX_DETECTIONS;
+/// Floats copied to the host per frame: a header of three and six per detection.
+pub const RESULT_FLOATS: usize = 3 + 6 * MAX_DETECTIONS;
 
 pub struct GpuPostprocessor {
     stream: Arc<CudaStream>,
@@ -141,6 +152,8 @@ pub struct GpuPostprocessor {
     pub nms_iou: f32,
     /// Frames where more cells passed the threshold than [`MAX_CANDIDATES`].
     pub overflows: u64,
+    /// Whether the last frame's model outputs held a non-finite value.
+    pub nonfinite: bool,
 }
 
 impl GpuPostprocessor {
@@ -152,7 +165,7 @@ impl GpuPostprocessor {
             candidates: f("nanodet_candidates")?,
             nms: f("nms_sorted")?,
             cand: stream.alloc_zeros::<f32>(MAX_CANDIDATES * 7).map_err(e)?,
-            count: stream.alloc_zeros::<u32>(1).map_err(e)?,
+            count: stream.alloc_zeros::<u32>(2).map_err(e)?,
             result: stream.alloc_zeros::<f32>(RESULT_FLOATS).map_err(e)?,
             // SAFETY: plain page-locked memory (no write-combining: the CPU reads it); its
             // contents are only read after a copy into it has completed.
@@ -161,6 +174,7 @@ impl GpuPostprocessor {
             score_threshold: 0.35,
             nms_iou: 0.5,
             overflows: 0,
+            nonfinite: false,
         })
     }
 
@@ -259,7 +273,8 @@ impl GpuPostprocessor {
         if host[1] as usize > MAX_CANDIDATES {
             self.overflows += 1;
         }
-        for d in host[2..2 + 6 * n].chunks_exact(6) {
+        self.nonfinite = host[2] != 0.0;
+        for d in host[3..3 + 6 * n].chunks_exact(6) {
             let _ = out.push(Detection {
                 bbox: BBox::new(d[0], d[1], d[2], d[3]),
                 score: d[4],

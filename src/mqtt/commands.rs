@@ -74,6 +74,10 @@ pub enum ControlKind {
     SetConfig(String),
     /// Rebuild this camera's pipeline.
     RestartCamera(String),
+    /// Download, verify, stage and activate a signed bundle (`cmd/ota/apply`).
+    OtaApply(crate::ota::ApplyRequest),
+    /// Back to the previous OTA set (`cmd/ota/rollback`).
+    OtaRollback(String),
 }
 
 /// A supervisor request with the channel its answer comes back on.
@@ -112,7 +116,35 @@ fn string_field(request: &Value, key: &str, example: &str) -> Result<String, Str
     })
 }
 
-const KNOWN: &str = "ping, status, events/replay, reload, config/get, config/set, camera/restart";
+const KNOWN: &str = "ping, status, events/replay, reload, config/get, config/set, camera/restart, ota/apply, ota/rollback";
+
+/// The fields of `cmd/ota/apply`.
+fn ota_apply(id: &str, request: &Value) -> Result<crate::ota::ApplyRequest, String> {
+    let url = string_field(request, "url", "http://host/bundle.vigil")?;
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(format!(
+            "url {url:?} is not http:// or https:// (expected e.g. \"https://updates.example/b.vigil\")"
+        ));
+    }
+    let sha256 =
+        string_field(request, "sha256", "<64 hex digits of the bundle file>")?.to_ascii_lowercase();
+    if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "sha256 {sha256:?} is not 64 hex digits (expected the bundle file's sha256)"
+        ));
+    }
+    let allow_rollback = match request.get("allow_rollback") {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err("allow_rollback is not a boolean (expected true or false)".into()),
+    };
+    Ok(crate::ota::ApplyRequest {
+        request_id: id.to_string(),
+        url,
+        sha256,
+        allow_rollback,
+    })
+}
 
 impl Handler {
     pub fn new(status: StatusFn) -> Self {
@@ -239,6 +271,11 @@ impl Handler {
                 Err(msg) => done(reply(Some(id), false, msg, Value::Null)),
             },
             "config/get" => self.ask(id, ControlKind::GetConfig),
+            "ota/apply" => match ota_apply(id, &request) {
+                Ok(req) => self.ask(id, ControlKind::OtaApply(req)),
+                Err(msg) => done(reply(Some(id), false, msg, Value::Null)),
+            },
+            "ota/rollback" => self.ask(id, ControlKind::OtaRollback(id.to_string())),
             "config/set" => match string_field(&request, "config", "<the whole TOML file>") {
                 Ok(text) => self.ask(id, ControlKind::SetConfig(text)),
                 Err(msg) => done(reply(Some(id), false, msg, Value::Null)),

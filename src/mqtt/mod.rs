@@ -45,6 +45,12 @@ impl Topics {
     pub fn events(&self, camera: &str) -> String {
         format!("{}/events/{camera}", self.root)
     }
+    pub fn ota_progress(&self) -> String {
+        format!("{}/ota/progress", self.root)
+    }
+    pub fn ota_status(&self) -> String {
+        format!("{}/ota/status", self.root)
+    }
     /// The subscription for this device's commands.
     pub fn commands(&self) -> String {
         format!("{}/cmd/#", self.root)
@@ -89,6 +95,9 @@ enum LinkCmd {
     Telemetry(Vec<u8>),
     /// A command reply that came later (from the supervisor): topic, payload.
     Reply(String, Vec<u8>),
+    /// OTA progress (QoS 1, dropped while disconnected) or status (QoS 1, retained, kept and
+    /// published again on every connection).
+    Ota(crate::ota::agent::OtaTopic, Vec<u8>),
     Shutdown,
 }
 
@@ -145,6 +154,7 @@ impl MqttLink {
             rx,
             heartbeat,
             me: tx.clone(),
+            ota_status: None,
         };
         let task = tokio::spawn(link.run());
         Self {
@@ -170,6 +180,11 @@ impl MqttLink {
         move |payload| {
             let _ = tx.try_send(LinkCmd::Telemetry(payload));
         }
+    }
+
+    /// Publishes an OTA progress or status message.
+    pub fn ota(&self, topic: crate::ota::agent::OtaTopic, payload: Vec<u8>) {
+        let _ = self.tx.try_send(LinkCmd::Ota(topic, payload));
     }
 
     /// Publishes `offline` (retained), disconnects cleanly, and waits up to `timeout`.
@@ -204,6 +219,8 @@ struct LinkTask {
     heartbeat: crate::health::Heartbeat,
     /// The link's own command channel, for replies that come later.
     me: mpsc::Sender<LinkCmd>,
+    /// The last `ota/status`, published again on every connection.
+    ota_status: Option<Vec<u8>>,
 }
 
 /// One connection's bookkeeping.
@@ -333,6 +350,9 @@ impl LinkTask {
                         tracing::info!(broker = %self.addr, unsent, "MQTT connected; draining the spool");
                         let _ = s.client.try_subscribe(self.topics.commands(), QoS::AtLeastOnce);
                         self.publish_other(&mut s, self.topics.status(), true, status_json("online", None));
+                        if let Some(p) = self.ota_status.clone() {
+                            self.publish_other(&mut s, self.topics.ota_status(), true, p);
+                        }
                         self.fill(&mut s);
                     }
                     Ok(MqttEvent::Outgoing(Outgoing::Publish(pkid))) if pkid != 0 => {
@@ -391,6 +411,16 @@ impl LinkTask {
                 cmd = self.rx.recv(), if closing.is_none() => match cmd {
                     Some(LinkCmd::Wake) => self.fill(&mut s),
                     Some(LinkCmd::Reply(topic, payload)) => self.publish_other(&mut s, topic, false, payload),
+                    Some(LinkCmd::Ota(kind, payload)) => {
+                        let retained = kind == crate::ota::agent::OtaTopic::Status;
+                        if retained {
+                            self.ota_status = Some(payload.clone());
+                        }
+                        if s.connected {
+                            let topic = if retained { self.topics.ota_status() } else { self.topics.ota_progress() };
+                            self.publish_other(&mut s, topic, retained, payload);
+                        }
+                    }
                     Some(LinkCmd::Telemetry(p)) => {
                         if s.connected {
                             let _ = s.client.try_publish(self.topics.telemetry(), QoS::AtMostOnce, false, p);

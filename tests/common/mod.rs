@@ -3,6 +3,8 @@
 //! a real process, killed when its guard drops.
 #![allow(dead_code)]
 
+pub mod ota;
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -188,18 +190,24 @@ impl Lines {
 
 /// `vigil run --config`, stderr (logs) collected and echoed.
 pub fn vigil_run(config: &Path) -> (Proc, Lines) {
+    vigil_run_with(config, &[], true)
+}
+
+/// `vigil run --config` with extra environment variables; logs collected, echoed or not.
+pub fn vigil_run_with(config: &Path, env: &[(&str, &str)], echo: bool) -> (Proc, Lines) {
     let mut child = Command::new(vigil_bin())
         .arg("run")
         .arg("--config")
         .arg(config)
         .env("VIGIL_LOG", "info")
         .env("NO_COLOR", "1")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("vigil run");
     let logs = Lines::default();
-    logs.collect(child.stderr.take().unwrap(), Some("vigil"));
+    logs.collect(child.stderr.take().unwrap(), echo.then_some("vigil"));
     (
         Proc {
             name: "vigil".into(),
