@@ -76,8 +76,10 @@ fn init_logging() {
             .init();
         return;
     }
+    // Colours only on a terminal: logs piped to a file or another program stay plain text.
     tracing_subscriber::fmt()
         .with_env_filter(filter())
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
 }

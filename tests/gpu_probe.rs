@@ -23,3 +23,111 @@ fn gpu_check_never_crashes_and_reports_what_it_found() {
     let checked = stdout.contains("gpu-check: ok") && stdout.contains("max |gpu - cpu|");
     assert!(no_gpu || checked, "{stdout}");
 }
+
+/// The GPU path against the CPU path on the same frames (`vigil gpu-check --model`): a picture
+/// and clip frames through both engines, and NVDEC frames in CUDA memory through the GPU path
+/// against the CPU-decoded frames through the CPU path. Runs where a GPU exists (the GPU
+/// machine); elsewhere it says it was skipped, and why, and checks that it was for want of a GPU.
+#[test]
+fn gpu_path_detections_match_the_cpu_path() {
+    let out = Command::new(common::vigil_bin())
+        .args(["gpu-check", "--model"])
+        .arg(common::model())
+        .arg("--picture")
+        .arg(common::asset(".cache/media/astronaut.png"))
+        .arg("--clip")
+        .arg(common::asset(".cache/media/vtest-30s.mp4"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if let Some(line) = stdout.lines().find(|l| l.starts_with("GPU: unavailable")) {
+        eprintln!("SKIPPED gpu_path_detections_match_the_cpu_path: no GPU here ({line})");
+        assert!(out.status.success(), "{stdout}{stderr}");
+        return;
+    }
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("detections: GPU path = CPU path within tolerance"),
+        "{stdout}"
+    );
+    let compared: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("detections matched"))
+        .collect();
+    assert_eq!(compared.len(), 2, "{stdout}");
+    for l in compared {
+        assert!(l.ends_with(", 0 unmatched"), "{l}");
+        assert!(!l.contains(", 0 detections matched"), "{l}");
+    }
+}
+
+/// `backend = "auto"` on a box without a GPU runs the CPU path and says why at start-up; on
+/// the GPU machine it takes the GPU path and says so.
+#[test]
+fn backend_auto_says_what_it_chose_and_why() {
+    let dir = tempfile_dir();
+    let cfg = dir.join("auto.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[device]\nid = \"auto-test\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {}\n[storage]\ndir = \"{}\"\n[http]\nlisten = \"127.0.0.1:0\"\n[models.m]\npath = \"{}\"\nkind = \"nanodet\"\nbackend = \"auto\"\n[[cameras]]\nname = \"c\"\nurl = \"file://{}\"\nmodel = \"m\"\non_end = \"stop\"\n",
+            common::free_port(),
+            dir.display(),
+            common::model().display(),
+            common::asset(".cache/media/vtest-30s.mp4").display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(common::vigil_bin())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        if let Ok(l) = rx.recv_timeout(std::time::Duration::from_millis(200)) {
+            let done = l.contains("model loaded");
+            seen.push(l);
+            if done {
+                break;
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = seen.join("\n");
+    let loaded = seen
+        .iter()
+        .find(|l| l.contains("model loaded"))
+        .unwrap_or_else(|| panic!("no 'model loaded' line within 60 s:\n{log}"));
+    if loaded.contains("backend=\"cuda\"") {
+        return; // the GPU machine: the GPU path was chosen (and said so)
+    }
+    assert!(loaded.contains("backend=\"cpu\""), "{log}");
+    assert!(
+        log.contains("backend auto → cpu: no NVIDIA CUDA driver library"),
+        "the reason is missing:\n{log}"
+    );
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("vigil-auto-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
