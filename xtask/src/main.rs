@@ -22,9 +22,10 @@ fn main() {
         Some("demo") => demo(&args[1..]),
         Some("test") => test(&args[1..]),
         Some("bench") => bench(&args[1..]),
+        Some("gpu-payload") => gpu_payload(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup | demo [--seconds N] | test [--no-lint] [-- cargo test args] | bench [vigil bench args]>"
+                "usage: cargo xtask <setup | demo [--seconds N] | test [--no-lint] [-- cargo test args] | bench [vigil bench args] | gpu-payload>"
             );
             std::process::exit(2);
         }
@@ -114,6 +115,133 @@ fn bench(args: &[String]) -> Result<()> {
         .arg(py)
         .args(args)
         .env("VIGIL_LOG", "warn"))
+}
+
+/// Prepares what a GPU machine without cargo, GStreamer or ONNX Runtime's CUDA provider needs
+/// to run `vigil gpu-check`, the GPU tests and `vigil bench --gpu` (see benches/RESULTS.md):
+/// `gpu-payload/` (stripped `vigil`, the GPU test binary, GStreamer packed by
+/// `../shared/gpu-host/pack-gst.sh`, `run.sh`) and `gpu-parts-{aa,ab,ac,ad}/` (ONNX Runtime
+/// 1.31.1 with its CUDA 13 provider in parts below the 64 MiB a transfer carries, the last one
+/// with the model and the media, including a 1080p30 H.264 clip made from the demo clip).
+fn gpu_payload() -> Result<()> {
+    let root = root();
+    let shared = root.join("../shared/gpu-host");
+    if !shared.join("pack-gst.sh").exists() {
+        bail!(
+            "{} is missing: gpu-payload packs with its scripts",
+            shared.display()
+        );
+    }
+    assets::setup(&root)?;
+    let clip = root.join(".cache/media/vtest-1080p30.mp4");
+    if !clip.exists() {
+        step("making a 1080p30 H.264 clip of the demo clip (x264, 4 Mb/s, 30 s)");
+        run(Command::new("gst-launch-1.0").args([
+            "-q",
+            "filesrc",
+            &format!(
+                "location={}",
+                root.join(".cache/media/vtest-30s.mp4").display()
+            ),
+            "!",
+            "qtdemux",
+            "!",
+            "h264parse",
+            "!",
+            "avdec_h264",
+            "!",
+            "videoconvert",
+            "!",
+            "videoscale",
+            "!",
+            "videorate",
+            "!",
+            "video/x-raw,format=I420,width=1920,height=1080,framerate=30/1",
+            "!",
+            "x264enc",
+            "bitrate=4000",
+            "speed-preset=veryfast",
+            "key-int-max=60",
+            "!",
+            "video/x-h264,profile=high",
+            "!",
+            "h264parse",
+            "!",
+            "mp4mux",
+            "!",
+            "filesink",
+            &format!("location={}", clip.display()),
+        ]))?;
+    }
+    step("building vigil and the GPU tests (release)");
+    run(cargo()
+        .current_dir(&root)
+        .args(["build", "--release", "--bin", "vigil"]))?;
+    run(cargo()
+        .current_dir(&root)
+        .args(["test", "--release", "--no-run", "--test", "gpu_probe"]))?;
+    let payload = root.join("gpu-payload");
+    let _ = std::fs::remove_dir_all(&payload);
+    std::fs::create_dir_all(&payload)?;
+    run(Command::new("strip")
+        .arg("-o")
+        .arg(payload.join("vigil"))
+        .arg(root.join("target/release/vigil")))?;
+    let newest_test = std::fs::read_dir(root.join("target/release/deps"))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("gpu_probe-") && !n.contains('.'))
+        })
+        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
+        .context("no gpu_probe test binary")?;
+    run(Command::new("strip")
+        .arg("-o")
+        .arg(payload.join("gpu_probe-test"))
+        .arg(newest_test))?;
+    step("packing GStreamer (with the NVIDIA decoders and libgstcuda)");
+    run(Command::new("bash")
+        .arg(shared.join("pack-gst.sh"))
+        .arg(&payload)
+        .arg("gstpng"))?;
+    std::fs::write(
+        payload.join("run.sh"),
+        "#!/usr/bin/env bash\n# On the GPU machine, after the four parts were copied to /tmp/ort and /tmp/assets:\n# the runtime environment, the assets in place, then the command given.\nsource gpu-payload/gst/env.sh\nexport ORT_DYLIB_PATH=$(ls /tmp/ort/lib/libonnxruntime.so.1.*) LD_LIBRARY_PATH=/tmp/ort/lib:$LD_LIBRARY_PATH:/usr/local/cuda/lib64\nmkdir -p models .cache/media target/release\ncp /tmp/assets/nanodet.onnx models/ && cp /tmp/assets/*.mp4 /tmp/assets/*.png .cache/media/\ncp gpu-payload/vigil target/release/vigil\n\"$@\"\n",
+    )?;
+    step("packing ONNX Runtime 1.31.1 with its CUDA 13 provider, in parts");
+    let ort = std::env::temp_dir().join("vigil-ort-cuda");
+    if !ort.join("ort-cuda/part-aa").exists() {
+        run(Command::new("bash")
+            .arg(shared.join("pack-ort-cuda.sh"))
+            .arg(&ort)
+            .arg("1.31.1"))?;
+    }
+    for part in ["aa", "ab", "ac", "ad"] {
+        let dir = root.join(format!("gpu-parts-{part}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::copy(
+            ort.join(format!("ort-cuda/part-{part}")),
+            dir.join(format!("part-{part}")),
+        )?;
+    }
+    let last = root.join("gpu-parts-ad");
+    std::fs::copy(ort.join("ort-cuda/unpack.sh"), last.join("unpack.sh"))?;
+    for f in [
+        "models/nanodet.onnx",
+        ".cache/media/astronaut.png",
+        ".cache/media/vtest-30s.mp4",
+        ".cache/media/vtest-1080p30.mp4",
+    ] {
+        let from = root.join(f);
+        std::fs::copy(&from, last.join(from.file_name().expect("a file")))?;
+    }
+    println!(
+        "send gpu-parts-aa, -ab, -ac (each: mkdir -p /tmp/ort && cp gpu-parts-XX/part-* /tmp/ort/), then gpu-parts-ad (also: mkdir -p /tmp/assets && cp gpu-parts-ad/*.{{mp4,png,onnx}} /tmp/assets/ && bash gpu-parts-ad/unpack.sh /tmp/ort), back to back; then carry gpu-payload and run e.g. `bash gpu-payload/run.sh gpu-payload/gpu_probe-test --nocapture`"
+    );
+    Ok(())
 }
 
 /// Kills child processes when dropped.
