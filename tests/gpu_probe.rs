@@ -82,7 +82,7 @@ fn backend_auto_says_what_it_chose_and_why() {
     let mut child = Command::new(common::vigil_bin())
         .args(["run", "--config"])
         .arg(&cfg)
-        .env("RUST_LOG", "info")
+        .env("VIGIL_LOG", "info")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()

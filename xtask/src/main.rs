@@ -206,6 +206,20 @@ fn gpu_payload() -> Result<()> {
         .arg(shared.join("pack-gst.sh"))
         .arg(&payload)
         .arg("gstpng"))?;
+    // Vigil links the RTSP server library (for `vigil rtsp-serve`); the pack does not carry it.
+    for f in std::fs::read_dir("/usr/lib/x86_64-linux-gnu")?.flatten() {
+        if f.file_name()
+            .to_string_lossy()
+            .starts_with("libgstrtspserver-1.0.so.0")
+        {
+            std::fs::copy(
+                f.path(),
+                payload
+                    .join("gst/usr/lib/x86_64-linux-gnu")
+                    .join(f.file_name()),
+            )?;
+        }
+    }
     std::fs::write(
         payload.join("run.sh"),
         "#!/usr/bin/env bash\n# On the GPU machine, after the four parts were copied to /tmp/ort and /tmp/assets:\n# the runtime environment, the assets in place, then the command given.\nsource gpu-payload/gst/env.sh\nexport ORT_DYLIB_PATH=$(ls /tmp/ort/lib/libonnxruntime.so.1.*) LD_LIBRARY_PATH=/tmp/ort/lib:$LD_LIBRARY_PATH:/usr/local/cuda/lib64\nmkdir -p models .cache/media target/release\ncp /tmp/assets/nanodet.onnx models/ && cp /tmp/assets/*.mp4 /tmp/assets/*.png .cache/media/\ncp gpu-payload/vigil target/release/vigil\n\"$@\"\n",
