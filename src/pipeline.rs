@@ -175,6 +175,43 @@ enum DetectError {
 }
 
 impl Engine {
+    /// Most frames this engine takes at once (the GPU path batches cameras).
+    fn max_batch(&self) -> usize {
+        match self {
+            Engine::Cpu { .. } => 1,
+            Engine::Gpu(_) => crate::gpu::ort_cuda::MAX_BATCH,
+        }
+    }
+
+    /// Detections of each frame of `frames` into `dets[i]`, the outcome in `res[i]` (cleared,
+    /// then one per frame; capacities kept). The GPU path runs frames of one size as one batch
+    /// and reports its time per frame as the batch's time over its frames.
+    fn detect_batch(
+        &mut self,
+        frames: &[FrameRef],
+        input: &mut Vec<f32>,
+        dets: &mut [Detections],
+        res: &mut Vec<Result<(u64, u64), DetectError>>,
+    ) {
+        res.clear();
+        if let Engine::Gpu(g) = self {
+            let t0 = Instant::now();
+            let mut out: [Result<(), String>; crate::gpu::ort_cuda::MAX_BATCH] =
+                std::array::from_fn(|_| Ok(()));
+            let n = frames.len().min(out.len());
+            g.detect_batch(&frames[..n], &mut dets[..n], &mut out[..n]);
+            let us = t0.elapsed().as_micros() as u64 / n.max(1) as u64;
+            for r in out.into_iter().take(n) {
+                res.push(r.map(|()| (0, us)).map_err(DetectError::Failed));
+            }
+            return;
+        }
+        for (f, d) in frames.iter().zip(dets.iter_mut()) {
+            let r = self.detect(f, input, d);
+            res.push(r);
+        }
+    }
+
     fn set_score_threshold(&mut self, t: f32) {
         match self {
             Engine::Cpu { decoder, .. } => decoder.score_threshold = t,
@@ -267,7 +304,12 @@ impl AnalysisWorker {
     /// Runs until `stop` is set or the queue is closed.
     pub fn run(mut self) {
         let mut input = Vec::new();
-        let mut dets = Detections::new();
+        // Per batch, allocated once: the frames, their times, detections and outcomes.
+        let cap = crate::gpu::ort_cuda::MAX_BATCH;
+        let mut frames: Vec<FrameRef> = Vec::with_capacity(cap);
+        let mut times: Vec<(usize, f64, Instant)> = Vec::with_capacity(cap);
+        let mut dets: Vec<Detections> = (0..cap).map(|_| Detections::new()).collect();
+        let mut results = Vec::with_capacity(cap);
         let mut hits = RuleHits::new();
         self.set_decoder_threshold();
         while !self.stop.load(Ordering::Relaxed) {
@@ -293,52 +335,67 @@ impl AnalysisWorker {
                 }
                 self.set_decoder_threshold();
             }
-            let Some(frame) = self.queue.pop(Duration::from_millis(500)) else {
+            let max = self.engine.max_batch();
+            if self
+                .queue
+                .pop_batch(Duration::from_millis(500), max, &mut frames)
+                == 0
+            {
                 continue;
-            };
-            let slot = frame.slot;
-            let pts = frame.pts.map(|d| d.as_secs_f64()).unwrap_or(0.0);
-            let t = self.cameras[slot].stream_time(pts, frame.session, frame.received, &mut hits);
-            self.emit(slot, &hits, t);
-            let res = self.engine.detect(&frame, &mut input, &mut dets);
-            let received = frame.received;
-            drop(frame);
-            let cam = &mut self.cameras[slot];
-            let counter = match &res {
-                Ok(_) => &self.outputs.good,
-                Err(DetectError::Failed(_)) => &self.outputs.bad,
-                Err(DetectError::Unsupported) => &self.outputs.unsupported,
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
-            let (pre_us, infer_us) = match res {
-                Ok(t) => t,
-                Err(DetectError::Unsupported) => {
-                    if cam.stats.unsupported.fetch_add(1, Ordering::Relaxed) == 0 {
-                        tracing::warn!(camera = %cam.name, "frames in a memory or format this path cannot read are skipped (counted)");
-                    }
-                    continue;
-                }
-                Err(DetectError::Failed(e)) => {
-                    tracing::error!(camera = %cam.name, "inference failed: {e}");
-                    continue;
-                }
-            };
-            dets.retain(|d| d.score >= cam.tracker.config().low_thresh);
-            let out = cam.tracker.update(&dets);
-            cam.rules.update(t, out.active, out.removed, &mut hits);
-            cam.stats.analysed.fetch_add(1, Ordering::Relaxed);
-            cam.stats.frame_latency.record(received.elapsed());
-            if let Some(h) = &cam.latency {
-                h.observe(infer_us as f64 / 1e6);
             }
-            cam.stats
-                .infer_us_total
-                .fetch_add(infer_us, Ordering::Relaxed);
-            cam.stats.pre_us_total.fetch_add(pre_us, Ordering::Relaxed);
-            cam.stats
-                .detections
-                .fetch_add(dets.len() as u64, Ordering::Relaxed);
-            self.emit(slot, &hits, t);
+            times.clear();
+            for frame in &frames {
+                let slot = frame.slot;
+                let pts = frame.pts.map(|d| d.as_secs_f64()).unwrap_or(0.0);
+                let t =
+                    self.cameras[slot].stream_time(pts, frame.session, frame.received, &mut hits);
+                self.emit(slot, &hits, t);
+                times.push((slot, t, frame.received));
+            }
+            self.engine
+                .detect_batch(&frames, &mut input, &mut dets, &mut results);
+            // The frames (and their decoder buffers) go back before the analytics.
+            frames.clear();
+            for (k, res) in results.drain(..).enumerate() {
+                let (slot, t, received) = times[k];
+                let dets = &mut dets[k];
+                let cam = &mut self.cameras[slot];
+                let counter = match &res {
+                    Ok(_) => &self.outputs.good,
+                    Err(DetectError::Failed(_)) => &self.outputs.bad,
+                    Err(DetectError::Unsupported) => &self.outputs.unsupported,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                let (pre_us, infer_us) = match res {
+                    Ok(t) => t,
+                    Err(DetectError::Unsupported) => {
+                        if cam.stats.unsupported.fetch_add(1, Ordering::Relaxed) == 0 {
+                            tracing::warn!(camera = %cam.name, "frames in a memory or format this path cannot read are skipped (counted)");
+                        }
+                        continue;
+                    }
+                    Err(DetectError::Failed(e)) => {
+                        tracing::error!(camera = %cam.name, "inference failed: {e}");
+                        continue;
+                    }
+                };
+                dets.retain(|d| d.score >= cam.tracker.config().low_thresh);
+                let out = cam.tracker.update(dets);
+                cam.rules.update(t, out.active, out.removed, &mut hits);
+                cam.stats.analysed.fetch_add(1, Ordering::Relaxed);
+                cam.stats.frame_latency.record(received.elapsed());
+                if let Some(h) = &cam.latency {
+                    h.observe(infer_us as f64 / 1e6);
+                }
+                cam.stats
+                    .infer_us_total
+                    .fetch_add(infer_us, Ordering::Relaxed);
+                cam.stats.pre_us_total.fetch_add(pre_us, Ordering::Relaxed);
+                cam.stats
+                    .detections
+                    .fetch_add(dets.len() as u64, Ordering::Relaxed);
+                self.emit(slot, &hits, t);
+            }
         }
     }
 

@@ -10,7 +10,7 @@
 //! copies from the device.
 
 use super::gst_cuda::CudaMapping;
-use super::ort_cuda::CudaOnnx;
+use super::ort_cuda::{BATCHES, CudaOnnx, MAX_BATCH};
 use super::postprocess::GpuPostprocessor;
 use super::preprocess::{DevicePlanes, GpuPreprocessor};
 use crate::analytics::Detections;
@@ -96,42 +96,110 @@ impl GpuDetector {
         self.post.overflows
     }
 
-    /// Detections of one frame. The worker thread must be the one that made the detector (the
-    /// CUDA context is bound to it).
+    /// Detections of one frame (a batch of one).
     pub fn detect(&mut self, frame: &FrameRef, out: &mut Detections) -> Result<(), String> {
-        self.ctx.bind_to_thread().map_err(|e| e.to_string())?;
+        let mut res = [Ok(())];
+        self.detect_batch(
+            std::slice::from_ref(frame),
+            std::slice::from_mut(out),
+            &mut res,
+        );
+        let [r] = res;
+        r
+    }
+
+    /// Detections of up to [`MAX_BATCH`] frames, `outs[i]` and `res[i]` for `frames[i]`. Frames
+    /// in CUDA memory of one size run as one batch (one inference); frames in host memory are
+    /// uploaded and run alone. The worker thread must be the one that made the detector.
+    pub fn detect_batch(
+        &mut self,
+        frames: &[FrameRef],
+        outs: &mut [Detections],
+        res: &mut [Result<(), String>],
+    ) {
+        let n = frames.len().min(MAX_BATCH);
+        if let Err(e) = self.ctx.bind_to_thread() {
+            res.iter_mut().for_each(|r| *r = Err(e.to_string()));
+            return;
+        }
         super::relax_capture_mode();
-        self.ready_for(frame.width(), frame.height())?;
-        let _shared = super::GPU_LOCK.read().unwrap_or_else(|e| e.into_inner());
-        match &frame.memory {
-            FrameMemory::Cuda { buffer, info } => {
-                let map = CudaMapping::nv12(buffer, info)?;
-                let planes = DevicePlanes {
-                    y: map.y,
-                    u: map.uv,
-                    v: map.uv + 1,
-                    width: info.width() as usize,
-                    height: info.height() as usize,
-                    y_stride: map.y_stride,
-                    uv_stride: map.uv_stride,
-                    uv_step: 2,
+        let mut done = [false; MAX_BATCH];
+        for i in 0..n {
+            if done[i] {
+                continue;
+            }
+            if matches!(frames[i].memory, FrameMemory::Host(_)) {
+                done[i] = true;
+                res[i] = match frames[i].host_yuv() {
+                    Some(yuv) => self.detect_host(&yuv, &mut outs[i]),
+                    None => Err("frame in a host format other than I420/NV12".into()),
                 };
-                // The mapping lives until `infer` has synchronised the stream.
-                self.infer(&planes, out)?;
-                drop(map);
-                COUNTERS.device_frames.fetch_add(1, Ordering::Relaxed);
-                Ok(())
+                continue;
             }
-            FrameMemory::Host(_) => {
-                let yuv = frame
-                    .host_yuv()
-                    .ok_or("frame in a host format other than I420/NV12")?;
-                self.detect_host(&yuv, out)
+            // Every CUDA frame of this one's size, as one batch.
+            let size = (frames[i].width(), frames[i].height());
+            let mut group = heapless::Vec::<usize, MAX_BATCH>::new();
+            for (j, f) in frames.iter().enumerate().take(n).skip(i) {
+                if !done[j]
+                    && matches!(f.memory, FrameMemory::Cuda { .. })
+                    && (f.width(), f.height()) == size
+                {
+                    done[j] = true;
+                    let _ = group.push(j);
+                }
             }
+            if let Err(e) = self.ready_for(size.0, size.1) {
+                group.iter().for_each(|&j| res[j] = Err(e.clone()));
+                continue;
+            }
+            let _shared = super::GPU_LOCK.read().unwrap_or_else(|e| e.into_inner());
+            let mut maps = heapless::Vec::<CudaMapping, MAX_BATCH>::new();
+            let mut planes = heapless::Vec::<DevicePlanes, MAX_BATCH>::new();
+            let mut mapped = heapless::Vec::<usize, MAX_BATCH>::new();
+            for &j in &group {
+                let FrameMemory::Cuda { buffer, info } = &frames[j].memory else {
+                    continue;
+                };
+                match CudaMapping::nv12(buffer, info) {
+                    Ok(m) => {
+                        let _ = planes.push(DevicePlanes {
+                            y: m.y,
+                            u: m.uv,
+                            v: m.uv + 1,
+                            width: info.width() as usize,
+                            height: info.height() as usize,
+                            y_stride: m.y_stride,
+                            uv_stride: m.uv_stride,
+                            uv_step: 2,
+                        });
+                        let _ = maps.push(m);
+                        let _ = mapped.push(j);
+                    }
+                    Err(e) => res[j] = Err(e),
+                }
+            }
+            let mut ok = [true; MAX_BATCH];
+            // The mappings live until `infer_batch` has synchronised the stream.
+            match self.infer_batch(&planes, outs, &mapped, &mut ok) {
+                Ok(()) => {
+                    for (k, &j) in mapped.iter().enumerate() {
+                        res[j] = if ok[k] {
+                            Ok(())
+                        } else {
+                            Err("the model returned non-finite values".into())
+                        };
+                    }
+                    COUNTERS
+                        .device_frames
+                        .fetch_add(mapped.len() as u64, Ordering::Relaxed);
+                }
+                Err(e) => mapped.iter().for_each(|&j| res[j] = Err(e.clone())),
+            }
+            drop(maps);
         }
     }
 
-    /// Detections of a frame in host memory: uploaded once (counted), then as [`Self::detect`].
+    /// Detections of a frame in host memory: uploaded once (counted), then run alone.
     pub fn detect_host(&mut self, yuv: &YuvView<'_>, out: &mut Detections) -> Result<(), String> {
         self.ctx.bind_to_thread().map_err(|e| e.to_string())?;
         super::relax_capture_mode();
@@ -162,7 +230,7 @@ impl GpuDetector {
         }
         COUNTERS.h2d_bytes.fetch_add(need as u64, Ordering::Relaxed);
         let (base, sync) = staging.device_ptr(&self.stream);
-        // The staging buffer is only reused after `infer` has synchronised the stream.
+        // The staging buffer is only reused after `infer_batch` has synchronised the stream.
         drop(sync);
         let planes = DevicePlanes {
             y: base,
@@ -178,54 +246,107 @@ impl GpuDetector {
             uv_stride: yuv.uv_stride,
             uv_step: yuv.uv_step,
         };
-        self.infer(&planes, out)?;
+        let mut ok = [true; MAX_BATCH];
+        self.infer_batch(&[planes], std::slice::from_mut(out), &[0], &mut ok)?;
         COUNTERS.host_frames.fetch_add(1, Ordering::Relaxed);
+        if !ok[0] {
+            return Err("the model returned non-finite values".into());
+        }
         Ok(())
     }
 
-    /// Makes the session for a `width`×`height` frame's input size if it is new (before the
-    /// shared GPU lock is taken: making one may capture a CUDA graph, which takes it
-    /// exclusively).
+    /// Makes the sessions for a `width`×`height` frame's input size, for every batch size, if
+    /// the size is new (before the shared GPU lock is taken: making one may capture a CUDA
+    /// graph, which takes it exclusively).
     fn ready_for(&mut self, width: usize, height: usize) -> Result<(), String> {
         let (in_w, in_h) = self.pre.spec().input_dims(width, height);
-        self.onnx
-            .bind(in_w, in_h)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        let batches: &[usize] = if self.onnx.batches() { &BATCHES } else { &[1] };
+        for &b in batches {
+            self.onnx.bind(in_w, in_h, b).map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 
-    /// Preprocess → inference → decode + NMS, all on the stream; returns after the detections
-    /// are on the host.
-    fn infer(&mut self, planes: &DevicePlanes, out: &mut Detections) -> Result<Letterbox, String> {
-        let (in_w, in_h) = self.pre.spec().input_dims(planes.width, planes.height);
-        let bound = self.onnx.bind(in_w, in_h).map_err(|e| e.to_string())?;
+    /// Preprocess `planes` (all of one size) into one batched input → one inference → decode +
+    /// NMS per image, all on the stream; returns after the detections are on the host:
+    /// `outs[slots[k]]` for `planes[k]`, `ok[k]` false where the model's outputs were not finite.
+    fn infer_batch(
+        &mut self,
+        planes: &[DevicePlanes],
+        outs: &mut [Detections],
+        slots: &[usize],
+        ok: &mut [bool; MAX_BATCH],
+    ) -> Result<(), String> {
+        let n = planes.len();
+        if n == 0 {
+            return Ok(());
+        }
+        let (in_w, in_h) = self
+            .pre
+            .spec()
+            .input_dims(planes[0].width, planes[0].height);
+        let batch = if self.onnx.batches() {
+            BATCHES
+                .iter()
+                .copied()
+                .find(|&b| b >= n)
+                .unwrap_or(MAX_BATCH)
+        } else {
+            1
+        };
+        if n > batch {
+            return Err(format!("{n} frames for a model that takes {batch}"));
+        }
+        let bound = self
+            .onnx
+            .bind(in_w, in_h, batch)
+            .map_err(|e| e.to_string())?;
         let input = bound.input_ptr;
-        let mut outs = heapless::Vec::<u64, { crate::infer::MAX_OUTPUTS }>::new();
+        let mut ptrs = heapless::Vec::<u64, { crate::infer::MAX_OUTPUTS }>::new();
         let mut lens = heapless::Vec::<usize, { crate::infer::MAX_OUTPUTS }>::new();
         for (p, l) in &bound.outputs {
-            let _ = outs.push(*p);
-            let _ = lens.push(*l);
+            let _ = ptrs.push(*p);
+            let _ = lens.push(*l / batch);
         }
-        // SAFETY: the planes are mapped/uploaded device memory of the frame's size (caller),
-        // `input` is ONNX Runtime's bound `[1, 3, in_h, in_w]` tensor, alive in `self.onnx`.
-        let lb = unsafe { self.pre.run_ptrs(planes, input, 3 * in_w * in_h)? };
-        self.onnx.run(in_w, in_h).map_err(|e| e.to_string())?;
+        let image = 3 * in_w * in_h;
+        let mut lbs = heapless::Vec::<Letterbox, MAX_BATCH>::new();
+        for (k, p) in planes.iter().enumerate() {
+            // SAFETY: the planes are mapped/uploaded device memory of the frame's size (caller);
+            // image k of ONNX Runtime's bound `[batch, 3, in_h, in_w]` input (alive in
+            // `self.onnx`) starts k × 3 × in_h × in_w floats in.
+            let lb = unsafe {
+                self.pre
+                    .run_ptrs(p, input + (k * image * 4) as u64, image)?
+            };
+            let _ = lbs.push(lb);
+        }
+        self.onnx
+            .run(in_w, in_h, batch)
+            .map_err(|e| e.to_string())?;
         self.decoder.layout(in_w, in_h, &lens)?;
-        let bytes = self.post.run(
-            self.decoder.levels(),
-            self.decoder.classes(),
-            self.decoder.bins(),
-            &outs,
-            &lb,
-            out,
-        )?;
+        let mut image_outs = heapless::Vec::<u64, { crate::infer::MAX_OUTPUTS }>::new();
+        for (k, lb) in lbs.iter().enumerate() {
+            image_outs.clear();
+            for (p, l) in ptrs.iter().zip(&lens) {
+                let _ = image_outs.push(p + (k * l * 4) as u64);
+            }
+            self.post.enqueue(
+                k,
+                self.decoder.levels(),
+                self.decoder.classes(),
+                self.decoder.bins(),
+                &image_outs,
+                lb,
+            )?;
+        }
+        let bytes = self.post.finish(n)?;
         COUNTERS
             .d2h_bytes
             .fetch_add(bytes as u64, Ordering::Relaxed);
-        if self.post.nonfinite {
-            return Err("the model returned non-finite values".into());
+        for (k, &slot) in slots.iter().enumerate().take(n) {
+            ok[k] = self.post.read(k, &mut outs[slot])?;
         }
-        Ok(lb)
+        Ok(())
     }
 
     /// Free and total device memory (bytes), for the bench and telemetry.

@@ -10,6 +10,7 @@
 //! [`SCORE_TOL`] of the threshold may appear on one side only (it is on the edge either way).
 
 use super::detector::GpuDetector;
+use super::ort_cuda::MAX_BATCH;
 use crate::analytics::{Detection, Detections};
 use crate::detect::Detector;
 use crate::media::FrameRef;
@@ -110,25 +111,49 @@ pub fn run(model: &Path, picture: &Path, clip: &Path, frames: usize) -> Result<(
         .downcast::<gstreamer_app::AppSink>()
         .map_err(|_| anyhow::anyhow!("not an appsink"))?;
     pipeline.set_state(gst::State::Playing)?;
-    for cf in &cpu_frames {
-        let sample = sink
-            .try_pull_sample(gst::ClockTime::from_seconds(10))
-            .context("no frame from nvh264dec within 10 s")?;
-        let caps = sample.caps().context("caps")?;
-        let info = gstreamer_video::VideoInfo::from_caps(caps)?;
-        if !super::gst_cuda::is_cuda_caps(caps) {
-            bail!("nvh264dec gave {caps}, not CUDA memory");
+    // The first frames one at a time, the rest in batches of MAX_BATCH (one inference each).
+    let mut batch: Vec<FrameRef> = Vec::new();
+    let mut outs: Vec<Detections> = (0..MAX_BATCH).map(|_| Detections::new()).collect();
+    let mut res: Vec<Result<(), String>> = (0..MAX_BATCH).map(|_| Ok(())).collect();
+    let mut batched = 0;
+    let mut k = 0;
+    while k < cpu_frames.len() {
+        let want = if k < 4 {
+            1
+        } else {
+            MAX_BATCH.min(cpu_frames.len() - k)
+        };
+        batch.clear();
+        for _ in 0..want {
+            let sample = sink
+                .try_pull_sample(gst::ClockTime::from_seconds(10))
+                .context("no frame from nvh264dec within 10 s")?;
+            let caps = sample.caps().context("caps")?;
+            let info = gstreamer_video::VideoInfo::from_caps(caps)?;
+            if !super::gst_cuda::is_cuda_caps(caps) {
+                bail!("nvh264dec gave {caps}, not CUDA memory");
+            }
+            let buffer = sample.buffer_owned().context("buffer")?;
+            batch.push(FrameRef::from_buffer(0, 1, buffer, &info, true).context("frame")?);
         }
-        let buffer = sample.buffer_owned().context("buffer")?;
-        let frame = FrameRef::from_buffer(0, 1, buffer, &info, true).context("frame")?;
-        gpu.detect(&frame, &mut b).map_err(anyhow::Error::msg)?;
-        cpu.detect(&cf.view(), THRESHOLD, &mut a)?;
-        dev.compare(&a, &b);
+        gpu.detect_batch(&batch, &mut outs[..want], &mut res[..want]);
+        for (i, cf) in cpu_frames[k..k + want].iter().enumerate() {
+            res[i].clone().map_err(anyhow::Error::msg)?;
+            cpu.detect(&cf.view(), THRESHOLD, &mut a)?;
+            dev.compare(&a, &outs[i]);
+        }
+        if want > 1 {
+            batched += want;
+        }
+        k += want;
     }
+    drop(batch);
     let _ = pipeline.set_state(gst::State::Null);
     println!(
         "{}",
-        dev.line("NVDEC frames in CUDA memory (GPU path) vs CPU-decoded frames (CPU path)")
+        dev.line(&format!(
+            "NVDEC frames in CUDA memory (GPU path; {batched} of them in batches of up to {MAX_BATCH}) vs CPU-decoded frames (CPU path)"
+        ))
     );
     let c = &super::detector::COUNTERS;
     println!(

@@ -15,8 +15,15 @@ use ort::session::{IoBinding, Session};
 use ort::value::Tensor;
 use std::path::Path;
 
-/// Input sizes kept bound at once (cameras of different aspect ratios use different sizes).
-const MAX_SIZES: usize = 4;
+/// Sessions kept at once: input sizes (cameras of different aspect ratios use different sizes)
+/// × batch sizes.
+const MAX_SIZES: usize = 4 * BATCHES.len();
+
+/// Batch sizes a session is made for (each a fixed shape, so a CUDA graph); a batch of n frames
+/// runs in the smallest that holds it, the spare images left as they are (their results unread).
+pub const BATCHES: [usize; 4] = [1, 2, 4, 8];
+/// Most frames per inference.
+pub const MAX_BATCH: usize = BATCHES[BATCHES.len() - 1];
 
 /// Whether sessions capture and replay a CUDA graph (`VIGIL_CUDA_GRAPH=0` turns it off: a
 /// diagnostic switch; the bench compares both).
@@ -27,9 +34,11 @@ pub static CUDA_GRAPH: std::sync::atomic::AtomicBool = std::sync::atomic::Atomic
 pub struct Bound {
     pub in_w: usize,
     pub in_h: usize,
-    /// Device pointer of the `[1, 3, in_h, in_w]` f32 input.
+    pub batch: usize,
+    /// Device pointer of the `[batch, 3, in_h, in_w]` f32 input.
     pub input_ptr: u64,
-    /// Device pointers and lengths (floats) of the outputs, in the model's output order.
+    /// Device pointers and lengths (floats, whole batch) of the outputs, in the model's output
+    /// order; image i's part starts at i × length / batch.
     pub outputs: heapless::Vec<(u64, usize), MAX_OUTPUTS>,
     shapes: Vec<Vec<i64>>,
     // Drop order: binding and tensors before their session.
@@ -45,8 +54,8 @@ pub struct CudaOnnx {
     stream: usize,
     inputs: Vec<TensorDesc>,
     outputs: Vec<TensorDesc>,
-    /// Names of the input's free height and width (empty where fixed).
-    free_dims: [String; 2],
+    /// Names of the input's free batch, height and width (empty where fixed).
+    free_dims: [String; 3],
     bound: Vec<Bound>,
 }
 
@@ -98,7 +107,7 @@ impl CudaOnnx {
             } => dimension_symbols.get(i).cloned().unwrap_or_default(),
             _ => String::new(),
         };
-        let free_dims = [sym(2), sym(3)];
+        let free_dims = [sym(0), sym(2), sym(3)];
         Ok(Self {
             path: path.to_path_buf(),
             stream: stream as usize,
@@ -118,19 +127,19 @@ impl CudaOnnx {
 
     /// The session and tensors for an `in_w`×`in_h` input, made on first use of that size
     /// (a session load and one discovery run; afterwards nothing is allocated).
-    pub fn bind(&mut self, in_w: usize, in_h: usize) -> Result<&Bound, InferError> {
+    pub fn bind(&mut self, in_w: usize, in_h: usize, batch: usize) -> Result<&Bound, InferError> {
         if let Some(i) = self
             .bound
             .iter()
-            .position(|b| (b.in_w, b.in_h) == (in_w, in_h))
+            .position(|b| (b.in_w, b.in_h, b.batch) == (in_w, in_h, batch))
         {
             return Ok(&self.bound[i]);
         }
         let graph = CUDA_GRAPH.load(std::sync::atomic::Ordering::Relaxed);
-        let b = match self.make(in_w, in_h, graph) {
+        let b = match self.make(in_w, in_h, batch, graph) {
             Err(e) if graph => {
                 tracing::warn!(model = %self.path.display(), "CUDA graph refused ({e}); running without");
-                self.make(in_w, in_h, false)?
+                self.make(in_w, in_h, batch, false)?
             }
             r => r?,
         };
@@ -141,12 +150,23 @@ impl CudaOnnx {
         Ok(self.bound.last().expect("just pushed"))
     }
 
-    fn make(&self, in_w: usize, in_h: usize, graph: bool) -> Result<Bound, InferError> {
+    /// Whether the model takes a batch (its first input dimension is free).
+    pub fn batches(&self) -> bool {
+        !self.free_dims[0].is_empty()
+    }
+
+    fn make(
+        &self,
+        in_w: usize,
+        in_h: usize,
+        batch: usize,
+        graph: bool,
+    ) -> Result<Bound, InferError> {
         let err = |e: ort::Error| InferError::Run(format!("binding a {in_w}×{in_h} input: {e}"));
         // The output shapes for this size: from one run of a session without a graph (a graph
         // is captured with the output buffers of its first run, so those must be final).
         let known = if graph {
-            Some(self.make(in_w, in_h, false)?.shapes)
+            Some(self.make(in_w, in_h, batch, false)?.shapes)
         } else {
             None
         };
@@ -154,7 +174,7 @@ impl CudaOnnx {
         // forbids (ONNX Runtime captures in global mode): the GPU workers wait.
         let _exclusive = graph.then(|| super::GPU_LOCK.write().unwrap_or_else(|e| e.into_inner()));
         let mut dims = Vec::new();
-        for (name, v) in self.free_dims.iter().zip([in_h, in_w]) {
+        for (name, v) in self.free_dims.iter().zip([batch, in_h, in_w]) {
             if !name.is_empty() {
                 dims.push((name.clone(), v));
             }
@@ -168,7 +188,7 @@ impl CudaOnnx {
         )
         .map_err(err)?;
         let allocator = Allocator::new(&session, mem).map_err(err)?;
-        let mut input = Tensor::<f32>::new(&allocator, [1usize, 3, in_h, in_w]).map_err(err)?;
+        let mut input = Tensor::<f32>::new(&allocator, [batch, 3, in_h, in_w]).map_err(err)?;
         let mut binding = session.create_binding().map_err(err)?;
         binding
             .bind_input(self.inputs[0].name.as_str(), &input)
@@ -205,6 +225,7 @@ impl CudaOnnx {
         let b = Bound {
             in_w,
             in_h,
+            batch,
             input_ptr: input.data_ptr_mut() as u64,
             outputs: ptrs,
             shapes,
@@ -221,7 +242,7 @@ impl CudaOnnx {
         }
         tracing::info!(
             model = %self.path.display(),
-            "CUDA session for a {in_w}×{in_h} input ({})",
+            "CUDA session for {batch} × {in_w}×{in_h} inputs ({})",
             if graph { "CUDA graph" } else { "no CUDA graph" }
         );
         Ok(b)
@@ -229,10 +250,16 @@ impl CudaOnnx {
 
     /// Runs the model on what is in the bound input of that size, into the bound outputs.
     /// `bind` must have been called for the size.
-    pub fn run(&mut self, in_w: usize, in_h: usize) -> Result<(), InferError> {
-        match self.bound.iter().find(|b| (b.in_w, b.in_h) == (in_w, in_h)) {
+    pub fn run(&mut self, in_w: usize, in_h: usize, batch: usize) -> Result<(), InferError> {
+        match self
+            .bound
+            .iter()
+            .find(|b| (b.in_w, b.in_h, b.batch) == (in_w, in_h, batch))
+        {
             Some(b) => b.run(),
-            None => Err(InferError::Run(format!("no binding for {in_w}×{in_h}"))),
+            None => Err(InferError::Run(format!(
+                "no binding for {batch} × {in_w}×{in_h}"
+            ))),
         }
     }
 }

@@ -10,6 +10,7 @@
 //! [`MAX_CANDIDATES`] cells pass the threshold the GPU keeps the first ones found rather than the
 //! best ones (counted in [`GpuPostprocessor::overflows`]; the threshold makes it rare).
 
+use super::ort_cuda::MAX_BATCH;
 use crate::analytics::nms::MAX_CANDIDATES;
 use crate::analytics::{BBox, Detection, Detections, MAX_DETECTIONS};
 use crate::infer::nanodet::LevelInfo;
@@ -144,16 +145,15 @@ pub struct GpuPostprocessor {
     nms: CudaFunction,
     cand: CudaSlice<f32>,
     count: CudaSlice<u32>,
+    /// One result block per image of a batch.
     result: CudaSlice<f32>,
-    /// Page-locked (cacheable) host copy of `result`: a pageable copy goes through the
-    /// driver's shared staging buffer, which serialises the workers.
-    host: PinnedHostSlice<f32>,
+    /// Page-locked (cacheable) host copies of the result blocks: a pageable copy goes through
+    /// the driver's shared staging buffer, which serialises the workers.
+    host: Vec<PinnedHostSlice<f32>>,
     pub score_threshold: f32,
     pub nms_iou: f32,
     /// Frames where more cells passed the threshold than [`MAX_CANDIDATES`].
     pub overflows: u64,
-    /// Whether the last frame's model outputs held a non-finite value.
-    pub nonfinite: bool,
 }
 
 impl GpuPostprocessor {
@@ -166,30 +166,38 @@ impl GpuPostprocessor {
             nms: f("nms_sorted")?,
             cand: stream.alloc_zeros::<f32>(MAX_CANDIDATES * 7).map_err(e)?,
             count: stream.alloc_zeros::<u32>(2).map_err(e)?,
-            result: stream.alloc_zeros::<f32>(RESULT_FLOATS).map_err(e)?,
-            // SAFETY: plain page-locked memory (no write-combining: the CPU reads it); its
-            // contents are only read after a copy into it has completed.
-            host: unsafe { ctx.alloc_pinned_with_flags::<f32>(RESULT_FLOATS, 0) }.map_err(e)?,
+            result: stream
+                .alloc_zeros::<f32>(RESULT_FLOATS * MAX_BATCH)
+                .map_err(e)?,
+            host: (0..MAX_BATCH)
+                // SAFETY: plain page-locked memory (no write-combining: the CPU reads it); its
+                // contents are only read after a copy into it has completed.
+                .map(|_| unsafe { ctx.alloc_pinned_with_flags::<f32>(RESULT_FLOATS, 0) })
+                .collect::<Result<_, _>>()
+                .map_err(e)?,
             stream,
             score_threshold: 0.35,
             nms_iou: 0.5,
             overflows: 0,
-            nonfinite: false,
         })
     }
 
-    /// Decodes the model outputs at `outs` (device pointers, in the model's output order) for
-    /// an input made with `lb`, runs NMS, copies the result to the host (the one device→host
-    /// copy of the GPU path, its size returned) and fills `out`.
-    pub fn run(
+    /// Queues, for image `i` of a batch, the decoding of the model outputs at `outs` (device
+    /// pointers to this image's part, in the model's output order; it was made with `lb`) and
+    /// NMS, then the copy of its result block to the host (the one device→host copy of the GPU
+    /// path). [`Self::finish`] waits for them.
+    pub fn enqueue(
         &mut self,
+        i: usize,
         levels: &[LevelInfo],
         classes: usize,
         bins: usize,
         outs: &[u64],
         lb: &Letterbox,
-        out: &mut Detections,
-    ) -> Result<usize, String> {
+    ) -> Result<(), String> {
+        if i >= MAX_BATCH {
+            return Err(format!("image {i} of a batch of at most {MAX_BATCH}"));
+        }
         if levels.len() != 3 {
             return Err(format!("expected 3 output levels, got {}", levels.len()));
         }
@@ -246,34 +254,51 @@ impl GpuPostprocessor {
         // candidates of 7 floats.
         unsafe { b.launch(cfg) }.map_err(e)?;
         let max_out = MAX_DETECTIONS as i32;
+        let mut block = self
+            .result
+            .slice_mut(i * RESULT_FLOATS..(i + 1) * RESULT_FLOATS);
         let mut b = self.stream.launch_builder(&self.nms);
         b.arg(&self.cand)
             .arg(&mut self.count)
             .arg(&cap)
             .arg(&self.nms_iou)
             .arg(&max_out)
-            .arg(&mut self.result);
+            .arg(&mut block);
         let cfg = LaunchConfig {
             grid_dim: (1, 1, 1),
             block_dim: (1024, 1, 1),
             shared_mem_bytes: 0,
         };
         // SAFETY: arguments match `nms_sorted`; one block of 1024 threads = MAX_CANDIDATES (the
-        // shared arrays' size); `result` holds 1 + 6 × max_out floats. The kernel resets the
-        // candidate count for the next frame.
+        // shared arrays' size); image i's block holds 3 + 6 × max_out floats. The kernel
+        // resets the candidate count for the next image (same stream: in order).
         unsafe { b.launch(cfg) }.map_err(e)?;
         self.stream
-            .memcpy_dtoh(&self.result, &mut self.host)
+            .memcpy_dtoh(
+                &self
+                    .result
+                    .slice(i * RESULT_FLOATS..(i + 1) * RESULT_FLOATS),
+                &mut self.host[i],
+            )
             .map_err(e)?;
-        self.stream.synchronize().map_err(e)?;
-        let bytes = RESULT_FLOATS * 4;
+        Ok(())
+    }
+
+    /// Waits for the queued work; returns the bytes copied to the host for `n` images.
+    pub fn finish(&mut self, n: usize) -> Result<usize, String> {
+        self.stream.synchronize().map_err(|e| e.to_string())?;
+        Ok(n * RESULT_FLOATS * 4)
+    }
+
+    /// Image `i`'s detections (after [`Self::finish`]); false if its model outputs held a
+    /// non-finite value.
+    pub fn read(&mut self, i: usize, out: &mut Detections) -> Result<bool, String> {
         out.clear();
-        let host = self.host.as_slice().map_err(e)?;
+        let host = self.host[i].as_slice().map_err(|e| e.to_string())?;
         let n = (host[0] as usize).min(MAX_DETECTIONS);
         if host[1] as usize > MAX_CANDIDATES {
             self.overflows += 1;
         }
-        self.nonfinite = host[2] != 0.0;
         for d in host[3..3 + 6 * n].chunks_exact(6) {
             let _ = out.push(Detection {
                 bbox: BBox::new(d[0], d[1], d[2], d[3]),
@@ -281,6 +306,6 @@ impl GpuPostprocessor {
                 class_id: d[5] as u16,
             });
         }
-        Ok(bytes)
+        Ok(host[2] == 0.0)
     }
 }

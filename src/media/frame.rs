@@ -245,6 +245,35 @@ impl FrameQueue {
         }
     }
 
+    /// Takes the next waiting frame as [`Self::pop`] does (waiting up to `timeout`), then,
+    /// without waiting, up to `max - 1` more from other cameras, round-robin, into `out`
+    /// (cleared first; its capacity is kept). Returns how many were taken.
+    pub fn pop_batch(&self, timeout: Duration, max: usize, out: &mut Vec<FrameRef>) -> usize {
+        out.clear();
+        let Some(first) = self.pop(timeout) else {
+            return 0;
+        };
+        out.push(first);
+        if max > 1 {
+            let mut g = self.lock();
+            let n = g.frames.len();
+            let start = g.next;
+            for k in 0..n {
+                if out.len() == max {
+                    break;
+                }
+                let i = (start + k) % n;
+                if let Some(f) = g.frames[i].take() {
+                    g.next = (i + 1) % n;
+                    out.push(f);
+                    // Only this slot's producer can be waiting for this space.
+                    self.space[i].notify_one();
+                }
+            }
+        }
+        out.len()
+    }
+
     /// While flushing, the slot refuses frames and a producer waiting on it returns: set before
     /// tearing a camera's pipeline down (its streaming thread may be waiting here), cleared when
     /// the next pipeline starts. Setting it drops the waiting frame.

@@ -46,16 +46,25 @@ const NANODET_JSON_SHA256: &str =
     "4495eb0ec74bd33ee40a79aa06ebc1ccd7e28be1bf7355d93ffb570b8d77f45d";
 const NANODET_BIN_SHA256: &str = "5d0e4f8c4eded666287330be03017d494787d35f523fd77ca23f59db984a4ad9";
 /// Bumped when the conversion changes: a model made by an older recipe is converted again.
-const MODEL_RECIPE: &str = "nanodet tfjs→onnx opset 13, dynamic H/W, v2";
-/// Makes the converted model's input height/width (and so the outputs' cell counts) dynamic:
-/// NanoDet is fully convolutional and its reshapes are computed from the input's shape, so it
-/// runs on any input whose sides are multiples of 32 (Vigil pads a 4:3 frame to 416×320, not
-/// 416×416).
-const MAKE_DYNAMIC_PY: &str = "import sys, onnx\n\
+const MODEL_RECIPE: &str = "nanodet tfjs→onnx opset 13, dynamic batch/H/W, v3";
+/// Makes the converted model's input batch, height and width dynamic. NanoDet is fully
+/// convolutional and its reshapes are computed from the input's shape, so it runs on any input
+/// whose sides are multiples of 32 (Vigil pads a 4:3 frame to 416×320, not 416×416). The
+/// export's six head reshapes (`[N, C, H, W]` → `[1, C, N·H·W]`) fold the batch into the cells,
+/// mixing images: each gets the constant target `[0, C, -1]` (0 = keep the batch), so a batch of
+/// frames gives per image exactly what single runs give (the GPU path batches cameras).
+const MAKE_DYNAMIC_PY: &str = "import sys, onnx, numpy as np\n\
+from onnx import numpy_helper\n\
 m = onnx.load(sys.argv[1])\n\
-d = m.graph.input[0].type.tensor_type.shape.dim\n\
-d[2].dim_param = 'height'; d[3].dim_param = 'width'\n\
-for o in m.graph.output: o.type.tensor_type.shape.dim[1].dim_param = 'cells'\n\
+g = m.graph\n\
+d = g.input[0].type.tensor_type.shape.dim\n\
+d[0].dim_param = 'batch'; d[2].dim_param = 'height'; d[3].dim_param = 'width'\n\
+for o in g.output: o.type.tensor_type.shape.dim[0].dim_param = 'batch'; o.type.tensor_type.shape.dim[1].dim_param = 'cells'\n\
+made = {o: n for n in g.node for o in n.output}\n\
+heads = [n for n in g.node if n.op_type == 'Reshape']\n\
+assert len(heads) == 6 and all(made[n.input[0]].op_type in ('Sigmoid', 'Split') for n in heads)\n\
+shape = lambda n: np.array([0, 80 if made[n.input[0]].op_type == 'Sigmoid' else 44, -1], dtype=np.int64)\n\
+for k, n in enumerate(heads): g.initializer.append(numpy_helper.from_array(shape(n), 'vigil_head_shape_%d' % k)); n.input[1] = 'vigil_head_shape_%d' % k\n\
 onnx.checker.check_model(m)\n\
 onnx.save(m, sys.argv[2])\n";
 
