@@ -952,11 +952,12 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
                     states.push(sd_notify::NotifyState::Watchdog);
                 }
                 let _ = sd_notify::notify(&states);
-                ota.tick(health.healthy(), &summary, &mut |c| apply_for_ota(&mut plan, &mut cfg, c, &views));
+                // OTA steps fsync, rename and remove slots: off the async workers' hands.
+                tokio::task::block_in_place(|| ota.tick(health.healthy(), &summary, &mut |c| apply_for_ota(&mut plan, &mut cfg, c, &views)));
                 flush_ota(&mut ota, &link);
             }
             Some(ev) = ota_events.recv() => {
-                ota.on_job_event(ev, &mut |c| apply_for_ota(&mut plan, &mut cfg, c, &views));
+                tokio::task::block_in_place(|| ota.on_job_event(ev, &mut |c| apply_for_ota(&mut plan, &mut cfg, c, &views)));
                 flush_ota(&mut ota, &link);
             }
             _ = tick.tick() => {
@@ -1007,7 +1008,7 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
                     },
                     ControlKind::OtaApply(r) => ota.request(r.clone(), &cfg),
                     ControlKind::OtaRollback(id) => {
-                        ota.rollback_on_request(id, &mut |c| apply_for_ota(&mut plan, &mut cfg, c, &views))
+                        tokio::task::block_in_place(|| ota.rollback_on_request(id, &mut |c| apply_for_ota(&mut plan, &mut cfg, c, &views)))
                     }
                 };
                 ota.configure(&cfg);

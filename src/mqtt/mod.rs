@@ -182,9 +182,20 @@ impl MqttLink {
         }
     }
 
-    /// Publishes an OTA progress or status message.
+    /// Publishes an OTA progress or status message. Progress may be dropped when the link's
+    /// queue is full (the next one supersedes it); a status (the outcome) never is: it then
+    /// waits for room on a task of its own.
     pub fn ota(&self, topic: crate::ota::agent::OtaTopic, payload: Vec<u8>) {
-        let _ = self.tx.try_send(LinkCmd::Ota(topic, payload));
+        let status = matches!(topic, crate::ota::agent::OtaTopic::Status);
+        if let Err(tokio::sync::mpsc::error::TrySendError::Full(cmd)) =
+            self.tx.try_send(LinkCmd::Ota(topic, payload))
+            && status
+        {
+            let tx = self.tx.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(cmd).await;
+            });
+        }
     }
 
     /// Publishes `offline` (retained), disconnects cleanly, and waits up to `timeout`.

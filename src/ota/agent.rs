@@ -203,14 +203,22 @@ impl Agent {
         self.store.switch(Some(&info.slot))?;
         super::test_hook_pause("switched");
         let sequence = info.sequence;
-        self.state.previous = self.state.active.take();
-        self.state.probation = Some(ProbationState {
+        let mut next = self.state.clone();
+        next.previous = next.active.take();
+        next.probation = Some(ProbationState {
             slot: info.slot.clone(),
             started: unix_now(),
             boots: 1,
         });
-        self.state.active = Some(info);
-        self.store.write_state(&self.state)?;
+        next.active = Some(info);
+        if let Err(e) = self.store.write_state(&next) {
+            // Link and state must agree: point `current` back at what the state says runs.
+            let _ = self
+                .store
+                .switch(self.state.active.as_ref().map(|a| a.slot.as_str()));
+            return Err(e);
+        }
+        self.state = next;
         // The config a restart would load now: the file with the new set's overlay (validated
         // by the job before the switch; loaded again here in case the file changed since).
         let applied = crate::ota::load_effective(&self.config_path)
@@ -233,7 +241,9 @@ impl Agent {
             }
             Err(reason) => {
                 let reason = format!("the new set did not apply: {reason}");
-                self.rollback(request_id, &reason, "activation", apply);
+                // A failed rollback is logged; the persisted probation makes the next start
+                // roll back (its boot counter).
+                let _ = self.rollback(request_id, &reason, "activation", apply);
                 Ok(())
             }
         }
@@ -247,19 +257,26 @@ impl Agent {
         reason: &str,
         cause: &'static str,
     ) -> Result<(), OtaError> {
+        // Nothing in memory changes until the link and the state on disk both say so: a failed
+        // switch or write leaves the previous set known, the probation open, and is retried.
         let from = self.state.active.clone();
-        let to = self.state.previous.take();
+        let mut next = self.state.clone();
+        let to = next.previous.take();
         self.store.switch(to.as_ref().map(|s| s.slot.as_str()))?;
-        self.state.active = to;
-        self.state.probation = None;
-        self.probation = None;
-        self.state.last = Some(last_result(
+        next.active = to;
+        next.probation = None;
+        next.last = Some(last_result(
             "rolled_back",
             from.as_ref().map(|f| f.sequence),
             Some(cause),
             Some(reason.to_string()),
         ));
-        self.store.write_state(&self.state)?;
+        if let Err(e) = self.store.write_state(&next) {
+            let _ = self.store.switch(from.as_ref().map(|f| f.slot.as_str()));
+            return Err(e);
+        }
+        self.state = next;
+        self.probation = None;
         self.store.collect_garbage(&self.state)?;
         tracing::warn!(from = ?from.map(|f| f.slot), to = ?self.state.active.as_ref().map(|s| &s.slot), request = request_id, "ota: rolled back: {reason}");
         Ok(())
@@ -272,10 +289,12 @@ impl Agent {
         reason: &str,
         cause: &'static str,
         apply: ApplyFn<'_>,
-    ) {
+    ) -> Result<(), String> {
         if let Err(e) = self.switch_back(request_id, reason, cause) {
-            tracing::error!("ota: rollback failed: {e}");
-            return;
+            tracing::error!(
+                "ota: rollback failed (kept as it was; retried on the next health tick while a probation is open): {e}"
+            );
+            return Err(e.to_string());
         }
         match crate::ota::load_effective(&self.config_path) {
             Ok(cfg) => {
@@ -291,6 +310,7 @@ impl Agent {
         p.reason = Some(reason.to_string());
         self.progress(p);
         self.publish_status();
+        Ok(())
     }
 
     /// `cmd/ota/rollback`: back to the previous set (or the device's own config).
@@ -326,7 +346,13 @@ impl Agent {
             ),
             "requested",
             apply,
-        );
+        )
+        .map_err(|e| {
+            (
+                format!("rollback failed, nothing changed: {e}"),
+                Value::Null,
+            )
+        })?;
         Ok(json!({ "summary": format!("rolled back from sequence {} to {to}", active.sequence) }))
     }
 
@@ -354,7 +380,8 @@ impl Agent {
             }
             Verdict::Failed(reason) => {
                 tracing::error!("ota: probation failed: {reason}");
-                self.rollback(
+                // A failed rollback leaves the probation open: retried on the next tick.
+                let _ = self.rollback(
                     &request_id,
                     &format!("probation failed: {reason}"),
                     "probation",

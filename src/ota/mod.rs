@@ -300,33 +300,28 @@ fn stage(
         },
     )
     .and_then(|v| {
+        // The config the device would run with this set, validated on the staged copy before
+        // it becomes a slot: a refusal then never touches a slot the state refers to (the same
+        // bundle installed again by an allowed rollback replaces the previous slot's copy).
+        let base =
+            crate::config::load(&ctx.config_path).map_err(|e| OtaError::Config(e.to_string()))?;
+        load_for_slot(&ctx.config_path, Some(&staging), base)
+            .map_err(|e| OtaError::Config(e.to_string()))?;
         let slot = slot.clone().unwrap_or_default();
-        store
-            .commit_staging(&staging, &slot)
-            .map(|dir| (v, slot, dir))
+        store.commit_staging(&staging, &slot).map(|_| (v, slot))
     });
-    let (verified, slot, dir) = match verified {
+    let (verified, slot) = match verified {
         Ok(v) => v,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&staging);
             return Err(e);
         }
     };
-    let info = SlotInfo {
-        slot: slot.clone(),
+    Ok(SlotInfo {
+        slot,
         sequence: verified.manifest.sequence,
         version: verified.manifest.version.clone(),
-    };
-    // The config the device would run with this set, validated before anything switches.
-    let base =
-        crate::config::load(&ctx.config_path).map_err(|e| OtaError::Config(e.to_string()))?;
-    match load_for_slot(&ctx.config_path, Some(&dir), base) {
-        Ok(_) => Ok(info),
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&dir);
-            Err(OtaError::Config(e.to_string()))
-        }
-    }
+    })
 }
 
 /// Expiry, sequence and target: everything decided from the manifest alone.
