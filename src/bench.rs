@@ -68,7 +68,8 @@ pub struct BenchArgs {
     pub json: Option<PathBuf>,
 }
 
-fn cpu_seconds(who: i32) -> f64 {
+/// CPU-seconds (user + system) of this process (`RUSAGE_SELF`) or its children.
+pub(crate) fn cpu_seconds(who: i32) -> f64 {
     // SAFETY: getrusage only writes the struct we pass; zeroed is a valid rusage.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: `ru` is a valid, writable rusage for the duration of the call.

@@ -47,14 +47,7 @@ pub struct Row {
 }
 
 fn cpu_s() -> f64 {
-    // SAFETY: getrusage only writes the zero-initialised struct we pass.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `ru` is valid and writable for the call.
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
-        return 0.0;
-    }
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    tv(ru.ru_utime) + tv(ru.ru_stime)
+    crate::bench::cpu_seconds(libc::RUSAGE_SELF)
 }
 
 fn gpu_used_mib() -> f64 {

@@ -222,16 +222,8 @@ impl FrameQueue {
             if g.closed {
                 return None;
             }
-            let n = g.frames.len();
-            for k in 0..n {
-                let i = (g.next + k) % n;
-                if let Some(f) = g.frames[i].take() {
-                    g.next = (i + 1) % n;
-                    drop(g);
-                    // Only this slot's producer can be waiting for this space.
-                    self.space[i].notify_one();
-                    return Some(f);
-                }
+            if let Some(f) = self.take_next(&mut g) {
+                return Some(f);
             }
             let now = Instant::now();
             if now >= deadline {
@@ -254,24 +246,29 @@ impl FrameQueue {
             return 0;
         };
         out.push(first);
-        if max > 1 {
-            let mut g = self.lock();
-            let n = g.frames.len();
-            let start = g.next;
-            for k in 0..n {
-                if out.len() == max {
-                    break;
-                }
-                let i = (start + k) % n;
-                if let Some(f) = g.frames[i].take() {
-                    g.next = (i + 1) % n;
-                    out.push(f);
-                    // Only this slot's producer can be waiting for this space.
-                    self.space[i].notify_one();
-                }
+        let mut g = self.lock();
+        while out.len() < max {
+            match self.take_next(&mut g) {
+                Some(f) => out.push(f),
+                None => break,
             }
         }
         out.len()
+    }
+
+    /// Takes the waiting frame of the next camera in round-robin order, if any, and wakes
+    /// that slot's producer (only it can be waiting for this space).
+    fn take_next(&self, g: &mut QueueInner) -> Option<FrameRef> {
+        let n = g.frames.len();
+        for k in 0..n {
+            let i = (g.next + k) % n;
+            if let Some(f) = g.frames[i].take() {
+                g.next = (i + 1) % n;
+                self.space[i].notify_one();
+                return Some(f);
+            }
+        }
+        None
     }
 
     /// While flushing, the slot refuses frames and a producer waiting on it returns: set before
