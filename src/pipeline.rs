@@ -184,8 +184,9 @@ impl Engine {
     }
 
     /// Detections of each frame of `frames` into `dets[i]`, the outcome in `res[i]` (cleared,
-    /// then one per frame; capacities kept). The GPU path runs frames of one size as one batch
-    /// and reports its time per frame as the batch's time over its frames.
+    /// then one per frame; capacities kept), as (preprocessing, inference) µs. The GPU path runs
+    /// frames of one size as one batch and reports the batch's time over its frames as
+    /// inference (its stages overlap on one stream).
     fn detect_batch(
         &mut self,
         frames: &[FrameRef],
@@ -194,21 +195,27 @@ impl Engine {
         res: &mut Vec<Result<(u64, u64), DetectError>>,
     ) {
         res.clear();
-        if let Engine::Gpu(g) = self {
-            let t0 = Instant::now();
-            let mut out: [Result<(), String>; crate::gpu::ort_cuda::MAX_BATCH] =
-                std::array::from_fn(|_| Ok(()));
-            let n = frames.len().min(out.len());
-            g.detect_batch(&frames[..n], &mut dets[..n], &mut out[..n]);
-            let us = t0.elapsed().as_micros() as u64 / n.max(1) as u64;
-            for r in out.into_iter().take(n) {
-                res.push(r.map(|()| (0, us)).map_err(DetectError::Failed));
+        match self {
+            Engine::Cpu {
+                backend,
+                pre,
+                decoder,
+            } => {
+                for (f, d) in frames.iter().zip(dets.iter_mut()) {
+                    res.push(detect_cpu(backend.as_mut(), pre, decoder, f, input, d));
+                }
             }
-            return;
-        }
-        for (f, d) in frames.iter().zip(dets.iter_mut()) {
-            let r = self.detect(f, input, d);
-            res.push(r);
+            Engine::Gpu(g) => {
+                let t0 = Instant::now();
+                let mut out: [Result<(), String>; crate::gpu::ort_cuda::MAX_BATCH] =
+                    std::array::from_fn(|_| Ok(()));
+                let n = frames.len().min(out.len());
+                g.detect_batch(&frames[..n], &mut dets[..n], &mut out[..n]);
+                let us = t0.elapsed().as_micros() as u64 / n.max(1) as u64;
+                for r in out.into_iter().take(n) {
+                    res.push(r.map(|()| (0, us)).map_err(DetectError::Failed));
+                }
+            }
         }
     }
 
@@ -218,51 +225,40 @@ impl Engine {
             Engine::Gpu(g) => g.set_score_threshold(t),
         }
     }
+}
 
-    /// Detections of `frame` into `dets`; returns (preprocessing, inference) µs (the GPU path
-    /// reports its whole frame as inference: its stages overlap on one stream).
-    fn detect(
-        &mut self,
-        frame: &FrameRef,
-        input: &mut Vec<f32>,
-        dets: &mut Detections,
-    ) -> Result<(u64, u64), DetectError> {
-        match self {
-            Engine::Cpu {
-                backend,
-                pre,
-                decoder,
-            } => {
-                let Some(yuv) = frame.host_yuv() else {
-                    return Err(DetectError::Unsupported);
-                };
-                if input.len() < pre.input_len() {
-                    input.resize(pre.input_len(), 0.0);
-                }
-                let t_pre = Instant::now();
-                let lb = pre.run(&yuv, input);
-                let pre_us = t_pre.elapsed().as_micros() as u64;
-                let t0 = Instant::now();
-                let mut decoded = Ok(());
-                let shape = [1, 3, lb.in_h, lb.in_w];
-                backend
-                    .run(input, shape, &mut |outs| {
-                        decoded = match outs.iter().all(|o| o.iter().all(|v| v.is_finite())) {
-                            true => decoder.decode(outs, &lb, dets),
-                            false => Err("the model returned non-finite values".into()),
-                        }
-                    })
-                    .and_then(|()| decoded.map_err(InferError::Run))
-                    .map_err(|e| DetectError::Failed(e.to_string()))?;
-                Ok((pre_us, t0.elapsed().as_micros() as u64))
-            }
-            Engine::Gpu(g) => {
-                let t0 = Instant::now();
-                g.detect(frame, dets).map_err(DetectError::Failed)?;
-                Ok((0, t0.elapsed().as_micros() as u64))
-            }
-        }
+/// The CPU path for one frame: host pixels → preprocessing → backend → decoding (non-finite
+/// outputs refused); returns (preprocessing, inference) µs.
+fn detect_cpu(
+    backend: &mut dyn Backend,
+    pre: &mut Preprocessor,
+    decoder: &mut NanodetDecoder,
+    frame: &FrameRef,
+    input: &mut Vec<f32>,
+    dets: &mut Detections,
+) -> Result<(u64, u64), DetectError> {
+    let Some(yuv) = frame.host_yuv() else {
+        return Err(DetectError::Unsupported);
+    };
+    if input.len() < pre.input_len() {
+        input.resize(pre.input_len(), 0.0);
     }
+    let t_pre = Instant::now();
+    let lb = pre.run(&yuv, input);
+    let pre_us = t_pre.elapsed().as_micros() as u64;
+    let t0 = Instant::now();
+    let mut decoded = Ok(());
+    let shape = [1, 3, lb.in_h, lb.in_w];
+    backend
+        .run(input, shape, &mut |outs| {
+            decoded = match outs.iter().all(|o| o.iter().all(|v| v.is_finite())) {
+                true => decoder.decode(outs, &lb, dets),
+                false => Err("the model returned non-finite values".into()),
+            }
+        })
+        .and_then(|()| decoded.map_err(InferError::Run))
+        .map_err(|e| DetectError::Failed(e.to_string()))?;
+    Ok((pre_us, t0.elapsed().as_micros() as u64))
 }
 
 /// A change the supervisor makes to a running worker without stopping it.

@@ -91,23 +91,6 @@ impl GpuDetector {
         self.post.score_threshold = t;
     }
 
-    /// Frames whose candidates overflowed the GPU candidate list.
-    pub fn overflows(&self) -> u64 {
-        self.post.overflows
-    }
-
-    /// Detections of one frame (a batch of one).
-    pub fn detect(&mut self, frame: &FrameRef, out: &mut Detections) -> Result<(), String> {
-        let mut res = [Ok(())];
-        self.detect_batch(
-            std::slice::from_ref(frame),
-            std::slice::from_mut(out),
-            &mut res,
-        );
-        let [r] = res;
-        r
-    }
-
     /// Detections of up to [`MAX_BATCH`] frames, `outs[i]` and `res[i]` for `frames[i]`. Frames
     /// in CUDA memory of one size run as one batch (one inference); frames in host memory are
     /// uploaded and run alone. The worker thread must be the one that made the detector.
@@ -347,11 +330,5 @@ impl GpuDetector {
             ok[k] = self.post.read(k, &mut outs[slot])?;
         }
         Ok(())
-    }
-
-    /// Free and total device memory (bytes), for the bench and telemetry.
-    pub fn memory(&self) -> Option<(usize, usize)> {
-        let _ = &self.ctx;
-        cudarc::driver::result::mem_get_info().ok()
     }
 }

@@ -8,7 +8,8 @@
 //! which is what the CPU's "keep if no kept box of the same class overlaps" does. Differences:
 //! `expf` may differ from Rust's `exp` in the last bit, and when more than
 //! [`MAX_CANDIDATES`] cells pass the threshold the GPU keeps the first ones found rather than the
-//! best ones (counted in [`GpuPostprocessor::overflows`]; the threshold makes it rare).
+//! best ones (the threshold makes it rare; the number found comes back in the result block's
+//! header, not counted yet).
 
 use super::ort_cuda::MAX_BATCH;
 use crate::analytics::nms::MAX_CANDIDATES;
@@ -152,8 +153,6 @@ pub struct GpuPostprocessor {
     host: Vec<PinnedHostSlice<f32>>,
     pub score_threshold: f32,
     pub nms_iou: f32,
-    /// Frames where more cells passed the threshold than [`MAX_CANDIDATES`].
-    pub overflows: u64,
 }
 
 impl GpuPostprocessor {
@@ -178,7 +177,6 @@ impl GpuPostprocessor {
             stream,
             score_threshold: 0.35,
             nms_iou: 0.5,
-            overflows: 0,
         })
     }
 
@@ -296,9 +294,6 @@ impl GpuPostprocessor {
         out.clear();
         let host = self.host[i].as_slice().map_err(|e| e.to_string())?;
         let n = (host[0] as usize).min(MAX_DETECTIONS);
-        if host[1] as usize > MAX_CANDIDATES {
-            self.overflows += 1;
-        }
         for d in host[3..3 + 6 * n].chunks_exact(6) {
             let _ = out.push(Detection {
                 bbox: BBox::new(d[0], d[1], d[2], d[3]),
