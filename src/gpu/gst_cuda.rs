@@ -11,6 +11,8 @@ use std::sync::OnceLock;
 /// `GST_MAP_CUDA` (gstcudamemory.h): `GST_MAP_FLAG_LAST << 1`.
 const GST_MAP_CUDA: u32 = gst::ffi::GST_MAP_FLAG_LAST << 1;
 
+// The C signatures of the three libgstcuda functions used (types only: each call through them
+// is in an `unsafe` block with its own SAFETY comment, in `lib` and `shared_context`).
 type NewWrapped = unsafe extern "C" fn(*mut c_void, i32) -> *mut gst::ffi::GstObject;
 type NewContext = unsafe extern "C" fn(*mut gst::ffi::GstObject) -> *mut gst::ffi::GstContext;
 type LoadLibrary = unsafe extern "C" fn() -> gst::glib::ffi::gboolean;
