@@ -2,11 +2,12 @@
 //! reference on NV12 and I420 frames of several sizes; time it. On a box without CUDA it says
 //! so and succeeds (the CPU path is used there).
 
-use super::preprocess::{DeviceYuv, GpuPreprocessor};
+use super::preprocess::{DeviceYuv, GpuPreprocessor, Precision};
 use super::{GpuProbe, probe};
 use crate::infer::nanodet::input_spec;
 use crate::infer::preprocess::{Preprocessor, YuvView};
 use anyhow::{Result, bail};
+use cudarc::driver::CudaSlice;
 use std::time::Instant;
 
 /// Largest difference allowed between GPU and CPU outputs (normalised units; one 8-bit level
@@ -14,7 +15,47 @@ use std::time::Instant;
 pub const TOLERANCE: f32 = 1e-3;
 
 /// A deterministic test picture: gradients plus a little noise, so every sampling path matters.
-fn picture(w: usize, h: usize, nv12: bool) -> (Vec<u8>, usize, usize, usize, usize) {
+/// A 4:2:0 test picture in one host allocation, as [`picture`] makes it.
+struct Picture {
+    data: Vec<u8>,
+    w: usize,
+    h: usize,
+    u_off: usize,
+    v_off: usize,
+    uv_stride: usize,
+    uv_step: usize,
+}
+
+impl Picture {
+    fn view(&self) -> YuvView<'_> {
+        YuvView {
+            width: self.w,
+            height: self.h,
+            y: &self.data[..self.u_off.min(self.v_off)],
+            y_stride: self.w,
+            u: &self.data[self.u_off..],
+            v: &self.data[self.v_off..],
+            uv_stride: self.uv_stride,
+            uv_step: self.uv_step,
+        }
+    }
+
+    /// The same layout over `dev`, a device copy of `data`.
+    fn on_device<'a>(&self, dev: &'a CudaSlice<u8>) -> DeviceYuv<'a> {
+        DeviceYuv {
+            data: dev,
+            width: self.w,
+            height: self.h,
+            y_stride: self.w,
+            u_offset: self.u_off,
+            v_offset: self.v_off,
+            uv_stride: self.uv_stride,
+            uv_step: self.uv_step,
+        }
+    }
+}
+
+fn picture(w: usize, h: usize, nv12: bool) -> Picture {
     let mut seed = 0x2545_f491_u32;
     let mut noise = || {
         seed ^= seed << 13;
@@ -41,12 +82,104 @@ fn picture(w: usize, h: usize, nv12: bool) -> (Vec<u8>, usize, usize, usize, usi
             data.push(*a);
             data.push(*b);
         }
-        (data, y_len, y_len + 1, 2 * cw, 2)
+        Picture {
+            data,
+            w,
+            h,
+            u_off: y_len,
+            v_off: y_len + 1,
+            uv_stride: 2 * cw,
+            uv_step: 2,
+        }
     } else {
         data.extend_from_slice(&u);
         data.extend_from_slice(&v);
-        (data, y_len, y_len + cw * ch, cw, 1)
+        Picture {
+            data,
+            w,
+            h,
+            u_off: y_len,
+            v_off: y_len + cw * ch,
+            uv_stride: cw,
+            uv_step: 1,
+        }
     }
+}
+
+/// IEEE half → f32 (for reading the f16 kernel's output).
+fn f16_to_f32(h: u16) -> f32 {
+    let sign = if h & 0x8000 != 0 { -1.0 } else { 1.0 };
+    let exp = i32::from((h >> 10) & 0x1f);
+    let frac = f32::from(h & 0x3ff);
+    sign * match exp {
+        0 => frac * 2f32.powi(-24),
+        31 if frac == 0.0 => f32::INFINITY,
+        31 => f32::NAN,
+        e => (1.0 + frac / 1024.0) * 2f32.powi(e - 15),
+    }
+}
+
+/// One launch for a batch of eight 16:9 frames of different sizes, NV12 and I420 alternating,
+/// in f32 and in f16: each image of the batch against the CPU reference of that frame alone.
+/// Returns the worst f32 difference; the f16 one is allowed half's rounding on top.
+fn check_batch(gpu: &GpuPreprocessor, cpu: &mut Preprocessor) -> Result<f32> {
+    let stream = gpu.stream().clone();
+    let sizes = [
+        (1920, 1080),
+        (1280, 720),
+        (640, 360),
+        (960, 540),
+        (2560, 1440),
+        (1024, 576),
+        (3840, 2160),
+        (1600, 900),
+    ];
+    let mut wants = Vec::new();
+    let mut pics = Vec::new();
+    let mut devs = Vec::new();
+    for (i, &(w, h)) in sizes.iter().enumerate() {
+        let pic = picture(w, h, i % 2 == 0);
+        let mut want = vec![0.0f32; cpu.input_len()];
+        let lb = cpu.run(&pic.view(), &mut want);
+        want.truncate(3 * lb.in_w * lb.in_h);
+        wants.push(want);
+        devs.push(stream.clone_htod(&pic.data)?);
+        pics.push(pic);
+    }
+    let frames: Vec<DeviceYuv> = pics
+        .iter()
+        .zip(&devs)
+        .map(|(pic, dev)| pic.on_device(dev))
+        .collect();
+    let image = wants[0].len();
+    let mut out32 = stream.alloc_zeros::<f32>(image * frames.len())?;
+    let mut out16 = stream.alloc_zeros::<u16>(image * frames.len())?;
+    gpu.run_batch(&frames, &mut out32, Precision::F32)
+        .map_err(anyhow::Error::msg)?;
+    gpu.run_batch(&frames, &mut out16, Precision::F16)
+        .map_err(anyhow::Error::msg)?;
+    let got32 = stream.clone_dtoh(&out32)?;
+    let got16 = stream.clone_dtoh(&out16)?;
+    let (mut worst32, mut worst16) = (0.0f32, 0.0f32);
+    for (k, want) in wants.iter().enumerate() {
+        if want.len() != image {
+            bail!("batch check: frame {k}'s input size differs from frame 0's");
+        }
+        for (j, &w) in want.iter().enumerate() {
+            worst32 = worst32.max((w - got32[k * image + j]).abs());
+            // Half keeps 11 significant bits: rounding adds up to |w| × 2^-11.
+            let d16 = (w - f16_to_f32(got16[k * image + j])).abs() - w.abs() * 2f32.powi(-11);
+            worst16 = worst16.max(d16);
+        }
+    }
+    println!(
+        "batch of {} frames (8 sizes, NV12/I420) in one launch: max |gpu - cpu| f32 {worst32:.2e}, f16 {worst16:.2e} beyond half's rounding",
+        frames.len()
+    );
+    if worst16 > TOLERANCE {
+        bail!("f16 preprocessing differs from the CPU reference by {worst16:.2e} beyond rounding");
+    }
+    Ok(worst32)
 }
 
 /// Returns whether a GPU was there (and checked).
@@ -90,31 +223,12 @@ pub fn run() -> Result<bool> {
             (333, 201),
         ] {
             for nv12 in [true, false] {
-                let (data, u_off, v_off, uv_stride, uv_step) = picture(w, h, nv12);
-                let view = YuvView {
-                    width: w,
-                    height: h,
-                    y: &data[..u_off.min(v_off)],
-                    y_stride: w,
-                    u: &data[u_off..],
-                    v: &data[v_off..],
-                    uv_stride,
-                    uv_step,
-                };
+                let pic = picture(w, h, nv12);
                 let mut want = vec![0.0f32; cpu.input_len()];
-                let lb = cpu.run(&view, &mut want);
-                let dev = stream.clone_htod(&data)?;
+                let lb = cpu.run(&pic.view(), &mut want);
+                let dev = stream.clone_htod(&pic.data)?;
                 let mut out = stream.alloc_zeros::<f32>(cpu.input_len())?;
-                let frame = DeviceYuv {
-                    data: &dev,
-                    width: w,
-                    height: h,
-                    y_stride: w,
-                    u_offset: u_off,
-                    v_offset: v_off,
-                    uv_stride,
-                    uv_step,
-                };
+                let frame = pic.on_device(&dev);
                 let glb = gpu.run(&frame, &mut out).map_err(anyhow::Error::msg)?;
                 let got = stream.clone_dtoh(&out)?;
                 let n = 3 * lb.in_w * lb.in_h;
@@ -142,19 +256,11 @@ pub fn run() -> Result<bool> {
             }
         }
         if dynamic {
-            let (data, u_off, v_off, uv_stride, uv_step) = picture(1920, 1080, true);
-            let dev = stream.clone_htod(&data)?;
+            worst = worst.max(check_batch(&gpu, &mut cpu)?);
+            let pic = picture(1920, 1080, true);
+            let dev = stream.clone_htod(&pic.data)?;
             let mut out = stream.alloc_zeros::<f32>(cpu.input_len())?;
-            let frame = DeviceYuv {
-                data: &dev,
-                width: 1920,
-                height: 1080,
-                y_stride: 1920,
-                u_offset: u_off,
-                v_offset: v_off,
-                uv_stride,
-                uv_step,
-            };
+            let frame = pic.on_device(&dev);
             let runs = 500;
             gpu.run(&frame, &mut out).map_err(anyhow::Error::msg)?;
             stream.synchronize()?;
@@ -165,16 +271,7 @@ pub fn run() -> Result<bool> {
             stream.synchronize()?;
             let us = t0.elapsed().as_secs_f64() * 1e6 / f64::from(runs);
             let mut cpu_out = vec![0.0f32; cpu.input_len()];
-            let view = YuvView {
-                width: 1920,
-                height: 1080,
-                y: &data,
-                y_stride: 1920,
-                u: &data[u_off..],
-                v: &data[v_off..],
-                uv_stride,
-                uv_step,
-            };
+            let view = pic.view();
             let t1 = Instant::now();
             for _ in 0..20 {
                 cpu.run(&view, &mut cpu_out);
@@ -193,4 +290,18 @@ pub fn run() -> Result<bool> {
     }
     println!("gpu-check: ok");
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn half_to_float() {
+        use super::f16_to_f32;
+        assert_eq!(f16_to_f32(0x3c00), 1.0);
+        assert_eq!(f16_to_f32(0xc000), -2.0);
+        assert_eq!(f16_to_f32(0x7bff), 65504.0);
+        assert_eq!(f16_to_f32(0x0001), 2f32.powi(-24));
+        assert_eq!(f16_to_f32(0x3555), 0.333_251_95);
+        assert!(f16_to_f32(0x7e00).is_nan());
+    }
 }

@@ -12,10 +12,10 @@
 use super::gst_cuda::CudaMapping;
 use super::ort_cuda::{BATCHES, CudaOnnx, MAX_BATCH};
 use super::postprocess::GpuPostprocessor;
-use super::preprocess::{DevicePlanes, GpuPreprocessor};
+use super::preprocess::{DevicePlanes, GpuPreprocessor, Precision};
 use crate::analytics::Detections;
 use crate::infer::nanodet::{NanodetDecoder, input_spec};
-use crate::infer::preprocess::{Letterbox, YuvView};
+use crate::infer::preprocess::YuvView;
 use crate::media::FrameRef;
 use crate::media::frame::FrameMemory;
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr};
@@ -291,18 +291,13 @@ impl GpuDetector {
             let _ = ptrs.push(*p);
             let _ = lens.push(*l / batch);
         }
-        let image = 3 * in_w * in_h;
-        let mut lbs = heapless::Vec::<Letterbox, MAX_BATCH>::new();
-        for (k, p) in planes.iter().enumerate() {
-            // SAFETY: the planes are mapped/uploaded device memory of the frame's size (caller);
-            // image k of ONNX Runtime's bound `[batch, 3, in_h, in_w]` input (alive in
-            // `self.onnx`) starts k × 3 × in_h × in_w floats in.
-            let lb = unsafe {
-                self.pre
-                    .run_ptrs(p, input + (k * image * 4) as u64, image)?
-            };
-            let _ = lbs.push(lb);
-        }
+        // SAFETY: the planes are mapped/uploaded device memory of each frame's size (caller);
+        // ONNX Runtime's bound `[batch, 3, in_h, in_w]` f32 input (alive in `self.onnx`) holds
+        // `batch` ≥ n images.
+        let lbs = unsafe {
+            self.pre
+                .run_ptrs(planes, input, batch * 3 * in_w * in_h, Precision::F32)?
+        };
         self.onnx
             .run(in_w, in_h, batch)
             .map_err(|e| e.to_string())?;
