@@ -303,7 +303,7 @@ impl AnalysisWorker {
         // Per batch, allocated once: the frames, their times, detections and outcomes.
         let cap = crate::gpu::ort_cuda::MAX_BATCH;
         let mut frames: Vec<FrameRef> = Vec::with_capacity(cap);
-        let mut times: Vec<(usize, f64, Instant)> = Vec::with_capacity(cap);
+        let mut times: Vec<(usize, f64, u64, Instant)> = Vec::with_capacity(cap);
         let mut dets: Vec<Detections> = (0..cap).map(|_| Detections::new()).collect();
         let mut results = Vec::with_capacity(cap);
         let mut hits = RuleHits::new();
@@ -341,19 +341,20 @@ impl AnalysisWorker {
             }
             times.clear();
             for frame in &frames {
-                let slot = frame.slot;
                 let pts = frame.pts.map(|d| d.as_secs_f64()).unwrap_or(0.0);
-                let t =
-                    self.cameras[slot].stream_time(pts, frame.session, frame.received, &mut hits);
-                self.emit(slot, &hits, t);
-                times.push((slot, t, frame.received));
+                times.push((frame.slot, pts, frame.session, frame.received));
             }
             self.engine
                 .detect_batch(&frames, &mut input, &mut dets, &mut results);
             // The frames (and their decoder buffers) go back before the analytics.
             frames.clear();
+            // In batch order, which is each camera's frame order (a batch may hold several
+            // frames of one recording): stream time (a new session ends the old tracks first),
+            // then tracking and rules.
             for (k, res) in results.drain(..).enumerate() {
-                let (slot, t, received) = times[k];
+                let (slot, pts, session, received) = times[k];
+                let t = self.cameras[slot].stream_time(pts, session, received, &mut hits);
+                self.emit(slot, &hits, t);
                 let dets = &mut dets[k];
                 let cam = &mut self.cameras[slot];
                 let counter = match &res {

@@ -4,6 +4,7 @@ use crate::infer::preprocess::YuvView;
 use gstreamer as gst;
 use gstreamer_video as gst_video;
 use gstreamer_video::prelude::*;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -115,15 +116,22 @@ impl FrameRef {
 pub enum DropPolicy {
     /// Replace it and count a drop: live cameras, where only the present matters.
     LatestWins,
-    /// Wait until it is taken (back-pressure into the decoder): recordings, where every
-    /// sampled frame is analysed and a file is read no faster than it is analysed.
+    /// Queue up to [`RECORDING_DEPTH`] frames, then wait until one is taken (back-pressure
+    /// into the decoder): recordings, where every sampled frame is analysed and a file is read
+    /// no faster than it is analysed.
     Block,
 }
 
+/// Frames a recording's slot holds before its pipeline waits. More than one lets the decoder
+/// work on the next frames while the worker runs a batch (which may then take several frames of
+/// one recording, in order), so a recording is decoded and analysed in parallel rather than
+/// in turn. A live camera's slot holds one frame: only the newest matters.
+pub const RECORDING_DEPTH: usize = 4;
+
 /// Bounded hand-over from N camera pipelines to one inference worker: one slot per camera, so
-/// capacity is fixed at N frames. Per slot a [`DropPolicy`]: for live cameras a new frame
-/// replaces an unconsumed one (latest frame wins) and the replaced one is counted as dropped;
-/// for recordings the pipeline waits.
+/// capacity is fixed at N × [`RECORDING_DEPTH`] frames at most. Per slot a [`DropPolicy`]: for
+/// live cameras a new frame replaces an unconsumed one (latest frame wins) and the replaced one
+/// is counted as dropped; for recordings the pipeline waits once the slot is full.
 pub struct FrameQueue {
     slots: Mutex<QueueInner>,
     ready: Condvar,
@@ -133,7 +141,8 @@ pub struct FrameQueue {
 }
 
 struct QueueInner {
-    frames: Vec<Option<FrameRef>>,
+    /// Oldest first; capacity [`RECORDING_DEPTH`], allocated once.
+    frames: Vec<VecDeque<FrameRef>>,
     policy: Vec<DropPolicy>,
     /// A flushing slot refuses frames at once (its pipeline is being torn down).
     flushing: Vec<bool>,
@@ -146,7 +155,9 @@ impl FrameQueue {
         let n = policies.len();
         Self {
             slots: Mutex::new(QueueInner {
-                frames: (0..n).map(|_| None).collect(),
+                frames: (0..n)
+                    .map(|_| VecDeque::with_capacity(RECORDING_DEPTH))
+                    .collect(),
                 policy: policies.to_vec(),
                 flushing: vec![false; n],
                 next: 0,
@@ -171,7 +182,7 @@ impl FrameQueue {
     }
 
     /// Offers a frame; returns true if it replaced an unconsumed one (a drop). With
-    /// [`DropPolicy::Block`] it waits for the slot to empty instead (or for a flush or close).
+    /// [`DropPolicy::Block`] it waits for room in the slot instead (or for a flush or close).
     pub fn push(&self, frame: FrameRef) -> bool {
         let slot = frame.slot;
         let old = {
@@ -179,19 +190,32 @@ impl FrameQueue {
             if g.policy[slot] == DropPolicy::Block {
                 g = self.space[slot]
                     .wait_while(g, |q| {
-                        q.frames[slot].is_some() && !q.flushing[slot] && !q.closed
+                        q.frames[slot].len() >= RECORDING_DEPTH && !q.flushing[slot] && !q.closed
                     })
                     .unwrap_or_else(|e| e.into_inner());
             }
             if g.closed || g.flushing[slot] {
                 return false;
             }
-            g.frames[slot].replace(frame)
+            // Latest wins: the slot holds one frame (several only if the policy just changed
+            // from Block: all of them are replaced).
+            let old = match g.policy[slot] {
+                DropPolicy::LatestWins => g.frames[slot].pop_front(),
+                DropPolicy::Block => None,
+            };
+            let extra = if old.is_some() {
+                g.frames[slot].drain(..).count()
+            } else {
+                0
+            };
+            g.frames[slot].push_back(frame);
+            (old, extra)
         };
         self.ready.notify_one();
+        let (old, extra) = old;
         let dropped = old.is_some();
         if dropped {
-            self.dropped[slot].fetch_add(1, Ordering::Relaxed);
+            self.dropped[slot].fetch_add(1 + extra as u64, Ordering::Relaxed);
         }
         // `old` (and its GStreamer buffer) is released here, outside the lock.
         dropped
@@ -210,7 +234,7 @@ impl FrameQueue {
 
     /// Frames waiting for the worker.
     pub fn pending(&self) -> usize {
-        self.lock().frames.iter().filter(|f| f.is_some()).count()
+        self.lock().frames.iter().map(VecDeque::len).sum()
     }
 
     /// Takes the next waiting frame, cameras served round-robin; waits up to `timeout`.
@@ -238,8 +262,9 @@ impl FrameQueue {
     }
 
     /// Takes the next waiting frame as [`Self::pop`] does (waiting up to `timeout`), then,
-    /// without waiting, up to `max - 1` more from other cameras, round-robin, into `out`
-    /// (cleared first; its capacity is kept). Returns how many were taken.
+    /// without waiting, up to `max - 1` more, round-robin over the cameras (a recording with
+    /// several frames waiting gives one per round, oldest first), into `out` (cleared first;
+    /// its capacity is kept). Returns how many were taken.
     pub fn pop_batch(&self, timeout: Duration, max: usize, out: &mut Vec<FrameRef>) -> usize {
         out.clear();
         let Some(first) = self.pop(timeout) else {
@@ -256,13 +281,13 @@ impl FrameQueue {
         out.len()
     }
 
-    /// Takes the waiting frame of the next camera in round-robin order, if any, and wakes
-    /// that slot's producer (only it can be waiting for this space).
+    /// Takes the oldest waiting frame of the next camera in round-robin order, if any, and
+    /// wakes that slot's producer (only it can be waiting for this space).
     fn take_next(&self, g: &mut QueueInner) -> Option<FrameRef> {
         let n = g.frames.len();
         for k in 0..n {
             let i = (g.next + k) % n;
-            if let Some(f) = g.frames[i].take() {
+            if let Some(f) = g.frames[i].pop_front() {
                 g.next = (i + 1) % n;
                 self.space[i].notify_one();
                 return Some(f);
@@ -273,15 +298,15 @@ impl FrameQueue {
 
     /// While flushing, the slot refuses frames and a producer waiting on it returns: set before
     /// tearing a camera's pipeline down (its streaming thread may be waiting here), cleared when
-    /// the next pipeline starts. Setting it drops the waiting frame.
+    /// the next pipeline starts. Setting it drops the waiting frames.
     pub fn set_flushing(&self, slot: usize, flushing: bool) {
-        let old = {
+        let old: Vec<FrameRef> = {
             let mut g = self.lock();
             g.flushing[slot] = flushing;
             if flushing {
-                g.frames[slot].take()
+                g.frames[slot].drain(..).collect()
             } else {
-                None
+                Vec::new()
             }
         };
         self.space[slot].notify_all();
@@ -290,10 +315,10 @@ impl FrameQueue {
 
     /// Wakes the consumer and every producer, and refuses further frames.
     pub fn close(&self) {
-        let old: Vec<Option<FrameRef>> = {
+        let old: Vec<FrameRef> = {
             let mut g = self.lock();
             g.closed = true;
-            g.frames.iter_mut().map(Option::take).collect()
+            g.frames.iter_mut().flat_map(|f| f.drain(..)).collect()
         };
         drop(old);
         self.ready.notify_all();
@@ -338,12 +363,14 @@ mod tests {
     }
 
     #[test]
-    fn block_waits_for_the_worker_and_flushing_releases_the_producer() {
+    fn block_queues_up_to_the_depth_then_waits_and_flushing_releases_the_producer() {
         let q = Arc::new(FrameQueue::new(&[DropPolicy::Block]));
-        assert!(!q.push(frame(0, 1)));
+        for n in 1..=RECORDING_DEPTH as u64 {
+            assert!(!q.push(frame(0, n)));
+        }
         let producer = {
             let q = q.clone();
-            std::thread::spawn(move || q.push(frame(0, 2)))
+            std::thread::spawn(move || q.push(frame(0, 99)))
         };
         std::thread::sleep(Duration::from_millis(50));
         assert!(
@@ -355,16 +382,18 @@ mod tests {
             Some(Duration::from_millis(1))
         );
         assert!(!producer.join().unwrap());
-        assert_eq!(
-            q.pop(Duration::ZERO).unwrap().pts,
-            Some(Duration::from_millis(2))
-        );
+        let rest: Vec<_> = std::iter::from_fn(|| q.pop(Duration::ZERO))
+            .map(|f| f.pts.unwrap().as_millis())
+            .collect();
+        assert_eq!(rest, [2, 3, 4, 99], "oldest first, nothing lost");
         assert_eq!(q.dropped(0), 0);
 
-        assert!(!q.push(frame(0, 3)));
+        for n in 1..=RECORDING_DEPTH as u64 {
+            q.push(frame(0, n));
+        }
         let producer = {
             let q = q.clone();
-            std::thread::spawn(move || q.push(frame(0, 4)))
+            std::thread::spawn(move || q.push(frame(0, 100)))
         };
         std::thread::sleep(Duration::from_millis(50));
         q.set_flushing(0, true);
@@ -374,5 +403,40 @@ mod tests {
             0,
             "flushing empties the slot and refuses frames"
         );
+    }
+
+    #[test]
+    fn a_batch_takes_cameras_round_robin_and_each_recording_in_order() {
+        let q = FrameQueue::new(&[DropPolicy::Block, DropPolicy::LatestWins, DropPolicy::Block]);
+        for n in [1, 2, 3] {
+            q.push(frame(0, n));
+            q.push(frame(1, 10 + n));
+            q.push(frame(2, 20 + n));
+        }
+        assert_eq!(
+            q.dropped(1),
+            2,
+            "the live camera kept its newest frame only"
+        );
+        let mut out = Vec::new();
+        assert_eq!(q.pop_batch(Duration::ZERO, 5, &mut out), 5);
+        let got: Vec<_> = out
+            .iter()
+            .map(|f| (f.slot, f.pts.unwrap().as_millis()))
+            .collect();
+        assert_eq!(got, [(0, 1), (1, 13), (2, 21), (0, 2), (2, 22)]);
+        assert_eq!(q.pop_batch(Duration::ZERO, 8, &mut out), 2);
+        let got: Vec<_> = out
+            .iter()
+            .map(|f| (f.slot, f.pts.unwrap().as_millis()))
+            .collect();
+        assert_eq!(got, [(0, 3), (2, 23)]);
+
+        // A recording switched to latest-wins drops all it had queued but the new frame.
+        q.push(frame(0, 7));
+        q.push(frame(0, 8));
+        q.set_policy(0, DropPolicy::LatestWins);
+        assert!(q.push(frame(0, 9)));
+        assert_eq!((q.dropped(0), q.pending()), (2, 1));
     }
 }
