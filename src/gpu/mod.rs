@@ -173,6 +173,31 @@ pub fn relax_capture_mode() {
     }
 }
 
+/// Ends a stream capture left open on `stream` (a raw `CUstream`) and discards what it
+/// recorded; returns whether one was open.
+pub fn end_dangling_capture(stream: usize) -> bool {
+    use cudarc::driver::sys;
+    let stream = stream as sys::CUstream;
+    let mut status = sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
+    // SAFETY: `stream` is a live stream of the caller's; the call writes its capture status.
+    let r = unsafe { sys::cuStreamIsCapturing(stream, &mut status) };
+    if r != sys::CUresult::CUDA_SUCCESS
+        || status == sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE
+    {
+        return false;
+    }
+    let mut graph: sys::CUgraph = std::ptr::null_mut();
+    // SAFETY: ending the capture of a capturing (or invalidated) stream; it writes a graph
+    // handle (null when the capture was invalidated), which we destroy at once.
+    unsafe {
+        let _ = sys::cuStreamEndCapture(stream, &mut graph);
+        if !graph.is_null() {
+            let _ = sys::cuGraphDestroy(graph);
+        }
+    }
+    true
+}
+
 /// Per-frame GPU work holds this shared; capturing a CUDA graph holds it exclusively (a
 /// capture in global mode fails if another thread makes a forbidden CUDA call meanwhile).
 pub static GPU_LOCK: std::sync::RwLock<()> = std::sync::RwLock::new(());

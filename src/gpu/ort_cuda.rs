@@ -81,7 +81,19 @@ fn session(
         .with_cuda_graph(graph)
         .build()
         .error_on_failure();
-    let mut b = Session::builder(&env).map_err(|e| err(&e))?;
+    // Every node runs on the GPU, launched from the calling worker thread: a pool of intra-op
+    // threads (one per core by default, spinning between runs) would only burn CPU, and its
+    // threads would make CUDA calls outside the capture-mode relaxation of our threads.
+    let mut b = Session::builder(&env)
+        .map_err(|e| err(&e))?
+        .with_intra_threads(1)
+        .map_err(|e| err(&e))?
+        .with_inter_threads(1)
+        .map_err(|e| err(&e))?
+        .with_intra_op_spinning(false)
+        .map_err(|e| err(&e))?
+        .with_inter_op_spinning(false)
+        .map_err(|e| err(&e))?;
     for (name, v) in dims {
         b = b
             .with_dimension_override(name, *v as i64)
@@ -237,8 +249,16 @@ impl CudaOnnx {
         };
         if graph {
             // Capture now (and replay once), so that a refusal shows here and not mid-stream.
-            b.run()?;
-            b.run()?;
+            if let Err(e) = b.run().and_then(|()| b.run()) {
+                // A capture that failed part-way can leave our stream capturing; ONNX Runtime's
+                // teardown of the session then throws (cudaGraphExecDestroy on a capturing
+                // stream) and that ends the process (onnxruntime PR #32081). End it first.
+                if super::end_dangling_capture(self.stream) {
+                    tracing::warn!(model = %self.path.display(), "ended a CUDA graph capture the failed run left open");
+                }
+                drop(b);
+                return Err(e);
+            }
         }
         tracing::info!(
             model = %self.path.display(),
