@@ -282,8 +282,8 @@ impl GpuDetector {
         }
         let bound = self
             .onnx
-            .bind(in_w, in_h, batch)
-            .map_err(|e| e.to_string())?;
+            .get(in_w, in_h, batch)
+            .ok_or_else(|| format!("no session made for {batch} × {in_w}×{in_h} inputs"))?;
         let input = bound.input_ptr;
         let mut ptrs = heapless::Vec::<u64, { crate::infer::MAX_OUTPUTS }>::new();
         let mut lens = heapless::Vec::<usize, { crate::infer::MAX_OUTPUTS }>::new();

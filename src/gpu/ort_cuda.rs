@@ -138,7 +138,8 @@ impl CudaOnnx {
     }
 
     /// The session and tensors for an `in_w`×`in_h` input, made on first use of that size
-    /// (a session load and one discovery run; afterwards nothing is allocated).
+    /// (a session load and one discovery run; afterwards nothing is allocated). Takes
+    /// [`super::GPU_LOCK`] exclusively while it makes one: call it without holding that lock.
     pub fn bind(&mut self, in_w: usize, in_h: usize, batch: usize) -> Result<&Bound, InferError> {
         if let Some(i) = self
             .bound
@@ -148,6 +149,11 @@ impl CudaOnnx {
             return Ok(&self.bound[i]);
         }
         let graph = CUDA_GRAPH.load(std::sync::atomic::Ordering::Relaxed);
+        // Making a session runs the model (cuDNN's algorithm search, allocations, then the
+        // capture of a CUDA graph, which ONNX Runtime does in global mode): while one is made,
+        // no other GPU worker runs anything. Work of another thread during a capture (seen
+        // with 8 workers making sessions at once) made captures fail inside cuDNN.
+        let _exclusive = super::GPU_LOCK.write().unwrap_or_else(|e| e.into_inner());
         let b = match self.make(in_w, in_h, batch, graph) {
             Err(e) if graph => {
                 tracing::warn!(model = %self.path.display(), "CUDA graph refused ({e}); running without");
@@ -160,6 +166,14 @@ impl CudaOnnx {
         }
         self.bound.push(b);
         Ok(self.bound.last().expect("just pushed"))
+    }
+
+    /// The session already made for that input size and batch, if any (never makes one: for
+    /// callers that hold [`super::GPU_LOCK`]).
+    pub fn get(&self, in_w: usize, in_h: usize, batch: usize) -> Option<&Bound> {
+        self.bound
+            .iter()
+            .find(|b| (b.in_w, b.in_h, b.batch) == (in_w, in_h, batch))
     }
 
     /// Whether the model takes a batch (its first input dimension is free).
@@ -182,9 +196,6 @@ impl CudaOnnx {
         } else {
             None
         };
-        // While a graph is captured no other thread may make CUDA calls that the capture
-        // forbids (ONNX Runtime captures in global mode): the GPU workers wait.
-        let _exclusive = graph.then(|| super::GPU_LOCK.write().unwrap_or_else(|e| e.into_inner()));
         let mut dims = Vec::new();
         for (name, v) in self.free_dims.iter().zip([batch, in_h, in_w]) {
             if !name.is_empty() {
@@ -271,11 +282,7 @@ impl CudaOnnx {
     /// Runs the model on what is in the bound input of that size, into the bound outputs.
     /// `bind` must have been called for the size.
     pub fn run(&mut self, in_w: usize, in_h: usize, batch: usize) -> Result<(), InferError> {
-        match self
-            .bound
-            .iter()
-            .find(|b| (b.in_w, b.in_h, b.batch) == (in_w, in_h, batch))
-        {
+        match self.get(in_w, in_h, batch) {
             Some(b) => b.run(),
             None => Err(InferError::Run(format!(
                 "no binding for {batch} × {in_w}×{in_h}"
