@@ -41,6 +41,8 @@ pub struct Bound {
     /// order; image i's part starts at i × length / batch.
     pub outputs: heapless::Vec<(u64, usize), MAX_OUTPUTS>,
     shapes: Vec<Vec<i64>>,
+    /// The raw `CUstream` the session runs on (synchronised before the session is dropped).
+    stream: usize,
     // Drop order: binding and tensors before their session.
     binding: IoBinding,
     _input: Tensor<f32>,
@@ -192,7 +194,9 @@ impl CudaOnnx {
         // The output shapes for this size: from one run of a session without a graph (a graph
         // is captured with the output buffers of its first run, so those must be final).
         let known = if graph {
-            Some(self.make(in_w, in_h, batch, false)?.shapes)
+            Some(std::mem::take(
+                &mut self.make(in_w, in_h, batch, false)?.shapes,
+            ))
         } else {
             None
         };
@@ -252,6 +256,7 @@ impl CudaOnnx {
             input_ptr: input.data_ptr_mut() as u64,
             outputs: ptrs,
             shapes,
+            stream: self.stream,
             binding,
             _input: input,
             _outputs: tensors,
@@ -287,6 +292,25 @@ impl CudaOnnx {
             None => Err(InferError::Run(format!(
                 "no binding for {batch} × {in_w}×{in_h}"
             ))),
+        }
+    }
+}
+
+impl Drop for Bound {
+    /// Waits for the stream before the session goes. ONNX Runtime frees a run's temporary
+    /// page-locked buffers from a host callback queued on the stream; if the session (and its
+    /// page-locked arena) were gone before that callback ran, the arena would be destroyed on
+    /// the driver's callback thread, where `cudaFreeHost` is refused (error 800), and the C++
+    /// exception thrown there ends the process. Seen on the H100 when the discovery session
+    /// was dropped right after its run.
+    fn drop(&mut self) {
+        if let Ok(rt) = super::runtime() {
+            let _ = rt.ctx.bind_to_thread();
+        }
+        // SAFETY: `stream` is the live CUstream the session runs on (owned by the detector,
+        // which drops its sessions first); synchronising it has no other effect.
+        unsafe {
+            let _ = cudarc::driver::sys::cuStreamSynchronize(self.stream as _);
         }
     }
 }
