@@ -9,6 +9,7 @@ pub mod check;
 pub mod detector;
 pub mod equality;
 pub mod gst_cuda;
+pub mod jetson_nvmm;
 pub mod ort_cuda;
 pub mod postprocess;
 pub mod preprocess;
