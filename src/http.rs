@@ -245,6 +245,10 @@ impl Collector for Snapshot {
                     gpu.device_frames.load(Ordering::Relaxed),
                 ),
                 (
+                    [("memory", "nvmm".to_string())],
+                    gpu.nvmm_frames.load(Ordering::Relaxed),
+                ),
+                (
                     [("memory", "host".to_string())],
                     gpu.host_frames.load(Ordering::Relaxed),
                 ),

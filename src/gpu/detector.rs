@@ -9,7 +9,7 @@
 //! Every device→host byte of the GPU path is counted here, in [`GpuCounters`], and nowhere else
 //! copies from the device.
 
-use super::gst_cuda::CudaMapping;
+use super::MappedFrame;
 use super::ort_cuda::{BATCHES, CudaOnnx, MAX_BATCH};
 use super::postprocess::GpuPostprocessor;
 use super::preprocess::{DevicePlanes, GpuPreprocessor, Precision};
@@ -29,6 +29,7 @@ pub static COUNTERS: GpuCounters = GpuCounters {
     d2h_bytes: AtomicU64::new(0),
     h2d_bytes: AtomicU64::new(0),
     device_frames: AtomicU64::new(0),
+    nvmm_frames: AtomicU64::new(0),
     host_frames: AtomicU64::new(0),
 };
 
@@ -40,6 +41,8 @@ pub struct GpuCounters {
     pub h2d_bytes: AtomicU64,
     /// Frames analysed from CUDA memory (zero-copy).
     pub device_frames: AtomicU64,
+    /// Frames analysed from Jetson's NVMM memory (zero-copy; untested here).
+    pub nvmm_frames: AtomicU64,
     /// Frames analysed after an upload from host memory.
     pub host_frames: AtomicU64,
 }
@@ -124,7 +127,10 @@ impl GpuDetector {
             let mut group = heapless::Vec::<usize, MAX_BATCH>::new();
             for (j, f) in frames.iter().enumerate().take(n).skip(i) {
                 if !done[j]
-                    && matches!(f.memory, FrameMemory::Cuda { .. })
+                    && matches!(
+                        f.memory,
+                        FrameMemory::Cuda { .. } | FrameMemory::Nvmm { .. }
+                    )
                     && (f.width(), f.height()) == size
                 {
                     done[j] = true;
@@ -136,23 +142,26 @@ impl GpuDetector {
                 continue;
             }
             let _shared = super::GPU_LOCK.read().unwrap_or_else(|e| e.into_inner());
-            let mut maps = heapless::Vec::<CudaMapping, MAX_BATCH>::new();
+            let mut maps = heapless::Vec::<MappedFrame, MAX_BATCH>::new();
             let mut planes = heapless::Vec::<DevicePlanes, MAX_BATCH>::new();
             let mut mapped = heapless::Vec::<usize, MAX_BATCH>::new();
             for &j in &group {
-                let FrameMemory::Cuda { buffer, info } = &frames[j].memory else {
+                let (FrameMemory::Cuda { info, .. } | FrameMemory::Nvmm { info, .. }) =
+                    &frames[j].memory
+                else {
                     continue;
                 };
-                match CudaMapping::nv12(buffer, info) {
+                match MappedFrame::nv12(&frames[j].memory) {
                     Ok(m) => {
+                        let (y, uv, y_stride, uv_stride) = m.planes();
                         let _ = planes.push(DevicePlanes {
-                            y: m.y,
-                            u: m.uv,
-                            v: m.uv + 1,
+                            y,
+                            u: uv,
+                            v: uv + 1,
                             width: info.width() as usize,
                             height: info.height() as usize,
-                            y_stride: m.y_stride,
-                            uv_stride: m.uv_stride,
+                            y_stride,
+                            uv_stride,
                             uv_step: 2,
                         });
                         let _ = maps.push(m);
@@ -172,9 +181,16 @@ impl GpuDetector {
                             Err("the model returned non-finite values".into())
                         };
                     }
+                    let nvmm = mapped
+                        .iter()
+                        .filter(|&&j| matches!(frames[j].memory, FrameMemory::Nvmm { .. }))
+                        .count();
                     COUNTERS
                         .device_frames
-                        .fetch_add(mapped.len() as u64, Ordering::Relaxed);
+                        .fetch_add((mapped.len() - nvmm) as u64, Ordering::Relaxed);
+                    COUNTERS
+                        .nvmm_frames
+                        .fetch_add(nvmm as u64, Ordering::Relaxed);
                 }
                 Err(e) => mapped.iter().for_each(|&j| res[j] = Err(e.clone())),
             }

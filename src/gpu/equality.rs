@@ -14,6 +14,7 @@ use super::ort_cuda::MAX_BATCH;
 use crate::analytics::{Detection, Detections};
 use crate::detect::Detector;
 use crate::media::FrameRef;
+use crate::media::frame::CapsMemory;
 use crate::media::still::decode_file;
 use anyhow::{Context, Result, bail};
 use gstreamer as gst;
@@ -134,7 +135,9 @@ pub fn run(model: &Path, picture: &Path, clip: &Path, frames: usize) -> Result<(
                 bail!("nvh264dec gave {caps}, not CUDA memory");
             }
             let buffer = sample.buffer_owned().context("buffer")?;
-            batch.push(FrameRef::from_buffer(0, 1, buffer, &info, true).context("frame")?);
+            batch.push(
+                FrameRef::from_buffer(0, 1, buffer, &info, CapsMemory::Cuda).context("frame")?,
+            );
         }
         gpu.detect_batch(&batch, &mut outs[..want], &mut res[..want]);
         for (i, cf) in cpu_frames[k..k + want].iter().enumerate() {

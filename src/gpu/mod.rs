@@ -9,6 +9,7 @@ pub mod check;
 pub mod detector;
 pub mod equality;
 pub mod gst_cuda;
+pub mod jetson_nvmm;
 pub mod ort_cuda;
 pub mod postprocess;
 pub mod preprocess;
@@ -58,6 +59,37 @@ fn cudarc_device() -> Result<GpuProbe, cudarc::driver::DriverError> {
         compute_capability: ctx.compute_capability()?,
         memory_mib,
     })
+}
+
+/// A frame in device memory mapped for the kernels, for as long as this lives: NVDEC's
+/// `memory:CUDAMemory` or Jetson's `memory:NVMM` (untested here, see [`jetson_nvmm`]).
+pub enum MappedFrame {
+    Cuda(gst_cuda::CudaMapping),
+    Nvmm(jetson_nvmm::NvmmMapping),
+}
+
+impl MappedFrame {
+    /// Maps an NV12 frame in device memory; an error for a frame in host memory.
+    pub fn nv12(memory: &crate::media::frame::FrameMemory) -> Result<Self, String> {
+        use crate::media::frame::FrameMemory;
+        match memory {
+            FrameMemory::Cuda { buffer, info } => {
+                gst_cuda::CudaMapping::nv12(buffer, info).map(Self::Cuda)
+            }
+            FrameMemory::Nvmm { buffer, info } => {
+                jetson_nvmm::NvmmMapping::nv12(buffer, info).map(Self::Nvmm)
+            }
+            FrameMemory::Host(_) => Err("frame in host memory, not device memory".into()),
+        }
+    }
+
+    /// The Y and interleaved UV planes: `(y, uv, y_stride, uv_stride)`.
+    pub fn planes(&self) -> (u64, u64, usize, usize) {
+        match self {
+            Self::Cuda(m) => (m.y, m.uv, m.y_stride, m.uv_stride),
+            Self::Nvmm(m) => (m.y, m.uv, m.y_stride, m.uv_stride),
+        }
+    }
 }
 
 /// The process's CUDA context (the primary context of device 0).

@@ -4,7 +4,7 @@
 //! stalls or ends. Its state and counters are shared through [`CameraStats`].
 
 use super::backoff::{Backoff, Retry};
-use super::frame::{FrameQueue, FrameRef};
+use super::frame::{CapsMemory, FrameQueue, FrameRef};
 use crate::config::{CameraConfig, OnEnd, ReconnectConfig};
 use crate::redact::redact;
 use gstreamer as gst;
@@ -529,12 +529,18 @@ fn build_pipeline(
         .build();
     // CPU path: any decoder, converted to I420/NV12 in system memory. GPU path: the decoder's
     // NV12 in CUDA memory as it is (no converter: a decoder that cannot give CUDA memory fails
-    // to link, and the camera reports it), in the shared CUDA context.
+    // to link, and the camera reports it), in the shared CUDA context; with Jetson's
+    // nvv4l2decoder chosen, its NV12 in NVMM memory instead (`gpu::jetson_nvmm`, untested here).
     let head = if let Some(ctx) = &s.cuda {
         pipeline.set_context(ctx);
+        let memory = if super::probe::nvv4l2_chosen() {
+            "memory:NVMM"
+        } else {
+            "memory:CUDAMemory"
+        };
         sink.set_caps(Some(
             &gst::Caps::builder("video/x-raw")
-                .features(["memory:CUDAMemory"])
+                .features([memory])
                 .field("format", "NV12")
                 .build(),
         ));
@@ -580,7 +586,7 @@ fn build_pipeline(
     let gpu = s.cuda.is_some();
     let mut sampler = RateSampler::new(s.fps);
     let mut first = true;
-    let mut info_cache: Option<(gst::Caps, gst_video::VideoInfo, bool)> = None;
+    let mut info_cache: Option<(gst::Caps, gst_video::VideoInfo, CapsMemory)> = None;
     sink.set_callbacks(
         gst_app::AppSinkCallbacks::builder()
             .new_sample(move |sink| {
@@ -618,16 +624,15 @@ fn build_pipeline(
                 {
                     match gst_video::VideoInfo::from_caps(caps) {
                         Ok(info) => {
-                            let cuda = crate::gpu::gst_cuda::is_cuda_caps(caps);
-                            info_cache = Some((caps.to_owned(), info, cuda));
+                            info_cache = Some((caps.to_owned(), info, CapsMemory::of(caps)));
                         }
                         Err(_) => return Ok(gst::FlowSuccess::Ok),
                     }
                 }
-                let Some((_, info, cuda)) = info_cache.as_ref() else {
+                let Some((_, info, memory)) = info_cache.as_ref() else {
                     return Ok(gst::FlowSuccess::Ok);
                 };
-                if let Some(frame) = FrameRef::from_buffer(slot, session, buffer, info, *cuda) {
+                if let Some(frame) = FrameRef::from_buffer(slot, session, buffer, info, *memory) {
                     stats.frames_sampled.fetch_add(1, Ordering::Relaxed);
                     queue.push(frame);
                 }

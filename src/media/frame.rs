@@ -21,6 +21,35 @@ pub enum FrameMemory {
         buffer: gst::Buffer,
         info: gst_video::VideoInfo,
     },
+    /// Jetson decoder output (`memory:NVMM`, an `NvBufSurface`, NV12): the buffer, kept alive
+    /// until the GPU path is done with it (`gpu::jetson_nvmm`, untested here).
+    Nvmm {
+        buffer: gst::Buffer,
+        info: gst_video::VideoInfo,
+    },
+}
+
+/// Which memory a decoded sample's caps said its buffers are in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CapsMemory {
+    /// System memory.
+    Host,
+    /// `memory:CUDAMemory` (NVDEC).
+    Cuda,
+    /// `memory:NVMM` (Jetson's `nvv4l2decoder`).
+    Nvmm,
+}
+
+impl CapsMemory {
+    pub fn of(caps: &gst::CapsRef) -> Self {
+        if crate::gpu::gst_cuda::is_cuda_caps(caps) {
+            Self::Cuda
+        } else if crate::gpu::jetson_nvmm::is_nvmm_caps(caps) {
+            Self::Nvmm
+        } else {
+            Self::Host
+        }
+    }
 }
 
 /// One decoded frame of one camera. Holding it keeps the GStreamer buffer alive.
@@ -39,13 +68,17 @@ impl FrameRef {
     pub fn width(&self) -> usize {
         match &self.memory {
             FrameMemory::Host(f) => f.width() as usize,
-            FrameMemory::Cuda { info, .. } => info.width() as usize,
+            FrameMemory::Cuda { info, .. } | FrameMemory::Nvmm { info, .. } => {
+                info.width() as usize
+            }
         }
     }
     pub fn height(&self) -> usize {
         match &self.memory {
             FrameMemory::Host(f) => f.height() as usize,
-            FrameMemory::Cuda { info, .. } => info.height() as usize,
+            FrameMemory::Cuda { info, .. } | FrameMemory::Nvmm { info, .. } => {
+                info.height() as usize
+            }
         }
     }
 
@@ -83,23 +116,28 @@ impl FrameRef {
         }
     }
 
-    /// Wraps a decoded sample's buffer: host memory is mapped for reading; CUDA memory
-    /// (`cuda`: the caps said `memory:CUDAMemory`) is kept as is for the GPU path to map.
+    /// Wraps a decoded sample's buffer: host memory is mapped for reading; device memory (CUDA
+    /// or NVMM, as the caps said: `memory`) is kept as is for the GPU path to map.
     pub fn from_buffer(
         slot: usize,
         session: u64,
         buffer: gst::Buffer,
         info: &gst_video::VideoInfo,
-        cuda: bool,
+        memory: CapsMemory,
     ) -> Option<Self> {
         let pts = buffer.pts().map(|t| Duration::from_nanos(t.nseconds()));
-        let memory = if cuda {
-            FrameMemory::Cuda {
+        let memory = match memory {
+            CapsMemory::Cuda => FrameMemory::Cuda {
                 buffer,
                 info: info.clone(),
+            },
+            CapsMemory::Nvmm => FrameMemory::Nvmm {
+                buffer,
+                info: info.clone(),
+            },
+            CapsMemory::Host => {
+                FrameMemory::Host(gst_video::VideoFrame::from_buffer_readable(buffer, info).ok()?)
             }
-        } else {
-            FrameMemory::Host(gst_video::VideoFrame::from_buffer_readable(buffer, info).ok()?)
         };
         Some(Self {
             slot,
@@ -342,7 +380,34 @@ mod tests {
         buf.get_mut()
             .unwrap()
             .set_pts(gst::ClockTime::from_mseconds(n));
-        FrameRef::from_buffer(slot, 1, buf, &info, false).unwrap()
+        FrameRef::from_buffer(slot, 1, buf, &info, CapsMemory::Host).unwrap()
+    }
+
+    #[test]
+    fn caps_memory_picks_the_frame_memory() {
+        gst::init().unwrap();
+        let caps = |feature: Option<&str>| {
+            let b = gst::Caps::builder("video/x-raw").field("format", "NV12");
+            match feature {
+                Some(f) => b.features([f]).build(),
+                None => b.build(),
+            }
+        };
+        assert_eq!(CapsMemory::of(&caps(None)), CapsMemory::Host);
+        assert_eq!(
+            CapsMemory::of(&caps(Some("memory:CUDAMemory"))),
+            CapsMemory::Cuda
+        );
+        assert_eq!(CapsMemory::of(&caps(Some("memory:NVMM"))), CapsMemory::Nvmm);
+        // An NVMM buffer is kept as it is (its bytes are an NvBufSurface, not pixels).
+        let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::Nv12, 64, 48)
+            .build()
+            .unwrap();
+        let buf = gst::Buffer::with_size(64).unwrap();
+        let f = FrameRef::from_buffer(0, 1, buf, &info, CapsMemory::Nvmm).unwrap();
+        assert!(matches!(f.memory, FrameMemory::Nvmm { .. }));
+        assert_eq!((f.width(), f.height()), (64, 48));
+        assert!(f.host_yuv().is_none());
     }
 
     #[test]

@@ -11,6 +11,11 @@ const PREFERENCE: &[(&str, &[&str])] = &[
     ("h265", &["nvv4l2decoder", "nvh265dec", "avdec_h265"]),
 ];
 
+/// The rank given to the chosen decoders.
+fn chosen_rank() -> gst::Rank {
+    gst::Rank::PRIMARY + 100
+}
+
 /// What the probe found: per codec, the decoder that will be used (if any).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DecoderChoice {
@@ -43,7 +48,7 @@ pub fn choose_decoders(allow_hw: bool) -> DecoderChoice {
             .find(|name| registry.lookup_feature(name).is_some());
         if let Some(name) = chosen {
             if let Some(feature) = registry.lookup_feature(name) {
-                feature.set_rank(gst::Rank::PRIMARY + 100);
+                feature.set_rank(chosen_rank());
             }
             if *codec == "h264" {
                 hardware = !name.starts_with("avdec_");
@@ -64,4 +69,13 @@ pub fn choose_decoders(allow_hw: bool) -> DecoderChoice {
         per_codec,
         hardware,
     }
+}
+
+/// Whether [`choose_decoders`] chose Jetson's `nvv4l2decoder` (its frames come in
+/// `memory:NVMM`). False where the element does not exist, as on every dGPU box without
+/// DeepStream.
+pub fn nvv4l2_chosen() -> bool {
+    gst::Registry::get()
+        .lookup_feature("nvv4l2decoder")
+        .is_some_and(|f| f.rank() == chosen_rank())
 }
