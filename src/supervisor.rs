@@ -10,7 +10,7 @@ use crate::infer::Backend;
 use crate::infer::nanodet::{NanodetDecoder, input_spec};
 use crate::infer::onnx::OnnxBackend;
 use crate::infer::preprocess::Preprocessor;
-use crate::media::camera::SourceSettings;
+use crate::media::camera::{GpuFrames, SourceSettings};
 use crate::media::{CameraHandle, FrameQueue};
 use crate::mqtt::MqttLink;
 use crate::mqtt::commands::{ControlKind, ControlRequest};
@@ -86,7 +86,7 @@ struct Group {
     stop: Arc<AtomicBool>,
     worker: Option<std::thread::JoinHandle<()>>,
     /// The GPU path's shared CUDA context for its cameras' decoders.
-    cuda: Option<gstreamer::Context>,
+    cuda: Option<GpuFrames>,
     /// The current model's well-formed / malformed outputs (OTA probation).
     outputs: Arc<OutputCounters>,
 }
@@ -110,7 +110,7 @@ impl Group {
 struct Prepared {
     engine: Engine,
     /// The GPU path: the cameras' decoders share this CUDA context.
-    cuda: Option<gstreamer::Context>,
+    cuda: Option<GpuFrames>,
 }
 
 /// Loads a model for its backend choice: `cpu`; `cuda` (the config check refuses it on a box
@@ -145,7 +145,7 @@ fn prepare(name: &str, m: &ModelConfig) -> Result<Prepared> {
                 );
                 return Ok(Prepared {
                     engine: Engine::Gpu(Box::new(g)),
-                    cuda: Some(rt.gst.clone()),
+                    cuda: Some(rt.frames()),
                 });
             }
             Err(e) if m.backend == BackendKind::Cuda => {

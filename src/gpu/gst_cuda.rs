@@ -91,7 +91,11 @@ pub fn nvdec_pipeline(clip: &std::path::Path, tail: &str) -> Result<gst::Pipelin
     .downcast::<gst::Pipeline>()
     .map_err(|_| "not a pipeline".to_string())?;
     use gst::prelude::*;
-    p.set_context(&rt.gst);
+    p.set_context(
+        rt.gst
+            .as_ref()
+            .ok_or("no GStreamer CUDA context (libgstcuda-1.0) on this box")?,
+    );
     Ok(p)
 }
 

@@ -101,11 +101,23 @@ pub fn context() -> Result<Arc<cudarc::driver::CudaContext>, String> {
 /// ONNX Runtime's CUDA provider also uses) and the same context wrapped for GStreamer.
 pub struct GpuRuntime {
     pub ctx: Arc<cudarc::driver::CudaContext>,
-    /// `gst.cuda.context` for the camera pipelines (their decoders allocate frames in it).
-    pub gst: gstreamer::Context,
+    /// `gst.cuda.context` for the camera pipelines (their decoders allocate frames in it);
+    /// `None` on a Jetson without GStreamer's CUDA library, whose `nvv4l2decoder` frames are
+    /// in NVMM memory and mapped by `jetson_nvmm` instead.
+    pub gst: Option<gstreamer::Context>,
     /// How the host waits for the GPU (`VIGIL_CUDA_SYNC`: `blocking` (default), `spin`,
     /// `yield`).
     pub sync: &'static str,
+}
+
+impl GpuRuntime {
+    /// Where the camera pipelines of the GPU path leave their frames.
+    pub fn frames(&self) -> crate::media::camera::GpuFrames {
+        match &self.gst {
+            Some(c) => crate::media::camera::GpuFrames::Cuda(c.clone()),
+            None => crate::media::camera::GpuFrames::Nvmm,
+        }
+    }
 }
 
 /// The process's GPU runtime, made once: the probe, then the primary context with the chosen
@@ -156,7 +168,19 @@ pub fn runtime() -> Result<&'static GpuRuntime, String> {
         // SAFETY: each GPU detector queues all its work on its one stream, so cudarc's
         // cross-stream event tracking (an event record per launch) has nothing to order.
         unsafe { ctx.disable_event_tracking() };
-        let gst = gst_cuda::shared_context(&ctx)?;
+        let gst = match gst_cuda::shared_context(&ctx) {
+            Ok(c) => Some(c),
+            // JetPack 6 ships GStreamer 1.20, without libgstcuda: NVMM frames need none.
+            Err(e) => match jetson_nvmm::available() {
+                Ok(()) => {
+                    tracing::info!(
+                        "no GStreamer CUDA context ({e}): Jetson NVMM frames, mapped through EGL"
+                    );
+                    None
+                }
+                Err(nvmm) => return Err(format!("{e}; and no Jetson NVMM either: {nvmm}")),
+            },
+        };
         Ok(GpuRuntime { ctx, gst, sync })
     })
     .as_ref()

@@ -157,9 +157,22 @@ pub struct SourceSettings {
     pub rtsp_latency: Duration,
     pub reconnect: ReconnectConfig,
     pub on_end: OnEnd,
-    /// GPU path: the process's CUDA context for the decoders, whose frames then stay in CUDA
-    /// memory (NV12) up to the analysis worker; `None` = frames in system memory.
-    pub cuda: Option<gst::Context>,
+    /// GPU path: where the decoders leave their frames (NV12 on the GPU up to the analysis
+    /// worker); `None` = frames in system memory.
+    pub cuda: Option<GpuFrames>,
+}
+
+/// How a camera's decoded frames stay on the GPU.
+#[derive(Debug, Clone)]
+pub enum GpuFrames {
+    /// In `memory:CUDAMemory`, allocated by the decoders in the process's CUDA context (given to
+    /// the pipeline as `gst.cuda.context`); Jetson's `nvv4l2decoder`, where chosen, gives
+    /// `memory:NVMM` instead.
+    Cuda(gst::Context),
+    /// In Jetson's `memory:NVMM` (`nvv4l2decoder`), mapped by `gpu::jetson_nvmm` into the
+    /// process's CUDA context: no GStreamer CUDA library needed (JetPack 6 ships GStreamer
+    /// 1.20, without `libgstcuda`). Untested here: no Jetson.
+    Nvmm,
 }
 
 impl SourceSettings {
@@ -531,12 +544,17 @@ fn build_pipeline(
     // NV12 in CUDA memory as it is (no converter: a decoder that cannot give CUDA memory fails
     // to link, and the camera reports it), in the shared CUDA context; with Jetson's
     // nvv4l2decoder chosen, its NV12 in NVMM memory instead (`gpu::jetson_nvmm`, untested here).
-    let head = if let Some(ctx) = &s.cuda {
-        pipeline.set_context(ctx);
-        let memory = if super::probe::nvv4l2_chosen() {
-            "memory:NVMM"
-        } else {
-            "memory:CUDAMemory"
+    let head = if let Some(frames) = &s.cuda {
+        let memory = match frames {
+            GpuFrames::Cuda(ctx) => {
+                pipeline.set_context(ctx);
+                if super::probe::nvv4l2_chosen() {
+                    "memory:NVMM"
+                } else {
+                    "memory:CUDAMemory"
+                }
+            }
+            GpuFrames::Nvmm => "memory:NVMM",
         };
         sink.set_caps(Some(
             &gst::Caps::builder("video/x-raw")
