@@ -3,7 +3,8 @@
 //!
 //! Per N: frames/s with detection on every frame (Vigil's production path: camera pipelines,
 //! NVDEC into CUDA memory, the analysis workers, tracker), frames/s of the bare decoder (the
-//! ceiling), their ratio, CPU-seconds per frame (getrusage of the whole process), device→host
+//! ceiling), frames/s of Vigil's camera pipelines alone (their frames dropped by a consumer: what
+//! the hand-over costs, apart from what inference beside the decoders costs), their ratio, CPU-seconds per frame (getrusage of the whole process), device→host
 //! bytes per frame (the GPU path's one counter), p50/p99 frame-to-detection latency and GPU
 //! memory in use. Every measurement is a window after a warm-up; streams that reach the end of
 //! the clip start again (and the frames they would have decoded meanwhile are lost to the
@@ -29,6 +30,9 @@ pub struct Row {
     pub workers: usize,
     pub fps_detect: f64,
     pub fps_decode_only: f64,
+    /// Vigil's camera pipelines (uridecodebin → NVDEC → appsink → the per-camera queue) with a
+    /// consumer that drops the frames: the production path without inference.
+    pub fps_cameras_only: f64,
     pub ratio: f64,
     pub cpu_us_per_frame_detect: f64,
     pub cpu_us_per_frame_decode_only: f64,
@@ -115,6 +119,52 @@ fn decode_only(clip: &Path, n: usize, warmup: f64, window: f64) -> Result<(f64, 
     Ok((frames / dt, (c1 - c0) / frames * 1e6))
 }
 
+/// Vigil's camera pipelines on `n` streams, as the GPU path builds them (NVDEC into CUDA
+/// memory, the lossless per-camera queue of recordings), with a consumer that takes batches of
+/// up to 8 frames and drops them: frames/s over the window.
+fn cameras_only(clip: &Path, n: usize, warmup: f64, window: f64) -> Result<f64> {
+    let rt = crate::gpu::runtime().map_err(anyhow::Error::msg)?;
+    let policies = vec![crate::media::DropPolicy::Block; n];
+    let queue = Arc::new(crate::media::FrameQueue::new(&policies));
+    let mut cams = Vec::new();
+    for i in 0..n {
+        let c: CameraConfig = toml::from_str(&camera_toml(clip, i, 0))?;
+        let mut s = crate::media::camera::SourceSettings::from(&c);
+        s.cuda = Some(rt.frames());
+        cams.push(crate::media::CameraHandle::spawn(s, i, queue.clone())?);
+    }
+    let count = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let consumer = {
+        let (queue, count, stop) = (queue.clone(), count.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut frames = Vec::with_capacity(8);
+            while !stop.load(Ordering::Relaxed) {
+                let got = queue.pop_batch(Duration::from_millis(100), 8, &mut frames);
+                count.fetch_add(got as u64, Ordering::Relaxed);
+                frames.clear();
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_secs_f64(warmup));
+    let (f0, t0) = (count.load(Ordering::Relaxed), Instant::now());
+    std::thread::sleep(Duration::from_secs_f64(window));
+    let fps = (count.load(Ordering::Relaxed) - f0) as f64 / t0.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    queue.close();
+    let _ = consumer.join();
+    drop(cams);
+    Ok(fps)
+}
+
+/// A bench camera: stream `i` of `clip`, analysed by model `m{model}` at 30 fps.
+fn camera_toml(clip: &Path, i: usize, model: usize) -> String {
+    format!(
+        "name = \"s{i}\"\nurl = \"file://{}\"\nmodel = \"m{model}\"\nfps = 30\nmin_score = 0.4\nstall_timeout = \"30s\"\n[reconnect]\ninitial_backoff = \"10ms\"\nmax_backoff = \"20ms\"",
+        clip.display()
+    )
+}
+
 /// The GPU path on `n` streams spread over `workers` inference workers.
 fn detect(
     clip: &Path,
@@ -134,13 +184,7 @@ fn detect(
     }
     let k = models.len();
     let cameras: Vec<CameraConfig> = (0..n)
-        .map(|i| {
-            toml::from_str(&format!(
-                "name = \"s{i}\"\nurl = \"file://{}\"\nmodel = \"m{}\"\nfps = 30\nmin_score = 0.4\nstall_timeout = \"30s\"\n[reconnect]\ninitial_backoff = \"10ms\"\nmax_backoff = \"20ms\"",
-                clip.display(),
-                i % k
-            ))
-        })
+        .map(|i| toml::from_str(&camera_toml(clip, i, i % k)))
         .collect::<Result<_, _>>()?;
     let cfg = Config {
         device: DeviceConfig { id: "bench".into() },
@@ -174,20 +218,22 @@ fn detect(
             f,
             h,
             cpu_s(),
+            plan.infer_us_total(),
             COUNTERS.d2h_bytes.load(Ordering::Relaxed),
             COUNTERS.h2d_bytes.load(Ordering::Relaxed),
             Instant::now(),
         )
     };
-    let (f0, h0, c0, d0, u0, t0) = snap(&plan);
+    let (f0, h0, c0, i0, d0, u0, t0) = snap(&plan);
     std::thread::sleep(Duration::from_secs_f64(window));
-    let (f1, h1, c1, d1, u1, _) = snap(&plan);
+    let (f1, h1, c1, i1, d1, u1, _) = snap(&plan);
     let dt = t0.elapsed().as_secs_f64();
     let mem = gpu_used_mib();
-    let (_, worker_ms) = plan.stage_means_ms();
     plan.stop();
     let _ = drain.join();
     let frames = (f1 - f0).max(1) as f64;
+    // Over the window only (the first batch of each worker, which makes its sessions, is not).
+    let worker_ms = (i1 - i0) as f64 / frames / 1000.0;
     let hist: Vec<u64> = h1.iter().zip(&h0).map(|(a, b)| a - b).collect();
     let cpu_us = (c1 - c0) / frames * 1e6;
     Ok(Row {
@@ -196,6 +242,7 @@ fn detect(
         workers: k,
         fps_detect: frames / dt,
         fps_decode_only: 0.0,
+        fps_cameras_only: 0.0,
         ratio: 0.0,
         cpu_us_per_frame_detect: cpu_us,
         cpu_us_per_frame_decode_only: 0.0,
@@ -234,12 +281,13 @@ pub fn run(
         rt.sync
     );
     println!(
-        "{:>5} {:>3} {:>5} {:>9} {:>9} {:>6} {:>9} {:>9} {:>8} {:>8} {:>7} {:>7} {:>8} {:>6} {:>5} {:>7}",
+        "{:>5} {:>3} {:>5} {:>9} {:>9} {:>9} {:>6} {:>9} {:>9} {:>8} {:>8} {:>7} {:>7} {:>8} {:>6} {:>5} {:>7}",
         "N",
         "K",
         "graph",
         "det fps",
         "dec fps",
+        "cam fps",
         "ratio",
         "cpu µs/f",
         "dec µs/f",
@@ -255,27 +303,30 @@ pub fn run(
     let mut rows = Vec::new();
     for &n in streams {
         let (dec_fps, dec_cpu) = decode_only(&clip, n, warmup, window)?;
+        let cam_fps = cameras_only(&clip, n, warmup, window)?;
         for &graph in graphs {
             crate::gpu::ort_cuda::CUDA_GRAPH.store(graph, Ordering::Relaxed);
             let r = detect(&clip, &model, n, workers, warmup, window)?;
-            rows.push(finish(r, dec_fps, dec_cpu));
+            rows.push(finish(r, dec_fps, cam_fps, dec_cpu));
         }
     }
     Ok(rows)
 }
 
-fn finish(mut r: Row, dec_fps: f64, dec_cpu: f64) -> Row {
+fn finish(mut r: Row, dec_fps: f64, cam_fps: f64, dec_cpu: f64) -> Row {
     r.fps_decode_only = dec_fps;
+    r.fps_cameras_only = cam_fps;
     r.cpu_us_per_frame_decode_only = dec_cpu;
     r.ratio = r.fps_detect / dec_fps;
     let q = |v: Option<f64>| v.map(|x| format!("{x:.1}")).unwrap_or("-".into());
     println!(
-        "{:>5} {:>3} {:>5} {:>9.0} {:>9.0} {:>6.2} {:>9.0} {:>9.0} {:>8.2} {:>8.0} {:>7} {:>7} {:>8.0} {:>6.2} {:>5.2} {:>7.1}",
+        "{:>5} {:>3} {:>5} {:>9.0} {:>9.0} {:>9.0} {:>6.2} {:>9.0} {:>9.0} {:>8.2} {:>8.0} {:>7} {:>7} {:>8.0} {:>6.2} {:>5.2} {:>7.1}",
         r.streams,
         r.workers,
         if r.cuda_graph { "on" } else { "off" },
         r.fps_detect,
         r.fps_decode_only,
+        r.fps_cameras_only,
         r.ratio,
         r.cpu_us_per_frame_detect,
         r.cpu_us_per_frame_decode_only,

@@ -624,6 +624,14 @@ impl Plan {
         )
     }
 
+    /// Microseconds the workers spent in inference (wall, each frame its share of its batch),
+    /// summed over all cameras since start.
+    pub fn infer_us_total(&self) -> u64 {
+        self.cameras()
+            .map(|c| c.analysis.infer_us_total.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// Waits until the analysed-frame counters stop moving (at most `timeout`); returns their sum.
     pub fn wait_idle(&self, timeout: Duration) -> u64 {
         let total = || {
