@@ -318,6 +318,16 @@ fn run_camera(
                 Ok(pipeline) => {
                     queue.set_flushing(slot, false);
                     let r = watch(&s, &pipeline, &stats, &stop);
+                    if matches!(r.0, Outcome::Ended) {
+                        // A recording ended: its last frames are still queued (up to the slot's
+                        // depth); let the worker take them before the slot is flushed.
+                        let deadline = Instant::now() + s.stall_timeout;
+                        while !stop.is_stopped()
+                            && Instant::now() < deadline
+                            && !queue.wait_drained(slot, Duration::from_millis(100))
+                        {
+                        }
+                    }
                     // Release a streaming thread waiting on a full slot before stopping it.
                     queue.set_flushing(slot, true);
                     let _ = pipeline.set_state(gst::State::Null);

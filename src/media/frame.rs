@@ -228,7 +228,10 @@ impl FrameQueue {
             if g.policy[slot] == DropPolicy::Block {
                 g = self.space[slot]
                     .wait_while(g, |q| {
-                        q.frames[slot].len() >= RECORDING_DEPTH && !q.flushing[slot] && !q.closed
+                        q.policy[slot] == DropPolicy::Block
+                            && q.frames[slot].len() >= RECORDING_DEPTH
+                            && !q.flushing[slot]
+                            && !q.closed
                     })
                     .unwrap_or_else(|e| e.into_inner());
             }
@@ -237,25 +240,21 @@ impl FrameQueue {
             }
             // Latest wins: the slot holds one frame (several only if the policy just changed
             // from Block: all of them are replaced).
-            let old = match g.policy[slot] {
-                DropPolicy::LatestWins => g.frames[slot].pop_front(),
-                DropPolicy::Block => None,
-            };
-            let extra = if old.is_some() {
-                g.frames[slot].drain(..).count()
-            } else {
-                0
-            };
+            let mut old = heapless::Vec::<FrameRef, RECORDING_DEPTH>::new();
+            if g.policy[slot] == DropPolicy::LatestWins {
+                while let Some(f) = g.frames[slot].pop_front() {
+                    let _ = old.push(f);
+                }
+            }
             g.frames[slot].push_back(frame);
-            (old, extra)
+            old
         };
         self.ready.notify_one();
-        let (old, extra) = old;
-        let dropped = old.is_some();
+        let dropped = !old.is_empty();
         if dropped {
-            self.dropped[slot].fetch_add(1 + extra as u64, Ordering::Relaxed);
+            self.dropped[slot].fetch_add(old.len() as u64, Ordering::Relaxed);
         }
-        // `old` (and its GStreamer buffer) is released here, outside the lock.
+        // `old` (and its GStreamer buffers) is released here, outside the lock.
         dropped
     }
 
@@ -334,9 +333,19 @@ impl FrameQueue {
         None
     }
 
+    /// Waits up to `timeout` for the worker to take every frame of `slot`; true once it is
+    /// empty (or the queue closed).
+    pub fn wait_drained(&self, slot: usize, timeout: Duration) -> bool {
+        let g = self.lock();
+        let (g, _) = self.space[slot]
+            .wait_timeout_while(g, timeout, |q| !q.frames[slot].is_empty() && !q.closed)
+            .unwrap_or_else(|e| e.into_inner());
+        g.frames[slot].is_empty() || g.closed
+    }
+
     /// While flushing, the slot refuses frames and a producer waiting on it returns: set before
     /// tearing a camera's pipeline down (its streaming thread may be waiting here), cleared when
-    /// the next pipeline starts. Setting it drops the waiting frames.
+    /// the next pipeline starts. Setting it drops the waiting frames (counted as dropped).
     pub fn set_flushing(&self, slot: usize, flushing: bool) {
         let old: Vec<FrameRef> = {
             let mut g = self.lock();
@@ -348,6 +357,7 @@ impl FrameQueue {
             }
         };
         self.space[slot].notify_all();
+        self.dropped[slot].fetch_add(old.len() as u64, Ordering::Relaxed);
         drop(old);
     }
 
@@ -468,6 +478,57 @@ mod tests {
             0,
             "flushing empties the slot and refuses frames"
         );
+        assert_eq!(
+            q.dropped(0),
+            RECORDING_DEPTH as u64,
+            "what a flush empties is counted"
+        );
+    }
+
+    #[test]
+    fn an_ended_recording_waits_for_its_last_frames_to_be_taken() {
+        let q = Arc::new(FrameQueue::new(&[DropPolicy::Block]));
+        for n in 1..=3 {
+            q.push(frame(0, n));
+        }
+        assert!(!q.wait_drained(0, Duration::from_millis(20)));
+        let worker = {
+            let q = q.clone();
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                while got.len() < 3 {
+                    if let Some(f) = q.pop(Duration::from_millis(500)) {
+                        got.push(f.pts.unwrap().as_millis());
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+                got
+            })
+        };
+        assert!(q.wait_drained(0, Duration::from_secs(5)));
+        assert_eq!(worker.join().unwrap(), [1, 2, 3]);
+        q.set_flushing(0, true);
+        assert_eq!(q.dropped(0), 0, "nothing was left to drop");
+    }
+
+    #[test]
+    fn switching_a_full_recording_to_latest_wins_releases_its_producer() {
+        let q = Arc::new(FrameQueue::new(&[DropPolicy::Block]));
+        for n in 1..=RECORDING_DEPTH as u64 {
+            q.push(frame(0, n));
+        }
+        let producer = {
+            let q = q.clone();
+            std::thread::spawn(move || q.push(frame(0, 50)))
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!producer.is_finished());
+        q.set_policy(0, DropPolicy::LatestWins);
+        assert!(
+            producer.join().unwrap(),
+            "its frame replaced the queued ones"
+        );
+        assert_eq!((q.pending(), q.dropped(0)), (1, RECORDING_DEPTH as u64));
     }
 
     #[test]
