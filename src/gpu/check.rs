@@ -119,21 +119,15 @@ fn f16_to_f32(h: u16) -> f32 {
     }
 }
 
-/// One launch for a batch of eight 16:9 frames of different sizes, NV12 and I420 alternating,
-/// in f32 and in f16: each image of the batch against the CPU reference of that frame alone.
-/// Returns the worst f32 difference; the f16 one is allowed half's rounding on top.
-fn check_batch(gpu: &GpuPreprocessor, cpu: &mut Preprocessor) -> Result<f32> {
+/// One launch for a batch of frames of the given sizes, NV12 and I420 alternating, in f32 and
+/// in f16: each image of the batch against the CPU reference of that frame alone. Returns the
+/// worst f32 difference; the f16 one is allowed half's rounding on top.
+fn check_batch(
+    gpu: &GpuPreprocessor,
+    cpu: &mut Preprocessor,
+    sizes: &[(usize, usize)],
+) -> Result<f32> {
     let stream = gpu.stream().clone();
-    let sizes = [
-        (1920, 1080),
-        (1280, 720),
-        (640, 360),
-        (960, 540),
-        (2560, 1440),
-        (1024, 576),
-        (3840, 2160),
-        (1600, 900),
-    ];
     let mut wants = Vec::new();
     let mut pics = Vec::new();
     let mut devs = Vec::new();
@@ -173,8 +167,13 @@ fn check_batch(gpu: &GpuPreprocessor, cpu: &mut Preprocessor) -> Result<f32> {
         }
     }
     println!(
-        "batch of {} frames (8 sizes, NV12/I420) in one launch: max |gpu - cpu| f32 {worst32:.2e}, f16 {worst16:.2e} beyond half's rounding",
-        frames.len()
+        "batch of {} frames ({}, NV12/I420) in one launch: max |gpu - cpu| f32 {worst32:.2e}, f16 {worst16:.2e} beyond half's rounding",
+        frames.len(),
+        sizes
+            .iter()
+            .map(|(w, h)| format!("{w}x{h}"))
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     if worst16 > TOLERANCE {
         bail!("f16 preprocessing differs from the CPU reference by {worst16:.2e} beyond rounding");
@@ -255,8 +254,33 @@ pub fn run() -> Result<bool> {
                 }
             }
         }
+        // A rectangular input is one size per aspect ratio, so its batch is all 16:9; a square
+        // one takes any frame, so its batch mixes aspect ratios (each its own letterbox).
+        let sizes: &[(usize, usize)] = if dynamic {
+            &[
+                (1920, 1080),
+                (1280, 720),
+                (640, 360),
+                (960, 540),
+                (2560, 1440),
+                (1024, 576),
+                (3840, 2160),
+                (1600, 900),
+            ]
+        } else {
+            &[
+                (1920, 1080),
+                (768, 576),
+                (1080, 1920),
+                (640, 640),
+                (333, 201),
+                (720, 1280),
+                (1280, 720),
+                (201, 333),
+            ]
+        };
+        worst = worst.max(check_batch(&gpu, &mut cpu, sizes)?);
         if dynamic {
-            worst = worst.max(check_batch(&gpu, &mut cpu)?);
             let pic = picture(1920, 1080, true);
             let dev = stream.clone_htod(&pic.data)?;
             let mut out = stream.alloc_zeros::<f32>(cpu.input_len())?;

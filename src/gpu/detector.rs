@@ -1,9 +1,10 @@
 //! The GPU path of one model: frame → detections with the pixels on the GPU throughout.
 //!
-//! NVDEC frame (CUDA memory, mapped) → fused preprocessing kernel writing straight into ONNX
-//! Runtime's bound input → CUDA execution provider on our stream → NanoDet decode + NMS kernels
-//! → one small device→host copy of the detections. Everything is queued on one CUDA stream and
-//! synchronised once per frame (by the result copy). Frames already in host memory (a camera
+//! NVDEC frames (CUDA memory, or Jetson NVMM, mapped) → one fused preprocessing launch for the
+//! batch writing straight into ONNX Runtime's bound input → CUDA execution provider on our
+//! stream → NanoDet decode + NMS kernels → one small device→host copy of the detections per
+//! frame. Everything is queued on one CUDA stream and synchronised once per batch (by the result
+//! copies). Frames already in host memory (a camera
 //! whose codec NVDEC lacks, or a still image) are uploaded first; those bytes are counted apart.
 //!
 //! Every device→host byte of the GPU path is counted here, in [`GpuCounters`], and nowhere else
@@ -19,6 +20,7 @@ use crate::infer::preprocess::YuvView;
 use crate::media::FrameRef;
 use crate::media::frame::FrameMemory;
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr};
+use std::mem::ManuallyDrop;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,6 +50,12 @@ pub struct GpuCounters {
 }
 
 pub struct GpuDetector {
+    /// Everything holding GPU resources, dropped in [`Drop`] under the shared GPU lock.
+    g: ManuallyDrop<Parts>,
+    ctx: Arc<CudaContext>,
+}
+
+struct Parts {
     // Field order is drop order: the session and kernels go before the stream they use.
     onnx: CudaOnnx,
     pre: GpuPreprocessor,
@@ -55,7 +63,21 @@ pub struct GpuDetector {
     decoder: NanodetDecoder,
     staging: Option<CudaSlice<u8>>,
     stream: Arc<CudaStream>,
-    ctx: Arc<CudaContext>,
+}
+
+impl Drop for GpuDetector {
+    /// Its sessions, buffers and modules are freed under the shared GPU lock, so never while a
+    /// CUDA graph is captured (a model swap or reload drops a detector on the supervisor's
+    /// thread while other workers run).
+    fn drop(&mut self) {
+        let _ = self.ctx.bind_to_thread();
+        super::relax_capture_mode();
+        let _shared = super::GPU_LOCK.read().unwrap_or_else(|e| e.into_inner());
+        let _ = self.g.stream.synchronize();
+        // SAFETY: `g` is dropped exactly once, here, and never used afterwards (this is the
+        // detector's drop).
+        unsafe { ManuallyDrop::drop(&mut self.g) };
+    }
 }
 
 impl GpuDetector {
@@ -64,6 +86,11 @@ impl GpuDetector {
     /// CPU path, `nanodet::input_size`).
     pub fn new(ctx: &Arc<CudaContext>, model: &Path, input_size: usize) -> Result<Self, String> {
         ctx.bind_to_thread().map_err(|e| e.to_string())?;
+        // Loading a model with the CUDA provider allocates and makes cuDNN/cuBLAS handles: not
+        // while another worker captures a CUDA graph (see `ort_cuda::CudaOnnx::bind`). On
+        // failure the half-made parts are dropped here too, still under the lock.
+        super::relax_capture_mode();
+        let _exclusive = super::GPU_LOCK.write().unwrap_or_else(|e| e.into_inner());
         let stream = ctx.new_stream().map_err(|e| e.to_string())?;
         let onnx = CudaOnnx::load(model, stream.cu_stream().cast()).map_err(|e| e.to_string())?;
         let (size, dynamic) = crate::infer::nanodet::input_size(onnx.inputs(), input_size)
@@ -73,29 +100,31 @@ impl GpuDetector {
         let pre = GpuPreprocessor::new(ctx, input_spec(size, dynamic), stream.clone())?;
         let post = GpuPostprocessor::new(ctx, stream.clone())?;
         Ok(Self {
-            onnx,
-            pre,
-            post,
-            decoder,
-            staging: None,
-            stream,
+            g: ManuallyDrop::new(Parts {
+                onnx,
+                pre,
+                post,
+                decoder,
+                staging: None,
+                stream,
+            }),
             ctx: ctx.clone(),
         })
     }
 
     /// The model's input side and whether its height and width are dynamic.
     pub fn input(&self) -> (usize, bool) {
-        let s = self.pre.spec();
+        let s = self.g.pre.spec();
         (s.size, s.align != 0)
     }
 
     /// Lowest score kept by the decoder (the tracker's second stage uses low ones).
     pub fn set_score_threshold(&mut self, t: f32) {
-        self.post.score_threshold = t;
+        self.g.post.score_threshold = t;
     }
 
     /// Detections of up to [`MAX_BATCH`] frames, `outs[i]` and `res[i]` for `frames[i]`. Frames
-    /// in CUDA memory of one size run as one batch (one inference); frames in host memory are
+    /// in CUDA or NVMM memory of one size run as one batch (one inference); frames in host memory are
     /// uploaded and run alone. The worker thread must be the one that made the detector.
     pub fn detect_batch(
         &mut self,
@@ -192,7 +221,11 @@ impl GpuDetector {
                         .nvmm_frames
                         .fetch_add(nvmm as u64, Ordering::Relaxed);
                 }
-                Err(e) => mapped.iter().for_each(|&j| res[j] = Err(e.clone())),
+                Err(e) => {
+                    // Kernels may still read the frames: wait before they are unmapped.
+                    let _ = self.g.stream.synchronize();
+                    mapped.iter().for_each(|&j| res[j] = Err(e.clone()));
+                }
             }
             drop(maps);
         }
@@ -212,23 +245,24 @@ impl GpuDetector {
         let uv_len = (yuv.uv_stride * h.div_ceil(2)).min(yuv.u.len());
         let nv12 = yuv.uv_step == 2;
         let need = y_len + if nv12 { uv_len } else { 2 * uv_len };
-        if self.staging.as_ref().is_none_or(|s| s.len() < need) {
-            self.staging = Some(self.stream.alloc_zeros::<u8>(need).map_err(e)?);
+        let g = &mut *self.g;
+        if g.staging.as_ref().is_none_or(|s| s.len() < need) {
+            g.staging = Some(g.stream.alloc_zeros::<u8>(need).map_err(e)?);
         }
-        let staging = self.staging.as_mut().expect("allocated above");
-        self.stream
+        let staging = g.staging.as_mut().expect("allocated above");
+        g.stream
             .memcpy_htod(&yuv.y[..y_len], &mut staging.slice_mut(0..))
             .map_err(e)?;
-        self.stream
+        g.stream
             .memcpy_htod(&yuv.u[..uv_len], &mut staging.slice_mut(y_len..))
             .map_err(e)?;
         if !nv12 {
-            self.stream
+            g.stream
                 .memcpy_htod(&yuv.v[..uv_len], &mut staging.slice_mut(y_len + uv_len..))
                 .map_err(e)?;
         }
         COUNTERS.h2d_bytes.fetch_add(need as u64, Ordering::Relaxed);
-        let (base, sync) = staging.device_ptr(&self.stream);
+        let (base, sync) = staging.device_ptr(&g.stream);
         // The staging buffer is only reused after `infer_batch` has synchronised the stream.
         drop(sync);
         let planes = DevicePlanes {
@@ -255,13 +289,16 @@ impl GpuDetector {
     }
 
     /// Makes the sessions for a `width`×`height` frame's input size, for every batch size, if
-    /// the size is new (before the shared GPU lock is taken: making one may capture a CUDA
-    /// graph, which takes it exclusively).
+    /// the size is new (before the shared GPU lock is taken: making one takes it exclusively).
     fn ready_for(&mut self, width: usize, height: usize) -> Result<(), String> {
-        let (in_w, in_h) = self.pre.spec().input_dims(width, height);
-        let batches: &[usize] = if self.onnx.batches() { &BATCHES } else { &[1] };
+        let (in_w, in_h) = self.g.pre.spec().input_dims(width, height);
+        let batches: &[usize] = if self.g.onnx.batches() {
+            &BATCHES
+        } else {
+            &[1]
+        };
         for &b in batches {
-            self.onnx.bind(in_w, in_h, b).map_err(|e| e.to_string())?;
+            self.g.onnx.bind(in_w, in_h, b).map_err(|e| e.to_string())?;
         }
         Ok(())
     }
@@ -276,15 +313,13 @@ impl GpuDetector {
         slots: &[usize],
         ok: &mut [bool; MAX_BATCH],
     ) -> Result<(), String> {
+        let g = &mut *self.g;
         let n = planes.len();
         if n == 0 {
             return Ok(());
         }
-        let (in_w, in_h) = self
-            .pre
-            .spec()
-            .input_dims(planes[0].width, planes[0].height);
-        let batch = if self.onnx.batches() {
+        let (in_w, in_h) = g.pre.spec().input_dims(planes[0].width, planes[0].height);
+        let batch = if g.onnx.batches() {
             BATCHES
                 .iter()
                 .copied()
@@ -296,7 +331,7 @@ impl GpuDetector {
         if n > batch {
             return Err(format!("{n} frames for a model that takes {batch}"));
         }
-        let bound = self
+        let bound = g
             .onnx
             .get(in_w, in_h, batch)
             .ok_or_else(|| format!("no session made for {batch} × {in_w}×{in_h} inputs"))?;
@@ -308,37 +343,35 @@ impl GpuDetector {
             let _ = lens.push(*l / batch);
         }
         // SAFETY: the planes are mapped/uploaded device memory of each frame's size (caller);
-        // ONNX Runtime's bound `[batch, 3, in_h, in_w]` f32 input (alive in `self.onnx`) holds
+        // ONNX Runtime's bound `[batch, 3, in_h, in_w]` f32 input (alive in `g.onnx`) holds
         // `batch` ≥ n images.
         let lbs = unsafe {
-            self.pre
+            g.pre
                 .run_ptrs(planes, input, batch * 3 * in_w * in_h, Precision::F32)?
         };
-        self.onnx
-            .run(in_w, in_h, batch)
-            .map_err(|e| e.to_string())?;
-        self.decoder.layout(in_w, in_h, &lens)?;
+        g.onnx.run(in_w, in_h, batch).map_err(|e| e.to_string())?;
+        g.decoder.layout(in_w, in_h, &lens)?;
         let mut image_outs = heapless::Vec::<u64, { crate::infer::MAX_OUTPUTS }>::new();
         for (k, lb) in lbs.iter().enumerate() {
             image_outs.clear();
             for (p, l) in ptrs.iter().zip(&lens) {
                 let _ = image_outs.push(p + (k * l * 4) as u64);
             }
-            self.post.enqueue(
+            g.post.enqueue(
                 k,
-                self.decoder.levels(),
-                self.decoder.classes(),
-                self.decoder.bins(),
+                g.decoder.levels(),
+                g.decoder.classes(),
+                g.decoder.bins(),
                 &image_outs,
                 lb,
             )?;
         }
-        let bytes = self.post.finish(n)?;
+        let bytes = g.post.finish(n)?;
         COUNTERS
             .d2h_bytes
             .fetch_add(bytes as u64, Ordering::Relaxed);
         for (k, &slot) in slots.iter().enumerate().take(n) {
-            ok[k] = self.post.read(k, &mut outs[slot])?;
+            ok[k] = g.post.read(k, &mut outs[slot])?;
         }
         Ok(())
     }

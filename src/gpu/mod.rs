@@ -171,15 +171,26 @@ pub fn runtime() -> Result<&'static GpuRuntime, String> {
         let gst = match gst_cuda::shared_context(&ctx) {
             Ok(c) => Some(c),
             // JetPack 6 ships GStreamer 1.20, without libgstcuda: NVMM frames need none.
-            Err(e) => match jetson_nvmm::available() {
-                Ok(()) => {
-                    tracing::info!(
-                        "no GStreamer CUDA context ({e}): Jetson NVMM frames, mapped through EGL"
-                    );
-                    None
+            Err(e) if gstreamer::ElementFactory::find("nvv4l2decoder").is_some() => {
+                match jetson_nvmm::available() {
+                    Ok(()) => {
+                        tracing::info!(
+                            "no GStreamer CUDA context ({e}): Jetson nvv4l2decoder frames in NVMM memory, mapped through EGL"
+                        );
+                        None
+                    }
+                    Err(nvmm) => {
+                        return Err(format!(
+                            "neither GStreamer's CUDA library ({e}) nor Jetson's NVMM mapping ({nvmm})"
+                        ));
+                    }
                 }
-                Err(nvmm) => return Err(format!("{e}; and no Jetson NVMM either: {nvmm}")),
-            },
+            }
+            Err(e) => {
+                return Err(format!(
+                    "GStreamer's CUDA library is needed to keep NVDEC frames on the GPU: {e}"
+                ));
+            }
         };
         Ok(GpuRuntime { ctx, gst, sync })
     })
@@ -254,6 +265,7 @@ pub fn end_dangling_capture(stream: usize) -> bool {
     true
 }
 
-/// Per-frame GPU work holds this shared; capturing a CUDA graph holds it exclusively (a
-/// capture in global mode fails if another thread makes a forbidden CUDA call meanwhile).
+/// Per-frame GPU work and dropping a detector hold this shared; loading a model and making a
+/// session (cuDNN's search, then the CUDA graph capture) hold it exclusively (a capture in
+/// global mode fails if another thread makes a forbidden CUDA call meanwhile).
 pub static GPU_LOCK: std::sync::RwLock<()> = std::sync::RwLock::new(());

@@ -223,8 +223,11 @@ impl GpuPreprocessor {
             ));
         }
         let mut planes = heapless::Vec::<DevicePlanes, MAX_BATCH>::new();
+        // Kept until the launch is queued (where cudarc tracks events, each records then).
+        let mut guards = heapless::Vec::<_, MAX_BATCH>::new();
         for f in frames {
-            let (base, _sync) = f.data.device_ptr(&self.stream);
+            let (base, sync) = f.data.device_ptr(&self.stream);
+            let _ = guards.push(sync);
             planes
                 .push(DevicePlanes {
                     y: base,
@@ -242,9 +245,11 @@ impl GpuPreprocessor {
         let (dst, _sync) = out.device_ptr_mut(&self.stream);
         // SAFETY: the planes lie within each frame's `data` (the caller's contract, as for the
         // CPU reference) and `dst` holds `len` elements of the precision's size (checked above);
-        // both stay alive until the stream is synced (the borrows outlive this call, and the
-        // `_sync` guards record that where event tracking is on).
-        unsafe { self.run_ptrs(&planes, dst, len, precision) }
+        // the slices are borrowed for this call, and their guards (`guards`, `_sync`), dropped
+        // after the launch is queued, record their use where event tracking is on.
+        let r = unsafe { self.run_ptrs(&planes, dst, len, precision) };
+        drop(guards);
+        r
     }
 
     /// As [`Self::run_batch`] for one frame in f32.
@@ -354,7 +359,10 @@ mod tests {
     #[test]
     fn batch_descriptor_matches_the_kernel_struct() {
         // struct Img: 3 × 8-byte pointers + 10 × int, no padding; struct Batch: 8 of them
-        // (the kernel's `img[8]` is MAX_BATCH).
+        // (the kernel's `img[8]` is MAX_BATCH). The C fields in the order of `ImageDesc`'s:
+        assert!(KERNEL.contains(
+            "unsigned long long y, u, v;\n    int y_stride, uv_stride, uv_step, src_w, src_h, new_w, new_h, pad_x, pad_y, _pad;"
+        ));
         assert_eq!(std::mem::size_of::<ImageDesc>(), 64);
         assert_eq!(std::mem::align_of::<ImageDesc>(), 8);
         assert_eq!(std::mem::size_of::<BatchDesc>(), 64 * MAX_BATCH);
