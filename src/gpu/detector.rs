@@ -124,8 +124,8 @@ impl GpuDetector {
     }
 
     /// Detections of up to [`MAX_BATCH`] frames, `outs[i]` and `res[i]` for `frames[i]`. Frames
-    /// in CUDA or NVMM memory of one size run as one batch (one inference); frames in host memory are
-    /// uploaded and run alone. The worker thread must be the one that made the detector.
+    /// in CUDA or NVMM memory of one size run as one batch (one inference); frames in host
+    /// memory are uploaded and run alone. The worker thread must be the one that made the detector.
     pub fn detect_batch(
         &mut self,
         frames: &[FrameRef],
@@ -151,7 +151,7 @@ impl GpuDetector {
                 };
                 continue;
             }
-            // Every CUDA frame of this one's size, as one batch.
+            // Every device (CUDA or NVMM) frame of this one's size, as one batch.
             let size = (frames[i].width(), frames[i].height());
             let mut group = heapless::Vec::<usize, MAX_BATCH>::new();
             for (j, f) in frames.iter().enumerate().take(n).skip(i) {
@@ -175,24 +175,9 @@ impl GpuDetector {
             let mut planes = heapless::Vec::<DevicePlanes, MAX_BATCH>::new();
             let mut mapped = heapless::Vec::<usize, MAX_BATCH>::new();
             for &j in &group {
-                let (FrameMemory::Cuda { info, .. } | FrameMemory::Nvmm { info, .. }) =
-                    &frames[j].memory
-                else {
-                    continue;
-                };
                 match MappedFrame::nv12(&frames[j].memory) {
                     Ok(m) => {
-                        let (y, uv, y_stride, uv_stride) = m.planes();
-                        let _ = planes.push(DevicePlanes {
-                            y,
-                            u: uv,
-                            v: uv + 1,
-                            width: info.width() as usize,
-                            height: info.height() as usize,
-                            y_stride,
-                            uv_stride,
-                            uv_step: 2,
-                        });
+                        let _ = planes.push(m.planes(frames[j].width(), frames[j].height()));
                         let _ = maps.push(m);
                         let _ = mapped.push(j);
                     }
@@ -349,7 +334,7 @@ impl GpuDetector {
             g.pre
                 .run_ptrs(planes, input, batch * 3 * in_w * in_h, Precision::F32)?
         };
-        g.onnx.run(in_w, in_h, batch).map_err(|e| e.to_string())?;
+        bound.run().map_err(|e| e.to_string())?;
         g.decoder.layout(in_w, in_h, &lens)?;
         let mut image_outs = heapless::Vec::<u64, { crate::infer::MAX_OUTPUTS }>::new();
         for (k, lb) in lbs.iter().enumerate() {

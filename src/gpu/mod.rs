@@ -1,9 +1,10 @@
-//! The GPU path's foundation: a probe that never crashes a box without NVIDIA's driver, and the
-//! fused preprocessing kernel (NVRTC, compiled once per process for the device's architecture).
+//! The GPU path: a probe that never crashes a box without NVIDIA's driver, the process's one
+//! CUDA runtime (context, its GStreamer wrapper where there is one, [`GPU_LOCK`]), the frame
+//! mappings, and the modules of the path (kernels, ONNX Runtime's CUDA provider, the detector).
 //!
 //! cudarc panics when it cannot load the driver library, so [`probe`] checks for it first and
-//! nothing else here touches CUDA before a successful probe. Knows nothing of GStreamer, models
-//! or MQTT.
+//! nothing here touches CUDA before a successful probe. Knows nothing of tracking, rules or
+//! MQTT.
 
 pub mod check;
 pub mod detector;
@@ -83,11 +84,22 @@ impl MappedFrame {
         }
     }
 
-    /// The Y and interleaved UV planes: `(y, uv, y_stride, uv_stride)`.
-    pub fn planes(&self) -> (u64, u64, usize, usize) {
-        match self {
+    /// The frame's planes as the preprocessing kernel reads them (NV12: Y, then U and V
+    /// interleaved).
+    pub fn planes(&self, width: usize, height: usize) -> preprocess::DevicePlanes {
+        let (y, uv, y_stride, uv_stride) = match self {
             Self::Cuda(m) => (m.y, m.uv, m.y_stride, m.uv_stride),
             Self::Nvmm(m) => (m.y, m.uv, m.y_stride, m.uv_stride),
+        };
+        preprocess::DevicePlanes {
+            y,
+            u: uv,
+            v: uv + 1,
+            width,
+            height,
+            y_stride,
+            uv_stride,
+            uv_step: 2,
         }
     }
 }

@@ -143,11 +143,7 @@ impl CudaOnnx {
     /// (a session load and one discovery run; afterwards nothing is allocated). Takes
     /// [`super::GPU_LOCK`] exclusively while it makes one: call it without holding that lock.
     pub fn bind(&mut self, in_w: usize, in_h: usize, batch: usize) -> Result<&Bound, InferError> {
-        if let Some(i) = self
-            .bound
-            .iter()
-            .position(|b| (b.in_w, b.in_h, b.batch) == (in_w, in_h, batch))
-        {
+        if let Some(i) = self.position(in_w, in_h, batch) {
             return Ok(&self.bound[i]);
         }
         let graph = CUDA_GRAPH.load(std::sync::atomic::Ordering::Relaxed);
@@ -173,9 +169,13 @@ impl CudaOnnx {
     /// The session already made for that input size and batch, if any (never makes one: for
     /// callers that hold [`super::GPU_LOCK`]).
     pub fn get(&self, in_w: usize, in_h: usize, batch: usize) -> Option<&Bound> {
+        self.position(in_w, in_h, batch).map(|i| &self.bound[i])
+    }
+
+    fn position(&self, in_w: usize, in_h: usize, batch: usize) -> Option<usize> {
         self.bound
             .iter()
-            .find(|b| (b.in_w, b.in_h, b.batch) == (in_w, in_h, batch))
+            .position(|b| (b.in_w, b.in_h, b.batch) == (in_w, in_h, batch))
     }
 
     /// Whether the model takes a batch (its first input dimension is free).
@@ -283,17 +283,6 @@ impl CudaOnnx {
         );
         Ok(b)
     }
-
-    /// Runs the model on what is in the bound input of that size, into the bound outputs.
-    /// `bind` must have been called for the size.
-    pub fn run(&mut self, in_w: usize, in_h: usize, batch: usize) -> Result<(), InferError> {
-        match self.get(in_w, in_h, batch) {
-            Some(b) => b.run(),
-            None => Err(InferError::Run(format!(
-                "no binding for {batch} × {in_w}×{in_h}"
-            ))),
-        }
-    }
 }
 
 impl Drop for Bound {
@@ -316,9 +305,10 @@ impl Drop for Bound {
 }
 
 impl Bound {
-    /// One run on the bound tensors. Allocates nothing: the C API is called directly, since
-    /// `Session::run_binding` builds a map of output values on every run.
-    fn run(&self) -> Result<(), InferError> {
+    /// Runs the model on what is in the bound input, into the bound outputs. Allocates
+    /// nothing: the C API is called directly, since `Session::run_binding` builds a map of
+    /// output values on every run.
+    pub fn run(&self) -> Result<(), InferError> {
         let api = ort::api();
         // SAFETY: the session and binding pointers are live (owned by self); no run options.
         let status = unsafe {

@@ -319,7 +319,9 @@ impl FrameQueue {
     }
 
     /// Takes the oldest waiting frame of the next camera in round-robin order, if any, and
-    /// wakes that slot's producer (only it can be waiting for this space).
+    /// wakes a thread waiting on that slot: its producer (for room) or its camera (for it to
+    /// drain at the end of a recording; that wait re-checks every 100 ms, so a wake that went
+    /// to the producer only delays it).
     fn take_next(&self, g: &mut QueueInner) -> Option<FrameRef> {
         let n = g.frames.len();
         for k in 0..n {
