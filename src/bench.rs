@@ -7,18 +7,19 @@
 //! `getrusage` (this process, then its children). The baseline's detections go through Vigil's
 //! own tracker and rules, so the two event lists can be compared: "same events found".
 
-use crate::analytics::rules::{RuleEngine, RuleHits};
-use crate::analytics::tracker::{Tracker, TrackerConfig};
-use crate::analytics::{BBox, Detection};
-use crate::config::{CameraConfig, Config, DeviceConfig, ModelConfig, MqttConfig};
-use crate::events::Event;
-use crate::media::CameraState;
-use crate::supervisor::Plan;
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+use vigil_control::supervisor::Plan;
+use vigil_core::analytics::rules::{RuleEngine, RuleHits};
+use vigil_core::analytics::tracker::{Tracker, TrackerConfig};
+use vigil_core::analytics::{BBox, Detection};
+use vigil_core::config::{CameraConfig, Config, DeviceConfig, ModelConfig, MqttConfig};
+use vigil_core::events::Event;
+use vigil_dataplane::ffi::rusage::{Who, cpu_seconds};
+use vigil_dataplane::media::CameraState;
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -68,18 +69,6 @@ pub struct BenchArgs {
     pub json: Option<PathBuf>,
 }
 
-/// CPU-seconds (user + system) of this process (`RUSAGE_SELF`) or its children.
-pub(crate) fn cpu_seconds(who: i32) -> f64 {
-    // SAFETY: getrusage only writes the struct we pass; zeroed is a valid rusage.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `ru` is a valid, writable rusage for the duration of the call.
-    if unsafe { libc::getrusage(who, &mut ru) } != 0 {
-        return 0.0;
-    }
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    tv(ru.ru_utime) + tv(ru.ru_stime)
-}
-
 #[derive(serde::Deserialize)]
 struct RulesFile {
     cameras: Vec<RulesOnly>,
@@ -88,9 +77,9 @@ struct RulesFile {
 #[derive(serde::Deserialize)]
 struct RulesOnly {
     #[serde(default)]
-    zones: Vec<crate::config::ZoneConfig>,
+    zones: Vec<vigil_core::config::ZoneConfig>,
     #[serde(default)]
-    lines: Vec<crate::config::LineConfig>,
+    lines: Vec<vigil_core::config::LineConfig>,
 }
 
 /// A comparable summary of events: count per (rule, kind, direction).
@@ -145,11 +134,11 @@ fn run_vigil(a: &BenchArgs, rules: &RulesOnly, min_score: f32) -> Result<Measure
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Event>(4096);
     // Warm-up outside the measurement: load the model and GStreamer once.
-    crate::media::init().map_err(anyhow::Error::msg)?;
-    let cpu0 = cpu_seconds(libc::RUSAGE_SELF);
+    vigil_dataplane::media::init().map_err(anyhow::Error::msg)?;
+    let cpu0 = cpu_seconds(Who::Process);
     let t0 = Instant::now();
     let plan = Plan::start(&cfg, tx, &Default::default())?;
-    let cpu_started = cpu_seconds(libc::RUSAGE_SELF);
+    let cpu_started = cpu_seconds(Who::Process);
     loop {
         std::thread::sleep(Duration::from_millis(20));
         let (state, pending) = plan.bench_progress();
@@ -166,7 +155,7 @@ fn run_vigil(a: &BenchArgs, rules: &RulesOnly, min_score: f32) -> Result<Measure
     // The worker may be finishing the last frame.
     let frames = plan.wait_idle(Duration::from_secs(5));
     let wall_s = t0.elapsed().as_secs_f64();
-    let cpu_end = cpu_seconds(libc::RUSAGE_SELF);
+    let cpu_end = cpu_seconds(Who::Process);
     let (cpu_s, steady_cpu_s) = (cpu_end - cpu0, cpu_end - cpu_started);
     let (pre_ms, infer_ms) = plan.stage_means_ms();
     println!(
@@ -221,7 +210,7 @@ fn run_baseline(
 ) -> Result<Measured> {
     let out =
         std::env::temp_dir().join(format!("vigil-bench-baseline-{}.jsonl", std::process::id()));
-    let cpu0 = cpu_seconds(libc::RUSAGE_CHILDREN);
+    let cpu0 = cpu_seconds(Who::Children);
     let t0 = Instant::now();
     let o = Command::new(python)
         .arg(&a.baseline)
@@ -240,7 +229,7 @@ fn run_baseline(
         .output()
         .context("starting the Python baseline")?;
     let wall_s = t0.elapsed().as_secs_f64();
-    let cpu_s = cpu_seconds(libc::RUSAGE_CHILDREN) - cpu0;
+    let cpu_s = cpu_seconds(Who::Children) - cpu0;
     if !o.status.success() {
         bail!("baseline failed: {}", String::from_utf8_lossy(&o.stderr));
     }
@@ -259,10 +248,10 @@ fn run_baseline(
     for line in text.lines() {
         let f: BaselineFrame = serde_json::from_str(line)?;
         frames += 1;
-        let dets: heapless::Vec<Detection, { crate::analytics::MAX_DETECTIONS }> = f
+        let dets: heapless::Vec<Detection, { vigil_core::analytics::MAX_DETECTIONS }> = f
             .dets
             .iter()
-            .take(crate::analytics::MAX_DETECTIONS)
+            .take(vigil_core::analytics::MAX_DETECTIONS)
             .map(|d| Detection {
                 bbox: BBox::new(d[0] as f32, d[1] as f32, d[2] as f32, d[3] as f32),
                 score: d[4] as f32,
@@ -273,10 +262,10 @@ fn run_baseline(
         engine.update(f.pts_s, out.active, out.removed, &mut hits);
         for h in &hits {
             let kind = match h.kind {
-                crate::analytics::rules::HitKind::ZoneEnter => "ZoneEnter",
-                crate::analytics::rules::HitKind::ZoneLeave => "ZoneLeave",
-                crate::analytics::rules::HitKind::ZoneDwell => "ZoneDwell",
-                crate::analytics::rules::HitKind::LineCross => "LineCross",
+                vigil_core::analytics::rules::HitKind::ZoneEnter => "ZoneEnter",
+                vigil_core::analytics::rules::HitKind::ZoneLeave => "ZoneLeave",
+                vigil_core::analytics::rules::HitKind::ZoneDwell => "ZoneDwell",
+                vigil_core::analytics::rules::HitKind::LineCross => "LineCross",
             };
             all.push((
                 engine.rule_names()[h.rule].clone(),
@@ -338,7 +327,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         .next()
         .context("rules file has no [[cameras]] table")?;
     let min_score = 0.35;
-    let clip_s = crate::media::still::duration_s(&a.clip).map_err(anyhow::Error::msg)?;
+    let clip_s = vigil_dataplane::media::still::duration_s(&a.clip).map_err(anyhow::Error::msg)?;
     println!(
         "clip {} ({clip_s:.1} s), model {}, {} inference threads",
         a.clip.display(),

@@ -10,11 +10,6 @@
 //! the clip start again (and the frames they would have decoded meanwhile are lost to the
 //! measurement, as they would be to a camera).
 
-use crate::config::{CameraConfig, Config, DeviceConfig, ModelConfig, MqttConfig};
-use crate::events::Event;
-use crate::gpu::detector::COUNTERS;
-use crate::pipeline::LatencyHist;
-use crate::supervisor::Plan;
 use anyhow::{Context, Result, bail};
 use gstreamer as gst;
 use gstreamer::prelude::*;
@@ -22,6 +17,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use vigil_control::supervisor::Plan;
+use vigil_core::config::{CameraConfig, Config, DeviceConfig, ModelConfig, MqttConfig};
+use vigil_core::events::Event;
+use vigil_dataplane::gpu::detector::COUNTERS;
+use vigil_dataplane::worker::LatencyHist;
 
 #[derive(Debug, serde::Serialize)]
 pub struct Row {
@@ -51,7 +51,7 @@ pub struct Row {
 }
 
 fn cpu_s() -> f64 {
-    crate::bench::cpu_seconds(libc::RUSAGE_SELF)
+    vigil_dataplane::ffi::rusage::cpu_seconds(vigil_dataplane::ffi::rusage::Who::Process)
 }
 
 fn gpu_used_mib() -> f64 {
@@ -65,7 +65,7 @@ fn decode_only(clip: &Path, n: usize, warmup: f64, window: f64) -> Result<(f64, 
     let count = Arc::new(AtomicU64::new(0));
     let mut pipes = Vec::new();
     for _ in 0..n {
-        let p = crate::gpu::gst_cuda::nvdec_pipeline(
+        let p = vigil_dataplane::ffi::gst_cuda::nvdec_pipeline(
             clip,
             "video/x-raw(memory:CUDAMemory) ! fakesink name=sink sync=false",
         )
@@ -123,15 +123,19 @@ fn decode_only(clip: &Path, n: usize, warmup: f64, window: f64) -> Result<(f64, 
 /// memory, the lossless per-camera queue of recordings), with a consumer that takes batches of
 /// up to 8 frames and drops them: frames/s over the window.
 fn cameras_only(clip: &Path, n: usize, warmup: f64, window: f64) -> Result<f64> {
-    let rt = crate::gpu::runtime().map_err(anyhow::Error::msg)?;
-    let policies = vec![crate::media::DropPolicy::Block; n];
-    let queue = Arc::new(crate::media::FrameQueue::new(&policies));
+    let rt = vigil_dataplane::gpu::runtime().map_err(anyhow::Error::msg)?;
+    let policies = vec![vigil_dataplane::media::DropPolicy::Block; n];
+    let queue = Arc::new(vigil_dataplane::media::FrameQueue::new(&policies));
     let mut cams = Vec::new();
     for i in 0..n {
         let c: CameraConfig = toml::from_str(&camera_toml(clip, i, 0))?;
-        let mut s = crate::media::camera::SourceSettings::from(&c);
+        let mut s = vigil_dataplane::media::camera::SourceSettings::from(&c);
         s.cuda = Some(rt.frames());
-        cams.push(crate::media::CameraHandle::spawn(s, i, queue.clone())?);
+        cams.push(vigil_dataplane::media::CameraHandle::spawn(
+            s,
+            i,
+            queue.clone(),
+        )?);
     }
     let count = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -238,7 +242,7 @@ fn detect(
     let cpu_us = (c1 - c0) / frames * 1e6;
     Ok(Row {
         streams: n,
-        cuda_graph: crate::gpu::ort_cuda::CUDA_GRAPH.load(Ordering::Relaxed),
+        cuda_graph: vigil_dataplane::gpu::ort_cuda::CUDA_GRAPH.load(Ordering::Relaxed),
         workers: k,
         fps_detect: frames / dt,
         fps_decode_only: 0.0,
@@ -269,11 +273,11 @@ pub fn run(
     warmup: f64,
     window: f64,
 ) -> Result<Vec<Row>> {
-    crate::media::init().map_err(anyhow::Error::msg)?;
-    let rt = crate::gpu::runtime().map_err(|e| anyhow::anyhow!("no GPU: {e}"))?;
+    vigil_dataplane::media::init().map_err(anyhow::Error::msg)?;
+    let rt = vigil_dataplane::gpu::runtime().map_err(|e| anyhow::anyhow!("no GPU: {e}"))?;
     let clip = std::fs::canonicalize(clip).with_context(|| clip.display().to_string())?;
     let model = std::fs::canonicalize(model).with_context(|| model.display().to_string())?;
-    crate::media::probe::choose_decoders(true);
+    vigil_dataplane::media::probe::choose_decoders(true);
     println!(
         "GPU bench: clip {}, model {}, host sync {}, warm-up {warmup} s, window {window} s",
         clip.display(),
@@ -305,7 +309,7 @@ pub fn run(
         let (dec_fps, dec_cpu) = decode_only(&clip, n, warmup, window)?;
         let cam_fps = cameras_only(&clip, n, warmup, window)?;
         for &graph in graphs {
-            crate::gpu::ort_cuda::CUDA_GRAPH.store(graph, Ordering::Relaxed);
+            vigil_dataplane::gpu::ort_cuda::CUDA_GRAPH.store(graph, Ordering::Relaxed);
             let r = detect(&clip, &model, n, workers, warmup, window)?;
             rows.push(finish(r, dec_fps, cam_fps, dec_cpu));
         }

@@ -1,9 +1,18 @@
 //! `vigil`: the command line. Errors are reported here (anyhow); the library returns typed ones.
 
+#![forbid(unsafe_code)]
+
+mod bench;
+mod bench_gpu;
+mod detect;
+mod gpu_check;
+mod ota_cli;
+
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use vigil_dataplane::facts::ThisBox;
 
 #[derive(Parser)]
 #[command(
@@ -57,10 +66,10 @@ enum Cmd {
         frames: usize,
     },
     /// Measure the CPU analysis path against the Python baseline; see benches/RESULTS.md.
-    Bench(vigil::bench::BenchArgs),
+    Bench(crate::bench::BenchArgs),
     /// Signed OTA bundles of models and config: keygen, pack, verify (see ota/README.md).
     #[command(subcommand)]
-    Ota(vigil::ota::cli::OtaCmd),
+    Ota(crate::ota_cli::OtaCmd),
 }
 
 /// Human text on a terminal; journald (structured fields) when systemd started us.
@@ -87,7 +96,7 @@ fn init_logging() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::CheckConfig { file } => match vigil::config::load(&file) {
+        Cmd::CheckConfig { file } => match vigil_core::config::load(&file, &ThisBox) {
             Ok(cfg) => {
                 println!(
                     "{}: ok (device {}, {} camera(s), {} model(s))",
@@ -106,7 +115,7 @@ fn main() -> ExitCode {
         Cmd::Run { config } => {
             init_logging();
             // The device's config with the active OTA set's overlay, if any.
-            let cfg = match vigil::ota::load_effective(&config) {
+            let cfg = match vigil_ota::load_effective(&config, &ThisBox) {
                 Ok(c) => c,
                 Err(errors) => {
                     eprintln!("{errors}");
@@ -121,7 +130,7 @@ fn main() -> ExitCode {
             min_score,
             threads,
             files,
-        } => report(vigil::detect::detect_files(
+        } => report(crate::detect::detect_files(
             &model, min_score, threads, &files,
         )),
         Cmd::GpuCheck {
@@ -129,28 +138,33 @@ fn main() -> ExitCode {
             picture,
             clip,
             frames,
-        } => report(vigil::gpu::check::run().and_then(|gpu| match (gpu, model) {
-            (true, Some(m)) => vigil::gpu::equality::run(&m, &picture, &clip, frames),
+        } => report(crate::gpu_check::run().and_then(|gpu| match (gpu, model) {
+            (true, Some(m)) => crate::gpu_check::equality::run(&m, &picture, &clip, frames),
             _ => Ok(()),
         })),
         Cmd::Bench(args) => {
             init_logging();
-            report(vigil::bench::run(args))
+            report(crate::bench::run(args))
         }
-        Cmd::Ota(cmd) => report(vigil::ota::cli::run(cmd)),
+        Cmd::Ota(cmd) => report(crate::ota_cli::run(cmd)),
         Cmd::RtspServe { file, port, mount } => report(
-            vigil::media::rtsp_server::serve_forever(&file, port, &mount)
+            vigil_dataplane::media::rtsp_server::serve_forever(&file, port, &mount)
                 .map_err(anyhow::Error::msg),
         ),
     }
 }
 
-fn run_service(cfg: vigil::config::Config, path: PathBuf) -> Result<()> {
+fn run_service(cfg: vigil_core::config::Config, path: PathBuf) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(vigil::supervisor::run(cfg, path))
+    rt.block_on(vigil_control::supervisor::run(
+        cfg,
+        path,
+        std::sync::Arc::new(ThisBox),
+    ))
+    .map_err(|e| anyhow::anyhow!(vigil_core::error::chain(&e)))
 }
 
 fn report(r: Result<()>) -> ExitCode {

@@ -5,11 +5,12 @@
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use vigil::config::{
+use vigil_core::config::{
     Anchor, BackendKind, CameraConfig, Config, ConfigError, DeviceConfig, Dur, HttpConfig,
     LineConfig, LineDirection, ModelConfig, ModelKind, MqttConfig, OnEnd, ReconnectConfig,
     StorageConfig, ZoneConfig, ZoneEventKind, load, parse,
 };
+use vigil_dataplane::facts::ThisBox;
 
 fn data_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")
@@ -46,7 +47,7 @@ fn check_bad_config(file: &Path) -> Result<(), String> {
     let text = std::fs::read_to_string(file).map_err(|e| e.to_string())?;
     let first = text.lines().next().unwrap_or("");
     let expect = parse_expect(first).ok_or_else(|| format!("bad expect line {first:?}"))?;
-    let errors = match parse(&text, file) {
+    let errors = match parse(&text, file, &ThisBox) {
         Ok(_) => return Err("parsed without errors".into()),
         Err(errors) => errors,
     };
@@ -106,7 +107,8 @@ classes = ["persn"]
 
 #[test]
 fn several_mistakes_are_all_reported_in_file_order() {
-    let errors = parse(SEVERAL_MISTAKES, Path::new("multi.toml")).expect_err("has mistakes");
+    let errors =
+        parse(SEVERAL_MISTAKES, Path::new("multi.toml"), &ThisBox).expect_err("has mistakes");
     let got: Vec<(usize, usize, &str)> = errors
         .errors()
         .iter()
@@ -139,7 +141,7 @@ fn error_lines_have_the_documented_format() {
                 model = \"m\"\n[models.m]\npath = \"m.onnx\"\nkind = \"nanodet\"\n\
                 [[cameras.zones]]\nname = \"z\"\n\
                 polygon = [[0.1, 0.1], [0.9, 0.9], [0.9, 0.1], [0.1, 0.9]]\n";
-    let errors = parse(text, Path::new("configs/bad.toml")).expect_err("bow tie");
+    let errors = parse(text, Path::new("configs/bad.toml"), &ThisBox).expect_err("bow tie");
     assert_eq!(
         errors.to_string(),
         "configs/bad.toml:12:11: cameras[0].zones[0].polygon: polygon edges 0 and 2 cross \
@@ -152,7 +154,7 @@ fn error_lines_have_the_documented_format() {
 
 #[test]
 fn zero_cameras_is_valid_and_defaults_apply() {
-    let config = parse("[device]\nid = \"box\"\n", Path::new("min.toml")).expect("valid");
+    let config = parse("[device]\nid = \"box\"\n", Path::new("min.toml"), &ThisBox).expect("valid");
     assert!(config.cameras.is_empty() && config.models.is_empty());
     assert_eq!(config.mqtt, MqttConfig::default());
     assert_eq!(config.mqtt.port, 1883);
@@ -282,7 +284,7 @@ fn replay_camera() -> CameraConfig {
 fn good_config_parses_with_every_field() {
     let file = data_dir().join("good-config.toml");
     let text = std::fs::read_to_string(&file).expect("good config readable");
-    let config = parse(&text, &file).unwrap_or_else(|e| panic!("\n{e}"));
+    let config = parse(&text, &file, &ThisBox).unwrap_or_else(|e| panic!("\n{e}"));
     assert_eq!(config, expected_good_config());
 }
 
@@ -327,7 +329,7 @@ fn load_resolves_model_paths_against_the_config_directory() {
     let file = tmp.0.join("vigil.toml");
     std::fs::write(&file, LOAD_CONFIG).expect("write config");
 
-    let errors = load(&file).expect_err("model file missing");
+    let errors = load(&file, &ThisBox).expect_err("model file missing");
     let [e] = errors.errors() else {
         panic!("expected one error:\n{errors}")
     };
@@ -335,7 +337,7 @@ fn load_resolves_model_paths_against_the_config_directory() {
     assert!(e.message.contains("not found"), "{e}");
 
     std::fs::write(tmp.0.join("models/m.onnx"), b"onnx").expect("write model");
-    let config = load(&file).unwrap_or_else(|e| panic!("\n{e}"));
+    let config = load(&file, &ThisBox).unwrap_or_else(|e| panic!("\n{e}"));
     let path = &config.models["m"].path;
     assert!(path.is_absolute(), "{}", path.display());
     assert_eq!(
@@ -349,7 +351,7 @@ fn load_resolves_model_paths_against_the_config_directory() {
 #[test]
 fn load_reports_an_unreadable_file() {
     let file = Path::new("/nonexistent/vigil/config.toml");
-    let errors = load(file).expect_err("no such file");
+    let errors = load(file, &ThisBox).expect_err("no such file");
     let [e] = errors.errors() else {
         panic!("expected one error:\n{errors}")
     };
@@ -375,7 +377,8 @@ fn an_ota_overlay_merges_over_the_file_and_its_errors_point_into_it() {
         "[models.m]\npath = \"models/new.onnx\"\nthreads = 2\n\n[[cameras]]\nname = \"d\"\nurl = \"rtsp://cam/y\"\nmodel = \"m\"\n",
     )
     .unwrap();
-    let c = vigil::config::load_overlaid(&file, &overlay).unwrap_or_else(|e| panic!("\n{e}"));
+    let c = vigil_core::config::load_overlaid(&file, &overlay, &ThisBox)
+        .unwrap_or_else(|e| panic!("\n{e}"));
     assert_eq!(c.models["m"].path, slot.join("models/new.onnx"));
     assert_eq!(
         (c.models["m"].threads, c.models["m"].kind),
@@ -389,7 +392,8 @@ fn an_ota_overlay_merges_over_the_file_and_its_errors_point_into_it() {
 
     // A bad value in the overlay is reported at its place in the overlay.
     std::fs::write(&overlay, "# from the bundle\n[models.m]\nthreads = 999\n").unwrap();
-    let errors = vigil::config::load_overlaid(&file, &overlay).expect_err("threads too many");
+    let errors =
+        vigil_core::config::load_overlaid(&file, &overlay, &ThisBox).expect_err("threads too many");
     let [e] = errors.errors() else {
         panic!("expected one error:\n{errors}")
     };
@@ -400,7 +404,8 @@ fn an_ota_overlay_merges_over_the_file_and_its_errors_point_into_it() {
     );
     // A missing model file named by the overlay.
     std::fs::write(&overlay, "[models.m]\npath = \"models/missing.onnx\"\n").unwrap();
-    let errors = vigil::config::load_overlaid(&file, &overlay).expect_err("missing model");
+    let errors =
+        vigil_core::config::load_overlaid(&file, &overlay, &ThisBox).expect_err("missing model");
     assert_eq!(errors.errors()[0].file, overlay, "{errors}");
     // One in the device's own file is reported at its place there.
     std::fs::write(
@@ -409,7 +414,7 @@ fn an_ota_overlay_merges_over_the_file_and_its_errors_point_into_it() {
     )
     .unwrap();
     std::fs::write(&overlay, "[models.m]\nthreads = 2\n").unwrap();
-    let errors = vigil::config::load_overlaid(&file, &overlay).expect_err("fps 0");
+    let errors = vigil_core::config::load_overlaid(&file, &overlay, &ThisBox).expect_err("fps 0");
     let [e] = errors.errors() else {
         panic!("expected one error:\n{errors}")
     };
@@ -420,7 +425,8 @@ fn an_ota_overlay_merges_over_the_file_and_its_errors_point_into_it() {
     );
     // Tables that belong to the device are refused.
     std::fs::write(&overlay, "[mqtt]\nhost = \"evil.example\"\n").unwrap();
-    let errors = vigil::config::load_overlaid(&file, &overlay).expect_err("no [mqtt]");
+    let errors =
+        vigil_core::config::load_overlaid(&file, &overlay, &ThisBox).expect_err("no [mqtt]");
     let [e] = errors.errors() else {
         panic!("expected one error:\n{errors}")
     };

@@ -2,9 +2,9 @@
 
 mod common;
 
-use vigil::analytics::{Detections, coco_class_id};
-use vigil::detect::Detector;
-use vigil::media::still::decode_file;
+use vigil_core::analytics::{Detections, coco_class_id};
+use vigil_dataplane::detect::Detector;
+use vigil_dataplane::media::still::decode_file;
 
 const VTEST: &str = "/usr/share/doc/opencv-doc/examples/data/vtest.avi";
 

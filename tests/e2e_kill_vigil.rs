@@ -42,7 +42,7 @@ fn events_committed_before_a_kill_9_reach_the_subscriber_after_restart() {
     broker.kill9();
     let spool_path = state.join("events.db");
     let unsent = || {
-        vigil::events::spool::Spool::open(&spool_path, Default::default())
+        vigil_control::spool::Spool::open(&spool_path, Default::default())
             .unwrap()
             .stats()
             .unwrap()

@@ -34,8 +34,9 @@ fn garbage_model(out: &Path) -> Vec<u8> {
     let at = (bytes.len() * 6 / 10) & !3;
     bytes[at..at + 4096].fill(0xFF);
     std::fs::write(out, &bytes).unwrap();
-    let mut b = vigil::infer::onnx::OnnxBackend::load_cpu(out, 1).expect("the garbage model loads");
-    use vigil::infer::Backend;
+    let mut b =
+        vigil_dataplane::onnx::OnnxBackend::load_cpu(out, 1).expect("the garbage model loads");
+    use vigil_core::model::Backend;
     let input = vec![0.5f32; 3 * 416 * 416];
     let mut finite = true;
     b.run(&input, [1, 3, 416, 416], &mut |outs| {

@@ -8,13 +8,13 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use vigil::config::CameraConfig;
-use vigil::media::camera::SourceSettings;
-use vigil::media::{CameraHandle, CameraState, DropPolicy, FrameQueue};
+use vigil_core::config::CameraConfig;
+use vigil_dataplane::media::camera::SourceSettings;
+use vigil_dataplane::media::{CameraHandle, CameraState, DropPolicy, FrameQueue};
 
 #[test]
 fn every_sampled_frame_of_a_recording_is_taken_even_at_its_end() {
-    vigil::media::init().unwrap();
+    vigil_dataplane::media::init().unwrap();
     let clip = common::asset(".cache/media/vtest-30s.mp4");
     let cfg: CameraConfig = toml::from_str(&format!(
         "name = \"rec\"\nurl = \"file://{}\"\nmodel = \"m\"\nfps = 5\non_end = \"stop\"\nstall_timeout = \"20s\"",

@@ -13,10 +13,10 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use vigil::config::MqttConfig;
-use vigil::events::spool::{Retention, Spool};
-use vigil::mqtt::MqttLink;
-use vigil::mqtt::commands::Handler;
+use vigil_control::mqtt::MqttLink;
+use vigil_control::mqtt::commands::Handler;
+use vigil_control::spool::{Retention, Spool};
+use vigil_core::config::MqttConfig;
 
 const EVENTS: u64 = 10_000;
 const KILLS: usize = 20;
@@ -134,7 +134,7 @@ fn ten_thousand_events_survive_twenty_broker_kills() {
     let spool = Arc::new(Spool::open(&dir.join("events.db"), Retention::default()).unwrap());
     let cfg = MqttConfig {
         port,
-        keep_alive: vigil::config::Dur::secs(5),
+        keep_alive: vigil_core::config::Dur::secs(5),
         ..MqttConfig::default()
     };
     let link = rt.block_on(async {
@@ -143,7 +143,7 @@ fn ten_thousand_events_survive_twenty_broker_kills() {
             "kill",
             spool.clone(),
             Handler::new(Arc::new(|| serde_json::Value::Null)),
-            vigil::health::HealthRegistry::default().register(
+            vigil_core::health::HealthRegistry::default().register(
                 "mqtt-link",
                 Duration::from_secs(15),
                 true,

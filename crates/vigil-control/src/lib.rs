@@ -1,0 +1,13 @@
+//! Vigil's control plane (tokio): the [`supervisor`] that owns the running config and plan,
+//! the durable event [`spool`], the [`mqtt`] link and its commands, the [`http`] API, and the
+//! [`control`] API through which commands reach the supervisor.
+//!
+//! Knows nothing of pixel formats, CUDA or model output layouts: it builds engines through the
+//! data plane and reads their counters.
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod http;
+pub mod mqtt;
+pub mod spool;
+pub mod supervisor;

@@ -1,0 +1,52 @@
+//! Events: what Vigil reports. An [`Event`] is built from a rule hit with a unique id and
+//! both timestamps; it is plain data (serde), knows nothing of MQTT or of how it was detected.
+
+use serde::Serialize;
+use std::time::SystemTime;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    ZoneEnter,
+    ZoneLeave,
+    ZoneDwell,
+    LineCross,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Event {
+    /// The device's sequence number: 1, 2, 3, … without gaps, assigned when the event is
+    /// written to the spool (0 before). A consumer that sees a gap asks for a replay.
+    pub seq: u64,
+    /// Unique, time-ordered (UUID v7).
+    pub id: String,
+    pub device: String,
+    pub camera: String,
+    /// Name of the zone or line.
+    pub rule: String,
+    pub kind: EventKind,
+    /// `in` or `out`, for line crossings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub direction: Option<&'static str>,
+    pub track_id: u64,
+    pub class: String,
+    pub score: f32,
+    /// `[x1, y1, x2, y2]`, normalised to the frame (0..1, origin top-left).
+    pub bbox: [f32; 4],
+    /// Stream time of the frame in seconds: 0 at the camera's first analysed frame, carried on
+    /// across pipeline rebuilds (an outage is bridged with wall-clock time).
+    pub pts_s: f64,
+    /// Wall-clock time the event was produced, RFC 3339 UTC.
+    pub time: String,
+    /// Seconds inside the zone, for dwell and leave events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dwell_s: Option<f32>,
+}
+
+pub fn new_event_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}

@@ -1,0 +1,363 @@
+//! The GPU path of one model: frame → detections with the pixels on the GPU throughout.
+//!
+//! NVDEC frames (CUDA memory, or Jetson NVMM, mapped) → one fused preprocessing launch for the
+//! batch writing straight into ONNX Runtime's bound input → CUDA execution provider on our
+//! stream → NanoDet decode + NMS kernels → one small device→host copy of the detections per
+//! frame. Everything is queued on one CUDA stream and synchronised once per batch (by the result
+//! copies). Frames already in host memory (a camera
+//! whose codec NVDEC lacks, or a still image) are uploaded first; those bytes are counted apart.
+//!
+//! Every device→host byte of the GPU path is counted here, in [`GpuCounters`], and nowhere else
+//! copies from the device.
+
+use super::MappedFrame;
+use super::ort_cuda::{BATCHES, CudaOnnx, MAX_BATCH};
+use super::postprocess::GpuPostprocessor;
+use super::preprocess::{DevicePlanes, GpuPreprocessor, Precision};
+use crate::media::FrameRef;
+use crate::media::frame::FrameMemory;
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr};
+use std::mem::ManuallyDrop;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use vigil_core::analytics::Detections;
+use vigil_core::model::nanodet::{NanodetDecoder, input_spec};
+use vigil_core::model::preprocess::YuvView;
+
+/// Byte counters of the GPU path: the one place every device→host byte is counted (all
+/// detectors of the process), read by `/metrics` and the bench.
+pub static COUNTERS: GpuCounters = GpuCounters {
+    d2h_bytes: AtomicU64::new(0),
+    h2d_bytes: AtomicU64::new(0),
+    device_frames: AtomicU64::new(0),
+    nvmm_frames: AtomicU64::new(0),
+    host_frames: AtomicU64::new(0),
+};
+
+#[derive(Debug)]
+pub struct GpuCounters {
+    /// Device→host bytes (only detections: [`super::postprocess::RESULT_FLOATS`] × 4 a frame).
+    pub d2h_bytes: AtomicU64,
+    /// Host→device bytes (uploads of frames that arrived in host memory).
+    pub h2d_bytes: AtomicU64,
+    /// Frames analysed from CUDA memory (zero-copy).
+    pub device_frames: AtomicU64,
+    /// Frames analysed from Jetson's NVMM memory (zero-copy; untested here).
+    pub nvmm_frames: AtomicU64,
+    /// Frames analysed after an upload from host memory.
+    pub host_frames: AtomicU64,
+}
+
+pub struct GpuDetector {
+    /// Everything holding GPU resources, dropped in [`Drop`] under the shared GPU lock.
+    g: ManuallyDrop<Parts>,
+    ctx: Arc<CudaContext>,
+}
+
+struct Parts {
+    // Field order is drop order: the session and kernels go before the stream they use.
+    onnx: CudaOnnx,
+    pre: GpuPreprocessor,
+    post: GpuPostprocessor,
+    decoder: NanodetDecoder,
+    staging: Option<CudaSlice<u8>>,
+    stream: Arc<CudaStream>,
+}
+
+impl Drop for GpuDetector {
+    /// Its sessions, buffers and modules are freed under the shared GPU lock, so never while a
+    /// CUDA graph is captured (a model swap or reload drops a detector on the supervisor's
+    /// thread while other workers run).
+    fn drop(&mut self) {
+        let _ = self.ctx.bind_to_thread();
+        super::relax_capture_mode();
+        let _shared = super::GPU_LOCK.read().unwrap_or_else(|e| e.into_inner());
+        let _ = self.g.stream.synchronize();
+        // SAFETY: `g` is dropped exactly once, here, and never used afterwards (this is the
+        // detector's drop).
+        unsafe { ManuallyDrop::drop(&mut self.g) };
+    }
+}
+
+impl GpuDetector {
+    /// Loads `model` with the CUDA execution provider on a stream of its own in `ctx`, and
+    /// compiles the kernels. `input_size` as configured (checked against the model as on the
+    /// CPU path, `nanodet::input_size`).
+    pub fn new(ctx: &Arc<CudaContext>, model: &Path, input_size: usize) -> Result<Self, String> {
+        ctx.bind_to_thread().map_err(|e| e.to_string())?;
+        // Loading a model with the CUDA provider allocates and makes cuDNN/cuBLAS handles: not
+        // while another worker captures a CUDA graph (see `ort_cuda::CudaOnnx::bind`). On
+        // failure the half-made parts are dropped here too, still under the lock.
+        super::relax_capture_mode();
+        let _exclusive = super::GPU_LOCK.write().unwrap_or_else(|e| e.into_inner());
+        let stream = ctx.new_stream().map_err(|e| e.to_string())?;
+        let onnx = CudaOnnx::load(model, stream.cu_stream().cast()).map_err(|e| e.to_string())?;
+        let (size, dynamic) = vigil_core::model::nanodet::input_size(onnx.inputs(), input_size)
+            .map_err(|e| e.to_string())?;
+        let decoder = NanodetDecoder::new(&model.display().to_string(), size, onnx.outputs())
+            .map_err(|e| e.to_string())?;
+        let pre = GpuPreprocessor::new(ctx, input_spec(size, dynamic), stream.clone())?;
+        let post = GpuPostprocessor::new(ctx, stream.clone())?;
+        Ok(Self {
+            g: ManuallyDrop::new(Parts {
+                onnx,
+                pre,
+                post,
+                decoder,
+                staging: None,
+                stream,
+            }),
+            ctx: ctx.clone(),
+        })
+    }
+
+    /// The model's input side and whether its height and width are dynamic.
+    pub fn input(&self) -> (usize, bool) {
+        let s = self.g.pre.spec();
+        (s.size, s.align != 0)
+    }
+
+    /// Lowest score kept by the decoder (the tracker's second stage uses low ones).
+    pub fn set_score_threshold(&mut self, t: f32) {
+        self.g.post.score_threshold = t;
+    }
+
+    /// Detections of up to [`MAX_BATCH`] frames, `outs[i]` and `res[i]` for `frames[i]`. Frames
+    /// in CUDA or NVMM memory of one size run as one batch (one inference); frames in host
+    /// memory are uploaded and run alone. The worker thread must be the one that made the detector.
+    pub fn detect_batch(
+        &mut self,
+        frames: &[FrameRef],
+        outs: &mut [Detections],
+        res: &mut [Result<(), String>],
+    ) {
+        let n = frames.len().min(MAX_BATCH);
+        if let Err(e) = self.ctx.bind_to_thread() {
+            res.iter_mut().for_each(|r| *r = Err(e.to_string()));
+            return;
+        }
+        super::relax_capture_mode();
+        let mut done = [false; MAX_BATCH];
+        for i in 0..n {
+            if done[i] {
+                continue;
+            }
+            if matches!(frames[i].memory, FrameMemory::Host(_)) {
+                done[i] = true;
+                res[i] = match frames[i].host_yuv() {
+                    Some(yuv) => self.detect_host(&yuv, &mut outs[i]),
+                    None => Err("frame in a host format other than I420/NV12".into()),
+                };
+                continue;
+            }
+            // Every device (CUDA or NVMM) frame of this one's size, as one batch.
+            let size = (frames[i].width(), frames[i].height());
+            let mut group = heapless::Vec::<usize, MAX_BATCH>::new();
+            for (j, f) in frames.iter().enumerate().take(n).skip(i) {
+                if !done[j]
+                    && matches!(
+                        f.memory,
+                        FrameMemory::Cuda { .. } | FrameMemory::Nvmm { .. }
+                    )
+                    && (f.width(), f.height()) == size
+                {
+                    done[j] = true;
+                    let _ = group.push(j);
+                }
+            }
+            if let Err(e) = self.ready_for(size.0, size.1) {
+                group.iter().for_each(|&j| res[j] = Err(e.clone()));
+                continue;
+            }
+            let _shared = super::GPU_LOCK.read().unwrap_or_else(|e| e.into_inner());
+            let mut maps = heapless::Vec::<MappedFrame, MAX_BATCH>::new();
+            let mut planes = heapless::Vec::<DevicePlanes, MAX_BATCH>::new();
+            let mut mapped = heapless::Vec::<usize, MAX_BATCH>::new();
+            for &j in &group {
+                match MappedFrame::nv12(&frames[j].memory) {
+                    Ok(m) => {
+                        let _ = planes.push(m.planes(frames[j].width(), frames[j].height()));
+                        let _ = maps.push(m);
+                        let _ = mapped.push(j);
+                    }
+                    Err(e) => res[j] = Err(e),
+                }
+            }
+            let mut ok = [true; MAX_BATCH];
+            // The mappings live until `infer_batch` has synchronised the stream.
+            match self.infer_batch(&planes, outs, &mapped, &mut ok) {
+                Ok(()) => {
+                    for (k, &j) in mapped.iter().enumerate() {
+                        res[j] = if ok[k] {
+                            Ok(())
+                        } else {
+                            Err("the model returned non-finite values".into())
+                        };
+                    }
+                    let nvmm = mapped
+                        .iter()
+                        .filter(|&&j| matches!(frames[j].memory, FrameMemory::Nvmm { .. }))
+                        .count();
+                    COUNTERS
+                        .device_frames
+                        .fetch_add((mapped.len() - nvmm) as u64, Ordering::Relaxed);
+                    COUNTERS
+                        .nvmm_frames
+                        .fetch_add(nvmm as u64, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    // Kernels may still read the frames: wait before they are unmapped.
+                    let _ = self.g.stream.synchronize();
+                    mapped.iter().for_each(|&j| res[j] = Err(e.clone()));
+                }
+            }
+            drop(maps);
+        }
+    }
+
+    /// Detections of a frame in host memory: uploaded once (counted), then run alone.
+    pub fn detect_host(&mut self, yuv: &YuvView<'_>, out: &mut Detections) -> Result<(), String> {
+        self.ctx.bind_to_thread().map_err(|e| e.to_string())?;
+        super::relax_capture_mode();
+        self.ready_for(yuv.width, yuv.height)?;
+        let _shared = super::GPU_LOCK.read().unwrap_or_else(|e| e.into_inner());
+        let e = |e: cudarc::driver::DriverError| e.to_string();
+        // The planes as they are (NV12: Y then interleaved UV; I420: Y, U, V), one after the
+        // other in a staging buffer grown to the largest frame seen.
+        let (w, h) = (yuv.width, yuv.height);
+        let y_len = (yuv.y_stride * h).min(yuv.y.len());
+        let uv_len = (yuv.uv_stride * h.div_ceil(2)).min(yuv.u.len());
+        let nv12 = yuv.uv_step == 2;
+        let need = y_len + if nv12 { uv_len } else { 2 * uv_len };
+        let g = &mut *self.g;
+        if g.staging.as_ref().is_none_or(|s| s.len() < need) {
+            g.staging = Some(g.stream.alloc_zeros::<u8>(need).map_err(e)?);
+        }
+        let staging = g.staging.as_mut().expect("allocated above");
+        g.stream
+            .memcpy_htod(&yuv.y[..y_len], &mut staging.slice_mut(0..))
+            .map_err(e)?;
+        g.stream
+            .memcpy_htod(&yuv.u[..uv_len], &mut staging.slice_mut(y_len..))
+            .map_err(e)?;
+        if !nv12 {
+            g.stream
+                .memcpy_htod(&yuv.v[..uv_len], &mut staging.slice_mut(y_len + uv_len..))
+                .map_err(e)?;
+        }
+        COUNTERS.h2d_bytes.fetch_add(need as u64, Ordering::Relaxed);
+        let (base, sync) = staging.device_ptr(&g.stream);
+        // The staging buffer is only reused after `infer_batch` has synchronised the stream.
+        drop(sync);
+        let planes = DevicePlanes {
+            y: base,
+            u: base + y_len as u64,
+            v: if nv12 {
+                base + y_len as u64 + 1
+            } else {
+                base + (y_len + uv_len) as u64
+            },
+            width: w,
+            height: h,
+            y_stride: yuv.y_stride,
+            uv_stride: yuv.uv_stride,
+            uv_step: yuv.uv_step,
+        };
+        let mut ok = [true; MAX_BATCH];
+        self.infer_batch(&[planes], std::slice::from_mut(out), &[0], &mut ok)?;
+        COUNTERS.host_frames.fetch_add(1, Ordering::Relaxed);
+        if !ok[0] {
+            return Err("the model returned non-finite values".into());
+        }
+        Ok(())
+    }
+
+    /// Makes the sessions for a `width`×`height` frame's input size, for every batch size, if
+    /// the size is new (before the shared GPU lock is taken: making one takes it exclusively).
+    fn ready_for(&mut self, width: usize, height: usize) -> Result<(), String> {
+        let (in_w, in_h) = self.g.pre.spec().input_dims(width, height);
+        let batches: &[usize] = if self.g.onnx.batches() {
+            &BATCHES
+        } else {
+            &[1]
+        };
+        for &b in batches {
+            self.g.onnx.bind(in_w, in_h, b).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Preprocess `planes` (all of one size) into one batched input → one inference → decode +
+    /// NMS per image, all on the stream; returns after the detections are on the host:
+    /// `outs[slots[k]]` for `planes[k]`, `ok[k]` false where the model's outputs were not finite.
+    fn infer_batch(
+        &mut self,
+        planes: &[DevicePlanes],
+        outs: &mut [Detections],
+        slots: &[usize],
+        ok: &mut [bool; MAX_BATCH],
+    ) -> Result<(), String> {
+        let g = &mut *self.g;
+        let n = planes.len();
+        if n == 0 {
+            return Ok(());
+        }
+        let (in_w, in_h) = g.pre.spec().input_dims(planes[0].width, planes[0].height);
+        let batch = if g.onnx.batches() {
+            BATCHES
+                .iter()
+                .copied()
+                .find(|&b| b >= n)
+                .unwrap_or(MAX_BATCH)
+        } else {
+            1
+        };
+        if n > batch {
+            return Err(format!("{n} frames for a model that takes {batch}"));
+        }
+        let bound = g
+            .onnx
+            .get(in_w, in_h, batch)
+            .ok_or_else(|| format!("no session made for {batch} × {in_w}×{in_h} inputs"))?;
+        let input = bound.input_ptr;
+        let mut ptrs = heapless::Vec::<u64, { vigil_core::model::MAX_OUTPUTS }>::new();
+        let mut lens = heapless::Vec::<usize, { vigil_core::model::MAX_OUTPUTS }>::new();
+        for (p, l) in &bound.outputs {
+            let _ = ptrs.push(*p);
+            let _ = lens.push(*l / batch);
+        }
+        // SAFETY: the planes are mapped/uploaded device memory of each frame's size (caller);
+        // ONNX Runtime's bound `[batch, 3, in_h, in_w]` f32 input (alive in `g.onnx`) holds
+        // `batch` ≥ n images.
+        let lbs = unsafe {
+            g.pre
+                .run_ptrs(planes, input, batch * 3 * in_w * in_h, Precision::F32)?
+        };
+        bound.run().map_err(|e| e.to_string())?;
+        g.decoder.layout(in_w, in_h, &lens)?;
+        let mut image_outs = heapless::Vec::<u64, { vigil_core::model::MAX_OUTPUTS }>::new();
+        for (k, lb) in lbs.iter().enumerate() {
+            image_outs.clear();
+            for (p, l) in ptrs.iter().zip(&lens) {
+                let _ = image_outs.push(p + (k * l * 4) as u64);
+            }
+            g.post.enqueue(
+                k,
+                g.decoder.levels(),
+                g.decoder.classes(),
+                g.decoder.bins(),
+                &image_outs,
+                lb,
+            )?;
+        }
+        let bytes = g.post.finish(n)?;
+        COUNTERS
+            .d2h_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+        for (k, &slot) in slots.iter().enumerate().take(n) {
+            ok[k] = g.post.read(k, &mut outs[slot])?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,289 @@
+//! The GPU path: a probe that never crashes a box without NVIDIA's driver, the process's one
+//! CUDA runtime (context, its GStreamer wrapper where there is one, [`GPU_LOCK`]), the frame
+//! mappings, and the modules of the path (kernels, ONNX Runtime's CUDA provider, the detector).
+//!
+//! cudarc panics when it cannot load the driver library, so [`probe`] checks for it first and
+//! nothing here touches CUDA before a successful probe. Knows nothing of tracking, rules or
+//! MQTT.
+
+pub mod detector;
+pub mod ort_cuda;
+pub mod postprocess;
+pub mod preprocess;
+
+use crate::ffi::gst_cuda;
+#[cfg(feature = "jetson")]
+use crate::ffi::jetson_nvmm;
+use std::sync::Arc;
+
+pub use vigil_core::facts::GpuProbe;
+
+/// Looks for a CUDA driver and device 0 without ever panicking (once per process; the result
+/// is kept).
+pub fn probe() -> GpuProbe {
+    static PROBE: std::sync::OnceLock<GpuProbe> = std::sync::OnceLock::new();
+    PROBE.get_or_init(probe_now).clone()
+}
+
+fn probe_now() -> GpuProbe {
+    // SAFETY: only tries to dlopen the driver library; no CUDA call is made if it is absent.
+    let present = unsafe { cudarc::driver::sys::is_culib_present() };
+    if !present {
+        return GpuProbe::Unavailable(
+            "no NVIDIA CUDA driver library (libcuda.so) on this box".into(),
+        );
+    }
+    match std::panic::catch_unwind(cudarc_device) {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => GpuProbe::Unavailable(format!("CUDA driver present but unusable: {e}")),
+        Err(_) => GpuProbe::Unavailable("CUDA driver present but failed to load".into()),
+    }
+}
+
+fn cudarc_device() -> Result<GpuProbe, cudarc::driver::DriverError> {
+    let ctx = cudarc::driver::CudaContext::new(0)?;
+    let memory_mib = ctx.total_mem().map(|b| b as u64 >> 20).unwrap_or(0);
+    Ok(GpuProbe::Available {
+        name: ctx.name()?,
+        compute_capability: ctx.compute_capability()?,
+        memory_mib,
+    })
+}
+
+/// A frame in device memory mapped for the kernels, for as long as this lives: NVDEC's
+/// `memory:CUDAMemory` or Jetson's `memory:NVMM` (untested here, see [`jetson_nvmm`]).
+pub enum MappedFrame {
+    Cuda(gst_cuda::CudaMapping),
+    #[cfg(feature = "jetson")]
+    Nvmm(jetson_nvmm::NvmmMapping),
+}
+
+/// Why NVMM frames cannot be mapped by a build without Jetson support.
+#[cfg(not(feature = "jetson"))]
+const NO_JETSON: &str =
+    "this build has no Jetson NVMM support (built without the `jetson` feature)";
+
+/// Whether Jetson's NVMM frames can be mapped here (JetPack's libraries load).
+fn nvmm_available() -> Result<(), String> {
+    #[cfg(feature = "jetson")]
+    return jetson_nvmm::available();
+    #[cfg(not(feature = "jetson"))]
+    Err(NO_JETSON.into())
+}
+
+impl MappedFrame {
+    /// Maps an NV12 frame in device memory; an error for a frame in host memory.
+    pub fn nv12(memory: &crate::media::frame::FrameMemory) -> Result<Self, String> {
+        use crate::media::frame::FrameMemory;
+        match memory {
+            FrameMemory::Cuda { buffer, info } => {
+                gst_cuda::CudaMapping::nv12(buffer, info).map(Self::Cuda)
+            }
+            #[cfg(feature = "jetson")]
+            FrameMemory::Nvmm { buffer, info } => {
+                jetson_nvmm::NvmmMapping::nv12(buffer, info).map(Self::Nvmm)
+            }
+            #[cfg(not(feature = "jetson"))]
+            FrameMemory::Nvmm { .. } => Err(NO_JETSON.into()),
+            FrameMemory::Host(_) => Err("frame in host memory, not device memory".into()),
+        }
+    }
+
+    /// The frame's planes as the preprocessing kernel reads them (NV12: Y, then U and V
+    /// interleaved).
+    pub fn planes(&self, width: usize, height: usize) -> preprocess::DevicePlanes {
+        let (y, uv, y_stride, uv_stride) = match self {
+            Self::Cuda(m) => (m.y, m.uv, m.y_stride, m.uv_stride),
+            #[cfg(feature = "jetson")]
+            Self::Nvmm(m) => (m.y, m.uv, m.y_stride, m.uv_stride),
+        };
+        preprocess::DevicePlanes {
+            y,
+            u: uv,
+            v: uv + 1,
+            width,
+            height,
+            y_stride,
+            uv_stride,
+            uv_step: 2,
+        }
+    }
+}
+
+/// The process's CUDA context (the primary context of device 0).
+pub fn context() -> Result<Arc<cudarc::driver::CudaContext>, String> {
+    runtime().map(|r| r.ctx.clone())
+}
+
+/// What the GPU path shares process-wide: one CUDA context (device 0's primary context, which
+/// ONNX Runtime's CUDA provider also uses) and the same context wrapped for GStreamer.
+pub struct GpuRuntime {
+    pub ctx: Arc<cudarc::driver::CudaContext>,
+    /// `gst.cuda.context` for the camera pipelines (their decoders allocate frames in it);
+    /// `None` on a Jetson without GStreamer's CUDA library, whose `nvv4l2decoder` frames are
+    /// in NVMM memory and mapped by `jetson_nvmm` instead.
+    pub gst: Option<gstreamer::Context>,
+    /// How the host waits for the GPU (`VIGIL_CUDA_SYNC`: `blocking` (default), `spin`,
+    /// `yield`).
+    pub sync: &'static str,
+}
+
+impl GpuRuntime {
+    /// Where the camera pipelines of the GPU path leave their frames.
+    pub fn frames(&self) -> crate::media::camera::GpuFrames {
+        match &self.gst {
+            Some(c) => crate::media::camera::GpuFrames::Cuda(c.clone()),
+            None => crate::media::camera::GpuFrames::Nvmm,
+        }
+    }
+}
+
+/// The process's GPU runtime, made once: the probe, then the primary context with the chosen
+/// scheduling flags (set before anything makes it active), then its GStreamer wrapper.
+pub fn runtime() -> Result<&'static GpuRuntime, String> {
+    static RT: std::sync::OnceLock<Result<GpuRuntime, String>> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        if let GpuProbe::Unavailable(why) = probe() {
+            return Err(why);
+        }
+        if std::env::var("VIGIL_CUDA_GRAPH").as_deref() == Ok("0") {
+            ort_cuda::CUDA_GRAPH.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+        // GStreamer must be up before its CUDA context is made.
+        crate::media::init().map_err(|e| vigil_core::error::chain(&e))?;
+        use cudarc::driver::sys::CUctx_flags as F;
+        let (sync, flags) = match std::env::var("VIGIL_CUDA_SYNC").as_deref() {
+            Ok("spin") => ("spin", F::CU_CTX_SCHED_SPIN),
+            Ok("yield") => ("yield", F::CU_CTX_SCHED_YIELD),
+            _ => ("blocking", F::CU_CTX_SCHED_BLOCKING_SYNC),
+        };
+        // SAFETY: the driver is present (probe); device 0 exists; setting the primary
+        // context's flags has no other effect than how the host waits for the GPU. It fails
+        // harmlessly if the context is already active (then the driver's choice stays).
+        unsafe {
+            let mut dev = 0;
+            if cudarc::driver::sys::cuDeviceGet(&mut dev, 0)
+                == cudarc::driver::sys::CUresult::CUDA_SUCCESS
+            {
+                let _ = cudarc::driver::sys::cuDevicePrimaryCtxSetFlags_v2(dev, flags as u32);
+            }
+        }
+        let ctx = cudarc::driver::CudaContext::new(0).map_err(|e| e.to_string())?;
+        let mut got = 0u32;
+        // SAFETY: the context is current on this thread (cudarc binds it on creation); the
+        // call only writes the flags word.
+        let sync = if unsafe { cudarc::driver::sys::cuCtxGetFlags(&mut got) }
+            == cudarc::driver::sys::CUresult::CUDA_SUCCESS
+            && got & 0x7 != flags as u32
+        {
+            tracing::warn!(
+                "CUDA context scheduling flags are {got:#x}, not the {sync} wait asked for (the context was already active)"
+            );
+            "driver's choice"
+        } else {
+            sync
+        };
+        // SAFETY: each GPU detector queues all its work on its one stream, so cudarc's
+        // cross-stream event tracking (an event record per launch) has nothing to order.
+        unsafe { ctx.disable_event_tracking() };
+        let gst = match gst_cuda::shared_context(&ctx) {
+            Ok(c) => Some(c),
+            // JetPack 6 ships GStreamer 1.20, without libgstcuda: NVMM frames need none.
+            Err(e) if gstreamer::ElementFactory::find("nvv4l2decoder").is_some() => {
+                match nvmm_available() {
+                    Ok(()) => {
+                        tracing::info!(
+                            "no GStreamer CUDA context ({e}): Jetson nvv4l2decoder frames in NVMM memory, mapped through EGL"
+                        );
+                        None
+                    }
+                    Err(nvmm) => {
+                        return Err(format!(
+                            "neither GStreamer's CUDA library ({e}) nor Jetson's NVMM mapping ({nvmm})"
+                        ));
+                    }
+                }
+            }
+            Err(e) => {
+                return Err(format!(
+                    "GStreamer's CUDA library is needed to keep NVDEC frames on the GPU: {e}"
+                ));
+            }
+        };
+        Ok(GpuRuntime { ctx, gst, sync })
+    })
+    .as_ref()
+    .map_err(Clone::clone)
+}
+
+/// Compiles CUDA C for `ctx`'s device with NVRTC (at start-up, once per kernel set) and loads
+/// it. `fmad=false` so products and sums round as on the CPU, whose code is the reference.
+pub fn compile(
+    ctx: &Arc<cudarc::driver::CudaContext>,
+    src: &str,
+) -> Result<Arc<cudarc::driver::CudaModule>, String> {
+    let (major, minor) = ctx.compute_capability().map_err(|e| e.to_string())?;
+    let arch: &'static str = ARCH.get_or_init(|| {
+        // CompileOptions wants a 'static name; one per process.
+        Box::leak(format!("sm_{major}{minor}").into_boxed_str())
+    });
+    let opts = cudarc::nvrtc::CompileOptions {
+        arch: Some(arch),
+        fmad: Some(false),
+        ..Default::default()
+    };
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(src, opts).map_err(|e| format!("NVRTC: {e}"))?;
+    ctx.load_module(ptx).map_err(|e| e.to_string())
+}
+
+static ARCH: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
+/// Lets the calling thread keep making CUDA calls while another thread captures a CUDA graph
+/// (ONNX Runtime captures in global mode, which otherwise forbids, process-wide, calls such as
+/// allocations and synchronous copies, and the capture then fails). Called once per thread by
+/// the GPU workers and by the camera threads that receive NVDEC frames; a thread-local flag
+/// makes repeated calls free. A no-op where no GPU runtime was made.
+pub fn relax_capture_mode() {
+    thread_local! {
+        static DONE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    if DONE.with(|d| d.replace(true)) {
+        return;
+    }
+    let mut mode = cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED;
+    // SAFETY: only called once the driver is loaded (the GPU runtime exists); the call
+    // exchanges this thread's capture mode and writes the previous one into `mode`.
+    unsafe {
+        let _ = cudarc::driver::sys::cuThreadExchangeStreamCaptureMode(&mut mode);
+    }
+}
+
+/// Ends a stream capture left open on `stream` (a raw `CUstream`) and discards what it
+/// recorded; returns whether one was open.
+pub fn end_dangling_capture(stream: usize) -> bool {
+    use cudarc::driver::sys;
+    let stream = stream as sys::CUstream;
+    let mut status = sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
+    // SAFETY: `stream` is a live stream of the caller's; the call writes its capture status.
+    let r = unsafe { sys::cuStreamIsCapturing(stream, &mut status) };
+    if r != sys::CUresult::CUDA_SUCCESS
+        || status == sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE
+    {
+        return false;
+    }
+    let mut graph: sys::CUgraph = std::ptr::null_mut();
+    // SAFETY: ending the capture of a capturing (or invalidated) stream; it writes a graph
+    // handle (null when the capture was invalidated), which we destroy at once.
+    unsafe {
+        let _ = sys::cuStreamEndCapture(stream, &mut graph);
+        if !graph.is_null() {
+            let _ = sys::cuGraphDestroy(graph);
+        }
+    }
+    true
+}
+
+/// Per-frame GPU work and dropping a detector hold this shared; loading a model and making a
+/// session (cuDNN's search, then the CUDA graph capture) hold it exclusively (a capture in
+/// global mode fails if another thread makes a forbidden CUDA call meanwhile).
+pub static GPU_LOCK: std::sync::RwLock<()> = std::sync::RwLock::new(());

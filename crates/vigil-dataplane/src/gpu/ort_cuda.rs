@@ -1,0 +1,333 @@
+//! ONNX Runtime with the CUDA execution provider, run on our CUDA stream, its input and outputs
+//! bound once per input size to device tensors it allocated itself (so ONNX Runtime owns them
+//! and never copies them): the preprocessing kernel writes into the input's device pointer and
+//! the postprocessing kernels read the outputs' — no host staging, no allocation per frame.
+//!
+//! Binding a tensor that merely borrows our memory (`TensorRefMut::from_raw`) is what we tried
+//! first: `ort`'s `IoBinding::bind_input` clones borrowed tensors it may alias, which for device
+//! memory hung (seen on the H100). Tensors from the session's CUDA allocator are owned: bound
+//! without a copy.
+
+use ort::AsPointer;
+use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
+use ort::session::{IoBinding, Session};
+use ort::value::Tensor;
+use std::path::Path;
+use vigil_core::model::{InferError, MAX_OUTPUTS, TensorDesc};
+
+/// Sessions kept at once: input sizes (cameras of different aspect ratios use different sizes)
+/// × batch sizes.
+const MAX_SIZES: usize = 4 * BATCHES.len();
+
+/// Batch sizes a session is made for (each a fixed shape, so a CUDA graph); a batch of n frames
+/// runs in the smallest that holds it, the spare images left as they are (their results unread).
+pub const BATCHES: [usize; 4] = [1, 2, 4, 8];
+/// Most frames per inference.
+pub const MAX_BATCH: usize = BATCHES[BATCHES.len() - 1];
+
+/// Whether sessions capture and replay a CUDA graph (`VIGIL_CUDA_GRAPH=0` turns it off: a
+/// diagnostic switch; the bench compares both).
+pub static CUDA_GRAPH: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// One input size: its own session, made for that size (the model's free height/width fixed,
+/// so every node runs on the GPU and the run can be one CUDA graph), with device tensors bound.
+pub struct Bound {
+    pub in_w: usize,
+    pub in_h: usize,
+    pub batch: usize,
+    /// Device pointer of the `[batch, 3, in_h, in_w]` f32 input.
+    pub input_ptr: u64,
+    /// Device pointers and lengths (floats, whole batch) of the outputs, in the model's output
+    /// order; image i's part starts at i × length / batch.
+    pub outputs: heapless::Vec<(u64, usize), MAX_OUTPUTS>,
+    shapes: Vec<Vec<i64>>,
+    /// The raw `CUstream` the session runs on (synchronised before the session is dropped).
+    stream: usize,
+    // Drop order: binding and tensors before their session.
+    binding: IoBinding,
+    _input: Tensor<f32>,
+    _outputs: Vec<Tensor<f32>>,
+    _allocator: Allocator,
+    session: Session,
+}
+
+pub struct CudaOnnx {
+    path: std::path::PathBuf,
+    stream: usize,
+    inputs: Vec<TensorDesc>,
+    outputs: Vec<TensorDesc>,
+    /// Names of the input's free batch, height and width (empty where fixed).
+    free_dims: [String; 3],
+    bound: Vec<Bound>,
+}
+
+fn load_err(path: &Path, e: &dyn std::fmt::Display) -> InferError {
+    InferError::Load {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
+}
+
+fn session(
+    path: &Path,
+    stream: usize,
+    dims: &[(String, usize)],
+    graph: bool,
+) -> Result<Session, InferError> {
+    let (_, env) = crate::onnx::init_runtime()?;
+    let err = |e: &dyn std::fmt::Display| load_err(path, e);
+    // SAFETY: `stream` is a live CUstream owned by the caller's GPU detector, which owns
+    // this session and drops it first (field order), so the stream outlives the session.
+    let ep = unsafe { ort::ep::CUDA::default().with_compute_stream(stream as *mut ()) }
+        .with_device_id(0)
+        .with_cuda_graph(graph)
+        .build()
+        .error_on_failure();
+    // Every node runs on the GPU, launched from the calling worker thread: a pool of intra-op
+    // threads (one per core by default, spinning between runs) would only burn CPU, and its
+    // threads would make CUDA calls outside the capture-mode relaxation of our threads.
+    let mut b = Session::builder(&env)
+        .map_err(|e| err(&e))?
+        .with_intra_threads(1)
+        .map_err(|e| err(&e))?
+        .with_inter_threads(1)
+        .map_err(|e| err(&e))?
+        .with_intra_op_spinning(false)
+        .map_err(|e| err(&e))?
+        .with_inter_op_spinning(false)
+        .map_err(|e| err(&e))?;
+    for (name, v) in dims {
+        b = b
+            .with_dimension_override(name, *v as i64)
+            .map_err(|e| err(&e))?;
+    }
+    b.with_execution_providers([ep])
+        .map_err(|e| err(&e))?
+        .commit_from_file(path)
+        .map_err(|e| err(&e))
+}
+
+impl CudaOnnx {
+    /// Checks that `path` loads with the CUDA execution provider on device 0 and describes it;
+    /// sessions are then made per input size, their kernels queued on `stream` (a raw
+    /// `CUstream` that must outlive this).
+    pub fn load(path: &Path, stream: *mut std::ffi::c_void) -> Result<Self, InferError> {
+        let probe = session(path, stream as usize, &[], false)?;
+        let (inputs, outputs) = crate::onnx::describe(&probe).map_err(|e| load_err(path, &e))?;
+        let sym = |i: usize| match probe.inputs()[0].dtype() {
+            ort::value::ValueType::Tensor {
+                dimension_symbols, ..
+            } => dimension_symbols.get(i).cloned().unwrap_or_default(),
+            _ => String::new(),
+        };
+        let free_dims = [sym(0), sym(2), sym(3)];
+        Ok(Self {
+            path: path.to_path_buf(),
+            stream: stream as usize,
+            inputs,
+            outputs,
+            free_dims,
+            bound: Vec::with_capacity(MAX_SIZES),
+        })
+    }
+
+    pub fn inputs(&self) -> &[TensorDesc] {
+        &self.inputs
+    }
+    pub fn outputs(&self) -> &[TensorDesc] {
+        &self.outputs
+    }
+
+    /// The session and tensors for an `in_w`×`in_h` input, made on first use of that size
+    /// (a session load and one discovery run; afterwards nothing is allocated). Takes
+    /// [`super::GPU_LOCK`] exclusively while it makes one: call it without holding that lock.
+    pub fn bind(&mut self, in_w: usize, in_h: usize, batch: usize) -> Result<&Bound, InferError> {
+        if let Some(i) = self.position(in_w, in_h, batch) {
+            return Ok(&self.bound[i]);
+        }
+        let graph = CUDA_GRAPH.load(std::sync::atomic::Ordering::Relaxed);
+        // Making a session runs the model (cuDNN's algorithm search, allocations, then the
+        // capture of a CUDA graph, which ONNX Runtime does in global mode): while one is made,
+        // no other GPU worker runs anything. Work of another thread during a capture (seen
+        // with 8 workers making sessions at once) made captures fail inside cuDNN.
+        let _exclusive = super::GPU_LOCK.write().unwrap_or_else(|e| e.into_inner());
+        let b = match self.make(in_w, in_h, batch, graph) {
+            Err(e) if graph => {
+                tracing::warn!(model = %self.path.display(), "CUDA graph refused ({e}); running without");
+                self.make(in_w, in_h, batch, false)?
+            }
+            r => r?,
+        };
+        if self.bound.len() == MAX_SIZES {
+            self.bound.remove(0);
+        }
+        self.bound.push(b);
+        Ok(self.bound.last().expect("just pushed"))
+    }
+
+    /// The session already made for that input size and batch, if any (never makes one: for
+    /// callers that hold [`super::GPU_LOCK`]).
+    pub fn get(&self, in_w: usize, in_h: usize, batch: usize) -> Option<&Bound> {
+        self.position(in_w, in_h, batch).map(|i| &self.bound[i])
+    }
+
+    fn position(&self, in_w: usize, in_h: usize, batch: usize) -> Option<usize> {
+        self.bound
+            .iter()
+            .position(|b| (b.in_w, b.in_h, b.batch) == (in_w, in_h, batch))
+    }
+
+    /// Whether the model takes a batch (its first input dimension is free).
+    pub fn batches(&self) -> bool {
+        !self.free_dims[0].is_empty()
+    }
+
+    fn make(
+        &self,
+        in_w: usize,
+        in_h: usize,
+        batch: usize,
+        graph: bool,
+    ) -> Result<Bound, InferError> {
+        let err = |e: ort::Error| InferError::Run(format!("binding a {in_w}×{in_h} input: {e}"));
+        // The output shapes for this size: from one run of a session without a graph (a graph
+        // is captured with the output buffers of its first run, so those must be final).
+        let known = if graph {
+            Some(std::mem::take(
+                &mut self.make(in_w, in_h, batch, false)?.shapes,
+            ))
+        } else {
+            None
+        };
+        let mut dims = Vec::new();
+        for (name, v) in self.free_dims.iter().zip([batch, in_h, in_w]) {
+            if !name.is_empty() {
+                dims.push((name.clone(), v));
+            }
+        }
+        let mut session = session(&self.path, self.stream, &dims, graph)?;
+        let mem = MemoryInfo::new(
+            AllocationDevice::CUDA,
+            0,
+            AllocatorType::Device,
+            MemoryType::Default,
+        )
+        .map_err(err)?;
+        let allocator = Allocator::new(&session, mem).map_err(err)?;
+        let mut input = Tensor::<f32>::new(&allocator, [batch, 3, in_h, in_w]).map_err(err)?;
+        let mut binding = session.create_binding().map_err(err)?;
+        binding
+            .bind_input(self.inputs[0].name.as_str(), &input)
+            .map_err(err)?;
+        let shapes: Vec<Vec<i64>> = match known {
+            Some(s) => s,
+            None => {
+                let mem = allocator.memory_info();
+                for o in &self.outputs {
+                    binding
+                        .bind_output_to_device(o.name.as_str(), mem)
+                        .map_err(err)?;
+                }
+                let shapes = {
+                    let outs = session.run_binding(&binding).map_err(err)?;
+                    self.outputs
+                        .iter()
+                        .map(|o| outs[o.name.as_str()].shape().iter().copied().collect())
+                        .collect()
+                };
+                binding.clear_outputs();
+                shapes
+            }
+        };
+        let mut tensors = Vec::new();
+        let mut ptrs = heapless::Vec::new();
+        for (o, shape) in self.outputs.iter().zip(&shapes) {
+            let mut t = Tensor::<f32>::new(&allocator, shape.clone()).map_err(err)?;
+            let len = shape.iter().product::<i64>().max(0) as usize;
+            let _ = ptrs.push((t.data_ptr_mut() as u64, len));
+            binding.bind_output(o.name.as_str(), &mut t).map_err(err)?;
+            tensors.push(t);
+        }
+        let b = Bound {
+            in_w,
+            in_h,
+            batch,
+            input_ptr: input.data_ptr_mut() as u64,
+            outputs: ptrs,
+            shapes,
+            stream: self.stream,
+            binding,
+            _input: input,
+            _outputs: tensors,
+            _allocator: allocator,
+            session,
+        };
+        if graph {
+            // Capture now (and replay once), so that a refusal shows here and not mid-stream.
+            if let Err(e) = b.run().and_then(|()| b.run()) {
+                // A capture that failed part-way can leave our stream capturing; ONNX Runtime's
+                // teardown of the session then throws (cudaGraphExecDestroy on a capturing
+                // stream) and that ends the process (onnxruntime PR #32081). End it first.
+                if super::end_dangling_capture(self.stream) {
+                    tracing::warn!(model = %self.path.display(), "ended a CUDA graph capture the failed run left open");
+                }
+                drop(b);
+                return Err(e);
+            }
+        }
+        tracing::info!(
+            model = %self.path.display(),
+            "CUDA session for {batch} × {in_w}×{in_h} inputs ({})",
+            if graph { "CUDA graph" } else { "no CUDA graph" }
+        );
+        Ok(b)
+    }
+}
+
+impl Drop for Bound {
+    /// Waits for the stream before the session goes. ONNX Runtime frees a run's temporary
+    /// page-locked buffers from a host callback queued on the stream; if the session (and its
+    /// page-locked arena) were gone before that callback ran, the arena would be destroyed on
+    /// the driver's callback thread, where `cudaFreeHost` is refused (error 800), and the C++
+    /// exception thrown there ends the process. Seen on the H100 when the discovery session
+    /// was dropped right after its run.
+    fn drop(&mut self) {
+        if let Ok(rt) = super::runtime() {
+            let _ = rt.ctx.bind_to_thread();
+        }
+        // SAFETY: `stream` is the live CUstream the session runs on (owned by the detector,
+        // which drops its sessions first); synchronising it has no other effect.
+        unsafe {
+            let _ = cudarc::driver::sys::cuStreamSynchronize(self.stream as _);
+        }
+    }
+}
+
+impl Bound {
+    /// Runs the model on what is in the bound input, into the bound outputs. Allocates
+    /// nothing: the C API is called directly, since `Session::run_binding` builds a map of
+    /// output values on every run.
+    pub fn run(&self) -> Result<(), InferError> {
+        let api = ort::api();
+        // SAFETY: the session and binding pointers are live (owned by self); no run options.
+        let status = unsafe {
+            (api.RunWithBinding)(
+                self.session.ptr().cast_mut(),
+                std::ptr::null(),
+                self.binding.ptr(),
+            )
+        };
+        if status.0.is_null() {
+            return Ok(());
+        }
+        // SAFETY: a non-null status carries a NUL-terminated message; we release it once.
+        let msg = unsafe {
+            let m = std::ffi::CStr::from_ptr((api.GetErrorMessage)(status.0))
+                .to_string_lossy()
+                .into_owned();
+            (api.ReleaseStatus)(status.0);
+            m
+        };
+        Err(InferError::Run(msg))
+    }
+}

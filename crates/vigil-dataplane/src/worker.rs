@@ -1,0 +1,453 @@
+//! The analysis worker: one per loaded model. Takes the latest frame of each of its cameras,
+//! preprocesses it, runs the model, decodes detections, tracks them per camera, applies the
+//! camera's rules and emits [`Event`]s on a bounded channel.
+//!
+//! Runs on its own OS thread; allocation per frame is limited to events (rare). Knows nothing
+//! of MQTT (events leave through a channel) nor of how frames are decoded (it sees `FrameRef`).
+
+use crate::media::{FrameQueue, FrameRef};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use vigil_core::analytics::rules::{HitKind, RuleEngine, RuleHits};
+use vigil_core::analytics::tracker::{Tracker, TrackerConfig};
+use vigil_core::analytics::{COCO_CLASSES, Detections};
+use vigil_core::config::CameraConfig;
+use vigil_core::events::{Event, EventKind, new_event_id, now_rfc3339};
+pub use vigil_core::health::OutputCounters;
+use vigil_core::model::nanodet::NanodetDecoder;
+use vigil_core::model::preprocess::Preprocessor;
+use vigil_core::model::{Backend, InferError};
+
+/// Counters of one camera's analysis, shared with telemetry.
+#[derive(Default)]
+pub struct AnalysisStats {
+    pub analysed: AtomicU64,
+    pub infer_us_total: AtomicU64,
+    /// Time spent preprocessing (colour conversion + letterbox + normalisation).
+    pub pre_us_total: AtomicU64,
+    pub detections: AtomicU64,
+    pub events: AtomicU64,
+    /// Events the bus refused because it was closed.
+    pub events_lost: AtomicU64,
+    /// Frames skipped because their memory/format is not readable by this worker.
+    pub unsupported: AtomicU64,
+    /// Frame-to-detection latency: from the frame leaving the decoder (appsink) to its
+    /// detections being on the host, queueing included.
+    pub frame_latency: LatencyHist,
+}
+
+/// A lock-free latency histogram: 50 µs buckets up to 200 ms, then one overflow bucket.
+pub struct LatencyHist {
+    buckets: Box<[AtomicU64]>,
+}
+
+impl LatencyHist {
+    const STEP_US: u64 = 50;
+    const BUCKETS: usize = 4000;
+
+    pub fn record(&self, d: Duration) {
+        let i = ((d.as_micros() as u64) / Self::STEP_US).min(Self::BUCKETS as u64) as usize;
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A copy of the bucket counts (to subtract a start snapshot from).
+    pub fn snapshot(&self) -> Vec<u64> {
+        self.buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// The `q` quantile (0..1) in milliseconds of bucket counts (the buckets' upper bounds;
+    /// `None` if empty).
+    pub fn quantile_ms(counts: &[u64], q: f64) -> Option<f64> {
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let want = ((total as f64 * q).ceil() as u64).max(1);
+        let mut acc = 0;
+        for (i, c) in counts.iter().enumerate() {
+            acc += c;
+            if acc >= want {
+                return Some(((i as u64 + 1) * Self::STEP_US) as f64 / 1000.0);
+            }
+        }
+        None
+    }
+}
+
+impl Default for LatencyHist {
+    fn default() -> Self {
+        Self {
+            buckets: (0..=Self::BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+/// Per-camera analysis state owned by the worker.
+pub struct CameraAnalysis {
+    pub name: String,
+    pub min_score: f32,
+    pub tracker: Tracker,
+    pub rules: RuleEngine,
+    pub stats: Arc<AnalysisStats>,
+    /// Inference latency histogram of this camera (Prometheus).
+    pub latency: Option<prometheus_client::metrics::histogram::Histogram>,
+    session: u64,
+    /// Stream time of this camera continues across pipeline rebuilds: base + pts.
+    time_base: f64,
+    last_t: f64,
+    last_seen: Option<Instant>,
+}
+
+impl CameraAnalysis {
+    pub fn new(cfg: &CameraConfig) -> Self {
+        let tracker = Tracker::new(TrackerConfig {
+            low_thresh: (cfg.min_score * 0.5).max(0.1),
+            ..TrackerConfig::default()
+        });
+        Self {
+            name: cfg.name.clone(),
+            min_score: cfg.min_score,
+            tracker,
+            rules: RuleEngine::new(&cfg.zones, &cfg.lines, cfg.min_score),
+            stats: Arc::new(AnalysisStats::default()),
+            latency: None,
+            session: 0,
+            time_base: 0.0,
+            last_t: 0.0,
+            last_seen: None,
+        }
+    }
+}
+
+/// Where events go: a bounded channel drained by the control plane. A full channel blocks the
+/// worker (back-pressure); frames then wait in the latest-frame-wins queue and older ones are
+/// dropped and counted there, so nothing upstream grows.
+pub type EventSink = tokio::sync::mpsc::Sender<Event>;
+
+pub struct AnalysisWorker {
+    pub device: String,
+    pub engine: Engine,
+    pub cameras: Vec<CameraAnalysis>,
+    pub queue: Arc<FrameQueue>,
+    pub events: EventSink,
+    pub stop: Arc<AtomicBool>,
+    /// Beats every loop turn (at least every half second when idle).
+    pub heartbeat: Option<vigil_core::health::Heartbeat>,
+    /// Changes from the supervisor (hot reload), applied between frames.
+    pub control: Option<std::sync::mpsc::Receiver<WorkerCmd>>,
+    /// Well-formed and malformed outputs of the current model.
+    pub outputs: Arc<OutputCounters>,
+}
+
+/// What turns a frame into detections: the CPU path (host frames, CPU preprocessing, any
+/// [`Backend`], CPU decoding) or the GPU path (frames, preprocessing, inference and decoding on
+/// the GPU; see [`crate::gpu::detector`]).
+// Made once per worker; the CPU variant's fixed-capacity decoder is meant to be inline.
+#[allow(clippy::large_enum_variant)]
+pub enum Engine {
+    Cpu {
+        backend: Box<dyn Backend>,
+        pre: Preprocessor,
+        decoder: NanodetDecoder,
+    },
+    Gpu(Box<crate::gpu::detector::GpuDetector>),
+}
+
+enum DetectError {
+    /// The frame's memory or format is not one this engine reads.
+    Unsupported,
+    Failed(String),
+}
+
+impl Engine {
+    /// Most frames this engine takes at once (the GPU path batches cameras).
+    fn max_batch(&self) -> usize {
+        match self {
+            Engine::Cpu { .. } => 1,
+            Engine::Gpu(_) => crate::gpu::ort_cuda::MAX_BATCH,
+        }
+    }
+
+    /// Detections of each frame of `frames` into `dets[i]`, the outcome in `res[i]` (cleared,
+    /// then one per frame; capacities kept), as (preprocessing, inference) µs. The GPU path runs
+    /// frames of one size as one batch and reports the batch's time over its frames as
+    /// inference (its stages overlap on one stream).
+    fn detect_batch(
+        &mut self,
+        frames: &[FrameRef],
+        input: &mut Vec<f32>,
+        dets: &mut [Detections],
+        res: &mut Vec<Result<(u64, u64), DetectError>>,
+    ) {
+        res.clear();
+        match self {
+            Engine::Cpu {
+                backend,
+                pre,
+                decoder,
+            } => {
+                for (f, d) in frames.iter().zip(dets.iter_mut()) {
+                    res.push(detect_cpu(backend.as_mut(), pre, decoder, f, input, d));
+                }
+            }
+            Engine::Gpu(g) => {
+                let t0 = Instant::now();
+                let mut out: [Result<(), String>; crate::gpu::ort_cuda::MAX_BATCH] =
+                    std::array::from_fn(|_| Ok(()));
+                let n = frames.len().min(out.len());
+                g.detect_batch(&frames[..n], &mut dets[..n], &mut out[..n]);
+                let us = t0.elapsed().as_micros() as u64 / n.max(1) as u64;
+                for r in out.into_iter().take(n) {
+                    res.push(r.map(|()| (0, us)).map_err(DetectError::Failed));
+                }
+            }
+        }
+    }
+
+    fn set_score_threshold(&mut self, t: f32) {
+        match self {
+            Engine::Cpu { decoder, .. } => decoder.score_threshold = t,
+            Engine::Gpu(g) => g.set_score_threshold(t),
+        }
+    }
+}
+
+/// The CPU path for one frame: host pixels → preprocessing → backend → decoding (non-finite
+/// outputs refused); returns (preprocessing, inference) µs.
+fn detect_cpu(
+    backend: &mut dyn Backend,
+    pre: &mut Preprocessor,
+    decoder: &mut NanodetDecoder,
+    frame: &FrameRef,
+    input: &mut Vec<f32>,
+    dets: &mut Detections,
+) -> Result<(u64, u64), DetectError> {
+    let Some(yuv) = frame.host_yuv() else {
+        return Err(DetectError::Unsupported);
+    };
+    if input.len() < pre.input_len() {
+        input.resize(pre.input_len(), 0.0);
+    }
+    let t_pre = Instant::now();
+    let lb = pre.run(&yuv, input);
+    let pre_us = t_pre.elapsed().as_micros() as u64;
+    let t0 = Instant::now();
+    let mut decoded = Ok(());
+    let shape = [1, 3, lb.in_h, lb.in_w];
+    backend
+        .run(input, shape, &mut |outs| {
+            decoded = match outs.iter().all(|o| o.iter().all(|v| v.is_finite())) {
+                true => decoder.decode(outs, &lb, dets),
+                false => Err("the model returned non-finite values".into()),
+            }
+        })
+        .and_then(|()| decoded.map_err(InferError::Run))
+        .map_err(|e| DetectError::Failed(e.to_string()))?;
+    Ok((pre_us, t0.elapsed().as_micros() as u64))
+}
+
+/// A change the supervisor makes to a running worker without stopping it.
+pub enum WorkerCmd {
+    /// New rules (and score threshold) for one camera; its tracks and pipeline are kept.
+    Rules {
+        slot: usize,
+        rules: Box<RuleEngine>,
+        min_score: f32,
+    },
+    /// The camera in this slot was rebuilt with new settings: fresh analysis state.
+    Replace {
+        slot: usize,
+        analysis: Box<CameraAnalysis>,
+    },
+    /// A new model of the same name (OTA or reload) for the same cameras: backend, input
+    /// preparation and decoder swapped between frames; cameras, tracks and rules kept.
+    Swap(Box<ModelSwap>),
+}
+
+/// What [`WorkerCmd::Swap`] brings: a model already loaded and checked.
+pub struct ModelSwap {
+    pub engine: Engine,
+    pub outputs: Arc<OutputCounters>,
+}
+
+impl AnalysisWorker {
+    /// The decoder keeps candidates down to half the lowest camera `min_score`: the tracker's
+    /// second stage uses those to keep tracks alive.
+    fn set_decoder_threshold(&mut self) {
+        let lowest = self
+            .cameras
+            .iter()
+            .map(|c| c.min_score)
+            .fold(1.0f32, f32::min);
+        self.engine.set_score_threshold((lowest * 0.5).max(0.05));
+    }
+
+    /// Runs until `stop` is set or the queue is closed.
+    pub fn run(mut self) {
+        let mut input = Vec::new();
+        // Per batch, allocated once: the frames, their times, detections and outcomes.
+        let cap = crate::gpu::ort_cuda::MAX_BATCH;
+        let mut frames: Vec<FrameRef> = Vec::with_capacity(cap);
+        let mut times: Vec<(usize, f64, u64, Instant)> = Vec::with_capacity(cap);
+        let mut dets: Vec<Detections> = (0..cap).map(|_| Detections::new()).collect();
+        let mut results = Vec::with_capacity(cap);
+        let mut hits = RuleHits::new();
+        self.set_decoder_threshold();
+        while !self.stop.load(Ordering::Relaxed) {
+            if let Some(h) = &self.heartbeat {
+                h.beat();
+            }
+            while let Some(cmd) = self.control.as_ref().and_then(|c| c.try_recv().ok()) {
+                match cmd {
+                    WorkerCmd::Rules {
+                        slot,
+                        rules,
+                        min_score,
+                    } => {
+                        let cam = &mut self.cameras[slot];
+                        cam.rules = *rules;
+                        cam.min_score = min_score;
+                    }
+                    WorkerCmd::Replace { slot, analysis } => self.cameras[slot] = *analysis,
+                    WorkerCmd::Swap(swap) => {
+                        let ModelSwap { engine, outputs } = *swap;
+                        (self.engine, self.outputs) = (engine, outputs);
+                    }
+                }
+                self.set_decoder_threshold();
+            }
+            let max = self.engine.max_batch();
+            if self
+                .queue
+                .pop_batch(Duration::from_millis(500), max, &mut frames)
+                == 0
+            {
+                continue;
+            }
+            times.clear();
+            for frame in &frames {
+                let pts = frame.pts.map(|d| d.as_secs_f64()).unwrap_or(0.0);
+                times.push((frame.slot, pts, frame.session, frame.received));
+            }
+            self.engine
+                .detect_batch(&frames, &mut input, &mut dets, &mut results);
+            // The frames (and their decoder buffers) go back before the analytics.
+            frames.clear();
+            // In batch order, which is each camera's frame order (a batch may hold several
+            // frames of one recording): stream time (a new session ends the old tracks first),
+            // then tracking and rules.
+            for (k, res) in results.drain(..).enumerate() {
+                let (slot, pts, session, received) = times[k];
+                let t = self.cameras[slot].stream_time(pts, session, received, &mut hits);
+                self.emit(slot, &hits, t);
+                let dets = &mut dets[k];
+                let cam = &mut self.cameras[slot];
+                let counter = match &res {
+                    Ok(_) => &self.outputs.good,
+                    Err(DetectError::Failed(_)) => &self.outputs.bad,
+                    Err(DetectError::Unsupported) => &self.outputs.unsupported,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                let (pre_us, infer_us) = match res {
+                    Ok(t) => t,
+                    Err(DetectError::Unsupported) => {
+                        if cam.stats.unsupported.fetch_add(1, Ordering::Relaxed) == 0 {
+                            tracing::warn!(camera = %cam.name, "frames in a memory or format this path cannot read are skipped (counted)");
+                        }
+                        continue;
+                    }
+                    Err(DetectError::Failed(e)) => {
+                        tracing::error!(camera = %cam.name, "inference failed: {e}");
+                        continue;
+                    }
+                };
+                dets.retain(|d| d.score >= cam.tracker.config().low_thresh);
+                let out = cam.tracker.update(dets);
+                cam.rules.update(t, out.active, out.removed, &mut hits);
+                cam.stats.analysed.fetch_add(1, Ordering::Relaxed);
+                cam.stats.frame_latency.record(received.elapsed());
+                if let Some(h) = &cam.latency {
+                    h.observe(infer_us as f64 / 1e6);
+                }
+                cam.stats
+                    .infer_us_total
+                    .fetch_add(infer_us, Ordering::Relaxed);
+                cam.stats.pre_us_total.fetch_add(pre_us, Ordering::Relaxed);
+                cam.stats
+                    .detections
+                    .fetch_add(dets.len() as u64, Ordering::Relaxed);
+                self.emit(slot, &hits, t);
+            }
+        }
+    }
+
+    /// Turns one frame's rule hits into events on the bus.
+    fn emit(&self, slot: usize, hits: &RuleHits, t: f64) {
+        let cam = &self.cameras[slot];
+        for h in hits {
+            let ev = Event {
+                seq: 0,
+                id: new_event_id(),
+                device: self.device.clone(),
+                camera: cam.name.clone(),
+                rule: cam.rules.rule_names()[h.rule].clone(),
+                kind: match h.kind {
+                    HitKind::ZoneEnter => EventKind::ZoneEnter,
+                    HitKind::ZoneLeave => EventKind::ZoneLeave,
+                    HitKind::ZoneDwell => EventKind::ZoneDwell,
+                    HitKind::LineCross => EventKind::LineCross,
+                },
+                direction: h.crossing.map(|c| c.as_str()),
+                track_id: h.track_id,
+                class: COCO_CLASSES
+                    .get(h.class_id as usize)
+                    .copied()
+                    .unwrap_or("unknown")
+                    .to_string(),
+                score: h.score,
+                bbox: [h.bbox.x1, h.bbox.y1, h.bbox.x2, h.bbox.y2],
+                pts_s: t,
+                time: now_rfc3339(),
+                dwell_s: h.dwell_s,
+            };
+            cam.stats.events.fetch_add(1, Ordering::Relaxed);
+            if self.events.blocking_send(ev).is_err() {
+                cam.stats.events_lost.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl CameraAnalysis {
+    /// The camera's stream time for a frame, continuous across pipeline rebuilds. On a new
+    /// pipeline session, tracks are dropped and their zone leaves written to `hits` (cleared
+    /// first in every case).
+    fn stream_time(
+        &mut self,
+        pts: f64,
+        session: u64,
+        received: Instant,
+        hits: &mut RuleHits,
+    ) -> f64 {
+        hits.clear();
+        if session != self.session {
+            let gap = self
+                .last_seen
+                .map(|t| received.saturating_duration_since(t).as_secs_f64())
+                .unwrap_or(0.0);
+            self.time_base = self.last_t + gap - pts;
+            let removed: heapless::Vec<u64, { vigil_core::analytics::MAX_TRACKS }> =
+                self.tracker.reset().iter().copied().collect();
+            self.rules.update(self.last_t, &[], &removed, hits);
+            self.session = session;
+        }
+        let t = self.time_base + pts;
+        self.last_t = t;
+        self.last_seen = Some(received);
+        t
+    }
+}

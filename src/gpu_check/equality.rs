@@ -1,0 +1,174 @@
+//! GPU path vs CPU path on the same frames: the detections must match within tolerance.
+//!
+//! Two checks, run by `vigil gpu-check` when a model is at hand:
+//! 1. host frames (a picture, frames of a clip decoded on the CPU) through both engines;
+//! 2. the clip decoded by NVDEC into CUDA memory (zero-copy through the GPU path) against the
+//!    same frames decoded on the CPU through the CPU path (H.264 decoding is bit-exact, so the
+//!    pixels are the same).
+//!
+//! Matching: same class, IoU ≥ [`MIN_IOU`], score within [`SCORE_TOL`]. A detection within
+//! [`SCORE_TOL`] of the threshold may appear on one side only (it is on the edge either way).
+
+use anyhow::{Context, Result, bail};
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use std::path::Path;
+use vigil_core::analytics::{Detection, Detections};
+use vigil_dataplane::detect::Detector;
+use vigil_dataplane::gpu::detector::GpuDetector;
+use vigil_dataplane::gpu::ort_cuda::MAX_BATCH;
+use vigil_dataplane::media::FrameRef;
+use vigil_dataplane::media::frame::CapsMemory;
+use vigil_dataplane::media::still::decode_file;
+
+pub const MIN_IOU: f32 = 0.9;
+pub const SCORE_TOL: f32 = 0.02;
+const THRESHOLD: f32 = 0.35;
+
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub frames: usize,
+    pub matched: usize,
+    pub unmatched: usize,
+    pub edge: usize,
+    pub worst_iou: f32,
+    pub worst_score: f32,
+}
+
+impl Tally {
+    fn compare(&mut self, cpu: &[Detection], gpu: &[Detection]) {
+        self.frames += 1;
+        let mut used = vec![false; gpu.len()];
+        for c in cpu {
+            let best = gpu
+                .iter()
+                .enumerate()
+                .filter(|(i, g)| !used[*i] && g.class_id == c.class_id)
+                .map(|(i, g)| (i, g.bbox.iou(&c.bbox)))
+                .max_by(|a, b| a.1.total_cmp(&b.1));
+            match best {
+                Some((i, iou)) if iou >= MIN_IOU && (gpu[i].score - c.score).abs() <= SCORE_TOL => {
+                    used[i] = true;
+                    self.matched += 1;
+                    self.worst_iou = if self.matched == 1 {
+                        iou
+                    } else {
+                        self.worst_iou.min(iou)
+                    };
+                    self.worst_score = self.worst_score.max((gpu[i].score - c.score).abs());
+                }
+                _ if c.score < THRESHOLD + SCORE_TOL => self.edge += 1,
+                _ => self.unmatched += 1,
+            }
+        }
+        for (g, u) in gpu.iter().zip(&used) {
+            if !u {
+                if g.score < THRESHOLD + SCORE_TOL {
+                    self.edge += 1;
+                } else {
+                    self.unmatched += 1;
+                }
+            }
+        }
+    }
+
+    fn line(&self, what: &str) -> String {
+        format!(
+            "{what}: {} frames, {} detections matched (worst IoU {:.4}, worst |Δscore| {:.4}), {} at the threshold's edge, {} unmatched",
+            self.frames, self.matched, self.worst_iou, self.worst_score, self.edge, self.unmatched
+        )
+    }
+}
+
+/// Runs both checks; fails if any detection is unmatched.
+pub fn run(model: &Path, picture: &Path, clip: &Path, frames: usize) -> Result<()> {
+    let rt = vigil_dataplane::gpu::runtime().map_err(anyhow::Error::msg)?;
+    let mut cpu = Detector::load(model, 4, 416)?;
+    let mut gpu = GpuDetector::new(&rt.ctx, model, 416).map_err(anyhow::Error::msg)?;
+    gpu.set_score_threshold(THRESHOLD);
+    let (mut a, mut b) = (Detections::new(), Detections::new());
+    // 1. Host frames through both engines.
+    let mut host = Tally::default();
+    let mut stills = decode_file(picture, 1, 1).map_err(anyhow::Error::msg)?;
+    stills.extend(decode_file(clip, 1, frames).map_err(anyhow::Error::msg)?);
+    for f in &stills {
+        cpu.detect(&f.view(), THRESHOLD, &mut a)?;
+        gpu.detect_host(&f.view(), &mut b)
+            .map_err(anyhow::Error::msg)?;
+        host.compare(&a, &b);
+    }
+    println!("{}", host.line("host frames, CPU path vs GPU path"));
+    // 2. NVDEC frames in CUDA memory vs the CPU-decoded frames of the same clip.
+    let cpu_frames = decode_file(clip, 1, frames).map_err(anyhow::Error::msg)?;
+    let mut dev = Tally::default();
+    let pipeline = vigil_dataplane::ffi::gst_cuda::nvdec_pipeline(
+        clip,
+        "appsink name=sink sync=false caps=\"video/x-raw(memory:CUDAMemory),format=NV12\"",
+    )
+    .map_err(anyhow::Error::msg)?;
+    let sink = pipeline
+        .by_name("sink")
+        .context("appsink")?
+        .downcast::<gstreamer_app::AppSink>()
+        .map_err(|_| anyhow::anyhow!("not an appsink"))?;
+    pipeline.set_state(gst::State::Playing)?;
+    // The first frames one at a time, the rest in batches of MAX_BATCH (one inference each).
+    let mut batch: Vec<FrameRef> = Vec::new();
+    let mut outs: Vec<Detections> = (0..MAX_BATCH).map(|_| Detections::new()).collect();
+    let mut res: Vec<Result<(), String>> = (0..MAX_BATCH).map(|_| Ok(())).collect();
+    let mut batched = 0;
+    let mut k = 0;
+    while k < cpu_frames.len() {
+        let want = if k < 4 {
+            1
+        } else {
+            MAX_BATCH.min(cpu_frames.len() - k)
+        };
+        batch.clear();
+        for _ in 0..want {
+            let sample = sink
+                .try_pull_sample(gst::ClockTime::from_seconds(10))
+                .context("no frame from nvh264dec within 10 s")?;
+            let caps = sample.caps().context("caps")?;
+            let info = gstreamer_video::VideoInfo::from_caps(caps)?;
+            if !vigil_dataplane::ffi::gst_cuda::is_cuda_caps(caps) {
+                bail!("nvh264dec gave {caps}, not CUDA memory");
+            }
+            let buffer = sample.buffer_owned().context("buffer")?;
+            batch.push(
+                FrameRef::from_buffer(0, 1, buffer, &info, CapsMemory::Cuda).context("frame")?,
+            );
+        }
+        gpu.detect_batch(&batch, &mut outs[..want], &mut res[..want]);
+        for (i, cf) in cpu_frames[k..k + want].iter().enumerate() {
+            res[i].clone().map_err(anyhow::Error::msg)?;
+            cpu.detect(&cf.view(), THRESHOLD, &mut a)?;
+            dev.compare(&a, &outs[i]);
+        }
+        if want > 1 {
+            batched += want;
+        }
+        k += want;
+    }
+    drop(batch);
+    let _ = pipeline.set_state(gst::State::Null);
+    println!(
+        "{}",
+        dev.line(&format!(
+            "NVDEC frames in CUDA memory (GPU path; {batched} of them in batches of up to {MAX_BATCH}) vs CPU-decoded frames (CPU path)"
+        ))
+    );
+    let c = &vigil_dataplane::gpu::detector::COUNTERS;
+    println!(
+        "device→host bytes: {} over {} frames ({} from CUDA memory, {} uploaded)",
+        c.d2h_bytes.load(std::sync::atomic::Ordering::Relaxed),
+        host.frames + dev.frames,
+        c.device_frames.load(std::sync::atomic::Ordering::Relaxed),
+        c.host_frames.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    if host.unmatched + dev.unmatched > 0 || host.matched == 0 || dev.matched == 0 {
+        bail!("GPU and CPU detections differ (see above)");
+    }
+    println!("detections: GPU path = CPU path within tolerance");
+    Ok(())
+}
