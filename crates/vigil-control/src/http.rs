@@ -5,8 +5,8 @@
 //! never drives the pipelines.
 
 use crate::mqtt::LinkStats;
+use crate::plan::{CameraView, SharedViews};
 use crate::spool::Spool;
-use crate::supervisor::{CameraView, SharedViews};
 use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};

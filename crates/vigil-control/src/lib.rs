@@ -9,5 +9,6 @@
 pub mod error;
 pub mod http;
 pub mod mqtt;
+pub mod plan;
 pub mod spool;
 pub mod supervisor;

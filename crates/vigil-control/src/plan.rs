@@ -1,0 +1,601 @@
+//! The running plan: one group per model (the loaded engine, its frame queue, its analysis
+//! worker and its cameras), built from a config by [`Plan::apply`] at start-up and on every
+//! reload alike, and what it reports (camera views, telemetry).
+
+use crate::error::{ControlError, Result};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use vigil_core::config::{BackendKind, CameraConfig, Config, ModelConfig};
+use vigil_core::events::Event;
+use vigil_core::redact::redact;
+use vigil_dataplane::media::camera::{GpuFrames, SourceSettings};
+use vigil_dataplane::media::{CameraHandle, FrameQueue};
+use vigil_dataplane::worker::{
+    AnalysisStats, AnalysisWorker, CameraAnalysis, ModelSwap, OutputCounters, WorkerCmd,
+};
+
+/// One camera as the supervisor sees it.
+struct RunningCamera {
+    name: String,
+    cfg: CameraConfig,
+    handle: CameraHandle,
+    queue: Arc<FrameQueue>,
+    slot: usize,
+    analysis: Arc<AnalysisStats>,
+}
+
+/// A read-only view of one running camera: its counters and state, for the HTTP API and
+/// metrics.
+#[derive(Clone)]
+pub struct CameraView {
+    pub name: String,
+    pub url: String,
+    pub stats: Arc<vigil_dataplane::media::CameraStats>,
+    pub analysis: Arc<AnalysisStats>,
+    pub queue: Arc<FrameQueue>,
+    pub slot: usize,
+}
+
+impl std::fmt::Debug for CameraView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CameraView({})", self.name)
+    }
+}
+
+/// The cameras' views, replaced after every reload.
+pub type SharedViews = Arc<std::sync::RwLock<Vec<CameraView>>>;
+
+/// What the running plan reports into: health heartbeats and latency histograms.
+#[derive(Clone, Default)]
+pub struct Instruments {
+    pub health: vigil_core::health::HealthRegistry,
+    pub latency: Option<crate::http::InferLatency>,
+}
+
+impl Instruments {
+    /// Fresh analysis state for a camera, reporting into this camera's latency histogram.
+    fn analysis_for(&self, c: &CameraConfig) -> CameraAnalysis {
+        let mut a = CameraAnalysis::new(c);
+        a.latency = self
+            .latency
+            .as_ref()
+            .map(|f| f.get_or_create(&[("camera", c.name.clone())]).clone());
+        a
+    }
+}
+
+/// One loaded model with its analysis worker and the cameras it serves.
+struct Group {
+    model: String,
+    model_cfg: ModelConfig,
+    queue: Arc<FrameQueue>,
+    cameras: Vec<RunningCamera>,
+    control: std::sync::mpsc::Sender<WorkerCmd>,
+    stop: Arc<AtomicBool>,
+    worker: Option<std::thread::JoinHandle<()>>,
+    /// The GPU path's shared CUDA context for its cameras' decoders.
+    cuda: Option<GpuFrames>,
+    /// The current model's well-formed / malformed outputs (OTA probation).
+    outputs: Arc<OutputCounters>,
+}
+
+impl Group {
+    /// Stops the cameras, then the worker.
+    fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for c in &self.cameras {
+            c.handle.request_stop();
+        }
+        self.cameras.clear();
+        self.queue.close();
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+/// The running plan: built from a config by [`Plan::apply`], at start-up and on every reload
+/// alike (one code path).
+pub struct Plan {
+    groups: Vec<Group>,
+    started: Instant,
+    device: String,
+    events: tokio::sync::mpsc::Sender<Event>,
+    inst: Instruments,
+}
+
+/// Stops the camera in `slot` of `g` and starts it again with `new`, with fresh analysis state;
+/// the group's other cameras and its worker are untouched.
+fn respawn(g: &mut Group, slot: usize, new: &CameraConfig, inst: &Instruments) -> Result<()> {
+    let cam = &mut g.cameras[slot];
+    cam.handle.request_stop();
+    let src = SourceSettings {
+        cuda: g.cuda.clone(),
+        ..SourceSettings::from(new)
+    };
+    g.queue.set_policy(slot, src.drop_policy());
+    let handle =
+        CameraHandle::spawn(src, slot, g.queue.clone()).map_err(|source| ControlError::Camera {
+            camera: new.name.clone(),
+            source,
+        })?;
+    drop(std::mem::replace(&mut cam.handle, handle));
+    let a = inst.analysis_for(new);
+    cam.analysis = a.stats.clone();
+    let _ = g.control.send(WorkerCmd::Replace {
+        slot,
+        analysis: Box::new(a),
+    });
+    cam.cfg = new.clone();
+    Ok(())
+}
+
+/// Whether two camera configs differ only in what the analysis worker can take without
+/// touching the pipeline (rules and score threshold).
+fn same_source(a: &CameraConfig, b: &CameraConfig) -> bool {
+    let strip = |c: &CameraConfig| CameraConfig {
+        zones: Vec::new(),
+        lines: Vec::new(),
+        min_score: 0.0,
+        ..c.clone()
+    };
+    strip(a) == strip(b)
+}
+
+/// What a reload did, camera by camera, for the log and the command reply.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ApplyReport {
+    pub unchanged: Vec<String>,
+    pub rules_updated: Vec<String>,
+    pub restarted: Vec<String>,
+    pub started: Vec<String>,
+    pub stopped: Vec<String>,
+    pub models_loaded: Vec<String>,
+    /// Models replaced in their running worker, their cameras' pipelines kept.
+    pub models_swapped: Vec<String>,
+}
+
+impl ApplyReport {
+    pub fn summary(&self) -> String {
+        let part = |what: &str, v: &Vec<String>| {
+            (!v.is_empty()).then(|| format!("{what}: {}", v.join(", ")))
+        };
+        [
+            part("models loaded", &self.models_loaded),
+            part("models swapped (pipelines kept)", &self.models_swapped),
+            part("cameras started", &self.started),
+            part("restarted", &self.restarted),
+            part("rules updated", &self.rules_updated),
+            part("stopped", &self.stopped),
+            part("unchanged", &self.unchanged),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join("; ")
+    }
+}
+
+impl Plan {
+    /// Builds and starts everything the config describes.
+    pub fn start(
+        cfg: &Config,
+        events: tokio::sync::mpsc::Sender<Event>,
+        inst: &Instruments,
+    ) -> Result<Self> {
+        vigil_dataplane::media::init()?;
+        // NVDEC decoders only where a model may run on the GPU (its frames then stay there).
+        let gpu = cfg.models.values().any(|m| m.backend != BackendKind::Cpu)
+            && vigil_dataplane::gpu::runtime().is_ok();
+        let decoders = vigil_dataplane::media::probe::choose_decoders(gpu);
+        tracing::info!(
+            "decoders: {} ({})",
+            decoders.summary(),
+            if decoders.hardware { "hardware" } else { "CPU" }
+        );
+        let mut plan = Plan {
+            groups: Vec::new(),
+            started: Instant::now(),
+            device: cfg.device.id.clone(),
+            events,
+            inst: inst.clone(),
+        };
+        plan.apply(cfg)?;
+        Ok(plan)
+    }
+
+    fn start_group(
+        &self,
+        model: &str,
+        model_cfg: &ModelConfig,
+        p: vigil_dataplane::engine::Built,
+        cams: &[CameraConfig],
+    ) -> Result<Group> {
+        let cuda = p.cuda.clone();
+        let sources: Vec<SourceSettings> = cams
+            .iter()
+            .map(|c| SourceSettings {
+                cuda: cuda.clone(),
+                ..SourceSettings::from(c)
+            })
+            .collect();
+        let policies: Vec<_> = sources.iter().map(SourceSettings::drop_policy).collect();
+        let queue = Arc::new(FrameQueue::new(&policies));
+        let analyses: Vec<CameraAnalysis> =
+            cams.iter().map(|c| self.inst.analysis_for(c)).collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let outputs = Arc::new(OutputCounters::default());
+        let (control, control_rx) = std::sync::mpsc::channel();
+        let mut cameras = Vec::new();
+        for (slot, ((c, a), src)) in cams.iter().zip(&analyses).zip(sources).enumerate() {
+            let handle = CameraHandle::spawn(src, slot, queue.clone()).map_err(|source| {
+                ControlError::Camera {
+                    camera: c.name.clone(),
+                    source,
+                }
+            })?;
+            cameras.push(RunningCamera {
+                name: c.name.clone(),
+                cfg: c.clone(),
+                handle,
+                queue: queue.clone(),
+                slot,
+                analysis: a.stats.clone(),
+            });
+            tracing::info!(camera = %c.name, url = %redact(&c.url), model = %model, fps = c.fps, "camera started");
+        }
+        let worker = AnalysisWorker {
+            device: self.device.clone(),
+            engine: p.engine,
+            cameras: analyses,
+            queue: queue.clone(),
+            events: self.events.clone(),
+            stop: stop.clone(),
+            heartbeat: Some(self.inst.health.register(
+                format!("infer/{model}"),
+                Duration::from_secs(10),
+                true,
+            )),
+            control: Some(control_rx),
+            outputs: outputs.clone(),
+        };
+        let handle = std::thread::Builder::new()
+            .name(format!("infer-{model}"))
+            .spawn(move || worker.run())
+            .map_err(|source| ControlError::Worker {
+                model: model.to_string(),
+                source,
+            })?;
+        Ok(Group {
+            model: model.to_string(),
+            model_cfg: model_cfg.clone(),
+            queue,
+            cameras,
+            control,
+            stop,
+            worker: Some(handle),
+            cuda,
+            outputs,
+        })
+    }
+
+    /// Makes the running plan match `cfg` (already validated), touching only what changed:
+    /// a camera whose rules or score threshold changed keeps its pipeline; a camera whose source
+    /// settings changed is rebuilt alone; a model whose table changed but whose cameras did not
+    /// is swapped inside its running worker (pipelines kept); adding or removing a camera
+    /// rebuilds that model's group. New models are loaded before anything is stopped, so a model
+    /// that fails to load leaves everything running as it was.
+    pub fn apply(&mut self, cfg: &Config) -> Result<ApplyReport> {
+        let mut report = ApplyReport::default();
+        let desired: Vec<(String, ModelConfig, Vec<CameraConfig>)> = cfg
+            .models
+            .iter()
+            .map(|(m, mc)| {
+                (
+                    m.clone(),
+                    mc.clone(),
+                    cfg.cameras
+                        .iter()
+                        .filter(|c| c.enabled && &c.model == m)
+                        .cloned()
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .filter(|(_, _, cams)| !cams.is_empty())
+            .collect();
+        let names = |v: &[CameraConfig]| v.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
+        // 1. Load every model that needs a new group first: nothing changes if one fails.
+        let mut prepared = BTreeMap::new();
+        let mut swaps = BTreeMap::new();
+        for (m, mc, cams) in &desired {
+            let same_cameras = self.groups.iter().find(|g| {
+                &g.model == m
+                    && g.cameras.iter().map(|c| c.name.clone()).collect::<Vec<_>>() == names(cams)
+            });
+            match same_cameras {
+                Some(g) if &g.model_cfg == mc => {}
+                // Swapped in place only while the frames stay where the new engine reads them
+                // (CUDA memory for the GPU path, host memory for the CPU path).
+                Some(g) => {
+                    let p = vigil_dataplane::engine::build(m, mc)?;
+                    if p.cuda.is_some() == g.cuda.is_some() {
+                        swaps.insert(m.clone(), p);
+                        report.models_swapped.push(m.clone());
+                    } else {
+                        prepared.insert(m.clone(), p);
+                        report.models_loaded.push(m.clone());
+                    }
+                }
+                None => {
+                    prepared.insert(m.clone(), vigil_dataplane::engine::build(m, mc)?);
+                    report.models_loaded.push(m.clone());
+                }
+            }
+        }
+        // 2. Stop groups that are gone or rebuilt.
+        let (keep, drop_groups): (Vec<Group>, Vec<Group>) =
+            std::mem::take(&mut self.groups).into_iter().partition(|g| {
+                desired.iter().any(|(m, _, _)| m == &g.model) && !prepared.contains_key(&g.model)
+            });
+        for g in drop_groups {
+            for c in &g.cameras {
+                let still = desired
+                    .iter()
+                    .any(|(_, _, cams)| cams.iter().any(|n| n.name == c.name));
+                if !still {
+                    report.stopped.push(c.name.clone());
+                }
+            }
+            g.stop();
+        }
+        self.groups = keep;
+        // 3. Update kept groups in place: swap changed models, then update cameras.
+        for (m, mc, cams) in &desired {
+            let Some(g) = self.groups.iter_mut().find(|g| &g.model == m) else {
+                continue;
+            };
+            if let Some(p) = swaps.remove(m) {
+                g.outputs = Arc::new(OutputCounters::default());
+                let _ = g.control.send(WorkerCmd::Swap(Box::new(ModelSwap {
+                    engine: p.engine,
+                    outputs: g.outputs.clone(),
+                })));
+                g.model_cfg = mc.clone();
+                tracing::info!(model = %m, "model swapped in its running worker; camera pipelines kept");
+            }
+            for (slot, new) in cams.iter().enumerate() {
+                let cam = &mut g.cameras[slot];
+                if cam.cfg == *new {
+                    report.unchanged.push(new.name.clone());
+                } else if same_source(&cam.cfg, new) {
+                    let rules = Box::new(vigil_core::analytics::rules::RuleEngine::new(
+                        &new.zones,
+                        &new.lines,
+                        new.min_score,
+                    ));
+                    let _ = g.control.send(WorkerCmd::Rules {
+                        slot,
+                        rules,
+                        min_score: new.min_score,
+                    });
+                    cam.cfg = new.clone();
+                    report.rules_updated.push(new.name.clone());
+                } else {
+                    respawn(g, slot, new, &self.inst)?;
+                    report.restarted.push(new.name.clone());
+                }
+            }
+        }
+        // 4. Start new groups.
+        for (m, mc, cams) in &desired {
+            if let Some(p) = prepared.remove(m) {
+                let g = self.start_group(m, mc, p, cams)?;
+                report.started.extend(names(cams));
+                self.groups.push(g);
+            }
+        }
+        Ok(report)
+    }
+
+    /// The output counters of a running model's current backend.
+    pub fn output_counters(&self, model: &str) -> Option<Arc<OutputCounters>> {
+        self.groups
+            .iter()
+            .find(|g| g.model == model)
+            .map(|g| g.outputs.clone())
+    }
+
+    /// Names of the models that run (have cameras).
+    pub fn running_models(&self) -> Vec<String> {
+        self.groups.iter().map(|g| g.model.clone()).collect()
+    }
+
+    /// Rebuilds one camera's pipeline on demand (`cmd/camera/restart`); the others are untouched.
+    pub fn restart_camera(&mut self, name: &str) -> Result<()> {
+        for g in &mut self.groups {
+            if let Some(slot) = g.cameras.iter().position(|c| c.name == name) {
+                let cfg = g.cameras[slot].cfg.clone();
+                return respawn(g, slot, &cfg, &self.inst);
+            }
+        }
+        Err(ControlError::NoSuchCamera(name.to_string()))
+    }
+
+    fn cameras(&self) -> impl Iterator<Item = &RunningCamera> {
+        self.groups.iter().flat_map(|g| g.cameras.iter())
+    }
+
+    /// Number of running cameras.
+    pub fn camera_count(&self) -> usize {
+        self.cameras().count()
+    }
+
+    /// Snapshot of every camera for telemetry.
+    pub fn telemetry(
+        &self,
+        prev: &mut BTreeMap<String, (u64, u64, Instant)>,
+    ) -> BTreeMap<String, CameraTelemetry> {
+        let now = Instant::now();
+        let mut out = BTreeMap::new();
+        for c in self.cameras() {
+            let st = &c.handle.stats;
+            let frames_in = st.frames_in.load(Ordering::Relaxed);
+            let analysed = c.analysis.analysed.load(Ordering::Relaxed);
+            let (pin, pan, pt) = prev.get(&c.name).copied().unwrap_or((0, 0, self.started));
+            let dt = now.saturating_duration_since(pt).as_secs_f64();
+            let rate = |a: u64, b: u64| {
+                if dt > 0.0 {
+                    (a.saturating_sub(b)) as f64 / dt
+                } else {
+                    0.0
+                }
+            };
+            prev.insert(c.name.clone(), (frames_in, analysed, now));
+            let status = st.status();
+            let infer_total = c.analysis.infer_us_total.load(Ordering::Relaxed);
+            out.insert(
+                c.name.clone(),
+                CameraTelemetry {
+                    state: status.state,
+                    fps_in: round2(rate(frames_in, pin)),
+                    fps_analysed: round2(rate(analysed, pan)),
+                    frames_in,
+                    frames_analysed: analysed,
+                    frames_dropped: c.queue.dropped(c.slot),
+                    reconnects: st.reconnects.load(Ordering::Relaxed),
+                    infer_ms_avg: if analysed > 0 {
+                        round2(infer_total as f64 / analysed as f64 / 1000.0)
+                    } else {
+                        0.0
+                    },
+                    events: c.analysis.events.load(Ordering::Relaxed),
+                    decoder: status.decoder,
+                    last_error: status.last_error,
+                    retry_in_s: status.retry_in_s.map(round2),
+                },
+            );
+        }
+        out
+    }
+
+    /// Read-only views of the running cameras.
+    pub fn views(&self) -> Vec<CameraView> {
+        self.cameras()
+            .map(|c| CameraView {
+                name: c.name.clone(),
+                url: c.cfg.url.clone(),
+                stats: c.handle.stats.clone(),
+                analysis: c.analysis.clone(),
+                queue: c.queue.clone(),
+                slot: c.slot,
+            })
+            .collect()
+    }
+
+    /// State of the first camera and the frames waiting for analysis (for `vigil bench`).
+    pub fn bench_progress(&self) -> (vigil_dataplane::media::CameraState, usize) {
+        let state = self
+            .cameras()
+            .next()
+            .map(|c| c.handle.stats.state())
+            .unwrap_or(vigil_dataplane::media::CameraState::Stopped);
+        (state, self.groups.iter().map(|g| g.queue.pending()).sum())
+    }
+
+    /// Cameras that have had no frame analysed yet (the bench waits for none before measuring).
+    pub fn cameras_without_frames(&self) -> usize {
+        self.cameras()
+            .filter(|c| c.analysis.analysed.load(Ordering::Relaxed) == 0)
+            .count()
+    }
+
+    /// Frames analysed so far and the frame-to-detection latency buckets, over all cameras
+    /// (for `vigil bench --gpu`).
+    pub fn analysed_and_latency(&self) -> (u64, Vec<u64>) {
+        let mut frames = 0;
+        let mut hist: Vec<u64> = Vec::new();
+        for c in self.cameras() {
+            frames += c.analysis.analysed.load(Ordering::Relaxed);
+            let h = c.analysis.frame_latency.snapshot();
+            if hist.is_empty() {
+                hist = h;
+            } else {
+                hist.iter_mut().zip(h).for_each(|(a, b)| *a += b);
+            }
+        }
+        (frames, hist)
+    }
+
+    /// Mean preprocessing and inference milliseconds per analysed frame, over all cameras.
+    pub fn stage_means_ms(&self) -> (f64, f64) {
+        let sum = |f: fn(&AnalysisStats) -> &std::sync::atomic::AtomicU64| {
+            self.cameras()
+                .map(|c| f(&c.analysis).load(Ordering::Relaxed))
+                .sum::<u64>() as f64
+        };
+        let n = sum(|a| &a.analysed).max(1.0);
+        (
+            sum(|a| &a.pre_us_total) / n / 1000.0,
+            sum(|a| &a.infer_us_total) / n / 1000.0,
+        )
+    }
+
+    /// Microseconds the workers spent in inference (wall, each frame its share of its batch),
+    /// summed over all cameras since start.
+    pub fn infer_us_total(&self) -> u64 {
+        self.cameras()
+            .map(|c| c.analysis.infer_us_total.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Waits until the analysed-frame counters stop moving (at most `timeout`); returns their sum.
+    pub fn wait_idle(&self, timeout: Duration) -> u64 {
+        let total = || {
+            self.cameras()
+                .map(|c| c.analysis.analysed.load(Ordering::Relaxed))
+                .sum::<u64>()
+        };
+        let t0 = Instant::now();
+        let mut last = total();
+        while t0.elapsed() < timeout {
+            std::thread::sleep(Duration::from_millis(100));
+            let now = total();
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+        last
+    }
+
+    /// Stops cameras, then workers.
+    pub fn stop(self) {
+        for g in self.groups {
+            g.stop();
+        }
+    }
+}
+
+pub(crate) fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+#[derive(Debug, Serialize)]
+pub struct CameraTelemetry {
+    pub state: vigil_dataplane::media::CameraState,
+    pub fps_in: f64,
+    pub fps_analysed: f64,
+    pub frames_in: u64,
+    pub frames_analysed: u64,
+    /// Frames replaced in the latest-frame queue before inference took them.
+    pub frames_dropped: u64,
+    pub reconnects: u64,
+    pub infer_ms_avg: f64,
+    pub events: u64,
+    pub decoder: Option<String>,
+    pub last_error: Option<String>,
+    pub retry_in_s: Option<f64>,
+}
