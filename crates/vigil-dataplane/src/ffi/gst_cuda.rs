@@ -1,8 +1,10 @@
 //! The small FFI with GStreamer's CUDA library (`libgstcuda-1.0`, loaded at run time so that a
 //! box without it still runs the CPU path): share our CUDA context with the decoders
 //! (`gst.cuda.context`), and map a decoded `memory:CUDAMemory` buffer for its device pointer
-//! (`GST_MAP_CUDA`) for as long as our kernels read it.
+//! (`GST_MAP_CUDA`) for as long as our kernels read it, as the planes the preprocessing kernel
+//! reads ([`CudaMapping::planes`]).
 
+use super::preprocess_kernel::DevicePlanes;
 use gstreamer as gst;
 use gstreamer_video as gst_video;
 use std::ffi::c_void;
@@ -108,6 +110,9 @@ pub struct CudaMapping {
     pub uv: u64,
     pub y_stride: usize,
     pub uv_stride: usize,
+    /// The frame's size, from the caps it was mapped with.
+    width: usize,
+    height: usize,
 }
 
 impl CudaMapping {
@@ -153,7 +158,30 @@ impl CudaMapping {
                 uv: base + offsets[1] as u64,
                 y_stride: strides[0],
                 uv_stride: strides[1],
+                width: info.width() as usize,
+                height: info.height() as usize,
             })
+        }
+    }
+
+    /// The frame's planes as the preprocessing kernel reads them (NV12: Y, then U and V
+    /// interleaved), for as long as this mapping lives.
+    pub fn planes(&self) -> DevicePlanes<'_> {
+        // SAFETY: `y` and `uv` are the device pointers of the mapped frame's planes, from
+        // GStreamer's map of a buffer of `width`×`height` NV12 (its video meta's offsets and
+        // pitches, or the caps'): the decoder's frame, which holds what the kernel reads of
+        // it. They stay mapped while `self` lives, which the returned planes borrow.
+        unsafe {
+            DevicePlanes::from_raw(
+                self.y,
+                self.uv,
+                self.uv + 1,
+                self.width,
+                self.height,
+                self.y_stride,
+                self.uv_stride,
+                2,
+            )
         }
     }
 }

@@ -25,9 +25,11 @@
 //!   `frame.pitch`. Both libraries are loaded on first use; a box without them gets an error,
 //!   never a panic.
 //!
-//! [`NvmmMapping`] has the same public fields as [`super::gst_cuda::CudaMapping`], so the
-//! detector reads both kinds of frame the same way.
+//! [`NvmmMapping`] has the same public fields and the same `planes()` (the preprocessing
+//! kernel's [`DevicePlanes`]) as [`super::gst_cuda::CudaMapping`], so the detector reads both
+//! kinds of frame the same way.
 
+use super::preprocess_kernel::DevicePlanes;
 use gstreamer as gst;
 use gstreamer_video as gst_video;
 use std::ffi::c_void;
@@ -451,6 +453,9 @@ pub struct NvmmMapping {
     pub uv: u64,
     pub y_stride: usize,
     pub uv_stride: usize,
+    /// The frame's size, from the caps (the surface's is checked against it).
+    width: usize,
+    height: usize,
 }
 
 impl NvmmMapping {
@@ -485,6 +490,8 @@ impl NvmmMapping {
                 uv: 0,
                 y_stride: 0,
                 uv_stride: 0,
+                width: info.width() as usize,
+                height: info.height() as usize,
             }
         };
         // From here on, an early return drops `m`, which unmaps.
@@ -602,6 +609,28 @@ impl NvmmMapping {
         self.y_stride = frame.pitch as usize;
         self.uv_stride = frame.pitch as usize;
         Ok(())
+    }
+
+    /// The frame's planes as the preprocessing kernel reads them (NV12: Y, then U and V
+    /// interleaved), for as long as this mapping lives.
+    pub fn planes(&self) -> DevicePlanes<'_> {
+        // SAFETY: a mapping exists only once `nv12` succeeded: `y` and `uv` are then the
+        // device pointers and pitches of the planes of a `width`×`height` NV12 surface (its
+        // size checked against the caps), CUDA device/unified memory or the EGL frame
+        // registered with CUDA, which hold what the kernel reads of the frame. They stay
+        // mapped and registered while `self` lives, which the returned planes borrow.
+        unsafe {
+            DevicePlanes::from_raw(
+                self.y,
+                self.uv,
+                self.uv + 1,
+                self.width,
+                self.height,
+                self.y_stride,
+                self.uv_stride,
+                2,
+            )
+        }
     }
 }
 

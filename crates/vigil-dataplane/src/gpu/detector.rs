@@ -9,15 +9,18 @@
 //!
 //! Every device→host byte of the GPU path is counted here, in [`GpuCounters`], and nowhere else
 //! copies from the device.
+//!
+//! Safe Rust: the kernels get the frames as [`DevicePlanes`] borrowed from their mappings (or
+//! from the staging buffer of an uploaded frame) and ONNX Runtime's tensors as views borrowed
+//! from the session's `Bound`; the launches' checks and `unsafe` are in `ffi/`.
 
 use super::MappedFrame;
 use super::ort_cuda::{BATCHES, CudaOnnx, MAX_BATCH};
 use super::postprocess::GpuPostprocessor;
-use super::preprocess::{DevicePlanes, GpuPreprocessor, Precision};
+use super::preprocess::{DevicePlanes, DeviceYuv, GpuPreprocessor, Precision};
 use crate::media::FrameRef;
 use crate::media::frame::FrameMemory;
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr};
-use std::mem::ManuallyDrop;
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,19 +53,26 @@ pub struct GpuCounters {
 }
 
 pub struct GpuDetector {
-    /// Everything holding GPU resources, dropped in [`Drop`] under the shared GPU lock.
-    g: ManuallyDrop<Parts>,
+    /// Everything holding GPU resources, dropped in [`Drop`] under the shared GPU lock (taken
+    /// out there: `Some` for as long as the detector is usable).
+    g: Option<Parts>,
     ctx: Arc<CudaContext>,
 }
 
 struct Parts {
     // Field order is drop order: the session and kernels go before the stream they use.
+    infer: Infer,
+    staging: Option<CudaSlice<u8>>,
+    stream: Arc<CudaStream>,
+}
+
+/// What a batch runs through (apart from the staging buffer an uploaded frame's planes borrow).
+struct Infer {
+    // Field order is drop order (as `Parts`', which this begins).
     onnx: CudaOnnx,
     pre: GpuPreprocessor,
     post: GpuPostprocessor,
     decoder: NanodetDecoder,
-    staging: Option<CudaSlice<u8>>,
-    stream: Arc<CudaStream>,
 }
 
 impl Drop for GpuDetector {
@@ -73,10 +83,12 @@ impl Drop for GpuDetector {
         let _ = self.ctx.bind_to_thread();
         super::relax_capture_mode();
         let _shared = super::GPU_LOCK.read().unwrap_or_else(|e| e.into_inner());
-        let _ = self.g.stream.synchronize();
-        // SAFETY: `g` is dropped exactly once, here, and never used afterwards (this is the
-        // detector's drop).
-        unsafe { ManuallyDrop::drop(&mut self.g) };
+        // `g` is dropped exactly once, here, under the lock, and never used afterwards (this
+        // is the detector's drop).
+        if let Some(g) = self.g.take() {
+            let _ = g.stream.synchronize();
+            drop(g);
+        }
     }
 }
 
@@ -92,7 +104,7 @@ impl GpuDetector {
         super::relax_capture_mode();
         let _exclusive = super::GPU_LOCK.write().unwrap_or_else(|e| e.into_inner());
         let stream = ctx.new_stream().map_err(|e| e.to_string())?;
-        let onnx = CudaOnnx::load(model, stream.cu_stream().cast()).map_err(|e| e.to_string())?;
+        let onnx = CudaOnnx::load(model, &stream).map_err(|e| e.to_string())?;
         let (size, dynamic) = vigil_core::model::nanodet::input_size(onnx.inputs(), input_size)
             .map_err(|e| e.to_string())?;
         let decoder = NanodetDecoder::new(&model.display().to_string(), size, onnx.outputs())
@@ -100,11 +112,13 @@ impl GpuDetector {
         let pre = GpuPreprocessor::new(ctx, input_spec(size, dynamic), stream.clone())?;
         let post = GpuPostprocessor::new(ctx, stream.clone())?;
         Ok(Self {
-            g: ManuallyDrop::new(Parts {
-                onnx,
-                pre,
-                post,
-                decoder,
+            g: Some(Parts {
+                infer: Infer {
+                    onnx,
+                    pre,
+                    post,
+                    decoder,
+                },
                 staging: None,
                 stream,
             }),
@@ -112,15 +126,28 @@ impl GpuDetector {
         })
     }
 
+    /// The parts (there until the detector is dropped).
+    fn g(&self) -> &Parts {
+        self.g
+            .as_ref()
+            .expect("a detector's parts are only taken by its Drop")
+    }
+
+    fn g_mut(&mut self) -> &mut Parts {
+        self.g
+            .as_mut()
+            .expect("a detector's parts are only taken by its Drop")
+    }
+
     /// The model's input side and whether its height and width are dynamic.
     pub fn input(&self) -> (usize, bool) {
-        let s = self.g.pre.spec();
+        let s = self.g().infer.pre.spec();
         (s.size, s.align != 0)
     }
 
     /// Lowest score kept by the decoder (the tracker's second stage uses low ones).
     pub fn set_score_threshold(&mut self, t: f32) {
-        self.g.post.score_threshold = t;
+        self.g_mut().infer.post.score_threshold = t;
     }
 
     /// Detections of up to [`MAX_BATCH`] frames, `outs[i]` and `res[i]` for `frames[i]`. Frames
@@ -172,21 +199,24 @@ impl GpuDetector {
             }
             let _shared = super::GPU_LOCK.read().unwrap_or_else(|e| e.into_inner());
             let mut maps = heapless::Vec::<MappedFrame, MAX_BATCH>::new();
-            let mut planes = heapless::Vec::<DevicePlanes, MAX_BATCH>::new();
             let mut mapped = heapless::Vec::<usize, MAX_BATCH>::new();
             for &j in &group {
                 match MappedFrame::nv12(&frames[j].memory) {
                     Ok(m) => {
-                        let _ = planes.push(m.planes(frames[j].width(), frames[j].height()));
                         let _ = maps.push(m);
                         let _ = mapped.push(j);
                     }
                     Err(e) => res[j] = Err(e),
                 }
             }
+            // Each frame's planes (its size as mapped: the frame's), borrowed from its mapping.
+            let mut planes = heapless::Vec::<DevicePlanes, MAX_BATCH>::new();
+            for m in &maps {
+                let _ = planes.push(m.planes());
+            }
             let mut ok = [true; MAX_BATCH];
             // The mappings live until `infer_batch` has synchronised the stream.
-            match self.infer_batch(&planes, outs, &mapped, &mut ok) {
+            match self.g_mut().infer.batch(&planes, outs, &mapped, &mut ok) {
                 Ok(()) => {
                     for (k, &j) in mapped.iter().enumerate() {
                         res[j] = if ok[k] {
@@ -208,10 +238,12 @@ impl GpuDetector {
                 }
                 Err(e) => {
                     // Kernels may still read the frames: wait before they are unmapped.
-                    let _ = self.g.stream.synchronize();
+                    let _ = self.g().stream.synchronize();
                     mapped.iter().for_each(|&j| res[j] = Err(e.clone()));
                 }
             }
+            // The planes borrow the mappings: gone first (plain data).
+            drop(planes);
             drop(maps);
         }
     }
@@ -230,7 +262,7 @@ impl GpuDetector {
         let uv_len = (yuv.uv_stride * h.div_ceil(2)).min(yuv.u.len());
         let nv12 = yuv.uv_step == 2;
         let need = y_len + if nv12 { uv_len } else { 2 * uv_len };
-        let g = &mut *self.g;
+        let g = self.g_mut();
         if g.staging.as_ref().is_none_or(|s| s.len() < need) {
             g.staging = Some(g.stream.alloc_zeros::<u8>(need).map_err(e)?);
         }
@@ -247,25 +279,22 @@ impl GpuDetector {
                 .map_err(e)?;
         }
         COUNTERS.h2d_bytes.fetch_add(need as u64, Ordering::Relaxed);
-        let (base, sync) = staging.device_ptr(&g.stream);
-        // The staging buffer is only reused after `infer_batch` has synchronised the stream.
-        drop(sync);
-        let planes = DevicePlanes {
-            y: base,
-            u: base + y_len as u64,
-            v: if nv12 {
-                base + y_len as u64 + 1
-            } else {
-                base + (y_len + uv_len) as u64
-            },
+        let frame = DeviceYuv {
+            data: staging,
             width: w,
             height: h,
             y_stride: yuv.y_stride,
+            u_offset: y_len,
+            v_offset: if nv12 { y_len + 1 } else { y_len + uv_len },
             uv_stride: yuv.uv_stride,
             uv_step: yuv.uv_step,
         };
+        let (planes, sync) = DevicePlanes::of_yuv(&frame, &g.stream)?;
+        // The staging buffer is only reused after `infer_batch` has synchronised the stream.
+        drop(sync);
         let mut ok = [true; MAX_BATCH];
-        self.infer_batch(&[planes], std::slice::from_mut(out), &[0], &mut ok)?;
+        g.infer
+            .batch(&[planes], std::slice::from_mut(out), &[0], &mut ok)?;
         COUNTERS.host_frames.fetch_add(1, Ordering::Relaxed);
         if !ok[0] {
             return Err("the model returned non-finite values".into());
@@ -276,34 +305,36 @@ impl GpuDetector {
     /// Makes the sessions for a `width`×`height` frame's input size, for every batch size, if
     /// the size is new (before the shared GPU lock is taken: making one takes it exclusively).
     fn ready_for(&mut self, width: usize, height: usize) -> Result<(), String> {
-        let (in_w, in_h) = self.g.pre.spec().input_dims(width, height);
-        let batches: &[usize] = if self.g.onnx.batches() {
-            &BATCHES
-        } else {
-            &[1]
-        };
+        let g = &mut self.g_mut().infer;
+        let (in_w, in_h) = g.pre.spec().input_dims(width, height);
+        let batches: &[usize] = if g.onnx.batches() { &BATCHES } else { &[1] };
         for &b in batches {
-            self.g.onnx.bind(in_w, in_h, b).map_err(|e| e.to_string())?;
+            g.onnx.bind(in_w, in_h, b).map_err(|e| e.to_string())?;
         }
         Ok(())
     }
+}
 
+impl Infer {
     /// Preprocess `planes` (all of one size) into one batched input → one inference → decode +
     /// NMS per image, all on the stream; returns after the detections are on the host:
     /// `outs[slots[k]]` for `planes[k]`, `ok[k]` false where the model's outputs were not finite.
-    fn infer_batch(
+    fn batch(
         &mut self,
-        planes: &[DevicePlanes],
+        planes: &[DevicePlanes<'_>],
         outs: &mut [Detections],
         slots: &[usize],
         ok: &mut [bool; MAX_BATCH],
     ) -> Result<(), String> {
-        let g = &mut *self.g;
+        let g = self;
         let n = planes.len();
         if n == 0 {
             return Ok(());
         }
-        let (in_w, in_h) = g.pre.spec().input_dims(planes[0].width, planes[0].height);
+        let (in_w, in_h) = g
+            .pre
+            .spec()
+            .input_dims(planes[0].width(), planes[0].height());
         let batch = if g.onnx.batches() {
             BATCHES
                 .iter()
@@ -318,29 +349,27 @@ impl GpuDetector {
         }
         let bound = g
             .onnx
-            .get(in_w, in_h, batch)
+            .get_mut(in_w, in_h, batch)
             .ok_or_else(|| format!("no session made for {batch} × {in_w}×{in_h} inputs"))?;
-        let input = bound.input_ptr;
-        let mut ptrs = heapless::Vec::<u64, { vigil_core::model::MAX_OUTPUTS }>::new();
         let mut lens = heapless::Vec::<usize, { vigil_core::model::MAX_OUTPUTS }>::new();
-        for (p, l) in &bound.outputs {
-            let _ = ptrs.push(*p);
-            let _ = lens.push(*l / batch);
+        for o in bound.outputs() {
+            let _ = lens.push(o.len() / batch);
         }
-        // SAFETY: the planes are mapped/uploaded device memory of each frame's size (caller);
-        // ONNX Runtime's bound `[batch, 3, in_h, in_w]` f32 input (alive in `g.onnx`) holds
+        // The planes are mapped/uploaded device memory of each frame's size (caller); ONNX
+        // Runtime's bound `[batch, 3, in_h, in_w]` f32 input (alive in `g.onnx`) holds
         // `batch` ≥ n images.
-        let lbs = unsafe {
-            g.pre
-                .run_ptrs(planes, input, batch * 3 * in_w * in_h, Precision::F32)?
-        };
+        let lbs = g.pre.run_planes(planes, bound.input(), Precision::F32)?;
         bound.run().map_err(|e| e.to_string())?;
         g.decoder.layout(in_w, in_h, &lens)?;
-        let mut image_outs = heapless::Vec::<u64, { vigil_core::model::MAX_OUTPUTS }>::new();
+        let mut image_outs = heapless::Vec::<_, { vigil_core::model::MAX_OUTPUTS }>::new();
         for (k, lb) in lbs.iter().enumerate() {
             image_outs.clear();
-            for (p, l) in ptrs.iter().zip(&lens) {
-                let _ = image_outs.push(p + (k * l * 4) as u64);
+            // Image k's part of each output: length / batch floats from k × length / batch.
+            for o in bound.outputs() {
+                let part = o
+                    .part(k, batch)
+                    .ok_or_else(|| format!("image {k} of a batch of {batch}"))?;
+                let _ = image_outs.push(part);
             }
             g.post.enqueue(
                 k,

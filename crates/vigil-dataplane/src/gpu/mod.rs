@@ -5,12 +5,18 @@
 //! cudarc panics when it cannot load the driver library, so [`probe`] checks for it first and
 //! nothing here touches CUDA before a successful probe. Knows nothing of tracking, rules or
 //! MQTT.
+//!
+//! Safe Rust only: the raw driver calls (the probe's library check, the context's flags, event
+//! tracking, the threads' capture mode, dangling captures) are `ffi::cuda`'s, the kernels'
+//! launches `ffi::preprocess_kernel`'s and `ffi::postprocess_kernels`', ONNX Runtime's C API
+//! `ffi::ort`'s, the frame mappings `ffi::gst_cuda`'s and `ffi::jetson_nvmm`'s.
 
 pub mod detector;
 pub mod ort_cuda;
 pub mod postprocess;
 pub mod preprocess;
 
+use crate::ffi::cuda;
 use crate::ffi::gst_cuda;
 #[cfg(feature = "jetson")]
 use crate::ffi::jetson_nvmm;
@@ -26,8 +32,8 @@ pub fn probe() -> GpuProbe {
 }
 
 fn probe_now() -> GpuProbe {
-    // SAFETY: only tries to dlopen the driver library; no CUDA call is made if it is absent.
-    let present = unsafe { cudarc::driver::sys::is_culib_present() };
+    // Only tries to dlopen the driver library; no CUDA call is made if it is absent.
+    let present = cuda::driver_present();
     if !present {
         return GpuProbe::Unavailable(
             "no NVIDIA CUDA driver library (libcuda.so) on this box".into(),
@@ -90,22 +96,13 @@ impl MappedFrame {
     }
 
     /// The frame's planes as the preprocessing kernel reads them (NV12: Y, then U and V
-    /// interleaved).
-    pub fn planes(&self, width: usize, height: usize) -> preprocess::DevicePlanes {
-        let (y, uv, y_stride, uv_stride) = match self {
-            Self::Cuda(m) => (m.y, m.uv, m.y_stride, m.uv_stride),
+    /// interleaved; the frame's size as mapped, from its caps), for as long as the mapping
+    /// lives.
+    pub fn planes(&self) -> preprocess::DevicePlanes<'_> {
+        match self {
+            Self::Cuda(m) => m.planes(),
             #[cfg(feature = "jetson")]
-            Self::Nvmm(m) => (m.y, m.uv, m.y_stride, m.uv_stride),
-        };
-        preprocess::DevicePlanes {
-            y,
-            u: uv,
-            v: uv + 1,
-            width,
-            height,
-            y_stride,
-            uv_stride,
-            uv_step: 2,
+            Self::Nvmm(m) => m.planes(),
         }
     }
 }
@@ -157,35 +154,23 @@ pub fn runtime() -> Result<&'static GpuRuntime, String> {
             Ok("yield") => ("yield", F::CU_CTX_SCHED_YIELD),
             _ => ("blocking", F::CU_CTX_SCHED_BLOCKING_SYNC),
         };
-        // SAFETY: the driver is present (probe); device 0 exists; setting the primary
-        // context's flags has no other effect than how the host waits for the GPU. It fails
-        // harmlessly if the context is already active (then the driver's choice stays).
-        unsafe {
-            let mut dev = 0;
-            if cudarc::driver::sys::cuDeviceGet(&mut dev, 0)
-                == cudarc::driver::sys::CUresult::CUDA_SUCCESS
-            {
-                let _ = cudarc::driver::sys::cuDevicePrimaryCtxSetFlags_v2(dev, flags as u32);
-            }
-        }
+        // The driver is present (probe); device 0 exists. Fails harmlessly if the context is
+        // already active (then the driver's choice stays, as the check below says).
+        cuda::set_primary_context_flags(flags);
         let ctx = cudarc::driver::CudaContext::new(0).map_err(|e| e.to_string())?;
-        let mut got = 0u32;
-        // SAFETY: the context is current on this thread (cudarc binds it on creation); the
-        // call only writes the flags word.
-        let sync = if unsafe { cudarc::driver::sys::cuCtxGetFlags(&mut got) }
-            == cudarc::driver::sys::CUresult::CUDA_SUCCESS
-            && got & 0x7 != flags as u32
-        {
-            tracing::warn!(
-                "CUDA context scheduling flags are {got:#x}, not the {sync} wait asked for (the context was already active)"
-            );
-            "driver's choice"
-        } else {
-            sync
+        // The context is current on this thread (cudarc binds it on creation).
+        let sync = match cuda::current_context_flags() {
+            Some(got) if got & 0x7 != flags as u32 => {
+                tracing::warn!(
+                    "CUDA context scheduling flags are {got:#x}, not the {sync} wait asked for (the context was already active)"
+                );
+                "driver's choice"
+            }
+            _ => sync,
         };
-        // SAFETY: each GPU detector queues all its work on its one stream, so cudarc's
-        // cross-stream event tracking (an event record per launch) has nothing to order.
-        unsafe { ctx.disable_event_tracking() };
+        // Each GPU detector queues all its work on its one stream, so cudarc's cross-stream
+        // event tracking (an event record per launch) has nothing to order.
+        cuda::disable_event_tracking(&ctx);
         let gst = match gst_cuda::shared_context(&ctx) {
             Ok(c) => Some(c),
             // JetPack 6 ships GStreamer 1.20, without libgstcuda: NVMM frames need none.
@@ -250,37 +235,8 @@ pub fn relax_capture_mode() {
     if DONE.with(|d| d.replace(true)) {
         return;
     }
-    let mut mode = cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED;
-    // SAFETY: only called once the driver is loaded (the GPU runtime exists); the call
-    // exchanges this thread's capture mode and writes the previous one into `mode`.
-    unsafe {
-        let _ = cudarc::driver::sys::cuThreadExchangeStreamCaptureMode(&mut mode);
-    }
-}
-
-/// Ends a stream capture left open on `stream` (a raw `CUstream`) and discards what it
-/// recorded; returns whether one was open.
-pub fn end_dangling_capture(stream: usize) -> bool {
-    use cudarc::driver::sys;
-    let stream = stream as sys::CUstream;
-    let mut status = sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
-    // SAFETY: `stream` is a live stream of the caller's; the call writes its capture status.
-    let r = unsafe { sys::cuStreamIsCapturing(stream, &mut status) };
-    if r != sys::CUresult::CUDA_SUCCESS
-        || status == sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE
-    {
-        return false;
-    }
-    let mut graph: sys::CUgraph = std::ptr::null_mut();
-    // SAFETY: ending the capture of a capturing (or invalidated) stream; it writes a graph
-    // handle (null when the capture was invalidated), which we destroy at once.
-    unsafe {
-        let _ = sys::cuStreamEndCapture(stream, &mut graph);
-        if !graph.is_null() {
-            let _ = sys::cuGraphDestroy(graph);
-        }
-    }
-    true
+    // Only called once the driver is loaded (the GPU runtime exists).
+    cuda::relax_thread_capture_mode();
 }
 
 /// Per-frame GPU work and dropping a detector hold this shared; loading a model and making a

@@ -7,13 +7,19 @@
 //! first: `ort`'s `IoBinding::bind_input` clones borrowed tensors it may alias, which for device
 //! memory hung (seen on the H100). Tensors from the session's CUDA allocator are owned: bound
 //! without a copy.
+//!
+//! The calls that need `unsafe` (the provider on our stream, the allocation-free
+//! `RunWithBinding`, the tensors' device pointers) are `ffi::ort`'s: its [`CudaSession`] holds
+//! the stream it runs on, and the tensors are lent to the kernels as views borrowed from the
+//! [`Bound`] that owns them ([`Bound::input`], [`Bound::outputs`]).
 
-use ort::AsPointer;
-use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
-use ort::session::{IoBinding, Session};
-use ort::value::Tensor;
+use crate::ffi::cuda::{DeviceView, DeviceViewMut};
+use crate::ffi::ort::{CudaAllocator, CudaBinding, CudaSession, CudaTensor};
+use cudarc::driver::CudaStream;
+use ort::session::Session;
 use std::path::Path;
-use vigil_core::model::{InferError, MAX_OUTPUTS, TensorDesc};
+use std::sync::Arc;
+use vigil_core::model::{InferError, TensorDesc};
 
 /// Sessions kept at once: input sizes (cameras of different aspect ratios use different sizes)
 /// × batch sizes.
@@ -35,25 +41,23 @@ pub struct Bound {
     pub in_w: usize,
     pub in_h: usize,
     pub batch: usize,
-    /// Device pointer of the `[batch, 3, in_h, in_w]` f32 input.
-    pub input_ptr: u64,
-    /// Device pointers and lengths (floats, whole batch) of the outputs, in the model's output
-    /// order; image i's part starts at i × length / batch.
-    pub outputs: heapless::Vec<(u64, usize), MAX_OUTPUTS>,
     shapes: Vec<Vec<i64>>,
-    /// The raw `CUstream` the session runs on (synchronised before the session is dropped).
-    stream: usize,
-    // Drop order: binding and tensors before their session.
-    binding: IoBinding,
-    _input: Tensor<f32>,
-    _outputs: Vec<Tensor<f32>>,
-    _allocator: Allocator,
-    session: Session,
+    // Drop order: binding and tensors before their session (which holds the stream it runs
+    // on, synchronised in Drop before the session is dropped).
+    binding: CudaBinding,
+    /// The `[batch, 3, in_h, in_w]` f32 input.
+    input: CudaTensor,
+    /// The outputs (whole batch), in the model's output order; image i's part starts at
+    /// i × length / batch.
+    outputs: Vec<CudaTensor>,
+    _allocator: CudaAllocator,
+    session: CudaSession,
 }
 
 pub struct CudaOnnx {
     path: std::path::PathBuf,
-    stream: usize,
+    /// The stream the sessions run on (each holds it too, until it is dropped).
+    stream: Arc<CudaStream>,
     inputs: Vec<TensorDesc>,
     outputs: Vec<TensorDesc>,
     /// Names of the input's free batch, height and width (empty where fixed).
@@ -68,21 +72,16 @@ fn load_err(path: &Path, e: &dyn std::fmt::Display) -> InferError {
     }
 }
 
+/// A session of `path` with the CUDA execution provider on `stream` (device 0; a CUDA graph or
+/// not), the input's free dimensions `dims` fixed.
 fn session(
     path: &Path,
-    stream: usize,
+    stream: &Arc<CudaStream>,
     dims: &[(String, usize)],
     graph: bool,
-) -> Result<Session, InferError> {
+) -> Result<CudaSession, InferError> {
     let (_, env) = crate::onnx::init_runtime()?;
     let err = |e: &dyn std::fmt::Display| load_err(path, e);
-    // SAFETY: `stream` is a live CUstream owned by the caller's GPU detector, which owns
-    // this session and drops it first (field order), so the stream outlives the session.
-    let ep = unsafe { ort::ep::CUDA::default().with_compute_stream(stream as *mut ()) }
-        .with_device_id(0)
-        .with_cuda_graph(graph)
-        .build()
-        .error_on_failure();
     // Every node runs on the GPU, launched from the calling worker thread: a pool of intra-op
     // threads (one per core by default, spinning between runs) would only burn CPU, and its
     // threads would make CUDA calls outside the capture-mode relaxation of our threads.
@@ -101,19 +100,18 @@ fn session(
             .with_dimension_override(name, *v as i64)
             .map_err(|e| err(&e))?;
     }
-    b.with_execution_providers([ep])
-        .map_err(|e| err(&e))?
-        .commit_from_file(path)
-        .map_err(|e| err(&e))
+    // The provider runs on `stream`; the session holds it (`ffi::ort::CudaSession`), so the
+    // stream outlives the session.
+    CudaSession::commit(b, stream, graph, path).map_err(|e| err(&e))
 }
 
 impl CudaOnnx {
     /// Checks that `path` loads with the CUDA execution provider on device 0 and describes it;
-    /// sessions are then made per input size, their kernels queued on `stream` (a raw
-    /// `CUstream` that must outlive this).
-    pub fn load(path: &Path, stream: *mut std::ffi::c_void) -> Result<Self, InferError> {
-        let probe = session(path, stream as usize, &[], false)?;
-        let (inputs, outputs) = crate::onnx::describe(&probe).map_err(|e| load_err(path, &e))?;
+    /// sessions are then made per input size, their kernels queued on `stream` (which each
+    /// session holds).
+    pub fn load(path: &Path, stream: &Arc<CudaStream>) -> Result<Self, InferError> {
+        let probe = session(path, stream, &[], false)?;
+        let (inputs, outputs) = probe.describe().map_err(|e| load_err(path, &e))?;
         let sym = |i: usize| match probe.inputs()[0].dtype() {
             ort::value::ValueType::Tensor {
                 dimension_symbols, ..
@@ -123,7 +121,7 @@ impl CudaOnnx {
         let free_dims = [sym(0), sym(2), sym(3)];
         Ok(Self {
             path: path.to_path_buf(),
-            stream: stream as usize,
+            stream: stream.clone(),
             inputs,
             outputs,
             free_dims,
@@ -166,9 +164,9 @@ impl CudaOnnx {
     }
 
     /// The session already made for that input size and batch, if any (never makes one: for
-    /// callers that hold [`super::GPU_LOCK`]).
-    pub fn get(&self, in_w: usize, in_h: usize, batch: usize) -> Option<&Bound> {
-        self.position(in_w, in_h, batch).map(|i| &self.bound[i])
+    /// callers that hold [`super::GPU_LOCK`]). Mutable: a run borrows its session exclusively.
+    pub fn get_mut(&mut self, in_w: usize, in_h: usize, batch: usize) -> Option<&mut Bound> {
+        self.position(in_w, in_h, batch).map(|i| &mut self.bound[i])
     }
 
     fn position(&self, in_w: usize, in_h: usize, batch: usize) -> Option<usize> {
@@ -205,19 +203,13 @@ impl CudaOnnx {
                 dims.push((name.clone(), v));
             }
         }
-        let mut session = session(&self.path, self.stream, &dims, graph)?;
-        let mem = MemoryInfo::new(
-            AllocationDevice::CUDA,
-            0,
-            AllocatorType::Device,
-            MemoryType::Default,
-        )
-        .map_err(err)?;
-        let allocator = Allocator::new(&session, mem).map_err(err)?;
-        let mut input = Tensor::<f32>::new(&allocator, [batch, 3, in_h, in_w]).map_err(err)?;
+        let mut session = session(&self.path, &self.stream, &dims, graph)?;
+        // Device memory of CUDA device 0, from the session's allocator.
+        let allocator = CudaAllocator::new(&session).map_err(err)?;
+        let input = CudaTensor::new(&allocator, [batch, 3, in_h, in_w]).map_err(err)?;
         let mut binding = session.create_binding().map_err(err)?;
-        binding
-            .bind_input(self.inputs[0].name.as_str(), &input)
+        input
+            .bind_input(&mut binding, self.inputs[0].name.as_str())
             .map_err(err)?;
         let shapes: Vec<Vec<i64>> = match known {
             Some(s) => s,
@@ -240,25 +232,19 @@ impl CudaOnnx {
             }
         };
         let mut tensors = Vec::new();
-        let mut ptrs = heapless::Vec::new();
         for (o, shape) in self.outputs.iter().zip(&shapes) {
-            let mut t = Tensor::<f32>::new(&allocator, shape.clone()).map_err(err)?;
-            let len = shape.iter().product::<i64>().max(0) as usize;
-            let _ = ptrs.push((t.data_ptr_mut() as u64, len));
-            binding.bind_output(o.name.as_str(), &mut t).map_err(err)?;
+            let mut t = CudaTensor::new(&allocator, shape.clone()).map_err(err)?;
+            t.bind_output(&mut binding, o.name.as_str()).map_err(err)?;
             tensors.push(t);
         }
-        let b = Bound {
+        let mut b = Bound {
             in_w,
             in_h,
             batch,
-            input_ptr: input.data_ptr_mut() as u64,
-            outputs: ptrs,
             shapes,
-            stream: self.stream,
             binding,
-            _input: input,
-            _outputs: tensors,
+            input,
+            outputs: tensors,
             _allocator: allocator,
             session,
         };
@@ -268,7 +254,7 @@ impl CudaOnnx {
                 // A capture that failed part-way can leave our stream capturing; ONNX Runtime's
                 // teardown of the session then throws (cudaGraphExecDestroy on a capturing
                 // stream) and that ends the process (onnxruntime PR #32081). End it first.
-                if super::end_dangling_capture(self.stream) {
+                if crate::ffi::cuda::end_dangling_capture(&self.stream) {
                     tracing::warn!(model = %self.path.display(), "ended a CUDA graph capture the failed run left open");
                 }
                 drop(b);
@@ -295,39 +281,28 @@ impl Drop for Bound {
         if let Ok(rt) = super::runtime() {
             let _ = rt.ctx.bind_to_thread();
         }
-        // SAFETY: `stream` is the live CUstream the session runs on (owned by the detector,
-        // which drops its sessions first); synchronising it has no other effect.
-        unsafe {
-            let _ = cudarc::driver::sys::cuStreamSynchronize(self.stream as _);
-        }
+        // The stream the session runs on (the session holds it; the detector's stream);
+        // synchronising it has no other effect.
+        crate::ffi::cuda::stream_synchronize(self.session.stream());
     }
 }
 
 impl Bound {
     /// Runs the model on what is in the bound input, into the bound outputs. Allocates
-    /// nothing: the C API is called directly, since `Session::run_binding` builds a map of
-    /// output values on every run.
-    pub fn run(&self) -> Result<(), InferError> {
-        let api = ort::api();
-        // SAFETY: the session and binding pointers are live (owned by self); no run options.
-        let status = unsafe {
-            (api.RunWithBinding)(
-                self.session.ptr().cast_mut(),
-                std::ptr::null(),
-                self.binding.ptr(),
-            )
-        };
-        if status.0.is_null() {
-            return Ok(());
-        }
-        // SAFETY: a non-null status carries a NUL-terminated message; we release it once.
-        let msg = unsafe {
-            let m = std::ffi::CStr::from_ptr((api.GetErrorMessage)(status.0))
-                .to_string_lossy()
-                .into_owned();
-            (api.ReleaseStatus)(status.0);
-            m
-        };
-        Err(InferError::Run(msg))
+    /// nothing: the C API is called directly (`ffi::ort::CudaSession::run`), since
+    /// `Session::run_binding` builds a map of output values on every run.
+    pub fn run(&mut self) -> Result<(), InferError> {
+        self.session.run(&self.binding).map_err(InferError::Run)
+    }
+
+    /// The `[batch, 3, in_h, in_w]` f32 input, for the preprocessing kernel to write.
+    pub fn input(&mut self) -> DeviceViewMut<'_, f32> {
+        self.input.view_mut()
+    }
+
+    /// The outputs (floats, whole batch), in the model's output order; image i's part is
+    /// `part(i, batch)`.
+    pub fn outputs(&self) -> impl Iterator<Item = DeviceView<'_, f32>> {
+        self.outputs.iter().map(CudaTensor::view)
     }
 }

@@ -5,179 +5,24 @@
 //!
 //! The frames of a batch are described in one [`BatchDesc`] passed to the kernel by value (a
 //! kernel parameter, 512 bytes): nothing is copied to the device for it and nothing allocated.
+//!
+//! The kernel's CUDA C, its parameter types and its launch are in `ffi::preprocess_kernel`
+//! (re-exported here), with the checks the launch's soundness rests on; this is the safe front:
+//! frames from `CudaSlice`s ([`GpuPreprocessor::run_batch`]) or as [`DevicePlanes`] of mapped
+//! frames into a device output ([`GpuPreprocessor::run_planes`]).
 
 use super::ort_cuda::MAX_BATCH;
-use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr,
-    LaunchConfig, PushKernelArg,
-};
+use crate::ffi::cuda::DeviceViewMut;
+use crate::ffi::preprocess_kernel::PreprocessKernels;
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DeviceRepr};
 use std::sync::Arc;
 use vigil_core::model::preprocess::{InputSpec, Letterbox};
 
-/// CUDA C of the kernels; `fmad=false` so products and sums round as on the CPU. The f16 entry
-/// point rounds each f32 result to nearest (`cvt.rn.f16.f32`), without needing `cuda_fp16.h`.
-pub const KERNEL: &str = r#"
-struct Img {
-    unsigned long long y, u, v;
-    int y_stride, uv_stride, uv_step, src_w, src_h, new_w, new_h, pad_x, pad_y, _pad;
-};
-struct Batch { Img img[8]; };
-
-__device__ __forceinline__ void letterbox_pixel(
-    const Img& im, int x, int r, float m0, float m1, float m2, float k0, float k1, float k2,
-    float pad_value, int bgr, float* o0, float* o1, float* o2)
-{
-    float c0, c1, c2;
-    if (x < im.pad_x || x >= im.pad_x + im.new_w || r < im.pad_y || r >= im.pad_y + im.new_h) {
-        c0 = pad_value; c1 = pad_value; c2 = pad_value;
-    } else {
-        const unsigned char* y = (const unsigned char*)im.y;
-        const unsigned char* u = (const unsigned char*)im.u;
-        const unsigned char* v = (const unsigned char*)im.v;
-        int src_w = im.src_w, src_h = im.src_h;
-        float sxs = (float)src_w / (float)im.new_w;
-        float sys = (float)src_h / (float)im.new_h;
-        int dx = x - im.pad_x, dy = r - im.pad_y;
-        float sx = fminf(fmaxf(((float)dx + 0.5f) * sxs - 0.5f, 0.0f), (float)(src_w - 1));
-        float sy = fminf(fmaxf(((float)dy + 0.5f) * sys - 0.5f, 0.0f), (float)(src_h - 1));
-        int x0 = (int)floorf(sx), y0 = (int)floorf(sy);
-        int x1 = min(x0 + 1, src_w - 1), y1 = min(y0 + 1, src_h - 1);
-        float wx = sx - (float)x0, wy = sy - (float)y0;
-        int cx = (int)floorf(fminf(fmaxf(((float)dx + 0.5f) * sxs, 0.0f), (float)(src_w - 1))) / 2;
-        int cy = (int)floorf(fminf(fmaxf(((float)dy + 0.5f) * sys, 0.0f), (float)(src_h - 1))) / 2;
-        const unsigned char* r0 = y + y0 * im.y_stride;
-        const unsigned char* r1 = y + y1 * im.y_stride;
-        float top = (float)r0[x0] + ((float)r0[x1] - (float)r0[x0]) * wx;
-        float bot = (float)r1[x0] + ((float)r1[x1] - (float)r1[x0]) * wx;
-        float yv = top + (bot - top) * wy;
-        int ci = cy * im.uv_stride + cx * im.uv_step;
-        float c = 1.164383f * (yv - 16.0f);
-        float d = (float)u[ci] - 128.0f;
-        float e = (float)v[ci] - 128.0f;
-        float rr = fminf(fmaxf(c + 1.596027f * e, 0.0f), 255.0f);
-        float gg = fminf(fmaxf(c - 0.391762f * d - 0.812968f * e, 0.0f), 255.0f);
-        float bb = fminf(fmaxf(c + 2.017232f * d, 0.0f), 255.0f);
-        c0 = bgr ? bb : rr; c1 = gg; c2 = bgr ? rr : bb;
-    }
-    *o0 = (c0 - m0) * k0;
-    *o1 = (c1 - m1) * k1;
-    *o2 = (c2 - m2) * k2;
-}
-
-extern "C" __global__ void letterbox_batch_f32(
-    Batch b, float* __restrict__ out, int in_w, int in_h,
-    float m0, float m1, float m2, float k0, float k1, float k2, float pad_value, int bgr)
-{
-    int x = blockIdx.x * blockDim.x + threadIdx.x;
-    int r = blockIdx.y * blockDim.y + threadIdx.y;
-    if (x >= in_w || r >= in_h) return;
-    long long plane = (long long)in_w * in_h;
-    float* o = out + 3 * plane * blockIdx.z + (long long)r * in_w + x;
-    float a, g, c;
-    letterbox_pixel(b.img[blockIdx.z], x, r, m0, m1, m2, k0, k1, k2, pad_value, bgr, &a, &g, &c);
-    o[0] = a; o[plane] = g; o[2 * plane] = c;
-}
-
-__device__ __forceinline__ unsigned short to_f16(float f) {
-    unsigned short h;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
-    return h;
-}
-
-extern "C" __global__ void letterbox_batch_f16(
-    Batch b, unsigned short* __restrict__ out, int in_w, int in_h,
-    float m0, float m1, float m2, float k0, float k1, float k2, float pad_value, int bgr)
-{
-    int x = blockIdx.x * blockDim.x + threadIdx.x;
-    int r = blockIdx.y * blockDim.y + threadIdx.y;
-    if (x >= in_w || r >= in_h) return;
-    long long plane = (long long)in_w * in_h;
-    unsigned short* o = out + 3 * plane * blockIdx.z + (long long)r * in_w + x;
-    float a, g, c;
-    letterbox_pixel(b.img[blockIdx.z], x, r, m0, m1, m2, k0, k1, k2, pad_value, bgr, &a, &g, &c);
-    o[0] = to_f16(a); o[plane] = to_f16(g); o[2 * plane] = to_f16(c);
-}
-"#;
-
-/// Element type of the network input the kernel writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Precision {
-    F32,
-    /// IEEE half, rounded to nearest.
-    F16,
-}
-
-impl Precision {
-    pub fn bytes(self) -> usize {
-        match self {
-            Precision::F32 => 4,
-            Precision::F16 => 2,
-        }
-    }
-}
-
-/// One frame of a batch as the kernel reads it (`struct Img` of [`KERNEL`], field for field).
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
-struct ImageDesc {
-    y: u64,
-    u: u64,
-    v: u64,
-    y_stride: i32,
-    uv_stride: i32,
-    uv_step: i32,
-    src_w: i32,
-    src_h: i32,
-    new_w: i32,
-    new_h: i32,
-    pad_x: i32,
-    pad_y: i32,
-    _pad: i32,
-}
-
-/// The frames of one launch (`struct Batch` of [`KERNEL`]); entries past the launch's image
-/// count are not read.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
-pub struct BatchDesc {
-    img: [ImageDesc; MAX_BATCH],
-}
-
-// SAFETY: `BatchDesc` is `repr(C)` plain data (integers only, no padding: 3 × u64 then 10 × i32
-// = 64 bytes per image) laid out exactly as the kernel's `struct Batch`, so it can be passed by
-// value as a kernel parameter.
-unsafe impl DeviceRepr for BatchDesc {}
-
-/// A 4:2:0 frame in device memory, laid out as [`vigil_core::model::preprocess::YuvView`] describes
-/// (offsets of the planes within one allocation).
-pub struct DeviceYuv<'a> {
-    pub data: &'a CudaSlice<u8>,
-    pub width: usize,
-    pub height: usize,
-    pub y_stride: usize,
-    pub u_offset: usize,
-    pub v_offset: usize,
-    pub uv_stride: usize,
-    pub uv_step: usize,
-}
-
-/// Device pointers of a 4:2:0 frame's planes (NV12: `v = u + 1`, `uv_step = 2`).
-#[derive(Debug, Clone, Copy)]
-pub struct DevicePlanes {
-    pub y: u64,
-    pub u: u64,
-    pub v: u64,
-    pub width: usize,
-    pub height: usize,
-    pub y_stride: usize,
-    pub uv_stride: usize,
-    pub uv_step: usize,
-}
+pub use crate::ffi::preprocess_kernel::{BatchDesc, DevicePlanes, DeviceYuv, KERNEL, Precision};
 
 pub struct GpuPreprocessor {
     spec: InputSpec,
-    f32_fn: CudaFunction,
-    f16_fn: CudaFunction,
+    kernels: PreprocessKernels,
     stream: Arc<CudaStream>,
 }
 
@@ -189,12 +34,9 @@ impl GpuPreprocessor {
         spec: InputSpec,
         stream: Arc<CudaStream>,
     ) -> Result<Self, String> {
-        let module = super::compile(ctx, KERNEL)?;
-        let load = |name: &str| module.load_function(name).map_err(|e| e.to_string());
         Ok(Self {
             spec,
-            f32_fn: load("letterbox_batch_f32")?,
-            f16_fn: load("letterbox_batch_f16")?,
+            kernels: PreprocessKernels::new(ctx)?,
             stream,
         })
     }
@@ -209,7 +51,8 @@ impl GpuPreprocessor {
 
     /// Writes the network inputs of `frames` (at most [`MAX_BATCH`], all with the same input
     /// size) into `out`, image i at i × 3 × in_h × in_w elements, in one launch on the stream,
-    /// asynchronously; returns their letterboxes.
+    /// asynchronously; returns their letterboxes. An error if a frame's planes do not lie
+    /// within its `data` as far as the kernel reads them.
     pub fn run_batch<T: DeviceRepr>(
         &self,
         frames: &[DeviceYuv<'_>],
@@ -226,28 +69,16 @@ impl GpuPreprocessor {
         // Kept until the launch is queued (where cudarc tracks events, each records then).
         let mut guards = heapless::Vec::<_, MAX_BATCH>::new();
         for f in frames {
-            let (base, sync) = f.data.device_ptr(&self.stream);
+            let (p, sync) = DevicePlanes::of_yuv(f, &self.stream)?;
             let _ = guards.push(sync);
             planes
-                .push(DevicePlanes {
-                    y: base,
-                    u: base + f.u_offset as u64,
-                    v: base + f.v_offset as u64,
-                    width: f.width,
-                    height: f.height,
-                    y_stride: f.y_stride,
-                    uv_stride: f.uv_stride,
-                    uv_step: f.uv_step,
-                })
+                .push(p)
                 .map_err(|_| format!("more than {MAX_BATCH} frames in one batch"))?;
         }
-        let len = out.len();
-        let (dst, _sync) = out.device_ptr_mut(&self.stream);
-        // SAFETY: the planes lie within each frame's `data` (the caller's contract, as for the
-        // CPU reference) and `dst` holds `len` elements of the precision's size (checked above);
-        // the slices are borrowed for this call, and their guards (`guards`, `_sync`), dropped
+        let (dst, _sync) = DeviceViewMut::of_slice(out, &self.stream);
+        // The slices are borrowed for this call, and their guards (`guards`, `_sync`), dropped
         // after the launch is queued, record their use where event tracking is on.
-        let r = unsafe { self.run_ptrs(&planes, dst, len, precision) };
+        let r = self.run_planes(&planes, dst, precision);
         drop(guards);
         r
     }
@@ -262,112 +93,17 @@ impl GpuPreprocessor {
         Ok(lbs[0])
     }
 
-    /// As [`Self::run_batch`], on raw device pointers (decoder output, ONNX Runtime's input
-    /// tensor of `out_len` elements of `precision`).
-    ///
-    /// # Safety
-    /// Each frame's planes must be readable device memory of its size and strides, and `out`
-    /// must hold `out_len` elements, both until the stream has run the kernel.
-    pub unsafe fn run_ptrs(
+    /// As [`Self::run_batch`], on frames' device planes (mapped decoder output, an uploaded
+    /// frame) into a device output (ONNX Runtime's input tensor) of elements of `precision`.
+    /// The planes and the output are borrowed for the call; they must stay allocated until the
+    /// stream has run the kernel (the caller synchronises the stream before it drops them).
+    pub fn run_planes<T>(
         &self,
-        frames: &[DevicePlanes],
-        out: u64,
-        out_len: usize,
+        frames: &[DevicePlanes<'_>],
+        out: DeviceViewMut<'_, T>,
         precision: Precision,
     ) -> Result<heapless::Vec<Letterbox, MAX_BATCH>, String> {
-        let Some(first) = frames.first() else {
-            return Ok(heapless::Vec::new());
-        };
-        if frames.len() > MAX_BATCH {
-            return Err(format!(
-                "{} frames in one batch, at most {MAX_BATCH}",
-                frames.len()
-            ));
-        }
-        let (in_w, in_h) = self.spec.input_dims(first.width, first.height);
-        if out_len < frames.len() * 3 * in_w * in_h {
-            return Err(format!(
-                "input buffer of {out_len} elements, {} needed",
-                frames.len() * 3 * in_w * in_h
-            ));
-        }
-        let mut desc = BatchDesc::default();
-        let mut lbs = heapless::Vec::<Letterbox, MAX_BATCH>::new();
-        for (d, f) in desc.img.iter_mut().zip(frames) {
-            if self.spec.input_dims(f.width, f.height) != (in_w, in_h) {
-                return Err(format!(
-                    "a {}×{} frame in a batch of {}×{} ones (input sizes differ)",
-                    f.width, f.height, first.width, first.height
-                ));
-            }
-            let lb = Letterbox::new(f.width, f.height, in_w, in_h);
-            *d = ImageDesc {
-                y: f.y,
-                u: f.u,
-                v: f.v,
-                y_stride: f.y_stride as i32,
-                uv_stride: f.uv_stride as i32,
-                uv_step: f.uv_step as i32,
-                src_w: f.width as i32,
-                src_h: f.height as i32,
-                new_w: lb.new_w as i32,
-                new_h: lb.new_h as i32,
-                pad_x: lb.pad_x as i32,
-                pad_y: lb.pad_y as i32,
-                _pad: 0,
-            };
-            let _ = lbs.push(lb);
-        }
-        let s = self.spec;
-        let (w, h, bgr) = (in_w as i32, in_h as i32, i32::from(s.bgr));
-        let inv = [1.0 / s.std[0], 1.0 / s.std[1], 1.0 / s.std[2]];
-        let cfg = LaunchConfig {
-            grid_dim: (
-                (in_w as u32).div_ceil(32),
-                (in_h as u32).div_ceil(8),
-                frames.len() as u32,
-            ),
-            block_dim: (32, 8, 1),
-            shared_mem_bytes: 0,
-        };
-        let func = match precision {
-            Precision::F32 => &self.f32_fn,
-            Precision::F16 => &self.f16_fn,
-        };
-        let mut b = self.stream.launch_builder(func);
-        b.arg(&desc).arg(&out).arg(&w).arg(&h);
-        b.arg(&s.mean[0])
-            .arg(&s.mean[1])
-            .arg(&s.mean[2])
-            .arg(&inv[0])
-            .arg(&inv[1])
-            .arg(&inv[2]);
-        b.arg(&s.pad_value).arg(&bgr);
-        // SAFETY: the argument list matches the kernel's signature in order and type (the
-        // batch descriptor by value, the output pointer as a 64-bit integer, i32, f32); `out`
-        // holds one input per frame of the launch (checked above) in the element type the
-        // chosen entry point writes; the planes are valid per this function's contract.
-        unsafe { b.launch(cfg) }.map_err(|e| e.to_string())?;
-        Ok(lbs)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn batch_descriptor_matches_the_kernel_struct() {
-        // struct Img: 3 × 8-byte pointers + 10 × int, no padding; struct Batch: 8 of them
-        // (the kernel's `img[8]` is MAX_BATCH). The C fields in the order of `ImageDesc`'s:
-        assert!(KERNEL.contains(
-            "unsigned long long y, u, v;\n    int y_stride, uv_stride, uv_step, src_w, src_h, new_w, new_h, pad_x, pad_y, _pad;"
-        ));
-        assert_eq!(std::mem::size_of::<ImageDesc>(), 64);
-        assert_eq!(std::mem::align_of::<ImageDesc>(), 8);
-        assert_eq!(std::mem::size_of::<BatchDesc>(), 64 * MAX_BATCH);
-        assert!(KERNEL.contains(&format!("Img img[{MAX_BATCH}]")));
-        assert_eq!(std::mem::offset_of!(ImageDesc, y_stride), 24);
-        assert_eq!(std::mem::offset_of!(ImageDesc, pad_y), 56);
+        self.kernels
+            .launch(&self.stream, &self.spec, frames, out, precision)
     }
 }

@@ -1,0 +1,26 @@
+//! The integration tests, in one test binary (`cargo test --test it`): one module per area, so
+//! that GStreamer, ONNX Runtime and the rest are linked once rather than once per file. A test is
+//! named `module::test`; `cargo test --test it gpu_probe::` runs one module's tests.
+//!
+//! The tests run on parallel threads of this one process: a test must not change process-wide
+//! state (environment variables, the working directory), and must name its temporary
+//! directories after itself (they all end in this process's id). The long end-to-end tests take
+//! turns through [`common::one_at_a_time`].
+
+mod common;
+
+mod cli;
+mod config_errors;
+mod detection;
+mod e2e_ground_truth;
+mod e2e_http;
+mod e2e_kill_vigil;
+mod e2e_ota;
+mod e2e_reload;
+mod e2e_resilience;
+mod gpu_probe;
+mod ota_kill;
+mod recording_end;
+mod spool_broker_kill;
+mod systemd_unit;
+mod systemd_watchdog;
