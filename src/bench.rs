@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use vigil_control::supervisor::Plan;
+use vigil_control::plan::Plan;
 use vigil_core::analytics::rules::{RuleEngine, RuleHits};
 use vigil_core::analytics::tracker::{Tracker, TrackerConfig};
 use vigil_core::analytics::{BBox, Detection};

@@ -17,7 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use vigil_control::supervisor::Plan;
+use vigil_control::plan::Plan;
 use vigil_core::config::{CameraConfig, Config, DeviceConfig, ModelConfig, MqttConfig};
 use vigil_core::events::Event;
 use vigil_dataplane::gpu::detector::COUNTERS;

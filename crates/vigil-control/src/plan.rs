@@ -1,6 +1,8 @@
 //! The running plan: one group per model (the loaded engine, its frame queue, its analysis
 //! worker and its cameras), built from a config by [`Plan::apply`] at start-up and on every
-//! reload alike, and what it reports (camera views, telemetry).
+//! reload alike, and what it reports (camera views, telemetry). What a reload must do is decided
+//! in the core (`vigil_core::config::diff`, a pure value); this file loads the models it names
+//! and carries it out.
 
 use crate::error::{ControlError, Result};
 use serde::Serialize;
@@ -8,7 +10,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use vigil_core::config::{BackendKind, CameraConfig, Config, ModelConfig};
+use vigil_core::config::{
+    BackendKind, CameraChange, CameraConfig, Config, GroupView, ModelAction, ModelConfig, PlanView,
+    diff_plans,
+};
 use vigil_core::events::Event;
 use vigil_core::redact::redact;
 use vigil_dataplane::media::camera::{GpuFrames, SourceSettings};
@@ -133,18 +138,6 @@ fn respawn(g: &mut Group, slot: usize, new: &CameraConfig, inst: &Instruments) -
     Ok(())
 }
 
-/// Whether two camera configs differ only in what the analysis worker can take without
-/// touching the pipeline (rules and score threshold).
-fn same_source(a: &CameraConfig, b: &CameraConfig) -> bool {
-    let strip = |c: &CameraConfig| CameraConfig {
-        zones: Vec::new(),
-        lines: Vec::new(),
-        min_score: 0.0,
-        ..c.clone()
-    };
-    strip(a) == strip(b)
-}
-
 /// What a reload did, camera by camera, for the log and the command reply.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct ApplyReport {
@@ -180,7 +173,7 @@ impl ApplyReport {
 }
 
 impl Plan {
-    /// Builds and starts everything the config describes.
+    /// Builds and starts everything the config describes (the diff against the empty plan).
     pub fn start(
         cfg: &Config,
         events: tokio::sync::mpsc::Sender<Event>,
@@ -282,82 +275,88 @@ impl Plan {
         })
     }
 
+    /// What runs now, as the core's plan value (each group's table and its cameras' configs).
+    fn view(&self) -> PlanView {
+        PlanView {
+            groups: self
+                .groups
+                .iter()
+                .map(|g| {
+                    let cameras = g.cameras.iter().map(|c| c.cfg.clone()).collect();
+                    (
+                        g.model.clone(),
+                        GroupView {
+                            model: g.model_cfg.clone(),
+                            cameras,
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
     /// Makes the running plan match `cfg` (already validated), touching only what changed:
-    /// a camera whose rules or score threshold changed keeps its pipeline; a camera whose source
+    /// computes the [`PlanDiff`](vigil_core::config::PlanDiff) from what runs to what `cfg`
+    /// describes (start-up: from the empty plan), loads every model it names, then acts on it.
+    /// A camera whose rules or score threshold changed keeps its pipeline; a camera whose source
     /// settings changed is rebuilt alone; a model whose table changed but whose cameras did not
     /// is swapped inside its running worker (pipelines kept); adding or removing a camera
     /// rebuilds that model's group. New models are loaded before anything is stopped, so a model
     /// that fails to load leaves everything running as it was.
     pub fn apply(&mut self, cfg: &Config) -> Result<ApplyReport> {
+        let diff = diff_plans(&self.view(), &PlanView::of(cfg));
         let mut report = ApplyReport::default();
-        let desired: Vec<(String, ModelConfig, Vec<CameraConfig>)> = cfg
-            .models
-            .iter()
-            .map(|(m, mc)| {
-                (
-                    m.clone(),
-                    mc.clone(),
-                    cfg.cameras
-                        .iter()
-                        .filter(|c| c.enabled && &c.model == m)
-                        .cloned()
-                        .collect::<Vec<_>>(),
-                )
-            })
-            .filter(|(_, _, cams)| !cams.is_empty())
-            .collect();
-        let names = |v: &[CameraConfig]| v.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
-        // 1. Load every model that needs a new group first: nothing changes if one fails.
+        // 1. Load every model the diff needs first: nothing changes if one fails.
         let mut prepared = BTreeMap::new();
         let mut swaps = BTreeMap::new();
-        for (m, mc, cams) in &desired {
-            let same_cameras = self.groups.iter().find(|g| {
-                &g.model == m
-                    && g.cameras.iter().map(|c| c.name.clone()).collect::<Vec<_>>() == names(cams)
-            });
-            match same_cameras {
-                Some(g) if &g.model_cfg == mc => {}
-                // Swapped in place only while the frames stay where the new engine reads them
-                // (CUDA memory for the GPU path, host memory for the CPU path).
-                Some(g) => {
-                    let p = vigil_dataplane::engine::build(m, mc)?;
-                    if p.cuda.is_some() == g.cuda.is_some() {
-                        swaps.insert(m.clone(), p);
-                        report.models_swapped.push(m.clone());
-                    } else {
-                        prepared.insert(m.clone(), p);
-                        report.models_loaded.push(m.clone());
-                    }
-                }
-                None => {
-                    prepared.insert(m.clone(), vigil_dataplane::engine::build(m, mc)?);
-                    report.models_loaded.push(m.clone());
-                }
+        for (m, action) in &diff.models {
+            let Some(mc) = action.model_to_load() else {
+                continue;
+            };
+            let p = vigil_dataplane::engine::build(m, mc)?;
+            // Swapped in place only while the frames stay where the new engine reads them
+            // (CUDA memory for the GPU path, host memory for the CPU path); else rebuilt.
+            let in_place = matches!(action, ModelAction::Swap { .. })
+                && self
+                    .groups
+                    .iter()
+                    .any(|g| &g.model == m && g.cuda.is_some() == p.cuda.is_some());
+            if in_place {
+                swaps.insert(m.clone(), p);
+                report.models_swapped.push(m.clone());
+            } else {
+                prepared.insert(m.clone(), p);
+                report.models_loaded.push(m.clone());
             }
         }
         // 2. Stop groups that are gone or rebuilt.
         let (keep, drop_groups): (Vec<Group>, Vec<Group>) =
             std::mem::take(&mut self.groups).into_iter().partition(|g| {
-                desired.iter().any(|(m, _, _)| m == &g.model) && !prepared.contains_key(&g.model)
+                matches!(
+                    diff.models.get(&g.model),
+                    Some(ModelAction::Keep { .. } | ModelAction::Swap { .. })
+                ) && !prepared.contains_key(&g.model)
             });
         for g in drop_groups {
-            for c in &g.cameras {
-                let still = desired
-                    .iter()
-                    .any(|(_, _, cams)| cams.iter().any(|n| n.name == c.name));
-                if !still {
-                    report.stopped.push(c.name.clone());
-                }
+            if let Some(ModelAction::Stop { leaving } | ModelAction::Rebuild { leaving, .. }) =
+                diff.models.get(&g.model)
+            {
+                report.stopped.extend(leaving.iter().cloned());
             }
             g.stop();
         }
         self.groups = keep;
         // 3. Update kept groups in place: swap changed models, then update cameras.
-        for (m, mc, cams) in &desired {
+        for (m, action) in &diff.models {
+            let (ModelAction::Keep { cameras: steps } | ModelAction::Swap { cameras: steps, .. }) =
+                action
+            else {
+                continue;
+            };
             let Some(g) = self.groups.iter_mut().find(|g| &g.model == m) else {
                 continue;
             };
-            if let Some(p) = swaps.remove(m) {
+            if let (Some(p), ModelAction::Swap { model: mc, .. }) = (swaps.remove(m), action) {
                 g.outputs = Arc::new(OutputCounters::default());
                 let _ = g.control.send(WorkerCmd::Swap(Box::new(ModelSwap {
                     engine: p.engine,
@@ -366,34 +365,38 @@ impl Plan {
                 g.model_cfg = mc.clone();
                 tracing::info!(model = %m, "model swapped in its running worker; camera pipelines kept");
             }
-            for (slot, new) in cams.iter().enumerate() {
-                let cam = &mut g.cameras[slot];
-                if cam.cfg == *new {
-                    report.unchanged.push(new.name.clone());
-                } else if same_source(&cam.cfg, new) {
-                    let rules = Box::new(vigil_core::analytics::rules::RuleEngine::new(
-                        &new.zones,
-                        &new.lines,
-                        new.min_score,
-                    ));
-                    let _ = g.control.send(WorkerCmd::Rules {
-                        slot,
-                        rules,
-                        min_score: new.min_score,
-                    });
-                    cam.cfg = new.clone();
-                    report.rules_updated.push(new.name.clone());
-                } else {
-                    respawn(g, slot, new, &self.inst)?;
-                    report.restarted.push(new.name.clone());
+            for (slot, step) in steps.iter().enumerate() {
+                let new = &step.camera;
+                match step.change {
+                    CameraChange::Unchanged => report.unchanged.push(new.name.clone()),
+                    CameraChange::Rules => {
+                        let rules = Box::new(vigil_core::analytics::rules::RuleEngine::new(
+                            &new.zones,
+                            &new.lines,
+                            new.min_score,
+                        ));
+                        let _ = g.control.send(WorkerCmd::Rules {
+                            slot,
+                            rules,
+                            min_score: new.min_score,
+                        });
+                        g.cameras[slot].cfg = new.clone();
+                        report.rules_updated.push(new.name.clone());
+                    }
+                    CameraChange::Respawn => {
+                        respawn(g, slot, new, &self.inst)?;
+                        report.restarted.push(new.name.clone());
+                    }
                 }
             }
         }
         // 4. Start new groups.
-        for (m, mc, cams) in &desired {
+        for (m, action) in &diff.models {
             if let Some(p) = prepared.remove(m) {
-                let g = self.start_group(m, mc, p, cams)?;
-                report.started.extend(names(cams));
+                let mc = action.model_to_load().expect("a prepared model was loaded");
+                let cams: Vec<CameraConfig> = action.cameras_after().into_iter().cloned().collect();
+                let g = self.start_group(m, mc, p, &cams)?;
+                report.started.extend(cams.iter().map(|c| c.name.clone()));
                 self.groups.push(g);
             }
         }

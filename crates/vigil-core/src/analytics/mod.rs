@@ -3,6 +3,7 @@
 //! Coordinates are normalised to the source frame: x and y in `0.0..=1.0`, origin top-left.
 
 pub mod geometry;
+mod kalman;
 pub mod nms;
 pub mod rules;
 pub mod tracker;

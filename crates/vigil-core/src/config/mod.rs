@@ -1,8 +1,18 @@
 //! Config: TOML text → typed, validated [`Config`], with errors that point at file, line,
-//! column and field. Knows nothing of GStreamer, inference or MQTT.
+//! column and field; and what a reload must do to go from one config's plan to another's
+//! ([`diff`], [`PlanDiff`]). Knows nothing of GStreamer, inference or MQTT.
 
+mod checks;
+mod diagnostics;
+mod diff;
+mod load;
 mod schema;
-mod validate;
+mod spans;
 
+pub use diagnostics::{ConfigError, ConfigErrors};
+pub use diff::{
+    CameraChange, CameraStep, GroupView, ModelAction, PlanDiff, PlanView, Section, diff,
+    diff_plans, restart_sections, same_source,
+};
+pub use load::{load, load_overlaid, parse};
 pub use schema::*;
-pub use validate::{ConfigError, ConfigErrors, load, load_overlaid, parse};

@@ -1,0 +1,610 @@
+//! Semantic checks on a typed config (names, ranges, references, geometry, the box's facts),
+//! each problem reported at once as a field path.
+
+use super::diagnostics::*;
+use super::spans::*;
+use super::{Config, Dur, LineConfig, ModelConfig, ZoneConfig, ZoneEventKind};
+use crate::analytics::{COCO_CLASSES, coco_class_id, geometry};
+use crate::facts::{BoxFacts, GpuProbe};
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+// ---------------------------------------------------------------------------------------------
+// Semantic checks
+
+/// Collects issues; each check method reports at a field path.
+#[derive(Default)]
+pub(super) struct Checker {
+    pub(super) issues: Vec<Issue>,
+}
+
+impl Checker {
+    pub(super) fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.issues.push(Issue {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+}
+
+pub(super) fn check_config(config: &Config, facts: &dyn BoxFacts) -> Vec<Issue> {
+    let mut c = Checker::default();
+    check_name(&mut c, "device.id", &config.device.id, "device id");
+    check_mqtt(&mut c, config);
+    check_storage(&mut c, config);
+    check_http(&mut c, config);
+    check_ota(&mut c, config);
+    for (name, model) in &config.models {
+        check_model(&mut c, &join_key("models", name), model, facts);
+    }
+    check_camera_names(&mut c, config);
+    for i in 0..config.cameras.len() {
+        check_camera(&mut c, config, i);
+    }
+    c.issues
+}
+
+pub(super) const NAME_RULE: &str = "1 to 64 characters from A-Z, a-z, 0-9, _ and -";
+
+/// Names used in MQTT topics: `[A-Za-z0-9_-]`, 1..=64 characters.
+pub(super) fn check_name(c: &mut Checker, path: &str, name: &str, what: &str) {
+    let len = name.chars().count();
+    if name.is_empty() {
+        c.err(path, format!("empty {what} (expected {NAME_RULE})"));
+    } else if len > 64 {
+        c.err(
+            path,
+            format!("{what} is {len} characters long (expected {NAME_RULE})"),
+        );
+    } else if let Some(bad) = name
+        .chars()
+        .find(|&ch| !(ch.is_ascii_alphanumeric() || ch == '_' || ch == '-'))
+    {
+        c.err(
+            path,
+            format!("{what} {name:?} contains {bad:?} (expected {NAME_RULE})"),
+        );
+    }
+}
+
+pub(super) fn fmt_dur(d: Dur) -> String {
+    humantime::format_duration(d.0).to_string()
+}
+
+pub(super) fn check_min_duration(c: &mut Checker, path: &str, value: Dur, min: Duration) {
+    if value.0 < min {
+        let min = humantime::format_duration(min);
+        c.err(
+            path,
+            format!("{} is too short (expected at least {min})", fmt_dur(value)),
+        );
+    }
+}
+
+pub(super) fn check_http(c: &mut Checker, config: &Config) {
+    let l = &config.http.listen;
+    if !l.is_empty() && l.parse::<std::net::SocketAddr>().is_err() {
+        c.err("http.listen", format!("{l:?} is not an address:port (expected e.g. \"127.0.0.1:8080\" or \"\" for no HTTP API)"));
+    }
+}
+
+pub(super) fn check_ota(c: &mut Checker, config: &Config) {
+    let o = &config.ota;
+    for (i, k) in o.trusted_keys.iter().enumerate() {
+        if let Err(e) = crate::keys::parse_public_key(k) {
+            c.err(
+                format!("ota.trusted_keys[{i}]"),
+                format!("{e} (expected a base64 ed25519 public key from `vigil ota keygen`)"),
+            );
+        }
+    }
+    check_min_duration(c, "ota.probation", o.probation, Duration::from_secs(1));
+    if o.probation_min_inferences == 0 {
+        c.err(
+            "ota.probation_min_inferences",
+            "0 would accept a model that never ran (expected at least 1)",
+        );
+    }
+    check_name(c, "ota.device_class", &o.device_class, "device class");
+    if o.max_bundle_bytes < 1024 {
+        c.err(
+            "ota.max_bundle_bytes",
+            format!(
+                "{} bytes is too small (expected at least 1024)",
+                o.max_bundle_bytes
+            ),
+        );
+    }
+}
+
+pub(super) fn check_storage(c: &mut Checker, config: &Config) {
+    let s = &config.storage;
+    if s.max_events == 0 {
+        c.err("storage.max_events", "0 events (expected at least 1)");
+    }
+    if s.max_bytes < 4096 {
+        c.err(
+            "storage.max_bytes",
+            format!(
+                "{} bytes is too small (expected at least 4096)",
+                s.max_bytes
+            ),
+        );
+    }
+    check_min_duration(c, "storage.max_age", s.max_age, Duration::from_secs(60));
+}
+
+pub(super) fn check_mqtt(c: &mut Checker, config: &Config) {
+    let mqtt = &config.mqtt;
+    if mqtt.host.trim().is_empty() {
+        c.err(
+            "mqtt.host",
+            "empty host (expected a broker host name or IP address)",
+        );
+    }
+    if mqtt.port == 0 {
+        c.err(
+            "mqtt.port",
+            "port 0 is not a valid port (expected 1 to 65535)",
+        );
+    }
+    if mqtt.topic_prefix.is_empty()
+        || mqtt.topic_prefix.starts_with('/')
+        || mqtt.topic_prefix.ends_with('/')
+    {
+        c.err(
+            "mqtt.topic_prefix",
+            format!(
+                "topic prefix {:?} is empty or starts or ends with '/' (expected e.g. \"vigil\")",
+                mqtt.topic_prefix
+            ),
+        );
+    }
+    if mqtt.topic_prefix.contains(['+', '#']) {
+        c.err(
+            "mqtt.topic_prefix",
+            format!(
+                "topic prefix {:?} contains an MQTT wildcard (expected no '+' or '#')",
+                mqtt.topic_prefix
+            ),
+        );
+    }
+    check_min_duration(
+        c,
+        "mqtt.keep_alive",
+        mqtt.keep_alive,
+        Duration::from_secs(5),
+    );
+    check_min_duration(
+        c,
+        "mqtt.telemetry_interval",
+        mqtt.telemetry_interval,
+        Duration::from_secs(1),
+    );
+}
+
+pub(super) fn check_model(c: &mut Checker, path: &str, model: &ModelConfig, facts: &dyn BoxFacts) {
+    if model.path.as_os_str().is_empty() {
+        c.err(
+            format!("{path}.path"),
+            "empty model path (expected the path of an ONNX file)",
+        );
+    }
+    if model.backend == crate::config::BackendKind::Cuda
+        && let GpuProbe::Unavailable(why) = facts.gpu()
+    {
+        c.err(
+            format!("{path}.backend"),
+            format!(
+                "backend \"cuda\" needs an NVIDIA GPU, and this box has none usable: {why} (expected \"cpu\" or \"auto\")"
+            ),
+        );
+    }
+    if model.threads > 256 {
+        c.err(
+            format!("{path}.threads"),
+            format!(
+                "{} threads is too many (expected 0 for one per core, or 1 to 256)",
+                model.threads
+            ),
+        );
+    }
+    let size = model.input_size;
+    if !(32..=2048).contains(&size) {
+        c.err(
+            format!("{path}.input_size"),
+            format!("input size {size} out of range (expected a multiple of 32 from 32 to 2048)"),
+        );
+    } else if !size.is_multiple_of(32) {
+        c.err(
+            format!("{path}.input_size"),
+            format!("input size {size} is not a multiple of 32 (expected e.g. 320, 416)"),
+        );
+    }
+}
+
+pub(super) fn check_camera_names(c: &mut Checker, config: &Config) {
+    let mut first_use: HashMap<&str, usize> = HashMap::new();
+    for (i, camera) in config.cameras.iter().enumerate() {
+        let path = format!("cameras[{i}].name");
+        check_name(c, &path, &camera.name, "camera name");
+        if let Some(first) = first_use.get(camera.name.as_str()) {
+            c.err(
+                path,
+                format!(
+                    "duplicate camera name {:?} (expected unique camera names; first used by cameras[{first}])",
+                    camera.name
+                ),
+            );
+        } else {
+            first_use.insert(&camera.name, i);
+        }
+    }
+}
+
+pub(super) fn check_camera(c: &mut Checker, config: &Config, i: usize) {
+    let camera = &config.cameras[i];
+    let cp = format!("cameras[{i}]");
+    if let Some(problem) = url_problem(&camera.url) {
+        c.err(format!("{cp}.url"), problem);
+    }
+    if !config.models.contains_key(&camera.model) {
+        let known: Vec<&str> = config.models.keys().map(String::as_str).collect();
+        let expected = if known.is_empty() {
+            format!("a [models.{}] table; none is defined", camera.model)
+        } else {
+            format!("one of the [models] tables: {}", known.join(", "))
+        };
+        c.err(
+            format!("{cp}.model"),
+            format!("unknown model {:?} (expected {expected})", camera.model),
+        );
+    }
+    if !(camera.fps > 0.0 && camera.fps <= 120.0) {
+        c.err(
+            format!("{cp}.fps"),
+            format!(
+                "fps {} out of range (expected more than 0, at most 120)",
+                camera.fps
+            ),
+        );
+    }
+    check_score(c, &format!("{cp}.min_score"), camera.min_score);
+    check_min_duration(
+        c,
+        &format!("{cp}.stall_timeout"),
+        camera.stall_timeout,
+        Duration::from_secs(1),
+    );
+    check_reconnect(c, &cp, config, i);
+    check_rule_names(c, &cp, config, i);
+    for (j, zone) in camera.zones.iter().enumerate() {
+        check_zone(c, &format!("{cp}.zones[{j}]"), zone);
+    }
+    for (j, line) in camera.lines.iter().enumerate() {
+        check_line(c, &format!("{cp}.lines[{j}]"), line);
+    }
+}
+
+/// Why a camera URL is unusable, if it is. Never quotes the URL (it may carry a password).
+pub(super) fn url_problem(url: &str) -> Option<String> {
+    let lower = url.to_ascii_lowercase();
+    let expected = "expected rtsp://host/path, rtsps://host/path or file:///absolute/path";
+    if let Some(rest) = lower
+        .strip_prefix("rtsp://")
+        .or_else(|| lower.strip_prefix("rtsps://"))
+    {
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+        let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        return host
+            .is_empty()
+            .then(|| format!("RTSP URL without a host ({expected})"));
+    }
+    if lower.starts_with("file://") {
+        let rest = url.get("file://".len()..).unwrap_or("");
+        return (!rest.starts_with('/') || rest.len() < 2).then(|| {
+            "file:// URL without an absolute path (expected file:///absolute/path)".to_owned()
+        });
+    }
+    let scheme = match url.split_once("://") {
+        Some((scheme, _)) => format!("unsupported URL scheme {scheme:?}"),
+        None => "URL without a scheme".to_owned(),
+    };
+    Some(format!("{scheme} ({expected})"))
+}
+
+pub(super) fn check_score(c: &mut Checker, path: &str, score: f32) {
+    if !(0.0..=1.0).contains(&score) {
+        c.err(
+            path,
+            format!("score {score} out of range (expected 0 to 1)"),
+        );
+    }
+}
+
+pub(super) fn check_reconnect(c: &mut Checker, cp: &str, config: &Config, i: usize) {
+    let r = &config.cameras[i].reconnect;
+    let rp = format!("{cp}.reconnect");
+    if r.initial_backoff.0.is_zero() {
+        c.err(
+            format!("{rp}.initial_backoff"),
+            "initial back-off of 0 (expected more than 0, e.g. \"1s\")",
+        );
+    }
+    if r.max_backoff < r.initial_backoff {
+        c.err(
+            format!("{rp}.max_backoff"),
+            format!(
+                "max_backoff {} is shorter than initial_backoff {} (expected at least initial_backoff)",
+                fmt_dur(r.max_backoff),
+                fmt_dur(r.initial_backoff)
+            ),
+        );
+    }
+    check_min_duration(
+        c,
+        &format!("{rp}.circuit_open"),
+        r.circuit_open,
+        Duration::from_secs(1),
+    );
+    if r.circuit_after == 0 {
+        c.err(
+            format!("{rp}.circuit_after"),
+            "circuit_after 0 (expected at least 1 failed attempt)",
+        );
+    }
+}
+
+/// Zone and line names: non-empty, unique among the camera's zones and lines together.
+pub(super) fn check_rule_names(c: &mut Checker, cp: &str, config: &Config, i: usize) {
+    let camera = &config.cameras[i];
+    let zones = camera
+        .zones
+        .iter()
+        .enumerate()
+        .map(|(j, z)| (format!("zones[{j}]"), &z.name));
+    let lines = camera
+        .lines
+        .iter()
+        .enumerate()
+        .map(|(j, l)| (format!("lines[{j}]"), &l.name));
+    let mut first_use: HashMap<&str, String> = HashMap::new();
+    for (rule, name) in zones.chain(lines) {
+        let path = format!("{cp}.{rule}.name");
+        if name.trim().is_empty() {
+            c.err(
+                path,
+                "empty rule name (expected a name for this zone or line)",
+            );
+        } else if let Some(first) = first_use.get(name.as_str()) {
+            c.err(
+                path,
+                format!(
+                    "duplicate rule name {name:?} (expected names unique among this camera's zones and lines; first used by {first})"
+                ),
+            );
+        } else {
+            first_use.insert(name, rule);
+        }
+    }
+}
+
+pub(super) fn in_unit(v: f32) -> bool {
+    (0.0..=1.0).contains(&v)
+}
+
+pub(super) fn point_in_frame(p: [f32; 2]) -> bool {
+    in_unit(p[0]) && in_unit(p[1])
+}
+
+pub(super) fn fmt_point(p: [f32; 2]) -> String {
+    format!("[{}, {}]", p[0], p[1])
+}
+
+pub(super) fn check_zone(c: &mut Checker, zp: &str, zone: &ZoneConfig) {
+    check_polygon(c, &format!("{zp}.polygon"), &zone.polygon);
+    check_classes(c, &format!("{zp}.classes"), &zone.classes);
+    if let Some(score) = zone.min_score {
+        check_score(c, &format!("{zp}.min_score"), score);
+    }
+    check_zone_events(c, zp, zone);
+}
+
+pub(super) fn check_polygon(c: &mut Checker, pp: &str, polygon: &[[f32; 2]]) {
+    if polygon.len() < 3 {
+        c.err(
+            pp,
+            format!(
+                "polygon has {} vertices (expected at least 3)",
+                polygon.len()
+            ),
+        );
+        return;
+    }
+    let mut in_frame = true;
+    for (k, &p) in polygon.iter().enumerate() {
+        if !point_in_frame(p) {
+            in_frame = false;
+            c.err(
+                format!("{pp}[{k}]"),
+                format!(
+                    "vertex {} is outside the frame (expected coordinates from 0 to 1)",
+                    fmt_point(p)
+                ),
+            );
+        }
+    }
+    if !in_frame {
+        return;
+    }
+    if let Some((first, k)) = repeated_vertex(polygon) {
+        c.err(
+            format!("{pp}[{k}]"),
+            format!("vertex repeats polygon[{first}] (expected distinct vertices)"),
+        );
+        return;
+    }
+    match geometry::polygon_self_intersection(polygon) {
+        Some((0, 0)) => c.err(
+            pp,
+            "polygon has no area (expected a simple polygon, vertices in order)",
+        ),
+        Some((a, b)) => c.err(
+            pp,
+            format!(
+                "polygon edges {a} and {b} cross (expected a simple polygon, vertices in order)"
+            ),
+        ),
+        None => {}
+    }
+}
+
+/// The first pair `(i, j)`, `i < j`, of equal vertices.
+pub(super) fn repeated_vertex(polygon: &[[f32; 2]]) -> Option<(usize, usize)> {
+    (0..polygon.len()).find_map(|j| (0..j).find(|&i| polygon[i] == polygon[j]).map(|i| (i, j)))
+}
+
+pub(super) fn check_classes(c: &mut Checker, path: &str, classes: &[String]) {
+    for (k, class) in classes.iter().enumerate() {
+        if coco_class_id(class).is_none() {
+            let hint = closest_class(class)
+                .map(|s| format!("; did you mean {s:?}?"))
+                .unwrap_or_default();
+            c.err(
+                format!("{path}[{k}]"),
+                format!(
+                    "unknown class {class:?} (expected a COCO class name such as \"person\", \"car\"{hint})"
+                ),
+            );
+        }
+    }
+}
+
+/// The COCO class name within edit distance 2 of `name`, if any.
+pub(super) fn closest_class(name: &str) -> Option<&'static str> {
+    let name = name.to_lowercase();
+    COCO_CLASSES
+        .iter()
+        .map(|&class| (edit_distance(&name, class), class))
+        .filter(|&(d, _)| d <= 2)
+        .min_by_key(|&(d, _)| d)
+        .map(|(_, class)| class)
+}
+
+/// Levenshtein distance, in characters.
+pub(super) fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let substitute = diagonal + usize::from(ca != cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitute.min(row[j] + 1).min(diagonal + 1);
+        }
+    }
+    row[b.len()]
+}
+
+pub(super) fn event_name(kind: ZoneEventKind) -> &'static str {
+    match kind {
+        ZoneEventKind::Enter => "enter",
+        ZoneEventKind::Leave => "leave",
+        ZoneEventKind::Dwell => "dwell",
+    }
+}
+
+pub(super) fn check_zone_events(c: &mut Checker, zp: &str, zone: &ZoneConfig) {
+    let events_path = format!("{zp}.events");
+    if zone.events.is_empty() {
+        c.err(
+            &events_path,
+            "no events (expected at least one of \"enter\", \"leave\", \"dwell\")",
+        );
+    }
+    let mut seen = BTreeSet::new();
+    for (k, &kind) in zone.events.iter().enumerate() {
+        if !seen.insert(event_name(kind)) {
+            c.err(
+                format!("{events_path}[{k}]"),
+                format!(
+                    "duplicate event \"{}\" (expected each event at most once)",
+                    event_name(kind)
+                ),
+            );
+        }
+    }
+    let dwell_event = zone.events.iter().position(|&e| e == ZoneEventKind::Dwell);
+    match (dwell_event, zone.dwell) {
+        (Some(k), None) => c.err(
+            format!("{events_path}[{k}]"),
+            "\"dwell\" event without a dwell duration (expected e.g. dwell = \"30s\" in this zone)",
+        ),
+        (_, Some(d)) if d.0.is_zero() => c.err(
+            format!("{zp}.dwell"),
+            "dwell of 0 (expected more than 0, e.g. \"30s\")",
+        ),
+        (None, Some(_)) => c.err(
+            format!("{zp}.dwell"),
+            "dwell is set but events has no \"dwell\" (expected \"dwell\" in events, or no dwell)",
+        ),
+        _ => {}
+    }
+}
+
+pub(super) fn check_line(c: &mut Checker, lp: &str, line: &LineConfig) {
+    let mut in_frame = true;
+    for (end, p) in [("from", line.from), ("to", line.to)] {
+        if !point_in_frame(p) {
+            in_frame = false;
+            c.err(
+                format!("{lp}.{end}"),
+                format!(
+                    "point {} is outside the frame (expected coordinates from 0 to 1)",
+                    fmt_point(p)
+                ),
+            );
+        }
+    }
+    let length = (line.to[0] - line.from[0]).hypot(line.to[1] - line.from[1]);
+    if in_frame && length <= 1e-3 {
+        c.err(
+            format!("{lp}.to"),
+            format!(
+                "line from {} to {} has no length (expected two points at least 0.001 apart)",
+                fmt_point(line.from),
+                fmt_point(line.to)
+            ),
+        );
+    }
+    check_classes(c, &format!("{lp}.classes"), &line.classes);
+    if let Some(score) = line.min_score {
+        check_score(c, &format!("{lp}.min_score"), score);
+    }
+}
+
+/// Points are `[f32; 2]`, and serde ignores extra array elements: check the text's arrays.
+pub(super) fn check_point_arity(config: &Config, index: &SpanIndex) -> Vec<Issue> {
+    let mut c = Checker::default();
+    let mut check = |path: String| {
+        if let Some(n) = index.array_len(&path).filter(|&n| n != 2) {
+            c.err(
+                path,
+                format!("point with {n} coordinates (expected [x, y])"),
+            );
+        }
+    };
+    for (i, camera) in config.cameras.iter().enumerate() {
+        for (j, zone) in camera.zones.iter().enumerate() {
+            for k in 0..zone.polygon.len() {
+                check(format!("cameras[{i}].zones[{j}].polygon[{k}]"));
+            }
+        }
+        for j in 0..camera.lines.len() {
+            check(format!("cameras[{i}].lines[{j}].from"));
+            check(format!("cameras[{i}].lines[{j}].to"));
+        }
+    }
+    c.issues
+}
