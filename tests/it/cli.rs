@@ -1,7 +1,7 @@
 //! The command line: `check-config` exit codes and messages, `run` refusing a bad file, `ota
 //! keygen | pack | verify`.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::Duration;
@@ -83,7 +83,7 @@ fn run_on_a_bad_config_exits_2_and_starts_nothing() {
 /// byte are refused with exit status 1 and the reason.
 #[test]
 fn ota_keygen_pack_and_verify() {
-    use common::ota::*;
+    use crate::common::ota::*;
     let dir = common::temp_dir("cli-ota");
     let (key, public) = keygen(&dir, "k");
     let (_, other) = keygen(&dir, "other");

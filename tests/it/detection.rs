@@ -1,6 +1,6 @@
 //! The real model on real pictures: detections, class ids and boxes where the people are.
 
-mod common;
+use crate::common;
 
 use vigil_core::analytics::{Detections, coco_class_id};
 use vigil_dataplane::detect::Detector;
@@ -10,6 +10,7 @@ const VTEST: &str = "/usr/share/doc/opencv-doc/examples/data/vtest.avi";
 
 #[test]
 fn astronaut_is_one_person_on_the_left_of_the_picture() {
+    let _cpu = common::shared();
     let mut det = Detector::load(&common::model(), 2, 416).expect("model loads");
     let img = decode_file(&common::asset(".cache/media/astronaut.png"), 1, 1).unwrap();
     let mut dets = Detections::new();
@@ -30,6 +31,7 @@ fn astronaut_is_one_person_on_the_left_of_the_picture() {
 
 #[test]
 fn vtest_frames_show_several_people_with_plausible_boxes() {
+    let _cpu = common::shared();
     let mut det = Detector::load(&common::model(), 2, 416).expect("model loads");
     // Frames 0, 100, 200, 300, 400 of the plaza clip: each shows several pedestrians
     // (between 3 and 12 visible when looked at; the parked vans are not people).

@@ -6,9 +6,7 @@
 //! 29.0 s); into the zone `left-exit`, 2 people (at 20.0 s and 22.2 s), of whom one stays
 //! ≥ 3 s (5.7 s) and so fires one dwell.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -42,6 +40,7 @@ fn near(t: f64, want: f64) -> bool {
 
 #[test]
 fn line_and_zone_events_over_rtsp_match_what_a_person_counted() {
+    let _cpu = exclusive();
     let dir = temp_dir("truth");
     let (mqtt, rtsp) = (free_port(), free_port());
     let _broker = mosquitto(&dir, mqtt);

@@ -1,15 +1,14 @@
 //! The HTTP API of a running Vigil: `/healthz`, `/metrics` (checked by `promtool check
 //! metrics`), `/api/cameras` (credentials redacted) and `/api/events` (paged from the spool).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 #[test]
 fn health_metrics_cameras_and_event_history_over_http() {
+    let _cpu = exclusive();
     let dir = temp_dir("http");
     let (mqtt, rtsp) = (free_port(), free_port());
     let _broker = mosquitto(&dir, mqtt);

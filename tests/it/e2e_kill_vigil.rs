@@ -4,14 +4,13 @@
 //! events that were committed but not yet acknowledged, the broker is down (killed too) when
 //! Vigil is killed.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 #[test]
 fn events_committed_before_a_kill_9_reach_the_subscriber_after_restart() {
+    let _cpu = exclusive();
     let dir = temp_dir("kill-vigil");
     let (mqtt, rtsp) = (free_port(), free_port());
     let mut broker = mosquitto(&dir, mqtt);

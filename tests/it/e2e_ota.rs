@@ -5,10 +5,8 @@
 //! to load and one that returns garbage are rolled back within the probation window;
 //! `cmd/ota/rollback` goes back to the device's own config; a download cut halfway resumes.
 
-mod common;
-
-use common::ota::*;
-use common::*;
+use crate::common::ota::*;
+use crate::common::*;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -116,6 +114,7 @@ impl Box_ {
 
 #[test]
 fn ota_updates_roll_back_and_refuse_bad_bundles_without_touching_the_running_set() {
+    let _cpu = exclusive();
     let dir = temp_dir("ota");
     let (mqtt, rtsp) = (free_port(), free_port());
     let _broker = mosquitto(&dir, mqtt);

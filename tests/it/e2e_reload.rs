@@ -2,9 +2,7 @@
 //! change keeps every pipeline (same pipeline instance, no frame dropped), a source change
 //! rebuilds only that camera, and a bad config leaves everything running as it was.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -110,6 +108,7 @@ fn command(
 
 #[test]
 fn reload_touches_only_what_changed_and_a_bad_config_changes_nothing() {
+    let _cpu = exclusive();
     let dir = temp_dir("reload");
     let (mqtt, rtsp) = (free_port(), free_port());
     let _broker = mosquitto(&dir, mqtt);

@@ -3,12 +3,13 @@
 //! missing driver); with one it checks the fused preprocessing kernel against the CPU reference
 //! and fails on any difference above the tolerance.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 
 #[test]
 fn gpu_check_never_crashes_and_reports_what_it_found() {
+    let _cpu = common::shared();
     let out = Command::new(common::vigil_bin())
         .arg("gpu-check")
         .output()
@@ -30,6 +31,7 @@ fn gpu_check_never_crashes_and_reports_what_it_found() {
 /// machine); elsewhere it says it was skipped, and why, and checks that it was for want of a GPU.
 #[test]
 fn gpu_path_detections_match_the_cpu_path() {
+    let _cpu = common::shared();
     let out = Command::new(common::vigil_bin())
         .args(["gpu-check", "--model"])
         .arg(common::model())
@@ -66,6 +68,7 @@ fn gpu_path_detections_match_the_cpu_path() {
 /// the GPU machine it takes the GPU path and says so.
 #[test]
 fn backend_auto_says_what_it_chose_and_why() {
+    let _cpu = common::shared();
     let dir = tempfile_dir();
     let cfg = dir.join("auto.toml");
     std::fs::write(

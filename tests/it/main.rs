@@ -4,8 +4,9 @@
 //!
 //! The tests run on parallel threads of this one process: a test must not change process-wide
 //! state (environment variables, the working directory), and must name its temporary
-//! directories after itself (they all end in this process's id). The long end-to-end tests take
-//! turns through [`common::one_at_a_time`].
+//! directories after itself (they all end in this process's id). The long end-to-end tests run
+//! alone ([`common::exclusive`]); the short ones that load the CPU run beside one another, not
+//! beside those ([`common::shared`]).
 
 mod common;
 

@@ -10,10 +10,8 @@
 //! The seed is printed; `VIGIL_KILL_SEED=N` replays a run. `VIGIL_TEST_OTA_PAUSE_MS` (a
 //! test-only hook, see `src/ota/mod.rs`) slows staging so that kills land in every phase.
 
-mod common;
-
-use common::ota::*;
-use common::*;
+use crate::common::ota::*;
+use crate::common::*;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
@@ -86,6 +84,7 @@ fn copy_dir(from: &Path, to: &Path) {
 
 #[test]
 fn sigkill_during_an_update_leaves_exactly_the_old_or_the_new_set() {
+    let _cpu = exclusive();
     let dir = temp_dir("ota-kill");
     let mqtt = free_port();
     let _broker = mosquitto(&dir, mqtt);

@@ -3,7 +3,7 @@
 //! them before it flushes the slot. A real GStreamer pipeline on the demo clip (CPU decode), a
 //! deliberately slow consumer, and the camera's own counters.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +14,7 @@ use vigil_dataplane::media::{CameraHandle, CameraState, DropPolicy, FrameQueue};
 
 #[test]
 fn every_sampled_frame_of_a_recording_is_taken_even_at_its_end() {
+    let _cpu = common::shared();
     vigil_dataplane::media::init().unwrap();
     let clip = common::asset(".cache/media/vtest-30s.mp4");
     let cfg: CameraConfig = toml::from_str(&format!(

@@ -4,9 +4,7 @@
 //! replay (`cmd/events/replay`); in the end it holds every event. The events are synthetic (fed
 //! straight into the spool, as the analysis worker's would be); spool, link and broker are real.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use rumqttc::{Client, Event as MqttEvent, MqttOptions, Packet, QoS};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -123,6 +121,7 @@ fn start_broker(dir: &Path, port: u16) -> Proc {
 
 #[test]
 fn ten_thousand_events_survive_twenty_broker_kills() {
+    let _cpu = exclusive();
     let dir = temp_dir("broker-kill");
     let port = free_port();
     let broker = Arc::new(Mutex::new(Some(start_broker(&dir, port))));

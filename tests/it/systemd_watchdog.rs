@@ -6,15 +6,14 @@
 //! committed to the spool is lost across the restarts. And a remote `config/set` is saved in the
 //! state directory, the only place the hardened service may write.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::Duration;
 
 #[test]
 fn a_stalled_core_is_killed_by_the_watchdog_and_restarted_without_losing_events() {
+    let _cpu = exclusive();
     let rootfs = asset(".cache/nspawn-rootfs");
     let repo = repo();
     let dir = temp_dir("watchdog");

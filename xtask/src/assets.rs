@@ -478,7 +478,7 @@ pub fn bench_python(root: &Path) -> Result<PathBuf> {
 }
 
 /// A minimal Debian 12 root file system with systemd, for booting Vigil's unit under a real
-/// systemd in `systemd-nspawn --boot` (tests/systemd_watchdog.rs). The host's /usr is bound over
+/// systemd in `systemd-nspawn --boot` (tests/it/systemd_watchdog.rs). The host's /usr is bound over
 /// it at boot, so Vigil's libraries need not be installed in it.
 fn nspawn_rootfs(cache: &Path) -> Result<()> {
     let dir = cache.join("nspawn-rootfs");

@@ -195,7 +195,7 @@ fn gpu_payload() -> Result<()> {
         .args(["build", "--release", "--bin", "vigil"]))?;
     run(cargo()
         .current_dir(&root)
-        .args(["test", "--release", "--no-run", "--test", "gpu_probe"]))?;
+        .args(["test", "--release", "--no-run", "--test", "it"]))?;
     let payload = root.join("gpu-payload");
     let _ = std::fs::remove_dir_all(&payload);
     std::fs::create_dir_all(&payload)?;
@@ -209,13 +209,13 @@ fn gpu_payload() -> Result<()> {
         .filter(|p| {
             p.file_name()
                 .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("gpu_probe-") && !n.contains('.'))
+                .is_some_and(|n| n.starts_with("it-") && !n.contains('.'))
         })
         .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
-        .context("no gpu_probe test binary")?;
+        .context("no `it` test binary")?;
     run(Command::new("strip")
         .arg("-o")
-        .arg(payload.join("gpu_probe-test"))
+        .arg(payload.join("it-test"))
         .arg(newest_test))?;
     step("packing GStreamer (with the NVIDIA decoders and libgstcuda)");
     run(Command::new("bash")
@@ -269,7 +269,7 @@ fn gpu_payload() -> Result<()> {
         std::fs::copy(&from, last.join(from.file_name().expect("a file")))?;
     }
     println!(
-        "send gpu-parts-aa, -ab, -ac (each: mkdir -p /tmp/ort && cp gpu-parts-XX/part-* /tmp/ort/), then gpu-parts-ad (also: mkdir -p /tmp/assets && cp gpu-parts-ad/*.{{mp4,png,onnx}} /tmp/assets/ && bash gpu-parts-ad/unpack.sh /tmp/ort), back to back; then carry gpu-payload and run e.g. `bash gpu-payload/run.sh gpu-payload/gpu_probe-test --nocapture`"
+        "send gpu-parts-aa, -ab, -ac (each: mkdir -p /tmp/ort && cp gpu-parts-XX/part-* /tmp/ort/), then gpu-parts-ad (also: mkdir -p /tmp/assets && cp gpu-parts-ad/*.{{mp4,png,onnx}} /tmp/assets/ && bash gpu-parts-ad/unpack.sh /tmp/ort), back to back; then carry gpu-payload and run e.g. `bash gpu-payload/run.sh gpu-payload/it-test gpu_probe:: --nocapture` (the filter keeps it to the GPU tests)"
     );
     Ok(())
 }

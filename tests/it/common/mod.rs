@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 pub fn repo() -> PathBuf {
@@ -58,6 +58,30 @@ pub fn temp_dir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).expect("temp dir");
     d
+}
+
+/// Turns at the CPU. The tests of all the modules run on parallel threads of this one process;
+/// as separate test binaries, those of different files never ran at the same time (cargo runs
+/// test binaries one after another). The long end-to-end tests assert on throughput and timing
+/// (frames analysed of a clip played in real time, a reconnect within a bound, no frame dropped
+/// across a reload, a fixed watchdog window, kills timed against a measured update), and on a
+/// small machine another test's inference or decoding beside them makes them fail (the ground
+/// truth test analysed 246 of its 300 frames, below its bound of 250, with the `detection`,
+/// `gpu_probe` and `recording_end` tests beside it, and passed alone).
+static CPU: RwLock<()> = RwLock::new(());
+
+/// Held for the whole of each long end-to-end test (`e2e_*`, `ota_kill`, `spool_broker_kill`,
+/// `systemd_watchdog`): no test that holds [`exclusive`] or [`shared`] runs beside it. Take it
+/// first in the test, so that it is released after the test's processes are killed; a failed
+/// test does not block the others (the poison is ignored).
+pub fn exclusive() -> RwLockWriteGuard<'static, ()> {
+    CPU.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Held by the short tests that still load the CPU (inference, decoding, `vigil run`): they may
+/// run beside one another, not beside an [`exclusive`] one.
+pub fn shared() -> RwLockReadGuard<'static, ()> {
+    CPU.read().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A child process killed (SIGKILL) on drop.
