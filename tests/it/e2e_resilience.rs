@@ -161,10 +161,8 @@ fn vigil_analyses_without_a_broker_and_connects_when_one_appears() {
     logs.wait_for(Duration::from_secs(20), |l| l.contains(" live"))
         .expect("camera live without a broker");
     // Events are produced (logged) while no broker exists.
-    logs.wait_for(Duration::from_secs(30), |l| {
-        l.contains("vigil::events")
-    })
-    .expect("analysis runs without a broker");
+    logs.wait_for(Duration::from_secs(30), |l| l.contains("vigil::events"))
+        .expect("analysis runs without a broker");
     std::thread::sleep(Duration::from_secs(5));
     assert!(vigil.running());
 

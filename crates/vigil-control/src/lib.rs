@@ -6,6 +6,7 @@
 //! data plane and reads their counters.
 #![forbid(unsafe_code)]
 
+pub mod control;
 pub mod error;
 pub mod http;
 pub mod mqtt;

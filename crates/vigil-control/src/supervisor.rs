@@ -1,23 +1,35 @@
 //! The supervisor: turns a validated config into a running plan (models loaded, one analysis
 //! worker per model, one pipeline per camera), forwards events and telemetry to MQTT, and
 //! shuts everything down in order on SIGINT/SIGTERM.
+//!
+//! [`Supervisor`] owns the running state (config, plan, spool, MQTT link, camera views, OTA
+//! agent, health registry); [`run`] builds one and waits on its inputs, handing each to one
+//! method: [`Supervisor::on_event`], [`Supervisor::on_health_tick`],
+//! [`Supervisor::on_ota_job`], [`Supervisor::on_telemetry_tick`], [`Supervisor::on_sighup`],
+//! [`Supervisor::on_control`] (the [`crate::control`] API), and on SIGINT/SIGTERM
+//! [`Supervisor::shutdown`]. Everything runs on that one loop, one input at a time.
 
+use crate::control::{ControlKind, ControlReply, ControlRequest};
 use crate::error::{ControlError, Result};
 use crate::mqtt::MqttLink;
-use crate::mqtt::commands::{ControlKind, ControlRequest};
 use crate::spool::{Retention, Spool, SpoolStats};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vigil_core::config::Config;
 use vigil_core::error::chain;
 use vigil_core::events::Event;
 use vigil_core::facts::BoxFacts;
+use vigil_core::health::{HealthRegistry, Heartbeat};
 use vigil_dataplane::worker::OutputCounters;
+use vigil_ota::JobEvent;
+use vigil_ota::agent::Agent;
 
+/// The running plan, also reachable here (the bench commands import it from this module); it
+/// lives in [`crate::plan`].
 use crate::plan::{ApplyReport, CameraTelemetry, Instruments, Plan, SharedViews, round2};
 
 #[derive(Debug, Serialize)]
@@ -163,7 +175,7 @@ fn apply_for_ota(
 }
 
 /// Hands what the OTA agent has to publish to the link.
-fn flush_ota(agent: &mut vigil_ota::agent::Agent, link: &MqttLink) {
+fn flush_ota(agent: &mut Agent, link: &MqttLink) {
     for (topic, payload) in agent.outbox.drain(..) {
         link.ota(topic, payload);
     }
@@ -181,87 +193,316 @@ fn spool_event(spool: &Spool, ev: &mut Event) -> Result<u64, crate::spool::Spool
     Ok(seq)
 }
 
+/// Spools an event (logging it) and wakes the link; an event the spool refuses is logged.
+fn take_event(spool: &Spool, link: &MqttLink, mut ev: Event) {
+    match spool_event(spool, &mut ev) {
+        Ok(seq) => {
+            tracing::info!(
+                target: "vigil::events",
+                seq, camera = %ev.camera, rule = %ev.rule, kind = ?ev.kind, direction = ev.direction.unwrap_or("-"),
+                track = ev.track_id, class = %ev.class, score = ev.score,
+                "event {seq}: {} {:?} {} track {} ({})", ev.camera, ev.kind, ev.rule, ev.track_id, ev.class
+            );
+            link.wake();
+        }
+        Err(e) => tracing::error!(camera = %ev.camera, id = %ev.id, "event not spooled: {e}"),
+    }
+}
+
+/// The running service: what `vigil run` owns between start-up and shutdown, and the inputs
+/// its loop waits on (events from the analysis workers, control requests, OTA job events).
+pub struct Supervisor {
+    /// The running config (sections that need a restart stay as they started).
+    cfg: Config,
+    config_path: PathBuf,
+    facts: Arc<dyn BoxFacts>,
+    started: Instant,
+    spool: Arc<Spool>,
+    link: MqttLink,
+    plan: Plan,
+    views: SharedViews,
+    ota: Agent,
+    health: HealthRegistry,
+    /// The supervisor's own stage, beaten on each health tick.
+    core_beat: Heartbeat,
+    /// systemd's watchdog period, when it watches this process.
+    watchdog_period: Option<Duration>,
+    /// The last telemetry, which `cmd/status` answers with.
+    snapshot: Arc<Mutex<serde_json::Value>>,
+    /// Each camera's counters at the last telemetry, for its rates.
+    prev: BTreeMap<String, (u64, u64, Instant)>,
+    /// Test-only fault hook: stall the loop this long after start-up (see [`run`]).
+    stall_after: Option<Duration>,
+    events: tokio::sync::mpsc::Receiver<Event>,
+    control: tokio::sync::mpsc::Receiver<ControlRequest>,
+    ota_events: tokio::sync::mpsc::UnboundedReceiver<JobEvent>,
+    /// The HTTP API's task, when `[http] listen` is set.
+    _http: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Supervisor {
+    /// Opens the spool, starts the MQTT link (connected or not), opens the OTA store (rolling
+    /// back first when a probation kept failing), builds and starts the plan, and serves the
+    /// HTTP API. Needs a multi-threaded tokio runtime.
+    pub async fn start(
+        cfg: Config,
+        config_path: PathBuf,
+        facts: Arc<dyn BoxFacts>,
+    ) -> Result<Self> {
+        let mut cfg = cfg;
+        let started = Instant::now();
+        let state_dir = cfg.storage.state_dir();
+        let spool_path = state_dir.join("events.db");
+        let retention = Retention {
+            max_events: cfg.storage.max_events,
+            max_age: cfg.storage.max_age.0,
+            max_bytes: cfg.storage.max_bytes,
+        };
+        let spool = Arc::new(Spool::open(&spool_path, retention)?);
+        let held = spool.stats()?;
+        tracing::info!(
+            spool = %spool_path.display(), unsent = held.unsent, last_seq = held.last_seq,
+            "event spool open"
+        );
+        let snapshot = Arc::new(Mutex::new(serde_json::Value::Null));
+        let (control_tx, control_rx) =
+            tokio::sync::mpsc::channel::<ControlRequest>(crate::control::QUEUE);
+        let handler = {
+            let snapshot = snapshot.clone();
+            crate::mqtt::commands::Handler::new(Arc::new(move || {
+                snapshot.lock().map(|v| v.clone()).unwrap_or_default()
+            }))
+            .with_control(control_tx)
+        };
+        let health = HealthRegistry::default();
+        let link_beat = health.register("mqtt-link", Duration::from_secs(15), true);
+        let link = MqttLink::start(&cfg.mqtt, &cfg.device.id, spool.clone(), handler, link_beat);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Event>(1024);
+        let latency = crate::http::new_infer_latency();
+        let inst = Instruments {
+            health: health.clone(),
+            latency: Some(latency.clone()),
+        };
+        let (mut ota, ota_events, rolled_back) =
+            Agent::open(&cfg, &config_path, facts.clone()).map_err(ControlError::OtaStore)?;
+        if rolled_back {
+            cfg = vigil_ota::load_effective(&config_path, facts.as_ref())
+                .map_err(ControlError::Rollback)?;
+        }
+        let plan = tokio::task::block_in_place(|| Plan::start(&cfg, tx, &inst))?;
+        ota.resume_probation(
+            plan.running_models()
+                .into_iter()
+                .filter_map(|m| plan.output_counters(&m).map(|c| (m, c)))
+                .collect(),
+        );
+        flush_ota(&mut ota, &link);
+        let views: SharedViews = Arc::new(std::sync::RwLock::new(plan.views()));
+        let http = if cfg.http.listen.is_empty() {
+            None
+        } else {
+            let registry = crate::http::registry((&views, &spool, &link.stats, &health), &latency);
+            let state = crate::http::AppState {
+                health: health.clone(),
+                spool: spool.clone(),
+                link: link.stats.clone(),
+                cameras: views.clone(),
+                registry: Arc::new(registry),
+            };
+            let (addr, task) = crate::http::serve(&cfg.http.listen, state).await?;
+            tracing::info!(
+                "HTTP API on http://{addr} (/healthz, /metrics, /api/cameras, /api/events)"
+            );
+            Some(task)
+        };
+        let core_beat = health.register("supervisor", Duration::from_secs(10), true);
+        Ok(Self {
+            cfg,
+            config_path,
+            facts,
+            started,
+            spool,
+            link,
+            plan,
+            views,
+            ota,
+            health,
+            core_beat,
+            watchdog_period: sd_notify::watchdog_enabled(),
+            snapshot,
+            prev: BTreeMap::new(),
+            stall_after: None,
+            events: rx,
+            control: control_rx,
+            ota_events,
+            _http: http,
+        })
+    }
+
+    /// An event from an analysis worker: spooled (numbered), then the link is woken.
+    pub fn on_event(&self, ev: Event) {
+        take_event(&self.spool, &self.link, ev);
+    }
+
+    /// The health tick: the supervisor's heartbeat, systemd's STATUS (and WATCHDOG while every
+    /// required stage beats), and the OTA probation's verdict.
+    pub fn on_health_tick(&mut self) {
+        if self
+            .stall_after
+            .is_some_and(|d| self.started.elapsed() >= d)
+        {
+            // Test-only fault hook (VIGIL_TEST_STALL_AFTER_S, used by
+            // tests/systemd_watchdog.rs): the core stops here as a deadlock would stop
+            // it, so the watchdog pings stop and systemd must restart the process.
+            tracing::warn!("test fault hook: stalling the supervisor loop");
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+        self.core_beat.beat();
+        let summary = self.health.summary();
+        let mut states = vec![sd_notify::NotifyState::Status(&summary)];
+        if self.watchdog_period.is_some() && self.health.healthy() {
+            states.push(sd_notify::NotifyState::Watchdog);
+        }
+        let _ = sd_notify::notify(&states);
+        // OTA steps fsync, rename and remove slots: off the async workers' hands.
+        let healthy = self.health.healthy();
+        self.with_ota(|ota, apply| ota.tick(healthy, &summary, apply));
+        flush_ota(&mut self.ota, &self.link);
+    }
+
+    /// An event of the OTA job thread (progress, a staged set to activate, a failure).
+    pub fn on_ota_job(&mut self, ev: JobEvent) {
+        self.with_ota(|ota, apply| ota.on_job_event(ev, apply));
+        flush_ota(&mut self.ota, &self.link);
+    }
+
+    /// Runs `f` (off the async workers: it may load models) with the OTA agent and a way for it
+    /// to apply a config to the running plan.
+    fn with_ota<R>(
+        &mut self,
+        f: impl FnOnce(&mut vigil_ota::agent::Agent, vigil_ota::agent::ApplyFn<'_>) -> R,
+    ) -> R {
+        let Self {
+            ota,
+            plan,
+            cfg,
+            views,
+            ..
+        } = self;
+        tokio::task::block_in_place(|| f(ota, &mut |c| apply_for_ota(plan, cfg, c, views)))
+    }
+
+    /// The telemetry tick: a snapshot of the service, kept for `cmd/status` and published.
+    pub fn on_telemetry_tick(&mut self) {
+        let link = &self.link.stats;
+        let payload = TelemetryPayload {
+            time: vigil_core::events::now_rfc3339(),
+            uptime_s: round2(self.started.elapsed().as_secs_f64()),
+            mqtt_connected: link.connected.load(Ordering::Relaxed),
+            events_published: link.published.load(Ordering::Relaxed),
+            events_acked: link.acked.load(Ordering::Relaxed),
+            spool: tokio::task::block_in_place(|| self.spool.stats()).unwrap_or_default(),
+            cameras: self.plan.telemetry(&mut self.prev),
+        };
+        if let Ok(v) = serde_json::to_value(&payload) {
+            if let Ok(mut g) = self.snapshot.lock() {
+                *g = v.clone();
+            }
+            if let Ok(p) = serde_json::to_vec(&v) {
+                self.link.telemetry(p);
+            }
+        }
+    }
+
+    /// SIGHUP: reload the config file (errors are logged; the running config is kept).
+    pub fn on_sighup(&mut self) {
+        tracing::info!("SIGHUP: reloading {}", self.config_path.display());
+        let _ = self.reload(None);
+    }
+
+    /// Reloads from the config file, or from `text` (`config/set`); see [`reload`].
+    fn reload(&mut self, text: Option<&str>) -> ControlReply {
+        reload(
+            &mut self.plan,
+            &mut self.cfg,
+            &self.config_path,
+            text,
+            &self.views,
+            self.facts.as_ref(),
+        )
+    }
+
+    /// A request through the control API: carried out, then answered on its reply channel.
+    pub fn on_control(&mut self, req: ControlRequest) {
+        let answer = match &req.kind {
+            ControlKind::Reload => self.reload(None),
+            ControlKind::SetConfig(text) => self.reload(Some(text)),
+            ControlKind::RestartCamera(name) => {
+                let r = tokio::task::block_in_place(|| self.plan.restart_camera(name));
+                if let Ok(mut v) = self.views.write() {
+                    *v = self.plan.views();
+                }
+                match r {
+                    Ok(()) => {
+                        tracing::info!(camera = %name, "camera restarted on request");
+                        Ok(serde_json::json!({ "summary": format!("camera {name} restarted") }))
+                    }
+                    Err(e) => Err((chain(&e), serde_json::Value::Null)),
+                }
+            }
+            ControlKind::GetConfig => match std::fs::read_to_string(&self.config_path) {
+                Ok(text) => Ok(serde_json::json!({ "summary": "config", "toml": text })),
+                Err(e) => Err((
+                    format!("{}: {e}", self.config_path.display()),
+                    serde_json::Value::Null,
+                )),
+            },
+            ControlKind::OtaApply(r) => self.ota.request(r.clone(), &self.cfg),
+            ControlKind::OtaRollback(id) => {
+                self.with_ota(|ota, apply| ota.rollback_on_request(id, apply))
+            }
+        };
+        self.ota.configure(&self.cfg);
+        flush_ota(&mut self.ota, &self.link);
+        let _ = req.reply.send(answer);
+    }
+
+    /// Stops the plan (cameras, then workers), spools the events still queued, and closes the
+    /// MQTT link (`offline`, retained) within 3 s.
+    pub async fn shutdown(self) {
+        let Self {
+            plan,
+            mut events,
+            spool,
+            link,
+            ..
+        } = self;
+        tokio::task::block_in_place(|| plan.stop());
+        while let Ok(ev) = events.try_recv() {
+            take_event(&spool, &link, ev);
+        }
+        link.shutdown(Duration::from_secs(3)).await;
+    }
+}
+
 /// `vigil run`: start everything, spool and forward events, publish telemetry, answer commands,
 /// until a signal arrives.
 pub async fn run(cfg: Config, config_path: PathBuf, facts: Arc<dyn BoxFacts>) -> Result<()> {
-    let mut cfg = cfg;
-    let started = Instant::now();
-    let state_dir = cfg.storage.state_dir();
-    let spool_path = state_dir.join("events.db");
-    let retention = Retention {
-        max_events: cfg.storage.max_events,
-        max_age: cfg.storage.max_age.0,
-        max_bytes: cfg.storage.max_bytes,
-    };
-    let spool = Arc::new(Spool::open(&spool_path, retention)?);
-    let held = spool.stats()?;
-    tracing::info!(
-        spool = %spool_path.display(), unsent = held.unsent, last_seq = held.last_seq,
-        "event spool open"
-    );
-    let snapshot = Arc::new(std::sync::Mutex::new(serde_json::Value::Null));
-    let (control_tx, mut control_rx) = tokio::sync::mpsc::channel::<ControlRequest>(4);
-    let handler = {
-        let snapshot = snapshot.clone();
-        crate::mqtt::commands::Handler::new(Arc::new(move || {
-            snapshot.lock().map(|v| v.clone()).unwrap_or_default()
-        }))
-        .with_control(control_tx)
-    };
-    let health = vigil_core::health::HealthRegistry::default();
-    let link_beat = health.register("mqtt-link", Duration::from_secs(15), true);
-    let link = MqttLink::start(&cfg.mqtt, &cfg.device.id, spool.clone(), handler, link_beat);
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Event>(1024);
-    let latency = crate::http::new_infer_latency();
-    let inst = Instruments {
-        health: health.clone(),
-        latency: Some(latency.clone()),
-    };
-    let (mut ota, mut ota_events, rolled_back) =
-        vigil_ota::agent::Agent::open(&cfg, &config_path, facts.clone())
-            .map_err(ControlError::OtaStore)?;
-    if rolled_back {
-        cfg = vigil_ota::load_effective(&config_path, facts.as_ref())
-            .map_err(ControlError::Rollback)?;
-    }
-    let plan = tokio::task::block_in_place(|| Plan::start(&cfg, tx, &inst))?;
-    ota.resume_probation(
-        plan.running_models()
-            .into_iter()
-            .filter_map(|m| plan.output_counters(&m).map(|c| (m, c)))
-            .collect(),
-    );
-    flush_ota(&mut ota, &link);
-    let views: SharedViews = Arc::new(std::sync::RwLock::new(plan.views()));
-    let _http = if cfg.http.listen.is_empty() {
-        None
-    } else {
-        let registry = crate::http::registry((&views, &spool, &link.stats, &health), &latency);
-        let state = crate::http::AppState {
-            health: health.clone(),
-            spool: spool.clone(),
-            link: link.stats.clone(),
-            cameras: views.clone(),
-            registry: Arc::new(registry),
-        };
-        let (addr, task) = crate::http::serve(&cfg.http.listen, state).await?;
-        tracing::info!("HTTP API on http://{addr} (/healthz, /metrics, /api/cameras, /api/events)");
-        Some(task)
-    };
-    let core_beat = health.register("supervisor", Duration::from_secs(10), true);
+    let mut sup = Supervisor::start(cfg, config_path, facts).await?;
     // systemd: READY once cameras are built; WATCHDOG only while every required stage beats.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-    let watchdog_period = sd_notify::watchdog_enabled();
+    let watchdog_period = sup.watchdog_period;
     let watchdog = watchdog_period.is_some();
     let mut health_tick = tokio::time::interval(
         watchdog_period
             .map(|p| (p / 3).clamp(Duration::from_millis(100), Duration::from_secs(1)))
             .unwrap_or(Duration::from_secs(1)),
     );
-    tracing::info!(device = %cfg.device.id, cameras = plan.camera_count(), watchdog, "vigil running");
-    let mut tick = tokio::time::interval(cfg.mqtt.telemetry_interval.0);
+    tracing::info!(device = %sup.cfg.device.id, cameras = sup.plan.camera_count(), watchdog, "vigil running");
+    let mut tick = tokio::time::interval(sup.cfg.mqtt.telemetry_interval.0);
     tick.tick().await;
-    let mut prev = BTreeMap::new();
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(ControlError::Signal)?;
     let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -274,108 +515,275 @@ pub async fn run(cfg: Config, config_path: PathBuf, facts: Arc<dyn BoxFacts>) ->
         .map(Duration::from_secs);
     #[cfg(not(feature = "test-hooks"))]
     let stall_after: Option<Duration> = None;
-    let mut plan = plan;
-    let take = |mut ev: Event| match spool_event(&spool, &mut ev) {
-        Ok(seq) => {
-            tracing::info!(
-                target: "vigil::events",
-                seq, camera = %ev.camera, rule = %ev.rule, kind = ?ev.kind, direction = ev.direction.unwrap_or("-"),
-                track = ev.track_id, class = %ev.class, score = ev.score,
-                "event {seq}: {} {:?} {} track {} ({})", ev.camera, ev.kind, ev.rule, ev.track_id, ev.class
-            );
-            link.wake();
-        }
-        Err(e) => tracing::error!(camera = %ev.camera, id = %ev.id, "event not spooled: {e}"),
-    };
+    sup.stall_after = stall_after;
     loop {
         tokio::select! {
-            Some(ev) = rx.recv() => take(ev),
-            _ = health_tick.tick() => {
-                if stall_after.is_some_and(|d| started.elapsed() >= d) {
-                    // Test-only fault hook (VIGIL_TEST_STALL_AFTER_S, used by
-                    // tests/systemd_watchdog.rs): the core stops here as a deadlock would stop
-                    // it, so the watchdog pings stop and systemd must restart the process.
-                    tracing::warn!("test fault hook: stalling the supervisor loop");
-                    loop {
-                        std::thread::sleep(Duration::from_secs(3600));
-                    }
-                }
-                core_beat.beat();
-                let summary = health.summary();
-                let mut states = vec![sd_notify::NotifyState::Status(&summary)];
-                if watchdog && health.healthy() {
-                    states.push(sd_notify::NotifyState::Watchdog);
-                }
-                let _ = sd_notify::notify(&states);
-                // OTA steps fsync, rename and remove slots: off the async workers' hands.
-                tokio::task::block_in_place(|| ota.tick(health.healthy(), &summary, &mut |c| apply_for_ota(&mut plan, &mut cfg, c, &views)));
-                flush_ota(&mut ota, &link);
-            }
-            Some(ev) = ota_events.recv() => {
-                tokio::task::block_in_place(|| ota.on_job_event(ev, &mut |c| apply_for_ota(&mut plan, &mut cfg, c, &views)));
-                flush_ota(&mut ota, &link);
-            }
-            _ = tick.tick() => {
-                let payload = TelemetryPayload {
-                    time: vigil_core::events::now_rfc3339(),
-                    uptime_s: round2(started.elapsed().as_secs_f64()),
-                    mqtt_connected: link.stats.connected.load(Ordering::Relaxed),
-                    events_published: link.stats.published.load(Ordering::Relaxed),
-                    events_acked: link.stats.acked.load(Ordering::Relaxed),
-                    spool: tokio::task::block_in_place(|| spool.stats()).unwrap_or_default(),
-                    cameras: plan.telemetry(&mut prev),
-                };
-                if let Ok(v) = serde_json::to_value(&payload) {
-                    if let Ok(mut g) = snapshot.lock() {
-                        *g = v.clone();
-                    }
-                    if let Ok(p) = serde_json::to_vec(&v) {
-                        link.telemetry(p);
-                    }
-                }
-            }
+            Some(ev) = sup.events.recv() => sup.on_event(ev),
+            _ = health_tick.tick() => sup.on_health_tick(),
+            Some(ev) = sup.ota_events.recv() => sup.on_ota_job(ev),
+            _ = tick.tick() => sup.on_telemetry_tick(),
             _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); break; }
             _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
-            _ = sighup.recv() => {
-                tracing::info!("SIGHUP: reloading {}", config_path.display());
-                let _ = reload(&mut plan, &mut cfg, &config_path, None, &views, facts.as_ref());
-            }
-            Some(req) = control_rx.recv() => {
-                let answer = match &req.kind {
-                    ControlKind::Reload => reload(&mut plan, &mut cfg, &config_path, None, &views, facts.as_ref()),
-                    ControlKind::SetConfig(text) => reload(&mut plan, &mut cfg, &config_path, Some(text), &views, facts.as_ref()),
-                    ControlKind::RestartCamera(name) => {
-                        let r = tokio::task::block_in_place(|| plan.restart_camera(name));
-                        if let Ok(mut v) = views.write() {
-                            *v = plan.views();
-                        }
-                        match r {
-                            Ok(()) => {
-                                tracing::info!(camera = %name, "camera restarted on request");
-                                Ok(serde_json::json!({ "summary": format!("camera {name} restarted") }))
-                            }
-                            Err(e) => Err((chain(&e), serde_json::Value::Null)),
-                        }
-                    }
-                    ControlKind::GetConfig => match std::fs::read_to_string(&config_path) {
-                        Ok(text) => Ok(serde_json::json!({ "summary": "config", "toml": text })),
-                        Err(e) => Err((format!("{}: {e}", config_path.display()), serde_json::Value::Null)),
-                    },
-                    ControlKind::OtaApply(r) => ota.request(r.clone(), &cfg),
-                    ControlKind::OtaRollback(id) => {
-                        tokio::task::block_in_place(|| ota.rollback_on_request(id, &mut |c| apply_for_ota(&mut plan, &mut cfg, c, &views)))
-                    }
-                };
-                ota.configure(&cfg);
-                flush_ota(&mut ota, &link);
-                let _ = req.reply.send(answer);
-            }
+            _ = sighup.recv() => sup.on_sighup(),
+            Some(req) = sup.control.recv() => sup.on_control(req),
         }
     }
-    tokio::task::block_in_place(|| plan.stop());
-    while let Ok(ev) = rx.try_recv() {
-        take(ev);
-    }
-    link.shutdown(Duration::from_secs(3)).await;
+    sup.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The loop's dispatch on a supervisor with no cameras (an empty plan, GStreamer initialised
+    //! but no pipeline built) and a broker that is never there. What needs a camera or a model
+    //! (a camera restart that works, a reload that starts a pipeline, OTA activation) is left
+    //! to the end-to-end tests.
+
+    use super::*;
+    use crate::control::ControlReply;
+    use serde_json::Value;
+    use vigil_core::facts::KnownFacts;
+
+    struct Fixture {
+        dir: PathBuf,
+        path: PathBuf,
+        port: u16,
+    }
+
+    impl Fixture {
+        fn new(name: &str) -> Self {
+            let dir = std::env::temp_dir()
+                .join(format!("vigil-supervisor-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            // A local port nothing listens on: the link tries, fails and backs off.
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let f = Self {
+                path: dir.join("vigil.toml"),
+                dir,
+                port,
+            };
+            std::fs::write(&f.path, f.config("")).unwrap();
+            f
+        }
+
+        /// A config with no cameras and no models; `extra` is appended.
+        fn config(&self, extra: &str) -> String {
+            format!(
+                "[device]\nid = \"sup-test\"\n\n[mqtt]\nhost = \"127.0.0.1\"\nport = {}\n\n\
+                 [storage]\ndir = \"{}\"\n\n[http]\nlisten = \"\"\n{extra}",
+                self.port,
+                self.dir.join("state").display()
+            )
+        }
+
+        async fn start(&self) -> Supervisor {
+            let facts: Arc<dyn BoxFacts> = Arc::new(KnownFacts::cpu_only());
+            let cfg = vigil_ota::load_effective(&self.path, facts.as_ref()).unwrap();
+            Supervisor::start(cfg, self.path.clone(), facts)
+                .await
+                .unwrap()
+        }
+    }
+
+    fn ask(sup: &mut Supervisor, kind: ControlKind) -> ControlReply {
+        let (req, mut rx) = ControlRequest::new(kind);
+        sup.on_control(req);
+        rx.try_recv().expect("on_control answers before it returns")
+    }
+
+    fn event(camera: &str) -> Event {
+        Event {
+            seq: 0,
+            id: vigil_core::events::new_event_id(),
+            device: "sup-test".into(),
+            camera: camera.into(),
+            rule: "door".into(),
+            kind: vigil_core::events::EventKind::ZoneEnter,
+            direction: None,
+            track_id: 7,
+            class: "person".into(),
+            score: 0.9,
+            bbox: [0.1, 0.1, 0.2, 0.2],
+            pts_s: 1.5,
+            time: vigil_core::events::now_rfc3339(),
+            dwell_s: None,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn config_get_returns_the_file() {
+        let f = Fixture::new("get");
+        let mut sup = f.start().await;
+        let data = ask(&mut sup, ControlKind::GetConfig).unwrap();
+        assert_eq!(data["summary"], "config");
+        assert_eq!(data["toml"], f.config(""));
+        sup.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn restarting_an_unknown_camera_gets_the_error_reply() {
+        let f = Fixture::new("restart");
+        let mut sup = f.start().await;
+        let (msg, data) = ask(&mut sup, ControlKind::RestartCamera("nope".into())).unwrap_err();
+        assert_eq!(msg, "no running camera named \"nope\"");
+        assert_eq!(data, Value::Null);
+        sup.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_reload_of_an_invalid_file_keeps_the_running_config_and_locates_the_error() {
+        let f = Fixture::new("reload-bad");
+        let mut sup = f.start().await;
+        let before = sup.cfg.clone();
+        // Line 15: an unknown key in [ota].
+        std::fs::write(&f.path, f.config("\n[ota]\nprobation_secs = 5\n")).unwrap();
+        let (msg, data) = ask(&mut sup, ControlKind::Reload).unwrap_err();
+        assert_eq!(msg, "config rejected (1 error); the running config is kept");
+        let errors = data["errors"].as_array().unwrap();
+        assert_eq!(errors.len(), 1);
+        let located = format!("{}:15:", f.path.display());
+        let e = errors[0].as_str().unwrap();
+        assert!(
+            e.starts_with(&located) && e.contains("probation_secs"),
+            "{e}"
+        );
+        assert_eq!(sup.cfg, before);
+        sup.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn config_set_with_an_invalid_text_leaves_the_file_and_the_running_config() {
+        let f = Fixture::new("set-bad");
+        let mut sup = f.start().await;
+        let before = sup.cfg.clone();
+        let (msg, data) = ask(
+            &mut sup,
+            ControlKind::SetConfig("[device]\nid = 5\n".into()),
+        )
+        .unwrap_err();
+        assert!(msg.starts_with("config rejected"), "{msg}");
+        let e = data["errors"][0].as_str().unwrap();
+        let candidate = f.path.with_extension("toml.candidate");
+        assert!(e.starts_with(&format!("{}:2:", candidate.display())), "{e}");
+        assert_eq!(std::fs::read_to_string(&f.path).unwrap(), f.config(""));
+        assert!(!candidate.exists());
+        assert_eq!(sup.cfg, before);
+        sup.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_reload_applies_what_it_can_and_names_the_sections_that_need_a_restart() {
+        let f = Fixture::new("reload-ok");
+        let mut sup = f.start().await;
+        let old_mqtt = sup.cfg.mqtt.clone();
+        let text = f
+            .config("\n[ota]\nprobation = \"90s\"\n")
+            .replace(&format!("port = {}", f.port), "port = 1");
+        std::fs::write(&f.path, &text).unwrap();
+        let data = ask(&mut sup, ControlKind::Reload).unwrap();
+        assert_eq!(data["needs_restart"], serde_json::json!(["mqtt"]));
+        let summary = data["summary"].as_str().unwrap();
+        assert!(
+            summary.ends_with("[mqtt] changes take effect after a restart"),
+            "{summary}"
+        );
+        assert_eq!(sup.cfg.ota.probation.0, Duration::from_secs(90));
+        assert_eq!(sup.cfg.mqtt, old_mqtt, "[mqtt] stays as it runs");
+        sup.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn config_set_with_a_valid_text_applies_it_and_makes_it_the_file() {
+        let f = Fixture::new("set-ok");
+        let mut sup = f.start().await;
+        let text = f.config("\n[ota]\nprobation_min_inferences = 3\n");
+        let data = ask(&mut sup, ControlKind::SetConfig(text.clone())).unwrap();
+        assert_eq!(data["needs_restart"], serde_json::json!([]));
+        assert_eq!(sup.cfg.ota.probation_min_inferences, 3);
+        assert_eq!(std::fs::read_to_string(&f.path).unwrap(), text);
+        assert!(!f.path.with_extension("toml.candidate").exists());
+        sup.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn ota_requests_without_keys_or_an_active_set_are_refused() {
+        let f = Fixture::new("ota");
+        let mut sup = f.start().await;
+        let (msg, _) = ask(&mut sup, ControlKind::OtaRollback("r1".into())).unwrap_err();
+        assert_eq!(msg, "nothing to roll back: no OTA set is active");
+        let apply = vigil_ota::ApplyRequest {
+            request_id: "r2".into(),
+            url: "http://127.0.0.1:1/b.vigil".into(),
+            sha256: "0".repeat(64),
+            allow_rollback: false,
+        };
+        let (msg, _) = ask(&mut sup, ControlKind::OtaApply(apply)).unwrap_err();
+        assert_eq!(msg, "OTA is off: [ota] trusted_keys is empty");
+        sup.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn events_are_spooled_with_the_next_seq() {
+        let f = Fixture::new("events");
+        let sup = f.start().await;
+        let (a, b) = (event("front"), event("back"));
+        sup.on_event(a.clone());
+        sup.on_event(b.clone());
+        let rows = sup.spool.from_seq(1, 10).unwrap();
+        assert_eq!(rows.len(), 2);
+        for (row, (ev, seq)) in rows.iter().zip([(&a, 1), (&b, 2)]) {
+            assert_eq!((row.seq, row.camera.as_str()), (seq, ev.camera.as_str()));
+            let json: Value = serde_json::from_slice(&row.payload).unwrap();
+            assert_eq!(
+                (json["seq"].as_u64(), json["id"].as_str()),
+                (Some(seq), Some(ev.id.as_str()))
+            );
+        }
+        let stats = sup.spool.stats().unwrap();
+        assert_eq!(
+            (stats.last_seq, stats.unsent),
+            (2, 2),
+            "no broker: nothing is sent"
+        );
+        sup.shutdown().await;
+        // The spool outlives the process: a new supervisor numbers on.
+        let sup = f.start().await;
+        sup.on_event(event("front"));
+        assert_eq!(sup.spool.stats().unwrap().last_seq, 3);
+        sup.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_telemetry_tick_fills_the_status_snapshot() {
+        let f = Fixture::new("telemetry");
+        let mut sup = f.start().await;
+        sup.on_event(event("front"));
+        sup.on_telemetry_tick();
+        let snap = sup.snapshot.lock().unwrap().clone();
+        assert_eq!(snap["mqtt_connected"], false);
+        assert_eq!(snap["spool"]["last_seq"], 1);
+        assert_eq!(snap["cameras"], serde_json::json!({}));
+        sup.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_health_tick_beats_and_shutdown_returns_with_the_broker_down() {
+        let f = Fixture::new("health");
+        let mut sup = f.start().await;
+        sup.on_health_tick();
+        assert!(
+            sup.health
+                .check()
+                .iter()
+                .any(|s| s.name == "supervisor" && s.ok)
+        );
+        let t0 = Instant::now();
+        sup.shutdown().await;
+        assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    }
 }

@@ -2,7 +2,12 @@
 //! to `…/cmd/<name>/reply` as `{"request_id", "status": "ok" | "error", "message", ...}`.
 //! Unknown commands and malformed payloads get an error reply naming what was expected; nothing
 //! a command says can crash the link. Only this device's topic is subscribed.
+//!
+//! Commands that change the running config, the plan or the OTA set are not carried out here:
+//! they become [`ControlKind`] requests to the supervisor through the [`crate::control`] API,
+//! and their reply is published when the supervisor answers.
 
+use crate::control::{ControlKind, ControlReply, ControlRequest, ControlSender, REPLY_TIMEOUT};
 use crate::spool::{Spool, SpooledEvent};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -27,15 +32,15 @@ pub struct Outcome {
 /// A reply still to come from the supervisor.
 pub struct Deferred {
     id: String,
-    rx: tokio::sync::oneshot::Receiver<Result<Value, (String, Value)>>,
+    rx: tokio::sync::oneshot::Receiver<ControlReply>,
 }
 
 impl Deferred {
-    /// Waits (asynchronously, at most [`CONTROL_TIMEOUT`]) for the supervisor's answer and
+    /// Waits (asynchronously, at most [`REPLY_TIMEOUT`]) for the supervisor's answer and
     /// returns the reply payload.
     pub async fn reply(self) -> Vec<u8> {
         let id = Some(self.id.as_str());
-        match tokio::time::timeout(CONTROL_TIMEOUT, self.rx).await {
+        match tokio::time::timeout(REPLY_TIMEOUT, self.rx).await {
             Ok(Ok(Ok(data))) => {
                 let msg = data
                     .get("summary")
@@ -60,35 +65,8 @@ pub type StatusFn = Arc<dyn Fn() -> Value + Send + Sync>;
 
 pub struct Handler {
     status: StatusFn,
-    control: Option<tokio::sync::mpsc::Sender<ControlRequest>>,
+    control: Option<ControlSender>,
 }
-
-/// What a command asks of the supervisor (it owns the config and the plan).
-#[derive(Debug, Clone, PartialEq)]
-pub enum ControlKind {
-    /// Re-read the config file and apply it.
-    Reload,
-    /// The config file's text.
-    GetConfig,
-    /// Validate this TOML; if good, apply it and make it the config file.
-    SetConfig(String),
-    /// Rebuild this camera's pipeline.
-    RestartCamera(String),
-    /// Download, verify, stage and activate a signed bundle (`cmd/ota/apply`).
-    OtaApply(vigil_ota::ApplyRequest),
-    /// Back to the previous OTA set (`cmd/ota/rollback`).
-    OtaRollback(String),
-}
-
-/// A supervisor request with the channel its answer comes back on.
-pub struct ControlRequest {
-    pub kind: ControlKind,
-    /// Ok(data) or Err((message, data)).
-    pub reply: tokio::sync::oneshot::Sender<Result<Value, (String, Value)>>,
-}
-
-/// How long a command waits for the supervisor (a reload may load a model).
-const CONTROL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 #[derive(Serialize)]
 struct Reply<'a> {
@@ -155,7 +133,7 @@ impl Handler {
     }
 
     /// Enables the commands that need the supervisor (`reload`, `config/get`, `config/set`).
-    pub fn with_control(mut self, control: tokio::sync::mpsc::Sender<ControlRequest>) -> Self {
+    pub fn with_control(mut self, control: ControlSender) -> Self {
         self.control = Some(control);
         self
     }
@@ -174,11 +152,8 @@ impl Handler {
                 Value::Null,
             ));
         };
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        if control
-            .try_send(ControlRequest { kind, reply: tx })
-            .is_err()
-        {
+        let (request, rx) = ControlRequest::new(kind);
+        if control.try_send(request).is_err() {
             return now(reply(
                 Some(id),
                 false,

@@ -10,14 +10,16 @@
 //! only in memory and drops them when a clean session starts, so the spool, not the client, is
 //! the source of truth, and no request queued for a dead connection leaks into the next one. The
 //! QoS 1 publishes of one connection leave in the order they were queued, so the n-th outgoing
-//! publish's packet id belongs to the n-th queued one: that is how a PUBACK finds its event.
+//! publish's packet id belongs to the n-th queued one: that is how a PUBACK finds its event
+//! ([`inflight::InFlight`] keeps that bookkeeping).
 
 pub mod commands;
+pub mod inflight;
 
 use crate::spool::Spool;
+use inflight::{InFlight, WINDOW};
 use rumqttc::{AsyncClient, Event as MqttEvent, LastWill, MqttOptions, Outgoing, Packet, QoS};
 use serde::Serialize;
-use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -108,9 +110,6 @@ pub struct MqttLink {
     task: tokio::task::JoinHandle<()>,
 }
 
-/// Most event publishes awaiting their PUBACK at once.
-const WINDOW: usize = 64;
-
 impl MqttLink {
     /// Starts the link in the background; returns at once, connected or not.
     pub fn start(
@@ -155,6 +154,7 @@ impl MqttLink {
             heartbeat,
             me: tx.clone(),
             ota_status: None,
+            inflight: InFlight::new(),
         };
         let task = tokio::spawn(link.run());
         Self {
@@ -232,18 +232,15 @@ struct LinkTask {
     me: mpsc::Sender<LinkCmd>,
     /// The last `ota/status`, published again on every connection.
     ota_status: Option<Vec<u8>>,
+    /// The current connection's in-flight publishes: which queued publish a packet id stands
+    /// for, and which event a PUBACK acknowledges. Cleared when a connection starts.
+    inflight: InFlight,
 }
 
 /// One connection's bookkeeping.
 struct Session {
     client: AsyncClient,
     connected: bool,
-    /// Per QoS 1 publish queued on this client, in order: the event's seq, or None.
-    queued: VecDeque<Option<u64>>,
-    /// Packet id → seq of event publishes awaiting their PUBACK.
-    inflight: HashMap<u16, u64>,
-    /// Highest seq queued on this connection.
-    cursor: u64,
 }
 
 enum SessionEnd {
@@ -294,15 +291,16 @@ impl LinkTask {
     }
 
     /// Queues unsent events from the spool until the window is full.
-    fn fill(&self, s: &mut Session) {
+    fn fill(&mut self, s: &mut Session) {
         if !s.connected {
             return;
         }
-        let pending = s.inflight.len() + s.queued.iter().filter(|q| q.is_some()).count();
-        if pending >= WINDOW {
+        let room = self.inflight.room();
+        if room == 0 {
             return;
         }
-        let Some(rows) = self.spool_call(|sp| sp.unsent_after(s.cursor, WINDOW - pending)) else {
+        let cursor = self.inflight.cursor();
+        let Some(rows) = self.spool_call(|sp| sp.unsent_after(cursor, room)) else {
             return;
         };
         for row in rows {
@@ -317,18 +315,17 @@ impl LinkTask {
             {
                 break;
             }
-            s.queued.push_back(Some(row.seq));
-            s.cursor = row.seq;
+            self.inflight.queued_event(row.seq);
             self.stats.published.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    fn publish_other(&self, s: &mut Session, topic: String, retain: bool, payload: Vec<u8>) {
+    fn publish_other(&mut self, s: &mut Session, topic: String, retain: bool, payload: Vec<u8>) {
         if s.client
             .try_publish(topic, QoS::AtLeastOnce, retain, payload)
             .is_ok()
         {
-            s.queued.push_back(None);
+            self.inflight.queued_other();
         }
     }
 
@@ -341,10 +338,10 @@ impl LinkTask {
         let mut s = Session {
             client,
             connected: false,
-            queued: VecDeque::new(),
-            inflight: HashMap::new(),
-            cursor: 0,
         };
+        // rumqttc forgets what the last connection had queued or in flight (clean session,
+        // fresh client); the spool redelivers from its oldest unsent event.
+        self.inflight.connection_lost();
         let mut closing: Option<tokio::time::Instant> = None;
         let mut beat = tokio::time::interval(Duration::from_secs(1));
         loop {
@@ -366,13 +363,9 @@ impl LinkTask {
                         }
                         self.fill(&mut s);
                     }
-                    Ok(MqttEvent::Outgoing(Outgoing::Publish(pkid))) if pkid != 0 => {
-                        if let Some(Some(seq)) = s.queued.pop_front() {
-                            s.inflight.insert(pkid, seq);
-                        }
-                    }
+                    Ok(MqttEvent::Outgoing(Outgoing::Publish(pkid))) => self.inflight.outgoing_publish(pkid),
                     Ok(MqttEvent::Incoming(Packet::PubAck(ack))) => {
-                        if let Some(seq) = s.inflight.remove(&ack.pkid) {
+                        if let Some(seq) = self.inflight.puback(ack.pkid) {
                             self.spool_call(|sp| sp.mark_sent(&[seq]));
                             self.stats.acked.fetch_add(1, Ordering::Relaxed);
                         }
