@@ -80,7 +80,8 @@ fn test(args: &[String]) -> Result<()> {
     if lint {
         step("cargo fmt --check");
         run(cargo().current_dir(&root).args(["fmt", "--all", "--check"]))?;
-        // step("cargo xtask tidy"); tidy::tidy(&root)?;  (on once the move is complete)
+        step("cargo xtask tidy");
+        tidy::tidy(&root)?;
         step("cargo deny check licenses bans (deny.toml)");
         run(Command::new(&assets.cargo_deny)
             .current_dir(&root)
