@@ -327,7 +327,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         .next()
         .context("rules file has no [[cameras]] table")?;
     let min_score = 0.35;
-    let clip_s = vigil_dataplane::media::still::duration_s(&a.clip).map_err(anyhow::Error::msg)?;
+    let clip_s = vigil_dataplane::media::still::duration_s(&a.clip)?;
     println!(
         "clip {} ({clip_s:.1} s), model {}, {} inference threads",
         a.clip.display(),

@@ -11,7 +11,6 @@ pub fn detect_files(model: &Path, min_score: f32, threads: usize, files: &[PathB
     let mut dets = Detections::new();
     for f in files {
         let frames = vigil_dataplane::media::still::decode_file(f, 1, 1)
-            .map_err(anyhow::Error::msg)
             .with_context(|| f.display().to_string())?;
         for (i, fr) in frames.iter().enumerate() {
             det.detect(&fr.view(), min_score, &mut dets)?;

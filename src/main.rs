@@ -149,7 +149,7 @@ fn main() -> ExitCode {
         Cmd::Ota(cmd) => report(crate::ota_cli::run(cmd)),
         Cmd::RtspServe { file, port, mount } => report(
             vigil_dataplane::media::rtsp_server::serve_forever(&file, port, &mount)
-                .map_err(anyhow::Error::msg),
+                .map_err(anyhow::Error::from),
         ),
     }
 }

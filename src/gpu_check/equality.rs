@@ -89,8 +89,8 @@ pub fn run(model: &Path, picture: &Path, clip: &Path, frames: usize) -> Result<(
     let (mut a, mut b) = (Detections::new(), Detections::new());
     // 1. Host frames through both engines.
     let mut host = Tally::default();
-    let mut stills = decode_file(picture, 1, 1).map_err(anyhow::Error::msg)?;
-    stills.extend(decode_file(clip, 1, frames).map_err(anyhow::Error::msg)?);
+    let mut stills = decode_file(picture, 1, 1)?;
+    stills.extend(decode_file(clip, 1, frames)?);
     for f in &stills {
         cpu.detect(&f.view(), THRESHOLD, &mut a)?;
         gpu.detect_host(&f.view(), &mut b)
@@ -99,7 +99,7 @@ pub fn run(model: &Path, picture: &Path, clip: &Path, frames: usize) -> Result<(
     }
     println!("{}", host.line("host frames, CPU path vs GPU path"));
     // 2. NVDEC frames in CUDA memory vs the CPU-decoded frames of the same clip.
-    let cpu_frames = decode_file(clip, 1, frames).map_err(anyhow::Error::msg)?;
+    let cpu_frames = decode_file(clip, 1, frames)?;
     let mut dev = Tally::default();
     let pipeline = vigil_dataplane::ffi::gst_cuda::nvdec_pipeline(
         clip,

@@ -4,12 +4,38 @@
 
 use gstreamer_rtsp_server as rtsp;
 use gstreamer_rtsp_server::prelude::*;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Why the RTSP server could not serve.
+#[derive(Debug, thiserror::Error)]
+pub enum RtspServeError {
+    #[error(transparent)]
+    Init(#[from] super::InitError),
+    /// The file to serve cannot be opened.
+    #[error("{}", .path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("RTSP server has no mount points")]
+    NoMountPoints,
+    /// Nothing can listen on the address (port taken, say).
+    #[error("cannot listen on 127.0.0.1:{port}")]
+    Listen {
+        port: u16,
+        #[source]
+        source: gstreamer::glib::BoolError,
+    },
+}
 
 /// Serves `file` at `rtsp://127.0.0.1:<port><mount>` until the process ends.
-pub fn serve_forever(file: &Path, port: u16, mount: &str) -> Result<(), String> {
-    super::init().map_err(|e| vigil_core::error::chain(&e))?;
-    let abs = std::fs::canonicalize(file).map_err(|e| format!("{}: {e}", file.display()))?;
+pub fn serve_forever(file: &Path, port: u16, mount: &str) -> Result<(), RtspServeError> {
+    super::init()?;
+    let abs = std::fs::canonicalize(file).map_err(|source| RtspServeError::Open {
+        path: file.to_path_buf(),
+        source,
+    })?;
     let location = abs
         .to_string_lossy()
         .replace('\\', "\\\\")
@@ -22,14 +48,12 @@ pub fn serve_forever(file: &Path, port: u16, mount: &str) -> Result<(), String> 
         "( filesrc location=\"{location}\" ! qtdemux ! h264parse ! rtph264pay name=pay0 pt=96 config-interval=1 )"
     ));
     factory.set_shared(false);
-    let mounts = server
-        .mount_points()
-        .ok_or("RTSP server has no mount points")?;
+    let mounts = server.mount_points().ok_or(RtspServeError::NoMountPoints)?;
     mounts.add_factory(mount, factory);
     let main_loop = gstreamer::glib::MainLoop::new(None, false);
     let _id = server
         .attach(None)
-        .map_err(|e| format!("cannot listen on 127.0.0.1:{port}: {e}"))?;
+        .map_err(|source| RtspServeError::Listen { port, source })?;
     println!(
         "serving {} at rtsp://127.0.0.1:{port}{mount}",
         file.display()
