@@ -19,6 +19,23 @@ pub use frame::{DropPolicy, FrameQueue, FrameRef};
 #[error("GStreamer init failed")]
 pub struct InitError(#[from] gstreamer::glib::Error);
 
+/// A media file that cannot be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .path.display())]
+pub struct OpenError {
+    pub path: std::path::PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// The absolute path of a media file that exists (for GStreamer's `filesrc` and URIs).
+pub fn absolute(path: &std::path::Path) -> Result<std::path::PathBuf, OpenError> {
+    std::fs::canonicalize(path).map_err(|source| OpenError {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 /// Initialises GStreamer (idempotent).
 pub fn init() -> Result<(), InitError> {
     Ok(gstreamer::init()?)

@@ -4,20 +4,16 @@
 
 use gstreamer_rtsp_server as rtsp;
 use gstreamer_rtsp_server::prelude::*;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Why the RTSP server could not serve.
 #[derive(Debug, thiserror::Error)]
 pub enum RtspServeError {
     #[error(transparent)]
     Init(#[from] super::InitError),
-    /// The file to serve cannot be opened.
-    #[error("{}", .path.display())]
-    Open {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The file cannot be opened.
+    #[error(transparent)]
+    Open(#[from] super::OpenError),
     #[error("RTSP server has no mount points")]
     NoMountPoints,
     /// Nothing can listen on the address (port taken, say).
@@ -32,10 +28,7 @@ pub enum RtspServeError {
 /// Serves `file` at `rtsp://127.0.0.1:<port><mount>` until the process ends.
 pub fn serve_forever(file: &Path, port: u16, mount: &str) -> Result<(), RtspServeError> {
     super::init()?;
-    let abs = std::fs::canonicalize(file).map_err(|source| RtspServeError::Open {
-        path: file.to_path_buf(),
-        source,
-    })?;
+    let abs = super::absolute(file)?;
     let location = abs
         .to_string_lossy()
         .replace('\\', "\\\\")

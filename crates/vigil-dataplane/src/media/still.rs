@@ -15,12 +15,8 @@ pub enum StillError {
     #[error(transparent)]
     Init(#[from] super::InitError),
     /// The file cannot be opened.
-    #[error("{}", .path.display())]
-    Open {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Open(#[from] super::OpenError),
     /// A GStreamer element is missing, would not link, or a frame could not be mapped.
     #[error("GStreamer")]
     Gst(#[from] gst::glib::BoolError),
@@ -78,10 +74,7 @@ impl OwnedI420 {
 /// at most `max` of them.
 pub fn decode_file(path: &Path, every: usize, max: usize) -> Result<Vec<OwnedI420>, StillError> {
     super::init()?;
-    let abs = std::fs::canonicalize(path).map_err(|source| StillError::Open {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let abs = super::absolute(path)?;
     let pipeline = gst::Pipeline::new();
     let src = gst::ElementFactory::make("filesrc")
         .property("location", abs.to_string_lossy().as_ref())
@@ -184,10 +177,7 @@ pub fn decode_file(path: &Path, every: usize, max: usize) -> Result<Vec<OwnedI42
 /// Duration of a clip in seconds.
 pub fn duration_s(path: &Path) -> Result<f64, StillError> {
     super::init()?;
-    let abs = std::fs::canonicalize(path).map_err(|source| StillError::Open {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let abs = super::absolute(path)?;
     let uri = gst::glib::filename_to_uri(&abs, None).map_err(|source| StillError::Uri {
         path: path.to_path_buf(),
         source,
