@@ -110,16 +110,9 @@ fn apply_loaded(
     views: &SharedViews,
     t0: Instant,
 ) -> Result<(serde_json::Value, ApplyReport), (String, serde_json::Value)> {
-    let restart_only = [
-        ("device", current.device != new.device),
-        ("mqtt", current.mqtt != new.mqtt),
-        ("storage", current.storage != new.storage),
-        ("http", current.http != new.http),
-    ];
-    let needs_restart: Vec<&str> = restart_only
-        .iter()
-        .filter(|(_, changed)| *changed)
-        .map(|(n, _)| *n)
+    let needs_restart: Vec<&str> = vigil_core::config::restart_sections(current, &new)
+        .into_iter()
+        .map(|s| s.as_str())
         .collect();
     match tokio::task::block_in_place(|| plan.apply(&new)) {
         Ok(report) => {
