@@ -4,7 +4,9 @@
 //! - `demo`:  setup, then a local mosquitto, the demo clip as an RTSP camera, `vigil run` on
 //!   `configs/demo.toml`, and every event printed as a subscriber receives it.
 //! - `test`:  setup, then formatting, `tidy`, cargo-deny (licenses, bans), clippy and the whole
-//!   test suite.
+//!   test suite, then a short run of every fuzz target.
+//! - `fuzz`:  builds the libFuzzer targets of `crates/vigil-fuzz` with coverage instrumentation
+//!   (stable toolchain) and runs each on its corpus: see `fuzz.rs`.
 //! - `tidy`:  the workspace's structural rules (crate dependency matrix, where `unsafe` may be,
 //!   module docs, ARCHITECTURE.md naming every crate and module): see `tidy.rs`.
 //!
@@ -12,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 mod assets;
+mod fuzz;
 mod tidy;
 
 use anyhow::{Context, Result, bail};
@@ -29,9 +32,10 @@ fn main() {
         Some("bench") => bench(&args[1..]),
         Some("gpu-payload") => gpu_payload(),
         Some("tidy") => tidy::tidy(&root()),
+        Some("fuzz") => fuzz::fuzz(&root(), &args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup | demo [--seconds N] | test [--no-lint] [-- cargo test args] | tidy | bench [vigil bench args] | gpu-payload>"
+                "usage: cargo xtask <setup | demo [--seconds N] | test [--no-lint] [-- cargo test args] | tidy | fuzz [--seconds N] [TARGET…] | bench [vigil bench args] | gpu-payload>"
             );
             std::process::exit(2);
         }
@@ -106,7 +110,12 @@ fn test(args: &[String]) -> Result<()> {
     run(cargo()
         .current_dir(&root)
         .args(["test", "--release", "--workspace", "--all-features"])
-        .args(extra))?;
+        .args(&extra))?;
+    // Every fuzz target for 10 s on its committed corpus (longer runs: benches/RESULTS.md);
+    // not when only some tests were asked for.
+    if extra.is_empty() {
+        fuzz::fuzz(&root, &["--seconds".into(), "10".into()])?;
+    }
     step(&format!(
         "all tests passed in {:.0}s",
         t0.elapsed().as_secs_f64()
