@@ -217,11 +217,18 @@ impl Spool {
         )
     }
 
+    /// `a` is a bound on `seq` (`seq >= a` or `seq > a`). SQLite's integers are signed 64-bit
+    /// and a stored `seq` is at most `i64::MAX`: a bound above that matches no row (cast with
+    /// `as`, 2^63 wrapped to a negative bound and matched every row from seq 1).
     fn select(&self, sql: &str, a: u64, limit: usize) -> Result<Vec<SpooledEvent>, SpoolError> {
+        let Ok(a) = i64::try_from(a) else {
+            return Ok(Vec::new());
+        };
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let conn = self.lock();
         let mut stmt = conn.prepare_cached(sql).map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map(params![a as i64, limit as i64], |r| {
+            .query_map(params![a, limit], |r| {
                 Ok(SpooledEvent {
                     seq: r.get::<_, i64>(0)? as u64,
                     camera: r.get(1)?,
@@ -327,6 +334,28 @@ mod tests {
             s.from_seq(3, 10).unwrap().len(),
             3,
             "replays include sent events"
+        );
+    }
+
+    #[test]
+    fn bounds_beyond_the_largest_seq_match_nothing() {
+        let s = spool("huge", Retention::default());
+        add(&s, 3);
+        for from in [1u64 << 63, (1 << 63) + 1, u64::MAX] {
+            assert_eq!(s.from_seq(from, 10).unwrap(), vec![], "from_seq({from})");
+            assert_eq!(
+                s.unsent_after(from, 10).unwrap(),
+                vec![],
+                "unsent_after({from})"
+            );
+        }
+        let top = i64::MAX as u64;
+        assert_eq!(s.from_seq(top, 10).unwrap(), vec![]);
+        assert_eq!(s.unsent_after(top - 1, 10).unwrap(), vec![]);
+        assert_eq!(
+            s.from_seq(3, usize::MAX).unwrap().len(),
+            1,
+            "a huge limit is no limit"
         );
     }
 
