@@ -12,6 +12,7 @@ mod common;
 
 mod cli;
 mod config_errors;
+mod config_limits;
 mod detection;
 mod e2e_ground_truth;
 mod e2e_http;

@@ -6,8 +6,10 @@
 //! agent, health registry); [`run`] builds one and waits on its inputs, handing each to one
 //! method: [`Supervisor::on_event`], [`Supervisor::on_health_tick`],
 //! [`Supervisor::on_ota_job`], [`Supervisor::on_telemetry_tick`], [`Supervisor::on_sighup`],
-//! [`Supervisor::on_control`] (the [`crate::control`] API), and on SIGINT/SIGTERM
-//! [`Supervisor::shutdown`]. Everything runs on that one loop, one input at a time.
+//! [`Supervisor::on_control`] (the [`crate::control`] API), [`Supervisor::on_validated`], and on
+//! SIGINT/SIGTERM [`Supervisor::shutdown`]. Everything runs on that one loop, one input at a
+//! time, except the validation of a reloaded config (a text an outsider sends with
+//! `config/set`): that runs on a blocking thread, so the loop's heartbeat never waits on it.
 
 use crate::control::{ControlKind, ControlReply, ControlRequest};
 use crate::error::{ControlError, Result};
@@ -45,19 +47,14 @@ struct TelemetryPayload {
     cameras: BTreeMap<String, CameraTelemetry>,
 }
 
-/// Reloads: validates the new config (the file, or `text` for `config/set`, each with the active
-/// OTA set's overlay), applies it to the plan (only what changed), and on success makes `text`
-/// the config file. On any error the running config and plan are kept and the errors returned
-/// (and logged).
-fn reload(
-    plan: &mut Plan,
-    current: &mut Config,
+/// A reload's first half, off the loop (a blocking thread): validates the new config (the file,
+/// or `text` for `config/set` written to the candidate file beside it, each with the active OTA
+/// set's overlay). On errors the candidate is removed and the errors returned (and logged).
+fn validate(
     path: &std::path::Path,
     text: Option<&str>,
-    views: &SharedViews,
     facts: &dyn BoxFacts,
-) -> Result<serde_json::Value, (String, serde_json::Value)> {
-    let t0 = Instant::now();
+) -> Result<Config, (String, serde_json::Value)> {
     let candidate = path.with_extension("toml.candidate");
     let loaded = match text {
         None => vigil_ota::load_effective(path, facts),
@@ -69,8 +66,8 @@ fn reload(
             }
         },
     };
-    let new = match loaded {
-        Ok(c) => c,
+    match loaded {
+        Ok(c) => Ok(c),
         Err(errors) => {
             let _ = std::fs::remove_file(&candidate);
             let lines: Vec<String> = errors.errors().iter().map(|e| e.to_string()).collect();
@@ -78,18 +75,42 @@ fn reload(
                 tracing::error!("reload rejected: {l}");
             }
             tracing::warn!("reload rejected; the running config is kept");
-            return Err((
+            Err((
                 format!(
                     "config rejected ({} error{}); the running config is kept",
                     lines.len(),
                     if lines.len() == 1 { "" } else { "s" }
                 ),
                 serde_json::json!({ "errors": lines }),
-            ));
+            ))
         }
-    };
-    let applied = apply_loaded(plan, current, new, views, t0);
-    if text.is_some() {
+    }
+}
+
+/// A reload whose config was validated off the loop, back on it to be applied.
+pub struct Validated {
+    loaded: Result<Config, (String, serde_json::Value)>,
+    /// `config/set`: the candidate file becomes the config file once applied.
+    from_text: bool,
+    reply: Option<tokio::sync::oneshot::Sender<ControlReply>>,
+    t0: Instant,
+}
+
+/// A reload's second half, on the loop: applies a validated config to the plan (only what
+/// changed) and, for `config/set`, on success makes the candidate the config file. On any error
+/// the running config and plan are kept.
+fn reload(
+    plan: &mut Plan,
+    current: &mut Config,
+    path: &std::path::Path,
+    loaded: Result<Config, (String, serde_json::Value)>,
+    from_text: bool,
+    t0: Instant,
+    views: &SharedViews,
+) -> Result<serde_json::Value, (String, serde_json::Value)> {
+    let candidate = path.with_extension("toml.candidate");
+    let applied = apply_loaded(plan, current, loaded?, views, t0);
+    if from_text {
         let saved = match &applied {
             Ok(_) => std::fs::rename(&candidate, path),
             Err(_) => std::fs::remove_file(&candidate),
@@ -229,6 +250,11 @@ pub struct Supervisor {
     events: tokio::sync::mpsc::Receiver<Event>,
     control: tokio::sync::mpsc::Receiver<ControlRequest>,
     ota_events: tokio::sync::mpsc::UnboundedReceiver<JobEvent>,
+    /// Reloads validated off the loop come back here, one at a time.
+    validated_tx: tokio::sync::mpsc::Sender<Validated>,
+    validated: tokio::sync::mpsc::Receiver<Validated>,
+    /// A reload is being validated: further reloads, control requests and OTA job events wait.
+    validating: bool,
     /// The HTTP API's task, when `[http] listen` is set.
     _http: Option<tokio::task::JoinHandle<()>>,
 }
@@ -309,6 +335,7 @@ impl Supervisor {
             Some(task)
         };
         let core_beat = health.register("supervisor", Duration::from_secs(10), true);
+        let (validated_tx, validated) = tokio::sync::mpsc::channel(1);
         Ok(Self {
             cfg,
             config_path,
@@ -328,6 +355,9 @@ impl Supervisor {
             events: rx,
             control: control_rx,
             ota_events,
+            validated_tx,
+            validated,
+            validating: false,
             _http: http,
         })
     }
@@ -412,26 +442,59 @@ impl Supervisor {
     /// SIGHUP: reload the config file (errors are logged; the running config is kept).
     pub fn on_sighup(&mut self) {
         tracing::info!("SIGHUP: reloading {}", self.config_path.display());
-        let _ = self.reload(None);
+        self.start_reload(None, None);
     }
 
-    /// Reloads from the config file, or from `text` (`config/set`); see [`reload`].
-    fn reload(&mut self, text: Option<&str>) -> ControlReply {
-        reload(
+    /// Starts a reload from the config file, or from `text` (`config/set`): the config is
+    /// validated on a blocking thread ([`validate`]) and comes back as an input of the loop,
+    /// [`Self::on_validated`], which applies it and answers `reply`.
+    fn start_reload(
+        &mut self,
+        text: Option<String>,
+        reply: Option<tokio::sync::oneshot::Sender<ControlReply>>,
+    ) {
+        self.validating = true;
+        let (path, facts) = (self.config_path.clone(), self.facts.clone());
+        let tx = self.validated_tx.clone();
+        let t0 = Instant::now();
+        tokio::task::spawn_blocking(move || {
+            let loaded = validate(&path, text.as_deref(), facts.as_ref());
+            let from_text = text.is_some();
+            let _ = tx.blocking_send(Validated {
+                loaded,
+                from_text,
+                reply,
+                t0,
+            });
+        });
+    }
+
+    /// A reload validated off the loop: applied to the plan (see [`reload`]), then answered.
+    pub fn on_validated(&mut self, v: Validated) {
+        self.validating = false;
+        let answer = reload(
             &mut self.plan,
             &mut self.cfg,
             &self.config_path,
-            text,
+            v.loaded,
+            v.from_text,
+            v.t0,
             &self.views,
-            self.facts.as_ref(),
-        )
+        );
+        self.ota.configure(&self.cfg);
+        flush_ota(&mut self.ota, &self.link);
+        if let Some(r) = v.reply {
+            let _ = r.send(answer);
+        }
     }
 
     /// A request through the control API: carried out, then answered on its reply channel.
     pub fn on_control(&mut self, req: ControlRequest) {
         let answer = match &req.kind {
-            ControlKind::Reload => self.reload(None),
-            ControlKind::SetConfig(text) => self.reload(Some(text)),
+            ControlKind::Reload => return self.start_reload(None, Some(req.reply)),
+            ControlKind::SetConfig(text) => {
+                return self.start_reload(Some(text.clone()), Some(req.reply));
+            }
             ControlKind::RestartCamera(name) => {
                 let r = tokio::task::block_in_place(|| self.plan.restart_camera(name));
                 if let Ok(mut v) = self.views.write() {
@@ -513,12 +576,15 @@ pub async fn run(cfg: Config, config_path: PathBuf, facts: Arc<dyn BoxFacts>) ->
         tokio::select! {
             Some(ev) = sup.events.recv() => sup.on_event(ev),
             _ = health_tick.tick() => sup.on_health_tick(),
-            Some(ev) = sup.ota_events.recv() => sup.on_ota_job(ev),
+            // While a reload is validated off the loop, the inputs that could change the
+            // config or the plan wait for it; events, ticks and signals go on.
+            Some(ev) = sup.ota_events.recv(), if !sup.validating => sup.on_ota_job(ev),
             _ = tick.tick() => sup.on_telemetry_tick(),
             _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); break; }
             _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
-            _ = sighup.recv() => sup.on_sighup(),
-            Some(req) = sup.control.recv() => sup.on_control(req),
+            _ = sighup.recv(), if !sup.validating => sup.on_sighup(),
+            Some(req) = sup.control.recv(), if !sup.validating => sup.on_control(req),
+            Some(v) = sup.validated.recv() => sup.on_validated(v),
         }
     }
     sup.shutdown().await;
@@ -583,10 +649,23 @@ mod tests {
         }
     }
 
+    /// A request and its answer, with what the loop would do meanwhile: a reload validated on
+    /// a blocking thread is applied when it comes back.
     fn ask(sup: &mut Supervisor, kind: ControlKind) -> ControlReply {
         let (req, mut rx) = ControlRequest::new(kind);
         sup.on_control(req);
-        rx.try_recv().expect("on_control answers before it returns")
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(reply) = rx.try_recv() {
+                return reply;
+            }
+            if let Ok(v) = sup.validated.try_recv() {
+                sup.on_validated(v);
+                continue;
+            }
+            assert!(Instant::now() < deadline, "no answer within 30 s");
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     fn event(camera: &str) -> Event {
@@ -701,6 +780,36 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&f.path).unwrap(), text);
         assert!(!f.path.with_extension("toml.candidate").exists());
         sup.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_reload_is_validated_off_the_loop() {
+        let f = Fixture::new("off-loop");
+        let mut sup = f.start().await;
+        // A config file whose reading blocks (a FIFO nobody writes to yet), as a slow check of
+        // a huge text would: the loop must go on while it is validated.
+        std::fs::remove_file(&f.path).unwrap();
+        let made = std::process::Command::new("mkfifo").arg(&f.path).status();
+        assert!(made.unwrap().success(), "mkfifo");
+        let (req, mut rx) = ControlRequest::new(ControlKind::Reload);
+        let t0 = Instant::now();
+        sup.on_control(req);
+        sup.on_health_tick();
+        sup.on_telemetry_tick();
+        assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+        assert!(sup.validating && rx.try_recv().is_err());
+        // The file comes: the reload is validated, applied on the loop, and answered.
+        let (path, text) = (f.path.clone(), f.config(""));
+        let writer = std::thread::spawn(move || std::fs::write(path, text));
+        let v = tokio::time::timeout(Duration::from_secs(30), sup.validated.recv())
+            .await
+            .expect("validated within 30 s")
+            .unwrap();
+        sup.on_validated(v);
+        writer.join().unwrap().unwrap();
+        assert!(!sup.validating);
+        let reply = rx.try_recv().expect("answered once applied");
+        assert!(reply.is_ok(), "{reply:?}");
     }
 
     #[tokio::test(flavor = "multi_thread")]

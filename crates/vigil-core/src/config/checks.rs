@@ -27,6 +27,37 @@ impl Checker {
     }
 }
 
+/// Most cameras one config may have.
+pub(super) const MAX_CAMERAS: usize = 256;
+/// Most zones, and most lines, of one camera.
+pub(super) const MAX_RULES: usize = 32;
+/// Most vertices of one zone's polygon. Every check on a polygon is then cheap (the
+/// self-intersection test compares each pair of edges: at most 32 640 pairs), and so is the
+/// point-in-polygon test the rules run per detection.
+pub(super) const MAX_VERTICES: usize = 256;
+/// Most entries of one zone's or line's `classes` (there are 80 COCO classes).
+pub(super) const MAX_CLASSES: usize = 80;
+
+/// The first `max` items of a list that an outsider sizes, and an issue at the first item past
+/// `max` if there are more: the checks then run on a bounded part, so their time and the
+/// number of errors they report stay bounded whatever the text holds.
+pub(super) fn bounded<'a, T>(
+    c: &mut Checker,
+    path: &str,
+    items: &'a [T],
+    max: usize,
+    what: &str,
+) -> &'a [T] {
+    if items.len() > max {
+        c.err(
+            format!("{path}[{max}]"),
+            format!("{} {what} (expected at most {max})", items.len()),
+        );
+        return &items[..max];
+    }
+    items
+}
+
 pub(super) fn check_config(config: &Config, facts: &dyn BoxFacts) -> Vec<Issue> {
     let mut c = Checker::default();
     check_name(&mut c, "device.id", &config.device.id, "device id");
@@ -37,8 +68,9 @@ pub(super) fn check_config(config: &Config, facts: &dyn BoxFacts) -> Vec<Issue> 
     for (name, model) in &config.models {
         check_model(&mut c, &join_key("models", name), model, facts);
     }
-    check_camera_names(&mut c, config);
-    for i in 0..config.cameras.len() {
+    let cameras = bounded(&mut c, "cameras", &config.cameras, MAX_CAMERAS, "cameras").len();
+    check_camera_names(&mut c, &config.cameras[..cameras]);
+    for i in 0..cameras {
         check_camera(&mut c, config, i);
     }
     c.issues
@@ -223,9 +255,9 @@ pub(super) fn check_model(c: &mut Checker, path: &str, model: &ModelConfig, fact
     }
 }
 
-pub(super) fn check_camera_names(c: &mut Checker, config: &Config) {
+pub(super) fn check_camera_names(c: &mut Checker, cameras: &[super::CameraConfig]) {
     let mut first_use: HashMap<&str, usize> = HashMap::new();
-    for (i, camera) in config.cameras.iter().enumerate() {
+    for (i, camera) in cameras.iter().enumerate() {
         let path = format!("cameras[{i}].name");
         check_name(c, &path, &camera.name, "camera name");
         if let Some(first) = first_use.get(camera.name.as_str()) {
@@ -277,11 +309,13 @@ pub(super) fn check_camera(c: &mut Checker, config: &Config, i: usize) {
         Duration::from_secs(1),
     );
     check_reconnect(c, &cp, config, i);
-    check_rule_names(c, &cp, config, i);
-    for (j, zone) in camera.zones.iter().enumerate() {
+    let zones = bounded(c, &format!("{cp}.zones"), &camera.zones, MAX_RULES, "zones");
+    let lines = bounded(c, &format!("{cp}.lines"), &camera.lines, MAX_RULES, "lines");
+    check_rule_names(c, &cp, zones, lines);
+    for (j, zone) in zones.iter().enumerate() {
         check_zone(c, &format!("{cp}.zones[{j}]"), zone);
     }
-    for (j, line) in camera.lines.iter().enumerate() {
+    for (j, line) in lines.iter().enumerate() {
         check_line(c, &format!("{cp}.lines[{j}]"), line);
     }
 }
@@ -356,15 +390,17 @@ pub(super) fn check_reconnect(c: &mut Checker, cp: &str, config: &Config, i: usi
 }
 
 /// Zone and line names: non-empty, unique among the camera's zones and lines together.
-pub(super) fn check_rule_names(c: &mut Checker, cp: &str, config: &Config, i: usize) {
-    let camera = &config.cameras[i];
-    let zones = camera
-        .zones
+pub(super) fn check_rule_names(
+    c: &mut Checker,
+    cp: &str,
+    zones: &[ZoneConfig],
+    lines: &[LineConfig],
+) {
+    let zones = zones
         .iter()
         .enumerate()
         .map(|(j, z)| (format!("zones[{j}]"), &z.name));
-    let lines = camera
-        .lines
+    let lines = lines
         .iter()
         .enumerate()
         .map(|(j, l)| (format!("lines[{j}]"), &l.name));
@@ -411,6 +447,16 @@ pub(super) fn check_zone(c: &mut Checker, zp: &str, zone: &ZoneConfig) {
 }
 
 pub(super) fn check_polygon(c: &mut Checker, pp: &str, polygon: &[[f32; 2]]) {
+    if polygon.len() > MAX_VERTICES {
+        c.err(
+            format!("{pp}[{MAX_VERTICES}]"),
+            format!(
+                "polygon has {} vertices (expected at most {MAX_VERTICES})",
+                polygon.len()
+            ),
+        );
+        return;
+    }
     if polygon.len() < 3 {
         c.err(
             pp,
@@ -465,6 +511,7 @@ pub(super) fn repeated_vertex(polygon: &[[f32; 2]]) -> Option<(usize, usize)> {
 }
 
 pub(super) fn check_classes(c: &mut Checker, path: &str, classes: &[String]) {
+    let classes = bounded(c, path, classes, MAX_CLASSES, "classes");
     for (k, class) in classes.iter().enumerate() {
         if coco_class_id(class).is_none() {
             let hint = closest_class(class)
@@ -595,16 +642,139 @@ pub(super) fn check_point_arity(config: &Config, index: &SpanIndex) -> Vec<Issue
             );
         }
     };
-    for (i, camera) in config.cameras.iter().enumerate() {
-        for (j, zone) in camera.zones.iter().enumerate() {
-            for k in 0..zone.polygon.len() {
+    // Within the bounds the other checks hold lists to (past them, the count is the error).
+    for (i, camera) in config.cameras.iter().enumerate().take(MAX_CAMERAS) {
+        for (j, zone) in camera.zones.iter().enumerate().take(MAX_RULES) {
+            for k in 0..zone.polygon.len().min(MAX_VERTICES) {
                 check(format!("cameras[{i}].zones[{j}].polygon[{k}]"));
             }
         }
-        for j in 0..camera.lines.len() {
+        for j in 0..camera.lines.len().min(MAX_RULES) {
             check(format!("cameras[{i}].lines[{j}].from"));
             check(format!("cameras[{i}].lines[{j}].to"));
         }
     }
     c.issues
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::facts::KnownFacts;
+    use std::path::Path;
+
+    const HEAD: &str =
+        "[device]\nid = \"box\"\n\n[models.m]\npath = \"m.onnx\"\nkind = \"nanodet\"\n";
+
+    fn camera(i: usize, rules: &str) -> String {
+        format!("\n[[cameras]]\nname = \"c{i}\"\nurl = \"rtsp://h/{i}\"\nmodel = \"m\"\n{rules}")
+    }
+
+    /// A convex polygon of `n` distinct vertices on a circle.
+    fn circle(n: usize) -> String {
+        let pts: Vec<String> = (0..n)
+            .map(|k| {
+                let a = k as f64 / n as f64 * std::f64::consts::TAU;
+                format!("[{:.6}, {:.6}]", 0.5 + 0.4 * a.cos(), 0.5 + 0.4 * a.sin())
+            })
+            .collect();
+        format!("[{}]", pts.join(", "))
+    }
+
+    fn zone(name: &str, polygon: &str, classes: &str) -> String {
+        format!(
+            "\n[[cameras.zones]]\nname = \"{name}\"\npolygon = {polygon}\nclasses = {classes}\nevents = [\"enter\"]\n"
+        )
+    }
+
+    fn errors(text: &str) -> Vec<(String, String)> {
+        match super::super::parse(text, Path::new("t.toml"), &KnownFacts::cpu_only()) {
+            Ok(_) => Vec::new(),
+            Err(e) => e
+                .errors()
+                .iter()
+                .map(|e| (e.path.clone(), e.message.clone()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_zone_of_45000_vertices_is_one_located_error_found_at_once() {
+        let text = format!(
+            "{HEAD}{}",
+            camera(0, &zone("z", &circle(45_000), "[\"person\"]"))
+        );
+        assert!(text.len() > 990_000, "{} bytes", text.len());
+        let t0 = std::time::Instant::now();
+        let e = errors(&text);
+        let took = t0.elapsed();
+        assert_eq!(
+            e,
+            vec![(
+                "cameras[0].zones[0].polygon[256]".to_string(),
+                "polygon has 45000 vertices (expected at most 256)".to_string()
+            )]
+        );
+        // Quadratic checks took 15 s on this text; a linear pass takes well under one.
+        assert!(took.as_secs_f64() < 3.0, "{took:?}");
+    }
+
+    #[test]
+    fn the_largest_allowed_polygon_is_valid() {
+        let text = format!(
+            "{HEAD}{}",
+            camera(0, &zone("z", &circle(MAX_VERTICES), "[\"person\"]"))
+        );
+        assert_eq!(errors(&text), vec![]);
+    }
+
+    #[test]
+    fn cameras_zones_lines_and_classes_are_bounded() {
+        let many_cameras: String = (0..=MAX_CAMERAS).map(|i| camera(i, "")).collect();
+        let e = errors(&format!("{HEAD}{many_cameras}"));
+        assert_eq!(
+            e,
+            vec![(
+                "cameras[256]".to_string(),
+                "257 cameras (expected at most 256)".to_string()
+            )]
+        );
+        let square = "[[0.1, 0.1], [0.9, 0.1], [0.9, 0.9], [0.1, 0.9]]";
+        let zones: String = (0..=MAX_RULES)
+            .map(|j| zone(&format!("z{j}"), square, "[]"))
+            .collect();
+        let lines: String = (0..=MAX_RULES)
+            .map(|j| {
+                format!(
+                    "\n[[cameras.lines]]\nname = \"l{j}\"\nfrom = [0.1, 0.5]\nto = [0.9, 0.5]\n"
+                )
+            })
+            .collect();
+        let e = errors(&format!("{HEAD}{}", camera(0, &format!("{zones}{lines}"))));
+        assert_eq!(
+            e,
+            vec![
+                (
+                    "cameras[0].zones[32]".to_string(),
+                    "33 zones (expected at most 32)".to_string()
+                ),
+                (
+                    "cameras[0].lines[32]".to_string(),
+                    "33 lines (expected at most 32)".to_string()
+                ),
+            ]
+        );
+        let classes = format!("[{}]", vec!["\"person\""; MAX_CLASSES + 1].join(", "));
+        let e = errors(&format!(
+            "{HEAD}{}",
+            camera(0, &zone("z", square, &classes))
+        ));
+        assert_eq!(
+            e,
+            vec![(
+                "cameras[0].zones[0].classes[80]".to_string(),
+                "81 classes (expected at most 80)".to_string()
+            )]
+        );
+    }
 }
