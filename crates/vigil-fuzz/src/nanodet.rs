@@ -3,7 +3,8 @@
 //! rank), the input size (fixed or dynamic), the camera's frame size, and the length and every
 //! value (NaN and infinities included) of each output a run hands back; then the decoder is made
 //! (`NanodetDecoder::new`, as at model load) and decodes two runs (as the worker does frame after
-//! frame), the second with lengths of its own.
+//! frame), the second with lengths of its own. A run with a non-finite value is refused by the
+//! worker before it is decoded (`worker.rs`), and so here.
 //!
 //! Checked: no panic, and every detection lies in the frame with a finite score.
 
@@ -125,6 +126,11 @@ pub fn run(data: &[u8]) {
                     .collect()
             })
             .collect();
+        // The worker refuses a run with a non-finite value before decoding (counted as a
+        // malformed output): the decoder's contract starts there.
+        if !values.iter().flatten().all(|v| v.is_finite()) {
+            continue;
+        }
         let views: OutputViews<'_> = values.iter().map(Vec::as_slice).collect();
         let mut out = Detections::new();
         if decoder.decode(&views, &lb, &mut out).is_err() {

@@ -145,7 +145,7 @@ impl NanodetDecoder {
         if !fixed.is_empty() {
             let lens: Vec<usize> = outputs
                 .iter()
-                .map(|o| o.shape[1].max(0) as usize * o.shape[2] as usize)
+                .map(|o| (o.shape[1].max(0) as usize).saturating_mul(o.shape[2] as usize))
                 .collect();
             dec.layout(size, size, &lens).map_err(bad)?;
         }
@@ -167,17 +167,28 @@ impl NanodetDecoder {
     }
 
     /// Works out which output holds which level for an `in_w`×`in_h` input, from the outputs'
-    /// lengths. Kept until the input size changes.
+    /// lengths. Kept while the input size and the lengths of the outputs it reads stay the same
+    /// (a model's run may hand back outputs of other lengths than its last: they are laid out
+    /// again, or refused).
     pub fn layout(&mut self, in_w: usize, in_h: usize, lens: &[usize]) -> Result<(), String> {
-        if self.levels_for == (in_w, in_h) && !self.levels.is_empty() {
+        let fits = |lv: &LevelInfo| {
+            lens.get(lv.scores) == Some(&lv.cells.saturating_mul(self.classes))
+                && lens.get(lv.boxes) == Some(&lv.cells.saturating_mul(self.bins * 4))
+        };
+        if self.levels_for == (in_w, in_h)
+            && !self.levels.is_empty()
+            && self.levels.iter().all(fits)
+        {
             return Ok(());
         }
+        self.levels_for = (0, 0);
         self.levels.clear();
         for stride in STRIDES {
             let grid_w = in_w.div_ceil(stride);
             let cells = grid_w * in_h.div_ceil(stride);
             let find = |ch: usize| {
-                (0..lens.len()).find(|&i| self.channels[i] == ch && lens[i] == cells * ch)
+                (0..lens.len().min(self.channels.len()))
+                    .find(|&i| self.channels[i] == ch && lens[i] == cells.saturating_mul(ch))
             };
             let (Some(scores), Some(boxes)) = (find(self.classes), find(self.bins * 4)) else {
                 return Err(format!(
@@ -359,6 +370,43 @@ mod tests {
                 .unwrap_err()
                 .contains("stride 8")
         );
+    }
+
+    /// Found by the `nanodet` fuzz target: a run whose outputs are shorter than the ones the
+    /// layout was worked out for (same input size) made the decoder slice past their end.
+    #[test]
+    fn outputs_of_other_lengths_than_the_layout_are_an_error_not_a_panic() {
+        let descs = outputs(64);
+        let mut dec = NanodetDecoder::new("m", 64, &descs).unwrap();
+        let lb = Letterbox::new(64, 64, 64, 64);
+        let mut out = Detections::new();
+        let full: Vec<Vec<f32>> = descs
+            .iter()
+            .map(|d| vec![0.9; (d.shape[1] * d.shape[2]) as usize])
+            .collect();
+        let views: OutputViews = full.iter().map(|v| v.as_slice()).collect();
+        dec.decode(&views, &lb, &mut out).unwrap();
+        for (i, cut) in [(0, 80), (3, 1), (5, 44)] {
+            let mut short = full.clone();
+            let n = short[i].len();
+            short[i].truncate(n - cut);
+            let views: OutputViews = short.iter().map(|v| v.as_slice()).collect();
+            let e = dec.decode(&views, &lb, &mut out).unwrap_err();
+            assert!(e.contains("no class-score/box outputs"), "{e}");
+            let views: OutputViews = full[..5].iter().map(|v| v.as_slice()).collect();
+            assert!(dec.decode(&views, &lb, &mut out).is_err(), "five outputs");
+        }
+        let views: OutputViews = full.iter().map(|v| v.as_slice()).collect();
+        dec.decode(&views, &lb, &mut out).unwrap();
+    }
+
+    /// Output shapes whose cells × channels overflow are a layout error.
+    #[test]
+    fn huge_output_shapes_are_an_error_not_an_overflow() {
+        let mut descs = outputs(64);
+        descs[0].shape[1] = i64::MAX;
+        descs[0].shape[2] = 80;
+        assert!(NanodetDecoder::new("m", 64, &descs).is_err());
     }
 
     #[test]
