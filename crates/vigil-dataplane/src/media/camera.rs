@@ -14,7 +14,52 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use vigil_core::config::{CameraConfig, OnEnd, ReconnectConfig};
+use vigil_core::error::chain;
 use vigil_core::redact::redact;
+
+/// Why a camera's pipeline could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// No element of that factory: its plugin is not installed. (GStreamer's own error only
+    /// repeats the factory's name: not kept.)
+    #[error("GStreamer element {factory} is missing (install its plugin package)")]
+    Missing { factory: &'static str },
+    #[error("cannot assemble pipeline")]
+    Assemble(#[source] gst::glib::BoolError),
+    #[error("cannot link converter")]
+    Link(#[source] gst::glib::BoolError),
+}
+
+/// Why a camera's pipeline failed, as its status and logs say (credentials redacted there).
+#[derive(Debug, thiserror::Error)]
+enum CameraError {
+    #[error(transparent)]
+    Build(#[from] PipelineError),
+    #[error("pipeline has no bus")]
+    NoBus,
+    #[error("cannot start pipeline")]
+    Start(#[source] StartError),
+    /// No frame (or no first frame) within `stall_timeout`.
+    #[error("{} for {:.1}s (stall_timeout)", if *.live { "no frame" } else { "no first frame" }, .timeout.as_secs_f64())]
+    Stalled { live: bool, timeout: Duration },
+    /// An element posted an error: its path, GStreamer's error and its debug text, in the
+    /// words GStreamer logs them (the error is in the message, before the debug text).
+    #[error("{element}: {error}{}", .debug.as_ref().map(|d| format!(" ({d})")).unwrap_or_default())]
+    Element {
+        element: String,
+        error: gst::glib::Error,
+        debug: Option<String>,
+    },
+}
+
+/// Why a pipeline did not start: the error its elements posted, else the state change's.
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    #[error(transparent)]
+    Posted(gst::glib::Error),
+    #[error(transparent)]
+    State(gst::StateChangeError),
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -287,7 +332,7 @@ impl Drop for CameraHandle {
 enum Outcome {
     Stopped,
     Ended,
-    Failed(String),
+    Failed(CameraError),
 }
 
 fn run_camera(
@@ -334,7 +379,7 @@ fn run_camera(
                     *stop.bus.lock().unwrap_or_else(|e| e.into_inner()) = None;
                     r
                 }
-                Err(e) => (Outcome::Failed(e), false),
+                Err(e) => (Outcome::Failed(e.into()), false),
             };
         if got_frames {
             backoff.succeeded();
@@ -351,7 +396,7 @@ fn run_camera(
             }
             Outcome::Ended | Outcome::Failed(_) => {
                 let reason = match outcome {
-                    Outcome::Failed(e) => redact(&e),
+                    Outcome::Failed(e) => redact(&chain(&e)),
                     _ => "source ended the stream".to_string(),
                 };
                 let retry = backoff.failed(fastrand::f64() * 2.0 - 1.0);
@@ -392,18 +437,15 @@ fn watch(
     stop: &StopSignal,
 ) -> (Outcome, bool) {
     let Some(bus) = pipeline.bus() else {
-        return (Outcome::Failed("pipeline has no bus".into()), false);
+        return (Outcome::Failed(CameraError::NoBus), false);
     };
     *stop.bus.lock().unwrap_or_else(|e| e.into_inner()) = Some(bus.clone());
     if stop.is_stopped() {
         return (Outcome::Stopped, false);
     }
     if let Err(e) = pipeline.set_state(gst::State::Playing) {
-        let detail = drain_error(&bus).unwrap_or_else(|| e.to_string());
-        return (
-            Outcome::Failed(format!("cannot start pipeline: {detail}")),
-            false,
-        );
+        let why = drain_error(&bus).map_or(StartError::State(e), StartError::Posted);
+        return (Outcome::Failed(CameraError::Start(why)), false);
     }
     let started = Instant::now();
     let mut live = false;
@@ -412,14 +454,11 @@ fn watch(
         let due = last.unwrap_or(started) + s.stall_timeout;
         let now = Instant::now();
         if now >= due {
-            let what = if live { "no frame" } else { "no first frame" };
-            return (
-                Outcome::Failed(format!(
-                    "{what} for {:.1}s (stall_timeout)",
-                    s.stall_timeout.as_secs_f64()
-                )),
+            let stalled = CameraError::Stalled {
                 live,
-            );
+                timeout: s.stall_timeout,
+            };
+            return (Outcome::Failed(stalled), live);
         }
         let Some(msg) = bus.timed_pop_filtered(
             gst::ClockTime::from_nseconds((due - now).as_nanos() as u64),
@@ -433,12 +472,15 @@ fn watch(
         };
         match msg.view() {
             gst::MessageView::Error(e) => {
-                let src = e
-                    .src()
-                    .map(|s| s.path_string().to_string())
-                    .unwrap_or_default();
-                let dbg = e.debug().map(|d| format!(" ({d})")).unwrap_or_default();
-                return (Outcome::Failed(format!("{src}: {}{dbg}", e.error())), live);
+                let failed = CameraError::Element {
+                    element: e
+                        .src()
+                        .map(|s| s.path_string().to_string())
+                        .unwrap_or_default(),
+                    error: e.error(),
+                    debug: e.debug().map(|d| d.to_string()),
+                };
+                return (Outcome::Failed(failed), live);
             }
             gst::MessageView::Eos(_) => return (Outcome::Ended, live),
             gst::MessageView::Application(a) => match a.structure().map(|st| st.name().as_str()) {
@@ -459,13 +501,13 @@ fn watch(
     }
 }
 
-fn drain_error(bus: &gst::Bus) -> Option<String> {
+fn drain_error(bus: &gst::Bus) -> Option<gst::glib::Error> {
     let msg = bus.timed_pop_filtered(
         gst::ClockTime::from_mseconds(100),
         &[gst::MessageType::Error],
     )?;
     match msg.view() {
-        gst::MessageView::Error(e) => Some(e.error().to_string()),
+        gst::MessageView::Error(e) => Some(e.error()),
         _ => None,
     }
 }
@@ -499,10 +541,10 @@ impl RateSampler {
     }
 }
 
-fn make(factory: &str) -> Result<gst::Element, String> {
+fn make(factory: &'static str) -> Result<gst::Element, PipelineError> {
     gst::ElementFactory::make(factory)
         .build()
-        .map_err(|_| format!("GStreamer element {factory} is missing (install its plugin package)"))
+        .map_err(|_| PipelineError::Missing { factory })
 }
 
 fn build_pipeline(
@@ -511,7 +553,7 @@ fn build_pipeline(
     session: u64,
     queue: Arc<FrameQueue>,
     stats: Arc<CameraStats>,
-) -> Result<gst::Pipeline, String> {
+) -> Result<gst::Pipeline, PipelineError> {
     let pipeline = gst::Pipeline::with_name(&format!("cam-{}-{session}", s.name));
     let src = make("uridecodebin")?;
     src.set_property("uri", &s.url);
@@ -574,7 +616,7 @@ fn build_pipeline(
         ));
         pipeline
             .add_many([&src, sink.upcast_ref()])
-            .map_err(|e| format!("cannot assemble pipeline: {e}"))?;
+            .map_err(PipelineError::Assemble)?;
         sink.clone().upcast::<gst::Element>()
     } else {
         let convert = make("videoconvert")?;
@@ -585,10 +627,8 @@ fn build_pipeline(
         ));
         pipeline
             .add_many([&src, &convert, sink.upcast_ref()])
-            .map_err(|e| format!("cannot assemble pipeline: {e}"))?;
-        convert
-            .link(&sink)
-            .map_err(|e| format!("cannot link converter: {e}"))?;
+            .map_err(PipelineError::Assemble)?;
+        convert.link(&sink).map_err(PipelineError::Link)?;
         convert
     };
     let convert_weak = head.downgrade();
@@ -673,8 +713,45 @@ fn build_pipeline(
 
 #[cfg(test)]
 mod tests {
-    use super::RateSampler;
+    use super::{CameraError, PipelineError, RateSampler, StartError, chain};
+    use gstreamer as gst;
     use std::time::Duration;
+
+    #[test]
+    fn failures_read_as_the_camera_status_shows_them() {
+        let stalled = |live| CameraError::Stalled {
+            live,
+            timeout: Duration::from_millis(2500),
+        };
+        assert_eq!(
+            chain(&stalled(false)),
+            "no first frame for 2.5s (stall_timeout)"
+        );
+        assert_eq!(chain(&stalled(true)), "no frame for 2.5s (stall_timeout)");
+        let missing = CameraError::from(PipelineError::Missing {
+            factory: "nvh264dec",
+        });
+        assert_eq!(
+            chain(&missing),
+            "GStreamer element nvh264dec is missing (install its plugin package)"
+        );
+        let refused = || gst::glib::Error::new(gst::ResourceError::NotFound, "no such stream");
+        let start = CameraError::Start(StartError::Posted(refused()));
+        assert_eq!(chain(&start), "cannot start pipeline: no such stream");
+        let posted = |debug: Option<&str>| CameraError::Element {
+            element: "/GstPipeline:cam-a-1/GstRTSPSrc:source".into(),
+            error: refused(),
+            debug: debug.map(str::to_string),
+        };
+        assert_eq!(
+            chain(&posted(Some("rtspsrc.c(1): 404"))),
+            "/GstPipeline:cam-a-1/GstRTSPSrc:source: no such stream (rtspsrc.c(1): 404)"
+        );
+        assert_eq!(
+            chain(&posted(None)),
+            "/GstPipeline:cam-a-1/GstRTSPSrc:source: no such stream"
+        );
+    }
 
     #[test]
     fn sampler_halves_a_ten_fps_stream_for_five_fps() {
