@@ -68,8 +68,7 @@ fn decode_only(clip: &Path, n: usize, warmup: f64, window: f64) -> Result<(f64, 
         let p = vigil_dataplane::ffi::gst_cuda::nvdec_pipeline(
             clip,
             "video/x-raw(memory:CUDAMemory) ! fakesink name=sink sync=false",
-        )
-        .map_err(anyhow::Error::msg)?;
+        )?;
         let sink = p.by_name("sink").context("sink")?;
         let c = count.clone();
         sink.static_pad("sink").context("sink pad")?.add_probe(
@@ -123,7 +122,7 @@ fn decode_only(clip: &Path, n: usize, warmup: f64, window: f64) -> Result<(f64, 
 /// memory, the lossless per-camera queue of recordings), with a consumer that takes batches of
 /// up to 8 frames and drops them: frames/s over the window.
 fn cameras_only(clip: &Path, n: usize, warmup: f64, window: f64) -> Result<f64> {
-    let rt = vigil_dataplane::gpu::runtime().map_err(anyhow::Error::msg)?;
+    let rt = vigil_dataplane::gpu::runtime()?;
     let policies = vec![vigil_dataplane::media::DropPolicy::Block; n];
     let queue = Arc::new(vigil_dataplane::media::FrameQueue::new(&policies));
     let mut cams = Vec::new();
@@ -273,8 +272,8 @@ pub fn run(
     warmup: f64,
     window: f64,
 ) -> Result<Vec<Row>> {
-    vigil_dataplane::media::init().map_err(anyhow::Error::msg)?;
-    let rt = vigil_dataplane::gpu::runtime().map_err(|e| anyhow::anyhow!("no GPU: {e}"))?;
+    vigil_dataplane::media::init()?;
+    let rt = vigil_dataplane::gpu::runtime().context("no GPU")?;
     let clip = std::fs::canonicalize(clip).with_context(|| clip.display().to_string())?;
     let model = std::fs::canonicalize(model).with_context(|| model.display().to_string())?;
     vigil_dataplane::media::probe::choose_decoders(true);

@@ -15,6 +15,7 @@ use gstreamer::prelude::*;
 use std::path::Path;
 use vigil_core::analytics::{Detection, Detections};
 use vigil_dataplane::detect::Detector;
+use vigil_dataplane::gpu::GpuError;
 use vigil_dataplane::gpu::detector::GpuDetector;
 use vigil_dataplane::gpu::ort_cuda::MAX_BATCH;
 use vigil_dataplane::media::FrameRef;
@@ -82,9 +83,9 @@ impl Tally {
 
 /// Runs both checks; fails if any detection is unmatched.
 pub fn run(model: &Path, picture: &Path, clip: &Path, frames: usize) -> Result<()> {
-    let rt = vigil_dataplane::gpu::runtime().map_err(anyhow::Error::msg)?;
+    let rt = vigil_dataplane::gpu::runtime()?;
     let mut cpu = Detector::load(model, 4, 416)?;
-    let mut gpu = GpuDetector::new(&rt.ctx, model, 416).map_err(anyhow::Error::msg)?;
+    let mut gpu = GpuDetector::new(&rt.ctx, model, 416)?;
     gpu.set_score_threshold(THRESHOLD);
     let (mut a, mut b) = (Detections::new(), Detections::new());
     // 1. Host frames through both engines.
@@ -93,8 +94,7 @@ pub fn run(model: &Path, picture: &Path, clip: &Path, frames: usize) -> Result<(
     stills.extend(decode_file(clip, 1, frames)?);
     for f in &stills {
         cpu.detect(&f.view(), THRESHOLD, &mut a)?;
-        gpu.detect_host(&f.view(), &mut b)
-            .map_err(anyhow::Error::msg)?;
+        gpu.detect_host(&f.view(), &mut b)?;
         host.compare(&a, &b);
     }
     println!("{}", host.line("host frames, CPU path vs GPU path"));
@@ -104,8 +104,7 @@ pub fn run(model: &Path, picture: &Path, clip: &Path, frames: usize) -> Result<(
     let pipeline = vigil_dataplane::ffi::gst_cuda::nvdec_pipeline(
         clip,
         "appsink name=sink sync=false caps=\"video/x-raw(memory:CUDAMemory),format=NV12\"",
-    )
-    .map_err(anyhow::Error::msg)?;
+    )?;
     let sink = pipeline
         .by_name("sink")
         .context("appsink")?
@@ -115,7 +114,7 @@ pub fn run(model: &Path, picture: &Path, clip: &Path, frames: usize) -> Result<(
     // The first frames one at a time, the rest in batches of MAX_BATCH (one inference each).
     let mut batch: Vec<FrameRef> = Vec::new();
     let mut outs: Vec<Detections> = (0..MAX_BATCH).map(|_| Detections::new()).collect();
-    let mut res: Vec<Result<(), String>> = (0..MAX_BATCH).map(|_| Ok(())).collect();
+    let mut res: Vec<Result<(), GpuError>> = (0..MAX_BATCH).map(|_| Ok(())).collect();
     let mut batched = 0;
     let mut k = 0;
     while k < cpu_frames.len() {
@@ -141,7 +140,7 @@ pub fn run(model: &Path, picture: &Path, clip: &Path, frames: usize) -> Result<(
         }
         gpu.detect_batch(&batch, &mut outs[..want], &mut res[..want]);
         for (i, cf) in cpu_frames[k..k + want].iter().enumerate() {
-            res[i].clone().map_err(anyhow::Error::msg)?;
+            std::mem::replace(&mut res[i], Ok(()))?;
             cpu.detect(&cf.view(), THRESHOLD, &mut a)?;
             dev.compare(&a, &outs[i]);
         }

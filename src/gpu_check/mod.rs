@@ -150,10 +150,8 @@ fn check_batch(
     let image = wants[0].len();
     let mut out32 = stream.alloc_zeros::<f32>(image * frames.len())?;
     let mut out16 = stream.alloc_zeros::<u16>(image * frames.len())?;
-    gpu.run_batch(&frames, &mut out32, Precision::F32)
-        .map_err(anyhow::Error::msg)?;
-    gpu.run_batch(&frames, &mut out16, Precision::F16)
-        .map_err(anyhow::Error::msg)?;
+    gpu.run_batch(&frames, &mut out32, Precision::F32)?;
+    gpu.run_batch(&frames, &mut out16, Precision::F16)?;
     let got32 = stream.clone_dtoh(&out32)?;
     let got16 = stream.clone_dtoh(&out16)?;
     let (mut worst32, mut worst16) = (0.0f32, 0.0f32);
@@ -201,13 +199,12 @@ pub fn run() -> Result<bool> {
         "GPU: {name}, compute capability {}.{}, {memory_mib} MiB",
         compute_capability.0, compute_capability.1
     );
-    let ctx = vigil_dataplane::gpu::context().map_err(anyhow::Error::msg)?;
+    let ctx = vigil_dataplane::gpu::context()?;
     let mut worst = 0.0f32;
     for dynamic in [true, false] {
         let spec = input_spec(416, dynamic);
         let t0 = Instant::now();
-        let gpu =
-            GpuPreprocessor::new(&ctx, spec, ctx.default_stream()).map_err(anyhow::Error::msg)?;
+        let gpu = GpuPreprocessor::new(&ctx, spec, ctx.default_stream())?;
         if dynamic {
             println!(
                 "kernel compiled by NVRTC in {:.0} ms",
@@ -230,7 +227,7 @@ pub fn run() -> Result<bool> {
                 let dev = stream.clone_htod(&pic.data)?;
                 let mut out = stream.alloc_zeros::<f32>(cpu.input_len())?;
                 let frame = pic.on_device(&dev);
-                let glb = gpu.run(&frame, &mut out).map_err(anyhow::Error::msg)?;
+                let glb = gpu.run(&frame, &mut out)?;
                 let got = stream.clone_dtoh(&out)?;
                 let n = 3 * lb.in_w * lb.in_h;
                 let diff = want[..n]
@@ -288,11 +285,11 @@ pub fn run() -> Result<bool> {
             let mut out = stream.alloc_zeros::<f32>(cpu.input_len())?;
             let frame = pic.on_device(&dev);
             let runs = 500;
-            gpu.run(&frame, &mut out).map_err(anyhow::Error::msg)?;
+            gpu.run(&frame, &mut out)?;
             stream.synchronize()?;
             let t0 = Instant::now();
             for _ in 0..runs {
-                gpu.run(&frame, &mut out).map_err(anyhow::Error::msg)?;
+                gpu.run(&frame, &mut out)?;
             }
             stream.synchronize()?;
             let us = t0.elapsed().as_secs_f64() * 1e6 / f64::from(runs);

@@ -1,13 +1,24 @@
 //! One-shot detection on pictures or clip frames, off the live path (`vigil detect`, the GPU
 //! check's reference, tests): the same preprocessing, backend and decoder as the live pipeline.
 
-use crate::onnx::OnnxBackend;
+use crate::onnx::{OnnxBackend, OnnxError};
 use std::path::Path;
 use vigil_core::analytics::Detections;
 use vigil_core::model::Backend;
 use vigil_core::model::InferError;
 use vigil_core::model::nanodet::{NanodetDecoder, input_spec};
 use vigil_core::model::preprocess::{Preprocessor, YuvView};
+
+/// Why a model could not be loaded for detection.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// ONNX Runtime could not load it.
+    #[error(transparent)]
+    Onnx(#[from] OnnxError),
+    /// Its inputs or outputs do not fit NanoDet.
+    #[error(transparent)]
+    Layout(#[from] InferError),
+}
 
 /// A loaded NanoDet model with its preprocessing and decoder.
 pub struct Detector {
@@ -20,7 +31,7 @@ pub struct Detector {
 impl Detector {
     /// Loads a NanoDet model; `size` is the input's (long) side, used when the model's input
     /// size is dynamic.
-    pub fn load(model: &Path, threads: usize, size: usize) -> Result<Self, InferError> {
+    pub fn load(model: &Path, threads: usize, size: usize) -> Result<Self, LoadError> {
         let backend = OnnxBackend::load_cpu(model, threads)?;
         let (size, dynamic) = vigil_core::model::nanodet::input_size(backend.inputs(), size)?;
         let decoder = NanodetDecoder::new(&model.display().to_string(), size, backend.outputs())?;

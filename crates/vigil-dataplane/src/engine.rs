@@ -3,11 +3,13 @@
 //! and the box can, else ONNX Runtime on the CPU. Loads and checks the model before anything
 //! that runs is touched, so a model that fails to load changes nothing.
 
+use crate::gpu::GpuError;
 use crate::gpu::detector::GpuDetector;
 use crate::media::camera::GpuFrames;
-use crate::onnx::OnnxBackend;
+use crate::onnx::{OnnxBackend, OnnxError};
 use crate::worker::Engine;
 use vigil_core::config::{BackendKind, ModelConfig};
+use vigil_core::error::chain;
 use vigil_core::model::nanodet::{NanodetDecoder, input_spec};
 use vigil_core::model::preprocess::Preprocessor;
 use vigil_core::model::{Backend, InferError};
@@ -16,14 +18,18 @@ use vigil_core::model::{Backend, InferError};
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     /// `backend = "cuda"` and the GPU runtime or the GPU path failed.
-    #[error("model {model}: backend \"cuda\": {reason}")]
-    Cuda { model: String, reason: String },
+    #[error("model {model}: backend \"cuda\"")]
+    Cuda {
+        model: String,
+        #[source]
+        source: GpuError,
+    },
     /// ONNX Runtime could not load the model on the CPU.
     #[error("model {model}")]
     Load {
         model: String,
         #[source]
-        source: InferError,
+        source: OnnxError,
     },
     /// The model's input is fixed at another size than the config's.
     #[error(
@@ -52,14 +58,14 @@ pub struct Built {
 pub fn build(name: &str, m: &ModelConfig) -> Result<Built, EngineError> {
     let gpu = match m.backend {
         BackendKind::Cpu => None,
-        BackendKind::Cuda => Some(crate::gpu::runtime().map_err(|reason| EngineError::Cuda {
+        BackendKind::Cuda => Some(crate::gpu::runtime().map_err(|source| EngineError::Cuda {
             model: name.to_string(),
-            reason,
+            source,
         })?),
         BackendKind::Auto => match crate::gpu::runtime() {
             Ok(rt) => Some(rt),
             Err(why) => {
-                tracing::info!(model = name, "backend auto → cpu: {why}");
+                tracing::info!(model = name, "backend auto → cpu: {}", chain(&why));
                 None
             }
         },
@@ -81,13 +87,17 @@ pub fn build(name: &str, m: &ModelConfig) -> Result<Built, EngineError> {
                     cuda: Some(rt.frames()),
                 });
             }
-            Err(reason) if m.backend == BackendKind::Cuda => {
+            Err(source) if m.backend == BackendKind::Cuda => {
                 return Err(EngineError::Cuda {
                     model: name.to_string(),
-                    reason,
+                    source,
                 });
             }
-            Err(e) => tracing::warn!(model = name, "backend auto → cpu: the GPU path failed: {e}"),
+            Err(e) => tracing::warn!(
+                model = name,
+                "backend auto → cpu: the GPU path failed: {}",
+                chain(&e)
+            ),
         }
     }
     let backend =

@@ -2,15 +2,85 @@
 //!
 //! The library is found through `ORT_DYLIB_PATH`, else next to the executable
 //! (`libonnxruntime.so.1`), else `.cache/onnxruntime/` as installed by `cargo xtask setup`.
+//! Loading a model (here and for the CUDA provider, `gpu::ort_cuda`) fails with an
+//! [`OnnxError`] that keeps ONNX Runtime's own error as its source.
 
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::TensorRef;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use vigil_core::model::{Backend, InferError, MAX_OUTPUTS, OutputViews, TensorDesc};
 
-static RUNTIME: OnceLock<Result<(String, ort::environment::Environment), String>> = OnceLock::new();
+/// The library loaded, with its path, or why not (the first attempt's outcome, for the process).
+static RUNTIME: OnceLock<Result<(String, ort::environment::Environment), Arc<RuntimeError>>> =
+    OnceLock::new();
+
+/// Why ONNX Runtime's library could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(
+        "libonnxruntime not found (looked at {}); run `cargo xtask setup` or set ORT_DYLIB_PATH",
+        candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    NotFound { candidates: Vec<PathBuf> },
+    /// The file is there but did not load as ONNX Runtime.
+    #[error("{}", path.display())]
+    Load {
+        path: PathBuf,
+        #[source]
+        source: ort::LoadDynamicError,
+    },
+    /// ONNX Runtime loaded but its environment could not be made.
+    #[error("{}", path.display())]
+    Environment {
+        path: PathBuf,
+        #[source]
+        source: ort::Error,
+    },
+}
+
+/// Why ONNX Runtime could not load, bind or run a model (CPU or CUDA provider).
+#[derive(Debug, thiserror::Error)]
+pub enum OnnxError {
+    #[error("inference runtime unavailable")]
+    Runtime(#[source] Arc<RuntimeError>),
+    #[error("cannot load model {}", path.display())]
+    Load {
+        path: PathBuf,
+        #[source]
+        source: ort::Error,
+    },
+    /// The model loaded but its inputs or outputs are not what Vigil runs.
+    #[error("cannot load model {}", path.display())]
+    Describe {
+        path: PathBuf,
+        #[source]
+        source: DescribeError,
+    },
+    /// The CUDA provider's session for one input size could not be bound to its tensors.
+    #[error("inference failed: binding a {in_w}×{in_h} input")]
+    Bind {
+        in_w: usize,
+        in_h: usize,
+        #[source]
+        source: ort::Error,
+    },
+    #[error("inference failed")]
+    Run(#[source] ort::Error),
+}
+
+/// A model's inputs or outputs that Vigil does not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DescribeError {
+    #[error(
+        "expected one NCHW input, found {}",
+        .0.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    Inputs(Vec<TensorDesc>),
+    #[error("{0} outputs, at most {MAX_OUTPUTS} supported")]
+    Outputs(usize),
+}
 
 /// Where `libonnxruntime` is looked for, in order.
 pub fn runtime_candidates() -> Vec<PathBuf> {
@@ -35,31 +105,37 @@ pub fn runtime_candidates() -> Vec<PathBuf> {
     c
 }
 
-/// Loads the ONNX Runtime library once per process; returns its path or why it failed.
-pub fn init_runtime() -> Result<(String, ort::environment::Environment), InferError> {
+/// Loads the ONNX Runtime library once per process; returns its path or why it failed (the
+/// first attempt's error, shared).
+pub fn init_runtime() -> Result<(String, ort::environment::Environment), OnnxError> {
     RUNTIME
-        .get_or_init(|| {
-            let candidates = runtime_candidates();
-            let Some(found) = candidates.iter().find(|p| p.exists()) else {
-                return Err(format!(
-                    "libonnxruntime not found (looked at {}); run `cargo xtask setup` or set ORT_DYLIB_PATH",
-                    candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
-                ));
-            };
-            let env = ort::init_from(found)
-                .map_err(|e| format!("{}: {e}", found.display()))?
-                .with_name("vigil")
-                .build()
-                .map_err(|e| format!("{}: {e}", found.display()))?;
-            Ok((found.display().to_string(), env))
-        })
+        .get_or_init(|| load_runtime().map_err(Arc::new))
         .clone()
-        .map_err(InferError::Runtime)
+        .map_err(OnnxError::Runtime)
+}
+
+fn load_runtime() -> Result<(String, ort::environment::Environment), RuntimeError> {
+    let candidates = runtime_candidates();
+    let Some(found) = candidates.iter().find(|p| p.exists()) else {
+        return Err(RuntimeError::NotFound { candidates });
+    };
+    let env = ort::init_from(found)
+        .map_err(|source| RuntimeError::Load {
+            path: found.clone(),
+            source,
+        })?
+        .with_name("vigil")
+        .build()
+        .map_err(|source| RuntimeError::Environment {
+            path: found.clone(),
+            source,
+        })?;
+    Ok((found.display().to_string(), env))
 }
 
 /// The session's inputs and outputs, checked to be one NCHW input and at most
 /// [`MAX_OUTPUTS`] outputs.
-pub fn describe(session: &Session) -> Result<(Vec<TensorDesc>, Vec<TensorDesc>), String> {
+pub fn describe(session: &Session) -> Result<(Vec<TensorDesc>, Vec<TensorDesc>), DescribeError> {
     let desc = |o: &ort::value::Outlet| TensorDesc {
         name: o.name().to_string(),
         shape: o
@@ -71,20 +147,10 @@ pub fn describe(session: &Session) -> Result<(Vec<TensorDesc>, Vec<TensorDesc>),
     let inputs: Vec<TensorDesc> = session.inputs().iter().map(desc).collect();
     let outputs: Vec<TensorDesc> = session.outputs().iter().map(desc).collect();
     if inputs.len() != 1 || inputs[0].shape.len() != 4 {
-        return Err(format!(
-            "expected one NCHW input, found {}",
-            inputs
-                .iter()
-                .map(|t| t.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
+        return Err(DescribeError::Inputs(inputs));
     }
     if outputs.len() > MAX_OUTPUTS {
-        return Err(format!(
-            "{} outputs, at most {MAX_OUTPUTS} supported",
-            outputs.len()
-        ));
+        return Err(DescribeError::Outputs(outputs.len()));
     }
     Ok((inputs, outputs))
 }
@@ -98,11 +164,11 @@ pub struct OnnxBackend {
 
 impl OnnxBackend {
     /// Loads `path` for the CPU with `threads` intra-op threads (0 = one per core).
-    pub fn load_cpu(path: &Path, threads: usize) -> Result<Self, InferError> {
+    pub fn load_cpu(path: &Path, threads: usize) -> Result<Self, OnnxError> {
         let (_, env) = init_runtime()?;
-        let load_err = |e: &dyn std::fmt::Display| InferError::Load {
-            path: path.display().to_string(),
-            reason: e.to_string(),
+        let load_err = |source: ort::Error| OnnxError::Load {
+            path: path.to_path_buf(),
+            source,
         };
         let threads = if threads == 0 {
             std::thread::available_parallelism()
@@ -112,17 +178,20 @@ impl OnnxBackend {
             threads
         };
         let session = Session::builder(&env)
-            .map_err(|e| load_err(&e))?
+            .map_err(load_err)?
             .with_optimization_level(GraphOptimizationLevel::Level3)
-            .map_err(|e| load_err(&e))?
+            .map_err(|e| load_err(e.into()))?
             .with_intra_threads(threads)
-            .map_err(|e| load_err(&e))?
+            .map_err(|e| load_err(e.into()))?
             // Spinning threads burn the CPU we are trying to save between frames.
             .with_intra_op_spinning(false)
-            .map_err(|e| load_err(&e))?
+            .map_err(|e| load_err(e.into()))?
             .commit_from_file(path)
-            .map_err(|e| load_err(&e))?;
-        let (inputs, outputs) = describe(&session).map_err(|e| load_err(&e))?;
+            .map_err(load_err)?;
+        let (inputs, outputs) = describe(&session).map_err(|source| OnnxError::Describe {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Ok(Self {
             session,
             inputs,
@@ -178,5 +247,49 @@ impl Backend for OnnxBackend {
         }
         consume(&views);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vigil_core::error::chain;
+
+    /// A file that is not a model: ONNX Runtime's error is kept as the source, and the text
+    /// is the one the CPU path has always given (`cannot load model PATH: ONNX Runtime's words`).
+    #[test]
+    fn a_file_that_is_no_model_keeps_onnx_runtimes_error() {
+        if init_runtime().is_err() {
+            eprintln!("no libonnxruntime here (cargo xtask setup): not checked");
+            return;
+        }
+        let path =
+            std::env::temp_dir().join(format!("vigil-not-a-model-{}.onnx", std::process::id()));
+        std::fs::write(&path, b"not a model").unwrap();
+        let e = OnnxBackend::load_cpu(&path, 1)
+            .err()
+            .expect("garbage does not load");
+        std::fs::remove_file(&path).unwrap();
+        let OnnxError::Load { source, .. } = &e else {
+            panic!("not a load error: {e:?}");
+        };
+        assert_eq!(
+            chain(&e),
+            format!("cannot load model {}: {source}", path.display())
+        );
+    }
+
+    #[test]
+    fn without_the_library_the_runtime_error_names_where_it_looked() {
+        let e = OnnxError::Runtime(Arc::new(RuntimeError::NotFound {
+            candidates: vec![
+                "/a/libonnxruntime.so.1".into(),
+                "/b/libonnxruntime.so.1".into(),
+            ],
+        }));
+        assert_eq!(
+            chain(&e),
+            "inference runtime unavailable: libonnxruntime not found (looked at /a/libonnxruntime.so.1, /b/libonnxruntime.so.1); run `cargo xtask setup` or set ORT_DYLIB_PATH"
+        );
     }
 }

@@ -160,7 +160,10 @@ pub enum Engine {
 enum DetectError {
     /// The frame's memory or format is not one this engine reads.
     Unsupported,
-    Failed(String),
+    /// The CPU path failed (the backend, or decoding its outputs).
+    Cpu(InferError),
+    /// The GPU path failed.
+    Gpu(crate::gpu::GpuError),
 }
 
 impl Engine {
@@ -196,13 +199,13 @@ impl Engine {
             }
             Engine::Gpu(g) => {
                 let t0 = Instant::now();
-                let mut out: [Result<(), String>; crate::gpu::ort_cuda::MAX_BATCH] =
+                let mut out: [Result<(), crate::gpu::GpuError>; crate::gpu::ort_cuda::MAX_BATCH] =
                     std::array::from_fn(|_| Ok(()));
                 let n = frames.len().min(out.len());
                 g.detect_batch(&frames[..n], &mut dets[..n], &mut out[..n]);
                 let us = t0.elapsed().as_micros() as u64 / n.max(1) as u64;
                 for r in out.into_iter().take(n) {
-                    res.push(r.map(|()| (0, us)).map_err(DetectError::Failed));
+                    res.push(r.map(|()| (0, us)).map_err(DetectError::Gpu));
                 }
             }
         }
@@ -246,7 +249,7 @@ fn detect_cpu(
             }
         })
         .and_then(|()| decoded.map_err(InferError::Run))
-        .map_err(|e| DetectError::Failed(e.to_string()))?;
+        .map_err(DetectError::Cpu)?;
     Ok((pre_us, t0.elapsed().as_micros() as u64))
 }
 
@@ -348,7 +351,7 @@ impl AnalysisWorker {
                 let cam = &mut self.cameras[slot];
                 let counter = match &res {
                     Ok(_) => &self.outputs.good,
-                    Err(DetectError::Failed(_)) => &self.outputs.bad,
+                    Err(DetectError::Cpu(_) | DetectError::Gpu(_)) => &self.outputs.bad,
                     Err(DetectError::Unsupported) => &self.outputs.unsupported,
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
@@ -360,7 +363,12 @@ impl AnalysisWorker {
                         }
                         continue;
                     }
-                    Err(DetectError::Failed(e)) => {
+                    Err(DetectError::Cpu(e)) => {
+                        tracing::error!(camera = %cam.name, "inference failed: {e}");
+                        continue;
+                    }
+                    Err(DetectError::Gpu(e)) => {
+                        let e = vigil_core::error::chain(&e);
                         tracing::error!(camera = %cam.name, "inference failed: {e}");
                         continue;
                     }

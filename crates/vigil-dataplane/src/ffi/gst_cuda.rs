@@ -5,10 +5,11 @@
 //! reads ([`CudaMapping::planes`]).
 
 use super::preprocess_kernel::DevicePlanes;
+use crate::gpu::GpuError;
 use gstreamer as gst;
 use gstreamer_video as gst_video;
 use std::ffi::c_void;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 /// `GST_MAP_CUDA` (gstcudamemory.h): `GST_MAP_FLAG_LAST << 1`.
 const GST_MAP_CUDA: u32 = gst::ffi::GST_MAP_FLAG_LAST << 1;
@@ -25,42 +26,46 @@ struct Lib {
     new_context: NewContext,
 }
 
-static LIB: OnceLock<Result<Lib, String>> = OnceLock::new();
+/// The library, loaded on first use (once per process; its error is kept).
+static LIB: OnceLock<Result<Lib, Arc<GpuError>>> = OnceLock::new();
 
-fn lib() -> Result<&'static Lib, String> {
-    LIB.get_or_init(|| {
-        // SAFETY: loading GStreamer's own CUDA helper library, whose initialisers only set up
-        // GObject types; the symbols are looked up with the C signatures of gstcudacontext.h,
-        // gstcudautils.h and gstcudaloader.h (GStreamer 1.22).
-        unsafe {
-            let lib = libloading::Library::new("libgstcuda-1.0.so.0")
-                .map_err(|e| format!("libgstcuda-1.0.so.0: {e}"))?;
-            let load: LoadLibrary = *lib
-                .get(b"gst_cuda_load_library\0")
-                .map_err(|e| e.to_string())?;
-            if load() == 0 {
-                return Err("gst_cuda_load_library failed (no CUDA driver for GStreamer)".into());
-            }
-            let new_wrapped: NewWrapped = *lib
-                .get(b"gst_cuda_context_new_wrapped\0")
-                .map_err(|e| e.to_string())?;
-            let new_context: NewContext = *lib
-                .get(b"gst_context_new_cuda_context\0")
-                .map_err(|e| e.to_string())?;
-            Ok(Lib {
-                _lib: lib,
-                new_wrapped,
-                new_context,
-            })
+fn lib() -> Result<&'static Lib, GpuError> {
+    LIB.get_or_init(|| load_lib().map_err(GpuError::shared))
+        .as_ref()
+        .map_err(|e| GpuError::Shared(e.clone()))
+}
+
+fn load_lib() -> Result<Lib, GpuError> {
+    const NAME: &str = "libgstcuda-1.0.so.0";
+    // SAFETY: loading GStreamer's own CUDA helper library, whose initialisers only set up
+    // GObject types; the symbols are looked up with the C signatures of gstcudacontext.h,
+    // gstcudautils.h and gstcudaloader.h (GStreamer 1.22).
+    unsafe {
+        let lib = libloading::Library::new(NAME)
+            .map_err(|source| GpuError::Library { name: NAME, source })?;
+        let load: LoadLibrary = *lib
+            .get(b"gst_cuda_load_library\0")
+            .map_err(GpuError::Symbol)?;
+        if load() == 0 {
+            return Err(GpuError::GstCudaLoad);
         }
-    })
-    .as_ref()
-    .map_err(Clone::clone)
+        let new_wrapped: NewWrapped = *lib
+            .get(b"gst_cuda_context_new_wrapped\0")
+            .map_err(GpuError::Symbol)?;
+        let new_context: NewContext = *lib
+            .get(b"gst_context_new_cuda_context\0")
+            .map_err(GpuError::Symbol)?;
+        Ok(Lib {
+            _lib: lib,
+            new_wrapped,
+            new_context,
+        })
+    }
 }
 
 /// A `gst.cuda.context` wrapping `ctx` (our primary context), to set on each camera pipeline
 /// so that the decoders allocate their frames in the context our kernels and ONNX Runtime use.
-pub fn shared_context(ctx: &cudarc::driver::CudaContext) -> Result<gst::Context, String> {
+pub fn shared_context(ctx: &cudarc::driver::CudaContext) -> Result<gst::Context, GpuError> {
     let lib = lib()?;
     // SAFETY: `cu_ctx()` is the live primary context that `ctx` retains for the process's
     // lifetime (the GPU detector holds it); the wrapped GstCudaContext does not own it. The
@@ -69,12 +74,12 @@ pub fn shared_context(ctx: &cudarc::driver::CudaContext) -> Result<gst::Context,
     unsafe {
         let cuda = (lib.new_wrapped)(ctx.cu_ctx().cast(), ctx.cu_device());
         if cuda.is_null() {
-            return Err("gst_cuda_context_new_wrapped failed".into());
+            return Err(GpuError::Call("gst_cuda_context_new_wrapped"));
         }
         let c = (lib.new_context)(cuda);
         gst::ffi::gst_object_unref(cuda.cast());
         if c.is_null() {
-            return Err("gst_context_new_cuda_context failed".into());
+            return Err(GpuError::Call("gst_context_new_cuda_context"));
         }
         Ok(gst::glib::translate::from_glib_full(c))
     }
@@ -83,21 +88,16 @@ pub fn shared_context(ctx: &cudarc::driver::CudaContext) -> Result<gst::Context,
 /// A pipeline of `filesrc location=CLIP ! qtdemux ! h264parse ! nvh264dec ! TAIL` decoding
 /// into CUDA memory in the process's shared context (the bench's bare decoder, the equality
 /// check's NVDEC frames).
-pub fn nvdec_pipeline(clip: &std::path::Path, tail: &str) -> Result<gst::Pipeline, String> {
+pub fn nvdec_pipeline(clip: &std::path::Path, tail: &str) -> Result<gst::Pipeline, GpuError> {
     let rt = crate::gpu::runtime()?;
     let p = gst::parse::launch(&format!(
         "filesrc location=\"{}\" ! qtdemux ! h264parse ! nvh264dec ! {tail}",
         clip.display()
-    ))
-    .map_err(|e| e.to_string())?
+    ))?
     .downcast::<gst::Pipeline>()
-    .map_err(|_| "not a pipeline".to_string())?;
+    .map_err(|_| GpuError::NotAPipeline)?;
     use gst::prelude::*;
-    p.set_context(
-        rt.gst
-            .as_ref()
-            .ok_or("no GStreamer CUDA context (libgstcuda-1.0) on this box")?,
-    );
+    p.set_context(rt.gst.as_ref().ok_or(GpuError::NoGstContext)?);
     Ok(p)
 }
 
@@ -117,7 +117,7 @@ pub struct CudaMapping {
 
 impl CudaMapping {
     /// Maps an NV12 buffer whose memory is CUDA memory (the caller's caps said so).
-    pub fn nv12(buffer: &gst::Buffer, info: &gst_video::VideoInfo) -> Result<Self, String> {
+    pub fn nv12(buffer: &gst::Buffer, info: &gst_video::VideoInfo) -> Result<Self, GpuError> {
         let (offsets, strides) = match buffer.meta::<gst_video::VideoMeta>() {
             Some(m) => (
                 [m.offset()[0], m.offset()[1]],
@@ -129,10 +129,7 @@ impl CudaMapping {
             ),
         };
         if buffer.n_memory() != 1 {
-            return Err(format!(
-                "{} memories in a CUDA buffer, expected 1",
-                buffer.n_memory()
-            ));
+            return Err(GpuError::CudaMemories(buffer.n_memory()));
         }
         let raw = buffer.as_ptr().cast_mut();
         // SAFETY: `raw` is a live buffer we hold a reference to (in the FrameRef) for longer
@@ -147,7 +144,7 @@ impl CudaMapping {
                 gst::ffi::GST_MAP_READ | GST_MAP_CUDA,
             ) == 0
             {
-                return Err("gst_buffer_map(GST_MAP_CUDA) failed".into());
+                return Err(GpuError::Call("gst_buffer_map(GST_MAP_CUDA)"));
             }
             let map = map.assume_init();
             let base = map.data as u64;

@@ -34,7 +34,90 @@ use gstreamer as gst;
 use gstreamer_video as gst_video;
 use std::ffi::c_void;
 use std::mem::{align_of, size_of};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
+
+/// Why an NVMM frame could not be mapped (or JetPack's libraries could not be loaded).
+#[derive(Debug, thiserror::Error)]
+pub enum NvmmError {
+    #[error(
+        "NvBufSurface: buffer {index} asked for, but numFilled is {filled} (batchSize {batch})"
+    )]
+    NoBuffer {
+        index: usize,
+        filled: u32,
+        batch: u32,
+    },
+    #[error(
+        "NvBufSurface: colour format {0} is not NV12 (6, 7, 33 or 34): ask the decoder for format=NV12"
+    )]
+    NotNv12(NvBufSurfaceColorFormat),
+    #[error("NvBufSurface: NV12 buffer with {0} planes, expected 2")]
+    Planes(u32),
+    #[error(
+        "NvBufSurface in NVBUF_MEM_SURFACE_ARRAY (Jetson): no device pointer in the surface; its planes are reached through an EGLImage (NvBufSurfaceMapEglImage → cuGraphicsEGLRegisterImage)"
+    )]
+    SurfaceArray,
+    #[error("NvBufSurface in {} ({}): not device memory the GPU path reads", mem_type_name(*.0), .0)]
+    NotDevice(NvBufSurfaceMemType),
+    #[error("NvBufSurface: null dataPtr")]
+    NullData,
+    #[error("NvBufSurface: layout {0} is not pitch-linear")]
+    NotPitchLinear(NvBufSurfaceLayout),
+    #[error(
+        "NvBufSurface: plane {plane} (offset {offset}, pitch {pitch}) does not hold {width}×{rows} bytes in {data_size} bytes"
+    )]
+    Plane {
+        plane: usize,
+        offset: u64,
+        pitch: u64,
+        width: u64,
+        rows: u64,
+        data_size: u32,
+    },
+    /// `libnvbufsurface` did not load (the dynamic linker's words, then JetPack's hint: the
+    /// loader's error is in the message, not also a source, which would repeat it).
+    #[error("{name}: {} — memory:NVMM needs NVIDIA JetPack", dl_error(.error))]
+    NoJetPack {
+        name: String,
+        error: libloading::Error,
+    },
+    /// libcuda's EGL interop did not load (as [`NvmmError::NoJetPack`]).
+    #[error("{CUDA_LIB}: {} — the EGL interop of memory:NVMM needs NVIDIA's CUDA driver", dl_error(.0))]
+    NoCudaEgl(libloading::Error),
+    /// A library's error, kept from its first load.
+    #[error(transparent)]
+    Shared(Arc<NvmmError>),
+    #[error("NVMM frame in {0:?}, expected NV12")]
+    Format(gst_video::VideoFormat),
+    #[error("{0} memories in an NVMM buffer, expected 1")]
+    Memories(usize),
+    /// A C call that reports failure by its result (its name).
+    #[error("{0} failed")]
+    Call(&'static str),
+    #[error("NVMM buffer maps to {size} bytes at {address:#x}, not an NvBufSurface ({} bytes)", size_of::<NvBufSurface>())]
+    NotASurface { size: usize, address: usize },
+    #[error("NvBufSurface of {}×{}, the caps say {}×{}", surface.0, surface.1, caps.0, caps.1)]
+    Size {
+        surface: (usize, usize),
+        caps: (usize, usize),
+    },
+    #[error("NvBufSurface with no buffer list")]
+    NoList,
+    #[error("NvBufSurfaceMapEglImage gave no EGLImage")]
+    NoEglImage,
+    #[error("cuGraphicsEGLRegisterImage failed (CUresult {0})")]
+    Register(u32),
+    #[error("cuGraphicsResourceGetMappedEglFrame failed (CUresult {0})")]
+    MappedFrame(u32),
+    #[error("the EGL frame is of type {0} (a CUDA array: block-linear), not pitch-linear")]
+    FrameType(u32),
+    #[error("the EGL frame has {planes} planes of {}×{}, expected 2 of {}×{}", got.0, got.1, want.0, want.1)]
+    FrameShape {
+        planes: u32,
+        got: (u32, u32),
+        want: (usize, usize),
+    },
+}
 
 // --- nvbufsurface.h -------------------------------------------------------------------------
 
@@ -240,26 +323,21 @@ fn nv12_buffer<'a>(
     surf: &NvBufSurface,
     list: &'a [NvBufSurfaceParams],
     index: usize,
-) -> Result<&'a NvBufSurfaceParams, String> {
+) -> Result<&'a NvBufSurfaceParams, NvmmError> {
     let filled = surf.numFilled.min(surf.batchSize) as usize;
     if index >= filled || index >= list.len() {
-        return Err(format!(
-            "NvBufSurface: buffer {index} asked for, but numFilled is {} (batchSize {})",
-            surf.numFilled, surf.batchSize
-        ));
+        return Err(NvmmError::NoBuffer {
+            index,
+            filled: surf.numFilled,
+            batch: surf.batchSize,
+        });
     }
     let p = &list[index];
     if !is_nv12(p.colorFormat) {
-        return Err(format!(
-            "NvBufSurface: colour format {} is not NV12 (6, 7, 33 or 34): ask the decoder for format=NV12",
-            p.colorFormat
-        ));
+        return Err(NvmmError::NotNv12(p.colorFormat));
     }
     if p.planeParams.num_planes != 2 {
-        return Err(format!(
-            "NvBufSurface: NV12 buffer with {} planes, expected 2",
-            p.planeParams.num_planes
-        ));
+        return Err(NvmmError::Planes(p.planeParams.num_planes));
     }
     Ok(p)
 }
@@ -273,28 +351,18 @@ pub fn planes_of(
     surf: &NvBufSurface,
     list: &[NvBufSurfaceParams],
     index: usize,
-) -> Result<NvmmPlanes, String> {
+) -> Result<NvmmPlanes, NvmmError> {
     let p = nv12_buffer(surf, list, index)?;
     match surf.memType {
         NVBUF_MEM_CUDA_DEVICE | NVBUF_MEM_CUDA_UNIFIED => {}
-        NVBUF_MEM_SURFACE_ARRAY => {
-            return Err("NvBufSurface in NVBUF_MEM_SURFACE_ARRAY (Jetson): no device pointer in the surface; its planes are reached through an EGLImage (NvBufSurfaceMapEglImage → cuGraphicsEGLRegisterImage)".into());
-        }
-        t => {
-            return Err(format!(
-                "NvBufSurface in {} ({t}): not device memory the GPU path reads",
-                mem_type_name(t)
-            ));
-        }
+        NVBUF_MEM_SURFACE_ARRAY => return Err(NvmmError::SurfaceArray),
+        t => return Err(NvmmError::NotDevice(t)),
     }
     if p.dataPtr.is_null() {
-        return Err("NvBufSurface: null dataPtr".into());
+        return Err(NvmmError::NullData);
     }
     if p.layout != NVBUF_LAYOUT_PITCH {
-        return Err(format!(
-            "NvBufSurface: layout {} is not pitch-linear",
-            p.layout
-        ));
+        return Err(NvmmError::NotPitchLinear(p.layout));
     }
     let pp = &p.planeParams;
     let (w, h) = (p.width as u64, p.height as u64);
@@ -302,10 +370,14 @@ pub fn planes_of(
     for (i, rows) in [(0, h), (1, h.div_ceil(2))] {
         let (pitch, offset) = (pp.pitch[i] as u64, pp.offset[i] as u64);
         if pitch < w || (p.dataSize != 0 && offset + pitch * rows > p.dataSize as u64) {
-            return Err(format!(
-                "NvBufSurface: plane {i} (offset {offset}, pitch {pitch}) does not hold {w}×{rows} bytes in {} bytes",
-                p.dataSize
-            ));
+            return Err(NvmmError::Plane {
+                plane: i,
+                offset,
+                pitch,
+                width: w,
+                rows,
+                data_size: p.dataSize,
+            });
         }
     }
     let base = p.dataPtr as u64;
@@ -355,12 +427,10 @@ fn dl_error(e: &libloading::Error) -> String {
     }
 }
 
-fn load_nvbufsurface(name: &str) -> Result<NvBufSurfaceLib, String> {
-    let missing = |e: libloading::Error| {
-        format!(
-            "{name}: {} — memory:NVMM needs NVIDIA JetPack",
-            dl_error(&e)
-        )
+fn load_nvbufsurface(name: &str) -> Result<NvBufSurfaceLib, NvmmError> {
+    let missing = |error: libloading::Error| NvmmError::NoJetPack {
+        name: name.to_string(),
+        error,
     };
     // SAFETY: loads NVIDIA's buffer library (its initialisers only set up its own state; on a
     // Jetson the nvv4l2decoder plugin has loaded it into the process already); the two symbols
@@ -379,31 +449,26 @@ fn load_nvbufsurface(name: &str) -> Result<NvBufSurfaceLib, String> {
 }
 
 /// `libnvbufsurface.so.1`, loaded on first use (once per process; the outcome is kept).
-fn nvbufsurface() -> Result<&'static NvBufSurfaceLib, String> {
-    static LIB: OnceLock<Result<NvBufSurfaceLib, String>> = OnceLock::new();
-    LIB.get_or_init(|| load_nvbufsurface(NVBUFSURFACE_LIB))
+fn nvbufsurface() -> Result<&'static NvBufSurfaceLib, NvmmError> {
+    static LIB: OnceLock<Result<NvBufSurfaceLib, Arc<NvmmError>>> = OnceLock::new();
+    LIB.get_or_init(|| load_nvbufsurface(NVBUFSURFACE_LIB).map_err(Arc::new))
         .as_ref()
-        .map_err(Clone::clone)
+        .map_err(|e| NvmmError::Shared(e.clone()))
 }
 
 /// Whether this box can map NVMM frames: `libnvbufsurface.so.1` and libcuda's EGL interop
 /// load (the reason where not).
-pub fn available() -> Result<(), String> {
+pub fn available() -> Result<(), NvmmError> {
     nvbufsurface()?;
     cuda_egl()?;
     Ok(())
 }
 
 /// libcuda's EGL interop, loaded on first use.
-fn cuda_egl() -> Result<&'static CudaEglLib, String> {
-    static LIB: OnceLock<Result<CudaEglLib, String>> = OnceLock::new();
+fn cuda_egl() -> Result<&'static CudaEglLib, NvmmError> {
+    static LIB: OnceLock<Result<CudaEglLib, Arc<NvmmError>>> = OnceLock::new();
     LIB.get_or_init(|| {
-        let missing = |e: libloading::Error| {
-            format!(
-                "{CUDA_LIB}: {} — the EGL interop of memory:NVMM needs NVIDIA's CUDA driver",
-                dl_error(&e)
-            )
-        };
+        let missing = |e: libloading::Error| Arc::new(NvmmError::NoCudaEgl(e));
         // SAFETY: loads the CUDA driver library (already loaded by the GPU runtime, which is up
         // before any NVMM frame is mapped); the symbols are looked up with the C signatures of
         // cudaEGL.h: cuGraphicsEGLRegisterImage(CUgraphicsResource *, EGLImageKHR, unsigned
@@ -429,7 +494,7 @@ fn cuda_egl() -> Result<&'static CudaEglLib, String> {
         }
     })
     .as_ref()
-    .map_err(Clone::clone)
+    .map_err(|e| NvmmError::Shared(e.clone()))
 }
 
 // --- the mapping ----------------------------------------------------------------------------
@@ -463,15 +528,12 @@ impl NvmmMapping {
     /// unified surfaces are read directly ([`planes_of`]); Jetson surfaces
     /// (`NVBUF_MEM_SURFACE_ARRAY`) go through an EGLImage registered with CUDA, which needs the
     /// GPU runtime's CUDA context current on this thread (the detector binds it).
-    pub fn nv12(buffer: &gst::Buffer, info: &gst_video::VideoInfo) -> Result<Self, String> {
+    pub fn nv12(buffer: &gst::Buffer, info: &gst_video::VideoInfo) -> Result<Self, NvmmError> {
         if info.format() != gst_video::VideoFormat::Nv12 {
-            return Err(format!("NVMM frame in {:?}, expected NV12", info.format()));
+            return Err(NvmmError::Format(info.format()));
         }
         if buffer.n_memory() != 1 {
-            return Err(format!(
-                "{} memories in an NVMM buffer, expected 1",
-                buffer.n_memory()
-            ));
+            return Err(NvmmError::Memories(buffer.n_memory()));
         }
         let raw = buffer.as_ptr().cast_mut();
         // SAFETY: `raw` is a live buffer we hold a reference to (in the FrameRef) for longer
@@ -480,7 +542,7 @@ impl NvmmMapping {
         let mut m = unsafe {
             let mut map = std::mem::MaybeUninit::<gst::ffi::GstMapInfo>::zeroed();
             if gst::ffi::gst_buffer_map(raw, map.as_mut_ptr(), gst::ffi::GST_MAP_READ) == 0 {
-                return Err("gst_buffer_map(READ) of an NVMM buffer failed".into());
+                return Err(NvmmError::Call("gst_buffer_map(READ) of an NVMM buffer"));
             }
             Self {
                 buffer: gst::ffi::gst_buffer_ref(raw),
@@ -500,18 +562,20 @@ impl NvmmMapping {
             || m.info.size < size_of::<NvBufSurface>()
             || !(surf as usize).is_multiple_of(align_of::<NvBufSurface>())
         {
-            return Err(format!(
-                "NVMM buffer maps to {} bytes at {surf:p}, not an NvBufSurface ({} bytes)",
-                m.info.size,
-                size_of::<NvBufSurface>()
-            ));
+            return Err(NvmmError::NotASurface {
+                size: m.info.size,
+                address: surf as usize,
+            });
         }
         let (w, h) = (info.width() as usize, info.height() as usize);
         let size_check = |pw: usize, ph: usize| {
             if (pw, ph) == (w, h) {
                 Ok(())
             } else {
-                Err(format!("NvBufSurface of {pw}×{ph}, the caps say {w}×{h}"))
+                Err(NvmmError::Size {
+                    surface: (pw, ph),
+                    caps: (w, h),
+                })
             }
         };
         // The surface and its list are read through shared references only inside this block;
@@ -521,7 +585,7 @@ impl NvmmMapping {
             // memory, which stays mapped while `m` lives; nothing writes it during this block.
             let s = unsafe { &*surf };
             if s.surfaceList.is_null() || s.batchSize == 0 {
-                return Err("NvBufSurface with no buffer list".into());
+                return Err(NvmmError::NoList);
             }
             // SAFETY: the header: `surfaceList` points to an array of `batchSize` buffers,
             // owned by the surface (so alive as long as it is).
@@ -544,7 +608,7 @@ impl NvmmMapping {
     /// The Jetson path: buffer 0 of `surf` as an EGLImage registered with CUDA, read as a
     /// pitch-linear frame. Each step is recorded in `self.egl` as soon as it is done, so that
     /// Drop undoes exactly what was done, whatever step fails.
-    fn map_egl(&mut self, surf: *mut NvBufSurface, size: (usize, usize)) -> Result<(), String> {
+    fn map_egl(&mut self, surf: *mut NvBufSurface, size: (usize, usize)) -> Result<(), NvmmError> {
         let nvbuf = nvbufsurface()?;
         let cuda = cuda_egl()?;
         // SAFETY: `surf` is the mapped NvBufSurface (checked by the caller) of a SURFACE_ARRAY
@@ -553,7 +617,7 @@ impl NvmmMapping {
         // `mappedAddr.eglImage` (nvbufsurface.h), as NVIDIA's DeepStream samples do on a
         // READ-mapped buffer; no Rust reference to the surface is alive across the call.
         if unsafe { (nvbuf.map_egl)(surf, 0) } != 0 {
-            return Err("NvBufSurfaceMapEglImage failed".into());
+            return Err(NvmmError::Call("NvBufSurfaceMapEglImage"));
         }
         let hold = self.egl.insert(EglHold {
             surf,
@@ -565,7 +629,7 @@ impl NvmmMapping {
         // the raw pointer, after the call that wrote it has returned.
         let image = unsafe { (*(*surf).surfaceList).mappedAddr.eglImage };
         if image.is_null() {
-            return Err("NvBufSurfaceMapEglImage gave no EGLImage".into());
+            return Err(NvmmError::NoEglImage);
         }
         let mut resource: CUgraphicsResource = std::ptr::null_mut();
         // SAFETY: `image` is the live EGLImage made above (destroyed only in Drop, after the
@@ -574,7 +638,7 @@ impl NvmmMapping {
         let r =
             unsafe { (cuda.register)(&mut resource, image, CU_GRAPHICS_MAP_RESOURCE_FLAGS_NONE) };
         if r != 0 || resource.is_null() {
-            return Err(format!("cuGraphicsEGLRegisterImage failed (CUresult {r})"));
+            return Err(NvmmError::Register(r));
         }
         hold.resource = resource;
         let mut frame = std::mem::MaybeUninit::<CUeglFrame>::zeroed();
@@ -582,23 +646,19 @@ impl NvmmMapping {
         // out-parameter of CUeglFrame's layout (see the tests); index 0, mip level 0.
         let r = unsafe { (cuda.mapped_frame)(frame.as_mut_ptr(), resource, 0, 0) };
         if r != 0 {
-            return Err(format!(
-                "cuGraphicsResourceGetMappedEglFrame failed (CUresult {r})"
-            ));
+            return Err(NvmmError::MappedFrame(r));
         }
         // SAFETY: all-zero is a valid CUeglFrame (pointers and integers) and the call filled it.
         let frame = unsafe { frame.assume_init() };
         if frame.frameType != CU_EGL_FRAME_TYPE_PITCH {
-            return Err(format!(
-                "the EGL frame is of type {} (a CUDA array: block-linear), not pitch-linear",
-                frame.frameType
-            ));
+            return Err(NvmmError::FrameType(frame.frameType));
         }
         if frame.planeCount < 2 || (frame.width as usize, frame.height as usize) != size {
-            return Err(format!(
-                "the EGL frame has {} planes of {}×{}, expected 2 of {}×{}",
-                frame.planeCount, frame.width, frame.height, size.0, size.1
-            ));
+            return Err(NvmmError::FrameShape {
+                planes: frame.planeCount,
+                got: (frame.width, frame.height),
+                want: size,
+            });
         }
         // SAFETY: frameType PITCH says `pPitch` is the union's member (both members are arrays
         // of three pointers, so the read is defined either way).
@@ -755,15 +815,15 @@ mod tests {
         for mem in [NVBUF_MEM_CUDA_DEVICE, NVBUF_MEM_CUDA_UNIFIED] {
             let surf = fake_surface(mem, &mut list);
             assert_eq!(
-                planes_of(&surf, &list, 0),
-                Ok(NvmmPlanes {
+                planes_of(&surf, &list, 0).unwrap(),
+                NvmmPlanes {
                     y: 0x7f00_0000_0000,
                     uv: 0x7f00_0000_0000 + 2048 * 1080,
                     y_stride: 2048,
                     uv_stride: 2048,
                     width: 1920,
                     height: 1080,
-                })
+                }
             );
         }
     }
@@ -772,7 +832,7 @@ mod tests {
     fn fake_nvbufsurface_errors() {
         let err = |mem, list: &mut [NvBufSurfaceParams], index| {
             let surf = fake_surface(mem, list);
-            planes_of(&surf, list, index).unwrap_err()
+            planes_of(&surf, list, index).unwrap_err().to_string()
         };
         let mut list = [fake_nv12_params()];
         assert!(err(NVBUF_MEM_CUDA_DEVICE, &mut list, 1).contains("buffer 1 asked for"));
@@ -783,6 +843,7 @@ mod tests {
         assert!(
             planes_of(&surf, &list, 0)
                 .unwrap_err()
+                .to_string()
                 .contains("numFilled is 0")
         );
         assert!(err(NVBUF_MEM_SURFACE_ARRAY, &mut list, 0).contains("EGLImage"));
@@ -856,11 +917,18 @@ mod tests {
         let other = gst_video::VideoInfo::builder(gst_video::VideoFormat::Nv12, 1280, 720)
             .build()
             .unwrap();
-        let e = NvmmMapping::nv12(&buffer, &other).err().unwrap();
+        let e = NvmmMapping::nv12(&buffer, &other)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("1920×1080, the caps say 1280×720"), "{e}");
         let short = gst::Buffer::from_mut_slice(vec![0u8; 16]);
-        let e = NvmmMapping::nv12(&short, &nvmm_info()).err().unwrap();
+        let e = NvmmMapping::nv12(&short, &nvmm_info())
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("not an NvBufSurface"), "{e}");
+        assert!(e.starts_with("NVMM buffer maps to 16 bytes at 0x"), "{e}");
         // The buffer can be mapped again: every failed mapping unmapped it.
         assert!(buffer.map_readable().is_ok());
     }
@@ -869,26 +937,34 @@ mod tests {
     fn without_jetpack_the_loader_says_so_and_does_not_panic() {
         let e = load_nvbufsurface("libnvbufsurface-absent.so.1")
             .err()
-            .unwrap();
+            .unwrap()
+            .to_string();
         assert!(e.starts_with("libnvbufsurface-absent.so.1: "), "{e}");
         assert!(e.ends_with(" — memory:NVMM needs NVIDIA JetPack"), "{e}");
         // Where the real library is absent (every box of ours: no JetPack, no DeepStream) the
         // real loader fails the same way, `available` says why, and a Jetson surface cannot
         // be mapped.
-        let e = match nvbufsurface() {
+        let (e, first) = match nvbufsurface() {
             Ok(_) => {
                 eprintln!("libnvbufsurface.so.1 is installed here: its absence is not checked");
                 return;
             }
-            Err(e) => e,
+            Err(e) => (e.to_string(), e),
         };
-        assert_eq!(available().err().as_ref(), Some(&e));
+        // The first load's error, kept: every later call gets the same one.
+        match (available().err(), &first) {
+            (Some(NvmmError::Shared(a)), NvmmError::Shared(b)) => assert!(Arc::ptr_eq(&a, b)),
+            other => panic!("not the kept error: {other:?}"),
+        }
         assert!(e.starts_with("libnvbufsurface.so.1: "), "{e}");
         assert!(e.ends_with(" — memory:NVMM needs NVIDIA JetPack"), "{e}");
         let mut list = [fake_nv12_params()];
         let surf = fake_surface(NVBUF_MEM_SURFACE_ARRAY, &mut list);
         let buffer = fake_nvmm_buffer(&surf);
-        let got = NvmmMapping::nv12(&buffer, &nvmm_info()).err().unwrap();
+        let got = NvmmMapping::nv12(&buffer, &nvmm_info())
+            .err()
+            .unwrap()
+            .to_string();
         assert_eq!(got, e, "the mapping reports the loader's error");
         assert!(e.contains("cannot open shared object file"), "{e}");
     }

@@ -34,13 +34,12 @@ pub struct CudaSession {
 impl CudaSession {
     /// Commits `builder` (its options set) with the CUDA execution provider on `stream`, device
     /// 0, a CUDA graph or not, failing if the provider cannot be registered; loads `path`.
-    /// The error is ONNX Runtime's message.
     pub fn commit(
         builder: SessionBuilder,
         stream: &Arc<CudaStream>,
         graph: bool,
         path: &Path,
-    ) -> Result<Self, String> {
+    ) -> ort::Result<Self> {
         // SAFETY: `stream` is a live CUstream (its `CudaStream` is borrowed here), and the
         // session made with this provider holds a strong reference to that `CudaStream`
         // (`Self`'s field, dropped after the session; as do the bindings, allocators and
@@ -53,10 +52,8 @@ impl CudaSession {
                 .build()
                 .error_on_failure();
         let session = builder
-            .with_execution_providers([ep])
-            .map_err(|e| e.to_string())?
-            .commit_from_file(path)
-            .map_err(|e| e.to_string())?;
+            .with_execution_providers([ep])?
+            .commit_from_file(path)?;
         Ok(Self {
             session,
             stream: stream.clone(),
@@ -81,7 +78,7 @@ impl CudaSession {
             Vec<vigil_core::model::TensorDesc>,
             Vec<vigil_core::model::TensorDesc>,
         ),
-        String,
+        crate::onnx::DescribeError,
     > {
         crate::onnx::describe(&self.session)
     }
@@ -105,8 +102,8 @@ impl CudaSession {
 
     /// Runs the model on what is bound in `binding`, into the outputs bound there. Allocates
     /// nothing (the error path aside): the C API is called directly, since `run_binding` builds
-    /// a map of output values on every run. The error is ONNX Runtime's message.
-    pub fn run(&mut self, binding: &CudaBinding) -> Result<(), String> {
+    /// a map of output values on every run. The error is ONNX Runtime's (made only on failure).
+    pub fn run(&mut self, binding: &CudaBinding) -> ort::Result<()> {
         let api = ort::api();
         // SAFETY: the session and binding pointers are live (borrowed for this call); no run
         // options. The same call `ort`'s safe `Session::run_binding` makes with any session
@@ -119,18 +116,10 @@ impl CudaSession {
                 binding.binding.ptr(),
             )
         };
-        if status.0.is_null() {
-            return Ok(());
-        }
-        // SAFETY: a non-null status carries a NUL-terminated message; we release it once.
-        let msg = unsafe {
-            let m = std::ffi::CStr::from_ptr((api.GetErrorMessage)(status.0))
-                .to_string_lossy()
-                .into_owned();
-            (api.ReleaseStatus)(status.0);
-            m
-        };
-        Err(msg)
+        // SAFETY: `status` was just returned by an ONNX Runtime API call and is used nowhere
+        // else: `result_from_status` takes it (null: success; else its message is copied into
+        // the error, which releases the status when dropped).
+        unsafe { ort::Error::result_from_status(status) }
     }
 }
 

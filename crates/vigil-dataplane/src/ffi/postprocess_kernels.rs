@@ -8,6 +8,7 @@
 //! compiling [`KERNELS`].
 
 use super::cuda::DeviceView;
+use crate::gpu::error::{DecodeFit, GpuError, LaunchError};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, CudaViewMut, LaunchConfig, PushKernelArg,
 };
@@ -145,9 +146,9 @@ pub struct PostprocessKernels {
 
 impl PostprocessKernels {
     /// Compiles [`KERNELS`] for `ctx`'s device (NVRTC at run time) and loads its entry points.
-    pub fn new(ctx: &Arc<CudaContext>) -> Result<Self, String> {
+    pub fn new(ctx: &Arc<CudaContext>) -> Result<Self, GpuError> {
         let module = crate::gpu::compile(ctx, KERNELS)?;
-        let f = |n: &str| module.load_function(n).map_err(|e| e.to_string());
+        let f = |n: &str| module.load_function(n).map_err(GpuError::Driver);
         Ok(Self {
             candidates: f("nanodet_candidates")?,
             nms: f("nms_sorted")?,
@@ -172,8 +173,7 @@ impl PostprocessKernels {
         cand: &mut CudaSlice<f32>,
         count: &mut CudaSlice<u32>,
         cap: i32,
-    ) -> Result<(), String> {
-        let e = |e: cudarc::driver::DriverError| e.to_string();
+    ) -> Result<(), GpuError> {
         let total: usize = levels.iter().map(|l| l.cells).sum();
         let views: [DeviceView<'_, f32>; 6] = [
             outs[levels[0].scores],
@@ -223,12 +223,15 @@ impl PostprocessKernels {
             && cand.len() as u64 >= cap as u64 * CANDIDATE_FLOATS as u64
             && count.len() >= 2;
         if !fits {
-            return Err(format!(
-                "model outputs of {:?} floats, or buffers of {}/{} for {cap} candidates, do not fit levels of {c0}/{c1}/{c2} cells × {classes} classes, {bins} bins",
-                views.map(|v| v.len()),
-                cand.len(),
-                count.len()
-            ));
+            return Err(LaunchError::Decode(Box::new(DecodeFit {
+                outputs: views.map(|v| v.len()),
+                buffers: (cand.len(), count.len()),
+                cap,
+                cells: [c0, c1, c2],
+                classes,
+                bins,
+            }))
+            .into());
         }
         let mut b = stream.launch_builder(&self.candidates);
         for p in &ptrs {
@@ -254,7 +257,7 @@ impl PostprocessKernels {
         // candidates of 7 floats and `count` two words (checked above). The outputs are
         // borrowed for this call; that they stay allocated until the stream has run the kernel
         // is the one-stream discipline of `ffi::cuda`'s module docs.
-        unsafe { b.launch(cfg) }.map_err(e)?;
+        unsafe { b.launch(cfg) }?;
         Ok(())
     }
 
@@ -272,7 +275,7 @@ impl PostprocessKernels {
         iou: f32,
         max_out: i32,
         block: &mut CudaViewMut<'_, f32>,
-    ) -> Result<(), String> {
+    ) -> Result<(), GpuError> {
         // The kernel keeps (and writes) at least one detection before it compares with
         // `max_out`: a block for max(max_out, 1).
         let fits = cap >= 0
@@ -282,14 +285,13 @@ impl PostprocessKernels {
             && max_out >= 0
             && block.len() >= 3 + 6 * (max_out.max(1) as usize);
         if !fits {
-            return Err(format!(
-                "NMS of {cap} candidates into {max_out} detections with buffers of {}/{}/{} floats",
-                cand.len(),
-                count.len(),
-                block.len()
-            ));
+            return Err(LaunchError::Nms {
+                cap,
+                max_out,
+                lens: (cand.len(), count.len(), block.len()),
+            }
+            .into());
         }
-        let e = |e: cudarc::driver::DriverError| e.to_string();
         let mut b = stream.launch_builder(&self.nms);
         b.arg(cand)
             .arg(&mut *count)
@@ -307,7 +309,7 @@ impl PostprocessKernels {
         // shared arrays' size), `cap` at most that and `cand` holding `cap` candidates
         // (checked above); the image's block holds 3 + 6 × max_out floats (checked above). The
         // kernel resets the candidate count for the next image (same stream: in order).
-        unsafe { b.launch(cfg) }.map_err(e)?;
+        unsafe { b.launch(cfg) }?;
         Ok(())
     }
 }

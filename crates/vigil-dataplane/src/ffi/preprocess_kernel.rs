@@ -10,6 +10,7 @@
 
 use super::cuda::DeviceViewMut;
 use crate::gpu::ort_cuda::MAX_BATCH;
+use crate::gpu::{GpuError, LaunchError};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig,
     PushKernelArg, SyncOnDrop,
@@ -239,7 +240,7 @@ impl<'a> DevicePlanes<'a> {
     pub fn of_yuv(
         f: &DeviceYuv<'a>,
         stream: &'a CudaStream,
-    ) -> Result<(Self, SyncOnDrop<'a>), String> {
+    ) -> Result<(Self, SyncOnDrop<'a>), LaunchError> {
         let (base, sync) = f.data.device_ptr(stream);
         let len = f.data.len();
         let within =
@@ -249,10 +250,12 @@ impl<'a> DevicePlanes<'a> {
                     && f.v_offset.checked_add(uv).is_some_and(|e| e <= len)
             });
         if !within {
-            return Err(format!(
-                "a {}×{} frame (strides {}/{}, chroma at {} and {}) does not fit its {len}-byte buffer",
-                f.width, f.height, f.y_stride, f.uv_stride, f.u_offset, f.v_offset
-            ));
+            return Err(LaunchError::PlanesOutside {
+                size: (f.width, f.height),
+                strides: (f.y_stride, f.uv_stride),
+                chroma: (f.u_offset, f.v_offset),
+                len,
+            });
         }
         // SAFETY: the three planes lie within `f.data` as far as the kernel reads (checked just
         // above), a device allocation of `len` bytes borrowed for 'a.
@@ -288,9 +291,9 @@ pub struct PreprocessKernels {
 
 impl PreprocessKernels {
     /// Compiles [`KERNEL`] for `ctx`'s device (NVRTC at run time) and loads its entry points.
-    pub fn new(ctx: &Arc<CudaContext>) -> Result<Self, String> {
+    pub fn new(ctx: &Arc<CudaContext>) -> Result<Self, GpuError> {
         let module = crate::gpu::compile(ctx, KERNEL)?;
-        let load = |name: &str| module.load_function(name).map_err(|e| e.to_string());
+        let load = |name: &str| module.load_function(name).map_err(GpuError::Driver);
         Ok(Self {
             f32_fn: load("letterbox_batch_f32")?,
             f16_fn: load("letterbox_batch_f16")?,
@@ -309,38 +312,32 @@ impl PreprocessKernels {
         frames: &[DevicePlanes<'_>],
         out: DeviceViewMut<'_, T>,
         precision: Precision,
-    ) -> Result<heapless::Vec<Letterbox, MAX_BATCH>, String> {
+    ) -> Result<heapless::Vec<Letterbox, MAX_BATCH>, GpuError> {
         let Some(first) = frames.first() else {
             return Ok(heapless::Vec::new());
         };
         if frames.len() > MAX_BATCH {
-            return Err(format!(
-                "{} frames in one batch, at most {MAX_BATCH}",
-                frames.len()
-            ));
+            return Err(LaunchError::TooManyFrames(frames.len()).into());
         }
-        if std::mem::size_of::<T>() != precision.bytes() {
-            return Err(format!(
-                "{precision:?} output into a buffer of {}-byte elements",
-                std::mem::size_of::<T>()
-            ));
-        }
+        check_precision::<T>(precision)?;
         let out_len = out.len();
         let (in_w, in_h) = spec.input_dims(first.width, first.height);
         if out_len < frames.len() * 3 * in_w * in_h {
-            return Err(format!(
-                "input buffer of {out_len} elements, {} needed",
-                frames.len() * 3 * in_w * in_h
-            ));
+            return Err(LaunchError::InputBuffer {
+                len: out_len,
+                needed: frames.len() * 3 * in_w * in_h,
+            }
+            .into());
         }
         let mut desc = BatchDesc::default();
         let mut lbs = heapless::Vec::<Letterbox, MAX_BATCH>::new();
         for (d, f) in desc.img.iter_mut().zip(frames) {
             if spec.input_dims(f.width, f.height) != (in_w, in_h) {
-                return Err(format!(
-                    "a {}×{} frame in a batch of {}×{} ones (input sizes differ)",
-                    f.width, f.height, first.width, first.height
-                ));
+                return Err(LaunchError::MixedSizes {
+                    size: (f.width, f.height),
+                    first: (first.width, first.height),
+                }
+                .into());
             }
             let fits = |n: usize| n <= i32::MAX as usize;
             let indexable = fits(f.width)
@@ -348,10 +345,11 @@ impl PreprocessKernels {
                 && reach(f.width, f.height, f.y_stride, f.uv_stride, f.uv_step)
                     .is_some_and(|(y, uv)| fits(y) && fits(uv));
             if !indexable {
-                return Err(format!(
-                    "a {}×{} frame (strides {}/{}) beyond the kernel's 32-bit indexing",
-                    f.width, f.height, f.y_stride, f.uv_stride
-                ));
+                return Err(LaunchError::Unindexable {
+                    size: (f.width, f.height),
+                    strides: (f.y_stride, f.uv_stride),
+                }
+                .into());
             }
             let lb = Letterbox::new(f.width, f.height, in_w, in_h);
             *d = ImageDesc {
@@ -405,9 +403,18 @@ impl PreprocessKernels {
         // (`DevicePlanes`' invariant), within its 32-bit indexing (checked above). All of it
         // is borrowed for this call; that it stays allocated until the stream has run the
         // kernel is the one-stream discipline of `ffi::cuda`'s module docs.
-        unsafe { b.launch(cfg) }.map_err(|e| e.to_string())?;
+        unsafe { b.launch(cfg) }?;
         Ok(lbs)
     }
+}
+
+/// That `T`, the element type of an output buffer, is `precision`'s size.
+pub fn check_precision<T>(precision: Precision) -> Result<(), LaunchError> {
+    let element = std::mem::size_of::<T>();
+    if element != precision.bytes() {
+        return Err(LaunchError::Precision { precision, element });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -14,10 +14,10 @@
 //! from the staging buffer of an uploaded frame) and ONNX Runtime's tensors as views borrowed
 //! from the session's `Bound`; the launches' checks and `unsafe` are in `ffi/`.
 
-use super::MappedFrame;
 use super::ort_cuda::{BATCHES, CudaOnnx, MAX_BATCH};
 use super::postprocess::GpuPostprocessor;
 use super::preprocess::{DevicePlanes, DeviceYuv, GpuPreprocessor, Precision};
+use super::{GpuError, MappedFrame};
 use crate::media::FrameRef;
 use crate::media::frame::FrameMemory;
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
@@ -25,6 +25,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use vigil_core::analytics::Detections;
+use vigil_core::model::InferError;
 use vigil_core::model::nanodet::{NanodetDecoder, input_spec};
 use vigil_core::model::preprocess::YuvView;
 
@@ -96,19 +97,17 @@ impl GpuDetector {
     /// Loads `model` with the CUDA execution provider on a stream of its own in `ctx`, and
     /// compiles the kernels. `input_size` as configured (checked against the model as on the
     /// CPU path, `nanodet::input_size`).
-    pub fn new(ctx: &Arc<CudaContext>, model: &Path, input_size: usize) -> Result<Self, String> {
-        ctx.bind_to_thread().map_err(|e| e.to_string())?;
+    pub fn new(ctx: &Arc<CudaContext>, model: &Path, input_size: usize) -> Result<Self, GpuError> {
+        ctx.bind_to_thread()?;
         // Loading a model with the CUDA provider allocates and makes cuDNN/cuBLAS handles: not
         // while another worker captures a CUDA graph (see `ort_cuda::CudaOnnx::bind`). On
         // failure the half-made parts are dropped here too, still under the lock.
         super::relax_capture_mode();
         let _exclusive = super::GPU_LOCK.write().unwrap_or_else(|e| e.into_inner());
-        let stream = ctx.new_stream().map_err(|e| e.to_string())?;
-        let onnx = CudaOnnx::load(model, &stream).map_err(|e| e.to_string())?;
-        let (size, dynamic) = vigil_core::model::nanodet::input_size(onnx.inputs(), input_size)
-            .map_err(|e| e.to_string())?;
-        let decoder = NanodetDecoder::new(&model.display().to_string(), size, onnx.outputs())
-            .map_err(|e| e.to_string())?;
+        let stream = ctx.new_stream()?;
+        let onnx = CudaOnnx::load(model, &stream)?;
+        let (size, dynamic) = vigil_core::model::nanodet::input_size(onnx.inputs(), input_size)?;
+        let decoder = NanodetDecoder::new(&model.display().to_string(), size, onnx.outputs())?;
         let pre = GpuPreprocessor::new(ctx, input_spec(size, dynamic), stream.clone())?;
         let post = GpuPostprocessor::new(ctx, stream.clone())?;
         Ok(Self {
@@ -153,15 +152,16 @@ impl GpuDetector {
     /// Detections of up to [`MAX_BATCH`] frames, `outs[i]` and `res[i]` for `frames[i]`. Frames
     /// in CUDA or NVMM memory of one size run as one batch (one inference); frames in host
     /// memory are uploaded and run alone. The worker thread must be the one that made the detector.
+    /// An error of a whole batch is given to each of its frames ([`GpuError::Shared`]).
     pub fn detect_batch(
         &mut self,
         frames: &[FrameRef],
         outs: &mut [Detections],
-        res: &mut [Result<(), String>],
+        res: &mut [Result<(), GpuError>],
     ) {
         let n = frames.len().min(MAX_BATCH);
         if let Err(e) = self.ctx.bind_to_thread() {
-            res.iter_mut().for_each(|r| *r = Err(e.to_string()));
+            res.iter_mut().for_each(|r| *r = Err(GpuError::Driver(e)));
             return;
         }
         super::relax_capture_mode();
@@ -174,7 +174,7 @@ impl GpuDetector {
                 done[i] = true;
                 res[i] = match frames[i].host_yuv() {
                     Some(yuv) => self.detect_host(&yuv, &mut outs[i]),
-                    None => Err("frame in a host format other than I420/NV12".into()),
+                    None => Err(GpuError::HostFormat),
                 };
                 continue;
             }
@@ -194,7 +194,10 @@ impl GpuDetector {
                 }
             }
             if let Err(e) = self.ready_for(size.0, size.1) {
-                group.iter().for_each(|&j| res[j] = Err(e.clone()));
+                let e = e.shared();
+                group
+                    .iter()
+                    .for_each(|&j| res[j] = Err(GpuError::Shared(e.clone())));
                 continue;
             }
             let _shared = super::GPU_LOCK.read().unwrap_or_else(|e| e.into_inner());
@@ -222,7 +225,7 @@ impl GpuDetector {
                         res[j] = if ok[k] {
                             Ok(())
                         } else {
-                            Err("the model returned non-finite values".into())
+                            Err(GpuError::NonFinite)
                         };
                     }
                     let nvmm = mapped
@@ -239,7 +242,10 @@ impl GpuDetector {
                 Err(e) => {
                     // Kernels may still read the frames: wait before they are unmapped.
                     let _ = self.g().stream.synchronize();
-                    mapped.iter().for_each(|&j| res[j] = Err(e.clone()));
+                    let e = e.shared();
+                    mapped
+                        .iter()
+                        .for_each(|&j| res[j] = Err(GpuError::Shared(e.clone())));
                 }
             }
             // The planes borrow the mappings: gone first (plain data).
@@ -249,12 +255,11 @@ impl GpuDetector {
     }
 
     /// Detections of a frame in host memory: uploaded once (counted), then run alone.
-    pub fn detect_host(&mut self, yuv: &YuvView<'_>, out: &mut Detections) -> Result<(), String> {
-        self.ctx.bind_to_thread().map_err(|e| e.to_string())?;
+    pub fn detect_host(&mut self, yuv: &YuvView<'_>, out: &mut Detections) -> Result<(), GpuError> {
+        self.ctx.bind_to_thread()?;
         super::relax_capture_mode();
         self.ready_for(yuv.width, yuv.height)?;
         let _shared = super::GPU_LOCK.read().unwrap_or_else(|e| e.into_inner());
-        let e = |e: cudarc::driver::DriverError| e.to_string();
         // The planes as they are (NV12: Y then interleaved UV; I420: Y, U, V), one after the
         // other in a staging buffer grown to the largest frame seen.
         let (w, h) = (yuv.width, yuv.height);
@@ -264,19 +269,16 @@ impl GpuDetector {
         let need = y_len + if nv12 { uv_len } else { 2 * uv_len };
         let g = self.g_mut();
         if g.staging.as_ref().is_none_or(|s| s.len() < need) {
-            g.staging = Some(g.stream.alloc_zeros::<u8>(need).map_err(e)?);
+            g.staging = Some(g.stream.alloc_zeros::<u8>(need)?);
         }
         let staging = g.staging.as_mut().expect("allocated above");
         g.stream
-            .memcpy_htod(&yuv.y[..y_len], &mut staging.slice_mut(0..))
-            .map_err(e)?;
+            .memcpy_htod(&yuv.y[..y_len], &mut staging.slice_mut(0..))?;
         g.stream
-            .memcpy_htod(&yuv.u[..uv_len], &mut staging.slice_mut(y_len..))
-            .map_err(e)?;
+            .memcpy_htod(&yuv.u[..uv_len], &mut staging.slice_mut(y_len..))?;
         if !nv12 {
             g.stream
-                .memcpy_htod(&yuv.v[..uv_len], &mut staging.slice_mut(y_len + uv_len..))
-                .map_err(e)?;
+                .memcpy_htod(&yuv.v[..uv_len], &mut staging.slice_mut(y_len + uv_len..))?;
         }
         COUNTERS.h2d_bytes.fetch_add(need as u64, Ordering::Relaxed);
         let frame = DeviceYuv {
@@ -297,19 +299,19 @@ impl GpuDetector {
             .batch(&[planes], std::slice::from_mut(out), &[0], &mut ok)?;
         COUNTERS.host_frames.fetch_add(1, Ordering::Relaxed);
         if !ok[0] {
-            return Err("the model returned non-finite values".into());
+            return Err(GpuError::NonFinite);
         }
         Ok(())
     }
 
     /// Makes the sessions for a `width`×`height` frame's input size, for every batch size, if
     /// the size is new (before the shared GPU lock is taken: making one takes it exclusively).
-    fn ready_for(&mut self, width: usize, height: usize) -> Result<(), String> {
+    fn ready_for(&mut self, width: usize, height: usize) -> Result<(), GpuError> {
         let g = &mut self.g_mut().infer;
         let (in_w, in_h) = g.pre.spec().input_dims(width, height);
         let batches: &[usize] = if g.onnx.batches() { &BATCHES } else { &[1] };
         for &b in batches {
-            g.onnx.bind(in_w, in_h, b).map_err(|e| e.to_string())?;
+            g.onnx.bind(in_w, in_h, b)?;
         }
         Ok(())
     }
@@ -325,7 +327,7 @@ impl Infer {
         outs: &mut [Detections],
         slots: &[usize],
         ok: &mut [bool; MAX_BATCH],
-    ) -> Result<(), String> {
+    ) -> Result<(), GpuError> {
         let g = self;
         let n = planes.len();
         if n == 0 {
@@ -345,12 +347,12 @@ impl Infer {
             1
         };
         if n > batch {
-            return Err(format!("{n} frames for a model that takes {batch}"));
+            return Err(GpuError::BatchTooLarge { frames: n, batch });
         }
         let bound = g
             .onnx
             .get_mut(in_w, in_h, batch)
-            .ok_or_else(|| format!("no session made for {batch} × {in_w}×{in_h} inputs"))?;
+            .ok_or(GpuError::NoSession { batch, in_w, in_h })?;
         let mut lens = heapless::Vec::<usize, { vigil_core::model::MAX_OUTPUTS }>::new();
         for o in bound.outputs() {
             let _ = lens.push(o.len() / batch);
@@ -359,8 +361,10 @@ impl Infer {
         // Runtime's bound `[batch, 3, in_h, in_w]` f32 input (alive in `g.onnx`) holds
         // `batch` ≥ n images.
         let lbs = g.pre.run_planes(planes, bound.input(), Precision::F32)?;
-        bound.run().map_err(|e| e.to_string())?;
-        g.decoder.layout(in_w, in_h, &lens)?;
+        bound.run()?;
+        g.decoder
+            .layout(in_w, in_h, &lens)
+            .map_err(|e| GpuError::Infer(InferError::Output(e)))?;
         let mut image_outs = heapless::Vec::<_, { vigil_core::model::MAX_OUTPUTS }>::new();
         for (k, lb) in lbs.iter().enumerate() {
             image_outs.clear();
@@ -368,7 +372,7 @@ impl Infer {
             for o in bound.outputs() {
                 let part = o
                     .part(k, batch)
-                    .ok_or_else(|| format!("image {k} of a batch of {batch}"))?;
+                    .ok_or(GpuError::NoOutputPart { image: k, batch })?;
                 let _ = image_outs.push(part);
             }
             g.post.enqueue(

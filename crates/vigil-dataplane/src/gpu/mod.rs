@@ -4,7 +4,7 @@
 //!
 //! cudarc panics when it cannot load the driver library, so [`probe`] checks for it first and
 //! nothing here touches CUDA before a successful probe. Knows nothing of tracking, rules or
-//! MQTT.
+//! MQTT. Its errors, and `ffi/`'s, are [`GpuError`]s.
 //!
 //! Safe Rust only: the raw driver calls (the probe's library check, the context's flags, event
 //! tracking, the threads' capture mode, dangling captures) are `ffi::cuda`'s, the kernels'
@@ -12,6 +12,7 @@
 //! `ffi::ort`'s, the frame mappings `ffi::gst_cuda`'s and `ffi::jetson_nvmm`'s.
 
 pub mod detector;
+pub mod error;
 pub mod ort_cuda;
 pub mod postprocess;
 pub mod preprocess;
@@ -22,6 +23,7 @@ use crate::ffi::gst_cuda;
 use crate::ffi::jetson_nvmm;
 use std::sync::Arc;
 
+pub use error::{GpuError, LaunchError};
 pub use vigil_core::facts::GpuProbe;
 
 /// Looks for a CUDA driver and device 0 without ever panicking (once per process; the result
@@ -64,22 +66,17 @@ pub enum MappedFrame {
     Nvmm(jetson_nvmm::NvmmMapping),
 }
 
-/// Why NVMM frames cannot be mapped by a build without Jetson support.
-#[cfg(not(feature = "jetson"))]
-const NO_JETSON: &str =
-    "this build has no Jetson NVMM support (built without the `jetson` feature)";
-
 /// Whether Jetson's NVMM frames can be mapped here (JetPack's libraries load).
-fn nvmm_available() -> Result<(), String> {
+fn nvmm_available() -> Result<(), GpuError> {
     #[cfg(feature = "jetson")]
-    return jetson_nvmm::available();
+    return Ok(jetson_nvmm::available()?);
     #[cfg(not(feature = "jetson"))]
-    Err(NO_JETSON.into())
+    Err(GpuError::NoJetson)
 }
 
 impl MappedFrame {
     /// Maps an NV12 frame in device memory; an error for a frame in host memory.
-    pub fn nv12(memory: &crate::media::frame::FrameMemory) -> Result<Self, String> {
+    pub fn nv12(memory: &crate::media::frame::FrameMemory) -> Result<Self, GpuError> {
         use crate::media::frame::FrameMemory;
         match memory {
             FrameMemory::Cuda { buffer, info } => {
@@ -87,11 +84,11 @@ impl MappedFrame {
             }
             #[cfg(feature = "jetson")]
             FrameMemory::Nvmm { buffer, info } => {
-                jetson_nvmm::NvmmMapping::nv12(buffer, info).map(Self::Nvmm)
+                Ok(Self::Nvmm(jetson_nvmm::NvmmMapping::nv12(buffer, info)?))
             }
             #[cfg(not(feature = "jetson"))]
-            FrameMemory::Nvmm { .. } => Err(NO_JETSON.into()),
-            FrameMemory::Host(_) => Err("frame in host memory, not device memory".into()),
+            FrameMemory::Nvmm { .. } => Err(GpuError::NoJetson),
+            FrameMemory::Host(_) => Err(GpuError::HostFrame),
         }
     }
 
@@ -108,7 +105,7 @@ impl MappedFrame {
 }
 
 /// The process's CUDA context (the primary context of device 0).
-pub fn context() -> Result<Arc<cudarc::driver::CudaContext>, String> {
+pub fn context() -> Result<Arc<cudarc::driver::CudaContext>, GpuError> {
     runtime().map(|r| r.ctx.clone())
 }
 
@@ -136,69 +133,70 @@ impl GpuRuntime {
 }
 
 /// The process's GPU runtime, made once: the probe, then the primary context with the chosen
-/// scheduling flags (set before anything makes it active), then its GStreamer wrapper.
-pub fn runtime() -> Result<&'static GpuRuntime, String> {
-    static RT: std::sync::OnceLock<Result<GpuRuntime, String>> = std::sync::OnceLock::new();
-    RT.get_or_init(|| {
-        if let GpuProbe::Unavailable(why) = probe() {
-            return Err(why);
+/// scheduling flags (set before anything makes it active), then its GStreamer wrapper. The
+/// first attempt's error is kept, and given (shared) to every later call.
+pub fn runtime() -> Result<&'static GpuRuntime, GpuError> {
+    static RT: std::sync::OnceLock<Result<GpuRuntime, Arc<GpuError>>> = std::sync::OnceLock::new();
+    RT.get_or_init(|| make_runtime().map_err(GpuError::shared))
+        .as_ref()
+        .map_err(|e| GpuError::Shared(e.clone()))
+}
+
+fn make_runtime() -> Result<GpuRuntime, GpuError> {
+    if let GpuProbe::Unavailable(why) = probe() {
+        return Err(GpuError::Unavailable(why));
+    }
+    if std::env::var("VIGIL_CUDA_GRAPH").as_deref() == Ok("0") {
+        ort_cuda::CUDA_GRAPH.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+    // GStreamer must be up before its CUDA context is made.
+    crate::media::init()?;
+    use cudarc::driver::sys::CUctx_flags as F;
+    let (sync, flags) = match std::env::var("VIGIL_CUDA_SYNC").as_deref() {
+        Ok("spin") => ("spin", F::CU_CTX_SCHED_SPIN),
+        Ok("yield") => ("yield", F::CU_CTX_SCHED_YIELD),
+        _ => ("blocking", F::CU_CTX_SCHED_BLOCKING_SYNC),
+    };
+    // The driver is present (probe); device 0 exists. Fails harmlessly if the context is
+    // already active (then the driver's choice stays, as the check below says).
+    cuda::set_primary_context_flags(flags);
+    let ctx = cudarc::driver::CudaContext::new(0)?;
+    // The context is current on this thread (cudarc binds it on creation).
+    let sync = match cuda::current_context_flags() {
+        Some(got) if got & 0x7 != flags as u32 => {
+            tracing::warn!(
+                "CUDA context scheduling flags are {got:#x}, not the {sync} wait asked for (the context was already active)"
+            );
+            "driver's choice"
         }
-        if std::env::var("VIGIL_CUDA_GRAPH").as_deref() == Ok("0") {
-            ort_cuda::CUDA_GRAPH.store(false, std::sync::atomic::Ordering::Relaxed);
-        }
-        // GStreamer must be up before its CUDA context is made.
-        crate::media::init().map_err(|e| vigil_core::error::chain(&e))?;
-        use cudarc::driver::sys::CUctx_flags as F;
-        let (sync, flags) = match std::env::var("VIGIL_CUDA_SYNC").as_deref() {
-            Ok("spin") => ("spin", F::CU_CTX_SCHED_SPIN),
-            Ok("yield") => ("yield", F::CU_CTX_SCHED_YIELD),
-            _ => ("blocking", F::CU_CTX_SCHED_BLOCKING_SYNC),
-        };
-        // The driver is present (probe); device 0 exists. Fails harmlessly if the context is
-        // already active (then the driver's choice stays, as the check below says).
-        cuda::set_primary_context_flags(flags);
-        let ctx = cudarc::driver::CudaContext::new(0).map_err(|e| e.to_string())?;
-        // The context is current on this thread (cudarc binds it on creation).
-        let sync = match cuda::current_context_flags() {
-            Some(got) if got & 0x7 != flags as u32 => {
-                tracing::warn!(
-                    "CUDA context scheduling flags are {got:#x}, not the {sync} wait asked for (the context was already active)"
-                );
-                "driver's choice"
-            }
-            _ => sync,
-        };
-        // Each GPU detector queues all its work on its one stream, so cudarc's cross-stream
-        // event tracking (an event record per launch) has nothing to order.
-        cuda::disable_event_tracking(&ctx);
-        let gst = match gst_cuda::shared_context(&ctx) {
-            Ok(c) => Some(c),
-            // JetPack 6 ships GStreamer 1.20, without libgstcuda: NVMM frames need none.
-            Err(e) if gstreamer::ElementFactory::find("nvv4l2decoder").is_some() => {
-                match nvmm_available() {
-                    Ok(()) => {
-                        tracing::info!(
-                            "no GStreamer CUDA context ({e}): Jetson nvv4l2decoder frames in NVMM memory, mapped through EGL"
-                        );
-                        None
-                    }
-                    Err(nvmm) => {
-                        return Err(format!(
-                            "neither GStreamer's CUDA library ({e}) nor Jetson's NVMM mapping ({nvmm})"
-                        ));
-                    }
+        _ => sync,
+    };
+    // Each GPU detector queues all its work on its one stream, so cudarc's cross-stream
+    // event tracking (an event record per launch) has nothing to order.
+    cuda::disable_event_tracking(&ctx);
+    let gst = match gst_cuda::shared_context(&ctx) {
+        Ok(c) => Some(c),
+        // JetPack 6 ships GStreamer 1.20, without libgstcuda: NVMM frames need none.
+        Err(e) if gstreamer::ElementFactory::find("nvv4l2decoder").is_some() => {
+            match nvmm_available() {
+                Ok(()) => {
+                    tracing::info!(
+                        "no GStreamer CUDA context ({}): Jetson nvv4l2decoder frames in NVMM memory, mapped through EGL",
+                        vigil_core::error::chain(&e)
+                    );
+                    None
+                }
+                Err(nvmm) => {
+                    return Err(GpuError::NoFrameMapping {
+                        gst: Box::new(e),
+                        nvmm: Box::new(nvmm),
+                    });
                 }
             }
-            Err(e) => {
-                return Err(format!(
-                    "GStreamer's CUDA library is needed to keep NVDEC frames on the GPU: {e}"
-                ));
-            }
-        };
-        Ok(GpuRuntime { ctx, gst, sync })
-    })
-    .as_ref()
-    .map_err(Clone::clone)
+        }
+        Err(e) => return Err(GpuError::NeedGstCuda(Box::new(e))),
+    };
+    Ok(GpuRuntime { ctx, gst, sync })
 }
 
 /// Compiles CUDA C for `ctx`'s device with NVRTC (at start-up, once per kernel set) and loads
@@ -206,8 +204,8 @@ pub fn runtime() -> Result<&'static GpuRuntime, String> {
 pub fn compile(
     ctx: &Arc<cudarc::driver::CudaContext>,
     src: &str,
-) -> Result<Arc<cudarc::driver::CudaModule>, String> {
-    let (major, minor) = ctx.compute_capability().map_err(|e| e.to_string())?;
+) -> Result<Arc<cudarc::driver::CudaModule>, GpuError> {
+    let (major, minor) = ctx.compute_capability()?;
     let arch: &'static str = ARCH.get_or_init(|| {
         // CompileOptions wants a 'static name; one per process.
         Box::leak(format!("sm_{major}{minor}").into_boxed_str())
@@ -217,8 +215,8 @@ pub fn compile(
         fmad: Some(false),
         ..Default::default()
     };
-    let ptx = cudarc::nvrtc::compile_ptx_with_opts(src, opts).map_err(|e| format!("NVRTC: {e}"))?;
-    ctx.load_module(ptx).map_err(|e| e.to_string())
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(src, opts).map_err(GpuError::Nvrtc)?;
+    Ok(ctx.load_module(ptx)?)
 }
 
 static ARCH: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();

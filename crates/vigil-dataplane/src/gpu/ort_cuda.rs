@@ -15,11 +15,12 @@
 
 use crate::ffi::cuda::{DeviceView, DeviceViewMut};
 use crate::ffi::ort::{CudaAllocator, CudaBinding, CudaSession, CudaTensor};
+use crate::onnx::OnnxError;
 use cudarc::driver::CudaStream;
 use ort::session::Session;
 use std::path::Path;
 use std::sync::Arc;
-use vigil_core::model::{InferError, TensorDesc};
+use vigil_core::model::TensorDesc;
 
 /// Sessions kept at once: input sizes (cameras of different aspect ratios use different sizes)
 /// × batch sizes.
@@ -65,10 +66,10 @@ pub struct CudaOnnx {
     bound: Vec<Bound>,
 }
 
-fn load_err(path: &Path, e: &dyn std::fmt::Display) -> InferError {
-    InferError::Load {
-        path: path.display().to_string(),
-        reason: e.to_string(),
+fn load_err(path: &Path, source: ort::Error) -> OnnxError {
+    OnnxError::Load {
+        path: path.to_path_buf(),
+        source,
     }
 }
 
@@ -79,39 +80,42 @@ fn session(
     stream: &Arc<CudaStream>,
     dims: &[(String, usize)],
     graph: bool,
-) -> Result<CudaSession, InferError> {
+) -> Result<CudaSession, OnnxError> {
     let (_, env) = crate::onnx::init_runtime()?;
-    let err = |e: &dyn std::fmt::Display| load_err(path, e);
+    let err = |e: ort::Error| load_err(path, e);
     // Every node runs on the GPU, launched from the calling worker thread: a pool of intra-op
     // threads (one per core by default, spinning between runs) would only burn CPU, and its
     // threads would make CUDA calls outside the capture-mode relaxation of our threads.
     let mut b = Session::builder(&env)
-        .map_err(|e| err(&e))?
+        .map_err(err)?
         .with_intra_threads(1)
-        .map_err(|e| err(&e))?
+        .map_err(|e| err(e.into()))?
         .with_inter_threads(1)
-        .map_err(|e| err(&e))?
+        .map_err(|e| err(e.into()))?
         .with_intra_op_spinning(false)
-        .map_err(|e| err(&e))?
+        .map_err(|e| err(e.into()))?
         .with_inter_op_spinning(false)
-        .map_err(|e| err(&e))?;
+        .map_err(|e| err(e.into()))?;
     for (name, v) in dims {
         b = b
             .with_dimension_override(name, *v as i64)
-            .map_err(|e| err(&e))?;
+            .map_err(|e| err(e.into()))?;
     }
     // The provider runs on `stream`; the session holds it (`ffi::ort::CudaSession`), so the
     // stream outlives the session.
-    CudaSession::commit(b, stream, graph, path).map_err(|e| err(&e))
+    CudaSession::commit(b, stream, graph, path).map_err(err)
 }
 
 impl CudaOnnx {
     /// Checks that `path` loads with the CUDA execution provider on device 0 and describes it;
     /// sessions are then made per input size, their kernels queued on `stream` (which each
     /// session holds).
-    pub fn load(path: &Path, stream: &Arc<CudaStream>) -> Result<Self, InferError> {
+    pub fn load(path: &Path, stream: &Arc<CudaStream>) -> Result<Self, OnnxError> {
         let probe = session(path, stream, &[], false)?;
-        let (inputs, outputs) = probe.describe().map_err(|e| load_err(path, &e))?;
+        let (inputs, outputs) = probe.describe().map_err(|source| OnnxError::Describe {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let sym = |i: usize| match probe.inputs()[0].dtype() {
             ort::value::ValueType::Tensor {
                 dimension_symbols, ..
@@ -139,7 +143,7 @@ impl CudaOnnx {
     /// The session and tensors for an `in_w`×`in_h` input, made on first use of that size
     /// (a session load and one discovery run; afterwards nothing is allocated). Takes
     /// [`super::GPU_LOCK`] exclusively while it makes one: call it without holding that lock.
-    pub fn bind(&mut self, in_w: usize, in_h: usize, batch: usize) -> Result<&Bound, InferError> {
+    pub fn bind(&mut self, in_w: usize, in_h: usize, batch: usize) -> Result<&Bound, OnnxError> {
         if let Some(i) = self.position(in_w, in_h, batch) {
             return Ok(&self.bound[i]);
         }
@@ -151,7 +155,7 @@ impl CudaOnnx {
         let _exclusive = super::GPU_LOCK.write().unwrap_or_else(|e| e.into_inner());
         let b = match self.make(in_w, in_h, batch, graph) {
             Err(e) if graph => {
-                tracing::warn!(model = %self.path.display(), "CUDA graph refused ({e}); running without");
+                tracing::warn!(model = %self.path.display(), "CUDA graph refused ({}); running without", vigil_core::error::chain(&e));
                 self.make(in_w, in_h, batch, false)?
             }
             r => r?,
@@ -186,8 +190,8 @@ impl CudaOnnx {
         in_h: usize,
         batch: usize,
         graph: bool,
-    ) -> Result<Bound, InferError> {
-        let err = |e: ort::Error| InferError::Run(format!("binding a {in_w}×{in_h} input: {e}"));
+    ) -> Result<Bound, OnnxError> {
+        let err = |source: ort::Error| OnnxError::Bind { in_w, in_h, source };
         // The output shapes for this size: from one run of a session without a graph (a graph
         // is captured with the output buffers of its first run, so those must be final).
         let known = if graph {
@@ -291,8 +295,8 @@ impl Bound {
     /// Runs the model on what is in the bound input, into the bound outputs. Allocates
     /// nothing: the C API is called directly (`ffi::ort::CudaSession::run`), since
     /// `Session::run_binding` builds a map of output values on every run.
-    pub fn run(&mut self) -> Result<(), InferError> {
-        self.session.run(&self.binding).map_err(InferError::Run)
+    pub fn run(&mut self) -> Result<(), OnnxError> {
+        self.session.run(&self.binding).map_err(OnnxError::Run)
     }
 
     /// The `[batch, 3, in_h, in_w]` f32 input, for the preprocessing kernel to write.

@@ -15,6 +15,7 @@
 //! checks their soundness rests on), the page-locked result buffers come from `ffi::cuda`.
 
 use super::ort_cuda::MAX_BATCH;
+use super::{GpuError, LaunchError};
 use crate::ffi::cuda::{DeviceView, alloc_pinned_f32};
 use crate::ffi::postprocess_kernels::{CANDIDATE_FLOATS, PostprocessKernels};
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, PinnedHostSlice};
@@ -44,23 +45,17 @@ pub struct GpuPostprocessor {
 }
 
 impl GpuPostprocessor {
-    pub fn new(ctx: &Arc<CudaContext>, stream: Arc<CudaStream>) -> Result<Self, String> {
-        let e = |e: cudarc::driver::DriverError| e.to_string();
+    pub fn new(ctx: &Arc<CudaContext>, stream: Arc<CudaStream>) -> Result<Self, GpuError> {
         Ok(Self {
             kernels: PostprocessKernels::new(ctx)?,
-            cand: stream
-                .alloc_zeros::<f32>(MAX_CANDIDATES * CANDIDATE_FLOATS)
-                .map_err(e)?,
-            count: stream.alloc_zeros::<u32>(2).map_err(e)?,
-            result: stream
-                .alloc_zeros::<f32>(RESULT_FLOATS * MAX_BATCH)
-                .map_err(e)?,
+            cand: stream.alloc_zeros::<f32>(MAX_CANDIDATES * CANDIDATE_FLOATS)?,
+            count: stream.alloc_zeros::<u32>(2)?,
+            result: stream.alloc_zeros::<f32>(RESULT_FLOATS * MAX_BATCH)?,
             host: (0..MAX_BATCH)
                 // Plain page-locked memory (no write-combining: the CPU reads it); its
                 // contents are only read after a copy into it has completed.
                 .map(|_| alloc_pinned_f32(ctx, RESULT_FLOATS))
-                .collect::<Result<_, _>>()
-                .map_err(e)?,
+                .collect::<Result<_, _>>()?,
             stream,
             score_threshold: 0.35,
             nms_iou: 0.5,
@@ -79,14 +74,13 @@ impl GpuPostprocessor {
         bins: usize,
         outs: &[DeviceView<'_, f32>],
         lb: &Letterbox,
-    ) -> Result<(), String> {
+    ) -> Result<(), GpuError> {
         if i >= MAX_BATCH {
-            return Err(format!("image {i} of a batch of at most {MAX_BATCH}"));
+            return Err(LaunchError::Image(i).into());
         }
         let Ok(levels) = <&[LevelInfo; 3]>::try_from(levels) else {
-            return Err(format!("expected 3 output levels, got {}", levels.len()));
+            return Err(LaunchError::Levels(levels.len()).into());
         };
-        let e = |e: cudarc::driver::DriverError| e.to_string();
         let cap = MAX_CANDIDATES as i32;
         self.kernels.decode(
             &self.stream,
@@ -115,28 +109,26 @@ impl GpuPostprocessor {
             max_out,
             &mut block,
         )?;
-        self.stream
-            .memcpy_dtoh(
-                &self
-                    .result
-                    .slice(i * RESULT_FLOATS..(i + 1) * RESULT_FLOATS),
-                &mut self.host[i],
-            )
-            .map_err(e)?;
+        self.stream.memcpy_dtoh(
+            &self
+                .result
+                .slice(i * RESULT_FLOATS..(i + 1) * RESULT_FLOATS),
+            &mut self.host[i],
+        )?;
         Ok(())
     }
 
     /// Waits for the queued work; returns the bytes copied to the host for `n` images.
-    pub fn finish(&mut self, n: usize) -> Result<usize, String> {
-        self.stream.synchronize().map_err(|e| e.to_string())?;
+    pub fn finish(&mut self, n: usize) -> Result<usize, GpuError> {
+        self.stream.synchronize()?;
         Ok(n * RESULT_FLOATS * 4)
     }
 
     /// Image `i`'s detections (after [`Self::finish`]); false if its model outputs held a
     /// non-finite value.
-    pub fn read(&mut self, i: usize, out: &mut Detections) -> Result<bool, String> {
+    pub fn read(&mut self, i: usize, out: &mut Detections) -> Result<bool, GpuError> {
         out.clear();
-        let host = self.host[i].as_slice().map_err(|e| e.to_string())?;
+        let host = self.host[i].as_slice()?;
         let n = (host[0] as usize).min(MAX_DETECTIONS);
         for d in host[3..3 + 6 * n].chunks_exact(6) {
             let _ = out.push(Detection {

@@ -12,8 +12,9 @@
 //! frames into a device output ([`GpuPreprocessor::run_planes`]).
 
 use super::ort_cuda::MAX_BATCH;
+use super::{GpuError, LaunchError};
 use crate::ffi::cuda::DeviceViewMut;
-use crate::ffi::preprocess_kernel::PreprocessKernels;
+use crate::ffi::preprocess_kernel::{PreprocessKernels, check_precision};
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DeviceRepr};
 use std::sync::Arc;
 use vigil_core::model::preprocess::{InputSpec, Letterbox};
@@ -33,7 +34,7 @@ impl GpuPreprocessor {
         ctx: &Arc<CudaContext>,
         spec: InputSpec,
         stream: Arc<CudaStream>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, GpuError> {
         Ok(Self {
             spec,
             kernels: PreprocessKernels::new(ctx)?,
@@ -58,22 +59,15 @@ impl GpuPreprocessor {
         frames: &[DeviceYuv<'_>],
         out: &mut CudaSlice<T>,
         precision: Precision,
-    ) -> Result<heapless::Vec<Letterbox, MAX_BATCH>, String> {
-        if std::mem::size_of::<T>() != precision.bytes() {
-            return Err(format!(
-                "{precision:?} output into a buffer of {}-byte elements",
-                std::mem::size_of::<T>()
-            ));
-        }
+    ) -> Result<heapless::Vec<Letterbox, MAX_BATCH>, GpuError> {
+        check_precision::<T>(precision)?;
         let mut planes = heapless::Vec::<DevicePlanes, MAX_BATCH>::new();
         // Kept until the launch is queued (where cudarc tracks events, each records then).
         let mut guards = heapless::Vec::<_, MAX_BATCH>::new();
         for f in frames {
             let (p, sync) = DevicePlanes::of_yuv(f, &self.stream)?;
             let _ = guards.push(sync);
-            planes
-                .push(p)
-                .map_err(|_| format!("more than {MAX_BATCH} frames in one batch"))?;
+            planes.push(p).map_err(|_| LaunchError::BatchFull)?;
         }
         let (dst, _sync) = DeviceViewMut::of_slice(out, &self.stream);
         // The slices are borrowed for this call, and their guards (`guards`, `_sync`), dropped
@@ -88,7 +82,7 @@ impl GpuPreprocessor {
         &self,
         frame: &DeviceYuv<'_>,
         out: &mut CudaSlice<f32>,
-    ) -> Result<Letterbox, String> {
+    ) -> Result<Letterbox, GpuError> {
         let lbs = self.run_batch(std::slice::from_ref(frame), out, Precision::F32)?;
         Ok(lbs[0])
     }
@@ -102,7 +96,7 @@ impl GpuPreprocessor {
         frames: &[DevicePlanes<'_>],
         out: DeviceViewMut<'_, T>,
         precision: Precision,
-    ) -> Result<heapless::Vec<Letterbox, MAX_BATCH>, String> {
+    ) -> Result<heapless::Vec<Letterbox, MAX_BATCH>, GpuError> {
         self.kernels
             .launch(&self.stream, &self.spec, frames, out, precision)
     }
