@@ -7,6 +7,7 @@ mod bench_gpu;
 mod detect;
 mod gpu_check;
 mod ota_cli;
+mod token;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -70,6 +71,9 @@ enum Cmd {
     /// Signed OTA bundles of models and config: keygen, pack, verify (see ota/README.md).
     #[command(subcommand)]
     Ota(crate::ota_cli::OtaCmd),
+    /// Bearer tokens of the HTTP API: `token new --scope read|admin` (see docs/http.md).
+    #[command(subcommand)]
+    Token(crate::token::TokenCmd),
 }
 
 /// Human text on a terminal; journald (structured fields) when systemd started us.
@@ -147,6 +151,7 @@ fn main() -> ExitCode {
             report(crate::bench::run(args))
         }
         Cmd::Ota(cmd) => report(crate::ota_cli::run(cmd)),
+        Cmd::Token(cmd) => report(crate::token::run(cmd)),
         Cmd::RtspServe { file, port, mount } => report(
             vigil_dataplane::media::rtsp_server::serve_forever(&file, port, &mount)
                 .map_err(anyhow::Error::from),

@@ -206,6 +206,7 @@ fn expected_good_config() -> Config {
         },
         http: HttpConfig {
             listen: "0.0.0.0:8080".into(),
+            ..HttpConfig::default()
         },
         models: models.into_iter().collect(),
         cameras: vec![lobby_camera(), replay_camera()],

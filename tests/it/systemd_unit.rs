@@ -21,6 +21,7 @@ fn unit_declares_notify_watchdog_restart_state_and_a_dedicated_user() {
         "User=vigil",
         "NoNewPrivileges=yes",
         "DeviceAllow=/dev/nvidiactl rw",
+        "LimitNOFILE=16384",
     ] {
         assert!(text.lines().any(|l| l.trim() == line), "missing {line}");
     }

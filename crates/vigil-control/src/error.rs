@@ -38,6 +38,9 @@ pub enum ControlError {
         #[source]
         source: std::io::Error,
     },
+    /// The HTTP API could not start (its TLS files).
+    #[error(transparent)]
+    Http(#[from] crate::http::HttpError),
     #[error("signal handler")]
     Signal(#[source] std::io::Error),
 }

@@ -291,7 +291,7 @@ impl Supervisor {
             crate::mqtt::commands::Handler::new(Arc::new(move || {
                 snapshot.lock().map(|v| v.clone()).unwrap_or_default()
             }))
-            .with_control(control_tx)
+            .with_control(control_tx.clone())
         };
         let health = HealthRegistry::default();
         let link_beat = health.register("mqtt-link", Duration::from_secs(15), true);
@@ -317,22 +317,25 @@ impl Supervisor {
         );
         flush_ota(&mut ota, &link);
         let views: SharedViews = Arc::new(std::sync::RwLock::new(plan.views()));
-        let http = if cfg.http.listen.is_empty() {
-            None
-        } else {
-            let registry = crate::http::registry((&views, &spool, &link.stats, &health), &latency);
-            let state = crate::http::AppState {
-                health: health.clone(),
-                spool: spool.clone(),
-                link: link.stats.clone(),
-                cameras: views.clone(),
-                registry: Arc::new(registry),
-            };
-            let (addr, task) = crate::http::serve(&cfg.http.listen, state).await?;
-            tracing::info!(
-                "HTTP API on http://{addr} (/healthz, /metrics, /api/cameras, /api/events)"
-            );
-            Some(task)
+        let http = match cfg.http.effective_listen() {
+            None => None,
+            Some(listen) => {
+                let registry =
+                    crate::http::registry((&views, &spool, &link.stats, &health), &latency);
+                let state = crate::http::AppState {
+                    health: health.clone(),
+                    spool: spool.clone(),
+                    link: link.stats.clone(),
+                    cameras: views.clone(),
+                    registry: Arc::new(registry),
+                };
+                let (addr, scheme, task) =
+                    crate::http::serve(&cfg.http, listen, state, Some(control_tx.clone())).await?;
+                tracing::info!(
+                    "HTTP API on {scheme}://{addr} (/healthz, /metrics, /api/cameras, /api/events)"
+                );
+                Some(task)
+            }
         };
         let core_beat = health.register("supervisor", Duration::from_secs(10), true);
         let (validated_tx, validated) = tokio::sync::mpsc::channel(1);
@@ -509,7 +512,10 @@ impl Supervisor {
                 }
             }
             ControlKind::GetConfig => match std::fs::read_to_string(&self.config_path) {
-                Ok(text) => Ok(serde_json::json!({ "summary": "config", "toml": text })),
+                Ok(text) => Ok(serde_json::json!({
+                    "summary": "config",
+                    "toml": vigil_core::config::redact_secrets(&text)
+                })),
                 Err(e) => Err((
                     format!("{}: {e}", self.config_path.display()),
                     serde_json::Value::Null,

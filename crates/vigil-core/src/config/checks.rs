@@ -2,6 +2,7 @@
 //! each problem reported at once as a field path.
 
 use super::diagnostics::*;
+use super::http::check_http;
 use super::spans::*;
 use super::{Config, Dur, LineConfig, ModelConfig, ZoneConfig, ZoneEventKind};
 use crate::analytics::{COCO_CLASSES, coco_class_id, geometry};
@@ -110,13 +111,6 @@ pub(super) fn check_min_duration(c: &mut Checker, path: &str, value: Dur, min: D
             path,
             format!("{} is too short (expected at least {min})", fmt_dur(value)),
         );
-    }
-}
-
-pub(super) fn check_http(c: &mut Checker, config: &Config) {
-    let l = &config.http.listen;
-    if !l.is_empty() && l.parse::<std::net::SocketAddr>().is_err() {
-        c.err("http.listen", format!("{l:?} is not an address:port (expected e.g. \"127.0.0.1:8080\" or \"\" for no HTTP API)"));
     }
 }
 

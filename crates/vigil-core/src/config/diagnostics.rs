@@ -72,7 +72,9 @@ pub(super) struct Issue {
 // Serde and syntax error messages
 
 /// Duration fields: a wrong type there means "not a duration string".
-pub(super) const DURATION_FIELDS: [&str; 9] = [
+pub(super) const DURATION_FIELDS: [&str; 11] = [
+    "idle_timeout",
+    "header_timeout",
     "keep_alive",
     "telemetry_interval",
     "stall_timeout",

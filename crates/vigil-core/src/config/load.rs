@@ -20,6 +20,7 @@
 use super::Config;
 use super::checks::*;
 use super::diagnostics::*;
+use super::secrets::{Mode, SecretSource, overlay_file_references, resolve};
 use super::spans::*;
 use crate::facts::BoxFacts;
 use crate::redact::redact;
@@ -33,8 +34,11 @@ use toml::de::DeTable;
 
 /// Parses and validates config text. `file` is only used in error messages; nothing is read
 /// from disk (model files are checked by [`load`]).
+///
+/// Secret references (`${credential:…}`, `${file:…}`) are checked but not read: they stay in
+/// the result as written.
 pub fn parse(text: &str, file: &Path, facts: &dyn BoxFacts) -> Result<Config, ConfigErrors> {
-    parse_located(text, file, facts).map(|(config, _)| config)
+    parse_located(text, file, facts, Mode::Placeholder).map(|(config, _)| config)
 }
 
 /// Reads, parses and validates a config file; relative model paths in the result are made
@@ -50,8 +54,11 @@ pub fn load(path: &Path, facts: &dyn BoxFacts) -> Result<Config, ConfigErrors> {
             message: format!("cannot read config file: {e} (expected a readable UTF-8 TOML file)"),
         }])
     })?;
-    let (mut config, source) = parse_located(&text, path, facts)?;
-    let issues = resolve_model_paths(&mut config, path);
+    // Secret references are resolved (`secrets.rs`): the result holds the secrets.
+    let secrets = SecretSource::from_env(path);
+    let (mut config, source) = parse_located(&text, path, facts, Mode::Read(&secrets))?;
+    let mut issues = resolve_model_paths(&mut config, path);
+    issues.extend(super::http::check_http_files(&config));
     source.report(issues)?;
     Ok(config)
 }
@@ -108,6 +115,7 @@ pub fn load_overlaid(
         })
         .collect();
     over_src.report(forbidden)?;
+    over_src.report(overlay_file_references(&over))?;
     let slot = overlay.parent().unwrap_or(Path::new("."));
     if let Some(toml::Value::Table(models)) = over.get_mut("models") {
         for (_, m) in models.iter_mut() {
@@ -142,7 +150,9 @@ pub fn load_overlaid(
         v.sort_by(|a, b| (&a.file, a.line, a.col).cmp(&(&b.file, b.line, b.col)));
         ConfigErrors(v)
     };
-    let (mut config, merged_src) = parse_located(&text, base, facts).map_err(relocate)?;
+    let secrets = SecretSource::from_env(base);
+    let (mut config, merged_src) =
+        parse_located(&text, base, facts, Mode::Read(&secrets)).map_err(relocate)?;
     let issues = resolve_model_paths(&mut config, base);
     merged_src.report(issues).map_err(relocate)?;
     Ok(config)
@@ -180,10 +190,13 @@ pub(super) fn from_overlay(over: &SpanIndex, base: &SpanIndex, path: &str) -> bo
     o.is_some() && o >= b
 }
 
+/// Parses, resolves secret references as `mode` says, and checks. With
+/// [`Mode::Placeholder`] the checks see placeholders and the result keeps the references.
 pub(super) fn parse_located<'t>(
     text: &'t str,
     file: &'t Path,
     facts: &dyn BoxFacts,
+    mode: Mode<'_>,
 ) -> Result<(Config, Source<'t>), ConfigErrors> {
     let (doc, syntax_errors) = DeTable::parse_recoverable(text);
     let source = Source {
@@ -198,12 +211,14 @@ pub(super) fn parse_located<'t>(
     if let Some(e) = first_syntax_error {
         return Err(ConfigErrors(vec![source.syntax_error(e)]));
     }
-    let config = Config::deserialize(toml::de::Deserializer::from(doc))
+    let mut config = Config::deserialize(toml::de::Deserializer::from(doc))
         .map_err(|e| ConfigErrors(vec![source.serde_error(&e)]))?;
-    let mut issues = check_config(&config, facts);
+    let as_written = matches!(mode, Mode::Placeholder).then(|| config.clone());
+    let mut issues = resolve(&mut config, mode);
+    issues.extend(check_config(&config, facts));
     issues.extend(check_point_arity(&config, &source.index));
     source.report(issues)?;
-    Ok((config, source))
+    Ok((as_written.unwrap_or(config), source))
 }
 
 /// The text being parsed, with what is needed to turn spans and paths into positions.
@@ -301,6 +316,13 @@ pub(super) fn resolve_model_paths(config: &mut Config, config_file: &Path) -> Ve
     for d in [config.storage.dir.as_mut(), config.ota.dir.as_mut()]
         .into_iter()
         .flatten()
+        .chain(
+            config
+                .http
+                .tls
+                .iter_mut()
+                .flat_map(|t| [&mut t.cert, &mut t.key]),
+        )
     {
         let joined = dir.join(&*d);
         *d = std::path::absolute(&joined).unwrap_or(joined);

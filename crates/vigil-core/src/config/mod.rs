@@ -5,8 +5,10 @@
 mod checks;
 mod diagnostics;
 mod diff;
+mod http;
 mod load;
 mod schema;
+mod secrets;
 mod spans;
 
 pub use diagnostics::{ConfigError, ConfigErrors};
@@ -16,3 +18,4 @@ pub use diff::{
 };
 pub use load::{load, load_overlaid, parse};
 pub use schema::*;
+pub use secrets::{MAX_SECRET_BYTES, SecretSource, private_file_problem, redact_secrets};

@@ -140,20 +140,89 @@ impl Default for MqttConfig {
     }
 }
 
-/// The HTTP API (`/healthz`, `/metrics`, `/api/...`).
+/// The HTTP API (`/healthz`, `/metrics`, `/api/...`; `docs/http.md`).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// `address:port` to listen on; port 0 picks a free one (logged); "" turns the API off.
+    /// With no `tokens`, the API is served on the loopback address only (a non-loopback
+    /// address is replaced by 127.0.0.1 or ::1, with a warning).
     pub listen: String,
+    /// Bearer tokens, stored as SHA-256 digests (`vigil token new`). Set: every route but
+    /// `/healthz` needs one.
+    pub tokens: Vec<HttpToken>,
+    /// HTTPS instead of HTTP.
+    pub tls: Option<HttpTls>,
+    /// Connections served at once; at the cap, the longest-idle connection is closed for a new
+    /// one (or the new one, when none is idle). Also capped at a quarter of the process's file
+    /// descriptor limit, so that cameras and models always find descriptors.
+    pub max_connections: u32,
+    /// A connection with no request in progress (a new one, or a kept-alive one after its last
+    /// response) is closed after this.
+    pub idle_timeout: Dur,
+    /// Once a request has started to arrive, its headers (and a TLS handshake) must be complete
+    /// within this.
+    pub header_timeout: Dur,
+    /// Largest request body; larger ones get 413 before the body is read.
+    pub max_body_bytes: u64,
+    /// Longest query string (after `?`); longer ones get 414.
+    pub max_query_bytes: u32,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8080".into(),
+            tokens: Vec::new(),
+            tls: None,
+            max_connections: 256,
+            idle_timeout: Dur::secs(15),
+            header_timeout: Dur::secs(5),
+            max_body_bytes: 64 << 10,
+            max_query_bytes: 1024,
         }
     }
+}
+
+/// One bearer token of the HTTP API.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpToken {
+    /// Who holds it (logged with each refused or admin request); unique.
+    pub name: String,
+    pub scope: TokenScope,
+    /// Lower-case hex SHA-256 of the token's text (64 characters), or a secret reference
+    /// (`${credential:NAME}`, `${file:PATH}`) to a file holding it.
+    pub sha256: String,
+}
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenScope {
+    /// Read: `/metrics` and every `GET /api/...` that shows state.
+    Read,
+    /// Admin: read, plus the routes that change state or show the config.
+    Admin,
+}
+
+impl TokenScope {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TokenScope::Read => "read",
+            TokenScope::Admin => "admin",
+        }
+    }
+}
+
+/// The certificate chain and private key of the HTTPS listener, PEM files; a relative path is
+/// relative to the config file's directory. The key file must not be readable by group or
+/// others (mode 0600 or stricter).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// Where Vigil keeps its state: the event spool (`events.db`).

@@ -1,17 +1,14 @@
-//! The HTTP API (axum): `/healthz` (200 or 503 with per-stage detail), `/metrics` (Prometheus
-//! text), `/api/cameras`, `/api/events` (paged history from the spool).
-//!
-//! Reads shared state only (camera views, the spool, the health registry, link counters); it
-//! never drives the pipelines.
+//! `/metrics`: the Prometheus text of a `prometheus-client` registry whose collector reads the
+//! live counters at scrape (cameras, queues, spool, MQTT link, GPU copies, stage health, HTTP
+//! connections), plus the per-camera inference latency histograms the analysis workers observe.
 
+use super::{AppState, read};
 use crate::mqtt::LinkStats;
 use crate::plan::{CameraView, SharedViews};
 use crate::spool::Spool;
-use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -25,10 +22,6 @@ use vigil_core::health::HealthRegistry;
 
 pub type CameraLabel = [(&'static str, String); 1];
 
-fn read(v: &SharedViews) -> Vec<CameraView> {
-    v.read().map(|g| g.clone()).unwrap_or_default()
-}
-
 fn infer_histogram() -> Histogram {
     // 5 ms … 2.56 s
     Histogram::new(exponential_buckets(0.005, 2.0, 10))
@@ -39,15 +32,6 @@ pub type InferLatency = Family<CameraLabel, Histogram, fn() -> Histogram>;
 
 pub fn new_infer_latency() -> InferLatency {
     Family::new_with_constructor(infer_histogram as fn() -> Histogram)
-}
-
-#[derive(Clone)]
-pub struct AppState {
-    pub health: HealthRegistry,
-    pub spool: Arc<Spool>,
-    pub link: Arc<LinkStats>,
-    pub cameras: SharedViews,
-    pub registry: Arc<Registry>,
 }
 
 /// Everything that is a counter or gauge already lives in atomics; this reads them at scrape.
@@ -268,6 +252,36 @@ impl Collector for Snapshot {
             "1 while the stage heartbeats within its deadline.",
             &health,
         )?;
+        let conns = &super::server::CONNECTIONS;
+        let load = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
+        gauge(
+            &mut enc,
+            "vigil_http_connections",
+            "Open HTTP connections",
+            &[(vec![], load(&conns.open) as i64)],
+        )?;
+        counter(
+            &mut enc,
+            "vigil_http_connections_accepted",
+            "HTTP connections accepted",
+            &[([("listener", "http".to_string())], load(&conns.accepted))],
+        )?;
+        let closed: Vec<(CameraLabel, u64)> = [
+            ("idle", &conns.idle_timeouts),
+            ("header_timeout", &conns.header_timeouts),
+            ("evicted", &conns.evicted),
+            ("refused", &conns.refused),
+            ("tls_failed", &conns.tls_failures),
+        ]
+        .into_iter()
+        .map(|(reason, v)| ([("reason", reason.to_string())], load(v)))
+        .collect();
+        counter(
+            &mut enc,
+            "vigil_http_connections_closed",
+            "HTTP connections Vigil closed: idle, headers too slow, evicted or refused at the cap, TLS handshake failed",
+            &closed,
+        )?;
         Ok(())
     }
 }
@@ -290,27 +304,6 @@ pub fn registry(
         latency.clone(),
     );
     r
-}
-
-async fn healthz(State(s): State<AppState>) -> Response {
-    let stages = s.health.check();
-    let healthy = stages.iter().all(|st| st.ok || !st.required);
-    let cameras: serde_json::Map<String, serde_json::Value> = read(&s.cameras)
-        .iter()
-        .map(|c| {
-            (
-                c.name.clone(),
-                serde_json::to_value(c.stats.status()).unwrap_or_default(),
-            )
-        })
-        .collect();
-    let body = serde_json::json!({ "healthy": healthy, "stages": stages, "cameras": cameras });
-    let code = if healthy {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (code, axum::Json(body)).into_response()
 }
 
 /// prometheus-client writes OpenMetrics, where a counter family `x` has samples `x_total` and the
@@ -339,7 +332,7 @@ pub fn openmetrics_to_prometheus(text: &str) -> String {
     out
 }
 
-async fn metrics(State(s): State<AppState>) -> Response {
+pub(super) async fn metrics(State(s): State<AppState>) -> Response {
     let mut text = String::new();
     match prometheus_client::encoding::text::encode(&mut text, &s.registry) {
         Ok(()) => (
@@ -352,88 +345,6 @@ async fn metrics(State(s): State<AppState>) -> Response {
             .into_response(),
         Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "metrics encoding failed").into_response(),
     }
-}
-
-async fn cameras(State(s): State<AppState>) -> Response {
-    let list: Vec<serde_json::Value> = read(&s.cameras)
-        .iter()
-        .map(|c| {
-            serde_json::json!({
-                "name": c.name,
-                "url": vigil_core::redact::redact(&c.url),
-                "status": c.stats.status(),
-                "pipeline_id": c.stats.pipeline_id.load(Ordering::Relaxed),
-                "frames_decoded": c.stats.frames_in.load(Ordering::Relaxed),
-                "frames_analysed": c.analysis.analysed.load(Ordering::Relaxed),
-                "frames_dropped": c.queue.dropped(c.slot),
-                "events": c.analysis.events.load(Ordering::Relaxed),
-            })
-        })
-        .collect();
-    axum::Json(list).into_response()
-}
-
-#[derive(serde::Deserialize)]
-struct Page {
-    /// First seq to return (default 1).
-    from_seq: Option<u64>,
-    /// At most this many (default 100, at most 1000).
-    limit: Option<usize>,
-}
-
-async fn events(State(s): State<AppState>, Query(p): Query<Page>) -> Response {
-    let from = p.from_seq.unwrap_or(1).max(1);
-    let limit = p.limit.unwrap_or(100).clamp(1, 1000);
-    let spool = s.spool.clone();
-    let rows = tokio::task::spawn_blocking(move || spool.from_seq(from, limit)).await;
-    match rows {
-        Ok(Ok(rows)) => {
-            let next = rows.last().map(|r| r.seq + 1);
-            let events: Vec<serde_json::Value> = rows
-                .iter()
-                .filter_map(|r| serde_json::from_slice(&r.payload).ok())
-                .collect();
-            axum::Json(serde_json::json!({ "events": events, "next_from_seq": next }))
-                .into_response()
-        }
-        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-    }
-}
-
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .route("/api/cameras", get(cameras))
-        .route("/api/events", get(events))
-        .with_state(state)
-}
-
-/// Serves until the task is dropped; returns the bound address.
-pub async fn serve(
-    listen: &str,
-    state: AppState,
-) -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>), crate::error::ControlError> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|source| crate::error::ControlError::HttpListen {
-            listen: listen.to_string(),
-            source,
-        })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| crate::error::ControlError::HttpListen {
-            listen: listen.to_string(),
-            source,
-        })?;
-    let app = router(state);
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("HTTP server stopped: {e}");
-        }
-    });
-    Ok((addr, task))
 }
 
 #[cfg(test)]
