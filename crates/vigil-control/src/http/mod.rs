@@ -328,12 +328,8 @@ pub async fn serve(
         .await
         .map_err(listen_error)?;
     let addr = listener.local_addr().map_err(listen_error)?;
-    if http.listen.parse().ok() != Some(listen) {
-        tracing::warn!(
-            "HTTP API: no [[http.tokens]], so it listens on {addr} only, not {} (make a token \
-             with `vigil token new`)",
-            http.listen
-        );
+    for (field, warning) in http.warnings() {
+        tracing::warn!("{field}: {warning}");
     }
     let fds = server::fd_limit();
     let limits = server::Limits {

@@ -1,5 +1,5 @@
 //! The `[http]` table: its checks (address, tokens, limits), its TLS files (read and checked
-//! when the config is loaded), and the address the API really listens on: with
+//! when the config is loaded), its warnings, and the address the API really listens on: with
 //! no tokens the API is unauthenticated, so it is served on the loopback address only.
 
 use super::checks::{Checker, check_min_duration, check_name};
@@ -28,6 +28,38 @@ impl HttpConfig {
             });
         }
         Some(addr)
+    }
+}
+
+impl HttpConfig {
+    /// What the table allows but is probably not meant, as (field path, message): a
+    /// non-loopback `listen` without tokens (served on loopback instead), and tokens sent in
+    /// clear text to other hosts. `check-config` prints them; `vigil run` logs them.
+    pub fn warnings(&self) -> Vec<(&'static str, String)> {
+        let (Ok(asked), Some(used)) = (self.listen.parse::<SocketAddr>(), self.effective_listen())
+        else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        if asked != used {
+            out.push((
+                "http.listen",
+                format!(
+                    "no [[http.tokens]]: the API is unauthenticated, so it listens on {used} \
+                     only, not {asked} (expected tokens from `vigil token new` to serve other \
+                     hosts)"
+                ),
+            ));
+        } else if !self.tokens.is_empty() && self.tls.is_none() && !used.ip().is_loopback() {
+            out.push((
+                "http",
+                format!(
+                    "HTTP on {used} without TLS: bearer tokens cross the network in clear text \
+                     (expected [http.tls] with cert and key)"
+                ),
+            ));
+        }
+        out
     }
 }
 
@@ -197,6 +229,25 @@ mod tests {
         assert_eq!(h.effective_listen(), Some("0.0.0.0:8080".parse().unwrap()));
         h.listen = String::new();
         assert_eq!(h.effective_listen(), None);
+    }
+
+    #[test]
+    fn warnings_name_the_loopback_fallback_and_clear_text_tokens() {
+        let mut h = HttpConfig {
+            listen: "0.0.0.0:8080".into(),
+            ..HttpConfig::default()
+        };
+        let w = h.warnings();
+        assert_eq!(w.len(), 1);
+        assert_eq!(w[0].0, "http.listen");
+        assert!(
+            w[0].1
+                .contains("listens on 127.0.0.1:8080 only, not 0.0.0.0:8080")
+        );
+        h.tokens.push(token("ops", &"a".repeat(64)));
+        assert_eq!(h.warnings()[0].0, "http");
+        h.listen = "127.0.0.1:8080".into();
+        assert_eq!(h.warnings(), vec![]);
     }
 
     #[test]
