@@ -1,23 +1,46 @@
-//! Target `http_query`: a request line's target as a client sends it, through the real router
-//! (`http::router`, axum's path matching and query extraction, the handlers, a real spool with
-//! five events). An input starting with `/` is the whole path and query; anything else is the
-//! query of `/api/events`.
+//! Target `http_query`: a request as a client sends it, through the API the server serves
+//! (`http::app`: bearer tokens, query and body limits, the read and admin routes, a real spool
+//! with five events, a control channel that answers every request).
 //!
-//! Checked: no answer is a 5xx but `/healthz`'s 503, and `/api/events` never returns an event
-//! before the `from_seq` it was asked for.
+//! One input: a first line, the request target (a path and query when it starts with `/`,
+//! else the query of `/api/events`), optionally after `POST `; then header lines (`Name:
+//! value`) up to an empty line, then the body. Without an `Authorization` line the read token
+//! is sent.
+//!
+//! Checked: no answer is a 5xx but `/healthz`'s 503; no route but `/healthz` answers 2xx
+//! without a configured token in the request, nor an admin route without the admin token; and
+//! `/api/events` never returns an event before the `from_seq` it was asked for.
 
 use axum::body::Body;
-use axum::http::{Request, Uri};
+use axum::http::{HeaderName, HeaderValue, Method, Request, Uri, header};
 use std::sync::{Arc, OnceLock};
 use tower::ServiceExt;
-use vigil_control::http::{AppState, new_infer_latency, registry, router};
+use vigil_control::control::{ControlRequest, QUEUE};
+use vigil_control::http::auth::token_digest;
+use vigil_control::http::{AppState, app, new_infer_latency, registry};
 use vigil_control::mqtt::LinkStats;
 use vigil_control::spool::{Retention, Spool};
+use vigil_core::config::{HttpConfig, HttpToken, TokenScope};
 use vigil_core::health::HealthRegistry;
+
+/// The tokens the API is configured with (their SHA-256 digests).
+pub const READ_TOKEN: &str = "fuzz-read-token";
+pub const ADMIN_TOKEN: &str = "fuzz-admin-token";
 
 struct Fixture {
     rt: tokio::runtime::Runtime,
     app: axum::Router,
+}
+
+fn token(name: &str, scope: TokenScope, text: &str) -> HttpToken {
+    HttpToken {
+        name: name.into(),
+        scope,
+        sha256: token_digest(text)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    }
 }
 
 fn fixture() -> &'static Fixture {
@@ -40,16 +63,32 @@ fn fixture() -> &'static Fixture {
             (&cameras, &spool, &link, &health),
             &new_infer_latency(),
         ));
-        let app = router(AppState {
+        let state = AppState {
             health,
             spool,
             link,
             cameras,
             registry,
-        });
+        };
+        let http = HttpConfig {
+            tokens: vec![
+                token("reader", TokenScope::Read, READ_TOKEN),
+                token("operator", TokenScope::Admin, ADMIN_TOKEN),
+            ],
+            ..HttpConfig::default()
+        };
         let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
             .build()
             .expect("runtime");
+        // The supervisor's side of the control API: every request answered at once.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<ControlRequest>(QUEUE);
+        rt.spawn(async move {
+            while let Some(req) = rx.recv().await {
+                let _ = req.reply.send(Ok(serde_json::json!({"summary": "done"})));
+            }
+        });
+        let app = app(state, &http, Some(tx));
         Fixture { rt, app }
     })
 }
@@ -64,22 +103,60 @@ fn asked_from(query: &str) -> Option<u64> {
         .ok()
 }
 
+fn admin_path(path: &str) -> bool {
+    path == "/api/config"
+        || path == "/api/reload"
+        || (path.starts_with("/api/cameras/") && path.ends_with("/restart"))
+}
+
 pub fn run(data: &[u8]) {
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
+    let _ = answer(data);
+}
+
+/// Sends the request an input describes and checks the answer; its status code (None for an
+/// input that is no request).
+fn answer(data: &[u8]) -> Option<u16> {
+    let text = std::str::from_utf8(data).ok()?;
+    let (head, body) = text.split_once("\n\n").unwrap_or((text, ""));
+    let mut lines = head.split('\n');
+    let first = lines.next().unwrap_or("");
+    let (method, target) = match first.strip_prefix("POST ") {
+        Some(t) => (Method::POST, t),
+        None => (Method::GET, first),
     };
-    let target = if text.starts_with('/') {
-        text.to_string()
+    let target = if target.starts_with('/') {
+        target.to_string()
     } else {
-        format!("/api/events?{text}")
+        format!("/api/events?{target}")
     };
-    let Ok(uri) = target.parse::<Uri>() else {
-        return;
-    };
+    let uri = target.parse::<Uri>().ok()?;
     let (path, query) = (uri.path().to_string(), uri.query().map(str::to_string));
-    let Ok(req) = Request::get(uri).body(Body::empty()) else {
-        return;
-    };
+    let mut req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(Body::from(body.to_string()))
+        .ok()?;
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.trim().as_bytes()),
+            HeaderValue::from_str(value.trim()),
+        ) {
+            req.headers_mut().append(n, v);
+        }
+    }
+    if !req.headers().contains_key(header::AUTHORIZATION) {
+        let bearer = HeaderValue::from_str(&format!("Bearer {READ_TOKEN}")).unwrap();
+        req.headers_mut().insert(header::AUTHORIZATION, bearer);
+    }
+    let presented: String = req
+        .headers()
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect();
     let f = fixture();
     let (status, body) = f.rt.block_on(async {
         let resp = f.app.clone().oneshot(req).await.expect("infallible");
@@ -88,11 +165,23 @@ pub fn run(data: &[u8]) {
         (status, body)
     });
     let body = body.expect("the body is read");
+    let shown = || String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
     assert!(
         !status.is_server_error() || (path == "/healthz" && status.as_u16() == 503),
         "{target:?}: {status} {}",
-        String::from_utf8_lossy(&body)
+        shown()
     );
+    if status.is_success() && path != "/healthz" {
+        let admin = presented.contains(ADMIN_TOKEN);
+        assert!(
+            admin || presented.contains(READ_TOKEN),
+            "{target:?} answered {status} without a token: {presented:?}"
+        );
+        assert!(
+            admin || !admin_path(&path),
+            "admin route {target:?} answered {status} without the admin token: {presented:?}"
+        );
+    }
     if path == "/api/events"
         && status.is_success()
         && let Some(from) = query.as_deref().and_then(asked_from)
@@ -104,6 +193,33 @@ pub fn run(data: &[u8]) {
                 seq >= from,
                 "{target:?}: event seq {seq} before from_seq {from}"
             );
+        }
+    }
+    Some(status.as_u16())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::answer;
+
+    /// The target reaches the handlers: the fixture's tokens work, and the API refuses what
+    /// it must (so a fuzzed input that gets past it would be seen).
+    #[test]
+    fn the_fixture_answers_as_the_api_does() {
+        let admin = "Authorization: Bearer fuzz-admin-token";
+        let read = "Authorization: Bearer fuzz-read-token";
+        for (input, code) in [
+            ("from_seq=2&limit=2".to_string(), 200),
+            ("/healthz\nAuthorization: nope".to_string(), 200),
+            ("/api/cameras\nAuthorization: Bearer other".to_string(), 401),
+            (format!("/api/config\n{admin}"), 200),
+            (format!("/api/config\n{read}"), 403),
+            (format!("POST /api/reload\n{admin}\n\n"), 200),
+            (format!("/api/reload\n{admin}"), 405),
+            ("/nothing".to_string(), 404),
+            (format!("/api/events?{}", "x".repeat(2000)), 414),
+        ] {
+            assert_eq!(answer(input.as_bytes()), Some(code), "{input}");
         }
     }
 }
