@@ -42,8 +42,10 @@ pub enum OtaCmd {
         out: PathBuf,
         dir: PathBuf,
     },
-    /// Check a bundle: signature, expiry, every file's size and digest; with --config also the
-    /// device's target and sequence. Prints the manifest and the verdict; exit 1 if refused.
+    /// Check a bundle as a box would: signature, manifest (paths, dates, sequence), every
+    /// file's size and digest; with --config also everything the box checks against its own
+    /// state (target, sequence, the config overlay merged over that config, the key floor).
+    /// Prints the manifest and the verdict; exit 1 if refused.
     Verify {
         bundle: PathBuf,
         /// A device config: its trusted keys, device class and active sequence.
@@ -145,17 +147,20 @@ pub fn run(cmd: OtaCmd) -> Result<()> {
             if keys.is_empty() {
                 bail!("no trusted key: give --key or --config");
             }
-            let active = match &cfg {
-                Some(c) => {
-                    vigil_ota::store::Store {
-                        dir: vigil_ota::dir_of(c),
-                    }
-                    .read_state()?
-                    .active
+            let state = match &cfg {
+                Some(c) => vigil_ota::store::Store {
+                    dir: vigil_ota::dir_of(c),
                 }
-                None => None,
+                .read_state()?,
+                None => Default::default(),
             };
             let f = std::fs::File::open(&bundle).with_context(|| bundle.display().to_string())?;
+            // Staged as the box stages it (into a scratch directory removed at the end), so
+            // that the box's checks of a staged set run on it too.
+            let staging = Scratch(
+                std::env::temp_dir().join(format!("vigil-ota-verify-{}", std::process::id())),
+            );
+            let _ = std::fs::remove_dir_all(&staging.0);
             let mut shown = false;
             let verdict = read_bundle(
                 std::io::BufReader::new(f),
@@ -168,15 +173,27 @@ pub fn run(cmd: OtaCmd) -> Result<()> {
                         Some(c) => vigil_ota::check_policy(
                             m,
                             &DeviceFacts::of(&c.ota.device_class, &ThisBox),
-                            active.as_ref(),
+                            state.active.as_ref(),
                             false,
                         ),
-                        None => m.check_expiry(std::time::SystemTime::now()),
+                        None => vigil_ota::check_manifest(m, std::time::SystemTime::now()),
                     }
                 },
-                None,
+                Some(&staging.0),
                 |_| {},
-            );
+            )
+            .and_then(|v| match (&config, &cfg) {
+                (Some(path), Some(c)) => vigil_ota::check_staged(
+                    path,
+                    &staging.0,
+                    &ThisBox,
+                    v.manifest.sequence,
+                    &c.ota.trusted_keys,
+                    state.key_floor,
+                )
+                .map(|_| v),
+                _ => Ok(v),
+            });
             let (sha, _) = file_sha256(&bundle)?;
             match verdict {
                 Ok(v) => {
@@ -187,13 +204,22 @@ pub fn run(cmd: OtaCmd) -> Result<()> {
                         if cfg.is_some() {
                             ", fits this device"
                         } else {
-                            "; target not checked: no --config"
+                            "; target, sequence and config overlay not checked: no --config"
                         }
                     );
                     Ok(())
                 }
-                Err(e) => bail!("{}: refused: {e}", bundle.display()),
+                Err(e) => bail!("{}: refused: {}", bundle.display(), e.reason()),
             }
         }
+    }
+}
+
+/// A scratch directory, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }

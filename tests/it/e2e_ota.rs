@@ -45,18 +45,21 @@ fn garbage_model(out: &Path) -> Vec<u8> {
     bytes
 }
 
-struct Box_ {
-    mqtt: u16,
-    sub: Subscriber,
+/// A running Vigil's OTA commands and messages, over the broker (`vigil/<device>/…`, with a
+/// subscriber on `vigil/<device>/#`). Shared with the other `ota_*` test modules.
+pub struct OtaBox {
+    pub mqtt: u16,
+    pub sub: Subscriber,
+    pub device: String,
 }
 
-impl Box_ {
+impl OtaBox {
     /// Sends a command; returns its reply.
-    fn command(&self, name: &str, payload: serde_json::Value) -> serde_json::Value {
+    pub fn command(&self, name: &str, payload: serde_json::Value) -> serde_json::Value {
         let id = payload["request_id"].as_str().unwrap().to_string();
         mqtt_publish(
             self.mqtt,
-            &format!("vigil/ota/cmd/{name}"),
+            &format!("vigil/{}/cmd/{name}", self.device),
             &payload.to_string(),
         );
         self.sub
@@ -68,7 +71,13 @@ impl Box_ {
     }
 
     /// Sends `ota/apply` and waits for the final progress phase of that request.
-    fn apply(&self, id: &str, url: &str, sha: &str, extra: serde_json::Value) -> serde_json::Value {
+    pub fn apply(
+        &self,
+        id: &str,
+        url: &str,
+        sha: &str,
+        extra: serde_json::Value,
+    ) -> serde_json::Value {
         let mut p = serde_json::json!({"request_id": id, "url": url, "sha256": sha});
         if let serde_json::Value::Object(m) = extra {
             p.as_object_mut().unwrap().extend(m);
@@ -78,19 +87,20 @@ impl Box_ {
         self.outcome(id)
     }
 
-    fn outcome(&self, id: &str) -> serde_json::Value {
+    /// The final `ota/progress` message of request `id` (waits up to 60 s).
+    pub fn outcome(&self, id: &str) -> serde_json::Value {
         self.sub
             .wait(Duration::from_secs(60), |m| {
                 m.topic.ends_with("/ota/progress")
                     && m.json["request_id"] == id
-                    && ["done", "failed", "rolled_back"]
+                    && ["done", "failed", "rolled_back", "cancelled"]
                         .contains(&m.json["phase"].as_str().unwrap_or(""))
             })
             .unwrap_or_else(|| panic!("no outcome for {id}"))
             .json
     }
 
-    fn phase_at(&self, id: &str, phase: &str) -> Instant {
+    pub fn phase_at(&self, id: &str, phase: &str) -> Instant {
         self.sub
             .wait(Duration::from_secs(1), |m| {
                 m.topic.ends_with("/ota/progress")
@@ -102,7 +112,7 @@ impl Box_ {
     }
 
     /// The latest retained-status message.
-    fn status(&self) -> serde_json::Value {
+    pub fn status(&self) -> serde_json::Value {
         self.sub
             .on("/ota/status")
             .last()
@@ -140,7 +150,11 @@ fn ota_updates_roll_back_and_refuse_bad_bundles_without_touching_the_running_set
     let sub = Subscriber::start(mqtt, &["vigil/ota/#"]);
     let (_vigil, logs) = vigil_run(&path);
     let addr = http_addr(&logs);
-    let b = Box_ { mqtt, sub };
+    let b = OtaBox {
+        mqtt,
+        sub,
+        device: "ota".into(),
+    };
     let t0 = Instant::now();
     while camera(&addr).1 < 3 {
         assert!(t0.elapsed() < Duration::from_secs(30), "camera analysing");

@@ -24,6 +24,7 @@ mod gpu_probe;
 mod http_auth;
 mod http_events;
 mod http_limits;
+mod ota_hostile;
 mod ota_kill;
 mod recording_end;
 mod spool_broker_kill;

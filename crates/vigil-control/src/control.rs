@@ -24,6 +24,8 @@ pub enum ControlKind {
     OtaApply(vigil_ota::ApplyRequest),
     /// Back to the previous OTA set; the request id names the request in OTA progress.
     OtaRollback(String),
+    /// Stop the OTA update whose download or staging runs (its outcome: `cancelled`).
+    OtaCancel,
 }
 
 /// The supervisor's answer: `Ok(data)` (a `"summary"` string in `data` says what was done), or

@@ -177,9 +177,9 @@ fn apply_for_ota(
     current: &mut Config,
     new: &Config,
     views: &SharedViews,
-) -> Result<Vec<(String, Arc<OutputCounters>)>, String> {
-    let (_, report) =
-        apply_loaded(plan, current, new.clone(), views, Instant::now()).map_err(|(msg, _)| msg)?;
+) -> Result<Vec<(String, Arc<OutputCounters>)>, vigil_ota::agent::ApplyError> {
+    let (_, report) = apply_loaded(plan, current, new.clone(), views, Instant::now())
+        .map_err(|(msg, _)| vigil_ota::agent::ApplyError::from(msg))?;
     Ok(report
         .models_loaded
         .iter()
@@ -523,8 +523,10 @@ impl Supervisor {
             },
             ControlKind::OtaApply(r) => self.ota.request(r.clone(), &self.cfg),
             ControlKind::OtaRollback(id) => {
-                self.with_ota(|ota, apply| ota.rollback_on_request(id, apply))
+                let keys = self.cfg.ota.trusted_keys.clone();
+                self.with_ota(|ota, apply| ota.rollback_on_request(id, &keys, apply))
             }
+            ControlKind::OtaCancel => self.ota.cancel(),
         };
         self.ota.configure(&self.cfg);
         flush_ota(&mut self.ota, &self.link);

@@ -1,16 +1,19 @@
 //! The device side's state machine, driven by the supervisor: one update at a time; a job
-//! thread downloads, verifies and stages; activation (switch + apply), probation, commit and
-//! rollback happen on the supervisor's loop, which owns the plan. What is to be published goes
-//! to `outbox` (topic, payload) for the supervisor to hand to the MQTT link.
+//! thread downloads, verifies and stages (`cmd/ota/cancel` stops it); activation (switch +
+//! apply), probation, commit and rollback happen on the supervisor's loop, which owns the plan.
+//! What is to be published goes to `outbox` (topic, payload) for the supervisor to hand to the
+//! MQTT link; every text in it is bounded ([`crate::text`]).
 
 use super::store::{ProbationState, State, Store, unix_now};
 use super::{
     ApplyRequest, JobContext, JobEvent, OtaError, Probation, Progress, Verdict, last_result,
     status_json,
 };
+use crate::text::{MAX_NAME, MAX_REASON, bounded};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use vigil_core::config::Config;
 use vigil_core::facts::BoxFacts;
@@ -29,17 +32,28 @@ pub enum OtaTopic {
     Status,
 }
 
+/// Why the running plan did not take a config (the supervisor's error, kept as the source).
+pub type ApplyError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Applies a config to the running plan; returns each model whose backend is new (loaded or
 /// swapped) with its output counters, or why it failed (nothing changed then).
 pub type ApplyFn<'a> =
-    &'a mut dyn FnMut(&Config) -> Result<Vec<(String, Arc<OutputCounters>)>, String>;
+    &'a mut dyn FnMut(&Config) -> Result<Vec<(String, Arc<OutputCounters>)>, ApplyError>;
+
+/// The job thread of the update in progress.
+struct Job {
+    request_id: String,
+    /// Set by `cmd/ota/cancel`; the job stops at its next check.
+    cancel: Arc<AtomicBool>,
+}
 
 pub struct Agent {
     pub store: Store,
     pub state: State,
     config_path: PathBuf,
     facts: Arc<dyn BoxFacts>,
-    busy: bool,
+    /// The update whose job thread runs, if any.
+    job: Option<Job>,
     probation: Option<Probation>,
     probation_window: Duration,
     min_good: u64,
@@ -59,13 +73,16 @@ impl Agent {
         facts: Arc<dyn BoxFacts>,
     ) -> Result<(Self, tokio::sync::mpsc::UnboundedReceiver<JobEvent>, bool), OtaError> {
         let (store, state) = Store::open(&super::dir_of(cfg))?;
+        // A partial download left by a killed job is kept for the same command sent again (at
+        // most one, within the size bound); anything else there goes.
+        store.prune_downloads(None, cfg.ota.max_bundle_bytes)?;
         let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
         let mut agent = Agent {
             store,
             state,
             config_path: config_path.to_path_buf(),
             facts,
-            busy: false,
+            job: None,
             probation: None,
             probation_window: cfg.ota.probation.0,
             min_good: cfg.ota.probation_min_inferences as u64,
@@ -118,8 +135,9 @@ impl Agent {
             .probation
             .as_ref()
             .map(|p| p.deadline.saturating_duration_since(Instant::now()));
+        let busy = self.job.is_some();
         self.outbox
-            .push((OtaTopic::Status, status_json(&self.state, self.busy, left)));
+            .push((OtaTopic::Status, status_json(&self.state, busy, left)));
     }
 
     fn progress(&mut self, p: Progress) {
@@ -136,7 +154,7 @@ impl Agent {
         req: ApplyRequest,
         running: &Config,
     ) -> Result<Value, (String, Value)> {
-        if self.busy || self.probation.is_some() {
+        if self.job.is_some() || self.probation.is_some() {
             return Err((
                 "an OTA update is already in progress (one at a time)".into(),
                 Value::Null,
@@ -148,21 +166,71 @@ impl Agent {
                 Value::Null,
             ));
         }
+        let cancel = Arc::new(AtomicBool::new(false));
         let ctx = JobContext {
             config_path: self.config_path.clone(),
             facts: self.facts.clone(),
             config: running.clone(),
             active: self.state.active.clone(),
+            key_floor: self.state.key_floor,
             events: self.events_tx.clone(),
+            cancel: cancel.clone(),
         };
         let id = req.request_id.clone();
         std::thread::Builder::new()
             .name("ota-job".into())
             .spawn(move || super::run_job(ctx, req))
             .map_err(|e| (format!("cannot start the OTA job: {e}"), Value::Null))?;
-        self.busy = true;
+        self.job = Some(Job {
+            request_id: id.clone(),
+            cancel,
+        });
         self.publish_status();
-        Ok(json!({ "summary": format!("accepted: update {id} started; progress on ota/progress") }))
+        Ok(
+            json!({ "summary": format!("accepted: update {} started; progress on ota/progress", bounded(&id, MAX_NAME)) }),
+        )
+    }
+
+    /// `cmd/ota/cancel`: stops the update whose job runs (download, verification, staging).
+    /// The job stops within about 100 ms and its outcome is `cancelled` on `ota/progress`; a
+    /// set already staged is not activated. An update on probation is not cancelled (it is
+    /// active: `cmd/ota/rollback` goes back).
+    pub fn cancel(&mut self) -> Result<Value, (String, Value)> {
+        if let Some(job) = &self.job {
+            job.cancel.store(true, Ordering::Relaxed);
+            tracing::warn!(request = %bounded(&job.request_id, MAX_NAME), "ota: cancelling the update on request");
+            return Ok(json!({
+                "summary": format!("cancelling update {}; its outcome follows on ota/progress", bounded(&job.request_id, MAX_NAME))
+            }));
+        }
+        if self.probation.is_some() {
+            return Err((
+                "nothing to cancel: the update is active, on probation (cmd/ota/rollback goes back)".into(),
+                Value::Null,
+            ));
+        }
+        Err((
+            "nothing to cancel: no OTA update is in progress".into(),
+            Value::Null,
+        ))
+    }
+
+    /// Reports the end of a job that was cancelled.
+    fn cancelled(&mut self, request_id: &str) {
+        tracing::warn!(request = %bounded(request_id, MAX_NAME), "ota: update cancelled");
+        self.state.last = Some(last_result(
+            "cancelled",
+            None,
+            Some("cancelled"),
+            Some("cancelled by cmd/ota/cancel"),
+        ));
+        let mut p = Progress::failed(request_id, "cancelled", &OtaError::Cancelled);
+        p.reason = Some("cancelled by cmd/ota/cancel".into());
+        self.progress(p);
+        // A set staged before the job saw the flag is neither active nor previous.
+        if let Err(e) = self.store.collect_garbage(&self.state) {
+            tracing::error!("ota: {}", e.reason());
+        }
     }
 
     /// A job event: progress is forwarded; a staged set is activated through `apply` and its
@@ -171,22 +239,39 @@ impl Agent {
         match ev {
             JobEvent::Progress(p) => self.progress(p),
             JobEvent::Failed { request_id, error } => {
-                tracing::error!("ota: update {request_id} refused: {error}");
-                self.busy = false;
-                self.state.last = Some(last_result(
-                    "rejected",
-                    None,
-                    Some(error.kind()),
-                    Some(error.to_string()),
-                ));
-                // Refused: nothing on disk changes (the result is reported, not stored).
-                self.progress(Progress::failed(&request_id, "failed", &error));
+                self.job = None;
+                if matches!(error, OtaError::Cancelled) {
+                    self.cancelled(&request_id);
+                } else {
+                    tracing::error!(
+                        "ota: update {} refused: {}",
+                        bounded(&request_id, MAX_NAME),
+                        error.reason()
+                    );
+                    self.state.last = Some(last_result(
+                        "rejected",
+                        None,
+                        Some(error.kind()),
+                        Some(&error.reason()),
+                    ));
+                    // Refused: nothing on disk changes (the result is reported, not stored).
+                    self.progress(Progress::failed(&request_id, "failed", &error));
+                }
                 self.publish_status();
             }
             JobEvent::Staged { request_id, info } => {
-                self.busy = false;
-                if let Err(e) = self.activate(&request_id, info, apply) {
-                    tracing::error!("ota: activation of {request_id} failed: {e}");
+                let cancelled = self
+                    .job
+                    .take()
+                    .is_some_and(|j| j.cancel.load(Ordering::Relaxed));
+                if cancelled {
+                    self.cancelled(&request_id);
+                } else if let Err(e) = self.activate(&request_id, info, apply) {
+                    tracing::error!(
+                        "ota: activation of {} failed: {}",
+                        bounded(&request_id, MAX_NAME),
+                        e.reason()
+                    );
                     self.progress(Progress::failed(&request_id, "failed", &e));
                 }
                 self.publish_status();
@@ -227,7 +312,7 @@ impl Agent {
         // The config a restart would load now: the file with the new set's overlay (validated
         // by the job before the switch; loaded again here in case the file changed since).
         let applied = crate::load_effective(&self.config_path, self.facts.as_ref())
-            .map_err(|e| e.to_string())
+            .map_err(|e| -> ApplyError { Box::new(e) })
             .and_then(|config| apply(&config));
         match applied {
             Ok(watch) => {
@@ -244,8 +329,11 @@ impl Agent {
                 });
                 Ok(())
             }
-            Err(reason) => {
-                let reason = format!("the new set did not apply: {reason}");
+            Err(e) => {
+                let reason = format!(
+                    "the new set did not apply: {}",
+                    vigil_core::error::chain(e.as_ref())
+                );
                 // A failed rollback is logged; the persisted probation makes the next start
                 // roll back (its boot counter).
                 let _ = self.rollback(request_id, &reason, "activation", apply);
@@ -274,7 +362,7 @@ impl Agent {
             "rolled_back",
             from.as_ref().map(|f| f.sequence),
             Some(cause),
-            Some(reason.to_string()),
+            Some(reason),
         ));
         if let Err(e) = self.store.write_state(&next) {
             let _ = self.store.switch(from.as_ref().map(|f| f.slot.as_str()));
@@ -283,7 +371,7 @@ impl Agent {
         self.state = next;
         self.probation = None;
         self.store.collect_garbage(&self.state)?;
-        tracing::warn!(from = ?from.map(|f| f.slot), to = ?self.state.active.as_ref().map(|s| &s.slot), request = request_id, "ota: rolled back: {reason}");
+        tracing::warn!(from = ?from.map(|f| f.slot), to = ?self.state.active.as_ref().map(|s| &s.slot), request = %bounded(request_id, MAX_NAME), "ota: rolled back: {}", bounded(reason, MAX_REASON));
         Ok(())
     }
 
@@ -294,37 +382,46 @@ impl Agent {
         reason: &str,
         cause: &'static str,
         apply: ApplyFn<'_>,
-    ) -> Result<(), String> {
+    ) -> Result<(), OtaError> {
         if let Err(e) = self.switch_back(request_id, reason, cause) {
             tracing::error!(
-                "ota: rollback failed (kept as it was; retried on the next health tick while a probation is open): {e}"
+                "ota: rollback failed (kept as it was; retried on the next health tick while a probation is open): {}",
+                e.reason()
             );
-            return Err(e.to_string());
+            return Err(e);
         }
         match crate::load_effective(&self.config_path, self.facts.as_ref()) {
             Ok(cfg) => {
                 if let Err(e) = apply(&cfg) {
-                    tracing::error!("ota: the previous set did not apply again: {e}");
+                    tracing::error!(
+                        "ota: the previous set did not apply again: {}",
+                        bounded(&vigil_core::error::chain(e.as_ref()), MAX_REASON)
+                    );
                 }
             }
-            Err(e) => tracing::error!("ota: the previous config does not load: {e}"),
+            Err(e) => tracing::error!(
+                "ota: the previous config does not load: {}",
+                bounded(&e.to_string(), MAX_REASON)
+            ),
         }
-        let mut p = Progress::phase(request_id, "rolled_back");
+        let mut p = Progress::phase(request_id, "rolled_back").with_reason(reason);
         p.sequence = self.state.last.as_ref().and_then(|l| l.sequence);
         p.error = Some(cause);
-        p.reason = Some(reason.to_string());
         self.progress(p);
         self.publish_status();
         Ok(())
     }
 
-    /// `cmd/ota/rollback`: back to the previous set (or the device's own config).
+    /// `cmd/ota/rollback`: back to the previous set (or the device's own config), unless that
+    /// set is older than the key floor and trusts a key `running_keys` (the running config's
+    /// `[ota] trusted_keys`) does not ([`crate::check_key_floor`]).
     pub fn rollback_on_request(
         &mut self,
         request_id: &str,
+        running_keys: &[String],
         apply: ApplyFn<'_>,
     ) -> Result<Value, (String, Value)> {
-        if self.busy {
+        if self.job.is_some() {
             return Err((
                 "an OTA update is in progress; try again when it ends".into(),
                 Value::Null,
@@ -341,8 +438,18 @@ impl Agent {
             .previous
             .as_ref()
             .map_or("the device's own config".to_string(), |p| {
-                format!("sequence {} ({})", p.sequence, p.version)
+                format!(
+                    "sequence {} ({})",
+                    p.sequence,
+                    bounded(&p.version, MAX_NAME)
+                )
             });
+        self.check_rollback_keys(running_keys).map_err(|e| {
+            (
+                format!("rollback refused, nothing changed: {}", e.reason()),
+                Value::Null,
+            )
+        })?;
         self.rollback(
             request_id,
             &format!(
@@ -354,11 +461,32 @@ impl Agent {
         )
         .map_err(|e| {
             (
-                format!("rollback failed, nothing changed: {e}"),
+                format!("rollback failed, nothing changed: {}", e.reason()),
                 Value::Null,
             )
         })?;
         Ok(json!({ "summary": format!("rolled back from sequence {} to {to}", active.sequence) }))
+    }
+
+    /// The previous set (or the device's own config, sequence 0) against the key floor.
+    fn check_rollback_keys(&self, running_keys: &[String]) -> Result<(), OtaError> {
+        let floor = self.state.key_floor;
+        let previous = self.state.previous.as_ref();
+        let sequence = previous.map_or(0, |p| p.sequence);
+        if sequence >= floor {
+            return Ok(());
+        }
+        let base = vigil_core::config::load(&self.config_path, self.facts.as_ref())
+            .map_err(OtaError::Config)?;
+        let target = match previous {
+            Some(p) => {
+                let dir = self.store.slot_dir(&p.slot);
+                crate::load_for_slot(&self.config_path, Some(&dir), base, self.facts.as_ref())
+                    .map_err(OtaError::Config)?
+            }
+            None => base,
+        };
+        crate::check_key_floor(sequence, &target.ota.trusted_keys, running_keys, floor)
     }
 
     /// On each health tick: decides an open probation.
@@ -375,8 +503,9 @@ impl Agent {
                 self.probation = None;
                 self.state.probation = None;
                 self.state.last = Some(last_result("committed", seq, None, None));
+                self.state.key_floor = self.state.key_floor.max(seq.unwrap_or(0));
                 if let Err(e) = self.store.write_state(&self.state) {
-                    tracing::error!("ota: {e}");
+                    tracing::error!("ota: {}", e.reason());
                 }
                 let mut pr = Progress::phase(&request_id, "done");
                 pr.sequence = seq;
@@ -384,7 +513,7 @@ impl Agent {
                 self.publish_status();
             }
             Verdict::Failed(reason) => {
-                tracing::error!("ota: probation failed: {reason}");
+                tracing::error!("ota: probation failed: {}", bounded(&reason, MAX_REASON));
                 // A failed rollback leaves the probation open: retried on the next tick.
                 let _ = self.rollback(
                     &request_id,

@@ -3,14 +3,39 @@
 //! carries (path, size, sha256). Signed with ed25519 over its exact bytes (`manifest.json`).
 
 use super::OtaError;
+use super::text::quote;
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
-use std::time::SystemTime;
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime};
 use vigil_core::facts::{BoxFacts, GpuProbe};
 pub use vigil_core::keys::{encode_key, parse_public_key, parse_secret_key};
 
 /// The manifest format this build reads and writes.
 pub const FORMAT: u32 = 1;
+
+/// Highest sequence a bundle may have: 2^53 - 1, the largest integer every JSON consumer
+/// (JavaScript's numbers) holds exactly. A counter or a Unix time in milliseconds stays far
+/// below it; a sequence near 2^64 is a mistake that would leave no room above it (every later
+/// bundle would need `allow_rollback`), so it is refused rather than installed.
+pub const MAX_SEQUENCE: u64 = (1 << 53) - 1;
+
+/// Most bytes of a file's path in the manifest (Linux's `PATH_MAX`, counting the slot's own
+/// prefix only loosely: a path this long is already refused by the file system).
+pub const MAX_PATH: usize = 4096;
+
+/// Most bytes of one part of a path (Linux's `NAME_MAX`).
+pub const MAX_PART: usize = 255;
+
+/// Most bytes of the free-text version.
+pub const MAX_VERSION: usize = 128;
+
+/// How far a bundle's `created` may be ahead of this device's clock (clocks of boxes and of
+/// the machine that signs drift; a bundle created further in the future is refused).
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(3600);
+
+/// Names of the slot's own files, which no file of a bundle may take.
+pub const RESERVED: [&str; 2] = ["manifest.json", "manifest.sig"];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -87,33 +112,55 @@ impl DeviceFacts {
 
 impl Manifest {
     pub fn parse(bytes: &[u8]) -> Result<Self, OtaError> {
-        let m: Manifest = serde_json::from_slice(bytes)
-            .map_err(|e| OtaError::Manifest(format!("manifest.json: {e}")))?;
+        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| OtaError::Manifest {
+            msg: "manifest.json".into(),
+            source: Some(e.into()),
+        })?;
         if m.format != FORMAT {
-            return Err(OtaError::Manifest(format!(
+            return Err(OtaError::manifest(format!(
                 "manifest.json: format {} (expected {FORMAT})",
                 m.format
             )));
         }
+        let mut paths = HashSet::with_capacity(m.files.len());
         for (i, f) in m.files.iter().enumerate() {
-            check_rel_path(&f.path)
-                .map_err(|e| OtaError::Manifest(format!("manifest.json: files[{i}].path: {e}")))?;
+            check_rel_path(&f.path).map_err(|e| OtaError::Manifest {
+                msg: format!("manifest.json: files[{i}].path"),
+                source: Some(e.into()),
+            })?;
             if f.sha256.len() != 64 || !f.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(OtaError::Manifest(format!(
-                    "manifest.json: files[{i}].sha256: {:?} is not 64 hex digits",
-                    f.sha256
+                return Err(OtaError::manifest(format!(
+                    "manifest.json: files[{i}].sha256: {} is not 64 hex digits",
+                    quote(&f.sha256)
                 )));
             }
-            if m.files[..i].iter().any(|g| g.path == f.path) {
-                return Err(OtaError::Manifest(format!(
-                    "manifest.json: files[{i}].path: {:?} is listed twice",
-                    f.path
+            if RESERVED.contains(&f.path.as_str()) {
+                return Err(OtaError::manifest(format!(
+                    "manifest.json: files[{i}].path: {} is reserved (the slot keeps the signed manifest under that name)",
+                    quote(&f.path)
+                )));
+            }
+            if !paths.insert(f.path.as_str()) {
+                return Err(OtaError::manifest(format!(
+                    "manifest.json: files[{i}].path: {} is listed twice",
+                    quote(&f.path)
+                )));
+            }
+        }
+        // A file may not also be a directory of another one's path ("a" and "a/b").
+        for (i, f) in m.files.iter().enumerate() {
+            let dirs = f.path.match_indices('/').map(|(at, _)| &f.path[..at]);
+            if let Some(dir) = dirs.into_iter().find(|d| paths.contains(d)) {
+                return Err(OtaError::manifest(format!(
+                    "manifest.json: files[{i}].path: {} is inside {}, which is also listed as a file (a path cannot be both a file and a directory)",
+                    quote(&f.path),
+                    quote(dir)
                 )));
             }
         }
         if m.files.is_empty() {
-            return Err(OtaError::Manifest(
-                "manifest.json: no files (expected at least one)".into(),
+            return Err(OtaError::manifest(
+                "manifest.json: no files (expected at least one)",
             ));
         }
         Ok(m)
@@ -130,13 +177,61 @@ impl Manifest {
 
     /// Expiry against `now`.
     pub fn check_expiry(&self, now: SystemTime) -> Result<(), OtaError> {
-        let expires = humantime::parse_rfc3339_weak(&self.expires).map_err(|e| {
-            OtaError::Manifest(format!("manifest.json: expires {:?}: {e}", self.expires))
-        })?;
+        let expires = self.time("expires", &self.expires)?;
         if now > expires {
-            return Err(OtaError::Expired(self.expires.clone()));
+            return Err(OtaError::Expired(super::text::bounded(
+                &self.expires,
+                super::text::MAX_NAME,
+            )));
         }
         Ok(())
+    }
+
+    /// `created` is an RFC 3339 date, not after `expires`, and not ahead of `now` by more than
+    /// [`MAX_CLOCK_SKEW`].
+    pub fn check_created(&self, now: SystemTime) -> Result<(), OtaError> {
+        let created = self.time("created", &self.created)?;
+        let expires = self.time("expires", &self.expires)?;
+        if created > expires {
+            return Err(OtaError::manifest(format!(
+                "manifest.json: created {} is after it expires ({}) (expected created <= expires)",
+                quote(&self.created),
+                quote(&self.expires)
+            )));
+        }
+        if created > now + MAX_CLOCK_SKEW {
+            return Err(OtaError::manifest(format!(
+                "manifest.json: created {} is in the future (this device's clock says {}; expected at most {} ahead)",
+                quote(&self.created),
+                humantime::format_rfc3339_seconds(now),
+                humantime::format_duration(MAX_CLOCK_SKEW)
+            )));
+        }
+        Ok(())
+    }
+
+    /// The sequence is at most [`MAX_SEQUENCE`] and the version at most [`MAX_VERSION`] bytes.
+    pub fn check_sequence(&self) -> Result<(), OtaError> {
+        if self.sequence > MAX_SEQUENCE {
+            return Err(OtaError::manifest(format!(
+                "manifest.json: sequence {} is too large (expected at most {MAX_SEQUENCE} = 2^53 - 1)",
+                self.sequence
+            )));
+        }
+        if self.version.len() > MAX_VERSION {
+            return Err(OtaError::manifest(format!(
+                "manifest.json: version is {} bytes long (expected at most {MAX_VERSION})",
+                self.version.len()
+            )));
+        }
+        Ok(())
+    }
+
+    fn time(&self, field: &str, value: &str) -> Result<SystemTime, OtaError> {
+        humantime::parse_rfc3339_weak(value).map_err(|e| OtaError::Manifest {
+            msg: format!("manifest.json: {field} {}", quote(value)),
+            source: Some(e.into()),
+        })
     }
 
     /// Target constraints against this device.
@@ -144,7 +239,9 @@ impl Manifest {
         let t = &self.target;
         let wrong = |what: &str, want: &str, have: &str| {
             Err(OtaError::Target(format!(
-                "{what}: the bundle is for {want:?}, this device is {have:?}"
+                "{what}: the bundle is for {}, this device is {}",
+                quote(want),
+                quote(have)
             )))
         };
         if let Some(c) = &t.device_class
@@ -156,7 +253,8 @@ impl Manifest {
             let (need, have) = (parse_version(v)?, parse_version(&dev.vigil_version)?);
             if have < need {
                 return Err(OtaError::Target(format!(
-                    "min_vigil_version: the bundle needs Vigil {v} or later, this device runs {}",
+                    "min_vigil_version: the bundle needs Vigil {} or later, this device runs {}",
+                    super::text::bounded(v, super::text::MAX_NAME),
                     dev.vigil_version
                 )));
             }
@@ -182,28 +280,61 @@ fn parse_version(v: &str) -> Result<(u64, u64, u64), OtaError> {
     let parts: Vec<Option<u64>> = core.split('.').map(|p| p.parse().ok()).collect();
     match parts.as_slice() {
         [Some(a), Some(b), Some(c)] => Ok((*a, *b, *c)),
-        _ => Err(OtaError::Manifest(format!(
-            "version {v:?} is not MAJOR.MINOR.PATCH"
+        _ => Err(OtaError::manifest(format!(
+            "version {} is not MAJOR.MINOR.PATCH",
+            quote(v)
         ))),
     }
 }
 
+/// Why a path is not a plain relative path (each path shown quoted and bounded).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("empty path")]
+    Empty,
+    #[error("{0} is absolute (expected a relative path)")]
+    Absolute(String),
+    #[error("{0} contains a backslash or NUL")]
+    BackslashOrNul(String),
+    #[error("{0} has an empty or \".\" component")]
+    EmptyPart(String),
+    #[error("{0} escapes its directory (\"..\")")]
+    Escapes(String),
+    #[error("{path} is {len} bytes long (expected at most {MAX_PATH})")]
+    TooLong { path: String, len: usize },
+    #[error("{path} has a part of {len} bytes (expected at most {MAX_PART})")]
+    PartTooLong { path: String, len: usize },
+}
+
 /// A relative path of normal components only (no `..`, no absolute path, no empty or `.`
-/// component, no backslash or NUL).
-pub fn check_rel_path(p: &str) -> Result<(), String> {
+/// component, no backslash or NUL), at most [`MAX_PATH`] bytes with parts of at most
+/// [`MAX_PART`].
+pub fn check_rel_path(p: &str) -> Result<(), PathError> {
     if p.is_empty() {
-        return Err("empty path".into());
+        return Err(PathError::Empty);
+    }
+    if p.len() > MAX_PATH {
+        return Err(PathError::TooLong {
+            path: quote(p),
+            len: p.len(),
+        });
     }
     if p.starts_with('/') {
-        return Err(format!("{p:?} is absolute (expected a relative path)"));
+        return Err(PathError::Absolute(quote(p)));
     }
     if p.contains('\\') || p.contains('\0') {
-        return Err(format!("{p:?} contains a backslash or NUL"));
+        return Err(PathError::BackslashOrNul(quote(p)));
     }
     for c in p.split('/') {
         match c {
-            "" | "." => return Err(format!("{p:?} has an empty or \".\" component")),
-            ".." => return Err(format!("{p:?} escapes its directory (\"..\")")),
+            "" | "." => return Err(PathError::EmptyPart(quote(p))),
+            ".." => return Err(PathError::Escapes(quote(p))),
+            c if c.len() > MAX_PART => {
+                return Err(PathError::PartTooLong {
+                    path: quote(p),
+                    len: c.len(),
+                });
+            }
             _ => {}
         }
     }
@@ -280,6 +411,123 @@ mod tests {
         assert!(e.to_string().contains("does not verify"), "{e}");
         let round = parse_public_key(&encode_key(new.verifying_key().as_bytes())).unwrap();
         assert_eq!(round, new.verifying_key());
+    }
+
+    /// A manifest with one file, the given sequence and times.
+    fn manifest(sequence: u64, created: &str, expires: &str) -> Manifest {
+        Manifest {
+            format: FORMAT,
+            version: "v".into(),
+            sequence,
+            created: created.into(),
+            expires: expires.into(),
+            target: Target::default(),
+            files: vec![FileEntry {
+                path: "models/a.onnx".into(),
+                size: 1,
+                sha256: "0".repeat(64),
+            }],
+        }
+    }
+
+    fn device() -> DeviceFacts {
+        DeviceFacts {
+            device_class: "generic".into(),
+            vigil_version: "0.1.0".into(),
+            gpu: "none".into(),
+            ort_version: None,
+        }
+    }
+
+    #[test]
+    fn created_must_be_a_date_before_expires_and_not_in_the_future() {
+        let ok = manifest(5, "2026-01-01T00:00:00Z", "2099-01-01T00:00:00Z");
+        assert!(crate::check_policy(&ok, &device(), None, false).is_ok());
+        for (created, expires, needle) in [
+            (
+                "not a date",
+                "2099-01-01T00:00:00Z",
+                "created \"not a date\"",
+            ),
+            (
+                "2099-02-01T00:00:00Z",
+                "2099-01-01T00:00:00Z",
+                "after it expires",
+            ),
+            (
+                "2098-01-01T00:00:00Z",
+                "2099-01-01T00:00:00Z",
+                "in the future",
+            ),
+        ] {
+            let m = manifest(5, created, expires);
+            let e = crate::check_policy(&m, &device(), None, false)
+                .expect_err(&format!("created {created} accepted"));
+            assert_eq!(e.kind(), "manifest", "{created}: {e}");
+            assert!(e.to_string().contains(needle), "{created}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_sequence_beyond_the_cap_is_refused() {
+        let times = ("2026-01-01T00:00:00Z", "2099-01-01T00:00:00Z");
+        assert!(
+            crate::check_policy(
+                &manifest((1 << 53) - 1, times.0, times.1),
+                &device(),
+                None,
+                false
+            )
+            .is_ok()
+        );
+        for seq in [1 << 53, u64::MAX] {
+            let e = crate::check_policy(&manifest(seq, times.0, times.1), &device(), None, false)
+                .expect_err("accepted");
+            assert_eq!(e.kind(), "manifest", "{e}");
+            assert!(
+                e.to_string().contains("expected at most 9007199254740991"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn paths_the_box_cannot_stage_are_refused_by_the_manifest_itself() {
+        let with = |paths: &[&str]| {
+            let mut m = manifest(5, "2026-01-01T00:00:00Z", "2099-01-01T00:00:00Z");
+            m.files = paths
+                .iter()
+                .map(|p| FileEntry {
+                    path: p.to_string(),
+                    size: 1,
+                    sha256: "0".repeat(64),
+                })
+                .collect();
+            Manifest::parse(&m.to_bytes())
+        };
+        assert!(with(&["models/a.onnx", "config.toml"]).is_ok());
+        let long = format!("{}/x", "d/".repeat(2100));
+        let part = "p".repeat(256);
+        for (paths, needle) in [
+            (vec![long.as_str()], "expected at most 4096"),
+            (vec![part.as_str()], "expected at most 255"),
+            (vec!["manifest.json"], "reserved"),
+            (vec!["manifest.sig"], "reserved"),
+            (
+                vec!["models", "models/a.onnx"],
+                "both a file and a directory",
+            ),
+            (
+                vec!["models/a.onnx", "models"],
+                "both a file and a directory",
+            ),
+        ] {
+            let e = with(&paths).expect_err(&format!("{paths:.60?} accepted"));
+            assert_eq!(e.kind(), "manifest");
+            let text = e.reason();
+            assert!(text.contains(needle), "{text:.300}");
+            assert!(text.len() < 1024, "{} bytes of text", text.len());
+        }
     }
 
     #[test]

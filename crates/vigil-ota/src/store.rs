@@ -4,8 +4,8 @@
 //! slots/<seq>-<digest12>/     one installed set: manifest.json, manifest.sig, models/…, config.toml
 //! slots/.staging-<…>/         a set being written (removed at start-up: never active)
 //! current -> slots/<name>     the active set; absent = the device's own config only (factory)
-//! state.json                  active, previous, probation, last result
-//! download/<sha256>.part      a download in progress (kept for resume, also across restarts)
+//! state.json                  active, previous, probation, last result, key floor
+//! download/<sha256>.part      the one download in progress or resumable (see download.rs)
 //! ```
 //!
 //! The active set changes only by one `rename(2)` of a new symlink over `current`, followed by
@@ -59,6 +59,11 @@ pub struct State {
     pub previous: Option<SlotInfo>,
     pub probation: Option<ProbationState>,
     pub last: Option<LastResult>,
+    /// The highest sequence this box ever committed (0: none). Only rises; a set below it may
+    /// not add to the trusted keys (`crate::check_key_floor`). Absent from a state written by
+    /// an older build: rebuilt at start-up from the committed sets the state names.
+    #[serde(default)]
+    pub key_floor: u64,
 }
 
 pub struct Store {
@@ -66,7 +71,21 @@ pub struct Store {
 }
 
 fn io(what: &Path, e: std::io::Error) -> OtaError {
-    OtaError::Io(format!("{}: {e}", what.display()))
+    OtaError::io(what.display(), e)
+}
+
+/// Removes a file or a directory tree.
+fn remove(path: &Path, dir: bool) -> Result<(), OtaError> {
+    tracing::info!(path = %path.display(), "ota: removing a leftover download");
+    let r = if dir {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    };
+    match r {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(path, e)),
+        _ => Ok(()),
+    }
 }
 
 /// fsync of a directory: makes renames and new entries in it durable.
@@ -151,8 +170,55 @@ impl Store {
             state.previous = None;
             store.write_state(&state)?;
         }
+        // The previous set was committed (an update starts only from a committed set), and so
+        // is the active one when no probation is open.
+        let committed = [
+            state.previous.as_ref(),
+            state.active.as_ref().filter(|_| state.probation.is_none()),
+        ];
+        let floor = committed.into_iter().flatten().map(|s| s.sequence).max();
+        if let Some(f) = floor.filter(|f| *f > state.key_floor) {
+            state.key_floor = f;
+            store.write_state(&state)?;
+        }
         store.collect_garbage(&state)?;
         Ok((store, state))
+    }
+
+    /// Bounds `download/` (at start-up and before each download): keeps at most one partial
+    /// download, `keep` when given (the job about to run: it may resume it), else the most
+    /// recently written `.part`, and only if it is at most `max_bytes`; removes everything else
+    /// (other partial downloads, complete bundles a killed job left, anything unknown).
+    pub fn prune_downloads(&self, keep: Option<&str>, max_bytes: u64) -> Result<(), OtaError> {
+        let dir = self.downloads();
+        let mut parts = Vec::new();
+        for ent in std::fs::read_dir(&dir).map_err(|e| io(&dir, e))? {
+            let ent = ent.map_err(|e| io(&dir, e))?;
+            let name = ent.file_name().to_string_lossy().to_string();
+            let meta = ent.metadata().map_err(|e| io(&ent.path(), e))?;
+            if name.ends_with(".part") && meta.is_file() && meta.len() <= max_bytes {
+                parts.push((keep.is_some_and(|k| k == name), meta.modified().ok(), name));
+            } else {
+                remove(&ent.path(), meta.is_dir())?;
+            }
+        }
+        // Sorted, the last one is `keep` if it is there, else the newest.
+        parts.sort();
+        let mut kept = None;
+        if let Some(last) = parts.pop() {
+            if keep.is_none() || last.0 {
+                kept = Some(last.2);
+            } else {
+                parts.push(last);
+            }
+        }
+        for (_, _, name) in parts {
+            remove(&dir.join(name), false)?;
+        }
+        if let Some(name) = kept {
+            tracing::info!(file = %name, "ota: keeping a partial download to resume");
+        }
+        Ok(())
     }
 
     pub fn slots(&self) -> PathBuf {
@@ -253,8 +319,10 @@ impl Store {
     pub fn read_state(&self) -> Result<State, OtaError> {
         let p = self.dir.join("state.json");
         match std::fs::read(&p) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map_err(|e| OtaError::Io(format!("{}: {e}", p.display()))),
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| OtaError::State {
+                path: p.clone(),
+                source: e,
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
             Err(e) => Err(io(&p, e)),
         }
@@ -363,6 +431,7 @@ mod tests {
                 boots: 1,
             }),
             last: None,
+            key_floor: 0,
         };
         let dir = store("cut-rollback", Some("1-a"), &before);
         let (s, state) = Store::open(&dir).unwrap();

@@ -1,5 +1,6 @@
 //! OTA test parts: a real HTTP file server (std `TcpListener`, `Range` honoured, a connection
-//! dropped halfway on request, optional throttling), keys and bundles made by the real CLI
+//! dropped halfway on request, optional throttling, a path cut at every response or trickled a
+//! byte at a time), keys and bundles made by the real CLI
 //! (`vigil ota keygen` / `vigil ota pack`), and what the store holds on disk.
 
 use super::vigil_bin;
@@ -27,37 +28,46 @@ pub struct FileServer {
     pub drop_once: Arc<Mutex<HashMap<String, u64>>>,
     /// Bytes per second per response; 0 = unthrottled.
     pub rate: Arc<AtomicU64>,
+    /// Path → bytes after which every response for it is cut (a download that never ends).
+    pub cut_always: Arc<Mutex<HashMap<String, u64>>>,
+    /// Path → the pause after each byte of its body (a trickling server).
+    pub trickle: Arc<Mutex<HashMap<String, Duration>>>,
     stop: Arc<AtomicBool>,
+}
+
+/// How the server shapes the responses of some paths.
+#[derive(Clone, Default)]
+struct Shapes {
+    drop_once: Arc<Mutex<HashMap<String, u64>>>,
+    rate: Arc<AtomicU64>,
+    cut_always: Arc<Mutex<HashMap<String, u64>>>,
+    trickle: Arc<Mutex<HashMap<String, Duration>>>,
 }
 
 impl FileServer {
     pub fn start(dir: &Path) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().unwrap().port();
+        let shapes = Shapes::default();
         let server = FileServer {
             port,
             seen: Arc::default(),
-            drop_once: Arc::default(),
-            rate: Arc::default(),
+            drop_once: shapes.drop_once.clone(),
+            rate: shapes.rate.clone(),
+            cut_always: shapes.cut_always.clone(),
+            trickle: shapes.trickle.clone(),
             stop: Arc::default(),
         };
-        let (dir, seen, drop_once, rate, stop) = (
-            dir.to_path_buf(),
-            server.seen.clone(),
-            server.drop_once.clone(),
-            server.rate.clone(),
-            server.stop.clone(),
-        );
+        let (dir, seen, stop) = (dir.to_path_buf(), server.seen.clone(), server.stop.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if stop.load(Ordering::Relaxed) {
                     return;
                 }
                 let Ok(conn) = conn else { continue };
-                let (dir, seen, drop_once, rate) =
-                    (dir.clone(), seen.clone(), drop_once.clone(), rate.clone());
+                let (dir, seen, shapes) = (dir.clone(), seen.clone(), shapes.clone());
                 std::thread::spawn(move || {
-                    let _ = serve_one(conn, &dir, &seen, &drop_once, &rate);
+                    let _ = serve_one(conn, &dir, &seen, &shapes);
                 });
             }
         });
@@ -91,8 +101,7 @@ fn serve_one(
     mut conn: std::net::TcpStream,
     dir: &Path,
     seen: &Mutex<Vec<Seen>>,
-    drop_once: &Mutex<HashMap<String, u64>>,
-    rate: &AtomicU64,
+    shapes: &Shapes,
 ) -> std::io::Result<()> {
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut line = String::new();
@@ -151,14 +160,23 @@ fn serve_one(
             &data[..]
         }
     };
-    let cut = drop_once.lock().unwrap().remove(&path);
+    let cut = shapes.drop_once.lock().unwrap().remove(&path);
+    let cut = cut.or_else(|| shapes.cut_always.lock().unwrap().get(&path).copied());
     let body = match cut {
         Some(n) => &body[..(n as usize).min(body.len())],
         None => body,
     };
+    let trickle = shapes.trickle.lock().unwrap().get(&path).copied();
+    if let Some(pause) = trickle {
+        for b in body {
+            conn.write_all(&[*b])?;
+            std::thread::sleep(pause);
+        }
+        return Ok(());
+    }
     for chunk in body.chunks(16 << 10) {
         conn.write_all(chunk)?;
-        let r = rate.load(Ordering::Relaxed);
+        let r = shapes.rate.load(Ordering::Relaxed);
         if r > 0 {
             std::thread::sleep(Duration::from_secs_f64(chunk.len() as f64 / r as f64));
         }

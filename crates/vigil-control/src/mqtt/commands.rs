@@ -94,7 +94,7 @@ fn string_field(request: &Value, key: &str, example: &str) -> Result<String, Str
     })
 }
 
-const KNOWN: &str = "ping, status, events/replay, reload, config/get, config/set, camera/restart, ota/apply, ota/rollback";
+const KNOWN: &str = "ping, status, events/replay, reload, config/get, config/set, camera/restart, ota/apply, ota/rollback, ota/cancel";
 
 /// The fields of `cmd/ota/apply`.
 fn ota_apply(id: &str, request: &Value) -> Result<vigil_ota::ApplyRequest, String> {
@@ -251,6 +251,7 @@ impl Handler {
                 Err(msg) => done(reply(Some(id), false, msg, Value::Null)),
             },
             "ota/rollback" => self.ask(id, ControlKind::OtaRollback(id.to_string())),
+            "ota/cancel" => self.ask(id, ControlKind::OtaCancel),
             "config/set" => match string_field(&request, "config", "<the whole TOML file>") {
                 Ok(text) => self.ask(id, ControlKind::SetConfig(text)),
                 Err(msg) => done(reply(Some(id), false, msg, Value::Null)),

@@ -132,6 +132,12 @@ pub(super) fn check_ota(c: &mut Checker, config: &Config) {
         );
     }
     check_name(c, "ota.device_class", &o.device_class, "device class");
+    check_min_duration(
+        c,
+        "ota.download_timeout",
+        o.download_timeout,
+        Duration::from_secs(10),
+    );
     if o.max_bundle_bytes < 1024 {
         c.err(
             "ota.max_bundle_bytes",

@@ -26,7 +26,7 @@ use crate::facts::BoxFacts;
 use crate::redact::redact;
 use serde::Deserialize;
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Component, Path};
 use toml::de::DeTable;
 
 // ---------------------------------------------------------------------------------------------
@@ -117,6 +117,7 @@ pub fn load_overlaid(
     over_src.report(forbidden)?;
     over_src.report(overlay_file_references(&over))?;
     let slot = overlay.parent().unwrap_or(Path::new("."));
+    over_src.report(overlay_model_paths(&over, slot))?;
     if let Some(toml::Value::Table(models)) = over.get_mut("models") {
         for (_, m) in models.iter_mut() {
             if let Some(toml::Value::String(p)) = m.get_mut("path") {
@@ -156,6 +157,49 @@ pub fn load_overlaid(
     let issues = resolve_model_paths(&mut config, base);
     merged_src.report(issues).map_err(relocate)?;
     Ok(config)
+}
+
+/// An OTA overlay's model paths must stay inside its set (`slot`): relative, without `..`
+/// (after dropping `.` parts), and not leading out of it through a symbolic link.
+pub(super) fn overlay_model_paths(over: &toml::Table, slot: &Path) -> Vec<Issue> {
+    let Some(toml::Value::Table(models)) = over.get("models") else {
+        return Vec::new();
+    };
+    let root = slot.canonicalize().unwrap_or_else(|_| slot.to_path_buf());
+    let mut issues = Vec::new();
+    for (name, m) in models {
+        let Some(toml::Value::String(p)) = m.get("path") else {
+            continue;
+        };
+        let path = Path::new(p);
+        let inside = path
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+        let through_link = inside && leaves(&root, &root.join(path));
+        if !inside || through_link {
+            let how = if through_link {
+                "leads out of its OTA set through a symbolic link"
+            } else {
+                "leaves its OTA set"
+            };
+            issues.push(Issue {
+                path: join_key(&join_key("models", name), "path"),
+                message: format!(
+                    "{:?} {how} (expected a path relative to the bundle's files, without \"..\", e.g. \"models/detector.onnx\")",
+                    p.chars().take(200).collect::<String>()
+                ),
+            });
+        }
+    }
+    issues
+}
+
+/// Whether `path` (inside `root` by its text) resolves outside `root`: its deepest existing
+/// ancestor, symbolic links followed, is not under `root`.
+fn leaves(root: &Path, path: &Path) -> bool {
+    path.ancestors()
+        .find_map(|a| a.canonicalize().ok())
+        .is_some_and(|real| !real.starts_with(root))
 }
 
 /// Deep merge: tables key by key, anything else replaced.

@@ -79,6 +79,12 @@ pub struct OtaConfig {
     pub device_class: String,
     /// Largest bundle (and largest file in it) accepted.
     pub max_bundle_bytes: u64,
+    /// The longest a bundle's download may take, all attempts together; past it the update
+    /// fails (the partial file is kept: the same command sent again resumes it).
+    pub download_timeout: Dur,
+    /// The slowest a download may be, averaged over each 10 s; 0: no minimum (only
+    /// `download_timeout` then bounds a trickling server).
+    pub min_rate_bytes_per_s: u64,
 }
 
 impl Default for OtaConfig {
@@ -90,6 +96,8 @@ impl Default for OtaConfig {
             probation_min_inferences: 3,
             device_class: "generic".into(),
             max_bundle_bytes: 1 << 30,
+            download_timeout: Dur::secs(3600),
+            min_rate_bytes_per_s: 1024,
         }
     }
 }
