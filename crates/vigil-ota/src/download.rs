@@ -278,8 +278,9 @@ enum Msg {
 }
 
 /// Sends the request (with `Range` from `have`) and streams the body into `tx`, on its own
-/// thread: ends when the body does, when it fails, or when the job stops listening.
-fn request(agent: ureq::Agent, url: String, have: u64, tx: SyncSender<Msg>) {
+/// thread: ends when the body does, when it fails, or when the job stops listening. `shown`
+/// is the URL as errors show it (credentials removed, bounded).
+fn request(agent: ureq::Agent, url: String, shown: String, have: u64, tx: SyncSender<Msg>) {
     let mut req = agent.get(&url);
     if have > 0 {
         req = req.header("Range", format!("bytes={have}-"));
@@ -291,7 +292,7 @@ fn request(agent: ureq::Agent, url: String, have: u64, tx: SyncSender<Msg>) {
             return;
         }
         Err(source) => {
-            let _ = tx.send(Msg::Failed(Interrupted::Request { url, source }));
+            let _ = tx.send(Msg::Failed(Interrupted::Request { url: shown, source }));
             return;
         }
     };
@@ -375,10 +376,10 @@ fn attempt_once(
     let max_bytes = limits.max_bytes;
     let have = held(part);
     let (tx, rx) = std::sync::mpsc::sync_channel(CHUNKS);
-    let (agent, owned) = (agent.clone(), url.to_string());
+    let (agent, owned, shown_owned) = (agent.clone(), url.to_string(), shown.to_string());
     std::thread::Builder::new()
         .name("ota-download".into())
-        .spawn(move || request(agent, owned, have, tx))
+        .spawn(move || request(agent, owned, shown_owned, have, tx))
         .map_err(|e| Stop::drop(OtaError::io("cannot start the download thread", e)))?;
     let (status, len, range_start) = match next(&rx, clock, cancel, have)? {
         Msg::Head {

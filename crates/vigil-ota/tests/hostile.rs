@@ -640,3 +640,23 @@ fn an_overlay_model_path_through_a_symbolic_link_is_refused() {
     std::fs::write(staged.join("models/passwd"), b"x").unwrap();
     vigil_ota::check_staged(&path, &staged, facts().as_ref(), 5, &[], 0).unwrap();
 }
+
+#[test]
+fn a_download_error_never_shows_credentials_or_a_whole_hostile_url() {
+    let dir = temp("url");
+    let f = key(1);
+    let (path, cfg) = device(&dir, &[&f], "");
+    // Nothing listens on port 1: every attempt is refused.
+    let url = format!("http://user:secret@127.0.0.1:1/{}", "x".repeat(100_000));
+    let e = failed(job(
+        &path,
+        &cfg,
+        request("url", &url, &"e".repeat(64)),
+        Duration::from_secs(30),
+    ));
+    let reason = e.reason();
+    assert_eq!(e.kind(), "download", "{reason}");
+    assert!(reason.contains("gave up after 6 attempts"), "{reason}");
+    assert!(!reason.contains("secret"), "{reason}");
+    assert!(reason.len() <= 1024, "{} bytes", reason.len());
+}
