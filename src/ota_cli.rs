@@ -45,6 +45,7 @@ pub enum OtaCmd {
     /// Check a bundle as a box would: signature, manifest (paths, dates, sequence), every
     /// file's size and digest; with --config also everything the box checks against its own
     /// state (target, sequence, the config overlay merged over that config, the key floor).
+    /// The files are staged into a scratch directory under $TMPDIR, removed at the end.
     /// Prints the manifest and the verdict; exit 1 if refused.
     Verify {
         bundle: PathBuf,

@@ -8,6 +8,11 @@
 //! rename) and apply the new config through `Plan::apply`. A probation window follows
 //! ([`Probation`]); a failure rolls back to the previous set.
 //!
+//! Everything an outsider controls is bounded: tar headers before they are read ([`bundle`]),
+//! the download's size, time, rate and disk ([`download`]), and every text that reaches MQTT
+//! or the log ([`text`]); `cmd/ota/cancel` stops a job ([`agent::Agent::cancel`]), and a key
+//! floor keeps a revoked key revoked ([`check_key_floor`]).
+//!
 //! Knows nothing of MQTT topics or packets (it produces JSON the supervisor hands to the link),
 //! nor of how plans are built (the supervisor applies the [`Config`] this module validates).
 
