@@ -97,25 +97,40 @@ fn init_logging() {
         .init();
 }
 
+/// `vigil check-config`: exit 2 with every error, or 0 with the warnings (both located as
+/// `FILE:LINE:COL: field: …`, on stderr).
+fn check_config(file: &std::path::Path) -> ExitCode {
+    let (cfg, warnings) = match vigil_core::config::load_with_warnings(file, &ThisBox) {
+        Ok(v) => v,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::from(2);
+        }
+    };
+    // The MQTT link's TLS set-up as it will be made (the key goes with the certificate).
+    if let Err(issues) = vigil_control::mqtt::tls::check(&cfg.mqtt) {
+        for i in issues {
+            eprintln!("{}", vigil_core::config::locate(file, i.field, i.message));
+        }
+        return ExitCode::from(2);
+    }
+    for w in &warnings {
+        eprintln!("{w}");
+    }
+    println!(
+        "{}: ok (device {}, {} camera(s), {} model(s))",
+        file.display(),
+        cfg.device.id,
+        cfg.cameras.len(),
+        cfg.models.len()
+    );
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::CheckConfig { file } => match vigil_core::config::load(&file, &ThisBox) {
-            Ok(cfg) => {
-                println!(
-                    "{}: ok (device {}, {} camera(s), {} model(s))",
-                    file.display(),
-                    cfg.device.id,
-                    cfg.cameras.len(),
-                    cfg.models.len()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(errors) => {
-                eprintln!("{errors}");
-                ExitCode::from(2)
-            }
-        },
+        Cmd::CheckConfig { file } => check_config(&file),
         Cmd::Run { config } => {
             init_logging();
             // The device's config with the active OTA set's overlay, if any.

@@ -197,6 +197,7 @@ fn expected_good_config() -> Config {
             topic_prefix: "site/a".into(),
             keep_alive: Dur::secs(45),
             telemetry_interval: Dur::secs(60),
+            ..MqttConfig::default()
         },
         storage: StorageConfig {
             dir: Some("/var/lib/vigil-lobby".into()),

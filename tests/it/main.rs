@@ -24,6 +24,8 @@ mod gpu_probe;
 mod http_auth;
 mod http_events;
 mod http_limits;
+mod mqtt_faults;
+mod mqtt_tls;
 mod ota_hostile;
 mod ota_kill;
 mod recording_end;

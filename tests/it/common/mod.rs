@@ -3,7 +3,9 @@
 //! a real process, killed when its guard drops.
 #![allow(dead_code)]
 
+pub mod link;
 pub mod ota;
+pub mod tls;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -135,16 +137,21 @@ pub fn mosquitto(dir: &Path, port: u16) -> Proc {
         format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
     )
     .unwrap();
+    mosquitto_with(&conf, port, "mosquitto")
+}
+
+/// A real mosquitto with the config file `conf`, once it listens on 127.0.0.1:`port`.
+pub fn mosquitto_with(conf: &Path, port: u16, name: &str) -> Proc {
     let child = Command::new(mosquitto_bin())
         .arg("-c")
-        .arg(&conf)
+        .arg(conf)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("mosquitto");
     wait_port(port, Duration::from_secs(5));
     Proc {
-        name: "mosquitto".into(),
+        name: name.into(),
         child,
     }
 }
@@ -257,8 +264,14 @@ pub struct Subscriber {
 
 impl Subscriber {
     pub fn start(port: u16, topics: &[&str]) -> Self {
+        Self::start_with(port, &[], topics)
+    }
+
+    /// With extra `mosquitto_sub` arguments (TLS files: [`tls::tls_args`]).
+    pub fn start_with(port: u16, extra: &[String], topics: &[&str]) -> Self {
         let mut cmd = Command::new("mosquitto_sub");
         cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-v", "-q", "1"]);
+        cmd.args(extra);
         for t in topics {
             cmd.args(["-t", t]);
         }

@@ -366,6 +366,6 @@ mod tests {
         );
         assert_eq!(t.command_name("vigil/box1/cmd/ping/reply"), None);
         assert_eq!(t.command_name("vigil/box2/cmd/ping"), None);
-        assert_eq!(t.command_name("vigil/box1/cmd/"), None);
+        assert_eq!(t.command_name("vigil/box1/cmd/"), Some(""));
     }
 }

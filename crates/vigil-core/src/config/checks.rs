@@ -213,6 +213,73 @@ pub(super) fn check_mqtt(c: &mut Checker, config: &Config) {
         mqtt.telemetry_interval,
         Duration::from_secs(1),
     );
+    check_mqtt_tls(c, mqtt);
+}
+
+/// The TLS fields' combinations (the files themselves are read by `load`).
+fn check_mqtt_tls(c: &mut Checker, mqtt: &super::MqttConfig) {
+    let tls = mqtt.ca_file.is_some();
+    match (&mqtt.cert_file, &mqtt.key_file) {
+        (Some(_), None) => c.err(
+            "mqtt.cert_file",
+            "cert_file is set without key_file (expected both, for mutual TLS, or neither)",
+        ),
+        (None, Some(_)) => c.err(
+            "mqtt.key_file",
+            "key_file is set without cert_file (expected both, for mutual TLS, or neither)",
+        ),
+        (Some(_), Some(_)) if !tls => c.err(
+            "mqtt.cert_file",
+            "a client certificate without ca_file (expected ca_file too: TLS is on only when the broker can be verified)",
+        ),
+        _ => {}
+    }
+    if let Some(name) = &mqtt.server_name {
+        if !tls {
+            c.err(
+                "mqtt.server_name",
+                "server_name without ca_file (expected ca_file too: the name is checked only over TLS)",
+            );
+        } else if rustls_pki_types::ServerName::try_from(name.as_str()).is_err() {
+            c.err(
+                "mqtt.server_name",
+                format!("{name:?} is not a DNS name or IP address (expected the name in the broker's certificate, e.g. \"broker.example.net\")"),
+            );
+        }
+    }
+    for (field, path) in [
+        ("mqtt.ca_file", &mqtt.ca_file),
+        ("mqtt.cert_file", &mqtt.cert_file),
+        ("mqtt.key_file", &mqtt.key_file),
+    ] {
+        if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            c.err(
+                field,
+                "empty path (expected a PEM file, or no key for none)",
+            );
+        }
+    }
+}
+
+/// What a config allows but is probably not meant, as issues located like errors.
+pub(super) fn warn_config(config: &Config) -> Vec<Issue> {
+    let mut c = Checker::default();
+    for (path, message) in config.http.warnings() {
+        c.err(path, message);
+    }
+    let mqtt = &config.mqtt;
+    if mqtt.ca_file.is_none() {
+        let password = if mqtt.password.is_some() {
+            ", the password included,"
+        } else {
+            ""
+        };
+        c.err(
+            "mqtt",
+            format!("MQTT over plain TCP: the broker is not verified and everything{password} crosses the network in clear text (expected ca_file, and cert_file and key_file for mutual TLS; see docs/mqtt.md)"),
+        );
+    }
+    c.issues
 }
 
 pub(super) fn check_model(c: &mut Checker, path: &str, model: &ModelConfig, facts: &dyn BoxFacts) {

@@ -33,6 +33,23 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// Something a config allows but that is probably not meant (MQTT over plain TCP, a client
+/// certificate about to expire), located like an error; prints as
+/// `FILE:LINE:COL: warning: field.path: …`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigWarning(pub ConfigError);
+
+impl fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let e = &self.0;
+        write!(f, "{}:{}:{}: warning: ", e.file.display(), e.line, e.col)?;
+        if !e.path.is_empty() {
+            write!(f, "{}: ", e.path)?;
+        }
+        f.write_str(&e.message)
+    }
+}
+
 /// Every problem found in a config file, in file order; never empty.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigErrors(pub(super) Vec<ConfigError>);

@@ -45,6 +45,17 @@ pub fn parse(text: &str, file: &Path, facts: &dyn BoxFacts) -> Result<Config, Co
 /// absolute (relative to the config file's directory), and the model files of enabled cameras
 /// must exist.
 pub fn load(path: &Path, facts: &dyn BoxFacts) -> Result<Config, ConfigErrors> {
+    load_with_warnings(path, facts).map(|(config, _)| config)
+}
+
+/// [`load`], with what the config allows but is probably not meant (MQTT over plain TCP, a
+/// client certificate about to expire), located like errors: `vigil check-config` prints them
+/// and still exits 0. The MQTT TLS files are read and checked here (a missing file, a key that
+/// does not parse, a certificate not valid now, a CA file without certificates are errors).
+pub fn load_with_warnings(
+    path: &Path,
+    facts: &dyn BoxFacts,
+) -> Result<(Config, Vec<ConfigWarning>), ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![ConfigError {
             file: path.to_path_buf(),
@@ -59,8 +70,47 @@ pub fn load(path: &Path, facts: &dyn BoxFacts) -> Result<Config, ConfigErrors> {
     let (mut config, source) = parse_located(&text, path, facts, Mode::Read(&secrets))?;
     let mut issues = resolve_model_paths(&mut config, path);
     issues.extend(super::http::check_http_files(&config));
+    let now = std::time::SystemTime::now();
+    let mut warnings = warn_config(&config);
+    match super::tls::TlsFiles::read(&config.mqtt, now) {
+        Ok(Some(files)) => warnings.extend(
+            files
+                .warnings(&config.mqtt, &config.device.id, now)
+                .into_iter()
+                .map(tls_issue),
+        ),
+        Ok(None) => {}
+        Err(tls) => issues.extend(tls.into_iter().map(tls_issue)),
+    }
     source.report(issues)?;
-    Ok(config)
+    let warnings = warnings
+        .into_iter()
+        .map(|w| ConfigWarning(source.locate(w)))
+        .collect();
+    Ok((config, warnings))
+}
+
+fn tls_issue(t: super::tls::TlsIssue) -> Issue {
+    Issue {
+        path: t.field.to_string(),
+        message: t.message,
+    }
+}
+
+/// A message about `field` (a key path such as `mqtt.cert_file`) of the config file at
+/// `file`, located like a load error (0:0 when the file cannot be read or parsed).
+pub fn locate(file: &Path, field: &str, message: impl Into<String>) -> ConfigError {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let (doc, _) = DeTable::parse_recoverable(&text);
+    let source = Source {
+        text: &text,
+        file,
+        index: SpanIndex::build(doc.get_ref()),
+    };
+    source.locate(Issue {
+        path: field.to_string(),
+        message: message.into(),
+    })
 }
 
 /// Tables an OTA overlay may not set: they need a restart or name the device itself.
@@ -309,18 +359,18 @@ impl Source<'_> {
         self.error_at(span.start, issue.path, issue.message)
     }
 
+    /// An issue at the position of its field path (or of the nearest ancestor written).
+    pub(super) fn locate(&self, issue: Issue) -> ConfigError {
+        let offset = self.index.span_of(&issue.path).map_or(0, |s| s.start);
+        self.error_at(offset, issue.path, issue.message)
+    }
+
     /// `Ok` when there are no issues; otherwise every issue, located, in file order.
     pub(super) fn report(&self, issues: Vec<Issue>) -> Result<(), ConfigErrors> {
         if issues.is_empty() {
             return Ok(());
         }
-        let mut errors: Vec<ConfigError> = issues
-            .into_iter()
-            .map(|issue| {
-                let offset = self.index.span_of(&issue.path).map_or(0, |s| s.start);
-                self.error_at(offset, issue.path, issue.message)
-            })
-            .collect();
+        let mut errors: Vec<ConfigError> = issues.into_iter().map(|i| self.locate(i)).collect();
         errors.sort_by_key(|e| (e.line, e.col));
         Err(ConfigErrors(errors))
     }
@@ -357,17 +407,22 @@ pub(super) fn resolve_model_paths(config: &mut Config, config_file: &Path) -> Ve
         .filter(|cam| cam.enabled)
         .map(|cam| cam.model.clone())
         .collect();
-    for d in [config.storage.dir.as_mut(), config.ota.dir.as_mut()]
-        .into_iter()
-        .flatten()
-        .chain(
-            config
-                .http
-                .tls
-                .iter_mut()
-                .flat_map(|t| [&mut t.cert, &mut t.key]),
-        )
-    {
+    for d in [
+        config.storage.dir.as_mut(),
+        config.ota.dir.as_mut(),
+        config.mqtt.ca_file.as_mut(),
+        config.mqtt.cert_file.as_mut(),
+        config.mqtt.key_file.as_mut(),
+    ]
+    .into_iter()
+    .flatten()
+    .chain(
+        config
+            .http
+            .tls
+            .iter_mut()
+            .flat_map(|t| [&mut t.cert, &mut t.key]),
+    ) {
         let joined = dir.join(&*d);
         *d = std::path::absolute(&joined).unwrap_or(joined);
     }

@@ -10,12 +10,14 @@ mod load;
 mod schema;
 mod secrets;
 mod spans;
+mod tls;
 
-pub use diagnostics::{ConfigError, ConfigErrors};
+pub use diagnostics::{ConfigError, ConfigErrors, ConfigWarning};
 pub use diff::{
     CameraChange, CameraStep, GroupView, ModelAction, PlanDiff, PlanView, Section, diff,
     diff_plans, restart_sections, same_source,
 };
-pub use load::{load, load_overlaid, parse};
+pub use load::{load, load_overlaid, load_with_warnings, locate, parse};
 pub use schema::*;
 pub use secrets::{MAX_SECRET_BYTES, SecretSource, private_file_problem, redact_secrets};
+pub use tls::{Identity, TlsFiles, TlsIssue, rfc3339, tls_contents, tls_paths};

@@ -131,6 +131,16 @@ pub struct MqttConfig {
     pub topic_prefix: String,
     pub keep_alive: Dur,
     pub telemetry_interval: Dur,
+    /// TLS: the broker's certificate must chain to a CA in this PEM file. Unset: plain TCP
+    /// (`check-config` warns). A relative path is relative to the config file's directory.
+    pub ca_file: Option<PathBuf>,
+    /// Mutual TLS: the client certificate (PEM, leaf first) and its private key (PEM,
+    /// unencrypted); both or neither, and only with `ca_file`. The link reloads all three
+    /// files when their contents change, without a restart.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// The name the broker's certificate must be valid for. Unset: `host`.
+    pub server_name: Option<String>,
 }
 
 impl Default for MqttConfig {
@@ -144,6 +154,10 @@ impl Default for MqttConfig {
             topic_prefix: "vigil".into(),
             keep_alive: Dur::secs(30),
             telemetry_interval: Dur::secs(10),
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            server_name: None,
         }
     }
 }
