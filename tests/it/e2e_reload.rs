@@ -327,3 +327,111 @@ fn reload_touches_only_what_changed_and_a_bad_config_changes_nothing() {
         }
     }
 }
+
+/// A reload that fails after the running plan was changed (a camera thread that cannot be
+/// started, through the test hook `VIGIL_TEST_FAIL_SPAWN`) restores the previous plan: the
+/// reply says so, every camera runs again with its old settings, the file is not replaced.
+#[test]
+fn a_reload_that_fails_half_way_restores_the_previous_plan() {
+    let _cpu = exclusive();
+    let dir = temp_dir("reload-rollback");
+    let (mqtt, rtsp) = (free_port(), free_port());
+    let _broker = mosquitto(&dir, mqtt);
+    let _server = rtsp_server(&asset(".cache/media/vtest.mp4"), rtsp, "/plaza");
+    let sub = Subscriber::start(mqtt, &["vigil/reload/#"]);
+    let path = dir.join("vigil.toml");
+    let good = config(mqtt, rtsp, 3, false);
+    std::fs::write(&path, &good).unwrap();
+    let (_vigil, logs) = vigil_run_with(&path, &[("VIGIL_TEST_FAIL_SPAWN", "failspawn")], true);
+    let addr = http_addr(&logs);
+    let live = |what: &str| {
+        let t0 = Instant::now();
+        loop {
+            let now = cams(&addr);
+            if now.len() == 2 && now.iter().all(|c| c.4 == "live") {
+                return now;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(30), "{what}: {now:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let before = live("both cameras live at start");
+
+    // 1. A source change of camera a whose new pipeline cannot start: a was stopped, so it is
+    // started again with its old URL; b is untouched.
+    let broken_a = good.replacen("/plaza\"", "/plaza?failspawn\"", 1);
+    assert_ne!(broken_a, good);
+    let r = command(
+        mqtt,
+        &sub,
+        "config/set",
+        serde_json::json!({"request_id": "respawn", "config": broken_a}),
+    );
+    assert_eq!(r["status"], "error", "{r}");
+    let msg = r["message"].as_str().unwrap();
+    assert!(
+        msg.contains("the previous plan was restored after: camera a: test hook"),
+        "{r}"
+    );
+    let after = live("camera a runs again");
+    assert_ne!(after[0].1, before[0].1, "camera a has a new pipeline");
+    assert_eq!(after[1].1, before[1].1, "camera b kept its pipeline");
+    let t0 = Instant::now();
+    while cams(&addr)[0].2 <= after[0].2 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "camera a decodes again"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), good);
+
+    // 2. A new camera for the same model (its group is rebuilt) whose thread cannot start: the
+    // group had been stopped; it comes back with a and b.
+    let plus_c = format!(
+        "{good}\n[[cameras]]\nname = \"c\"\nurl = \"rtsp://127.0.0.1:{rtsp}/plaza?failspawn\"\nmodel = \"nanodet\"\nfps = 2\n"
+    );
+    let r = command(
+        mqtt,
+        &sub,
+        "config/set",
+        serde_json::json!({"request_id": "rebuild", "config": plus_c}),
+    );
+    assert_eq!(r["status"], "error", "{r}");
+    assert!(
+        r["message"]
+            .as_str()
+            .unwrap()
+            .contains("the previous plan was restored after: camera c: test hook"),
+        "{r}"
+    );
+    let restored = live("a and b run again after the failed rebuild");
+    assert_eq!(
+        restored.iter().map(|c| c.0.as_str()).collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    let t0 = Instant::now();
+    while cams(&addr).iter().zip(&restored).any(|(n, r)| n.2 <= r.2) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "a and b decode again"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = command(
+        mqtt,
+        &sub,
+        "config/get",
+        serde_json::json!({"request_id": "get"}),
+    );
+    assert_eq!(r["data"]["toml"].as_str().unwrap(), good);
+
+    // 3. The plan still reloads normally afterwards.
+    let r = command(
+        mqtt,
+        &sub,
+        "config/set",
+        serde_json::json!({"request_id": "ok", "config": config(mqtt, rtsp, 2, false)}),
+    );
+    assert_eq!(r["status"], "ok", "{r}");
+}

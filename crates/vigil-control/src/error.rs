@@ -23,6 +23,18 @@ pub enum ControlError {
         #[source]
         source: std::io::Error,
     },
+    /// A reload failed half-way (its cause is the source) and the previous plan was started
+    /// again.
+    #[error("the previous plan was restored after")]
+    Restored(#[source] Box<ControlError>),
+    /// A reload failed half-way (its cause is the source) and restoring the previous plan failed
+    /// too: some cameras may not run until the next successful reload.
+    #[error("restoring the previous plan failed too ({}) after", vigil_core::error::chain(restore.as_ref()))]
+    NotRestored {
+        restore: Box<ControlError>,
+        #[source]
+        source: Box<ControlError>,
+    },
     #[error("no running camera named {0:?}")]
     NoSuchCamera(String),
     #[error("event spool")]

@@ -112,21 +112,46 @@ pub struct Plan {
     inst: Instruments,
 }
 
+/// Starts one camera's pipeline thread feeding `slot` of `queue`.
+fn spawn_camera(src: SourceSettings, slot: usize, queue: &Arc<FrameQueue>) -> Result<CameraHandle> {
+    let camera = src.name.clone();
+    test_hook_spawn(&src.url)
+        .and_then(|()| CameraHandle::spawn(src, slot, queue.clone()))
+        .map_err(|source| ControlError::Camera { camera, source })
+}
+
+/// Test-only fault hook: with `VIGIL_TEST_FAIL_SPAWN=TEXT`, starting a camera whose URL contains
+/// TEXT fails as if its thread could not be created (what the reload's rollback is for).
+/// Compiled only with the `test-hooks` feature; a release build has an empty function here.
+#[cfg(feature = "test-hooks")]
+fn test_hook_spawn(url: &str) -> std::io::Result<()> {
+    match std::env::var("VIGIL_TEST_FAIL_SPAWN") {
+        Ok(text) if !text.is_empty() && url.contains(&text) => Err(std::io::Error::other(
+            "test hook VIGIL_TEST_FAIL_SPAWN: thread not created",
+        )),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(not(feature = "test-hooks"))]
+fn test_hook_spawn(_url: &str) -> std::io::Result<()> {
+    Ok(())
+}
+
 /// Stops the camera in `slot` of `g` and starts it again with `new`, with fresh analysis state;
-/// the group's other cameras and its worker are untouched.
+/// the group's other cameras and its worker are untouched. Once the old pipeline is stopped the
+/// slot is recorded as `new` even if the start fails, so that the plan's view never claims a
+/// stopped camera runs its old settings (a rollback then starts it again).
 fn respawn(g: &mut Group, slot: usize, new: &CameraConfig, inst: &Instruments) -> Result<()> {
     let cam = &mut g.cameras[slot];
     cam.handle.request_stop();
+    cam.cfg = new.clone();
     let src = SourceSettings {
         cuda: g.cuda.clone(),
         ..SourceSettings::from(new)
     };
     g.queue.set_policy(slot, src.drop_policy());
-    let handle =
-        CameraHandle::spawn(src, slot, g.queue.clone()).map_err(|source| ControlError::Camera {
-            camera: new.name.clone(),
-            source,
-        })?;
+    let handle = spawn_camera(src, slot, &g.queue)?;
     drop(std::mem::replace(&mut cam.handle, handle));
     let a = inst.analysis_for(new);
     cam.analysis = a.stats.clone();
@@ -134,8 +159,13 @@ fn respawn(g: &mut Group, slot: usize, new: &CameraConfig, inst: &Instruments) -
         slot,
         analysis: Box::new(a),
     });
-    cam.cfg = new.clone();
     Ok(())
+}
+
+/// Where [`Plan::change_to`] failed: before anything changed, or after.
+enum Step {
+    Load(ControlError),
+    Carry(ControlError),
 }
 
 /// What a reload did, camera by camera, for the log and the command reply.
@@ -224,12 +254,7 @@ impl Plan {
         let (control, control_rx) = std::sync::mpsc::channel();
         let mut cameras = Vec::new();
         for (slot, ((c, a), src)) in cams.iter().zip(&analyses).zip(sources).enumerate() {
-            let handle = CameraHandle::spawn(src, slot, queue.clone()).map_err(|source| {
-                ControlError::Camera {
-                    camera: c.name.clone(),
-                    source,
-                }
-            })?;
+            let handle = spawn_camera(src, slot, &queue)?;
             cameras.push(RunningCamera {
                 name: c.name.clone(),
                 cfg: c.clone(),
@@ -302,10 +327,48 @@ impl Plan {
     /// settings changed is rebuilt alone; a model whose table changed but whose cameras did not
     /// is swapped inside its running worker (pipelines kept); adding or removing a camera
     /// rebuilds that model's group. New models are loaded before anything is stopped, so a model
-    /// that fails to load leaves everything running as it was.
+    /// that fails to load leaves everything running as it was. If anything fails after that (a
+    /// camera or worker thread that cannot be started), the previous plan is restored the same
+    /// way (the diff back to what ran before) and the error says so
+    /// ([`ControlError::Restored`]; [`ControlError::NotRestored`] if even that failed).
     pub fn apply(&mut self, cfg: &Config) -> Result<ApplyReport> {
-        let diff = diff_plans(&self.view(), &PlanView::of(cfg));
+        let before = self.view();
         let mut report = ApplyReport::default();
+        match self.change_to(&before, &PlanView::of(cfg), &mut report) {
+            Ok(()) => Ok(report),
+            Err(Step::Load(e)) => Err(e),
+            Err(Step::Carry(e)) => {
+                tracing::error!(
+                    "reload failed after the running plan was changed: {}; restoring the previous plan",
+                    vigil_core::error::chain(&e)
+                );
+                let mut undo = ApplyReport::default();
+                match self.change_to(&self.view(), &before, &mut undo) {
+                    // At start-up "restoring" stopped what had started: the error is the cause.
+                    Ok(()) if before.groups.is_empty() => Err(e),
+                    Ok(()) => {
+                        tracing::info!("previous plan restored: {}", undo.summary());
+                        Err(ControlError::Restored(Box::new(e)))
+                    }
+                    Err(Step::Load(e2) | Step::Carry(e2)) => Err(ControlError::NotRestored {
+                        restore: Box::new(e2),
+                        source: Box::new(e),
+                    }),
+                }
+            }
+        }
+    }
+
+    /// Changes what runs from `from` (the running plan's view) to `to`: loads every model the
+    /// diff names, then stops, updates and starts groups. A failure while loading changed
+    /// nothing ([`Step::Load`]); one after that may have left the plan half-way ([`Step::Carry`]).
+    fn change_to(
+        &mut self,
+        from: &PlanView,
+        to: &PlanView,
+        report: &mut ApplyReport,
+    ) -> std::result::Result<(), Step> {
+        let diff = diff_plans(from, to);
         // 1. Load every model the diff needs first: nothing changes if one fails.
         let mut prepared = BTreeMap::new();
         let mut swaps = BTreeMap::new();
@@ -313,7 +376,7 @@ impl Plan {
             let Some(mc) = action.model_to_load() else {
                 continue;
             };
-            let p = vigil_dataplane::engine::build(m, mc)?;
+            let p = vigil_dataplane::engine::build(m, mc).map_err(|e| Step::Load(e.into()))?;
             // Swapped in place only while the frames stay where the new engine reads them
             // (CUDA memory for the GPU path, host memory for the CPU path); else rebuilt.
             let in_place = matches!(action, ModelAction::Swap { .. })
@@ -329,6 +392,18 @@ impl Plan {
                 report.models_loaded.push(m.clone());
             }
         }
+        self.carry_out(&diff, prepared, swaps, report)
+            .map_err(Step::Carry)
+    }
+
+    /// Steps 2–4 of [`Plan::change_to`], the models already loaded.
+    fn carry_out(
+        &mut self,
+        diff: &vigil_core::config::PlanDiff,
+        mut prepared: BTreeMap<String, vigil_dataplane::engine::Built>,
+        mut swaps: BTreeMap<String, vigil_dataplane::engine::Built>,
+        report: &mut ApplyReport,
+    ) -> Result<()> {
         // 2. Stop groups that are gone or rebuilt.
         let (keep, drop_groups): (Vec<Group>, Vec<Group>) =
             std::mem::take(&mut self.groups).into_iter().partition(|g| {
@@ -400,7 +475,7 @@ impl Plan {
                 self.groups.push(g);
             }
         }
-        Ok(report)
+        Ok(())
     }
 
     /// The output counters of a running model's current backend.

@@ -135,11 +135,14 @@ fn apply_loaded(
         .into_iter()
         .map(|s| s.as_str())
         .collect();
-    match tokio::task::block_in_place(|| plan.apply(&new)) {
+    let applied = tokio::task::block_in_place(|| plan.apply(&new));
+    // Also after a failure: a reload that failed half-way restored the previous plan with new
+    // pipelines.
+    if let Ok(mut v) = views.write() {
+        *v = plan.views();
+    }
+    match applied {
         Ok(report) => {
-            if let Ok(mut v) = views.write() {
-                *v = plan.views();
-            }
             let ms = t0.elapsed().as_secs_f64() * 1000.0;
             let mut summary = report.summary();
             if !needs_restart.is_empty() {
