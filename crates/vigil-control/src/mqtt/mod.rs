@@ -451,12 +451,12 @@ impl LinkTask {
         match tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(target)).await {
             Ok(Ok(_)) => true,
             Ok(Err(e)) => {
-                self.down(format!("I/O: {e}"));
+                self.down(format!("broker unreachable: {e}"));
                 false
             }
             Err(_) => {
                 self.down(format!(
-                    "no answer from {} within {PROBE_TIMEOUT:?}",
+                    "broker unreachable: no answer from {} within {PROBE_TIMEOUT:?}",
                     self.addr
                 ));
                 false
