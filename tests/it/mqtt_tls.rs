@@ -420,7 +420,7 @@ fn vigil_run_logs_why_the_broker_refuses_its_certificate() {
     std::fs::write(
         &cfg,
         format!(
-            "[device]\nid = \"boxa\"\n\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n\n[storage]\ndir = \"{}\"\n\n[http]\nlisten = \"\"\n",
+            "[device]\nid = \"boxa\"\n\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n\n[storage]\ndir = \"{}\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n",
             pki.ca.file.display(),
             rogue.cert.display(),
             rogue.key.display(),
@@ -436,5 +436,15 @@ fn vigil_run_logs_why_the_broker_refuses_its_certificate() {
     assert!(
         line.contains(&rogue.cert.display().to_string()),
         "no log line naming the refused certificate: {line:?}"
+    );
+    // /healthz says it too (healthy: a link that is not connected keeps retrying).
+    let (code, body) = http_get(&http_addr(&logs), "/healthz");
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(health["mqtt"]["connected"], false);
+    let why = health["mqtt"]["last_error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("client certificate") && why.contains(&rogue.cert.display().to_string()),
+        "{body}"
     );
 }

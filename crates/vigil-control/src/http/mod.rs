@@ -87,7 +87,13 @@ async fn healthz(State(s): State<AppState>) -> Response {
             )
         })
         .collect();
-    let body = serde_json::json!({ "healthy": healthy, "stages": stages, "cameras": cameras });
+    // The MQTT link is alive while disconnected (it is not a reason to be unhealthy); it says
+    // why it is not connected (a refused certificate, an unreachable broker).
+    let mqtt = serde_json::json!({
+        "connected": s.link.connected.load(std::sync::atomic::Ordering::Relaxed),
+        "last_error": s.link.last_error(),
+    });
+    let body = serde_json::json!({ "healthy": healthy, "stages": stages, "cameras": cameras, "mqtt": mqtt });
     let code = if healthy {
         StatusCode::OK
     } else {
