@@ -39,9 +39,27 @@ pub fn scratch(what: &str) -> PathBuf {
     } else {
         std::env::temp_dir()
     };
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(|| remove_stale(&base));
     let dir = base.join(format!("vigil-fuzz-{}-{what}", std::process::id()));
     let _ = std::fs::create_dir_all(&dir);
     dir
+}
+
+/// Removes the scratch directories of processes that are gone (test runs leave theirs).
+fn remove_stale(base: &std::path::Path) {
+    for e in std::fs::read_dir(base).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid = name
+            .strip_prefix("vigil-fuzz-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid
+            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// The committed corpus of a target.
