@@ -104,7 +104,22 @@ fn a_stalled_core_is_killed_by_the_watchdog_and_restarted_without_losing_events(
         .args(["--register=no", "--keep-unit", "--quiet", "-D"])
         .arg(&rootfs)
         .arg("--bind-ro=/usr")
-        .arg(format!("--bind-ro={}:/opt/vigil", repo.display()))
+        // The three files the service needs, each bound on its own: binding the whole checkout
+        // would make the service's user need to traverse its parents (a clone in a 0700 folder,
+        // as `mktemp -d` makes, gave "Permission denied" at EXEC).
+        .arg(format!(
+            "--bind-ro={}:/opt/vigil/{}",
+            repo.join(bin).display(),
+            bin.display()
+        ))
+        .arg(format!(
+            "--bind-ro={}:/opt/vigil/.cache/onnxruntime",
+            repo.join(".cache/onnxruntime").display()
+        ))
+        .arg(format!(
+            "--bind-ro={}:/opt/vigil/models/nanodet.onnx",
+            model().display()
+        ))
         .arg(format!("--bind-ro={}:/srv/vigil-test", cfg_dir.display()))
         .arg(format!("--bind={}:/srv/out", out.display()))
         .args([
