@@ -5,6 +5,7 @@
 
 use super::backoff::{Backoff, Retry};
 use super::frame::{CapsMemory, FrameQueue, FrameRef};
+use super::reach;
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
@@ -395,6 +396,7 @@ fn run_camera(
                 return;
             }
             Outcome::Ended | Outcome::Failed(_) => {
+                let failed = !matches!(outcome, Outcome::Ended);
                 let reason = match outcome {
                     Outcome::Failed(e) => redact(&chain(&e)),
                     _ => "source ended the stream".to_string(),
@@ -415,7 +417,7 @@ fn run_camera(
                     st.consecutive_failures = backoff.failures();
                     *at = Some(Instant::now() + wait);
                 });
-                if stop.sleep(wait) {
+                if wait_to_retry(&s, &stats, &stop, wait, failed) {
                     break;
                 }
                 stats.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -426,6 +428,58 @@ fn run_camera(
         st.state = CameraState::Stopped;
         *at = None;
     });
+}
+
+/// How often a camera that does not answer is probed (a probe itself takes up to
+/// [`reach::PROBE_TIMEOUT`]).
+const PROBE_EVERY: Duration = Duration::from_millis(250);
+
+/// Sleeps out the back-off `wait` after a failure; true if stopped meanwhile. An RTSP camera that
+/// does not answer on its TCP port when it failed is waited for instead, and retried as soon as it
+/// answers (see [`reach`]): the link's return, not the back-off, decides when. One that answers
+/// keeps the ordinary back-off.
+fn wait_to_retry(
+    s: &SourceSettings,
+    stats: &CameraStats,
+    stop: &StopSignal,
+    wait: Duration,
+    failed: bool,
+) -> bool {
+    let Some(endpoint) = failed.then(|| reach::rtsp_endpoint(&s.url)).flatten() else {
+        return stop.sleep(wait);
+    };
+    let mut prober = reach::Prober::new(endpoint);
+    if prober.probe_now() {
+        return stop.sleep(wait);
+    }
+    tracing::info!(
+        camera = %s.name, target = %prober.target(),
+        "camera does not answer; reconnecting as soon as it does"
+    );
+    stats.set(|st, at| {
+        if let Some(e) = &st.last_error {
+            st.last_error = Some(format!("{e}; {} does not answer", prober.target()));
+        }
+        *at = None;
+    });
+    let since = Instant::now();
+    loop {
+        if stop.sleep(PROBE_EVERY) {
+            return true;
+        }
+        match prober.poll() {
+            Some(true) => {
+                tracing::info!(
+                    camera = %s.name, target = %prober.target(),
+                    "camera answers again after {:.1}s; reconnecting now", since.elapsed().as_secs_f64()
+                );
+                return false;
+            }
+            // No answer: the next probe starts at once.
+            Some(false) => _ = prober.poll(),
+            None => {}
+        }
+    }
 }
 
 /// Waits on the bus until an error, the end of stream, a stop request or the frame deadline.

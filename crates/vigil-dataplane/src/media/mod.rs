@@ -8,6 +8,7 @@ pub mod backoff;
 pub mod camera;
 pub mod frame;
 pub mod probe;
+pub mod reach;
 pub mod rtsp_server;
 pub mod still;
 
