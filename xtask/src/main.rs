@@ -15,6 +15,7 @@
 
 mod assets;
 mod fuzz;
+mod soak;
 mod tidy;
 
 use anyhow::{Context, Result, bail};
@@ -33,9 +34,10 @@ fn main() {
         Some("gpu-payload") => gpu_payload(),
         Some("tidy") => tidy::tidy(&root()),
         Some("fuzz") => fuzz::fuzz(&root(), &args[1..]),
+        Some("soak") => soak::soak(&root(), &args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup | demo [--seconds N] | test [--no-lint] [-- cargo test args] | tidy | fuzz [--seconds N] [TARGET…] | bench [vigil bench args] | gpu-payload>"
+                "usage: cargo xtask <setup | demo [--seconds N] | test [--no-lint] [-- cargo test args] | tidy | fuzz [--seconds N] [TARGET…] | soak [--minutes 60 …] | bench [vigil bench args] | gpu-payload>"
             );
             std::process::exit(2);
         }
@@ -107,7 +109,13 @@ fn test(args: &[String]) -> Result<()> {
     step(
         "cargo test --release --workspace --all-features (unit, integration and end-to-end tests)",
     );
-    run(cargo()
+    // The partition test needs network namespaces (root): in CI, and whenever run as root, it
+    // must not skip.
+    let mut test = cargo();
+    if std::env::var_os("CI").is_some() || is_root() {
+        test.env("VIGIL_REQUIRE_NETNS", "1");
+    }
+    run(test
         .current_dir(&root)
         .args(["test", "--release", "--workspace", "--all-features"])
         .args(&extra))?;
@@ -311,6 +319,16 @@ impl Drop for Children {
     }
 }
 
+/// Whether this process runs as root (its real user id is 0).
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|v| v.split_whitespace().next())
+            == Some("0")
+    })
+}
+
 fn port_free(port: u16) -> bool {
     std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
@@ -434,7 +452,7 @@ fn demo(args: &[String]) -> Result<()> {
     }
 }
 
-fn wait_port(port: u16, timeout: Duration) -> Result<()> {
+pub fn wait_port(port: u16, timeout: Duration) -> Result<()> {
     let t0 = Instant::now();
     while t0.elapsed() < timeout {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
