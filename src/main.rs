@@ -53,6 +53,9 @@ enum Cmd {
         port: u16,
         #[arg(long, default_value = "/cam")]
         mount: String,
+        /// The address to listen on (e.g. 0.0.0.0 inside a test's network namespace).
+        #[arg(long, default_value = "127.0.0.1")]
+        address: std::net::IpAddr,
     },
     /// Probe the GPU and check the fused preprocessing kernel against the CPU reference; with
     /// `--model`, also the GPU path's detections against the CPU path's on the same frames.
@@ -167,8 +170,13 @@ fn main() -> ExitCode {
         }
         Cmd::Ota(cmd) => report(crate::ota_cli::run(cmd)),
         Cmd::Token(cmd) => report(crate::token::run(cmd)),
-        Cmd::RtspServe { file, port, mount } => report(
-            vigil_dataplane::media::rtsp_server::serve_forever(&file, port, &mount)
+        Cmd::RtspServe {
+            file,
+            port,
+            mount,
+            address,
+        } => report(
+            vigil_dataplane::media::rtsp_server::serve_forever(&file, address, port, &mount)
                 .map_err(anyhow::Error::from),
         ),
     }

@@ -28,6 +28,7 @@ mod mqtt_faults;
 mod mqtt_tls;
 mod ota_hostile;
 mod ota_kill;
+mod partitions;
 mod recording_end;
 mod spool_broker_kill;
 mod systemd_unit;

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod link;
+pub mod netns;
 pub mod ota;
 pub mod tls;
 
@@ -269,7 +270,11 @@ impl Subscriber {
 
     /// With extra `mosquitto_sub` arguments (TLS files: [`tls::tls_args`]).
     pub fn start_with(port: u16, extra: &[String], topics: &[&str]) -> Self {
-        let mut cmd = Command::new("mosquitto_sub");
+        Self::start_cmd(Command::new("mosquitto_sub"), port, extra, topics)
+    }
+
+    /// `cmd` runs `mosquitto_sub` (e.g. inside a network namespace: [`netns::Partition::command`]).
+    pub fn start_cmd(mut cmd: Command, port: u16, extra: &[String], topics: &[&str]) -> Self {
         cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-v", "-q", "1"]);
         cmd.args(extra);
         for t in topics {

@@ -17,16 +17,22 @@ pub enum RtspServeError {
     #[error("RTSP server has no mount points")]
     NoMountPoints,
     /// Nothing can listen on the address (port taken, say).
-    #[error("cannot listen on 127.0.0.1:{port}")]
+    #[error("cannot listen on {}", std::net::SocketAddr::new(*address, *port))]
     Listen {
+        address: std::net::IpAddr,
         port: u16,
         #[source]
         source: gstreamer::glib::BoolError,
     },
 }
 
-/// Serves `file` at `rtsp://127.0.0.1:<port><mount>` until the process ends.
-pub fn serve_forever(file: &Path, port: u16, mount: &str) -> Result<(), RtspServeError> {
+/// Serves `file` at `rtsp://<address>:<port><mount>` until the process ends.
+pub fn serve_forever(
+    file: &Path,
+    address: std::net::IpAddr,
+    port: u16,
+    mount: &str,
+) -> Result<(), RtspServeError> {
     super::init()?;
     let abs = super::absolute(file)?;
     let location = abs
@@ -34,7 +40,7 @@ pub fn serve_forever(file: &Path, port: u16, mount: &str) -> Result<(), RtspServ
         .replace('\\', "\\\\")
         .replace('"', "\\\"");
     let server = rtsp::RTSPServer::new();
-    server.set_address("127.0.0.1");
+    server.set_address(&address.to_string());
     server.set_service(&port.to_string());
     let factory = rtsp::RTSPMediaFactory::new();
     factory.set_launch(&format!(
@@ -46,10 +52,15 @@ pub fn serve_forever(file: &Path, port: u16, mount: &str) -> Result<(), RtspServ
     let main_loop = gstreamer::glib::MainLoop::new(None, false);
     let _id = server
         .attach(None)
-        .map_err(|source| RtspServeError::Listen { port, source })?;
+        .map_err(|source| RtspServeError::Listen {
+            address,
+            port,
+            source,
+        })?;
     println!(
-        "serving {} at rtsp://127.0.0.1:{port}{mount}",
-        file.display()
+        "serving {} at rtsp://{}{mount}",
+        file.display(),
+        std::net::SocketAddr::new(address, port)
     );
     main_loop.run();
     Ok(())
