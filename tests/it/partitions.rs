@@ -22,13 +22,10 @@ const SHORT: Duration = Duration::from_secs(3);
 const LONG: Duration = Duration::from_secs(12);
 
 fn frames(addr: &str) -> Option<u64> {
-    let (code, body) = http_get(addr, "/metrics");
-    (code == 200).then_some(())?;
-    body.lines()
-        .find(|l| l.starts_with("vigil_camera_frames_analysed_total{"))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    metric(addr, "vigil_camera_frames_analysed_total").map(|f| f as u64)
 }
 
+/// The value of metric `name` (its first series) on Vigil's /metrics.
 fn metric(addr: &str, name: &str) -> Option<f64> {
     let (_, body) = http_get(addr, "/metrics");
     body.lines()

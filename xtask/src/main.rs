@@ -293,7 +293,7 @@ fn gpu_payload() -> Result<()> {
 }
 
 /// Kills child processes when dropped.
-struct Children(Vec<(String, Child)>);
+pub struct Children(pub Vec<(String, Child)>);
 
 impl Drop for Children {
     fn drop(&mut self) {

@@ -128,27 +128,6 @@ const MEASURES: [Measure; 5] = [
     ("GPU memory", |s| s.gpu_mib, "MiB"),
 ];
 
-struct Kids(Vec<(&'static str, Child)>);
-
-impl Drop for Kids {
-    fn drop(&mut self) {
-        for (_, c) in self.0.iter_mut().rev() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-            let t0 = Instant::now();
-            while t0.elapsed() < Duration::from_secs(10) {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 pub fn soak(root: &Path, args: &[String]) -> Result<()> {
     let o = parse(args)?;
     let built = o.vigil.is_none();
@@ -196,7 +175,7 @@ pub fn soak(root: &Path, args: &[String]) -> Result<()> {
     let _ = std::fs::remove_dir_all(&state);
 
     let (mqtt_port, rtsp_port, http_port) = (free_port()?, free_port()?, free_port()?);
-    let mut kids = Kids(Vec::new());
+    let mut kids = crate::Children(Vec::new());
 
     // The broker, and its restarts.
     let mconf = out.join("mosquitto.conf");
@@ -230,7 +209,7 @@ pub fn soak(root: &Path, args: &[String]) -> Result<()> {
             .arg(&clip)
             .stdout(Stdio::null())
             .spawn()?;
-        kids.0.push(("rtsp server", c));
+        kids.0.push(("rtsp server".into(), c));
         crate::wait_port(rtsp_port, Duration::from_secs(10))?;
         format!("rtsp://127.0.0.1:{rtsp_port}/soak")
     } else {
