@@ -145,6 +145,18 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            // A client certificate not valid by this box's clock does not stop the box (its
+            // clock may be wrong at boot; a renewal may be late): said here, and by the link.
+            if let Ok(Some(files)) = vigil_core::config::TlsFiles::read(
+                &cfg.mqtt,
+                std::time::SystemTime::now(),
+                vigil_core::config::Validity::Warn,
+            ) && let Some(v) = files.validity
+            {
+                tracing::warn!(
+                    "{v}; starting anyway: the link connects once the clock is right or renewed files are in place"
+                );
+            }
             report(run_service(cfg, config))
         }
         Cmd::Detect {

@@ -195,8 +195,8 @@ fn untrusted_expired_and_misnamed_certificates_are_refused_and_the_link_says_why
     let mut broker = broker;
     broker.kill9();
     let _broker = mosquitto_tls(&dir, port, &pki);
-    // The link checks the certificate before each connection and says so itself (the broker
-    // would refuse it with a "certificate expired" alert).
+    // The link tries it all the same (this box's clock may be the wrong one): the broker
+    // refuses it with a "certificate expired" alert, and the link says so.
     let e = link.wait_error(Duration::from_secs(10), "expired");
     assert!(
         e.contains(&short.cert.display().to_string()) && e.contains("mqtt.cert_file"),
@@ -316,7 +316,8 @@ fn check_config_locates_tls_file_errors_and_warns_about_plain_tcp() {
     let (code, err) = check_config(&cfg);
     assert_eq!((code, err.as_str()), (Some(0), ""));
 
-    // An expired certificate: a located error naming the file and the date; `run` refuses too.
+    // An expired certificate: a located error naming the file and the date (`vigil run` starts
+    // all the same and says why: vigil_run_with_an_expired_certificate_starts_…).
     let now = SystemTime::now();
     let old = pki.ca.client_valid(
         "old",
@@ -337,13 +338,6 @@ fn check_config_locates_tls_file_errors_and_warns_about_plain_tcp() {
             && err.contains("expired on"),
         "{err}"
     );
-    let run = Command::new(vigil_bin())
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert_eq!(run.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&run.stderr).contains("expired on"));
 
     // Not yet valid.
     let future = pki.ca.client_valid(
@@ -411,23 +405,29 @@ fn check_config_locates_tls_file_errors_and_warns_about_plain_tcp() {
     );
 }
 
-#[test]
-fn vigil_run_logs_why_the_broker_refuses_its_certificate() {
-    let _cpu = shared();
-    let (dir, port, pki, _broker) = setup("mqtt-tls-run");
-    let rogue = pki.rogue.client("rogue", "boxa");
+/// A `vigil run` config for box A with these certificate files, HTTP on a free port.
+fn run_config(dir: &Path, port: u16, pki: &Pki, pair: &Pair) -> PathBuf {
     let cfg = dir.join("vigil.toml");
     std::fs::write(
         &cfg,
         format!(
             "[device]\nid = \"boxa\"\n\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n\n[storage]\ndir = \"{}\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n",
             pki.ca.file.display(),
-            rogue.cert.display(),
-            rogue.key.display(),
+            pair.cert.display(),
+            pair.key.display(),
             dir.join("state").display()
         ),
     )
     .unwrap();
+    cfg
+}
+
+#[test]
+fn vigil_run_logs_why_the_broker_refuses_its_certificate() {
+    let _cpu = shared();
+    let (dir, port, pki, _broker) = setup("mqtt-tls-run");
+    let rogue = pki.rogue.client("rogue", "boxa");
+    let cfg = run_config(&dir, port, &pki, &rogue);
     let (_vigil, logs) = vigil_run(&cfg);
     let line = logs.wait_for(Duration::from_secs(20), |l| {
         l.contains("MQTT not connected") && l.contains("client certificate")
@@ -447,4 +447,52 @@ fn vigil_run_logs_why_the_broker_refuses_its_certificate() {
         why.contains("client certificate") && why.contains(&rogue.cert.display().to_string()),
         "{body}"
     );
+}
+
+#[test]
+fn vigil_run_with_an_expired_certificate_starts_and_says_why_it_is_offline() {
+    // A box whose certificate renewal is late, or whose clock is wrong at boot (no RTC), still
+    // starts and spools its events; the warning names the file and the date, the broker
+    // refuses the certificate and /healthz says why.
+    let _cpu = shared();
+    let (dir, port, pki, _broker) = setup("mqtt-tls-expired-run");
+    let now = SystemTime::now();
+    let old = pki.ca.client_valid(
+        "old",
+        "boxa",
+        (
+            now - Duration::from_secs(90 * 86_400),
+            now - Duration::from_secs(86_400),
+        ),
+    );
+    let cfg = run_config(&dir, port, &pki, &old);
+    let (code, err) = check_config(&cfg);
+    assert!(code == Some(2) && err.contains("expired on"), "{err}");
+    let (mut vigil, logs) = vigil_run(&cfg);
+    let warned = logs.wait_for(Duration::from_secs(20), |l| {
+        l.contains("WARN") && l.contains("expired on") && l.contains("starting anyway")
+    });
+    assert!(
+        warned.is_some(),
+        "no start-up warning about the expired certificate"
+    );
+    let refused = logs.wait_for(Duration::from_secs(20), |l| {
+        l.contains("MQTT not connected") && l.contains("has expired")
+    });
+    assert!(
+        refused.is_some(),
+        "the link never said the broker refused the expired certificate"
+    );
+    let (code, body) = http_get(&http_addr(&logs), "/healthz");
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(health["mqtt"]["connected"], false);
+    let why = health["mqtt"]["last_error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("has expired")
+            && why.contains(&old.cert.display().to_string())
+            && why.contains("by this box's clock"),
+        "{body}"
+    );
+    assert!(vigil.child.try_wait().unwrap().is_none(), "vigil exited");
 }

@@ -39,7 +39,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-use vigil_core::config::{MqttConfig, TlsFiles};
+use vigil_core::config::{MqttConfig, TlsFiles, Validity};
 
 /// First pause after a lost connection (jittered ±20 %), doubled per failed attempt.
 pub const FIRST_RETRY: Duration = Duration::from_millis(200);
@@ -211,6 +211,7 @@ impl MqttLink {
             ota_status: None,
             inflight: InFlight::new(),
             said: None,
+            out_of_date: None,
         };
         let task = tokio::spawn(link.run());
         Self {
@@ -328,6 +329,9 @@ struct LinkTask {
     /// The last reason logged for being disconnected: a new reason is logged at once, the same
     /// one only at debug level.
     said: Option<String>,
+    /// Why the client certificate is not valid by this box's clock, at the last attempt
+    /// (added to the reason when the broker refuses the connection).
+    out_of_date: Option<String>,
 }
 
 /// One connection's bookkeeping.
@@ -423,21 +427,23 @@ impl LinkTask {
 
     /// The options of one attempt: TLS from the files as they are now. The error names the
     /// field and the problem.
-    fn attempt(&self) -> Result<(MqttOptions, Option<Vec<u8>>), String> {
+    fn attempt(&mut self) -> Result<(MqttOptions, Option<Vec<u8>>), String> {
         let mut opts = self.opts.clone();
         if self.cfg.ca_file.is_none() {
             return Ok((opts, None));
         }
-        let files =
-            tokio::task::block_in_place(|| TlsFiles::read(&self.cfg, std::time::SystemTime::now()))
-                .map_err(|issues| {
-                    issues
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                })?
-                .ok_or_else(|| "mqtt.ca_file: not set".to_string())?;
+        let files = tokio::task::block_in_place(|| {
+            TlsFiles::read(&self.cfg, std::time::SystemTime::now(), Validity::Warn)
+        })
+        .map_err(|issues| {
+            issues
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?
+        .ok_or_else(|| "mqtt.ca_file: not set".to_string())?;
+        self.out_of_date = files.validity.as_ref().map(ToString::to_string);
         let config = tls::client_config(&self.cfg, &files).map_err(|e| e.to_string())?;
         opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(config)));
         Ok((opts, Some(files.contents)))
@@ -635,7 +641,7 @@ impl LinkTask {
         let who = match (&self.cfg.cert_file, &self.cfg.username) {
             (Some(cert), _) => {
                 let cn = tokio::task::block_in_place(|| {
-                    TlsFiles::read(&self.cfg, std::time::SystemTime::now())
+                    TlsFiles::read(&self.cfg, std::time::SystemTime::now(), Validity::Warn)
                 })
                 .ok()
                 .flatten()
@@ -731,7 +737,10 @@ impl LinkTask {
             Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => self.on_connack(&mut s),
             Ok(other) => tracing::debug!("MQTT: {other:?} before the CONNACK"),
             Err(e) => {
-                let (why, refused) = tls::explain(&e, &self.cfg);
+                let (mut why, refused) = tls::explain(&e, &self.cfg);
+                if let Some(v) = &self.out_of_date {
+                    why = format!("{why}; by this box's clock {v}");
+                }
                 self.down(why);
                 return SessionEnd::Lost {
                     up_for: None,

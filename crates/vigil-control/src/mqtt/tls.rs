@@ -13,13 +13,13 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{AlertDescription, CertificateError, ClientConfig, DigitallySignedStruct};
 use std::sync::Arc;
-use vigil_core::config::{MqttConfig, TlsFiles, TlsIssue};
+use vigil_core::config::{MqttConfig, TlsFiles, TlsIssue, Validity};
 
 /// Reads the TLS files and makes the client configuration as the link would (`Ok(None)`: TLS
 /// off): what `vigil check-config` runs beyond config loading (that the key goes with the
 /// certificate, that rustls can use them).
 pub fn check(mqtt: &MqttConfig) -> Result<Option<Arc<ClientConfig>>, Vec<TlsIssue>> {
-    match TlsFiles::read(mqtt, std::time::SystemTime::now())? {
+    match TlsFiles::read(mqtt, std::time::SystemTime::now(), Validity::Required)? {
         Some(files) => client_config(mqtt, &files).map(Some).map_err(|e| vec![e]),
         None => Ok(None),
     }

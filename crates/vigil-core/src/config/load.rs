@@ -44,8 +44,12 @@ pub fn parse(text: &str, file: &Path, facts: &dyn BoxFacts) -> Result<Config, Co
 /// Reads, parses and validates a config file; relative model paths in the result are made
 /// absolute (relative to the config file's directory), and the model files of enabled cameras
 /// must exist.
+///
+/// A client certificate outside its validity period by this box's clock is not an error here
+/// (a box that boots with a wrong clock, or whose renewal is late, must still start): `vigil
+/// check-config` ([`load_with_warnings`]) reports it as one.
 pub fn load(path: &Path, facts: &dyn BoxFacts) -> Result<Config, ConfigErrors> {
-    load_with_warnings(path, facts).map(|(config, _)| config)
+    load_checked(path, facts, super::tls::Validity::Warn).map(|(config, _)| config)
 }
 
 /// [`load`], with what the config allows but is probably not meant (MQTT over plain TCP, a
@@ -55,6 +59,14 @@ pub fn load(path: &Path, facts: &dyn BoxFacts) -> Result<Config, ConfigErrors> {
 pub fn load_with_warnings(
     path: &Path,
     facts: &dyn BoxFacts,
+) -> Result<(Config, Vec<ConfigWarning>), ConfigErrors> {
+    load_checked(path, facts, super::tls::Validity::Required)
+}
+
+fn load_checked(
+    path: &Path,
+    facts: &dyn BoxFacts,
+    validity: super::tls::Validity,
 ) -> Result<(Config, Vec<ConfigWarning>), ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![ConfigError {
@@ -72,7 +84,7 @@ pub fn load_with_warnings(
     issues.extend(super::http::check_http_files(&config));
     let now = std::time::SystemTime::now();
     let mut warnings = warn_config(&config);
-    match super::tls::TlsFiles::read(&config.mqtt, now) {
+    match super::tls::TlsFiles::read(&config.mqtt, now, validity) {
         Ok(Some(files)) => warnings.extend(
             files
                 .warnings(&config.mqtt, &config.device.id, now)

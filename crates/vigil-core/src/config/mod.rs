@@ -20,4 +20,4 @@ pub use diff::{
 pub use load::{load, load_overlaid, load_with_warnings, locate, parse};
 pub use schema::*;
 pub use secrets::{MAX_SECRET_BYTES, SecretSource, private_file_problem, redact_secrets};
-pub use tls::{Identity, TlsFiles, TlsIssue, rfc3339, tls_contents, tls_paths};
+pub use tls::{Identity, TlsFiles, TlsIssue, Validity, rfc3339, tls_contents, tls_paths};

@@ -56,12 +56,33 @@ pub struct TlsFiles {
     pub identity: Option<Identity>,
     /// The files' contents, to tell when they change.
     pub contents: Vec<u8>,
+    /// With [`Validity::Warn`]: why the client certificate is not valid now (expired, or not
+    /// yet valid by this box's clock).
+    pub validity: Option<TlsIssue>,
+}
+
+/// Whether a client certificate outside its validity period (by this box's clock) is an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Validity {
+    /// An error: `vigil check-config`.
+    Required,
+    /// A warning ([`TlsFiles::validity`]): `vigil run`, reloads and the link.
+    Warn,
 }
 
 impl TlsFiles {
     /// Reads and checks the TLS files; `Ok(None)` when TLS is off (no `ca_file`). Every
-    /// problem is reported, not only the first.
-    pub fn read(mqtt: &MqttConfig, now: SystemTime) -> Result<Option<Self>, Vec<TlsIssue>> {
+    /// problem is reported, not only the first. A client certificate not valid at `now` is an
+    /// error with [`Validity::Required`] (`vigil check-config`), and with [`Validity::Warn`]
+    /// (starting, reloading, connecting) only [`TlsFiles::validity`]: a box that boots with a
+    /// wrong clock, or whose renewal is late, still starts, analyses and spools its events,
+    /// and its link connects once the clock is right or the renewed files are in place (the
+    /// broker decides on the certificate).
+    pub fn read(
+        mqtt: &MqttConfig,
+        now: SystemTime,
+        validity: Validity,
+    ) -> Result<Option<Self>, Vec<TlsIssue>> {
         let Some(ca_path) = &mqtt.ca_file else {
             return Ok(None);
         };
@@ -106,12 +127,19 @@ impl TlsFiles {
             (Some(p), Some(t)) => private_key(p, &t, &mut issues),
             _ => None,
         };
+        let mut out_of_date = None;
         let identity = match (chain, key, &mqtt.cert_file) {
             (Some(chain), Some(key), Some(path)) => {
-                leaf_identity(path, chain, key, now, &mut issues)
+                leaf_identity(path, chain, key, now, &mut out_of_date)
             }
             _ => None,
         };
+        if let Some(problem) = out_of_date.take() {
+            match validity {
+                Validity::Required => issues.push(problem),
+                Validity::Warn => out_of_date = Some(problem),
+            }
+        }
         if !issues.is_empty() {
             return Err(issues);
         }
@@ -119,6 +147,7 @@ impl TlsFiles {
             ca,
             identity,
             contents,
+            validity: out_of_date,
         }))
     }
 
@@ -130,7 +159,9 @@ impl TlsFiles {
         let Some(id) = &self.identity else {
             return out;
         };
-        if let Ok(left) = id.not_after.duration_since(now)
+        if let Some(v) = &self.validity {
+            out.push(v.clone());
+        } else if let Ok(left) = id.not_after.duration_since(now)
             && left < EXPIRY_WARNING
         {
             out.push(TlsIssue {
@@ -307,13 +338,14 @@ fn private_key(
     }
 }
 
-/// The leaf certificate's names and validity; an issue when it is not valid at `now`.
+/// The leaf certificate's names and validity; `out_of_date` says why when it is not valid at
+/// `now` (the identity is returned all the same).
 fn leaf_identity(
     path: &Path,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     now: SystemTime,
-    issues: &mut Vec<TlsIssue>,
+    out_of_date: &mut Option<TlsIssue>,
 ) -> Option<Identity> {
     let leaf = Certificate::from_der(chain.first()?.as_ref()).ok()?;
     let tbs = &leaf.tbs_certificate;
@@ -341,11 +373,10 @@ fn leaf_identity(
         None
     };
     if let Some(p) = problem {
-        issues.push(TlsIssue {
+        *out_of_date = Some(TlsIssue {
             field: "mqtt.cert_file",
             message: format!("{p} (expected a certificate valid now)"),
         });
-        return None;
     }
     Some(Identity {
         chain,
@@ -410,7 +441,7 @@ mod tests {
             key_file: Some(bad_key),
             ..MqttConfig::default()
         };
-        let issues = TlsFiles::read(&mqtt, SystemTime::now()).unwrap_err();
+        let issues = TlsFiles::read(&mqtt, SystemTime::now(), Validity::Required).unwrap_err();
         let text: Vec<String> = issues.iter().map(ToString::to_string).collect();
         assert_eq!(issues.len(), 3, "{text:?}");
         assert!(text[0].starts_with("mqtt.cert_file: file ") && text[0].contains("not found"));
@@ -421,6 +452,10 @@ mod tests {
             text[2]
         );
         let off = MqttConfig::default();
-        assert!(TlsFiles::read(&off, SystemTime::now()).unwrap().is_none());
+        assert!(
+            TlsFiles::read(&off, SystemTime::now(), Validity::Required)
+                .unwrap()
+                .is_none()
+        );
     }
 }
