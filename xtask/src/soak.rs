@@ -37,11 +37,15 @@ struct Opts {
     clip: Option<PathBuf>,
     mosquitto: Option<PathBuf>,
     out: Option<PathBuf>,
+    /// Extra environment for Vigil (`--env NAME=VALUE`, repeatable): allocator settings and
+    /// the like, to compare variants.
+    env: Vec<(String, String)>,
 }
 
 const USAGE: &str = "usage: cargo xtask soak [--minutes 60] [--warmup-minutes 10] [--cameras 4] \
 [--backend cpu|cuda] [--source rtsp|file] [--fps 5] [--broker-every-s 300] [--reload-every-s 60] \
-[--sample-every-s 10] [--vigil PATH --model PATH --clip PATH --mosquitto PATH] [--out DIR]";
+[--sample-every-s 10] [--vigil PATH --model PATH --clip PATH --mosquitto PATH] [--out DIR] \
+[--env NAME=VALUE]...";
 
 fn parse(args: &[String]) -> Result<Opts> {
     let mut o = Opts {
@@ -59,6 +63,7 @@ fn parse(args: &[String]) -> Result<Opts> {
         clip: None,
         mosquitto: None,
         out: None,
+        env: Vec::new(),
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -89,6 +94,12 @@ fn parse(args: &[String]) -> Result<Opts> {
             "--clip" => o.clip = Some(v.into()),
             "--mosquitto" => o.mosquitto = Some(v.into()),
             "--out" => o.out = Some(v.into()),
+            "--env" => {
+                let (name, value) = v
+                    .split_once('=')
+                    .with_context(|| format!("--env {v}: expected NAME=VALUE"))?;
+                o.env.push((name.into(), value.into()));
+            }
             _ => bail!("{flag} {v}: unknown option or value\n{USAGE}"),
         }
     }
@@ -232,6 +243,7 @@ pub fn soak(root: &Path, args: &[String]) -> Result<()> {
         .arg(&cfg)
         .env("VIGIL_LOG", "info")
         .env("NO_COLOR", "1")
+        .envs(o.env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()?;
@@ -609,6 +621,10 @@ fn summary(
             None => "did not stop within 30 s of SIGTERM (killed)".into(),
         }
     );
+    if !o.env.is_empty() {
+        let env: Vec<String> = o.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let _ = writeln!(t, "vigil's extra environment: {}", env.join(" "));
+    }
     let warm = o.warmup_minutes * 60.0;
     let after: Vec<&Sample> = samples.iter().filter(|s| s.t_s >= warm).collect();
     if after.len() < 3 {
