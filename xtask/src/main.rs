@@ -254,6 +254,12 @@ fn gpu_payload() -> Result<()> {
             )?;
         }
     }
+    step("packing xtask (its soak runs without cargo) and mosquitto with its libraries");
+    run(Command::new("strip")
+        .arg("-o")
+        .arg(payload.join("xtask"))
+        .arg(std::env::current_exe()?))?;
+    pack_mosquitto(&payload.join("mosq"))?;
     std::fs::write(
         payload.join("run.sh"),
         "#!/usr/bin/env bash\n# On the GPU machine, after the four parts were copied to /tmp/ort and /tmp/assets:\n# the runtime environment, the assets in place, then the command given.\nsource gpu-payload/gst/env.sh\nexport ORT_DYLIB_PATH=$(ls /tmp/ort/lib/libonnxruntime.so.1.*) LD_LIBRARY_PATH=/tmp/ort/lib:$LD_LIBRARY_PATH:/usr/local/cuda/lib64\nmkdir -p models .cache/media target/release\ncp /tmp/assets/nanodet.onnx models/ && cp /tmp/assets/*.mp4 /tmp/assets/*.png .cache/media/\ncp gpu-payload/vigil target/release/vigil\n\"$@\"\n",
@@ -289,6 +295,45 @@ fn gpu_payload() -> Result<()> {
     println!(
         "send gpu-parts-aa, -ab, -ac (each: mkdir -p /tmp/ort && cp gpu-parts-XX/part-* /tmp/ort/), then gpu-parts-ad (also: mkdir -p /tmp/assets && cp gpu-parts-ad/*.{{mp4,png,onnx}} /tmp/assets/ && bash gpu-parts-ad/unpack.sh /tmp/ort), back to back; then carry gpu-payload and run e.g. `bash gpu-payload/run.sh gpu-payload/it-test gpu_probe:: --nocapture` (the filter keeps it to the GPU tests)"
     );
+    Ok(())
+}
+
+/// `dir/mosquitto-wrapper`: this machine's mosquitto and the libraries it links, except glibc's
+/// own (the GPU machine's glibc is newer), for soaks on a machine that has no broker.
+fn pack_mosquitto(dir: &Path) -> Result<()> {
+    let bin = assets::mosquitto_bin();
+    let lib = dir.join("lib");
+    std::fs::create_dir_all(&lib)?;
+    std::fs::copy(&bin, dir.join("mosquitto"))?;
+    let out = Command::new("ldd").arg(&bin).output()?;
+    anyhow::ensure!(out.status.success(), "ldd {} failed", bin.display());
+    let glibc = [
+        "libc.so",
+        "libm.so",
+        "libresolv.so",
+        "ld-linux",
+        "linux-vdso",
+    ];
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        // "	libssl.so.3 => /lib/x86_64-linux-gnu/libssl.so.3 (0x…)"
+        let Some((name, rest)) = line.trim().split_once(" => ") else {
+            continue;
+        };
+        if glibc.iter().any(|g| name.starts_with(g)) {
+            continue;
+        }
+        let path = rest.split(" (").next().unwrap_or("").trim();
+        if !path.is_empty() {
+            std::fs::copy(path, lib.join(name))?;
+        }
+    }
+    let wrapper = dir.join("mosquitto-wrapper");
+    std::fs::write(
+        &wrapper,
+        "#!/usr/bin/env bash\nd=$(cd \"$(dirname \"$0\")\" && pwd)\nLD_LIBRARY_PATH=$d/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} exec \"$d/mosquitto\" \"$@\"\n",
+    )?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
     Ok(())
 }
 
