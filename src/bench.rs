@@ -128,6 +128,7 @@ fn run_vigil(a: &BenchArgs, rules: &RulesOnly, min_score: f32) -> Result<Measure
         mqtt: MqttConfig::default(),
         storage: Default::default(),
         http: Default::default(),
+        snapshots: Default::default(),
         models: [("m".to_string(), model_cfg)].into_iter().collect(),
         cameras: vec![camera],
         ota: Default::default(),

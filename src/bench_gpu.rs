@@ -194,6 +194,7 @@ fn detect(
         mqtt: MqttConfig::default(),
         storage: Default::default(),
         http: Default::default(),
+        snapshots: Default::default(),
         ota: Default::default(),
         models,
         cameras,

@@ -209,6 +209,7 @@ fn expected_good_config() -> Config {
             listen: "0.0.0.0:8080".into(),
             ..HttpConfig::default()
         },
+        snapshots: Default::default(),
         models: models.into_iter().collect(),
         cameras: vec![lobby_camera(), replay_camera()],
         ota: Default::default(),

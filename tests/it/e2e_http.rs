@@ -1,5 +1,7 @@
 //! The HTTP API of a running Vigil: `/healthz`, `/metrics` (checked by `promtool check
-//! metrics`), `/api/cameras` (credentials redacted) and `/api/events` (paged from the spool).
+//! metrics`), `/api/cameras` (credentials redacted), `/api/events` (paged from the spool) and
+//! an event's snapshot (`/api/events/{id}/snapshot.jpg`: the event's box drawn where the
+//! event says).
 
 use crate::common::*;
 use std::io::Write;
@@ -113,4 +115,71 @@ fn health_metrics_cameras_and_event_history_over_http() {
     assert_eq!(page["next_from_seq"], 4);
     let (code, _) = http_get(&addr, "/api/events?from_seq=abc");
     assert_eq!(code, 400, "a bad query is a client error");
+
+    snapshot_of_an_mqtt_event_shows_its_box(&sub, &addr);
+}
+
+/// The first event published over MQTT refers to its picture; the picture, fetched over HTTP,
+/// is a JPEG of the size the event says with the event's box drawn in the highlight colour
+/// where the event's `bbox` is (pixel checks on its four sides, and not beside them).
+fn snapshot_of_an_mqtt_event_shows_its_box(sub: &Subscriber, addr: &str) {
+    let ev = &sub.on("/events/plaza")[0].json;
+    let snap = &ev["snapshot"];
+    let (w, h) = (
+        snap["width"].as_u64().expect("event has a snapshot") as usize,
+        snap["height"].as_u64().unwrap() as usize,
+    );
+    let id = ev["id"].as_str().unwrap();
+    let (code, ctype, jpeg) = http_get_bytes(addr, &format!("/api/events/{id}/snapshot.jpg"));
+    assert_eq!((code, ctype.as_str()), (200, "image/jpeg"));
+    assert_eq!(jpeg.len() as u64, snap["bytes"].as_u64().unwrap());
+    let (jw, jh, rgb) = decode_jpeg(&jpeg);
+    assert_eq!((jw, jh), (w, h), "the size the event says");
+    std::fs::write(temp_dir("http-snapshot").join("snapshot.jpg"), &jpeg).unwrap();
+    // Red: well above green and blue (the highlight is pure red; JPEG blurs a 2-pixel line).
+    let red_near = |x: i64, y: i64| {
+        (-1..=2).any(|dy| {
+            (-1..=2).any(|dx| {
+                let (x, y) = (
+                    (x + dx).clamp(0, w as i64 - 1),
+                    (y + dy).clamp(0, h as i64 - 1),
+                );
+                let p = &rgb[(y as usize * w + x as usize) * 3..][..3];
+                p[0] as i32 > p[1] as i32 + 60 && p[0] as i32 > p[2] as i32 + 60
+            })
+        })
+    };
+    let b: Vec<f64> = ev["bbox"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let (x0, y0) = ((b[0] * w as f64) as i64, (b[1] * h as f64) as i64);
+    let (x1, y1) = ((b[2] * w as f64) as i64, (b[3] * h as f64) as i64);
+    let (mx, my) = ((x0 + x1) / 2, (y0 + y1) / 2);
+    let sides = [(x0, my), (x1, my), (mx, y0), (mx, y1)];
+    let on = sides.iter().filter(|&&(x, y)| red_near(x, y)).count();
+    assert!(
+        on >= 3,
+        "the event's box is drawn red on {on} of 4 sides: {b:?} in {w}x{h}"
+    );
+    let beside = [(x0 - 8, my), (x1 + 8, my), (mx, y0 + 8), (mx, y1 - 8)];
+    let off = beside.iter().filter(|&&(x, y)| red_near(x, y)).count();
+    assert!(
+        off <= 1,
+        "red beside the box on {off} of 4 probes: {b:?} in {w}x{h}"
+    );
+
+    // An id that names no event, and one that cannot: 404 with a JSON error.
+    for path in [
+        "/api/events/0190f0e0-0000-7000-8000-000000000000/snapshot.jpg".to_string(),
+        format!("/api/events/{}/snapshot.jpg", "x".repeat(300)),
+        "/api/events/..%2F..%2Fetc/snapshot.jpg".to_string(),
+    ] {
+        let (code, body) = http_get(addr, &path);
+        assert_eq!(code, 404, "{path}: {body}");
+        let e: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(e["error"].as_str().unwrap().contains("no event"), "{body}");
+    }
 }

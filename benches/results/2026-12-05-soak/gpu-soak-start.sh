@@ -15,7 +15,7 @@ cd /tmp/gsoak
 setsid nohup bash gpu-payload/run.sh gpu-payload/xtask soak --vigil gpu-payload/vigil \
   --model /tmp/assets/nanodet.onnx --clip /tmp/assets/vtest-1080p30.mp4 \
   --mosquitto gpu-payload/mosq/mosquitto-wrapper --backend cuda --source file \
-  --cameras 64 --fps 15 --minutes 10 --warmup-minutes 2 --out /tmp/gsoak/out \
+  --cameras 64 --fps 15 --minutes 10 --warmup-minutes 2 --env MALLOC_ARENA_MAX=2 --out /tmp/gsoak/out \
   > /tmp/gsoak/soak.log 2>&1 < /dev/null &
 pid=$!
 # Wait (up to 560 s, the rest of this call), leaving early if the soak has ended or died.

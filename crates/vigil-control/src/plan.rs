@@ -18,6 +18,7 @@ use vigil_core::events::Event;
 use vigil_core::redact::redact;
 use vigil_dataplane::media::camera::{GpuFrames, SourceSettings};
 use vigil_dataplane::media::{CameraHandle, FrameQueue};
+use vigil_dataplane::picture::{PictureSettings, Picturer};
 use vigil_dataplane::worker::{
     AnalysisStats, AnalysisWorker, CameraAnalysis, ModelSwap, OutputCounters, WorkerCmd,
 };
@@ -110,6 +111,8 @@ pub struct Plan {
     device: String,
     events: tokio::sync::mpsc::Sender<Event>,
     inst: Instruments,
+    /// How event snapshots are made (`[snapshots]`, read at start-up); `None`: none are.
+    pictures: Option<PictureSettings>,
 }
 
 /// Starts one camera's pipeline thread feeding `slot` of `queue`.
@@ -225,6 +228,10 @@ impl Plan {
             device: cfg.device.id.clone(),
             events,
             inst: inst.clone(),
+            pictures: cfg.snapshots.enabled.then_some(PictureSettings {
+                max_width: cfg.snapshots.width,
+                quality: cfg.snapshots.quality,
+            }),
         };
         plan.apply(cfg)?;
         Ok(plan)
@@ -279,6 +286,7 @@ impl Plan {
             )),
             control: Some(control_rx),
             outputs: outputs.clone(),
+            pictures: self.pictures.map(Picturer::new),
         };
         let handle = std::thread::Builder::new()
             .name(format!("infer-{model}"))

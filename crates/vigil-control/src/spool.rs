@@ -20,12 +20,14 @@ pub enum SpoolError {
     },
 }
 
-/// Retention limits; whichever is reached first applies.
+/// Retention limits; whichever is reached first applies. Pictures go with the last event
+/// that refers to them, or earlier, oldest first, past `max_picture_bytes`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Retention {
     pub max_events: u64,
     pub max_age: Duration,
     pub max_bytes: u64,
+    pub max_picture_bytes: u64,
 }
 
 impl Default for Retention {
@@ -34,8 +36,27 @@ impl Default for Retention {
             max_events: 100_000,
             max_age: Duration::from_secs(7 * 24 * 3600),
             max_bytes: 64 << 20,
+            max_picture_bytes: 256 << 20,
         }
     }
+}
+
+/// An event's picture, stored with it ([`Spool::append_with_picture`]); the events of one
+/// frame share one (by `id`).
+#[derive(Debug, Clone, Copy)]
+pub struct Picture<'a> {
+    pub id: &'a str,
+    pub jpeg: &'a [u8],
+}
+
+/// What [`Spool::picture_of`] found for an event id.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PictureLookup {
+    /// No such event (never, or dropped by retention).
+    NoEvent,
+    /// The event is held but has no picture: none was made, or it was dropped for bytes.
+    NoPicture,
+    Jpeg(Vec<u8>),
 }
 
 /// One spooled event, as stored.
@@ -58,6 +79,9 @@ pub struct SpoolStats {
     pub last_seq: u64,
     /// Unsent events removed by retention since the spool was created.
     pub dropped_unsent: u64,
+    /// Pictures held and their bytes.
+    pub pictures: u64,
+    pub picture_bytes: u64,
 }
 
 pub struct Spool {
@@ -106,9 +130,30 @@ impl Spool {
              );
              CREATE INDEX IF NOT EXISTS events_unsent ON events(sent, seq);
              CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-             INSERT OR IGNORE INTO meta VALUES ('last_seq', 0), ('dropped_unsent', 0);",
+             INSERT OR IGNORE INTO meta VALUES ('last_seq', 0), ('dropped_unsent', 0),
+                 ('picture_bytes', 0);
+             CREATE TABLE IF NOT EXISTS pictures (
+                 id TEXT PRIMARY KEY,
+                 last_seq INTEGER NOT NULL,
+                 bytes INTEGER NOT NULL,
+                 jpeg BLOB NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS pictures_by_seq ON pictures(last_seq);",
         )
         .map_err(err)?;
+        // A spool made before pictures: its events get the column (NULL: no picture).
+        let has_column: bool = conn
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('events') WHERE name = 'picture'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(err)?
+            > 0;
+        if !has_column {
+            conn.execute_batch("ALTER TABLE events ADD COLUMN picture TEXT")
+                .map_err(err)?;
+        }
         Ok(Self {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
@@ -135,6 +180,18 @@ impl Spool {
         camera: &str,
         payload: impl FnOnce(u64) -> Vec<u8>,
     ) -> Result<u64, SpoolError> {
+        self.append_with_picture(id, camera, None, payload)
+    }
+
+    /// [`Spool::append`], with the event's picture in the same transaction (stored once per
+    /// picture id, kept while an event refers to it, within `max_picture_bytes`).
+    pub fn append_with_picture(
+        &self,
+        id: &str,
+        camera: &str,
+        picture: Option<Picture<'_>>,
+        payload: impl FnOnce(u64) -> Vec<u8>,
+    ) -> Result<u64, SpoolError> {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
         let last: i64 = tx
@@ -145,10 +202,21 @@ impl Spool {
         let seq = last as u64 + 1;
         let bytes = payload(seq);
         tx.execute(
-            "INSERT INTO events (seq, id, camera, created_ms, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![seq as i64, id, camera, now_ms(), bytes],
+            "INSERT INTO events (seq, id, camera, created_ms, payload, picture) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                seq as i64,
+                id,
+                camera,
+                now_ms(),
+                bytes,
+                picture.map(|p| p.id)
+            ],
         )
         .map_err(|e| self.err(e))?;
+        if let Some(p) = picture {
+            Self::put_picture(&tx, p, seq).map_err(|e| self.err(e))?;
+        }
         tx.execute(
             "UPDATE meta SET value = ?1 WHERE key = 'last_seq'",
             params![seq as i64],
@@ -157,6 +225,97 @@ impl Spool {
         Self::enforce_retention(&tx, self.retention).map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))?;
         Ok(seq)
+    }
+
+    /// Stores a picture once, or notes one more event referring to it.
+    fn put_picture(
+        tx: &rusqlite::Transaction<'_>,
+        p: Picture<'_>,
+        seq: u64,
+    ) -> rusqlite::Result<()> {
+        let updated = tx.execute(
+            "UPDATE pictures SET last_seq = ?2 WHERE id = ?1",
+            params![p.id, seq as i64],
+        )?;
+        if updated == 0 {
+            tx.execute(
+                "INSERT INTO pictures (id, last_seq, bytes, jpeg) VALUES (?1, ?2, ?3, ?4)",
+                params![p.id, seq as i64, p.jpeg.len() as i64, p.jpeg],
+            )?;
+            tx.execute(
+                "UPDATE meta SET value = value + ?1 WHERE key = 'picture_bytes'",
+                params![p.jpeg.len() as i64],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Drops pictures no held event refers to, then the oldest ones past the byte budget.
+    fn enforce_picture_retention(
+        tx: &rusqlite::Transaction<'_>,
+        r: Retention,
+    ) -> rusqlite::Result<()> {
+        let first: Option<i64> =
+            tx.query_row("SELECT MIN(seq) FROM events", [], |row| row.get(0))?;
+        let first = first.unwrap_or(i64::MAX);
+        let mut freed: i64 = tx.query_row(
+            "SELECT COALESCE(SUM(bytes), 0) FROM pictures WHERE last_seq < ?1",
+            params![first],
+            |row| row.get(0),
+        )?;
+        tx.execute("DELETE FROM pictures WHERE last_seq < ?1", params![first])?;
+        let held: i64 = tx.query_row(
+            "SELECT value FROM meta WHERE key = 'picture_bytes'",
+            [],
+            |row| row.get(0),
+        )?;
+        let mut over = (held - freed) - r.max_picture_bytes as i64;
+        if over > 0 {
+            let mut victims = Vec::new();
+            {
+                let mut stmt =
+                    tx.prepare_cached("SELECT id, bytes FROM pictures ORDER BY last_seq")?;
+                let mut rows = stmt.query([])?;
+                while over > 0
+                    && let Some(row) = rows.next()?
+                {
+                    let (id, bytes): (String, i64) = (row.get(0)?, row.get(1)?);
+                    over -= bytes;
+                    freed += bytes;
+                    victims.push(id);
+                }
+            }
+            let mut del = tx.prepare_cached("DELETE FROM pictures WHERE id = ?1")?;
+            for id in victims {
+                del.execute(params![id])?;
+            }
+        }
+        if freed > 0 {
+            tx.execute(
+                "UPDATE meta SET value = value - ?1 WHERE key = 'picture_bytes'",
+                params![freed],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The picture of the event `event_id`, if both are still held.
+    pub fn picture_of(&self, event_id: &str) -> Result<PictureLookup, SpoolError> {
+        let conn = self.lock();
+        let row: Option<Option<Vec<u8>>> = conn
+            .query_row(
+                "SELECT p.jpeg FROM events e LEFT JOIN pictures p ON p.id = e.picture \
+                 WHERE e.id = ?1",
+                params![event_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        Ok(match row {
+            None => PictureLookup::NoEvent,
+            Some(None) => PictureLookup::NoPicture,
+            Some(Some(jpeg)) => PictureLookup::Jpeg(jpeg),
+        })
     }
 
     fn enforce_retention(tx: &rusqlite::Transaction<'_>, r: Retention) -> rusqlite::Result<()> {
@@ -200,7 +359,7 @@ impl Spool {
                 params![dropped_unsent],
             )?;
         }
-        Ok(())
+        Self::enforce_picture_retention(tx, r)
     }
 
     /// Up to `limit` unsent events with `seq > after`, oldest first.
@@ -268,6 +427,8 @@ impl Spool {
             bytes: q("SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM events").map_err(e)?,
             last_seq: q("SELECT value FROM meta WHERE key = 'last_seq'").map_err(e)?,
             dropped_unsent: q("SELECT value FROM meta WHERE key = 'dropped_unsent'").map_err(e)?,
+            pictures: q("SELECT COUNT(*) FROM pictures").map_err(e)?,
+            picture_bytes: q("SELECT value FROM meta WHERE key = 'picture_bytes'").map_err(e)?,
         })
     }
 }
@@ -393,5 +554,95 @@ mod tests {
         add(&by_bytes, 4);
         assert!(by_bytes.stats().unwrap().bytes <= 25);
         assert_eq!(by_bytes.stats().unwrap().last_seq, 4);
+    }
+
+    fn add_with(s: &Spool, event: &str, picture: Option<(&str, usize)>) -> u64 {
+        let jpeg = picture.map(|(id, n)| (id, vec![id.as_bytes()[0]; n]));
+        let p = jpeg.as_ref().map(|(id, j)| Picture { id, jpeg: j });
+        s.append_with_picture(event, "cam", p, |seq| {
+            format!("{{\"seq\":{seq}}}").into_bytes()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn pictures_are_found_by_their_events_and_shared_by_one_frame() {
+        let s = spool("pictures", Retention::default());
+        add_with(&s, "e1", Some(("p1", 1000)));
+        add_with(&s, "e2", Some(("p1", 1000)));
+        add_with(&s, "e3", None);
+        assert_eq!(
+            s.picture_of("e1").unwrap(),
+            PictureLookup::Jpeg(vec![b'p'; 1000])
+        );
+        assert_eq!(s.picture_of("e2").unwrap(), s.picture_of("e1").unwrap());
+        assert_eq!(s.picture_of("e3").unwrap(), PictureLookup::NoPicture);
+        assert_eq!(s.picture_of("nope").unwrap(), PictureLookup::NoEvent);
+        let st = s.stats().unwrap();
+        assert_eq!((st.pictures, st.picture_bytes), (1, 1000), "stored once");
+    }
+
+    #[test]
+    fn pictures_go_with_their_last_event_and_past_their_byte_budget() {
+        let s = spool(
+            "picture-retention",
+            Retention {
+                max_events: 3,
+                max_picture_bytes: 2500,
+                ..Retention::default()
+            },
+        );
+        add_with(&s, "a1", Some(("A", 1000)));
+        add_with(&s, "a2", Some(("A", 1000)));
+        add_with(&s, "b1", Some(("B", 1000)));
+        // A fourth event drops a1; a2 still refers to A.
+        add_with(&s, "c1", Some(("C", 1000)));
+        assert_eq!(s.picture_of("a1").unwrap(), PictureLookup::NoEvent);
+        // Three pictures are 3000 bytes, over 2500: the oldest (A) went, its event stays.
+        assert_eq!(s.picture_of("a2").unwrap(), PictureLookup::NoPicture);
+        assert!(matches!(s.picture_of("b1").unwrap(), PictureLookup::Jpeg(j) if j[0] == b'B'));
+        let st = s.stats().unwrap();
+        assert_eq!((st.held, st.pictures, st.picture_bytes), (3, 2, 2000));
+        // Two more events drop a2 and b1; B goes with b1, never shown for another event.
+        add_with(&s, "d1", None);
+        add_with(&s, "d2", None);
+        assert_eq!(s.picture_of("b1").unwrap(), PictureLookup::NoEvent);
+        let st = s.stats().unwrap();
+        assert_eq!((st.pictures, st.picture_bytes), (1, 1000));
+        assert!(matches!(s.picture_of("c1").unwrap(), PictureLookup::Jpeg(j) if j[0] == b'C'));
+    }
+
+    #[test]
+    fn a_spool_from_before_pictures_opens_and_keeps_its_events() {
+        let dir = std::env::temp_dir().join(format!("vigil-spool-old-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("events.db");
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch(
+            "CREATE TABLE events (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE,
+                 camera TEXT NOT NULL, created_ms INTEGER NOT NULL, payload BLOB NOT NULL,
+                 sent INTEGER NOT NULL DEFAULT 0);
+             CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+             INSERT INTO meta VALUES ('last_seq', 1), ('dropped_unsent', 0);",
+        )
+        .unwrap();
+        c.execute(
+            "INSERT INTO events (seq, id, camera, created_ms, payload) VALUES (1, 'old', 'cam', ?1, x'7b7d')",
+            params![now_ms()],
+        )
+        .unwrap();
+        drop(c);
+        let s = Spool::open(&path, Retention::default()).unwrap();
+        assert_eq!(s.picture_of("old").unwrap(), PictureLookup::NoPicture);
+        assert_eq!(add_with(&s, "new", Some(("P", 10))), 2);
+        assert_eq!(
+            s.picture_of("new").unwrap(),
+            PictureLookup::Jpeg(vec![b'P'; 10])
+        );
+        drop(s);
+        // Opening again finds the column there.
+        let s = Spool::open(&path, Retention::default()).unwrap();
+        assert_eq!(s.stats().unwrap().held, 2);
     }
 }

@@ -201,12 +201,19 @@ fn flush_ota(agent: &mut Agent, link: &MqttLink) {
 /// Writes an event to the spool (which numbers it) and returns its sequence number.
 fn spool_event(spool: &Spool, ev: &mut Event) -> Result<u64, crate::spool::SpoolError> {
     let (id, camera) = (ev.id.clone(), ev.camera.clone());
+    let jpeg = ev.jpeg.take();
+    let picture_id = ev.snapshot.as_ref().map(|s| s.id.clone());
+    let picture = match (&picture_id, &jpeg) {
+        (Some(id), Some(jpeg)) => Some(crate::spool::Picture { id, jpeg }),
+        _ => None,
+    };
     let seq = tokio::task::block_in_place(|| {
-        spool.append(&id, &camera, |seq| {
+        spool.append_with_picture(&id, &camera, picture, |seq| {
             ev.seq = seq;
             serde_json::to_vec(&*ev).unwrap_or_default()
         })
     })?;
+    ev.jpeg = jpeg;
     Ok(seq)
 }
 
@@ -279,6 +286,7 @@ impl Supervisor {
             max_events: cfg.storage.max_events,
             max_age: cfg.storage.max_age.0,
             max_bytes: cfg.storage.max_bytes,
+            max_picture_bytes: cfg.snapshots.max_bytes,
         };
         let spool = Arc::new(Spool::open(&spool_path, retention)?);
         let held = spool.stats()?;
@@ -695,6 +703,8 @@ mod tests {
             pts_s: 1.5,
             time: vigil_core::events::now_rfc3339(),
             dwell_s: None,
+            snapshot: None,
+            jpeg: None,
         }
     }
 

@@ -2,6 +2,7 @@
 //! both timestamps; it is plain data (serde), knows nothing of MQTT or of how it was detected.
 
 use serde::Serialize;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -41,6 +42,24 @@ pub struct Event {
     /// Seconds inside the zone, for dwell and leave events.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dwell_s: Option<f32>,
+    /// The annotated picture of the frame the event fired on, when one was made (the events
+    /// of one frame share it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotRef>,
+    /// The picture's JPEG bytes, carried to whoever stores it; not part of the JSON.
+    #[serde(skip)]
+    pub jpeg: Option<Arc<[u8]>>,
+}
+
+/// What an event says of its picture: served at `GET /api/events/{id}/snapshot.jpg`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SnapshotRef {
+    /// The picture's own id (UUID v7), shared by the events of one frame.
+    pub id: String,
+    pub width: u32,
+    pub height: u32,
+    /// Size of the JPEG in bytes.
+    pub bytes: u32,
 }
 
 pub fn new_event_id() -> String {

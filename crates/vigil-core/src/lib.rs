@@ -18,4 +18,5 @@ pub mod facts;
 pub mod health;
 pub mod keys;
 pub mod model;
+pub mod overlay;
 pub mod redact;

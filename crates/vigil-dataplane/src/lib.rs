@@ -18,4 +18,5 @@ pub mod ffi;
 pub mod gpu;
 pub mod media;
 pub mod onnx;
+pub mod picture;
 pub mod worker;

@@ -6,6 +6,7 @@
 //! of MQTT (events leave through a channel) nor of how frames are decoded (it sees `FrameRef`).
 
 use crate::media::{FrameQueue, FrameRef};
+use crate::picture::{Jpeg, Picturer};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -13,11 +14,12 @@ use vigil_core::analytics::rules::{HitKind, RuleEngine, RuleHits};
 use vigil_core::analytics::tracker::{Tracker, TrackerConfig};
 use vigil_core::analytics::{COCO_CLASSES, Detections};
 use vigil_core::config::CameraConfig;
-use vigil_core::events::{Event, EventKind, new_event_id, now_rfc3339};
+use vigil_core::events::{Event, EventKind, SnapshotRef, new_event_id, now_rfc3339};
 pub use vigil_core::health::OutputCounters;
 use vigil_core::model::nanodet::NanodetDecoder;
 use vigil_core::model::preprocess::Preprocessor;
 use vigil_core::model::{Backend, InferError};
+use vigil_core::overlay::Scene;
 
 /// Counters of one camera's analysis, shared with telemetry.
 #[derive(Default)]
@@ -141,6 +143,8 @@ pub struct AnalysisWorker {
     pub control: Option<std::sync::mpsc::Receiver<WorkerCmd>>,
     /// Well-formed and malformed outputs of the current model.
     pub outputs: Arc<OutputCounters>,
+    /// Makes the annotated picture of a frame that fired events (`None`: no snapshots).
+    pub pictures: Option<crate::picture::Picturer>,
 }
 
 /// What turns a frame into detections: the CPU path (host frames, CPU preprocessing, any
@@ -338,15 +342,13 @@ impl AnalysisWorker {
             }
             self.engine
                 .detect_batch(&frames, &mut input, &mut dets, &mut results);
-            // The frames (and their decoder buffers) go back before the analytics.
-            frames.clear();
             // In batch order, which is each camera's frame order (a batch may hold several
             // frames of one recording): stream time (a new session ends the old tracks first),
             // then tracking and rules.
             for (k, res) in results.drain(..).enumerate() {
                 let (slot, pts, session, received) = times[k];
                 let t = self.cameras[slot].stream_time(pts, session, received, &mut hits);
-                self.emit(slot, &hits, t);
+                self.emit(slot, &hits, t, None);
                 let dets = &mut dets[k];
                 let cam = &mut self.cameras[slot];
                 let counter = match &res {
@@ -376,6 +378,13 @@ impl AnalysisWorker {
                 dets.retain(|d| d.score >= cam.tracker.config().low_thresh);
                 let out = cam.tracker.update(dets);
                 cam.rules.update(t, out.active, out.removed, &mut hits);
+                // A frame that fired events gets its picture, the events' tracks highlighted.
+                let snapshot = match (&mut self.pictures, hits.is_empty()) {
+                    (Some(p), false) => {
+                        snapshot(p, &frames[k], &cam.name, &cam.rules, out.active, &hits)
+                    }
+                    _ => None,
+                };
                 cam.stats.analysed.fetch_add(1, Ordering::Relaxed);
                 cam.stats.frame_latency.record(received.elapsed());
                 if let Some(h) = &cam.latency {
@@ -388,13 +397,17 @@ impl AnalysisWorker {
                 cam.stats
                     .detections
                     .fetch_add(dets.len() as u64, Ordering::Relaxed);
-                self.emit(slot, &hits, t);
+                self.emit(slot, &hits, t, snapshot);
             }
+            // The frames (and their decoder buffers) go back after the analytics (which may
+            // have drawn one of them).
+            frames.clear();
         }
     }
 
-    /// Turns one frame's rule hits into events on the bus.
-    fn emit(&self, slot: usize, hits: &RuleHits, t: f64) {
+    /// Turns one frame's rule hits into events on the bus, each referring to the frame's
+    /// picture when there is one.
+    fn emit(&self, slot: usize, hits: &RuleHits, t: f64, picture: Option<(SnapshotRef, Jpeg)>) {
         let cam = &self.cameras[slot];
         for h in hits {
             let ev = Event {
@@ -421,11 +434,53 @@ impl AnalysisWorker {
                 pts_s: t,
                 time: now_rfc3339(),
                 dwell_s: h.dwell_s,
+                snapshot: picture.as_ref().map(|p| p.0.clone()),
+                jpeg: picture.as_ref().map(|p| p.1.bytes.clone()),
             };
             cam.stats.events.fetch_add(1, Ordering::Relaxed);
             if self.events.blocking_send(ev).is_err() {
                 cam.stats.events_lost.fetch_add(1, Ordering::Relaxed);
             }
+        }
+    }
+}
+
+/// The annotated picture of `frame`, with the tracks of `hits` highlighted; `None` (counted,
+/// the first failure logged) when none can be made.
+fn snapshot(
+    p: &mut Picturer,
+    frame: &FrameRef,
+    camera: &str,
+    rules: &RuleEngine,
+    tracks: &[vigil_core::analytics::tracker::TrackView],
+    hits: &RuleHits,
+) -> Option<(SnapshotRef, Jpeg)> {
+    let highlight: heapless::Vec<u64, { vigil_core::analytics::MAX_HITS }> =
+        hits.iter().map(|h| h.track_id).collect();
+    let clock = vigil_core::overlay::clock(std::time::SystemTime::now());
+    let scene = Scene {
+        camera,
+        clock: &clock,
+        tracks,
+        highlight: &highlight,
+        rules: Some(rules),
+    };
+    match p.picture(frame, Some(&scene)) {
+        Ok(jpeg) => Some((
+            SnapshotRef {
+                id: new_event_id(),
+                width: jpeg.width,
+                height: jpeg.height,
+                bytes: jpeg.bytes.len() as u32,
+            },
+            jpeg,
+        )),
+        Err(e) => {
+            let s = &p.stats;
+            if s.unsupported.load(Ordering::Relaxed) + s.failed.load(Ordering::Relaxed) == 1 {
+                tracing::warn!(camera = %camera, "events go without pictures: {e} (counted)");
+            }
+            None
         }
     }
 }

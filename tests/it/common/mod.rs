@@ -408,8 +408,8 @@ model = "nanodet"
     )
 }
 
-/// A plain HTTP/1.1 GET: (status, body).
-pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+/// The whole answer (head and body) to a plain HTTP/1.1 GET on a connection it closes.
+fn get_raw(addr: &str, path: &str) -> Vec<u8> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -418,8 +418,14 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    raw
+}
+
+/// A plain HTTP/1.1 GET: (status, body).
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let raw = String::from_utf8(get_raw(addr, path)).expect("a text answer");
     let (head, body) = raw.split_once("\r\n\r\n").expect("HTTP response");
     let code = head
         .split(' ')
@@ -446,6 +452,38 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
         body.to_string()
     };
     (code, body)
+}
+
+/// A plain HTTP/1.1 GET of binary content (not chunked): (status, content type, body).
+pub fn http_get_bytes(addr: &str, path: &str) -> (u16, String, Vec<u8>) {
+    let raw = get_raw(addr, path);
+    let at = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("HTTP response");
+    let head = String::from_utf8_lossy(&raw[..at]).to_string();
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code");
+    let ctype = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-type")
+                .then(|| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    (code, ctype, raw[at + 4..].to_vec())
+}
+
+/// A JPEG decoded to RGB: (width, height, pixels).
+pub fn decode_jpeg(bytes: &[u8]) -> (usize, usize, Vec<u8>) {
+    let mut d = zune_jpeg::JpegDecoder::new(bytes);
+    let rgb = d.decode().expect("a JPEG that decodes");
+    let info = d.info().unwrap();
+    (info.width as usize, info.height as usize, rgb)
 }
 
 /// The address `vigil run` logged for its HTTP API.

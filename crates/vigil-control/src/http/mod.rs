@@ -1,8 +1,9 @@
 //! The HTTP API (axum on hyper, `docs/http.md`): `/healthz` (200 or 503 with per-stage
 //! detail, open to all), and behind bearer tokens ([`auth`]): `/metrics` (Prometheus text,
-//! [`metrics`]), `/api/cameras`, `/api/events` (paged history from the spool) with a `read`
-//! token; `/api/config` (the config file, secrets masked), `POST /api/reload` and
-//! `POST /api/cameras/{name}/restart` with an `admin` token. The connections ([`server`]) are
+//! [`metrics`]), `/api/cameras`, `/api/events` (paged history from the spool) and
+//! `/api/events/{id}/snapshot.jpg` (the event's picture) with a `read` token; `/api/config`
+//! (the config file, secrets masked), `POST /api/reload` and `POST /api/cameras/{name}/restart`
+//! with an `admin` token. The connections ([`server`]) are
 //! bounded in number, time and size; optional TLS.
 //!
 //! The read routes read shared state only (camera views, the spool, the health registry, link
@@ -20,7 +21,7 @@ pub use metrics::{
 use crate::control::{ControlKind, ControlRequest, ControlSender};
 use crate::mqtt::LinkStats;
 use crate::plan::{CameraView, SharedViews};
-use crate::spool::Spool;
+use crate::spool::{PictureLookup, Spool};
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
@@ -149,6 +150,46 @@ async fn events(State(s): State<AppState>, Query(p): Query<Page>) -> Response {
     }
 }
 
+fn not_found(msg: String) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        axum::Json(serde_json::json!({ "error": msg })),
+    )
+        .into_response()
+}
+
+/// `GET /api/events/{id}/snapshot.jpg`: the annotated picture of the frame the event fired
+/// on, while the spool holds both; 404 with a JSON error naming why otherwise (never another
+/// event's picture: the lookup is by the event's own id).
+async fn event_snapshot(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+    // Event ids are UUIDs: anything longer or with other characters names no event.
+    if id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return not_found("no event with that id (expected a UUID)".into());
+    }
+    let spool = s.spool.clone();
+    let key = id.clone();
+    match tokio::task::spawn_blocking(move || spool.picture_of(&key)).await {
+        Ok(Ok(PictureLookup::Jpeg(jpeg))) => (
+            [
+                (header::CONTENT_TYPE, "image/jpeg"),
+                // A picture never changes; it may only go away.
+                (header::CACHE_CONTROL, "private, max-age=86400, immutable"),
+            ],
+            jpeg,
+        )
+            .into_response(),
+        Ok(Ok(PictureLookup::NoEvent)) => not_found(format!(
+            "no event {id} (never written, or dropped by the spool's retention)"
+        )),
+        Ok(Ok(PictureLookup::NoPicture)) => not_found(format!(
+            "event {id} has no picture (none was made, or it was dropped for \
+             snapshots.max_bytes)"
+        )),
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
 /// The read routes and `/healthz`, with no authentication and no limits: the API as the fuzz
 /// target and the tests of the handlers see it. [`app`] is what the server serves.
 pub fn router(state: AppState) -> Router {
@@ -163,6 +204,7 @@ fn read_routes() -> Router<AppState> {
         .route("/metrics", get(metrics::metrics))
         .route("/api/cameras", get(cameras))
         .route("/api/events", get(events))
+        .route("/api/events/{id}/snapshot.jpg", get(event_snapshot))
 }
 
 /// What the admin routes need.

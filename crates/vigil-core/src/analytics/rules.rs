@@ -167,6 +167,22 @@ pub struct RuleEngine {
     states: Vec<RuleState>,
     frame: u64,
     dropped_hits: u64,
+    /// Per rule, the line crossings emitted: `[in, out]` (zones: unused).
+    crossings: Vec<[u64; 2]>,
+}
+
+/// What a rule looks like and what it has counted, for drawing it ([`RuleEngine::shapes`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RuleShape<'a> {
+    /// A zone and the tracks inside it now.
+    Zone { polygon: &'a [Point], inside: usize },
+    /// A line and the crossings it has emitted since these rules were set.
+    Line {
+        from: Point,
+        to: Point,
+        ins: u64,
+        outs: u64,
+    },
 }
 
 fn class_filter(names: &[String]) -> Option<Vec<u16>> {
@@ -216,12 +232,42 @@ impl RuleEngine {
         let states = vec![FRESH; MAX_TRACKS * rules.len()];
         Self {
             names,
+            crossings: vec![[0; 2]; rules.len()],
             rules,
             slots: [None; MAX_TRACKS],
             states,
             frame: 0,
             dropped_hits: 0,
         }
+    }
+
+    /// Each rule's name and shape with its counts, zones first, then lines, in config order.
+    pub fn shapes(&self) -> impl Iterator<Item = (&str, RuleShape<'_>)> {
+        let n = self.rules.len();
+        self.names
+            .iter()
+            .zip(&self.rules)
+            .enumerate()
+            .map(move |(ri, (name, rule))| {
+                let shape = match &rule.shape {
+                    Shape::Zone { polygon, .. } => RuleShape::Zone {
+                        polygon,
+                        inside: (0..MAX_TRACKS)
+                            .filter(|&slot| {
+                                let st = &self.states[slot * n + ri];
+                                self.slots[slot].is_some() && st.seen && st.inside
+                            })
+                            .count(),
+                    },
+                    Shape::Line { from, to, .. } => RuleShape::Line {
+                        from: *from,
+                        to: *to,
+                        ins: self.crossings[ri][0],
+                        outs: self.crossings[ri][1],
+                    },
+                };
+                (name.as_str(), shape)
+            })
     }
 
     /// Rule names: zones first, then lines, in config order.
@@ -355,6 +401,7 @@ impl RuleEngine {
                             };
                             if wanted && !cooling(st) {
                                 st.last_hit = t_s;
+                                self.crossings[ri][(crossing == Crossing::Out) as usize] += 1;
                                 emit(HitKind::LineCross, Some(crossing), None);
                             }
                         }

@@ -164,6 +164,28 @@ pub(super) fn check_storage(c: &mut Checker, config: &Config) {
         );
     }
     check_min_duration(c, "storage.max_age", s.max_age, Duration::from_secs(60));
+    let p = &config.snapshots;
+    if !(64..=3840).contains(&p.width) {
+        c.err(
+            "snapshots.width",
+            format!("{} pixels (expected 64..=3840)", p.width),
+        );
+    }
+    if !(1..=100).contains(&p.quality) {
+        c.err(
+            "snapshots.quality",
+            format!("{} (expected 1..=100)", p.quality),
+        );
+    }
+    if p.max_bytes < 1 << 20 {
+        c.err(
+            "snapshots.max_bytes",
+            format!(
+                "{} bytes is too small (expected at least 1048576)",
+                p.max_bytes
+            ),
+        );
+    }
 }
 
 pub(super) fn check_mqtt(c: &mut Checker, config: &Config) {

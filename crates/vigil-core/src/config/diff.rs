@@ -16,7 +16,7 @@
 //!   alone ([`CameraChange::Respawn`]).
 //!
 //! [`diff`] does the same for two configs and also lists the sections that only take effect
-//! after a restart ([`Section`]: `[device]`, `[mqtt]`, `[storage]`, `[http]`).
+//! after a restart ([`Section`]: `[device]`, `[mqtt]`, `[storage]`, `[http]`, `[snapshots]`).
 
 use super::{CameraConfig, Config, ModelConfig};
 use serde::Serialize;
@@ -166,14 +166,16 @@ pub enum Section {
     Mqtt,
     Storage,
     Http,
+    Snapshots,
 }
 
 impl Section {
-    pub const ALL: [Section; 4] = [
+    pub const ALL: [Section; 5] = [
         Section::Device,
         Section::Mqtt,
         Section::Storage,
         Section::Http,
+        Section::Snapshots,
     ];
 
     /// The table's name in the config file (`"mqtt"` for `[mqtt]`).
@@ -183,6 +185,7 @@ impl Section {
             Section::Mqtt => "mqtt",
             Section::Storage => "storage",
             Section::Http => "http",
+            Section::Snapshots => "snapshots",
         }
     }
 
@@ -192,6 +195,7 @@ impl Section {
             Section::Mqtt => old.mqtt != new.mqtt,
             Section::Storage => old.storage != new.storage,
             Section::Http => old.http != new.http,
+            Section::Snapshots => old.snapshots != new.snapshots,
         }
     }
 }

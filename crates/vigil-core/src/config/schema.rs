@@ -53,6 +53,8 @@ pub struct Config {
     #[serde(default)]
     pub http: HttpConfig,
     #[serde(default)]
+    pub snapshots: SnapshotConfig,
+    #[serde(default)]
     pub models: BTreeMap<String, ModelConfig>,
     #[serde(default)]
     pub cameras: Vec<CameraConfig>,
@@ -245,6 +247,34 @@ impl TokenScope {
 pub struct HttpTls {
     pub cert: PathBuf,
     pub key: PathBuf,
+}
+
+/// Pictures of what the cameras saw: an annotated JPEG of the frame every event fired on,
+/// stored with the event in the spool (its retention by count and age applies, plus
+/// `max_bytes` of pictures) and served at `GET /api/events/{id}/snapshot.jpg`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotConfig {
+    /// Make and keep event snapshots.
+    pub enabled: bool,
+    /// Width of a picture in pixels (64..=3840); never wider than the camera, aspect kept.
+    pub width: u32,
+    /// JPEG quality, 1..=100.
+    pub quality: u8,
+    /// Most bytes of pictures kept in the spool (at least 1 MiB); past it the oldest pictures
+    /// go (their events stay, and say so with a 404 for the picture).
+    pub max_bytes: u64,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            width: 1280,
+            quality: 80,
+            max_bytes: 256 << 20,
+        }
+    }
 }
 
 /// Where Vigil keeps its state: the event spool (`events.db`).
