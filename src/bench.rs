@@ -129,6 +129,7 @@ fn run_vigil(a: &BenchArgs, rules: &RulesOnly, min_score: f32) -> Result<Measure
         storage: Default::default(),
         http: Default::default(),
         snapshots: Default::default(),
+        live: Default::default(),
         models: [("m".to_string(), model_cfg)].into_iter().collect(),
         cameras: vec![camera],
         ota: Default::default(),

@@ -195,6 +195,7 @@ fn detect(
         storage: Default::default(),
         http: Default::default(),
         snapshots: Default::default(),
+        live: Default::default(),
         ota: Default::default(),
         models,
         cameras,

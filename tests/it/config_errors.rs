@@ -210,6 +210,7 @@ fn expected_good_config() -> Config {
             ..HttpConfig::default()
         },
         snapshots: Default::default(),
+        live: Default::default(),
         models: models.into_iter().collect(),
         cameras: vec![lobby_camera(), replay_camera()],
         ota: Default::default(),

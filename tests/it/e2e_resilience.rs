@@ -76,7 +76,7 @@ fn camera_comes_back_after_a_10s_rtsp_outage_without_restarting_vigil() {
     let up_at = Instant::now();
     let live_again = logs
         .wait_for(Duration::from_secs(20), |l| {
-            l.contains(" live") && l.contains("plaza")
+            l.contains("camera: live") && l.contains("plaza")
         })
         .map(|_| ());
     assert!(live_again.is_some());
@@ -85,7 +85,7 @@ fn camera_comes_back_after_a_10s_rtsp_outage_without_restarting_vigil() {
     while logs
         .snapshot()
         .iter()
-        .filter(|(_, l)| l.contains(" live"))
+        .filter(|(_, l)| l.contains("camera: live"))
         .count()
         < 2
     {
@@ -98,7 +98,7 @@ fn camera_comes_back_after_a_10s_rtsp_outage_without_restarting_vigil() {
     let (live_at, _) = logs
         .snapshot()
         .into_iter()
-        .filter(|(_, l)| l.contains(" live"))
+        .filter(|(_, l)| l.contains("camera: live"))
         .nth(1)
         .unwrap();
     let reconnect_s = live_at.saturating_duration_since(up_at).as_secs_f64();
@@ -158,7 +158,7 @@ fn vigil_analyses_without_a_broker_and_connects_when_one_appears() {
         l.contains("broker unreachable")
     })
     .expect("says the broker is unreachable");
-    logs.wait_for(Duration::from_secs(20), |l| l.contains(" live"))
+    logs.wait_for(Duration::from_secs(20), |l| l.contains("camera: live"))
         .expect("camera live without a broker");
     // Events are produced (logged) while no broker exists.
     logs.wait_for(Duration::from_secs(30), |l| l.contains("vigil::events"))

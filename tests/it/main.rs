@@ -24,6 +24,7 @@ mod gpu_probe;
 mod http_auth;
 mod http_events;
 mod http_limits;
+mod live_browser;
 mod mqtt_faults;
 mod mqtt_tls;
 mod ota_hostile;

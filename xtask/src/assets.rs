@@ -34,6 +34,8 @@ const APT_PACKAGES: &[&str] = &[
     "systemd",
     "systemd-container",
     "mmdebstrap",
+    "chromium",
+    "chromium-driver",
 ];
 
 const ORT_VERSION: &str = "1.32.0";

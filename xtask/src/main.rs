@@ -468,6 +468,9 @@ fn demo(args: &[String]) -> Result<()> {
         "  broker (MQTT):   mqtt://127.0.0.1:{mqtt_port}   events: vigil/demo/events/<camera>, telemetry: vigil/demo/telemetry, status: vigil/demo/status"
     );
     println!("  watch telemetry: mosquitto_sub -p {mqtt_port} -t vigil/demo/telemetry");
+    println!(
+        "  live view:       http://127.0.0.1:28080/live   (open it in a browser: the camera with boxes, zone and line)"
+    );
     println!("  config:          {}", config.display());
     println!("  stop:            Ctrl-C");
     println!();

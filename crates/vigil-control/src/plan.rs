@@ -16,6 +16,7 @@ use vigil_core::config::{
 };
 use vigil_core::events::Event;
 use vigil_core::redact::redact;
+use vigil_dataplane::live::LiveFeed;
 use vigil_dataplane::media::camera::{GpuFrames, SourceSettings};
 use vigil_dataplane::media::{CameraHandle, FrameQueue};
 use vigil_dataplane::picture::{PictureSettings, Picturer};
@@ -43,6 +44,8 @@ pub struct CameraView {
     pub analysis: Arc<AnalysisStats>,
     pub queue: Arc<FrameQueue>,
     pub slot: usize,
+    /// Its live pictures (`None`: no live view).
+    pub live: Option<Arc<LiveFeed>>,
 }
 
 impl std::fmt::Debug for CameraView {
@@ -59,7 +62,13 @@ pub type SharedViews = Arc<std::sync::RwLock<Vec<CameraView>>>;
 pub struct Instruments {
     pub health: vigil_core::health::HealthRegistry,
     pub latency: Option<crate::http::InferLatency>,
+    /// Each camera's live feed by name (kept across rebuilds, so viewers stay attached), and
+    /// how often a watched camera gets a picture; `None`: no live view.
+    pub live: Option<(LiveFeeds, Duration)>,
 }
+
+/// The live feeds of the cameras, by name.
+pub type LiveFeeds = Arc<std::sync::Mutex<std::collections::BTreeMap<String, Arc<LiveFeed>>>>;
 
 impl Instruments {
     /// Fresh analysis state for a camera, reporting into this camera's latency histogram.
@@ -69,6 +78,17 @@ impl Instruments {
             .latency
             .as_ref()
             .map(|f| f.get_or_create(&[("camera", c.name.clone())]).clone());
+        if let Some((feeds, every)) = &self.live {
+            let mut feeds = feeds.lock().unwrap_or_else(|e| e.into_inner());
+            a.live = Some(
+                feeds
+                    .entry(c.name.clone())
+                    .or_insert_with(LiveFeed::new)
+                    .clone(),
+            );
+            // Never more often than the camera is analysed.
+            a.live_every = (*every).max(Duration::from_secs_f32(1.0 / c.fps.max(0.01)));
+        }
         a
     }
 }
@@ -113,6 +133,8 @@ pub struct Plan {
     inst: Instruments,
     /// How event snapshots are made (`[snapshots]`, read at start-up); `None`: none are.
     pictures: Option<PictureSettings>,
+    /// How live pictures are made (`[live]`); `None`: no live view.
+    live_pictures: Option<PictureSettings>,
 }
 
 /// Starts one camera's pipeline thread feeding `slot` of `queue`.
@@ -232,6 +254,10 @@ impl Plan {
                 max_width: cfg.snapshots.width,
                 quality: cfg.snapshots.quality,
             }),
+            live_pictures: cfg.live.enabled.then_some(PictureSettings {
+                max_width: cfg.live.width,
+                quality: cfg.live.quality,
+            }),
         };
         plan.apply(cfg)?;
         Ok(plan)
@@ -287,6 +313,7 @@ impl Plan {
             control: Some(control_rx),
             outputs: outputs.clone(),
             pictures: self.pictures.map(Picturer::new),
+            live_pictures: self.live_pictures.map(Picturer::new),
         };
         let handle = std::thread::Builder::new()
             .name(format!("infer-{model}"))
@@ -577,6 +604,10 @@ impl Plan {
                 analysis: c.analysis.clone(),
                 queue: c.queue.clone(),
                 slot: c.slot,
+                live: self.inst.live.as_ref().and_then(|(feeds, _)| {
+                    let feeds = feeds.lock().unwrap_or_else(|e| e.into_inner());
+                    feeds.get(&c.name).cloned()
+                }),
             })
             .collect()
     }

@@ -32,7 +32,9 @@ use vigil_ota::agent::Agent;
 
 /// The running plan, also reachable here (the bench commands import it from this module); it
 /// lives in [`crate::plan`].
-use crate::plan::{ApplyReport, CameraTelemetry, Instruments, Plan, SharedViews, round2};
+use crate::plan::{
+    ApplyReport, CameraTelemetry, Instruments, LiveFeeds, Plan, SharedViews, round2,
+};
 
 #[derive(Debug, Serialize)]
 struct TelemetryPayload {
@@ -312,6 +314,12 @@ impl Supervisor {
         let inst = Instruments {
             health: health.clone(),
             latency: Some(latency.clone()),
+            live: cfg.live.enabled.then(|| {
+                (
+                    LiveFeeds::default(),
+                    Duration::from_secs_f32(1.0 / cfg.live.fps.max(0.01)),
+                )
+            }),
         };
         let (mut ota, ota_events, rolled_back) =
             Agent::open(&cfg, &config_path, facts.clone()).map_err(ControlError::OtaStore)?;
@@ -339,11 +347,17 @@ impl Supervisor {
                     link: link.stats.clone(),
                     cameras: views.clone(),
                     registry: Arc::new(registry),
+                    live_max_clients: cfg.live.enabled.then_some(cfg.live.max_clients),
+                    live_fps: cfg.live.fps,
                 };
                 let (addr, scheme, task) =
                     crate::http::serve(&cfg.http, listen, state, Some(control_tx.clone())).await?;
+                let live = match cfg.live.enabled {
+                    true => format!("; live view: {scheme}://{addr}/live"),
+                    false => String::new(),
+                };
                 tracing::info!(
-                    "HTTP API on {scheme}://{addr} (/healthz, /metrics, /api/cameras, /api/events)"
+                    "HTTP API on {scheme}://{addr} (/healthz, /metrics, /api/cameras, /api/events){live}"
                 );
                 Some(task)
             }

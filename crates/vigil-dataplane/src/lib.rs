@@ -16,6 +16,7 @@ pub mod engine;
 pub mod facts;
 pub mod ffi;
 pub mod gpu;
+pub mod live;
 pub mod media;
 pub mod onnx;
 pub mod picture;

@@ -23,7 +23,10 @@ pub struct Jpeg {
     pub height: u32,
 }
 
-/// Counters of one worker's pictures (metrics).
+/// Counters of every picture the process makes (metrics), in one place.
+pub static STATS: PictureStats = PictureStats::new();
+
+/// Counters of pictures.
 #[derive(Debug, Default)]
 pub struct PictureStats {
     /// Pictures with the overlay drawn.
@@ -37,6 +40,20 @@ pub struct PictureStats {
     pub failed: AtomicU64,
     /// Primitives dropped because a draw list was full.
     pub overflow: AtomicU64,
+}
+
+impl PictureStats {
+    pub const fn new() -> Self {
+        Self {
+            drawn: AtomicU64::new(0),
+            cpu_jpegs: AtomicU64::new(0),
+            cpu_jpeg_bytes: AtomicU64::new(0),
+            cpu_jpeg_us: AtomicU64::new(0),
+            unsupported: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            overflow: AtomicU64::new(0),
+        }
+    }
 }
 
 /// How pictures are made: at most `max_width` wide (never upscaled), JPEG `quality` (1..=100).
@@ -61,7 +78,8 @@ pub struct Picturer {
     pic: Picture420,
     list: Box<DrawList>,
     out: Vec<u8>,
-    pub stats: Arc<PictureStats>,
+    /// Requests that made no picture (the worker logs the first).
+    pub failures: u64,
 }
 
 /// Why no picture was made.
@@ -82,7 +100,7 @@ impl Picturer {
             pic: Picture420::new(2, 2),
             list: Box::default(),
             out: Vec::new(),
-            stats: Arc::default(),
+            failures: 0,
         }
     }
 
@@ -99,7 +117,8 @@ impl Picturer {
     ) -> Result<Jpeg, PictureError> {
         let t0 = Instant::now();
         let Some(yuv) = frame.host_yuv() else {
-            self.stats.unsupported.fetch_add(1, Ordering::Relaxed);
+            STATS.unsupported.fetch_add(1, Ordering::Relaxed);
+            self.failures += 1;
             return Err(PictureError::DeviceMemory);
         };
         let (w, h) = Picture420::fit(yuv.width as u32, yuv.height as u32, self.settings.max_width);
@@ -110,16 +129,20 @@ impl Picturer {
         if let Some(scene) = scene {
             self.list.build(scene, w, h);
             self.pic.draw(&self.list);
-            self.stats.drawn.fetch_add(1, Ordering::Relaxed);
-            self.stats
+            STATS.drawn.fetch_add(1, Ordering::Relaxed);
+            STATS
                 .overflow
                 .fetch_add(self.list.overflow() as u64, Ordering::Relaxed);
         }
-        let jpeg =
-            encode_cpu(&self.pic, self.settings.quality, &mut self.out).inspect_err(|_| {
-                self.stats.failed.fetch_add(1, Ordering::Relaxed);
-            })?;
-        let s = &self.stats;
+        let jpeg = match encode_cpu(&self.pic, self.settings.quality, &mut self.out) {
+            Ok(j) => j,
+            Err(e) => {
+                STATS.failed.fetch_add(1, Ordering::Relaxed);
+                self.failures += 1;
+                return Err(e);
+            }
+        };
+        let s = &STATS;
         s.cpu_jpegs.fetch_add(1, Ordering::Relaxed);
         s.cpu_jpeg_bytes
             .fetch_add(jpeg.bytes.len() as u64, Ordering::Relaxed);

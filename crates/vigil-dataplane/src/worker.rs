@@ -97,6 +97,10 @@ pub struct CameraAnalysis {
     pub stats: Arc<AnalysisStats>,
     /// Inference latency histogram of this camera (Prometheus).
     pub latency: Option<prometheus_client::metrics::histogram::Histogram>,
+    /// Live pictures of this camera, made while someone watches, at most every `live_every`.
+    pub live: Option<Arc<crate::live::LiveFeed>>,
+    pub live_every: Duration,
+    live_last: Option<Instant>,
     session: u64,
     /// Stream time of this camera continues across pipeline rebuilds: base + pts.
     time_base: f64,
@@ -117,6 +121,9 @@ impl CameraAnalysis {
             rules: RuleEngine::new(&cfg.zones, &cfg.lines, cfg.min_score),
             stats: Arc::new(AnalysisStats::default()),
             latency: None,
+            live: None,
+            live_every: Duration::from_millis(200),
+            live_last: None,
             session: 0,
             time_base: 0.0,
             last_t: 0.0,
@@ -145,6 +152,8 @@ pub struct AnalysisWorker {
     pub outputs: Arc<OutputCounters>,
     /// Makes the annotated picture of a frame that fired events (`None`: no snapshots).
     pub pictures: Option<crate::picture::Picturer>,
+    /// Makes the live pictures of cameras someone watches (`None`: no live view).
+    pub live_pictures: Option<crate::picture::Picturer>,
 }
 
 /// What turns a frame into detections: the CPU path (host frames, CPU preprocessing, any
@@ -379,12 +388,36 @@ impl AnalysisWorker {
                 let out = cam.tracker.update(dets);
                 cam.rules.update(t, out.active, out.removed, &mut hits);
                 // A frame that fired events gets its picture, the events' tracks highlighted.
-                let snapshot = match (&mut self.pictures, hits.is_empty()) {
+                let picture = match (&mut self.pictures, hits.is_empty()) {
                     (Some(p), false) => {
-                        snapshot(p, &frames[k], &cam.name, &cam.rules, out.active, &hits)
+                        annotated(p, &frames[k], &cam.name, &cam.rules, out.active, &hits)
                     }
                     _ => None,
                 };
+                // A camera someone watches gets a live picture when one is due.
+                if let (Some(p), Some(feed)) = (&mut self.live_pictures, &cam.live)
+                    && feed.viewers() > 0
+                    && cam
+                        .live_last
+                        .is_none_or(|t| t.elapsed() + cam.live_every / 8 >= cam.live_every)
+                {
+                    cam.live_last = Some(Instant::now());
+                    if let Some((_, jpeg)) =
+                        annotated(p, &frames[k], &cam.name, &cam.rules, out.active, &hits)
+                    {
+                        let tracks = out
+                            .active
+                            .iter()
+                            .map(|t| crate::live::LiveTrack {
+                                id: t.id,
+                                class_id: t.class_id,
+                                score: t.score,
+                                bbox: [t.bbox.x1, t.bbox.y1, t.bbox.x2, t.bbox.y2],
+                            })
+                            .collect();
+                        feed.publish(jpeg, tracks);
+                    }
+                }
                 cam.stats.analysed.fetch_add(1, Ordering::Relaxed);
                 cam.stats.frame_latency.record(received.elapsed());
                 if let Some(h) = &cam.latency {
@@ -397,7 +430,7 @@ impl AnalysisWorker {
                 cam.stats
                     .detections
                     .fetch_add(dets.len() as u64, Ordering::Relaxed);
-                self.emit(slot, &hits, t, snapshot);
+                self.emit(slot, &hits, t, picture);
             }
             // The frames (and their decoder buffers) go back after the analytics (which may
             // have drawn one of them).
@@ -447,7 +480,7 @@ impl AnalysisWorker {
 
 /// The annotated picture of `frame`, with the tracks of `hits` highlighted; `None` (counted,
 /// the first failure logged) when none can be made.
-fn snapshot(
+fn annotated(
     p: &mut Picturer,
     frame: &FrameRef,
     camera: &str,
@@ -476,8 +509,7 @@ fn snapshot(
             jpeg,
         )),
         Err(e) => {
-            let s = &p.stats;
-            if s.unsupported.load(Ordering::Relaxed) + s.failed.load(Ordering::Relaxed) == 1 {
+            if p.failures == 1 {
                 tracing::warn!(camera = %camera, "events go without pictures: {e} (counted)");
             }
             None

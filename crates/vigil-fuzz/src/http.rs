@@ -69,6 +69,8 @@ fn fixture() -> &'static Fixture {
             link,
             cameras,
             registry,
+            live_max_clients: Some(4),
+            live_fps: 5.0,
         };
         let http = HttpConfig {
             tokens: vec![

@@ -106,6 +106,7 @@ impl Auth {
                 let (scheme, token) = v.trim().split_once(' ')?;
                 scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
             })
+            .or_else(|| websocket_token(headers))
             .filter(|t| !t.is_empty())
             .ok_or(Refusal::Missing)?;
         if presented.len() > MAX_TOKEN_LEN {
@@ -128,6 +129,17 @@ impl Auth {
         }
         Ok(Some(&t.name))
     }
+}
+
+/// A browser's WebSocket cannot send `Authorization`: the live view offers its token as the
+/// subprotocol `vigil.bearer.<token>` (`Sec-WebSocket-Protocol`), which this reads.
+fn websocket_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| p.trim().strip_prefix("vigil.bearer."))
 }
 
 impl IntoResponse for Refusal {
@@ -209,6 +221,37 @@ mod tests {
             tokens,
             ..HttpConfig::default()
         })
+    }
+
+    #[test]
+    fn a_websocket_may_offer_its_token_as_a_subprotocol() {
+        let a = auth();
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("vigil, vigil.bearer.r-token"),
+        );
+        assert_eq!(a.check(&h, TokenScope::Read).unwrap(), Some("dash"));
+        assert!(matches!(
+            a.check(&h, TokenScope::Admin),
+            Err(Refusal::Insufficient { .. })
+        ));
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("vigil"),
+        );
+        assert!(matches!(
+            a.check(&h, TokenScope::Read),
+            Err(Refusal::Missing)
+        ));
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("vigil.bearer.wrong"),
+        );
+        assert!(matches!(
+            a.check(&h, TokenScope::Read),
+            Err(Refusal::Invalid)
+        ));
     }
 
     fn bearer(v: &str) -> HeaderMap {

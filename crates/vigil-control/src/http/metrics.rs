@@ -57,6 +57,13 @@ fn counter(
     Ok(())
 }
 
+/// A counter without labels.
+fn counter_plain(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
+    let m = ConstCounter::new(v);
+    let e = enc.encode_descriptor(name, help, None, m.metric_type())?;
+    m.encode(e)
+}
+
 fn gauge(
     enc: &mut DescriptorEncoder,
     name: &str,
@@ -161,6 +168,18 @@ impl Collector for Snapshot {
             "vigil_spool_bytes",
             "Bytes of event payloads held in the spool",
             &[(vec![], st.bytes as i64)],
+        )?;
+        gauge(
+            &mut enc,
+            "vigil_spool_pictures",
+            "Event pictures held in the spool",
+            &[(vec![], st.pictures as i64)],
+        )?;
+        gauge(
+            &mut enc,
+            "vigil_spool_picture_bytes",
+            "Bytes of event pictures held in the spool",
+            &[(vec![], st.picture_bytes as i64)],
         )?;
         gauge(
             &mut enc,
@@ -276,6 +295,79 @@ impl Collector for Snapshot {
         .into_iter()
         .map(|(reason, v)| ([("reason", reason.to_string())], load(v)))
         .collect();
+        let live = &super::live::LIVE;
+        gauge(
+            &mut enc,
+            "vigil_live_clients",
+            "Live view clients now (WebSocket and MJPEG)",
+            &[(vec![], load(&live.clients) as i64)],
+        )?;
+        for (name, help, v) in [
+            (
+                "vigil_live_pictures_sent",
+                "Live pictures sent to clients",
+                &live.sent,
+            ),
+            (
+                "vigil_live_bytes_sent",
+                "Bytes of live pictures sent to clients",
+                &live.sent_bytes,
+            ),
+            (
+                "vigil_live_pictures_skipped",
+                "Live pictures a slow client skipped (a newer one replaced them)",
+                &live.skipped,
+            ),
+            (
+                "vigil_live_clients_refused",
+                "Live clients refused at live.max_clients (503)",
+                &live.refused,
+            ),
+            (
+                "vigil_live_clients_timed_out",
+                "Live clients closed because a send took longer than 10 s",
+                &live.timed_out,
+            ),
+        ] {
+            counter_plain(&mut enc, name, help, load(v))?;
+        }
+        let pics = &vigil_dataplane::picture::STATS;
+        let cpu = |v: &std::sync::atomic::AtomicU64| [([("backend", "cpu".to_string())], load(v))];
+        counter_plain(
+            &mut enc,
+            "vigil_pictures_drawn",
+            "Pictures with the overlay drawn (event snapshots and live pictures)",
+            load(&pics.drawn),
+        )?;
+        counter_plain(
+            &mut enc,
+            "vigil_pictures_unsupported",
+            "Pictures not made because the frame was in device memory (GPU renderer to come)",
+            load(&pics.unsupported),
+        )?;
+        counter(
+            &mut enc,
+            "vigil_jpeg_encoded",
+            "JPEG pictures encoded, by backend",
+            &cpu(&pics.cpu_jpegs),
+        )?;
+        counter(
+            &mut enc,
+            "vigil_jpeg_bytes",
+            "Bytes of JPEG encoded, by backend",
+            &cpu(&pics.cpu_jpeg_bytes),
+        )?;
+        {
+            let m = ConstCounter::new(0.0f64);
+            let mut e = enc.encode_descriptor(
+                "vigil_jpeg_encode_seconds",
+                "Time spent making JPEG pictures (scale, draw, encode), by backend",
+                None,
+                m.metric_type(),
+            )?;
+            let secs = load(&pics.cpu_jpeg_us) as f64 / 1e6;
+            ConstCounter::new(secs).encode(e.encode_family(&[("backend", "cpu")])?)?;
+        }
         counter(
             &mut enc,
             "vigil_http_connections_closed",

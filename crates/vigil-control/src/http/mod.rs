@@ -11,6 +11,7 @@
 //! the MQTT commands are.
 
 pub mod auth;
+pub mod live;
 pub mod metrics;
 pub mod server;
 
@@ -48,6 +49,9 @@ pub struct AppState {
     pub link: Arc<LinkStats>,
     pub cameras: SharedViews,
     pub registry: Arc<Registry>,
+    /// `[live] max_clients` (`None`: the live view is off) and `[live] fps`.
+    pub live_max_clients: Option<u32>,
+    pub live_fps: f32,
 }
 
 /// Why the HTTP API could not start.
@@ -195,6 +199,7 @@ async fn event_snapshot(State(s): State<AppState>, Path(id): Path<String>) -> Re
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/live", get(live::page))
         .merge(read_routes())
         .with_state(state)
 }
@@ -205,6 +210,8 @@ fn read_routes() -> Router<AppState> {
         .route("/api/cameras", get(cameras))
         .route("/api/events", get(events))
         .route("/api/events/{id}/snapshot.jpg", get(event_snapshot))
+        .route("/api/live", get(live::websocket))
+        .route("/api/cameras/{name}/mjpeg", get(live::mjpeg))
 }
 
 /// What the admin routes need.
@@ -320,6 +327,7 @@ pub fn app(state: AppState, http: &HttpConfig, control: Option<ControlSender>) -
     let limits = (http.max_query_bytes as usize, http.max_body_bytes);
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/live", get(live::page))
         .with_state(state)
         .merge(read)
         .merge(admin_routes)

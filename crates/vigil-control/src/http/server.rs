@@ -125,7 +125,19 @@ enum Close {
 }
 
 /// Marks a request in progress until dropped (the handler returned or was cancelled).
-struct Busy(Arc<ConnState>);
+pub struct Busy(Arc<ConnState>);
+
+/// Handed to every request (an extension): a response whose body streams on (MJPEG) holds
+/// [`ConnHold::busy`] in its body, so the connection is not idle, and not closed as idle,
+/// while the stream runs.
+#[derive(Clone)]
+pub struct ConnHold(Arc<ConnState>);
+
+impl ConnHold {
+    pub fn busy(&self) -> Busy {
+        Busy::new(self.0.clone())
+    }
+}
 
 impl Busy {
     fn new(s: Arc<ConnState>) -> Self {
@@ -319,8 +331,10 @@ where
         hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
             let busy = Busy::new(state.clone());
             let app = app.clone();
+            let mut req = req.map(axum::body::Body::new);
+            req.extensions_mut().insert(ConnHold(state.clone()));
             async move {
-                let resp = app.oneshot(req.map(axum::body::Body::new)).await;
+                let resp = app.oneshot(req).await;
                 drop(busy);
                 resp
             }
@@ -329,7 +343,10 @@ where
     let conn = hyper::server::conn::http1::Builder::new()
         .max_buf_size(MAX_HEAD_BYTES)
         .keep_alive(true)
-        .serve_connection(hyper_util::rt::TokioIo::new(io), svc);
+        .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
+        // The live view's WebSocket: after the 101 the socket is the WebSocket task's (bounded
+        // by `[live] max_clients`), and this connection's limits no longer apply to it.
+        .with_upgrades();
     tokio::pin!(conn);
     loop {
         if state.evicted.load(Ordering::Acquire) {

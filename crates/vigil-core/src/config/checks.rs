@@ -177,6 +177,25 @@ pub(super) fn check_storage(c: &mut Checker, config: &Config) {
             format!("{} (expected 1..=100)", p.quality),
         );
     }
+    let l = &config.live;
+    if !(l.fps >= 0.2 && l.fps <= 30.0) {
+        c.err("live.fps", format!("{} (expected 0.2..=30)", l.fps));
+    }
+    if !(64..=3840).contains(&l.width) {
+        c.err(
+            "live.width",
+            format!("{} pixels (expected 64..=3840)", l.width),
+        );
+    }
+    if !(1..=100).contains(&l.quality) {
+        c.err("live.quality", format!("{} (expected 1..=100)", l.quality));
+    }
+    if !(1..=1000).contains(&l.max_clients) {
+        c.err(
+            "live.max_clients",
+            format!("{} (expected 1..=1000)", l.max_clients),
+        );
+    }
     if p.max_bytes < 1 << 20 {
         c.err(
             "snapshots.max_bytes",

@@ -16,7 +16,7 @@
 //!   alone ([`CameraChange::Respawn`]).
 //!
 //! [`diff`] does the same for two configs and also lists the sections that only take effect
-//! after a restart ([`Section`]: `[device]`, `[mqtt]`, `[storage]`, `[http]`, `[snapshots]`).
+//! after a restart ([`Section`]: `[device]`, `[mqtt]`, `[storage]`, `[http]`, `[snapshots]`, `[live]`).
 
 use super::{CameraConfig, Config, ModelConfig};
 use serde::Serialize;
@@ -167,15 +167,17 @@ pub enum Section {
     Storage,
     Http,
     Snapshots,
+    Live,
 }
 
 impl Section {
-    pub const ALL: [Section; 5] = [
+    pub const ALL: [Section; 6] = [
         Section::Device,
         Section::Mqtt,
         Section::Storage,
         Section::Http,
         Section::Snapshots,
+        Section::Live,
     ];
 
     /// The table's name in the config file (`"mqtt"` for `[mqtt]`).
@@ -186,6 +188,7 @@ impl Section {
             Section::Storage => "storage",
             Section::Http => "http",
             Section::Snapshots => "snapshots",
+            Section::Live => "live",
         }
     }
 
@@ -196,6 +199,7 @@ impl Section {
             Section::Storage => old.storage != new.storage,
             Section::Http => old.http != new.http,
             Section::Snapshots => old.snapshots != new.snapshots,
+            Section::Live => old.live != new.live,
         }
     }
 }

@@ -55,6 +55,8 @@ pub struct Config {
     #[serde(default)]
     pub snapshots: SnapshotConfig,
     #[serde(default)]
+    pub live: LiveConfig,
+    #[serde(default)]
     pub models: BTreeMap<String, ModelConfig>,
     #[serde(default)]
     pub cameras: Vec<CameraConfig>,
@@ -273,6 +275,34 @@ impl Default for SnapshotConfig {
             width: 1280,
             quality: 80,
             max_bytes: 256 << 20,
+        }
+    }
+}
+
+/// The live view (`/live` in a browser, `GET /api/cameras/{name}/mjpeg`): annotated JPEGs of
+/// every camera someone watches, made only while someone does.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LiveConfig {
+    pub enabled: bool,
+    /// Most pictures a second per camera (0.2..=30); never more than the camera's `fps`.
+    pub fps: f32,
+    /// Width of a live picture in pixels (64..=3840), never wider than the camera.
+    pub width: u32,
+    /// JPEG quality, 1..=100.
+    pub quality: u8,
+    /// Most live viewers at once (WebSocket and MJPEG clients, 1..=1000); more get 503.
+    pub max_clients: u32,
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            fps: 5.0,
+            width: 640,
+            quality: 70,
+            max_clients: 16,
         }
     }
 }
