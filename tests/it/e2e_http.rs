@@ -117,6 +117,78 @@ fn health_metrics_cameras_and_event_history_over_http() {
     assert_eq!(code, 400, "a bad query is a client error");
 
     snapshot_of_an_mqtt_event_shows_its_box(&sub, &addr);
+    snapshots_over_mqtt(&sub, mqtt);
+}
+
+/// The camera's latest event picture is retained on `snapshot/<camera>` (binary JPEG), and the
+/// `snapshot` command returns a fresh annotated picture and, asked, a clean one; an unknown
+/// camera gets an error reply.
+fn snapshots_over_mqtt(sub: &Subscriber, mqtt: u16) {
+    let out = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &mqtt.to_string()])
+        .args([
+            "-t",
+            "vigil/http/snapshot/plaza",
+            "-C",
+            "1",
+            "-W",
+            "20",
+            "-N",
+        ])
+        .output()
+        .expect("mosquitto_sub");
+    assert!(out.status.success(), "a retained picture on snapshot/plaza");
+    let (w, h, _) = decode_jpeg(&out.stdout);
+    assert!(w >= 64 && h >= 64, "{w}x{h}");
+
+    mqtt_publish(
+        mqtt,
+        "vigil/http/cmd/snapshot",
+        r#"{"request_id": "s1", "camera": "plaza", "clean": true}"#,
+    );
+    let r = sub
+        .wait(Duration::from_secs(15), |m| {
+            m.topic.ends_with("/cmd/snapshot/reply") && m.json["request_id"] == "s1"
+        })
+        .expect("a reply to snapshot");
+    assert_eq!(r.json["status"], "ok", "{}", r.json["message"]);
+    let jpeg = |v: &serde_json::Value| {
+        use base64::Engine as _;
+        let b = base64::engine::general_purpose::STANDARD
+            .decode(v["jpeg_base64"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(b.len() as u64, v["bytes"].as_u64().unwrap());
+        decode_jpeg(&b)
+    };
+    let (aw, ah, a) = jpeg(&r.json["data"]["annotated"]);
+    let (cw, ch, c) = jpeg(&r.json["data"]["clean"]);
+    assert_eq!((aw, ah), (cw, ch));
+    // The header bar (camera name and time on black) is drawn on the annotated one only.
+    let dark = |p: &[u8]| p.iter().take(8 * 3 * aw).filter(|&&v| v < 20).count();
+    assert!(
+        dark(&a) > dark(&c) + aw,
+        "the overlay's header on the annotated picture only"
+    );
+
+    mqtt_publish(
+        mqtt,
+        "vigil/http/cmd/snapshot",
+        r#"{"request_id": "s2", "camera": "nope"}"#,
+    );
+    let r = sub
+        .wait(Duration::from_secs(15), |m| {
+            m.topic.ends_with("/cmd/snapshot/reply") && m.json["request_id"] == "s2"
+        })
+        .expect("a reply to snapshot");
+    assert_eq!(r.json["status"], "error");
+    assert!(
+        r.json["message"]
+            .as_str()
+            .unwrap()
+            .contains("no running camera named"),
+        "{}",
+        r.json
+    );
 }
 
 /// The first event published over MQTT refers to its picture; the picture, fetched over HTTP,

@@ -16,7 +16,7 @@ use crate::error::{ControlError, Result};
 use crate::mqtt::MqttLink;
 use crate::spool::{Retention, Spool, SpoolStats};
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -220,7 +220,8 @@ fn spool_event(spool: &Spool, ev: &mut Event) -> Result<u64, crate::spool::Spool
 }
 
 /// Spools an event (logging it) and wakes the link; an event the spool refuses is logged.
-fn take_event(spool: &Spool, link: &MqttLink, mut ev: Event) {
+/// Returns the event's picture, once it is spooled.
+fn take_event(spool: &Spool, link: &MqttLink, mut ev: Event) -> Option<Arc<[u8]>> {
     match spool_event(spool, &mut ev) {
         Ok(seq) => {
             tracing::info!(
@@ -230,8 +231,12 @@ fn take_event(spool: &Spool, link: &MqttLink, mut ev: Event) {
                 "event {seq}: {} {:?} {} track {} ({})", ev.camera, ev.kind, ev.rule, ev.track_id, ev.class
             );
             link.wake();
+            ev.jpeg
         }
-        Err(e) => tracing::error!(camera = %ev.camera, id = %ev.id, "event not spooled: {e}"),
+        Err(e) => {
+            tracing::error!(camera = %ev.camera, id = %ev.id, "event not spooled: {e}");
+            None
+        }
     }
 }
 
@@ -269,6 +274,8 @@ pub struct Supervisor {
     validating: bool,
     /// The HTTP API's task, when `[http] listen` is set.
     _http: Option<tokio::task::JoinHandle<()>>,
+    /// When each camera's last event picture was published on MQTT.
+    snapshot_published: HashMap<String, Instant>,
 }
 
 impl Supervisor {
@@ -299,12 +306,15 @@ impl Supervisor {
         let snapshot = Arc::new(Mutex::new(serde_json::Value::Null));
         let (control_tx, control_rx) =
             tokio::sync::mpsc::channel::<ControlRequest>(crate::control::QUEUE);
+        // The cameras' views, filled once the plan runs (and after every reload).
+        let views: SharedViews = Arc::new(std::sync::RwLock::new(Vec::new()));
         let handler = {
             let snapshot = snapshot.clone();
             crate::mqtt::commands::Handler::new(Arc::new(move || {
                 snapshot.lock().map(|v| v.clone()).unwrap_or_default()
             }))
             .with_control(control_tx.clone())
+            .with_cameras(views.clone())
         };
         let health = HealthRegistry::default();
         let link_beat = health.register("mqtt-link", Duration::from_secs(15), true);
@@ -314,12 +324,11 @@ impl Supervisor {
         let inst = Instruments {
             health: health.clone(),
             latency: Some(latency.clone()),
-            live: cfg.live.enabled.then(|| {
-                (
-                    LiveFeeds::default(),
-                    Duration::from_secs_f32(1.0 / cfg.live.fps.max(0.01)),
-                )
-            }),
+            // Feeds exist with the live view off too: the `snapshot` command asks them.
+            live: Some((
+                LiveFeeds::default(),
+                Duration::from_secs_f32(1.0 / cfg.live.fps.max(0.01)),
+            )),
         };
         let (mut ota, ota_events, rolled_back) =
             Agent::open(&cfg, &config_path, facts.clone()).map_err(ControlError::OtaStore)?;
@@ -335,7 +344,9 @@ impl Supervisor {
                 .collect(),
         );
         flush_ota(&mut ota, &link);
-        let views: SharedViews = Arc::new(std::sync::RwLock::new(plan.views()));
+        if let Ok(mut v) = views.write() {
+            *v = plan.views();
+        }
         let http = match cfg.http.effective_listen() {
             None => None,
             Some(listen) => {
@@ -387,12 +398,35 @@ impl Supervisor {
             validated,
             validating: false,
             _http: http,
+            snapshot_published: HashMap::new(),
         })
     }
 
-    /// An event from an analysis worker: spooled (numbered), then the link is woken.
-    pub fn on_event(&self, ev: Event) {
-        take_event(&self.spool, &self.link, ev);
+    /// An event from an analysis worker: spooled (numbered), then the link is woken; its
+    /// picture is published retained on `snapshot/<camera>` at most once per
+    /// `[snapshots] mqtt_interval` per camera.
+    pub fn on_event(&mut self, ev: Event) {
+        let camera = ev.camera.clone();
+        let Some(jpeg) = take_event(&self.spool, &self.link, ev) else {
+            return;
+        };
+        let every = self.cfg.snapshots.mqtt_interval.0;
+        let due = self
+            .snapshot_published
+            .get(&camera)
+            .is_none_or(|t| t.elapsed() >= every);
+        if every.is_zero() || !due {
+            return;
+        }
+        if self.link.snapshot(&camera, jpeg) {
+            self.snapshot_published.insert(camera, Instant::now());
+        } else if self
+            .snapshot_published
+            .insert(camera.clone(), Instant::now())
+            .is_none()
+        {
+            tracing::warn!(camera = %camera, "an event picture is too large for one MQTT packet (1 MiB): not published (lower [snapshots] width or quality)");
+        }
     }
 
     /// The health tick: the supervisor's heartbeat, systemd's STATUS (and WATCHDOG while every
@@ -570,7 +604,7 @@ impl Supervisor {
         } = self;
         tokio::task::block_in_place(|| plan.stop());
         while let Ok(ev) = events.try_recv() {
-            take_event(&spool, &link, ev);
+            let _ = take_event(&spool, &link, ev);
         }
         link.shutdown(Duration::from_secs(3)).await;
     }
@@ -867,7 +901,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn events_are_spooled_with_the_next_seq() {
         let f = Fixture::new("events");
-        let sup = f.start().await;
+        let mut sup = f.start().await;
         let (a, b) = (event("front"), event("back"));
         sup.on_event(a.clone());
         sup.on_event(b.clone());
@@ -889,7 +923,7 @@ mod tests {
         );
         sup.shutdown().await;
         // The spool outlives the process: a new supervisor numbers on.
-        let sup = f.start().await;
+        let mut sup = f.start().await;
         sup.on_event(event("front"));
         assert_eq!(sup.spool.stats().unwrap().last_seq, 3);
         sup.shutdown().await;

@@ -29,12 +29,54 @@ pub struct LiveTrack {
     pub bbox: [f32; 4],
 }
 
-/// The live pictures of one camera.
+/// The live pictures of one camera, and pictures asked for once (the `snapshot` command).
 #[derive(Debug)]
 pub struct LiveFeed {
     viewers: AtomicUsize,
     seq: AtomicU64,
     tx: watch::Sender<Option<Arc<LiveFrame>>>,
+    /// Pending one-off requests, and how many of them want a clean picture too.
+    requests: AtomicUsize,
+    clean_requests: AtomicUsize,
+    answers: watch::Sender<Option<Arc<Requested>>>,
+}
+
+/// A picture asked for once: annotated, and clean (no overlay) when a request wanted it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Requested {
+    pub annotated: Jpeg,
+    pub clean: Option<Jpeg>,
+}
+
+/// One pending request for a picture ([`LiveFeed::request`]); withdrawn when dropped.
+#[derive(Debug)]
+pub struct PictureRequest {
+    feed: Arc<LiveFeed>,
+    clean: bool,
+    rx: watch::Receiver<Option<Arc<Requested>>>,
+}
+
+impl PictureRequest {
+    /// The next picture made after the request (with a clean one if it asked), `None` when
+    /// the feed is gone.
+    pub async fn next(&mut self) -> Option<Arc<Requested>> {
+        loop {
+            self.rx.changed().await.ok()?;
+            let got = self.rx.borrow_and_update().clone();
+            if let Some(r) = got.filter(|r| !self.clean || r.clean.is_some()) {
+                return Some(r);
+            }
+        }
+    }
+}
+
+impl Drop for PictureRequest {
+    fn drop(&mut self) {
+        self.feed.requests.fetch_sub(1, Ordering::Relaxed);
+        if self.clean {
+            self.feed.clean_requests.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl LiveFeed {
@@ -43,7 +85,40 @@ impl LiveFeed {
             viewers: AtomicUsize::new(0),
             seq: AtomicU64::new(0),
             tx: watch::Sender::new(None),
+            requests: AtomicUsize::new(0),
+            clean_requests: AtomicUsize::new(0),
+            answers: watch::Sender::new(None),
         })
+    }
+
+    /// Asks for one picture of the next analysed frame (and a clean one with `clean`).
+    pub fn request(self: &Arc<Self>, clean: bool) -> PictureRequest {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if clean {
+            self.clean_requests.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut rx = self.answers.subscribe();
+        rx.mark_unchanged();
+        PictureRequest {
+            feed: self.clone(),
+            clean,
+            rx,
+        }
+    }
+
+    /// Whether requests are pending, and whether one wants a clean picture (the worker's
+    /// side).
+    pub fn requested(&self) -> (bool, bool) {
+        (
+            self.requests.load(Ordering::Relaxed) > 0,
+            self.clean_requests.load(Ordering::Relaxed) > 0,
+        )
+    }
+
+    /// Answers the pending requests (the worker's side).
+    pub fn answer(&self, annotated: Jpeg, clean: Option<Jpeg>) {
+        self.answers
+            .send_replace(Some(Arc::new(Requested { annotated, clean })));
     }
 
     /// How many viewers watch now: the worker makes pictures only while this is above 0.
@@ -105,6 +180,31 @@ impl Drop for Viewer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_is_pending_until_answered_and_dropped() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let feed = LiveFeed::new();
+        assert_eq!(feed.requested(), (false, false));
+        let mut clean = feed.request(true);
+        let mut plain = feed.request(false);
+        assert_eq!(feed.requested(), (true, true));
+        // An answer without a clean picture satisfies only the plain request.
+        feed.answer(jpeg(1), None);
+        assert_eq!(rt.block_on(plain.next()).unwrap().annotated.bytes[0], 1);
+        feed.answer(jpeg(2), Some(jpeg(3)));
+        let r = rt.block_on(clean.next()).unwrap();
+        assert_eq!(
+            (r.annotated.bytes[0], r.clean.as_ref().unwrap().bytes[0]),
+            (2, 3)
+        );
+        drop(clean);
+        assert_eq!(feed.requested(), (true, false));
+        drop(plain);
+        assert_eq!(feed.requested(), (false, false));
+    }
 
     fn jpeg(n: u8) -> Jpeg {
         Jpeg {

@@ -418,6 +418,16 @@ impl AnalysisWorker {
                         feed.publish(jpeg, tracks);
                     }
                 }
+                // Pictures asked for once (the `snapshot` command), at the snapshot settings.
+                if let Some(feed) = &cam.live
+                    && let (true, clean) = feed.requested()
+                    && let Some(p) = self.pictures.as_mut().or(self.live_pictures.as_mut())
+                    && let Some((_, jpeg)) =
+                        annotated(p, &frames[k], &cam.name, &cam.rules, out.active, &hits)
+                {
+                    let clean = clean.then(|| p.picture(&frames[k], None).ok()).flatten();
+                    feed.answer(jpeg, clean);
+                }
                 cam.stats.analysed.fetch_add(1, Ordering::Relaxed);
                 cam.stats.frame_latency.record(received.elapsed());
                 if let Some(h) = &cam.latency {

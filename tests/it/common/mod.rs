@@ -187,7 +187,10 @@ impl Lines {
     fn collect(&self, r: impl std::io::Read + Send + 'static, echo: Option<&'static str>) {
         let me = self.clone();
         std::thread::spawn(move || {
-            for line in BufReader::new(r).lines().map_while(Result::ok) {
+            // Lines as bytes: a binary payload (an event picture on `snapshot/<camera>`)
+            // is kept as lossy text instead of ending the reader.
+            for line in BufReader::new(r).split(b'\n').map_while(Result::ok) {
+                let line = String::from_utf8_lossy(&line).into_owned();
                 if let Some(tag) = echo {
                     eprintln!("[{tag}] {line}");
                 }

@@ -29,36 +29,42 @@ pub struct Outcome {
     pub deferred: Option<Deferred>,
 }
 
-/// A reply still to come from the supervisor.
-pub struct Deferred {
-    id: String,
-    rx: tokio::sync::oneshot::Receiver<ControlReply>,
-}
+/// A reply still to come (from the supervisor, or a camera's next picture).
+pub struct Deferred(std::pin::Pin<Box<dyn std::future::Future<Output = Vec<u8>> + Send>>);
 
 impl Deferred {
-    /// Waits (asynchronously, at most [`REPLY_TIMEOUT`]) for the supervisor's answer and
-    /// returns the reply payload.
+    /// Waits (asynchronously, bounded in time) for the answer and returns the reply payload.
     pub async fn reply(self) -> Vec<u8> {
-        let id = Some(self.id.as_str());
-        match tokio::time::timeout(REPLY_TIMEOUT, self.rx).await {
-            Ok(Ok(Ok(data))) => {
-                let msg = data
-                    .get("summary")
-                    .and_then(Value::as_str)
-                    .unwrap_or("done")
-                    .to_string();
-                reply(id, true, msg, data)
+        self.0.await
+    }
+
+    /// The supervisor's answer to `rx` (at most [`REPLY_TIMEOUT`]).
+    fn control(id: String, rx: tokio::sync::oneshot::Receiver<ControlReply>) -> Self {
+        Self(Box::pin(async move {
+            let id = Some(id.as_str());
+            match tokio::time::timeout(REPLY_TIMEOUT, rx).await {
+                Ok(Ok(Ok(data))) => {
+                    let msg = data
+                        .get("summary")
+                        .and_then(Value::as_str)
+                        .unwrap_or("done")
+                        .to_string();
+                    reply(id, true, msg, data)
+                }
+                Ok(Ok(Err((msg, data)))) => reply(id, false, msg, data),
+                _ => reply(
+                    id,
+                    false,
+                    "no answer from the supervisor".into(),
+                    Value::Null,
+                ),
             }
-            Ok(Ok(Err((msg, data)))) => reply(id, false, msg, data),
-            _ => reply(
-                id,
-                false,
-                "no answer from the supervisor".into(),
-                Value::Null,
-            ),
-        }
+        }))
     }
 }
+
+/// How long `snapshot` waits for the camera's next analysed frame.
+pub const SNAPSHOT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A snapshot of the service for `cmd/status` (the supervisor's telemetry).
 pub type StatusFn = Arc<dyn Fn() -> Value + Send + Sync>;
@@ -66,6 +72,7 @@ pub type StatusFn = Arc<dyn Fn() -> Value + Send + Sync>;
 pub struct Handler {
     status: StatusFn,
     control: Option<ControlSender>,
+    cameras: Option<crate::plan::SharedViews>,
 }
 
 #[derive(Serialize)]
@@ -129,6 +136,105 @@ impl Handler {
         Self {
             status,
             control: None,
+            cameras: None,
+        }
+    }
+
+    /// Enables `snapshot` (a camera's next picture), reading the running cameras.
+    pub fn with_cameras(mut self, cameras: crate::plan::SharedViews) -> Self {
+        self.cameras = Some(cameras);
+        self
+    }
+
+    /// `snapshot`: the camera's next analysed frame as an annotated JPEG (and a clean one
+    /// with `"clean": true`), base64 in the reply; an error naming the camera's state when it
+    /// is not live.
+    fn snapshot(&self, id: &str, request: &Value) -> Outcome {
+        let now = |ok, msg: String| Outcome {
+            reply: reply(Some(id), ok, msg, Value::Null),
+            republish: Vec::new(),
+            deferred: None,
+        };
+        let camera = match string_field(request, "camera", "<camera name>") {
+            Ok(c) => c,
+            Err(msg) => return now(false, msg),
+        };
+        let clean = match request.get("clean") {
+            None => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                return now(
+                    false,
+                    "clean is not a boolean (expected true or false)".into(),
+                );
+            }
+        };
+        let views = self
+            .cameras
+            .as_ref()
+            .map(crate::http::read)
+            .unwrap_or_default();
+        let quoted = vigil_ota::text::quote(&camera);
+        let Some(view) = views.iter().find(|c| c.name == camera) else {
+            return now(false, format!("no running camera named {quoted}"));
+        };
+        let status = view.stats.status();
+        let state = serde_json::to_value(status.state).unwrap_or_default();
+        if state != "live" {
+            let why = status
+                .last_error
+                .map(|e| format!(": {}", vigil_ota::text::bounded(&e, 512)));
+            return now(
+                false,
+                format!(
+                    "camera {quoted} is {} (expected live){}",
+                    state.as_str().unwrap_or("?"),
+                    why.unwrap_or_default()
+                ),
+            );
+        }
+        let Some(feed) = view.live.clone() else {
+            return now(false, format!("camera {quoted} has no pictures here"));
+        };
+        let mut req = feed.request(clean);
+        let id = id.to_string();
+        let fut = async move {
+            let got = tokio::time::timeout(SNAPSHOT_TIMEOUT, req.next()).await;
+            drop(req);
+            let Ok(Some(pic)) = got else {
+                let msg = format!(
+                    "no picture of camera {quoted} within {} s (pictures are made from frames in host memory; snapshots and live view may both be off)",
+                    SNAPSHOT_TIMEOUT.as_secs()
+                );
+                return reply(Some(&id), false, msg, Value::Null);
+            };
+            let encode = |j: &vigil_dataplane::picture::Jpeg| {
+                use base64::Engine as _;
+                json!({
+                    "width": j.width,
+                    "height": j.height,
+                    "bytes": j.bytes.len(),
+                    "jpeg_base64": base64::engine::general_purpose::STANDARD.encode(&j.bytes),
+                })
+            };
+            let mut data = json!({ "camera": camera, "annotated": encode(&pic.annotated) });
+            if let Some(c) = &pic.clean {
+                data["clean"] = encode(c);
+            }
+            let body = reply(Some(&id), true, "snapshot".into(), data);
+            if body.len() > super::bound::MAX_PACKET - 1024 {
+                let msg = format!(
+                    "the picture ({} bytes as base64) does not fit one MQTT packet (1 MiB): lower [snapshots] width or quality",
+                    body.len()
+                );
+                return reply(Some(&id), false, msg, Value::Null);
+            }
+            body
+        };
+        Outcome {
+            reply: Vec::new(),
+            republish: Vec::new(),
+            deferred: Some(Deferred(Box::pin(fut))),
         }
     }
 
@@ -164,10 +270,7 @@ impl Handler {
         Outcome {
             reply: Vec::new(),
             republish: Vec::new(),
-            deferred: Some(Deferred {
-                id: id.to_string(),
-                rx,
-            }),
+            deferred: Some(Deferred::control(id.to_string(), rx)),
         }
     }
 
@@ -241,6 +344,7 @@ impl Handler {
                 }
             }
             "reload" => self.ask(id, ControlKind::Reload),
+            "snapshot" => self.snapshot(id, &request),
             "camera/restart" => match string_field(&request, "camera", "<camera name>") {
                 Ok(cam) => self.ask(id, ControlKind::RestartCamera(cam)),
                 Err(msg) => done(reply(Some(id), false, msg, Value::Null)),

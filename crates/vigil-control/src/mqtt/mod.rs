@@ -78,6 +78,10 @@ impl Topics {
     pub fn events(&self, camera: &str) -> String {
         format!("{}/events/{camera}", self.root)
     }
+    /// The camera's latest event picture (retained, binary JPEG).
+    pub fn snapshot(&self, camera: &str) -> String {
+        format!("{}/snapshot/{camera}", self.root)
+    }
     pub fn ota_progress(&self) -> String {
         format!("{}/ota/progress", self.root)
     }
@@ -149,6 +153,8 @@ enum LinkCmd {
     /// OTA progress (QoS 1, dropped while disconnected) or status (QoS 1, retained, kept and
     /// published again on every connection).
     Ota(vigil_ota::agent::OtaTopic, Vec<u8>),
+    /// A camera's latest event picture (QoS 1, retained, binary), dropped while disconnected.
+    Snapshot(String, std::sync::Arc<[u8]>),
     Shutdown,
 }
 
@@ -253,6 +259,18 @@ impl MqttLink {
                 let _ = tx.send(cmd).await;
             });
         }
+    }
+
+    /// Publishes a camera's event picture, retained on `snapshot/<camera>`; dropped when the
+    /// link is busy or down (the next one supersedes it), and when it does not fit one packet
+    /// (`false`).
+    pub fn snapshot(&self, camera: &str, jpeg: std::sync::Arc<[u8]>) -> bool {
+        let topic = self.topics.snapshot(camera);
+        if jpeg.len() > bound::max_payload(&topic) {
+            return false;
+        }
+        let _ = self.tx.try_send(LinkCmd::Snapshot(topic, jpeg));
+        true
     }
 
     /// Publishes `offline` (retained), disconnects cleanly, and waits up to `timeout`.
@@ -802,6 +820,14 @@ impl LinkTask {
                         if s.connected() {
                             let topic = if retained { self.topics.ota_status() } else { self.topics.ota_progress() };
                             self.publish_other(&mut s, topic, retained, payload);
+                        }
+                    }
+                    Some(LinkCmd::Snapshot(topic, jpeg)) => {
+                        // Checked to fit by `MqttLink::snapshot`: binary, never reshaped.
+                        if s.connected()
+                            && s.client.try_publish(topic, QoS::AtLeastOnce, true, jpeg.to_vec()).is_ok()
+                        {
+                            self.inflight.queued_other();
                         }
                     }
                     Some(LinkCmd::Telemetry(p)) => {

@@ -266,6 +266,9 @@ pub struct SnapshotConfig {
     /// Most bytes of pictures kept in the spool (at least 1 MiB); past it the oldest pictures
     /// go (their events stay, and say so with a 404 for the picture).
     pub max_bytes: u64,
+    /// At most one event picture per camera per this interval is published, retained, on
+    /// `<prefix>/<device>/snapshot/<camera>` (binary JPEG); `0s`: none.
+    pub mqtt_interval: Dur,
 }
 
 impl Default for SnapshotConfig {
@@ -275,6 +278,7 @@ impl Default for SnapshotConfig {
             width: 1280,
             quality: 80,
             max_bytes: 256 << 20,
+            mqtt_interval: Dur::secs(10),
         }
     }
 }
