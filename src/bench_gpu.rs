@@ -196,6 +196,7 @@ fn detect(
         http: Default::default(),
         snapshots: Default::default(),
         live: Default::default(),
+        restream: Default::default(),
         ota: Default::default(),
         models,
         cameras,

@@ -211,6 +211,7 @@ fn expected_good_config() -> Config {
         },
         snapshots: Default::default(),
         live: Default::default(),
+        restream: Default::default(),
         models: models.into_iter().collect(),
         cameras: vec![lobby_camera(), replay_camera()],
         ota: Default::default(),
@@ -258,6 +259,7 @@ fn lobby_camera() -> CameraConfig {
             cooldown: Dur::secs(2),
             anchor: Anchor::Bottom,
         }],
+        restream: None,
     }
 }
 
@@ -281,6 +283,7 @@ fn replay_camera() -> CameraConfig {
         on_end: OnEnd::Stop,
         zones: vec![],
         lines: vec![],
+        restream: None,
     }
 }
 

@@ -31,6 +31,7 @@ mod ota_hostile;
 mod ota_kill;
 mod partitions;
 mod recording_end;
+mod restream;
 mod spool_broker_kill;
 mod systemd_unit;
 mod systemd_watchdog;

@@ -18,6 +18,7 @@ use vigil_core::events::Event;
 use vigil_core::redact::redact;
 use vigil_dataplane::live::LiveFeed;
 use vigil_dataplane::media::camera::{GpuFrames, SourceSettings};
+use vigil_dataplane::media::restream::{RestreamServer, RestreamSettings};
 use vigil_dataplane::media::{CameraHandle, FrameQueue};
 use vigil_dataplane::picture::{PictureSettings, Picturer};
 use vigil_dataplane::worker::{
@@ -46,6 +47,8 @@ pub struct CameraView {
     pub slot: usize,
     /// Its live pictures (`None`: no live view).
     pub live: Option<Arc<LiveFeed>>,
+    /// Its RTSP re-stream: URL and encoder.
+    pub restream: Option<(String, String)>,
 }
 
 impl std::fmt::Debug for CameraView {
@@ -65,6 +68,57 @@ pub struct Instruments {
     /// Each camera's live feed by name (kept across rebuilds, so viewers stay attached), and
     /// how often a watched camera gets a picture; `None`: no live view.
     pub live: Option<(LiveFeeds, Duration)>,
+    /// The RTSP re-stream server, started for the first camera with `[cameras.restream]`.
+    pub restream: Restreams,
+}
+
+/// The RTSP re-stream server of `[restream] listen`, started when a camera first asks for it
+/// (a failure to start is logged once and leaves re-streams off until a restart).
+#[derive(Clone, Default)]
+pub struct Restreams {
+    listen: Option<std::net::SocketAddr>,
+    server: Arc<std::sync::OnceLock<Option<Arc<RestreamServer>>>>,
+}
+
+impl Restreams {
+    pub fn new(listen: Option<std::net::SocketAddr>) -> Self {
+        Self {
+            listen,
+            server: Arc::default(),
+        }
+    }
+
+    fn server(&self) -> Option<Arc<RestreamServer>> {
+        self.server
+            .get_or_init(|| {
+                let listen = self.listen?;
+                match RestreamServer::start(listen) {
+                    Ok(s) => {
+                        tracing::info!(
+                            "RTSP re-stream on rtsp://{} with {} ({})",
+                            s.listen,
+                            s.encoder(),
+                            if s.skipped.is_empty() {
+                                "the first encoder tried"
+                            } else {
+                                &s.skipped
+                            }
+                        );
+                        Some(Arc::new(s))
+                    }
+                    Err(e) => {
+                        tracing::error!("RTSP re-stream off: {}", vigil_core::error::chain(&e));
+                        None
+                    }
+                }
+            })
+            .clone()
+    }
+
+    /// The server, if it was started.
+    pub fn started(&self) -> Option<&Arc<RestreamServer>> {
+        self.server.get().and_then(Option::as_ref)
+    }
 }
 
 /// The live feeds of the cameras, by name.
@@ -88,6 +142,26 @@ impl Instruments {
             );
             // Never more often than the camera is analysed.
             a.live_every = (*every).max(Duration::from_secs_f32(1.0 / c.fps.max(0.01)));
+        }
+        match c.restream {
+            Some(r) => {
+                a.restream = self.restream.server().map(|srv| {
+                    srv.mount(
+                        &c.name,
+                        RestreamSettings {
+                            width: r.width,
+                            // Never more often than the camera is analysed.
+                            fps: r.fps.min(c.fps),
+                            bitrate_kbps: r.bitrate_kbps,
+                        },
+                    )
+                })
+            }
+            None => {
+                if let Some(srv) = self.restream.started() {
+                    srv.unmount(&c.name);
+                }
+            }
         }
         a
     }
@@ -254,7 +328,9 @@ impl Plan {
                 max_width: cfg.snapshots.width,
                 quality: cfg.snapshots.quality,
             }),
-            live_pictures: cfg.live.enabled.then_some(PictureSettings {
+            // Always: the live view's routes are off with `[live] enabled = false`, and the
+            // re-stream and the `snapshot` command draw with it too.
+            live_pictures: Some(PictureSettings {
                 max_width: cfg.live.width,
                 quality: cfg.live.quality,
             }),
@@ -604,6 +680,11 @@ impl Plan {
                 analysis: c.analysis.clone(),
                 queue: c.queue.clone(),
                 slot: c.slot,
+                restream: c
+                    .cfg
+                    .restream
+                    .and(self.inst.restream.started())
+                    .map(|srv| (srv.url(&c.name), srv.encoder().to_string())),
                 live: self.inst.live.as_ref().and_then(|(feeds, _)| {
                     let feeds = feeds.lock().unwrap_or_else(|e| e.into_inner());
                     feeds.get(&c.name).cloned()

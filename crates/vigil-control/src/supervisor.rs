@@ -329,6 +329,7 @@ impl Supervisor {
                 LiveFeeds::default(),
                 Duration::from_secs_f32(1.0 / cfg.live.fps.max(0.01)),
             )),
+            restream: crate::plan::Restreams::new(cfg.restream.listen.parse().ok()),
         };
         let (mut ota, ota_events, rolled_back) =
             Agent::open(&cfg, &config_path, facts.clone()).map_err(ControlError::OtaStore)?;

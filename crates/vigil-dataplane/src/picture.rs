@@ -108,6 +108,32 @@ impl Picturer {
         self.settings
     }
 
+    /// `frame` scaled into `pic` (made `max_width` wide at most, reallocated only when the
+    /// size changes) with the overlay of `scene` drawn: the re-stream's raw pictures.
+    pub fn draw_into(
+        &mut self,
+        frame: &FrameRef,
+        scene: &Scene<'_>,
+        max_width: u32,
+        pic: &mut Option<Picture420>,
+    ) -> Result<(), PictureError> {
+        let Some(yuv) = frame.host_yuv() else {
+            STATS.unsupported.fetch_add(1, Ordering::Relaxed);
+            self.failures += 1;
+            return Err(PictureError::DeviceMemory);
+        };
+        let (w, h) = Picture420::fit(yuv.width as u32, yuv.height as u32, max_width);
+        let pic = match pic {
+            Some(p) if (p.width, p.height) == (w, h) => p,
+            _ => pic.insert(Picture420::new(w, h)),
+        };
+        pic.scale_from(&yuv);
+        self.list.build(scene, w, h);
+        pic.draw(&self.list);
+        STATS.drawn.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// A JPEG of `frame`, with the overlay of `scene` drawn when given (a clean picture
     /// without).
     pub fn picture(

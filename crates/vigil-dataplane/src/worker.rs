@@ -101,6 +101,11 @@ pub struct CameraAnalysis {
     pub live: Option<Arc<crate::live::LiveFeed>>,
     pub live_every: Duration,
     live_last: Option<Instant>,
+    /// The annotated RTSP re-stream of this camera (`[cameras.restream]`), its picture and
+    /// when it last got one.
+    pub restream: Option<Arc<crate::media::restream::RestreamFeed>>,
+    restream_pic: Option<vigil_core::overlay::Picture420>,
+    restream_last: Option<Instant>,
     session: u64,
     /// Stream time of this camera continues across pipeline rebuilds: base + pts.
     time_base: f64,
@@ -124,6 +129,9 @@ impl CameraAnalysis {
             live: None,
             live_every: Duration::from_millis(200),
             live_last: None,
+            restream: None,
+            restream_pic: None,
+            restream_last: None,
             session: 0,
             time_base: 0.0,
             last_t: 0.0,
@@ -416,6 +424,35 @@ impl AnalysisWorker {
                             })
                             .collect();
                         feed.publish(jpeg, tracks);
+                    }
+                }
+                // A re-streamed camera someone watches gets a picture when one is due.
+                if let (Some(p), Some(feed)) = (&mut self.live_pictures, &cam.restream)
+                    && feed.watched()
+                {
+                    let every = crate::media::restream::interval(&feed.settings);
+                    if cam
+                        .restream_last
+                        .is_none_or(|t| t.elapsed() + every / 8 >= every)
+                    {
+                        cam.restream_last = Some(Instant::now());
+                        let highlight: heapless::Vec<u64, { vigil_core::analytics::MAX_HITS }> =
+                            hits.iter().map(|h| h.track_id).collect();
+                        let clock = vigil_core::overlay::clock(std::time::SystemTime::now());
+                        let scene = Scene {
+                            camera: &cam.name,
+                            clock: &clock,
+                            tracks: out.active,
+                            highlight: &highlight,
+                            rules: Some(&cam.rules),
+                        };
+                        let width = feed.settings.width;
+                        if p.draw_into(&frames[k], &scene, width, &mut cam.restream_pic)
+                            .is_ok()
+                            && let Some(pic) = &cam.restream_pic
+                        {
+                            feed.push(pic);
+                        }
                     }
                 }
                 // Pictures asked for once (the `snapshot` command), at the snapshot settings.

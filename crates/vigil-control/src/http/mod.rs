@@ -120,6 +120,10 @@ async fn cameras(State(s): State<AppState>) -> Response {
                 "frames_analysed": c.analysis.analysed.load(Ordering::Relaxed),
                 "frames_dropped": c.queue.dropped(c.slot),
                 "events": c.analysis.events.load(Ordering::Relaxed),
+                "restream": c.restream.as_ref().map(|(url, encoder)| serde_json::json!({
+                    "url": url,
+                    "encoder": encoder,
+                })),
             })
         })
         .collect();

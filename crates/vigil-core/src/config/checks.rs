@@ -177,6 +177,20 @@ pub(super) fn check_storage(c: &mut Checker, config: &Config) {
             format!("{} (expected 1..=100)", p.quality),
         );
     }
+    if config
+        .restream
+        .listen
+        .parse::<std::net::SocketAddr>()
+        .is_err()
+    {
+        c.err(
+            "restream.listen",
+            format!(
+                "{:?} is not an address (expected IP:PORT, e.g. \"0.0.0.0:8554\")",
+                config.restream.listen
+            ),
+        );
+    }
     let l = &config.live;
     if !(l.fps >= 0.2 && l.fps <= 30.0) {
         c.err("live.fps", format!("{} (expected 0.2..=30)", l.fps));
@@ -408,6 +422,26 @@ pub(super) fn check_camera(c: &mut Checker, config: &Config, i: usize) {
                 camera.fps
             ),
         );
+    }
+    if let Some(r) = &camera.restream {
+        if !(64..=3840).contains(&r.width) {
+            c.err(
+                format!("{cp}.restream.width"),
+                format!("{} pixels (expected 64..=3840)", r.width),
+            );
+        }
+        if !(r.fps >= 0.2 && r.fps <= 30.0) {
+            c.err(
+                format!("{cp}.restream.fps"),
+                format!("{} (expected 0.2..=30)", r.fps),
+            );
+        }
+        if !(100..=50_000).contains(&r.bitrate_kbps) {
+            c.err(
+                format!("{cp}.restream.bitrate_kbps"),
+                format!("{} (expected 100..=50000 kbit/s)", r.bitrate_kbps),
+            );
+        }
     }
     check_score(c, &format!("{cp}.min_score"), camera.min_score);
     check_min_duration(

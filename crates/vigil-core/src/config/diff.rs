@@ -16,7 +16,7 @@
 //!   alone ([`CameraChange::Respawn`]).
 //!
 //! [`diff`] does the same for two configs and also lists the sections that only take effect
-//! after a restart ([`Section`]: `[device]`, `[mqtt]`, `[storage]`, `[http]`, `[snapshots]`, `[live]`).
+//! after a restart ([`Section`]: `[device]`, `[mqtt]`, `[storage]`, `[http]`, `[snapshots]`, `[live]`, `[restream]`).
 
 use super::{CameraConfig, Config, ModelConfig};
 use serde::Serialize;
@@ -168,16 +168,18 @@ pub enum Section {
     Http,
     Snapshots,
     Live,
+    Restream,
 }
 
 impl Section {
-    pub const ALL: [Section; 6] = [
+    pub const ALL: [Section; 7] = [
         Section::Device,
         Section::Mqtt,
         Section::Storage,
         Section::Http,
         Section::Snapshots,
         Section::Live,
+        Section::Restream,
     ];
 
     /// The table's name in the config file (`"mqtt"` for `[mqtt]`).
@@ -189,6 +191,7 @@ impl Section {
             Section::Http => "http",
             Section::Snapshots => "snapshots",
             Section::Live => "live",
+            Section::Restream => "restream",
         }
     }
 
@@ -200,6 +203,7 @@ impl Section {
             Section::Http => old.http != new.http,
             Section::Snapshots => old.snapshots != new.snapshots,
             Section::Live => old.live != new.live,
+            Section::Restream => old.restream != new.restream,
         }
     }
 }

@@ -57,6 +57,8 @@ pub struct Config {
     #[serde(default)]
     pub live: LiveConfig,
     #[serde(default)]
+    pub restream: RestreamConfig,
+    #[serde(default)]
     pub models: BTreeMap<String, ModelConfig>,
     #[serde(default)]
     pub cameras: Vec<CameraConfig>,
@@ -311,6 +313,45 @@ impl Default for LiveConfig {
     }
 }
 
+/// The annotated RTSP re-stream's server (cameras opt in with `[cameras.restream]`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RestreamConfig {
+    /// `address:port` the RTSP server listens on. Default loopback only: the stream has no
+    /// authentication; `0.0.0.0:8554` serves the network.
+    pub listen: String,
+}
+
+impl Default for RestreamConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8554".into(),
+        }
+    }
+}
+
+/// One camera's annotated RTSP re-stream at `rtsp://<listen>/<camera name>`.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CameraRestream {
+    /// Picture width (64..=3840), aspect kept, never wider than the camera.
+    pub width: u32,
+    /// Pictures a second (0.2..=30); never more than the camera's `fps`.
+    pub fps: f32,
+    /// H.264 bit rate in kbit/s (100..=50000).
+    pub bitrate_kbps: u32,
+}
+
+impl Default for CameraRestream {
+    fn default() -> Self {
+        Self {
+            width: 1280,
+            fps: 10.0,
+            bitrate_kbps: 2000,
+        }
+    }
+}
+
 /// Where Vigil keeps its state: the event spool (`events.db`).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -419,6 +460,9 @@ pub struct CameraConfig {
     pub zones: Vec<ZoneConfig>,
     #[serde(default)]
     pub lines: Vec<LineConfig>,
+    /// Serve this camera annotated over RTSP (opt-in; `[restream]` sets the server).
+    #[serde(default)]
+    pub restream: Option<CameraRestream>,
 }
 
 fn yes() -> bool {

@@ -9,6 +9,7 @@ pub mod camera;
 pub mod frame;
 pub mod probe;
 pub mod reach;
+pub mod restream;
 pub mod rtsp_server;
 pub mod still;
 
