@@ -46,6 +46,10 @@ pub struct BenchArgs {
     /// bare decoder (an NVIDIA GPU is required).
     #[arg(long)]
     pub gpu: bool,
+    /// The pictures bench instead: CPU cost of event snapshots and live pictures (scale, draw,
+    /// JPEG) on frames of `--clip` and `--gpu-clip`, against one inference (benches/RESULTS.md).
+    #[arg(long)]
+    pub pictures: bool,
     /// GPU bench: a 1080p30 H.264 clip.
     #[arg(long, default_value = ".cache/media/vtest-1080p30.mp4")]
     pub gpu_clip: PathBuf,
@@ -301,6 +305,9 @@ fn report(who: &str, rate: &str, m: &Measured, clip_s: f64) {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
+    if a.pictures {
+        return crate::bench_pictures::run(&[a.clip, a.gpu_clip], &a.model, &a.rules, 40);
+    }
     if a.gpu {
         let rows = crate::bench_gpu::run(
             &a.gpu_clip,

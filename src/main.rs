@@ -4,6 +4,7 @@
 
 mod bench;
 mod bench_gpu;
+mod bench_pictures;
 mod detect;
 mod gpu_check;
 mod ota_cli;

@@ -470,7 +470,8 @@ impl Picture420 {
 }
 
 /// One plane, bilinear: output pixel `x` samples source position `(x + 0.5) * sw / dw - 0.5`
-/// in 16.16 fixed point, weights rounded to 8 bits.
+/// in 16.16 fixed point, weights rounded to 8 bits. The column samples are computed once per
+/// plane (one small allocation per picture, not per pixel).
 #[allow(clippy::too_many_arguments)]
 fn scale_plane(
     src: &[u8],
@@ -485,14 +486,21 @@ fn scale_plane(
     if sw == 0 || sh == 0 {
         return;
     }
-    let at = |x: usize, y: usize| src.get(y * stride + x * step).copied().unwrap_or(0) as u32;
-    for oy in 0..dh {
-        let (y0, y1, fy) = sample(oy, sh, dh);
-        for ox in 0..dw {
+    let cols: Vec<(usize, usize, u32)> = (0..dw)
+        .map(|ox| {
             let (x0, x1, fx) = sample(ox, sw, dw);
-            let top = at(x0, y0) * (256 - fx) + at(x1, y0) * fx;
-            let bot = at(x0, y1) * (256 - fx) + at(x1, y1) * fx;
-            dst[oy * dw + ox] = ((top * (256 - fy) + bot * fy + (1 << 15)) >> 16) as u8;
+            (x0 * step, x1 * step, fx)
+        })
+        .collect();
+    for (oy, out) in dst.chunks_exact_mut(dw).take(dh).enumerate() {
+        let (y0, y1, fy) = sample(oy, sh, dh);
+        let r0 = src.get(y0 * stride..).unwrap_or(&[]);
+        let r1 = src.get(y1 * stride..).unwrap_or(&[]);
+        for (o, &(a, b, fx)) in out.iter_mut().zip(&cols) {
+            let at = |r: &[u8], i: usize| r.get(i).copied().unwrap_or(0) as u32;
+            let top = at(r0, a) * (256 - fx) + at(r0, b) * fx;
+            let bot = at(r1, a) * (256 - fx) + at(r1, b) * fx;
+            *o = ((top * (256 - fy) + bot * fy + (1 << 15)) >> 16) as u8;
         }
     }
 }

@@ -13,6 +13,7 @@ use crate::media::FrameRef;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
+use vigil_core::model::preprocess::YuvView;
 use vigil_core::overlay::{DrawList, Picture420, Scene};
 
 /// An encoded picture.
@@ -141,17 +142,26 @@ impl Picturer {
         frame: &FrameRef,
         scene: Option<&Scene<'_>>,
     ) -> Result<Jpeg, PictureError> {
-        let t0 = Instant::now();
         let Some(yuv) = frame.host_yuv() else {
             STATS.unsupported.fetch_add(1, Ordering::Relaxed);
             self.failures += 1;
             return Err(PictureError::DeviceMemory);
         };
+        self.picture_of(&yuv, scene)
+    }
+
+    /// [`Picturer::picture`] of host pixels (the benches and tests decode their own).
+    pub fn picture_of(
+        &mut self,
+        yuv: &YuvView<'_>,
+        scene: Option<&Scene<'_>>,
+    ) -> Result<Jpeg, PictureError> {
+        let t0 = Instant::now();
         let (w, h) = Picture420::fit(yuv.width as u32, yuv.height as u32, self.settings.max_width);
         if (self.pic.width, self.pic.height) != (w, h) {
             self.pic = Picture420::new(w, h);
         }
-        self.pic.scale_from(&yuv);
+        self.pic.scale_from(yuv);
         if let Some(scene) = scene {
             self.list.build(scene, w, h);
             self.pic.draw(&self.list);
