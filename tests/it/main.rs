@@ -25,6 +25,7 @@ mod http_auth;
 mod http_events;
 mod http_limits;
 mod live_browser;
+mod live_limits;
 mod mqtt_faults;
 mod mqtt_tls;
 mod ota_hostile;

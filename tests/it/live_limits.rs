@@ -1,0 +1,161 @@
+//! The live view under hostile clients: a WebSocket client that never reads is closed after
+//! the send timeout without Vigil's memory growing; 200 clients at once get the cap (101 up to
+//! `max_clients`, 503 beyond) while analysis goes on; `snapshot` of a camera that is down is an
+//! error naming its state.
+
+use crate::common::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+fn metric(addr: &str, name: &str) -> f64 {
+    let (_, text) = http_get(addr, "/metrics");
+    text.lines()
+        .find(|l| l.split(' ').next().map(|n| n.trim_end_matches("{}")) == Some(name))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} in /metrics"))
+}
+
+/// Sends a WebSocket upgrade for `/api/live` and returns the stream and the status code.
+fn upgrade(addr: &str) -> (TcpStream, u16) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /api/live HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Protocol: vigil\r\n\r\n"
+    )
+    .unwrap();
+    // Read the head only, a byte at a time (what follows is the server's to send).
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut b).unwrap_or(0) == 0 {
+            break;
+        }
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (s, code)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn hostile_live_clients_are_bounded_and_analysis_goes_on() {
+    let _cpu = exclusive();
+    let dir = temp_dir("live-limits");
+    let (mqtt, rtsp, closed) = (free_port(), free_port(), free_port());
+    let _broker = mosquitto(&dir, mqtt);
+    let _server = rtsp_server(&asset(".cache/media/vtest.mp4"), rtsp, "/plaza");
+    let url = format!("rtsp://127.0.0.1:{rtsp}/plaza");
+    let down = format!(
+        "[[cameras]]\nname = \"gone\"\nurl = \"rtsp://127.0.0.1:{closed}/x\"\nmodel = \"nanodet\"\n"
+    );
+    let cfg = dir.join("vigil.toml");
+    let text = config_toml("livelim", mqtt, &url, "fps = 5", &down)
+        + "\n[live]\nmax_clients = 8\nfps = 5\nwidth = 640\n";
+    std::fs::write(&cfg, text).unwrap();
+    let (vigil, logs) = vigil_run(&cfg);
+    let addr = http_addr(&logs);
+    let sub = Subscriber::start(mqtt, &["vigil/livelim/cmd/#"]);
+    logs.wait_for(Duration::from_secs(20), |l| l.contains("camera: live"))
+        .expect("plaza live");
+
+    // 1. A client that never reads: closed by the send timeout, memory bounded.
+    let pid = vigil.child.id();
+    let rss0 = rss_kib(pid);
+    let (silent, code) = upgrade(&addr);
+    assert_eq!(code, 101);
+    let t0 = Instant::now();
+    while metric(&addr, "vigil_live_clients_timed_out_total") < 1.0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "a client that never reads is closed"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let rss1 = rss_kib(pid);
+    eprintln!(
+        "never-reading client closed after {:.1} s; RSS {rss0} → {rss1} KiB",
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(
+        rss1 < rss0 + 32 * 1024,
+        "memory grew by {} KiB",
+        rss1.saturating_sub(rss0)
+    );
+    assert_eq!(metric(&addr, "vigil_live_clients"), 0.0);
+    drop(silent);
+
+    // 2. 200 clients at once: 8 admitted, the rest refused; analysis goes on meanwhile.
+    let analysed0 = metric(
+        &addr,
+        "vigil_camera_frames_analysed_total{camera=\"plaza\"}",
+    );
+    let clients: Vec<(TcpStream, u16)> = (0..200).map(|_| upgrade(&addr)).collect();
+    let ok = clients.iter().filter(|c| c.1 == 101).count();
+    let busy = clients.iter().filter(|c| c.1 == 503).count();
+    assert_eq!((ok, busy), (8, 192), "admitted and refused");
+    assert_eq!(metric(&addr, "vigil_live_clients"), 8.0);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        metric(
+            &addr,
+            "vigil_camera_frames_analysed_total{camera=\"plaza\"}"
+        ) >= analysed0 + 5.0,
+        "analysis goes on with the clients connected"
+    );
+    drop(clients);
+    let t0 = Instant::now();
+    while metric(&addr, "vigil_live_clients") != 0.0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "closed clients uncounted"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // 3. A snapshot of a camera that is down names its state.
+    let t0 = Instant::now();
+    loop {
+        let (_, body) = http_get(&addr, "/api/cameras");
+        if body.contains("backing_off") || body.contains("circuit_open") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "camera gone is down: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    mqtt_publish(
+        mqtt,
+        "vigil/livelim/cmd/snapshot",
+        r#"{"request_id": "d1", "camera": "gone"}"#,
+    );
+    let r = sub
+        .wait(Duration::from_secs(10), |m| {
+            m.topic.ends_with("/reply") && m.json["request_id"] == "d1"
+        })
+        .expect("a reply");
+    assert_eq!(r.json["status"], "error");
+    let msg = r.json["message"].as_str().unwrap();
+    assert!(
+        msg.contains("\"gone\" is backing_off") || msg.contains("\"gone\" is circuit_open"),
+        "{msg}"
+    );
+}
