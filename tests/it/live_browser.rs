@@ -10,15 +10,6 @@ use crate::common::*;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn metric(addr: &str, name: &str) -> f64 {
-    let (code, text) = http_get(addr, "/metrics");
-    assert_eq!(code, 200);
-    text.lines()
-        .find(|l| l.split(' ').next().map(|n| n.trim_end_matches("{}")) == Some(name))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or_else(|| panic!("{name} in /metrics"))
-}
-
 fn wait_metric(addr: &str, name: &str, want: f64) {
     let t0 = Instant::now();
     while metric(addr, name) != want {

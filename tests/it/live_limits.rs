@@ -8,14 +8,6 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-fn metric(addr: &str, name: &str) -> f64 {
-    let (_, text) = http_get(addr, "/metrics");
-    text.lines()
-        .find(|l| l.split(' ').next().map(|n| n.trim_end_matches("{}")) == Some(name))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or_else(|| panic!("{name} in /metrics"))
-}
-
 /// Sends a WebSocket upgrade for `/api/live` and returns the stream and the status code.
 fn upgrade(addr: &str) -> (TcpStream, u16) {
     let mut s = TcpStream::connect(addr).unwrap();

@@ -489,6 +489,17 @@ pub fn decode_jpeg(bytes: &[u8]) -> (usize, usize, Vec<u8>) {
     (info.width as usize, info.height as usize, rgb)
 }
 
+/// The value of one series of `/metrics`: `name` as printed, labels included
+/// (`vigil_live_clients`, `vigil_camera_events_total{camera="plaza"}`).
+pub fn metric(addr: &str, name: &str) -> f64 {
+    let (code, text) = http_get(addr, "/metrics");
+    assert_eq!(code, 200);
+    text.lines()
+        .find(|l| l.split(' ').next().map(|n| n.trim_end_matches("{}")) == Some(name))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} in /metrics"))
+}
+
 /// The address `vigil run` logged for its HTTP API.
 pub fn http_addr(logs: &Lines) -> String {
     let line = logs
