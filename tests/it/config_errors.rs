@@ -260,6 +260,7 @@ fn lobby_camera() -> CameraConfig {
             anchor: Anchor::Bottom,
         }],
         restream: None,
+        live: Default::default(),
     }
 }
 
@@ -284,6 +285,7 @@ fn replay_camera() -> CameraConfig {
         zones: vec![],
         lines: vec![],
         restream: None,
+        live: Default::default(),
     }
 }
 

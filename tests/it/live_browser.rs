@@ -41,8 +41,10 @@ fn live_view_in_headless_chromium_shows_every_camera_with_its_overlay() {
     let _broker = mosquitto(&dir, mqtt);
     let _server = rtsp_server(&asset(".cache/media/vtest.mp4"), rtsp, "/plaza");
     let url = format!("rtsp://127.0.0.1:{rtsp}/plaza");
-    let yard =
-        format!("[[cameras]]\nname = \"yard\"\nurl = \"{url}\"\nmodel = \"nanodet\"\nfps = 5\n");
+    // The second camera has its own, smaller live width.
+    let yard = format!(
+        "[[cameras]]\nname = \"yard\"\nurl = \"{url}\"\nmodel = \"nanodet\"\nfps = 5\n[cameras.live]\nwidth = 320\n"
+    );
     let cfg = dir.join("vigil.toml");
     let text = config_toml(
         "live",
@@ -113,6 +115,18 @@ fn live_view_in_headless_chromium_shows_every_camera_with_its_overlay() {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         assert_eq!(r["cameras"], serde_json::json!(["plaza", "yard"]));
+        let yard = c
+            .execute(PROBE, vec!["yard".into(), serde_json::json!([])])
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                yard["meta"]["width"].as_u64(),
+                yard["meta"]["height"].as_u64()
+            ),
+            (Some(320), Some(240)),
+            "yard's own live width ([cameras.live] width = 320)"
+        );
         assert_eq!(metric(&addr, "vigil_live_clients"), 1.0);
 
         // The overlay: wait for a picture with a track of a good size, then probe the middle

@@ -141,7 +141,13 @@ impl Instruments {
                     .clone(),
             );
             // Never more often than the camera is analysed.
-            a.live_every = (*every).max(Duration::from_secs_f32(1.0 / c.fps.max(0.01)));
+            let every = c
+                .live
+                .fps
+                .map(|f| Duration::from_secs_f32(1.0 / f.max(0.01)))
+                .unwrap_or(*every);
+            a.live_every = every.max(Duration::from_secs_f32(1.0 / c.fps.max(0.01)));
+            a.live_width = c.live.width;
         }
         match c.restream {
             Some(r) => {

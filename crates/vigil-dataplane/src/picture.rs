@@ -16,6 +16,9 @@ use std::time::Instant;
 use vigil_core::model::preprocess::YuvView;
 use vigil_core::overlay::{DrawList, Picture420, Scene};
 
+/// Pictures of other sizes a [`Picturer`] keeps for reuse.
+const SPARE_PICTURES: usize = 4;
+
 /// An encoded picture.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Jpeg {
@@ -76,7 +79,12 @@ impl Default for PictureSettings {
 /// Makes pictures for one worker, reusing its buffers.
 pub struct Picturer {
     settings: PictureSettings,
+    /// A width for the next pictures over `settings.max_width` ([`Picturer::set_width`]).
+    width: Option<u32>,
     pic: Picture420,
+    /// Pictures of other sizes kept for reuse (cameras of different sizes or widths take
+    /// turns), at most [`SPARE_PICTURES`].
+    spare: Vec<Picture420>,
     list: Box<DrawList>,
     out: Vec<u8>,
     /// Requests that made no picture (the worker logs the first).
@@ -98,7 +106,9 @@ impl Picturer {
     pub fn new(settings: PictureSettings) -> Self {
         Self {
             settings,
+            width: None,
             pic: Picture420::new(2, 2),
+            spare: Vec::new(),
             list: Box::default(),
             out: Vec::new(),
             failures: 0,
@@ -107,6 +117,11 @@ impl Picturer {
 
     pub fn settings(&self) -> PictureSettings {
         self.settings
+    }
+
+    /// The width of the next pictures: `Some` overrides the settings' (a camera's own limit).
+    pub fn set_width(&mut self, width: Option<u32>) {
+        self.width = width;
     }
 
     /// `frame` scaled into `pic` (made `max_width` wide at most, reallocated only when the
@@ -157,9 +172,22 @@ impl Picturer {
         scene: Option<&Scene<'_>>,
     ) -> Result<Jpeg, PictureError> {
         let t0 = Instant::now();
-        let (w, h) = Picture420::fit(yuv.width as u32, yuv.height as u32, self.settings.max_width);
+        let max_width = self.width.unwrap_or(self.settings.max_width);
+        let (w, h) = Picture420::fit(yuv.width as u32, yuv.height as u32, max_width);
         if (self.pic.width, self.pic.height) != (w, h) {
-            self.pic = Picture420::new(w, h);
+            let next = match self
+                .spare
+                .iter()
+                .position(|p| (p.width, p.height) == (w, h))
+            {
+                Some(i) => self.spare.swap_remove(i),
+                None => Picture420::new(w, h),
+            };
+            let old = std::mem::replace(&mut self.pic, next);
+            if self.spare.len() >= SPARE_PICTURES {
+                self.spare.remove(0);
+            }
+            self.spare.push(old);
         }
         self.pic.scale_from(yuv);
         if let Some(scene) = scene {

@@ -100,6 +100,8 @@ pub struct CameraAnalysis {
     /// Live pictures of this camera, made while someone watches, at most every `live_every`.
     pub live: Option<Arc<crate::live::LiveFeed>>,
     pub live_every: Duration,
+    /// This camera's live picture width, over the worker's (`[cameras.live] width`).
+    pub live_width: Option<u32>,
     live_last: Option<Instant>,
     /// The annotated RTSP re-stream of this camera (`[cameras.restream]`), its picture and
     /// when it last got one.
@@ -128,6 +130,7 @@ impl CameraAnalysis {
             latency: None,
             live: None,
             live_every: Duration::from_millis(200),
+            live_width: None,
             live_last: None,
             restream: None,
             restream_pic: None,
@@ -410,6 +413,7 @@ impl AnalysisWorker {
                         .is_none_or(|t| t.elapsed() + cam.live_every / 8 >= cam.live_every)
                 {
                     cam.live_last = Some(Instant::now());
+                    p.set_width(cam.live_width);
                     if let Some((_, jpeg)) =
                         annotated(p, &frames[k], &cam.name, &cam.rules, out.active, &hits)
                     {
@@ -425,6 +429,7 @@ impl AnalysisWorker {
                             .collect();
                         feed.publish(jpeg, tracks);
                     }
+                    p.set_width(None);
                 }
                 // A re-streamed camera someone watches gets a picture when one is due.
                 if let (Some(p), Some(feed)) = (&mut self.live_pictures, &cam.restream)

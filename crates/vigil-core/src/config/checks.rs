@@ -423,6 +423,19 @@ pub(super) fn check_camera(c: &mut Checker, config: &Config, i: usize) {
             ),
         );
     }
+    if let Some(f) = camera.live.fps
+        && !(f >= 0.2 && f <= 30.0)
+    {
+        c.err(format!("{cp}.live.fps"), format!("{f} (expected 0.2..=30)"));
+    }
+    if let Some(w) = camera.live.width
+        && !(64..=3840).contains(&w)
+    {
+        c.err(
+            format!("{cp}.live.width"),
+            format!("{w} pixels (expected 64..=3840)"),
+        );
+    }
     if let Some(r) = &camera.restream {
         if !(64..=3840).contains(&r.width) {
             c.err(

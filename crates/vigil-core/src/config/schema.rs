@@ -330,6 +330,16 @@ impl Default for RestreamConfig {
     }
 }
 
+/// One camera's live view limits; unset fields take `[live]`'s.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CameraLive {
+    /// Most live pictures a second (0.2..=30).
+    pub fps: Option<f32>,
+    /// Live picture width (64..=3840).
+    pub width: Option<u32>,
+}
+
 /// One camera's annotated RTSP re-stream at `rtsp://<listen>/<camera name>`.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -463,6 +473,9 @@ pub struct CameraConfig {
     /// Serve this camera annotated over RTSP (opt-in; `[restream]` sets the server).
     #[serde(default)]
     pub restream: Option<CameraRestream>,
+    /// This camera's live view limits, over `[live]`'s.
+    #[serde(default)]
+    pub live: CameraLive,
 }
 
 fn yes() -> bool {
