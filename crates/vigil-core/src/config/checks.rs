@@ -192,7 +192,7 @@ pub(super) fn check_storage(c: &mut Checker, config: &Config) {
         );
     }
     let l = &config.live;
-    if !(l.fps >= 0.2 && l.fps <= 30.0) {
+    if !(0.2..=30.0).contains(&l.fps) {
         c.err("live.fps", format!("{} (expected 0.2..=30)", l.fps));
     }
     if !(64..=3840).contains(&l.width) {
@@ -424,7 +424,7 @@ pub(super) fn check_camera(c: &mut Checker, config: &Config, i: usize) {
         );
     }
     if let Some(f) = camera.live.fps
-        && !(f >= 0.2 && f <= 30.0)
+        && !(0.2..=30.0).contains(&f)
     {
         c.err(format!("{cp}.live.fps"), format!("{f} (expected 0.2..=30)"));
     }
@@ -443,7 +443,7 @@ pub(super) fn check_camera(c: &mut Checker, config: &Config, i: usize) {
                 format!("{} pixels (expected 64..=3840)", r.width),
             );
         }
-        if !(r.fps >= 0.2 && r.fps <= 30.0) {
+        if !(0.2..=30.0).contains(&r.fps) {
             c.err(
                 format!("{cp}.restream.fps"),
                 format!("{} (expected 0.2..=30)", r.fps),
