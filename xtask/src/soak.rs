@@ -47,6 +47,17 @@ const USAGE: &str = "usage: cargo xtask soak [--minutes 60] [--warmup-minutes 10
 [--sample-every-s 10] [--vigil PATH --model PATH --clip PATH --mosquitto PATH] [--out DIR] \
 [--env NAME=VALUE]...";
 
+/// The `Environment=NAME=VALUE` settings of a systemd unit's text (one per line, unquoted).
+fn unit_environment(unit: &str) -> Vec<(String, String)> {
+    unit.lines()
+        .filter_map(|l| l.trim().strip_prefix("Environment="))
+        .filter_map(|kv| {
+            let (k, v) = kv.trim_matches('"').split_once('=')?;
+            Some((k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
 fn parse(args: &[String]) -> Result<Opts> {
     let mut o = Opts {
         minutes: 60.0,
@@ -101,6 +112,15 @@ fn parse(args: &[String]) -> Result<Opts> {
                 o.env.push((name.into(), value.into()));
             }
             _ => bail!("{flag} {v}: unknown option or value\n{USAGE}"),
+        }
+    }
+    // Vigil runs as the shipped unit runs it: the unit's `Environment=` lines (allocator
+    // settings) unless `--env` names them; not its install paths (ORT_DYLIB_PATH).
+    if let Ok(unit) = std::fs::read_to_string("systemd/vigil.service") {
+        for (k, v) in unit_environment(&unit) {
+            if k != "ORT_DYLIB_PATH" && !o.env.iter().any(|(n, _)| *n == k) {
+                o.env.push((k, v));
+            }
         }
     }
     if o.warmup_minutes.is_nan() {
@@ -623,7 +643,11 @@ fn summary(
     );
     if !o.env.is_empty() {
         let env: Vec<String> = o.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let _ = writeln!(t, "vigil's extra environment: {}", env.join(" "));
+        let _ = writeln!(
+            t,
+            "vigil's extra environment (--env, then systemd/vigil.service's Environment=): {}",
+            env.join(" ")
+        );
     }
     let warm = o.warmup_minutes * 60.0;
     let after: Vec<&Sample> = samples.iter().filter(|s| s.t_s >= warm).collect();
@@ -677,6 +701,21 @@ fn free_port() -> Result<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_units_environment_lines_are_read() {
+        let unit = "[Service]\nEnvironment=MALLOC_ARENA_MAX=2\n# Environment=X=1\n\
+                    Environment=\"A=b c\"\nExecStart=/usr/bin/vigil run\n";
+        assert_eq!(
+            unit_environment(unit),
+            [
+                ("MALLOC_ARENA_MAX".into(), "2".into()),
+                ("A".into(), "b c".into())
+            ]
+        );
+        let shipped = std::fs::read_to_string("../systemd/vigil.service").unwrap();
+        assert!(unit_environment(&shipped).contains(&("MALLOC_ARENA_MAX".into(), "2".into())));
+    }
 
     #[test]
     fn slope_of_a_line_and_of_a_flat_series() {
