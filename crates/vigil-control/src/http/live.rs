@@ -170,10 +170,16 @@ async fn session(
     }
     drop(tx);
     let mut last = vec![0u64; cams.len()];
+    // With no camera (or every feed gone) the socket stays open until the client closes it:
+    // a page that reconnected at once would only hammer the server.
+    let mut feeding = !cams.is_empty();
     loop {
         tokio::select! {
-            next = rx.recv() => {
-                let Some((i, f)) = next else { break };
+            next = rx.recv(), if feeding => {
+                let Some((i, f)) = next else {
+                    feeding = false;
+                    continue;
+                };
                 if last[i] != 0 && f.seq > last[i] + 1 {
                     LIVE.skipped.fetch_add(f.seq - last[i] - 1, Ordering::Relaxed);
                 }
