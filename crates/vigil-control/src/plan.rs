@@ -324,6 +324,12 @@ impl Plan {
             decoders.summary(),
             if decoders.hardware { "hardware" } else { "CPU" }
         );
+        tracing::info!(
+            "pictures (snapshots {}, live view and re-stream): drawn and JPEG-encoded on the CPU \
+             (jpeg-encoder) from frames in host memory; nvJPEG is not used: the GPU renderer is \
+             not built yet, so cameras on the GPU path have no pictures",
+            if cfg.snapshots.enabled { "on" } else { "off" }
+        );
         let mut plan = Plan {
             groups: Vec::new(),
             started: Instant::now(),
