@@ -441,19 +441,11 @@ impl AnalysisWorker {
                         .is_none_or(|t| t.elapsed() + every / 8 >= every)
                     {
                         cam.restream_last = Some(Instant::now());
-                        let highlight: heapless::Vec<u64, { vigil_core::analytics::MAX_HITS }> =
-                            hits.iter().map(|h| h.track_id).collect();
-                        let clock = vigil_core::overlay::clock(std::time::SystemTime::now());
-                        let scene = Scene {
-                            camera: &cam.name,
-                            clock: &clock,
-                            tracks: out.active,
-                            highlight: &highlight,
-                            rules: Some(&cam.rules),
-                        };
                         let width = feed.settings.width;
-                        if p.draw_into(&frames[k], &scene, width, &mut cam.restream_pic)
-                            .is_ok()
+                        let drawn = with_scene(&cam.name, &cam.rules, out.active, &hits, |scene| {
+                            p.draw_into(&frames[k], scene, width, &mut cam.restream_pic)
+                        });
+                        if drawn.is_ok()
                             && let Some(pic) = &cam.restream_pic
                         {
                             feed.push(pic);
@@ -530,6 +522,27 @@ impl AnalysisWorker {
     }
 }
 
+/// Calls `f` with the overlay's scene of one frame: `tracks`, those of `hits` highlighted,
+/// the camera's rules and the time now.
+fn with_scene<R>(
+    camera: &str,
+    rules: &RuleEngine,
+    tracks: &[vigil_core::analytics::tracker::TrackView],
+    hits: &RuleHits,
+    f: impl FnOnce(&Scene<'_>) -> R,
+) -> R {
+    let highlight: heapless::Vec<u64, { vigil_core::analytics::MAX_HITS }> =
+        hits.iter().map(|h| h.track_id).collect();
+    let clock = vigil_core::overlay::clock(std::time::SystemTime::now());
+    f(&Scene {
+        camera,
+        clock: &clock,
+        tracks,
+        highlight: &highlight,
+        rules: Some(rules),
+    })
+}
+
 /// The annotated picture of `frame`, with the tracks of `hits` highlighted; `None` (counted,
 /// the first failure logged) when none can be made.
 fn annotated(
@@ -540,17 +553,9 @@ fn annotated(
     tracks: &[vigil_core::analytics::tracker::TrackView],
     hits: &RuleHits,
 ) -> Option<(SnapshotRef, Jpeg)> {
-    let highlight: heapless::Vec<u64, { vigil_core::analytics::MAX_HITS }> =
-        hits.iter().map(|h| h.track_id).collect();
-    let clock = vigil_core::overlay::clock(std::time::SystemTime::now());
-    let scene = Scene {
-        camera,
-        clock: &clock,
-        tracks,
-        highlight: &highlight,
-        rules: Some(rules),
-    };
-    match p.picture(frame, Some(&scene)) {
+    match with_scene(camera, rules, tracks, hits, |scene| {
+        p.picture(frame, Some(scene))
+    }) {
         Ok(jpeg) => Some((
             SnapshotRef {
                 id: new_event_id(),

@@ -178,7 +178,8 @@ impl RestreamFeed {
 
 /// The re-stream server.
 pub struct RestreamServer {
-    server: rtsp::RTSPServer,
+    /// Held so the server lives as long as this value; only its main loop uses it.
+    _server: rtsp::RTSPServer,
     mounts: rtsp::RTSPMountPoints,
     feeds: Mutex<HashMap<String, Arc<RestreamFeed>>>,
     encoder: String,
@@ -205,11 +206,10 @@ impl RestreamServer {
         server.set_address(&listen.ip().to_string());
         server.set_service(&listen.port().to_string());
         let mounts = server.mount_points().ok_or(RestreamError::NoMountPoints)?;
-        let id = server
+        // The source lives as long as the context (its id is not needed to keep it).
+        server
             .attach(Some(&ctx))
             .map_err(|source| RestreamError::Listen { listen, source })?;
-        // The source id lives as long as the context: nothing to keep.
-        let _ = id;
         let port = server.bound_port();
         let main_loop = gst::glib::MainLoop::new(Some(&ctx), false);
         let ml = main_loop.clone();
@@ -220,7 +220,7 @@ impl RestreamServer {
             })
             .ok();
         Ok(Self {
-            server,
+            _server: server,
             mounts,
             feeds: Mutex::new(HashMap::new()),
             encoder,
@@ -299,7 +299,6 @@ impl Drop for RestreamServer {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let _ = &self.server;
     }
 }
 
