@@ -68,6 +68,10 @@ pub struct BenchArgs {
     pub warmup: f64,
     #[arg(long, default_value_t = 8.0)]
     pub seconds: f64,
+    /// GPU bench: detection with and without the live view (every camera watched at 5 fps,
+    /// 640 wide, pictures drawn on the GPU and encoded by nvJPEG) instead of the decoder table.
+    #[arg(long)]
+    pub live_view: bool,
     /// GPU bench: also write the rows as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -321,6 +325,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             },
             a.warmup,
             a.seconds,
+            a.live_view,
         )?;
         if let Some(p) = &a.json {
             std::fs::write(p, serde_json::to_string_pretty(&rows)?)?;

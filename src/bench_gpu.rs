@@ -48,6 +48,15 @@ pub struct Row {
     pub worker_busy: f64,
     /// Seconds from start until every camera had a frame analysed (not measured).
     pub startup_s: f64,
+    /// Live view (`--live-view`): every camera watched by one in-process viewer (the
+    /// WebSocket handler's `Viewer`, without the socket) at `[live]`'s defaults (5 fps,
+    /// 640 wide): pictures and JPEG bytes received a second, the worker's ms per live picture
+    /// (map, scale, draw, nvJPEG, copy back) and the pixel bytes copied back (0 with nvJPEG).
+    pub live_view: bool,
+    pub live_pictures_per_s: f64,
+    pub live_bytes_per_s: f64,
+    pub live_ms_per_picture: f64,
+    pub pixel_d2h_bytes: u64,
 }
 
 fn cpu_s() -> f64 {
@@ -176,6 +185,7 @@ fn detect(
     workers: usize,
     warmup: f64,
     window: f64,
+    live_view: bool,
 ) -> Result<Row> {
     let mut models = std::collections::BTreeMap::new();
     for w in 0..workers.min(n) {
@@ -203,7 +213,12 @@ fn detect(
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Event>(65536);
     let drain = std::thread::spawn(move || while rx.blocking_recv().is_some() {});
-    let plan = Plan::start(&cfg, tx, &Default::default())?;
+    let feeds: vigil_control::plan::LiveFeeds = Default::default();
+    let inst = vigil_control::plan::Instruments {
+        live: live_view.then(|| (feeds.clone(), Duration::from_millis(200))),
+        ..Default::default()
+    };
+    let plan = Plan::start(&cfg, tx, &inst)?;
     // Start-up (sessions made and CUDA graphs captured per worker, one at a time) is not part
     // of the measurement: the warm-up starts once every camera has had a frame analysed.
     let t_start = Instant::now();
@@ -217,6 +232,7 @@ fn detect(
         std::thread::sleep(Duration::from_millis(50));
     }
     let startup_s = t_start.elapsed().as_secs_f64();
+    let watching = watch_all(&feeds)?;
     std::thread::sleep(Duration::from_secs_f64(warmup));
     let snap = |plan: &Plan| {
         let (f, h) = plan.analysed_and_latency();
@@ -230,11 +246,24 @@ fn detect(
             Instant::now(),
         )
     };
+    let pics = &vigil_dataplane::picture::STATS;
+    let psnap = || {
+        (
+            watching.pictures.load(Ordering::Relaxed),
+            watching.bytes.load(Ordering::Relaxed),
+            pics.gpu_jpegs.load(Ordering::Relaxed),
+            pics.gpu_jpeg_us.load(Ordering::Relaxed),
+            pics.gpu_pixel_d2h_bytes.load(Ordering::Relaxed),
+        )
+    };
     let (f0, h0, c0, i0, d0, u0, t0) = snap(&plan);
+    let (lp0, lb0, gj0, gu0, px0) = psnap();
     std::thread::sleep(Duration::from_secs_f64(window));
     let (f1, h1, c1, i1, d1, u1, _) = snap(&plan);
+    let (lp1, lb1, gj1, gu1, px1) = psnap();
     let dt = t0.elapsed().as_secs_f64();
     let mem = gpu_used_mib();
+    watching.stop();
     plan.stop();
     let _ = drain.join();
     let frames = (f1 - f0).max(1) as f64;
@@ -262,10 +291,77 @@ fn detect(
         worker_ms_per_frame: worker_ms,
         worker_busy: frames / dt * worker_ms / 1000.0 / k as f64,
         startup_s,
+        live_view,
+        live_pictures_per_s: (lp1 - lp0) as f64 / dt,
+        live_bytes_per_s: (lb1 - lb0) as f64 / dt,
+        live_ms_per_picture: (gu1 - gu0) as f64 / 1000.0 / (gj1 - gj0).max(1) as f64,
+        pixel_d2h_bytes: px1 - px0,
+    })
+}
+
+/// One in-process viewer per live feed, counting the pictures and bytes it receives.
+struct Watching {
+    pictures: Arc<AtomicU64>,
+    bytes: Arc<AtomicU64>,
+    stop: tokio::sync::watch::Sender<bool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watching {
+    fn stop(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn watch_all(feeds: &vigil_control::plan::LiveFeeds) -> Result<Watching> {
+    let viewers: Vec<_> = feeds
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .map(|f| f.watch())
+        .collect();
+    let (pictures, bytes) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (p, b) = (pictures.clone(), bytes.clone());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let thread = std::thread::spawn(move || {
+        rt.block_on(async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            for mut v in viewers {
+                let (p, b, mut stopped) = (p.clone(), b.clone(), stopped.clone());
+                tasks.spawn(async move {
+                    loop {
+                        tokio::select! {
+                            f = v.next() => match f {
+                                Some(f) => {
+                                    p.fetch_add(1, Ordering::Relaxed);
+                                    b.fetch_add(f.jpeg.bytes.len() as u64, Ordering::Relaxed);
+                                }
+                                None => break,
+                            },
+                            _ = stopped.changed() => break,
+                        }
+                    }
+                });
+            }
+            while tasks.join_next().await.is_some() {}
+        })
+    });
+    Ok(Watching {
+        pictures,
+        bytes,
+        stop,
+        thread: Some(thread),
     })
 }
 
 /// Runs the table for every N in `streams`; prints it and returns the rows.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     clip: &Path,
     model: &Path,
@@ -274,6 +370,7 @@ pub fn run(
     graphs: &[bool],
     warmup: f64,
     window: f64,
+    live_view: bool,
 ) -> Result<Vec<Row>> {
     vigil_dataplane::media::init()?;
     let rt = vigil_dataplane::gpu::runtime().context("no GPU")?;
@@ -307,12 +404,41 @@ pub fn run(
         "start s"
     );
     let mut rows = Vec::new();
+    if live_view {
+        for &n in streams {
+            for &graph in graphs {
+                vigil_dataplane::gpu::ort_cuda::CUDA_GRAPH.store(graph, Ordering::Relaxed);
+                let bare = detect(&clip, &model, n, workers, warmup, window, false)?;
+                let live = detect(&clip, &model, n, workers, warmup, window, true)?;
+                let extra_cpu_us_s = live.cpu_us_per_frame_detect * live.fps_detect
+                    - bare.cpu_us_per_frame_detect * bare.fps_detect;
+                println!(
+                    "live view, {n} cameras watched: detection {:.0} fps without, {:.0} with (ratio {:.3}); {:.1} pictures/s received ({:.2} per camera), {:.0} KB/s; CPU {:.0} µs/s more ({:.3} % of a core per watched camera); {:.2} ms per live picture on the worker; pixel bytes copied back {}; p99 {} → {} ms",
+                    bare.fps_detect,
+                    live.fps_detect,
+                    live.fps_detect / bare.fps_detect,
+                    live.live_pictures_per_s,
+                    live.live_pictures_per_s / n as f64,
+                    live.live_bytes_per_s / 1000.0,
+                    extra_cpu_us_s,
+                    extra_cpu_us_s / 1e6 * 100.0 / n as f64,
+                    live.live_ms_per_picture,
+                    live.pixel_d2h_bytes,
+                    bare.p99_ms.map(|v| format!("{v:.1}")).unwrap_or("-".into()),
+                    live.p99_ms.map(|v| format!("{v:.1}")).unwrap_or("-".into()),
+                );
+                rows.push(bare);
+                rows.push(live);
+            }
+        }
+        return Ok(rows);
+    }
     for &n in streams {
         let (dec_fps, dec_cpu) = decode_only(&clip, n, warmup, window)?;
         let cam_fps = cameras_only(&clip, n, warmup, window)?;
         for &graph in graphs {
             vigil_dataplane::gpu::ort_cuda::CUDA_GRAPH.store(graph, Ordering::Relaxed);
-            let r = detect(&clip, &model, n, workers, warmup, window)?;
+            let r = detect(&clip, &model, n, workers, warmup, window, false)?;
             rows.push(finish(r, dec_fps, cam_fps, dec_cpu));
         }
     }

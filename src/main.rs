@@ -69,6 +69,10 @@ enum Cmd {
         clip: PathBuf,
         #[arg(long, default_value_t = 40)]
         frames: usize,
+        /// Check the GPU renderer and nvJPEG against the CPU renderer and encoder (frames of
+        /// `--clip`), and time them.
+        #[arg(long)]
+        pictures: bool,
     },
     /// Measure the CPU analysis path against the Python baseline; see benches/RESULTS.md.
     Bench(crate::bench::BenchArgs),
@@ -173,9 +177,15 @@ fn main() -> ExitCode {
             picture,
             clip,
             frames,
-        } => report(crate::gpu_check::run().and_then(|gpu| match (gpu, model) {
-            (true, Some(m)) => crate::gpu_check::equality::run(&m, &picture, &clip, frames),
-            _ => Ok(()),
+            pictures,
+        } => report(crate::gpu_check::run().and_then(|gpu| {
+            if gpu && pictures {
+                crate::gpu_check::pictures::run(&clip, frames)?;
+            }
+            match (gpu, model) {
+                (true, Some(m)) => crate::gpu_check::equality::run(&m, &picture, &clip, frames),
+                _ => Ok(()),
+            }
         })),
         Cmd::Bench(args) => {
             init_logging();

@@ -9,7 +9,7 @@
 //! Matching: same class, IoU ≥ [`MIN_IOU`], score within [`SCORE_TOL`]. A detection within
 //! [`SCORE_TOL`] of the threshold may appear on one side only (it is on the edge either way).
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use std::path::Path;
@@ -19,7 +19,6 @@ use vigil_dataplane::gpu::GpuError;
 use vigil_dataplane::gpu::detector::GpuDetector;
 use vigil_dataplane::gpu::ort_cuda::MAX_BATCH;
 use vigil_dataplane::media::FrameRef;
-use vigil_dataplane::media::frame::CapsMemory;
 use vigil_dataplane::media::still::decode_file;
 
 pub const MIN_IOU: f32 = 0.9;
@@ -101,16 +100,7 @@ pub fn run(model: &Path, picture: &Path, clip: &Path, frames: usize) -> Result<(
     // 2. NVDEC frames in CUDA memory vs the CPU-decoded frames of the same clip.
     let cpu_frames = decode_file(clip, 1, frames)?;
     let mut dev = Tally::default();
-    let pipeline = vigil_dataplane::ffi::gst_cuda::nvdec_pipeline(
-        clip,
-        "appsink name=sink sync=false caps=\"video/x-raw(memory:CUDAMemory),format=NV12\"",
-    )?;
-    let sink = pipeline
-        .by_name("sink")
-        .context("appsink")?
-        .downcast::<gstreamer_app::AppSink>()
-        .map_err(|_| anyhow::anyhow!("not an appsink"))?;
-    pipeline.set_state(gst::State::Playing)?;
+    let (pipeline, sink) = super::nvdec_sink(clip)?;
     // The first frames one at a time, the rest in batches of MAX_BATCH (one inference each).
     let mut batch: Vec<FrameRef> = Vec::new();
     let mut outs: Vec<Detections> = (0..MAX_BATCH).map(|_| Detections::new()).collect();
@@ -125,18 +115,7 @@ pub fn run(model: &Path, picture: &Path, clip: &Path, frames: usize) -> Result<(
         };
         batch.clear();
         for _ in 0..want {
-            let sample = sink
-                .try_pull_sample(gst::ClockTime::from_seconds(10))
-                .context("no frame from nvh264dec within 10 s")?;
-            let caps = sample.caps().context("caps")?;
-            let info = gstreamer_video::VideoInfo::from_caps(caps)?;
-            if !vigil_dataplane::ffi::gst_cuda::is_cuda_caps(caps) {
-                bail!("nvh264dec gave {caps}, not CUDA memory");
-            }
-            let buffer = sample.buffer_owned().context("buffer")?;
-            batch.push(
-                FrameRef::from_buffer(0, 1, buffer, &info, CapsMemory::Cuda).context("frame")?,
-            );
+            batch.push(super::next_cuda_frame(&sink)?);
         }
         gpu.detect_batch(&batch, &mut outs[..want], &mut res[..want]);
         for (i, cf) in cpu_frames[k..k + want].iter().enumerate() {

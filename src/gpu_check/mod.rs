@@ -3,6 +3,7 @@
 //! so and succeeds (the CPU path is used there).
 
 pub mod equality;
+pub mod pictures;
 
 use anyhow::{Result, bail};
 use cudarc::driver::CudaSlice;
@@ -15,6 +16,46 @@ use vigil_dataplane::gpu::{GpuProbe, probe};
 /// Largest difference allowed between GPU and CPU outputs (normalised units; one 8-bit level
 /// is about 0.017).
 pub const TOLERANCE: f32 = 1e-3;
+
+/// The clip decoded by NVDEC into CUDA memory, playing into an appsink (the checks pull its
+/// frames with [`next_cuda_frame`]).
+fn nvdec_sink(clip: &std::path::Path) -> Result<(gstreamer::Pipeline, gstreamer_app::AppSink)> {
+    use anyhow::Context;
+    use gstreamer::prelude::*;
+    let pipeline = vigil_dataplane::ffi::gst_cuda::nvdec_pipeline(
+        clip,
+        "appsink name=sink sync=false caps=\"video/x-raw(memory:CUDAMemory),format=NV12\"",
+    )?;
+    let sink = pipeline
+        .by_name("sink")
+        .context("appsink")?
+        .downcast::<gstreamer_app::AppSink>()
+        .map_err(|_| anyhow::anyhow!("not an appsink"))?;
+    pipeline.set_state(gstreamer::State::Playing)?;
+    Ok((pipeline, sink))
+}
+
+/// The next NVDEC frame of `sink`, as the camera pipelines hand frames over (CUDA memory).
+fn next_cuda_frame(sink: &gstreamer_app::AppSink) -> Result<vigil_dataplane::media::FrameRef> {
+    use anyhow::Context;
+    let sample = sink
+        .try_pull_sample(gstreamer::ClockTime::from_seconds(10))
+        .context("no frame from nvh264dec within 10 s")?;
+    let caps = sample.caps().context("caps")?;
+    let info = gstreamer_video::VideoInfo::from_caps(caps)?;
+    if !vigil_dataplane::ffi::gst_cuda::is_cuda_caps(caps) {
+        bail!("nvh264dec gave {caps}, not CUDA memory");
+    }
+    let buffer = sample.buffer_owned().context("buffer")?;
+    vigil_dataplane::media::FrameRef::from_buffer(
+        0,
+        1,
+        buffer,
+        &info,
+        vigil_dataplane::media::frame::CapsMemory::Cuda,
+    )
+    .context("frame")
+}
 
 /// A deterministic test picture: gradients plus a little noise, so every sampling path matters.
 /// A 4:2:0 test picture in one host allocation, as [`picture`] makes it.

@@ -32,23 +32,19 @@ fn gpu_check_never_crashes_and_reports_what_it_found() {
 #[test]
 fn gpu_path_detections_match_the_cpu_path() {
     let _cpu = common::shared();
-    let out = Command::new(common::vigil_bin())
-        .args(["gpu-check", "--model"])
-        .arg(common::model())
-        .arg("--picture")
-        .arg(common::asset(".cache/media/astronaut.png"))
-        .arg("--clip")
-        .arg(common::asset(".cache/media/vtest-30s.mp4"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if let Some(line) = stdout.lines().find(|l| l.starts_with("GPU: unavailable")) {
-        eprintln!("SKIPPED gpu_path_detections_match_the_cpu_path: no GPU here ({line})");
-        assert!(out.status.success(), "{stdout}{stderr}");
+    let Some(stdout) = gpu_check(
+        "gpu_path_detections_match_the_cpu_path",
+        &[
+            "--model".as_ref(),
+            common::model().as_os_str(),
+            "--picture".as_ref(),
+            common::asset(".cache/media/astronaut.png").as_os_str(),
+            "--clip".as_ref(),
+            common::asset(".cache/media/vtest-30s.mp4").as_os_str(),
+        ],
+    ) else {
         return;
-    }
-    assert!(out.status.success(), "{stdout}{stderr}");
+    };
     assert!(
         stdout.contains("detections: GPU path = CPU path within tolerance"),
         "{stdout}"
@@ -133,4 +129,65 @@ fn tempfile_dir() -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("vigil-auto-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+/// The GPU renderer and nvJPEG against the CPU renderer and encoder (`vigil gpu-check
+/// --pictures`): synthetic frames and NVDEC frames of a clip drawn on the GPU must equal the CPU
+/// renderer's pictures byte for byte, and nvJPEG's JPEGs must be as faithful as the CPU
+/// encoder's (the tolerance is explained in `src/gpu_check/pictures.rs`). Runs where a GPU
+/// exists; elsewhere it says it was skipped, and why.
+#[test]
+fn gpu_pictures_match_the_cpu_renderer() {
+    let _cpu = common::shared();
+    let Some(stdout) = gpu_check(
+        "gpu_pictures_match_the_cpu_renderer",
+        &[
+            "--pictures".as_ref(),
+            "--frames".as_ref(),
+            "12".as_ref(),
+            "--clip".as_ref(),
+            common::asset(".cache/media/vtest-30s.mp4").as_os_str(),
+        ],
+    ) else {
+        return;
+    };
+    let compared: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("bytes differ"))
+        .collect();
+    // 5 sizes × 2 layouts × 3 widths of synthetic frames, then the NVDEC line.
+    assert_eq!(compared.len(), 31, "{stdout}");
+    for l in &compared {
+        assert!(
+            l.contains(": 0 bytes differ") || l.contains("renderer: 0 bytes differ"),
+            "{l}"
+        );
+    }
+    assert!(stdout.contains("JPEG: nvJPEG"), "{stdout}");
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| l.contains("annotated JPEG q80: GPU"))
+            .count(),
+        2,
+        "{stdout}"
+    );
+}
+
+/// `vigil gpu-check` with `args`: its stdout once it succeeded; `None` (said, and checked to
+/// be for want of a GPU) where there is no GPU.
+fn gpu_check(test: &str, args: &[&std::ffi::OsStr]) -> Option<String> {
+    let out = Command::new(common::vigil_bin())
+        .arg("gpu-check")
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    if let Some(line) = stdout.lines().find(|l| l.starts_with("GPU: unavailable")) {
+        eprintln!("SKIPPED {test}: no GPU here ({line})");
+        return None;
+    }
+    Some(stdout)
 }

@@ -324,10 +324,25 @@ impl Plan {
             decoders.summary(),
             if decoders.hardware { "hardware" } else { "CPU" }
         );
+        let gpu_pictures = if !gpu {
+            "no camera is on the GPU path".to_string()
+        } else {
+            match vigil_dataplane::ffi::nvjpeg::library() {
+                Ok(l) => format!(
+                    "those of cameras on the GPU path are drawn on the GPU and encoded by nvJPEG \
+                     ({}, version {}.{}.{}): only JPEG bytes leave the GPU",
+                    l.name, l.version.0, l.version.1, l.version.2
+                ),
+                Err(e) => format!(
+                    "those of cameras on the GPU path are drawn on the GPU, then copied to the host \
+                     for the CPU encoder: nvJPEG is not available ({})",
+                    vigil_core::error::chain(&e)
+                ),
+            }
+        };
         tracing::info!(
-            "pictures (snapshots {}, live view and re-stream): drawn and JPEG-encoded on the CPU \
-             (jpeg-encoder) from frames in host memory; nvJPEG is not used: the GPU renderer is \
-             not built yet, so cameras on the GPU path have no pictures",
+            "pictures (snapshots {}, live view and re-stream): frames in host memory are drawn and \
+             JPEG-encoded on the CPU (jpeg-encoder); {gpu_pictures}",
             if cfg.snapshots.enabled { "on" } else { "off" }
         );
         let mut plan = Plan {

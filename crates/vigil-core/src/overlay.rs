@@ -235,8 +235,11 @@ impl DrawList {
     }
 
     /// A segment between two points in pixels (f32, rounded to half pixels), `thickness` wide.
+    /// Coordinates are clamped to ±2^20 half pixels (far outside any picture), so the coverage
+    /// test's products stay within 64 bits on both renderers.
     pub fn segment(&mut self, a: [f32; 2], b: [f32; 2], thickness: i32, colour: Yuv) {
-        let h = |v: f32| (v * 2.0).round() as i32;
+        const LIMIT: f32 = (1 << 20) as f32;
+        let h = |v: f32| (v * 2.0).round().clamp(-LIMIT, LIMIT) as i32;
         self.push(Prim::Seg {
             ax: h(a[0]),
             ay: h(a[1]),

@@ -2,9 +2,11 @@
 //! inference input), the overlay drawn on it (the core's [`DrawList`]), encoded as JPEG.
 //!
 //! The CPU path: host frames (I420/NV12) → [`Picture420::scale_from`] → [`Picture420::draw`] →
-//! `jpeg-encoder` (full-range YCbCr, 4:2:0). Frames in device memory (NVDEC, NVMM) get no
-//! picture here: their pixels never cross to the host, the GPU renderer and nvJPEG are the way
-//! for them (not built yet); such a request is counted as `unsupported`.
+//! `jpeg-encoder` (full-range YCbCr, 4:2:0). Frames in device memory (NVDEC, NVMM) go through
+//! the GPU renderer ([`crate::gpu::picture`], made on the first such frame) with the same draw
+//! list and the same arithmetic, and nvJPEG: only the JPEG's bytes cross to the host. Without
+//! nvJPEG the drawn picture is copied to the host and encoded here (counted as pixel bytes);
+//! without a GPU runtime such a request is counted as `unsupported`.
 //!
 //! Allocated once per [`Picturer`] (the picture, the list, the output buffer); each JPEG is one
 //! shared allocation ([`Jpeg::bytes`]) handed to whoever publishes or stores it.
@@ -39,6 +41,14 @@ pub struct PictureStats {
     pub cpu_jpegs: AtomicU64,
     pub cpu_jpeg_bytes: AtomicU64,
     pub cpu_jpeg_us: AtomicU64,
+    /// JPEGs made by nvJPEG from pictures drawn on the GPU, their bytes (the only device→host
+    /// bytes of such a picture) and the µs spent (map + scale + draw + encode + copy back).
+    pub gpu_jpegs: AtomicU64,
+    pub gpu_jpeg_bytes: AtomicU64,
+    pub gpu_jpeg_us: AtomicU64,
+    /// Pixels of pictures drawn on the GPU copied to the host (no nvJPEG, or the re-stream's
+    /// software encoder), in bytes: 0 while nvJPEG encodes every picture.
+    pub gpu_pixel_d2h_bytes: AtomicU64,
     /// Requests for a frame this path cannot read (device memory) or that failed to encode.
     pub unsupported: AtomicU64,
     pub failed: AtomicU64,
@@ -53,6 +63,10 @@ impl PictureStats {
             cpu_jpegs: AtomicU64::new(0),
             cpu_jpeg_bytes: AtomicU64::new(0),
             cpu_jpeg_us: AtomicU64::new(0),
+            gpu_jpegs: AtomicU64::new(0),
+            gpu_jpeg_bytes: AtomicU64::new(0),
+            gpu_jpeg_us: AtomicU64::new(0),
+            gpu_pixel_d2h_bytes: AtomicU64::new(0),
             unsupported: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             overflow: AtomicU64::new(0),
@@ -87,15 +101,27 @@ pub struct Picturer {
     spare: Vec<Picture420>,
     list: Box<DrawList>,
     out: Vec<u8>,
+    /// The GPU renderer, made on the first frame in device memory.
+    gpu: Gpu,
     /// Requests that made no picture (the worker logs the first).
     pub failures: u64,
+}
+
+/// The GPU renderer of a [`Picturer`].
+enum Gpu {
+    Untried,
+    Ready(Box<crate::gpu::picture::GpuPicturer>),
+    /// Could not be made (the reason, logged once).
+    Failed(Arc<str>),
 }
 
 /// Why no picture was made.
 #[derive(Debug, thiserror::Error)]
 pub enum PictureError {
-    #[error("the frame is in device memory: pictures of it need the GPU renderer")]
-    DeviceMemory,
+    #[error("the frame is in device memory and the GPU renderer is not available: {0}")]
+    DeviceMemory(Arc<str>),
+    #[error("GPU renderer")]
+    Gpu(#[from] crate::gpu::GpuError),
     #[error("{width}x{height} is too large for a JPEG (at most 65535 a side)")]
     TooLarge { width: u32, height: u32 },
     #[error("JPEG encoding failed: {0}")]
@@ -111,6 +137,7 @@ impl Picturer {
             spare: Vec::new(),
             list: Box::default(),
             out: Vec::new(),
+            gpu: Gpu::Untried,
             failures: 0,
         }
     }
@@ -125,7 +152,8 @@ impl Picturer {
     }
 
     /// `frame` scaled into `pic` (made `max_width` wide at most, reallocated only when the
-    /// size changes) with the overlay of `scene` drawn: the re-stream's raw pictures.
+    /// size changes) with the overlay of `scene` drawn: the re-stream's raw pictures. A frame
+    /// in device memory is drawn on the GPU and copied back (counted as pixel bytes).
     pub fn draw_into(
         &mut self,
         frame: &FrameRef,
@@ -133,21 +161,73 @@ impl Picturer {
         max_width: u32,
         pic: &mut Option<Picture420>,
     ) -> Result<(), PictureError> {
-        let Some(yuv) = frame.host_yuv() else {
-            STATS.unsupported.fetch_add(1, Ordering::Relaxed);
-            self.failures += 1;
-            return Err(PictureError::DeviceMemory);
-        };
-        let (w, h) = Picture420::fit(yuv.width as u32, yuv.height as u32, max_width);
+        let (w, h) = Picture420::fit(frame.width() as u32, frame.height() as u32, max_width);
         let pic = match pic {
             Some(p) if (p.width, p.height) == (w, h) => p,
             _ => pic.insert(Picture420::new(w, h)),
         };
-        pic.scale_from(&yuv);
         self.list.build(scene, w, h);
-        pic.draw(&self.list);
+        let r = match frame.host_yuv() {
+            Some(yuv) => {
+                pic.scale_from(&yuv);
+                pic.draw(&self.list);
+                Ok(())
+            }
+            None => self
+                .gpu_render(frame, true, w, h, GpuOut::Host(pic))
+                .map(|_| ()),
+        };
+        self.counted(r.map(|_| ()))?;
         STATS.drawn.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Counts a failure (and whether it was a frame no path here can read).
+    fn counted<T>(&mut self, r: Result<T, PictureError>) -> Result<T, PictureError> {
+        if let Err(e) = &r {
+            self.failures += 1;
+            let stat = match e {
+                PictureError::DeviceMemory(_) => &STATS.unsupported,
+                _ => &STATS.failed,
+            };
+            stat.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    /// `frame` (device memory) rendered `w`×`h` on the GPU with the current list (`annotate`)
+    /// into `out`: a JPEG from nvJPEG where it is there (its bytes in `self.out`), else the
+    /// drawn picture on the host (the given one, or `self.pic`). Returns whether a JPEG was
+    /// made.
+    fn gpu_render(
+        &mut self,
+        frame: &FrameRef,
+        annotate: bool,
+        w: u32,
+        h: u32,
+        out: GpuOut<'_>,
+    ) -> Result<bool, PictureError> {
+        let quality = self.settings.quality;
+        let gpu = gpu(&mut self.gpu, quality)?;
+        let mapped = crate::gpu::MappedFrame::nv12(&frame.memory)?;
+        let planes = mapped.planes();
+        let list = annotate.then_some(&*self.list);
+        let output = match out {
+            GpuOut::Jpeg if gpu.nvjpeg().is_none() => crate::gpu::picture::Output::Jpeg {
+                quality,
+                out: &mut self.out,
+            },
+            GpuOut::Jpeg => crate::gpu::picture::Output::Host(&mut self.pic),
+            GpuOut::Host(p) => crate::gpu::picture::Output::Host(p),
+        };
+        let is_jpeg = matches!(output, crate::gpu::picture::Output::Jpeg { .. });
+        let bytes = gpu.render(&planes, list, w, h, output)?;
+        let counter = match is_jpeg {
+            true => &STATS.gpu_jpeg_bytes,
+            false => &STATS.gpu_pixel_d2h_bytes,
+        };
+        counter.fetch_add(bytes as u64, Ordering::Relaxed);
+        Ok(is_jpeg)
     }
 
     /// A JPEG of `frame`, with the overlay of `scene` drawn when given (a clean picture
@@ -157,12 +237,36 @@ impl Picturer {
         frame: &FrameRef,
         scene: Option<&Scene<'_>>,
     ) -> Result<Jpeg, PictureError> {
-        let Some(yuv) = frame.host_yuv() else {
-            STATS.unsupported.fetch_add(1, Ordering::Relaxed);
-            self.failures += 1;
-            return Err(PictureError::DeviceMemory);
-        };
-        self.picture_of(&yuv, scene)
+        if let Some(yuv) = frame.host_yuv() {
+            return self.picture_of(&yuv, scene);
+        }
+        let t0 = Instant::now();
+        let max_width = self.width.unwrap_or(self.settings.max_width);
+        let (w, h) = Picture420::fit(frame.width() as u32, frame.height() as u32, max_width);
+        if let Some(scene) = scene {
+            self.list.build(scene, w, h);
+            STATS
+                .overflow
+                .fetch_add(self.list.overflow() as u64, Ordering::Relaxed);
+        }
+        let r = self.gpu_render(frame, scene.is_some(), w, h, GpuOut::Jpeg);
+        let is_jpeg = self.counted(r)?;
+        if scene.is_some() {
+            STATS.drawn.fetch_add(1, Ordering::Relaxed);
+        }
+        if !is_jpeg {
+            // No nvJPEG: the drawn picture came back to `self.pic`; the CPU encodes it.
+            return self.encode_pic(t0);
+        }
+        let s = &STATS;
+        s.gpu_jpegs.fetch_add(1, Ordering::Relaxed);
+        s.gpu_jpeg_us
+            .fetch_add(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
+        Ok(Jpeg {
+            bytes: Arc::from(self.out.as_slice()),
+            width: w,
+            height: h,
+        })
     }
 
     /// [`Picturer::picture`] of host pixels (the benches and tests decode their own).
@@ -198,14 +302,13 @@ impl Picturer {
                 .overflow
                 .fetch_add(self.list.overflow() as u64, Ordering::Relaxed);
         }
-        let jpeg = match encode_cpu(&self.pic, self.settings.quality, &mut self.out) {
-            Ok(j) => j,
-            Err(e) => {
-                STATS.failed.fetch_add(1, Ordering::Relaxed);
-                self.failures += 1;
-                return Err(e);
-            }
-        };
+        self.encode_pic(t0)
+    }
+
+    /// `self.pic` encoded by the CPU encoder (counted from `t0`).
+    fn encode_pic(&mut self, t0: Instant) -> Result<Jpeg, PictureError> {
+        let r = encode_cpu(&self.pic, self.settings.quality, &mut self.out);
+        let jpeg = self.counted(r)?;
         let s = &STATS;
         s.cpu_jpegs.fetch_add(1, Ordering::Relaxed);
         s.cpu_jpeg_bytes
@@ -214,6 +317,43 @@ impl Picturer {
             .fetch_add(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
         Ok(jpeg)
     }
+}
+
+/// The GPU renderer in `slot`, made on first use (its failure is kept and given to every later
+/// call).
+fn gpu(slot: &mut Gpu, quality: u8) -> Result<&mut crate::gpu::picture::GpuPicturer, PictureError> {
+    if let Gpu::Untried = slot {
+        let made = crate::gpu::runtime()
+            .and_then(|rt| crate::gpu::picture::GpuPicturer::new(&rt.ctx, quality));
+        *slot = match made {
+            Ok(g) => {
+                if let Some(why) = g.nvjpeg() {
+                    tracing::warn!(
+                        "pictures of GPU frames are drawn on the GPU, then copied to the host for the CPU JPEG encoder: nvJPEG is not available ({why})"
+                    );
+                }
+                Gpu::Ready(Box::new(g))
+            }
+            Err(e) => {
+                let why: Arc<str> = vigil_core::error::chain(&e).into();
+                tracing::warn!("frames in device memory get no pictures: {why}");
+                Gpu::Failed(why)
+            }
+        };
+    }
+    match slot {
+        Gpu::Ready(g) => Ok(g),
+        Gpu::Failed(why) => Err(PictureError::DeviceMemory(why.clone())),
+        Gpu::Untried => unreachable!("made just above"),
+    }
+}
+
+/// Where [`Picturer::gpu_render`] puts its picture.
+enum GpuOut<'a> {
+    /// A JPEG (nvJPEG, else `Picturer::pic` for the CPU encoder).
+    Jpeg,
+    /// This host picture.
+    Host(&'a mut Picture420),
 }
 
 /// Encodes `pic` as a baseline JFIF JPEG (4:2:0) with `out` as scratch.
@@ -266,7 +406,8 @@ const fn full_range_luts() -> ([u8; 256], [u8; 256]) {
     }
     (y, c)
 }
-const LUTS: ([u8; 256], [u8; 256]) = full_range_luts();
+/// Limited (video) range → full range, for Y and for Cb/Cr (the GPU kernel computes the same).
+pub const LUTS: ([u8; 256], [u8; 256]) = full_range_luts();
 
 /// A picture as the encoder reads it: row by row, chroma repeated to full width.
 struct FullRange<'a> {

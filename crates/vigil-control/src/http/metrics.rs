@@ -332,7 +332,12 @@ impl Collector for Snapshot {
             counter_plain(&mut enc, name, help, load(v))?;
         }
         let pics = &vigil_dataplane::picture::STATS;
-        let cpu = |v: &std::sync::atomic::AtomicU64| [([("backend", "cpu".to_string())], load(v))];
+        let by = |c: &std::sync::atomic::AtomicU64, g: &std::sync::atomic::AtomicU64| {
+            [
+                ([("backend", "cpu".to_string())], load(c)),
+                ([("backend", "nvjpeg".to_string())], load(g)),
+            ]
+        };
         counter_plain(
             &mut enc,
             "vigil_pictures_drawn",
@@ -342,20 +347,26 @@ impl Collector for Snapshot {
         counter_plain(
             &mut enc,
             "vigil_pictures_unsupported",
-            "Pictures not made because the frame was in device memory (GPU renderer to come)",
+            "Pictures not made because the frame was in device memory and no GPU renderer could be made",
             load(&pics.unsupported),
+        )?;
+        counter_plain(
+            &mut enc,
+            "vigil_pictures_gpu_pixel_d2h_bytes",
+            "Bytes of pictures drawn on the GPU copied to the host as pixels (no nvJPEG, or the re-stream's software encoder); 0 while nvJPEG encodes",
+            load(&pics.gpu_pixel_d2h_bytes),
         )?;
         counter(
             &mut enc,
             "vigil_jpeg_encoded",
             "JPEG pictures encoded, by backend",
-            &cpu(&pics.cpu_jpegs),
+            &by(&pics.cpu_jpegs, &pics.gpu_jpegs),
         )?;
         counter(
             &mut enc,
             "vigil_jpeg_bytes",
-            "Bytes of JPEG encoded, by backend",
-            &cpu(&pics.cpu_jpeg_bytes),
+            "Bytes of JPEG encoded, by backend (nvjpeg: the only bytes such a picture copies from the GPU)",
+            &by(&pics.cpu_jpeg_bytes, &pics.gpu_jpeg_bytes),
         )?;
         {
             let m = ConstCounter::new(0.0f64);
@@ -365,8 +376,10 @@ impl Collector for Snapshot {
                 None,
                 m.metric_type(),
             )?;
-            let secs = load(&pics.cpu_jpeg_us) as f64 / 1e6;
-            ConstCounter::new(secs).encode(e.encode_family(&[("backend", "cpu")])?)?;
+            for (backend, us) in [("cpu", &pics.cpu_jpeg_us), ("nvjpeg", &pics.gpu_jpeg_us)] {
+                let secs = load(us) as f64 / 1e6;
+                ConstCounter::new(secs).encode(e.encode_family(&[("backend", backend)])?)?;
+            }
         }
         counter(
             &mut enc,

@@ -25,7 +25,9 @@ pub mod gst_cuda;
 // the module's own doc links from this module instead.)
 #[cfg(feature = "jetson")]
 pub mod jetson_nvmm;
+pub mod nvjpeg;
 pub mod ort;
+pub mod overlay_kernel;
 pub mod postprocess_kernels;
 pub mod preprocess_kernel;
 pub mod rusage;

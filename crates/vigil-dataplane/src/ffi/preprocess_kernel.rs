@@ -171,14 +171,14 @@ pub struct DeviceYuv<'a> {
 /// bounds checked) or by the frame mappings of `ffi/` (`gpu::MappedFrame::planes`).
 #[derive(Debug, Clone, Copy)]
 pub struct DevicePlanes<'a> {
-    y: u64,
-    u: u64,
-    v: u64,
-    width: usize,
-    height: usize,
-    y_stride: usize,
-    uv_stride: usize,
-    uv_step: usize,
+    pub(in crate::ffi) y: u64,
+    pub(in crate::ffi) u: u64,
+    pub(in crate::ffi) v: u64,
+    pub(in crate::ffi) width: usize,
+    pub(in crate::ffi) height: usize,
+    pub(in crate::ffi) y_stride: usize,
+    pub(in crate::ffi) uv_stride: usize,
+    pub(in crate::ffi) uv_step: usize,
     _memory: PhantomData<&'a [u8]>,
 }
 

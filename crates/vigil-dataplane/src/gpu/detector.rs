@@ -81,15 +81,7 @@ impl Drop for GpuDetector {
     /// CUDA graph is captured (a model swap or reload drops a detector on the supervisor's
     /// thread while other workers run).
     fn drop(&mut self) {
-        let _ = self.ctx.bind_to_thread();
-        super::relax_capture_mode();
-        let _shared = super::GPU_LOCK.read().unwrap_or_else(|e| e.into_inner());
-        // `g` is dropped exactly once, here, under the lock, and never used afterwards (this
-        // is the detector's drop).
-        if let Some(g) = self.g.take() {
-            let _ = g.stream.synchronize();
-            drop(g);
-        }
+        super::release(&self.ctx, &mut self.g, |g| &g.stream);
     }
 }
 

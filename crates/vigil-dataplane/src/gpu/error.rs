@@ -98,6 +98,9 @@ pub enum GpuError {
     #[cfg(feature = "jetson")]
     #[error(transparent)]
     Nvmm(#[from] crate::ffi::jetson_nvmm::NvmmError),
+    /// nvJPEG could not be loaded or failed to encode.
+    #[error(transparent)]
+    Nvjpeg(#[from] crate::ffi::nvjpeg::NvjpegError),
 }
 
 /// A kernel launch refused before it was queued: what it was given does not hold what the
@@ -150,6 +153,10 @@ pub enum LaunchError {
     },
     #[error("image {0} of a batch of at most {MAX_BATCH}")]
     Image(usize),
+    #[error("a {}×{} picture (even sides of at least 2, within 32-bit indexing) in a buffer of {len} bytes", size.0, size.1)]
+    Picture { size: (u32, u32), len: usize },
+    #[error("{n} overlay primitives asked for, {len} in the buffer")]
+    Prims { n: usize, len: usize },
     #[error("expected 3 output levels, got {0}")]
     Levels(usize),
 }

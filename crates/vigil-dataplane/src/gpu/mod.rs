@@ -14,6 +14,7 @@
 pub mod detector;
 pub mod error;
 pub mod ort_cuda;
+pub mod picture;
 pub mod postprocess;
 pub mod preprocess;
 
@@ -235,6 +236,23 @@ pub fn relax_capture_mode() {
     }
     // Only called once the driver is loaded (the GPU runtime exists).
     cuda::relax_thread_capture_mode();
+}
+
+/// Drops `parts` (GPU resources in `ctx`, with the stream `stream` gives) once: with the context
+/// current, after that stream's work, under the shared [`GPU_LOCK`], so never while a CUDA
+/// graph is captured (a reload drops detectors and renderers on other threads while workers run).
+pub(crate) fn release<T>(
+    ctx: &cudarc::driver::CudaContext,
+    parts: &mut Option<T>,
+    stream: impl FnOnce(&T) -> &Arc<cudarc::driver::CudaStream>,
+) {
+    let _ = ctx.bind_to_thread();
+    relax_capture_mode();
+    let _shared = GPU_LOCK.read().unwrap_or_else(|e| e.into_inner());
+    if let Some(g) = parts.take() {
+        let _ = stream(&g).synchronize();
+        drop(g);
+    }
 }
 
 /// Per-frame GPU work and dropping a detector hold this shared; loading a model and making a
