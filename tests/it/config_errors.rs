@@ -222,6 +222,7 @@ fn lobby_camera() -> CameraConfig {
     CameraConfig {
         name: "lobby".into(),
         url: "rtsp://viewer:pa55@10.0.0.21:554/stream1".into(),
+        view_url: None,
         enabled: true,
         fps: 8.0,
         model: "nanodet".into(),
@@ -269,6 +270,7 @@ fn replay_camera() -> CameraConfig {
     CameraConfig {
         name: "replay".into(),
         url: "file:///var/lib/vigil/replay/lobby.mp4".into(),
+        view_url: None,
         enabled: false,
         fps: 5.0,
         model: "small".into(),

@@ -34,5 +34,6 @@ mod partitions;
 mod recording_end;
 mod restream;
 mod spool_broker_kill;
+mod stream_roles;
 mod systemd_unit;
 mod systemd_watchdog;

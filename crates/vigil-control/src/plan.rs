@@ -126,8 +126,14 @@ pub type LiveFeeds = Arc<std::sync::Mutex<std::collections::BTreeMap<String, Arc
 
 impl Instruments {
     /// Fresh analysis state for a camera, reporting into this camera's latency histogram.
-    fn analysis_for(&self, c: &CameraConfig) -> CameraAnalysis {
+    /// `src`: the camera's source as started (its main stream, `view_url`, is opened the same
+    /// way when wanted).
+    fn analysis_for(&self, c: &CameraConfig, src: &SourceSettings) -> CameraAnalysis {
         let mut a = CameraAnalysis::new(c);
+        a.view = c
+            .view_url
+            .as_deref()
+            .map(|url| vigil_dataplane::media::view::ViewStream::new(src, url));
         a.latency = self
             .latency
             .as_ref()
@@ -256,9 +262,9 @@ fn respawn(g: &mut Group, slot: usize, new: &CameraConfig, inst: &Instruments) -
         ..SourceSettings::from(new)
     };
     g.queue.set_policy(slot, src.drop_policy());
+    let a = inst.analysis_for(new, &src);
     let handle = spawn_camera(src, slot, &g.queue)?;
     drop(std::mem::replace(&mut cam.handle, handle));
-    let a = inst.analysis_for(new);
     cam.analysis = a.stats.clone();
     let _ = g.control.send(WorkerCmd::Replace {
         slot,
@@ -383,8 +389,11 @@ impl Plan {
             .collect();
         let policies: Vec<_> = sources.iter().map(SourceSettings::drop_policy).collect();
         let queue = Arc::new(FrameQueue::new(&policies));
-        let analyses: Vec<CameraAnalysis> =
-            cams.iter().map(|c| self.inst.analysis_for(c)).collect();
+        let analyses: Vec<CameraAnalysis> = cams
+            .iter()
+            .zip(&sources)
+            .map(|(c, src)| self.inst.analysis_for(c, src))
+            .collect();
         let stop = Arc::new(AtomicBool::new(false));
         let outputs = Arc::new(OutputCounters::default());
         let (control, control_rx) = std::sync::mpsc::channel();

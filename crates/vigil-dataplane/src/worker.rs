@@ -108,6 +108,9 @@ pub struct CameraAnalysis {
     pub restream: Option<Arc<crate::media::restream::RestreamFeed>>,
     restream_pic: Option<vigil_core::overlay::Picture420>,
     restream_last: Option<Instant>,
+    /// The camera's main stream for live pictures, the re-stream and the `snapshot` command
+    /// (`view_url`), opened while they are wanted; `None`: they draw the detection frame.
+    pub view: Option<crate::media::view::ViewStream>,
     session: u64,
     /// Stream time of this camera continues across pipeline rebuilds: base + pts.
     time_base: f64,
@@ -135,6 +138,7 @@ impl CameraAnalysis {
             restream: None,
             restream_pic: None,
             restream_last: None,
+            view: None,
             session: 0,
             time_base: 0.0,
             last_t: 0.0,
@@ -405,6 +409,10 @@ impl AnalysisWorker {
                     }
                     _ => None,
                 };
+                // The main stream (`view_url`) keeps its newest frame; closed when unwatched.
+                if let Some(v) = &mut cam.view {
+                    v.tick();
+                }
                 // A camera someone watches gets a live picture when one is due.
                 if let (Some(p), Some(feed)) = (&mut self.live_pictures, &cam.live)
                     && feed.viewers() > 0
@@ -414,8 +422,9 @@ impl AnalysisWorker {
                 {
                     cam.live_last = Some(Instant::now());
                     p.set_width(cam.live_width);
+                    let frame = viewed(&mut cam.view, &frames[k]);
                     if let Some((_, jpeg)) =
-                        annotated(p, &frames[k], &cam.name, &cam.rules, out.active, &hits)
+                        annotated(p, frame, &cam.name, &cam.rules, out.active, &hits)
                     {
                         let tracks = out
                             .active
@@ -442,8 +451,9 @@ impl AnalysisWorker {
                     {
                         cam.restream_last = Some(Instant::now());
                         let width = feed.settings.width;
+                        let frame = viewed(&mut cam.view, &frames[k]);
                         let drawn = with_scene(&cam.name, &cam.rules, out.active, &hits, |scene| {
-                            p.draw_into(&frames[k], scene, width, &mut cam.restream_pic)
+                            p.draw_into(frame, scene, width, &mut cam.restream_pic)
                         });
                         if drawn.is_ok()
                             && let Some(pic) = &cam.restream_pic
@@ -456,10 +466,11 @@ impl AnalysisWorker {
                 if let Some(feed) = &cam.live
                     && let (true, clean) = feed.requested()
                     && let Some(p) = self.pictures.as_mut().or(self.live_pictures.as_mut())
+                    && let frame = viewed(&mut cam.view, &frames[k])
                     && let Some((_, jpeg)) =
-                        annotated(p, &frames[k], &cam.name, &cam.rules, out.active, &hits)
+                        annotated(p, frame, &cam.name, &cam.rules, out.active, &hits)
                 {
-                    let clean = clean.then(|| p.picture(&frames[k], None).ok()).flatten();
+                    let clean = clean.then(|| p.picture(frame, None).ok()).flatten();
                     feed.answer(jpeg, clean);
                 }
                 cam.stats.analysed.fetch_add(1, Ordering::Relaxed);
@@ -541,6 +552,15 @@ fn with_scene<R>(
         highlight: &highlight,
         rules: Some(rules),
     })
+}
+
+/// The frame a picture for people is drawn on: the main stream's newest (opening it if need
+/// be) where the camera has one and it is fresh, else the detection frame.
+fn viewed<'a>(
+    view: &'a mut Option<crate::media::view::ViewStream>,
+    detection: &'a FrameRef,
+) -> &'a FrameRef {
+    view.as_mut().and_then(|v| v.frame()).unwrap_or(detection)
 }
 
 /// The annotated picture of `frame`, with the tracks of `hits` highlighted; `None` (counted,

@@ -402,6 +402,9 @@ pub(super) fn check_camera(c: &mut Checker, config: &Config, i: usize) {
     if let Some(problem) = url_problem(&camera.url) {
         c.err(format!("{cp}.url"), problem);
     }
+    if let Some(problem) = camera.view_url.as_deref().and_then(url_problem) {
+        c.err(format!("{cp}.view_url"), problem);
+    }
     if !config.models.contains_key(&camera.model) {
         let known: Vec<&str> = config.models.keys().map(String::as_str).collect();
         let expected = if known.is_empty() {

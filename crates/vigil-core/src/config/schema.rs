@@ -443,6 +443,12 @@ pub struct CameraConfig {
     pub name: String,
     /// `rtsp://[user:pass@]host[:port]/path` or `file:///abs/path`.
     pub url: String,
+    /// The camera's main stream, for what people see (live view, re-stream, the `snapshot`
+    /// command) while detection runs on `url` (its substream): opened only while someone
+    /// looks, closed 30 s after. Same aspect ratio as `url` (the overlay is drawn in relative
+    /// coordinates). Event snapshots stay on the frame the event fired on.
+    #[serde(default)]
+    pub view_url: Option<String>,
     #[serde(default = "yes")]
     pub enabled: bool,
     /// Frames analysed per second, picked by timestamp; every frame is decoded, the others are

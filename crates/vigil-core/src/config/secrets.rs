@@ -355,13 +355,17 @@ pub(super) fn resolve(config: &mut Config, mode: Mode<'_>) -> Vec<Issue> {
         placeholder: PLACEHOLDER,
     };
     for (i, c) in config.cameras.iter_mut().enumerate() {
-        let written = c.url.clone();
-        let problem = url_references_problem(&c.url).or_else(|| one(&mut c.url, &in_url));
-        if problem.is_some() {
-            // Keep the URL checkable: each reference stands as a plain password.
-            c.url = url_with_placeholders(&written);
+        let urls = std::iter::once(("url", &mut c.url))
+            .chain(c.view_url.as_mut().map(|u| ("view_url", u)));
+        for (field, url) in urls {
+            let written = url.clone();
+            let problem = url_references_problem(url).or_else(|| one(url, &in_url));
+            if problem.is_some() {
+                // Keep the URL checkable: each reference stands as a plain password.
+                *url = url_with_placeholders(&written);
+            }
+            report(format!("cameras[{i}].{field}"), problem);
         }
-        report(format!("cameras[{i}].url"), problem);
     }
     issues
 }
@@ -388,17 +392,19 @@ pub(super) fn overlay_file_references(over: &toml::Table) -> Vec<Issue> {
     cameras
         .iter()
         .enumerate()
-        .filter_map(|(i, c)| {
-            let url = c.get("url")?.as_str()?;
-            let reads_file = parse_references(url)
-                .ok()?
-                .iter()
-                .any(|p| matches!(p, Part::Ref(Reference::File(_))));
-            reads_file.then(|| Issue {
-                path: format!("cameras[{i}].url"),
-                message: "an OTA bundle may not read files of the box (expected \
-                          ${credential:NAME}, a credential the unit hands Vigil)"
-                    .to_owned(),
+        .flat_map(|(i, c)| {
+            ["url", "view_url"].into_iter().filter_map(move |field| {
+                let url = c.get(field)?.as_str()?;
+                let reads_file = parse_references(url)
+                    .ok()?
+                    .iter()
+                    .any(|p| matches!(p, Part::Ref(Reference::File(_))));
+                reads_file.then(|| Issue {
+                    path: format!("cameras[{i}].{field}"),
+                    message: "an OTA bundle may not read files of the box (expected \
+                              ${credential:NAME}, a credential the unit hands Vigil)"
+                        .to_owned(),
+                })
             })
         })
         .collect()
@@ -420,7 +426,7 @@ pub fn redact_secrets(text: &str) -> String {
         if node.path == "mqtt.password" && !refs_only(plain) {
             spans.push((span, Some("\"***\"")));
         } else if node.path.starts_with("cameras[")
-            && node.path.ends_with("].url")
+            && (node.path.ends_with("].url") || node.path.ends_with("].view_url"))
             && password_is_references(plain)
         {
             spans.push((span, None));

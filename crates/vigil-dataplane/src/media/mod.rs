@@ -12,6 +12,7 @@ pub mod reach;
 pub mod restream;
 pub mod rtsp_server;
 pub mod still;
+pub mod view;
 
 pub use camera::{CameraHandle, CameraState, CameraStats};
 pub use frame::{DropPolicy, FrameQueue, FrameRef};
