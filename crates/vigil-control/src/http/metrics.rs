@@ -288,6 +288,7 @@ impl Collector for Snapshot {
         let closed: Vec<(CameraLabel, u64)> = [
             ("idle", &conns.idle_timeouts),
             ("header_timeout", &conns.header_timeouts),
+            ("write_stalled", &conns.write_stalls),
             ("evicted", &conns.evicted),
             ("refused", &conns.refused),
             ("tls_failed", &conns.tls_failures),
@@ -384,7 +385,7 @@ impl Collector for Snapshot {
         counter(
             &mut enc,
             "vigil_http_connections_closed",
-            "HTTP connections Vigil closed: idle, headers too slow, evicted or refused at the cap, TLS handshake failed",
+            "HTTP connections Vigil closed: idle, headers too slow, client took nothing for 10 s, evicted or refused at the cap, TLS handshake failed",
             &closed,
         )?;
         Ok(())

@@ -45,6 +45,8 @@ pub struct ConnCounters {
     pub refused: AtomicU64,
     pub idle_timeouts: AtomicU64,
     pub header_timeouts: AtomicU64,
+    /// Closed because the client took nothing of a response for [`WRITE_STALL`].
+    pub write_stalls: AtomicU64,
     /// TLS handshakes that failed.
     pub tls_failures: AtomicU64,
 }
@@ -56,8 +58,14 @@ pub static CONNECTIONS: ConnCounters = ConnCounters {
     refused: AtomicU64::new(0),
     idle_timeouts: AtomicU64::new(0),
     header_timeouts: AtomicU64::new(0),
+    write_stalls: AtomicU64::new(0),
     tls_failures: AtomicU64::new(0),
 };
+
+/// A connection whose client has taken no byte of a response for this long is closed, busy or
+/// not (an MJPEG viewer that stopped reading, a download nobody reads): its socket buffer is
+/// full and nothing it is sent can arrive.
+pub const WRITE_STALL: Duration = Duration::from_secs(10);
 
 /// The limits a server runs with.
 #[derive(Debug, Clone, Copy)]
@@ -90,6 +98,8 @@ struct ConnState {
     idle_since: AtomicU64,
     /// Milliseconds since `epoch` + 1 when bytes arrived on the idle connection; 0: none.
     head_started: AtomicU64,
+    /// Milliseconds since `epoch` + 1 since when a write waits for the client; 0: none.
+    write_blocked: AtomicU64,
     evicted: AtomicBool,
     wake: Notify,
 }
@@ -105,6 +115,10 @@ impl ConnState {
 
     /// When the connection must be closed if nothing changes, and why; `None` while busy.
     fn deadline(&self, l: &Limits) -> Option<(Instant, Close)> {
+        match self.write_blocked.load(Ordering::Acquire) {
+            0 => {}
+            t => return Some((self.at(t) + WRITE_STALL, Close::Stalled)),
+        }
         if self.busy.load(Ordering::Acquire) > 0 {
             return None;
         }
@@ -122,6 +136,7 @@ impl ConnState {
 enum Close {
     Idle,
     Header,
+    Stalled,
 }
 
 /// Marks a request in progress until dropped (the handler returned or was cancelled).
@@ -157,10 +172,25 @@ impl Drop for Busy {
     }
 }
 
-/// The TCP stream, noting the first bytes that arrive on an idle connection.
+/// The TCP stream, noting the first bytes that arrive on an idle connection and since when a
+/// write has waited for the client.
 struct Watched {
     inner: TcpStream,
     state: Arc<ConnState>,
+}
+
+impl Watched {
+    /// A write went through (the client is reading) or has to wait (since now, if it was not
+    /// waiting already: the watcher then looks at the new deadline).
+    fn note_write(&self, pending: bool) {
+        let s = &self.state;
+        if !pending {
+            s.write_blocked.store(0, Ordering::Release);
+        } else if s.write_blocked.load(Ordering::Acquire) == 0 {
+            s.write_blocked.store(s.now(), Ordering::Release);
+            s.wake.notify_one();
+        }
+    }
 }
 
 impl AsyncRead for Watched {
@@ -189,7 +219,9 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.note_write(r.is_pending());
+        r
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
@@ -202,7 +234,9 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.note_write(r.is_pending());
+        r
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
@@ -275,6 +309,7 @@ pub async fn run(
             busy: AtomicU32::new(0),
             idle_since: AtomicU64::new(epoch.elapsed().as_millis() as u64 + 1),
             head_started: AtomicU64::new(0),
+            write_blocked: AtomicU64::new(0),
             evicted: AtomicBool::new(false),
             wake: Notify::new(),
         });
@@ -370,6 +405,7 @@ where
                     let c = match why {
                         Close::Idle => &CONNECTIONS.idle_timeouts,
                         Close::Header => &CONNECTIONS.header_timeouts,
+                        Close::Stalled => &CONNECTIONS.write_stalls,
                     };
                     c.fetch_add(1, Ordering::Relaxed);
                     return;
@@ -399,6 +435,7 @@ mod tests {
             busy: AtomicU32::new(busy),
             idle_since: AtomicU64::new(idle_since),
             head_started: AtomicU64::new(0),
+            write_blocked: AtomicU64::new(0),
             evicted: AtomicBool::new(false),
             wake: Notify::new(),
         })
@@ -444,5 +481,54 @@ mod tests {
         drop(busy);
         let (_, why) = s.deadline(&l).unwrap();
         assert!(matches!(why, Close::Idle));
+        // A write the client does not take: closed after WRITE_STALL, busy or not.
+        let _busy = Busy::new(s.clone());
+        s.write_blocked.store(3001, Ordering::Release);
+        let (at, why) = s.deadline(&l).unwrap();
+        assert!(matches!(why, Close::Stalled));
+        assert_eq!(at, epoch + Duration::from_secs(3) + WRITE_STALL);
+    }
+
+    /// A real connection whose client asks for an endless response and never reads it: its
+    /// socket buffers fill, and the server closes it once no byte was taken for WRITE_STALL.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_that_stops_reading_is_closed() {
+        use tokio::io::AsyncWriteExt;
+        let chunk = axum::body::Bytes::from(vec![b'x'; 1 << 16]);
+        let app = Router::new().route(
+            "/flood",
+            axum::routing::get(move || {
+                let chunk = chunk.clone();
+                async move {
+                    let s = futures_util::stream::repeat_with(move || {
+                        Ok::<_, std::convert::Infallible>(chunk.clone())
+                    });
+                    axum::body::Body::from_stream(s)
+                }
+            }),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = Limits {
+            max_connections: 4,
+            idle_timeout: Duration::from_secs(15),
+            header_timeout: Duration::from_secs(5),
+        };
+        tokio::spawn(run(listener, None, app, limits));
+        let before = CONNECTIONS.write_stalls.load(Ordering::Relaxed);
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"GET /flood HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let t0 = Instant::now();
+        while CONNECTIONS.write_stalls.load(Ordering::Relaxed) == before {
+            assert!(
+                t0.elapsed() < WRITE_STALL + Duration::from_secs(20),
+                "a client that never reads is closed"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(t0.elapsed() >= WRITE_STALL, "not before the stall limit");
+        drop(c);
     }
 }
