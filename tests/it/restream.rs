@@ -20,7 +20,7 @@ fn the_annotated_rtsp_restream_plays_in_a_gstreamer_client() {
     let text = config_toml("restream", mqtt, &url, extra, PLAZA_ZONE)
         + &format!("\n[restream]\nlisten = \"127.0.0.1:{out_port}\"\n");
     std::fs::write(&cfg, text).unwrap();
-    let (_vigil, logs) = vigil_run(&cfg);
+    let (vigil, logs) = vigil_run(&cfg);
     let addr = http_addr(&logs);
     assert!(
         logs.wait_for(Duration::from_secs(20), |l| l.contains(&format!(
@@ -100,5 +100,35 @@ fn the_annotated_rtsp_restream_plays_in_a_gstreamer_client() {
     assert!(
         boxes > 40,
         "track boxes in the stream: {boxes} green samples"
+    );
+
+    // A reload that removes the camera (here: renames it) takes its mount away.
+    let n = logs.snapshot().len();
+    let renamed = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("name = \"plaza\"", "name = \"yard\"");
+    std::fs::write(&cfg, renamed).unwrap();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &vigil.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    logs.wait_for(Duration::from_secs(30), |l| l.contains("reload applied"))
+        .expect("reload applied");
+    assert!(logs.snapshot().len() > n);
+    let gone = Command::new("timeout")
+        .arg("20")
+        .arg("gst-launch-1.0")
+        .args(["rtspsrc", &format!("location={stream}"), "protocols=tcp"])
+        .args(["!", "fakesink"])
+        .output()
+        .expect("gst-launch-1.0");
+    let err =
+        String::from_utf8_lossy(&gone.stderr).to_string() + &String::from_utf8_lossy(&gone.stdout);
+    assert!(
+        !gone.status.success() && err.contains("Not Found"),
+        "the removed camera's mount answers 404: {err}"
     );
 }

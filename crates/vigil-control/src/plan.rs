@@ -482,7 +482,18 @@ impl Plan {
         let before = self.view();
         let mut report = ApplyReport::default();
         match self.change_to(&before, &PlanView::of(cfg), &mut report) {
-            Ok(()) => Ok(report),
+            Ok(()) => {
+                // A camera removed (or disabled) with its re-stream: its mount goes too.
+                if let Some(srv) = self.inst.restream.started() {
+                    srv.retain(|c| {
+                        self.groups
+                            .iter()
+                            .flat_map(|g| &g.cameras)
+                            .any(|r| r.name == c && r.cfg.restream.is_some())
+                    });
+                }
+                Ok(report)
+            }
             Err(Step::Load(e)) => Err(e),
             Err(Step::Carry(e)) => {
                 tracing::error!(

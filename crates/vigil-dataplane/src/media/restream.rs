@@ -129,7 +129,14 @@ pub struct RestreamFeed {
     src: Mutex<Option<gst_app::AppSrc>>,
     /// Pictures dropped because their size was not the stream's (the camera changed size).
     pub wrong_size: std::sync::atomic::AtomicU64,
+    /// Buffers the pictures are copied into (allocated once per picture size, at most
+    /// [`POOL_BUFFERS`]; a picture finding none free is dropped, counted in `busy`).
+    pool: Mutex<Option<(gst::BufferPool, usize)>>,
+    pub busy: std::sync::atomic::AtomicU64,
 }
+
+/// Buffers of a re-stream's pool: the pictures waiting for the encoder and the one it encodes.
+const POOL_BUFFERS: u32 = 6;
 
 impl RestreamFeed {
     /// Whether a client watches (the worker then draws a picture when one is due).
@@ -168,11 +175,43 @@ impl RestreamFeed {
                 src.set_max_bytes(4 * (w as u64 * h as u64 * 3 / 2));
             }
         }
-        let mut data = Vec::with_capacity(pic.y.len() + pic.u.len() + pic.v.len());
-        data.extend_from_slice(&pic.y);
-        data.extend_from_slice(&pic.u);
-        data.extend_from_slice(&pic.v);
-        src.push_buffer(gst::Buffer::from_mut_slice(data)).is_ok()
+        let Some(mut buf) = self.buffer(pic.y.len() + pic.u.len() + pic.v.len()) else {
+            self.busy.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return false;
+        };
+        {
+            let Some(b) = buf.get_mut() else { return false };
+            let Ok(mut map) = b.map_writable() else {
+                return false;
+            };
+            let (y, rest) = map.as_mut_slice().split_at_mut(pic.y.len());
+            let (u, v) = rest.split_at_mut(pic.u.len());
+            y.copy_from_slice(&pic.y);
+            u.copy_from_slice(&pic.u);
+            v[..pic.v.len()].copy_from_slice(&pic.v);
+        }
+        src.push_buffer(buf).is_ok()
+    }
+
+    /// A free buffer of `size` bytes from the pool (made, or remade for a new size, here);
+    /// `None` when every one is still queued or encoding.
+    fn buffer(&self, size: usize) -> Option<gst::Buffer> {
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.as_ref().is_none_or(|(_, s)| *s != size) {
+            if let Some((old, _)) = pool.take() {
+                let _ = old.set_active(false);
+            }
+            let p = gst::BufferPool::new();
+            let mut config = p.config();
+            config.set_params(None, size as u32, 0, POOL_BUFFERS);
+            p.set_config(config).ok()?;
+            p.set_active(true).ok()?;
+            *pool = Some((p, size));
+        }
+        let (p, _) = pool.as_ref()?;
+        let params =
+            gst::BufferPoolAcquireParams::with_flags(gst::BufferPoolAcquireFlags::DONTWAIT);
+        p.acquire_buffer(Some(&params)).ok()
     }
 }
 
@@ -251,6 +290,8 @@ impl RestreamServer {
             settings,
             src: Mutex::new(None),
             wrong_size: Default::default(),
+            pool: Mutex::new(None),
+            busy: Default::default(),
         });
         let factory = rtsp::RTSPMediaFactory::new();
         factory.set_shared(true);
@@ -282,6 +323,17 @@ impl RestreamServer {
         self.mounts.add_factory(&format!("/{camera}"), factory);
         feeds.insert(camera.to_string(), feed.clone());
         feed
+    }
+
+    /// Stops serving every mounted camera `keep` says no to (cameras removed by a reload).
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        let gone: Vec<String> = {
+            let feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
+            feeds.keys().filter(|c| !keep(c)).cloned().collect()
+        };
+        for camera in gone {
+            self.unmount(&camera);
+        }
     }
 
     /// Stops serving `camera` (its clients are cut off when their media ends).
