@@ -60,13 +60,8 @@ impl PictureRequest {
     /// The next picture made after the request (with a clean one if it asked), `None` when
     /// the feed is gone.
     pub async fn next(&mut self) -> Option<Arc<Requested>> {
-        loop {
-            self.rx.changed().await.ok()?;
-            let got = self.rx.borrow_and_update().clone();
-            if let Some(r) = got.filter(|r| !self.clean || r.clean.is_some()) {
-                return Some(r);
-            }
-        }
+        let clean = self.clean;
+        next_value(&mut self.rx, |r| !clean || r.clean.is_some()).await
     }
 }
 
@@ -151,6 +146,20 @@ impl LiveFeed {
     }
 }
 
+/// The next value sent on `rx` that `wanted` takes (the newest, if several came); `None` when
+/// the sender is gone.
+async fn next_value<T>(
+    rx: &mut watch::Receiver<Option<Arc<T>>>,
+    wanted: impl Fn(&T) -> bool,
+) -> Option<Arc<T>> {
+    loop {
+        rx.changed().await.ok()?;
+        if let Some(v) = rx.borrow_and_update().clone().filter(|v| wanted(v)) {
+            return Some(v);
+        }
+    }
+}
+
 /// One viewer of a [`LiveFeed`].
 #[derive(Debug)]
 pub struct Viewer {
@@ -162,12 +171,7 @@ impl Viewer {
     /// The next picture newer than the last one returned (the newest, if several came).
     /// `None` when the feed is gone.
     pub async fn next(&mut self) -> Option<Arc<LiveFrame>> {
-        loop {
-            self.rx.changed().await.ok()?;
-            if let Some(f) = self.rx.borrow_and_update().clone() {
-                return Some(f);
-            }
-        }
+        next_value(&mut self.rx, |_| true).await
     }
 }
 

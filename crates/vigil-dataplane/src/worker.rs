@@ -404,9 +404,18 @@ impl AnalysisWorker {
                 cam.rules.update(t, out.active, out.removed, &mut hits);
                 // A frame that fired events gets its picture, the events' tracks highlighted.
                 let picture = match (&mut self.pictures, hits.is_empty()) {
-                    (Some(p), false) => {
-                        annotated(p, &frames[k], &cam.name, &cam.rules, out.active, &hits)
-                    }
+                    (Some(p), false) => annotated(
+                        p, &frames[k], &cam.name, &cam.rules, out.active, &hits,
+                    )
+                    .map(|jpeg| {
+                        let snapshot = SnapshotRef {
+                            id: new_event_id(),
+                            width: jpeg.width,
+                            height: jpeg.height,
+                            bytes: jpeg.bytes.len() as u32,
+                        };
+                        (snapshot, jpeg)
+                    }),
                     _ => None,
                 };
                 // The main stream (`view_url`) keeps its newest frame; closed when unwatched.
@@ -423,7 +432,7 @@ impl AnalysisWorker {
                     cam.live_last = Some(Instant::now());
                     p.set_width(cam.live_width);
                     let frame = viewed(&mut cam.view, &frames[k]);
-                    if let Some((_, jpeg)) =
+                    if let Some(jpeg) =
                         annotated(p, frame, &cam.name, &cam.rules, out.active, &hits)
                     {
                         let tracks = out
@@ -467,7 +476,7 @@ impl AnalysisWorker {
                     && let (true, clean) = feed.requested()
                     && let Some(p) = self.pictures.as_mut().or(self.live_pictures.as_mut())
                     && let frame = viewed(&mut cam.view, &frames[k])
-                    && let Some((_, jpeg)) =
+                    && let Some(jpeg) =
                         annotated(p, frame, &cam.name, &cam.rules, out.active, &hits)
                 {
                     let clean = clean.then(|| p.picture(frame, None).ok()).flatten();
@@ -572,22 +581,14 @@ fn annotated(
     rules: &RuleEngine,
     tracks: &[vigil_core::analytics::tracker::TrackView],
     hits: &RuleHits,
-) -> Option<(SnapshotRef, Jpeg)> {
+) -> Option<Jpeg> {
     match with_scene(camera, rules, tracks, hits, |scene| {
         p.picture(frame, Some(scene))
     }) {
-        Ok(jpeg) => Some((
-            SnapshotRef {
-                id: new_event_id(),
-                width: jpeg.width,
-                height: jpeg.height,
-                bytes: jpeg.bytes.len() as u32,
-            },
-            jpeg,
-        )),
+        Ok(jpeg) => Some(jpeg),
         Err(e) => {
             if p.failures == 1 {
-                tracing::warn!(camera = %camera, "events go without pictures: {e} (counted)");
+                tracing::warn!(camera = %camera, "pictures of this camera fail: {e} (counted)");
             }
             None
         }
