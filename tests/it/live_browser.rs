@@ -36,11 +36,9 @@ return { frames: L.frames, cameras: L.cameras, meta: L.meta[camera] || null, px 
 #[test]
 fn live_view_in_headless_chromium_shows_every_camera_with_its_overlay() {
     let _cpu = exclusive();
-    let dir = temp_dir("live");
-    let (mqtt, rtsp, wd) = (free_port(), free_port(), free_port());
-    let _broker = mosquitto(&dir, mqtt);
-    let _server = rtsp_server(&asset(".cache/media/vtest.mp4"), rtsp, "/plaza");
-    let url = format!("rtsp://127.0.0.1:{rtsp}/plaza");
+    let p = plaza("live");
+    let (dir, mqtt, url) = (p.dir.clone(), p.mqtt, p.url.clone());
+    let wd = free_port();
     // The second camera has its own, smaller live width.
     let yard = format!(
         "[[cameras]]\nname = \"yard\"\nurl = \"{url}\"\nmodel = \"nanodet\"\nfps = 5\n[cameras.live]\nwidth = 320\n"

@@ -49,11 +49,9 @@ fn rss_kib(pid: u32) -> u64 {
 #[test]
 fn hostile_live_clients_are_bounded_and_analysis_goes_on() {
     let _cpu = exclusive();
-    let dir = temp_dir("live-limits");
-    let (mqtt, rtsp, closed) = (free_port(), free_port(), free_port());
-    let _broker = mosquitto(&dir, mqtt);
-    let _server = rtsp_server(&asset(".cache/media/vtest.mp4"), rtsp, "/plaza");
-    let url = format!("rtsp://127.0.0.1:{rtsp}/plaza");
+    let p = plaza("live-limits");
+    let (dir, mqtt, url) = (p.dir.clone(), p.mqtt, p.url.clone());
+    let closed = free_port();
     let down = format!(
         "[[cameras]]\nname = \"gone\"\nurl = \"rtsp://127.0.0.1:{closed}/x\"\nmodel = \"nanodet\"\n"
     );

@@ -20,6 +20,7 @@ mod e2e_kill_vigil;
 mod e2e_ota;
 mod e2e_reload;
 mod e2e_resilience;
+mod fleet;
 mod gpu_probe;
 mod http_auth;
 mod http_events;

@@ -10,11 +10,9 @@ use std::time::Duration;
 #[test]
 fn the_annotated_rtsp_restream_plays_in_a_gstreamer_client() {
     let _cpu = exclusive();
-    let dir = temp_dir("restream");
-    let (mqtt, rtsp, out_port) = (free_port(), free_port(), free_port());
-    let _broker = mosquitto(&dir, mqtt);
-    let _server = rtsp_server(&asset(".cache/media/vtest.mp4"), rtsp, "/plaza");
-    let url = format!("rtsp://127.0.0.1:{rtsp}/plaza");
+    let p = plaza("restream");
+    let (dir, mqtt, url) = (p.dir.clone(), p.mqtt, p.url.clone());
+    let out_port = free_port();
     let extra = "fps = 5\n[cameras.restream]\nwidth = 640\nfps = 5\nbitrate_kbps = 1500\n";
     let cfg = dir.join("vigil.toml");
     let text = config_toml("restream", mqtt, &url, extra, PLAZA_ZONE)

@@ -36,6 +36,7 @@ const APT_PACKAGES: &[&str] = &[
     "mmdebstrap",
     "chromium",
     "chromium-driver",
+    "postgresql",
 ];
 
 const ORT_VERSION: &str = "1.32.0";

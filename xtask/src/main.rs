@@ -386,17 +386,22 @@ fn demo(args: &[String]) -> Result<()> {
         _ => bail!("usage: cargo xtask demo [--seconds N]"),
     };
     let assets = assets::setup(&root)?;
-    step("building vigil (release)");
-    run(cargo()
-        .current_dir(&root)
-        .args(["build", "--release", "--bin", "vigil"]))?;
+    step("building vigil and vigil-fleet (release)");
+    run(cargo().current_dir(&root).args([
+        "build",
+        "--release",
+        "-p",
+        "vigil",
+        "-p",
+        "vigil-fleet",
+    ]))?;
     let vigil = root.join("target/release/vigil");
     let config = root.join("configs/demo.toml");
-    let (mqtt_port, rtsp_port) = (18883u16, 18554u16);
-    for p in [mqtt_port, rtsp_port] {
+    let (mqtt_port, rtsp_port, fleet_port) = (18883u16, 18554u16, 28090u16);
+    for p in [mqtt_port, rtsp_port, fleet_port] {
         if !port_free(p) {
             bail!(
-                "port {p} on 127.0.0.1 is taken (configs/demo.toml uses {mqtt_port} for MQTT and {rtsp_port} for RTSP)"
+                "port {p} on 127.0.0.1 is taken (configs/demo.toml uses {mqtt_port} for MQTT and {rtsp_port} for RTSP; the fleet console {fleet_port})"
             );
         }
     }
@@ -460,6 +465,18 @@ fn demo(args: &[String]) -> Result<()> {
         }
     });
 
+    step(&format!(
+        "starting the fleet console on 127.0.0.1:{fleet_port} (its store: .cache/demo/fleet.db)"
+    ));
+    let fleet = Command::new(root.join("target/release/vigil-fleet"))
+        .args(["serve", "--broker", &format!("127.0.0.1:{mqtt_port}")])
+        .arg("--db")
+        .arg(work.join("fleet.db"))
+        .args(["--listen", &format!("127.0.0.1:{fleet_port}")])
+        .env("VIGIL_LOG", "warn")
+        .spawn()?;
+    kids.0.push(("vigil-fleet".into(), fleet));
+
     println!();
     println!(
         "  camera (RTSP):   rtsp://127.0.0.1:{rtsp_port}/plaza   (e.g. `gst-play-1.0 rtsp://127.0.0.1:{rtsp_port}/plaza`)"
@@ -470,6 +487,9 @@ fn demo(args: &[String]) -> Result<()> {
     println!("  watch telemetry: mosquitto_sub -p {mqtt_port} -t vigil/demo/telemetry");
     println!(
         "  live view:       http://127.0.0.1:28080/live   (open it in a browser: the camera with boxes, zone and line)"
+    );
+    println!(
+        "  fleet console:   http://127.0.0.1:{fleet_port}/   (the demo box, its events with pictures: /review)"
     );
     println!("  config:          {}", config.display());
     println!("  stop:            Ctrl-C");

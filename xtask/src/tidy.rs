@@ -40,13 +40,17 @@ pub const ALLOWED_DEPS: &[(&str, &[&str])] = &[
     ),
     // The fuzz targets drive the libraries' parsers; nothing depends on them.
     ("vigil-fuzz", &["vigil-core", "vigil-ota", "vigil-control"]),
+    // The fleet console knows the boxes by their payloads (the core's `wire`) only.
+    ("vigil-fleet", &["vigil-core"]),
     ("xtask", &[]),
 ];
 
 /// External crates that only some workspace crates may depend on (any kind of dependency):
-/// errors are typed in the libraries, `anyhow` is for the edges; the CLI is the binary's.
-pub const CONFINED_EXTERNAL: &[(&str, &[&str])] =
-    &[("anyhow", &["vigil", "xtask"]), ("clap", &["vigil"])];
+/// errors are typed in the libraries, `anyhow` is for the edges; the CLI is the binaries'.
+pub const CONFINED_EXTERNAL: &[(&str, &[&str])] = &[
+    ("anyhow", &["vigil", "vigil-fleet", "xtask"]),
+    ("clap", &["vigil", "vigil-fleet"]),
+];
 
 /// The only folder whose files may contain `unsafe`.
 pub const UNSAFE_DIR: &str = "crates/vigil-dataplane/src/ffi/";

@@ -20,3 +20,4 @@ pub mod keys;
 pub mod model;
 pub mod overlay;
 pub mod redact;
+pub mod wire;

@@ -367,6 +367,30 @@ polygon = [[0.0, 0.2], [1.0, 0.2], [1.0, 1.0], [0.0, 1.0]]
 classes = ["person"]
 "#;
 
+/// What most end-to-end tests start with: a temp dir, a broker, and the demo clip served over
+/// RTSP at `url` (`/plaza`). Both stop when this is dropped.
+pub struct Plaza {
+    pub dir: PathBuf,
+    pub mqtt: u16,
+    pub url: String,
+    _broker: Proc,
+    _server: Proc,
+}
+
+pub fn plaza(name: &str) -> Plaza {
+    let dir = temp_dir(name);
+    let (mqtt, rtsp) = (free_port(), free_port());
+    let _broker = mosquitto(&dir, mqtt);
+    let _server = rtsp_server(&asset(".cache/media/vtest.mp4"), rtsp, "/plaza");
+    Plaza {
+        dir,
+        mqtt,
+        url: format!("rtsp://127.0.0.1:{rtsp}/plaza"),
+        _broker,
+        _server,
+    }
+}
+
 /// A config with one RTSP camera and the given extra camera TOML (rules).
 pub fn config_toml(
     device: &str,

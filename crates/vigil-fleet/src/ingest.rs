@@ -1,0 +1,445 @@
+//! Ingest: the broker → the store. Subscribes to every box's `status`, `telemetry`,
+//! `events/<camera>`, `snapshot/<camera>` and replay replies under the prefix; takes the box's
+//! id from the topic, never from the payload (a payload naming another box is refused);
+//! stores events keyed on (device, seq), so QoS 1 duplicates and replays are absorbed; and asks
+//! a box to replay the events missing between those it received (`cmd/events/replay`, exactly
+//! the missing range) once a gap is older than the grace period, again every retry period, at
+//! most [`MAX_REQUESTS`] times, after which the gap is shown as unfillable.
+//!
+//! Bad input (not JSON, wrong types, names that are not Vigil's, a payload over the packet
+//! limit, a picture that is not a JPEG) is counted by kind and logged at most once per
+//! [`LOG_EVERY`] per kind; nothing a payload says can touch another box's rows.
+
+use crate::store::{MAX_REQUESTS, Store};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use vigil_core::wire::{EventMsg, ReplyMsg, StatusMsg, TelemetryMsg, is_name};
+
+/// The largest MQTT packet taken (Vigil sends at most 1 MiB).
+pub const MAX_PACKET: usize = 1 << 20;
+/// Refused payloads of one kind are logged at most this often.
+pub const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// How the console reaches the broker and repairs gaps.
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    pub host: String,
+    pub port: u16,
+    pub prefix: String,
+    pub client_id: String,
+    /// A gap is asked for once it is this old (events may just be arriving out of order).
+    pub grace: Duration,
+    /// And again after this long without being filled.
+    pub retry: Duration,
+    /// Event pictures kept, in bytes.
+    pub max_picture_bytes: i64,
+}
+
+/// What the ingest has done, for the page and the tests.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub events: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub statuses: AtomicU64,
+    pub telemetry: AtomicU64,
+    pub pictures: AtomicU64,
+    pub replays_asked: AtomicU64,
+    pub refused: AtomicU64,
+    pub store_errors: AtomicU64,
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A topic under the prefix, split.
+#[derive(Debug, PartialEq, Eq)]
+enum Topic<'a> {
+    Status(&'a str),
+    Telemetry(&'a str),
+    Event(&'a str, &'a str),
+    Picture(&'a str, &'a str),
+    ReplayReply(&'a str),
+}
+
+fn parse_topic<'a>(prefix: &str, topic: &'a str) -> Option<Topic<'a>> {
+    let rest = topic.strip_prefix(prefix)?.strip_prefix('/')?;
+    let (device, what) = rest.split_once('/')?;
+    if !is_name(device) {
+        return None;
+    }
+    let named = |s: &'a str| is_name(s).then_some(s);
+    Some(match what {
+        "status" => Topic::Status(device),
+        "telemetry" => Topic::Telemetry(device),
+        "cmd/events/replay/reply" => Topic::ReplayReply(device),
+        _ => match what.split_once('/')? {
+            ("events", cam) => Topic::Event(device, named(cam)?),
+            ("snapshot", cam) => Topic::Picture(device, named(cam)?),
+            _ => return None,
+        },
+    })
+}
+
+/// Rate-limited warnings, one clock per kind of refusal.
+struct Warn {
+    last: std::collections::HashMap<&'static str, (Instant, u64)>,
+}
+
+impl Warn {
+    fn refuse(&mut self, c: &Counters, kind: &'static str, topic: &str, why: &str) {
+        c.refused.fetch_add(1, Ordering::Relaxed);
+        let e = self
+            .last
+            .entry(kind)
+            .or_insert((Instant::now() - LOG_EVERY, 0));
+        e.1 += 1;
+        if e.0.elapsed() >= LOG_EVERY {
+            let topic: String = topic.chars().take(200).collect();
+            tracing::warn!(
+                "refused {} {kind} payload(s), latest on {topic}: {why}",
+                e.1
+            );
+            *e = (Instant::now(), 0);
+        }
+    }
+}
+
+/// An event a box may have sent: its ids are the topic's and every name is a Vigil name.
+fn check_event(e: &EventMsg, device: &str, camera: &str) -> Result<(), String> {
+    if e.device != device {
+        return Err(format!(
+            "the payload names device {:?}, the topic {device:?}",
+            bounded(&e.device)
+        ));
+    }
+    if e.camera != camera {
+        return Err(format!(
+            "the payload names camera {:?}, the topic {camera:?}",
+            bounded(&e.camera)
+        ));
+    }
+    if e.seq == 0 || e.seq > i64::MAX as u64 {
+        return Err(format!("seq {} (expected 1 or more)", e.seq));
+    }
+    for (what, v) in [("rule", &e.rule), ("kind", &e.kind), ("class", &e.class)] {
+        if v.is_empty() || v.len() > 64 || v.chars().any(char::is_control) {
+            return Err(format!(
+                "{what} {:?} (expected 1 to 64 printable characters)",
+                bounded(v)
+            ));
+        }
+    }
+    if e.id.len() > 64 || e.time.len() > 64 {
+        return Err("id or time longer than 64 characters".into());
+    }
+    if let Some(s) = &e.snapshot
+        && (s.id.len() > 64 || s.bytes as usize > MAX_PACKET)
+    {
+        return Err("snapshot id longer than 64 characters or over a packet".into());
+    }
+    Ok(())
+}
+
+fn bounded(s: &str) -> String {
+    s.chars().take(80).collect()
+}
+
+/// Runs the ingest until the task is dropped: connects (and reconnects), subscribes, stores,
+/// repairs gaps. `changed` is told after every stored change (the pages' live updates).
+pub async fn run<S: Store + Clone>(
+    store: S,
+    cfg: IngestConfig,
+    counters: Arc<Counters>,
+    changed: tokio::sync::broadcast::Sender<()>,
+) {
+    let mut opts = MqttOptions::new(&cfg.client_id, &cfg.host, cfg.port);
+    opts.set_keep_alive(Duration::from_secs(10));
+    opts.set_max_packet_size(MAX_PACKET + 1024, MAX_PACKET + 1024);
+    opts.set_clean_session(true);
+    let (client, mut eventloop) = AsyncClient::new(opts, 256);
+    let repair = tokio::spawn(repair_gaps(
+        store.clone(),
+        client.clone(),
+        cfg.clone(),
+        counters.clone(),
+    ));
+    let mut warn = Warn {
+        last: Default::default(),
+    };
+    let p = cfg.prefix.clone();
+    let subs = [
+        format!("{p}/+/status"),
+        format!("{p}/+/telemetry"),
+        format!("{p}/+/events/+"),
+        format!("{p}/+/snapshot/+"),
+        format!("{p}/+/cmd/events/replay/reply"),
+    ];
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                tracing::info!("connected to {}:{}", cfg.host, cfg.port);
+                for t in &subs {
+                    let _ = client.subscribe(t, QoS::AtLeastOnce).await;
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(m))) => {
+                let topic = m.topic.as_str();
+                let Some(t) = parse_topic(&cfg.prefix, topic) else {
+                    warn.refuse(
+                        &counters,
+                        "topic",
+                        topic,
+                        "not a Vigil topic or not a Vigil name",
+                    );
+                    continue;
+                };
+                let stored = handle(&store, &cfg, &counters, &mut warn, topic, t, &m.payload).await;
+                if stored {
+                    let _ = changed.send(());
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!("broker {}:{}: {e}; retrying in 1 s", cfg.host, cfg.port);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        if repair.is_finished() {
+            return;
+        }
+    }
+}
+
+/// One message; whether the store changed.
+async fn handle<S: Store>(
+    store: &S,
+    cfg: &IngestConfig,
+    c: &Counters,
+    warn: &mut Warn,
+    topic: &str,
+    t: Topic<'_>,
+    payload: &[u8],
+) -> bool {
+    let now = now_ms();
+    let r = match t {
+        Topic::Status(device) => match serde_json::from_slice::<StatusMsg>(payload) {
+            Ok(s) if s.state.len() <= 32 && s.version.as_ref().is_none_or(|v| v.len() <= 64) => {
+                c.statuses.fetch_add(1, Ordering::Relaxed);
+                store.set_status(device, &s, now).await
+            }
+            Ok(_) => return refuse(warn, c, "status", topic, "state or version too long"),
+            Err(e) => return refuse(warn, c, "status", topic, &e.to_string()),
+        },
+        Topic::Telemetry(device) => match serde_json::from_slice::<TelemetryMsg>(payload) {
+            Ok(_) => {
+                c.telemetry.fetch_add(1, Ordering::Relaxed);
+                // Kept as sent (the pages read what they show from it): valid JSON of the
+                // telemetry's shape, at most a packet.
+                let text = String::from_utf8_lossy(payload);
+                store.set_telemetry(device, &text, now).await
+            }
+            Err(e) => return refuse(warn, c, "telemetry", topic, &e.to_string()),
+        },
+        Topic::Event(device, camera) => {
+            let e = match serde_json::from_slice::<EventMsg>(payload) {
+                Ok(e) => e,
+                Err(e) => return refuse(warn, c, "event", topic, &e.to_string()),
+            };
+            if let Err(why) = check_event(&e, device, camera) {
+                return refuse(warn, c, "event", topic, &why);
+            }
+            let text = String::from_utf8_lossy(payload);
+            match store.insert_event(&e, &text, now).await {
+                Ok(true) => {
+                    c.events.fetch_add(1, Ordering::Relaxed);
+                    Ok(())
+                }
+                Ok(false) => {
+                    c.duplicates.fetch_add(1, Ordering::Relaxed);
+                    return false;
+                }
+                Err(e) => Err(e),
+            }
+        }
+        Topic::Picture(device, camera) => {
+            if !payload.starts_with(&[0xff, 0xd8]) {
+                return refuse(warn, c, "picture", topic, "not a JPEG");
+            }
+            c.pictures.fetch_add(1, Ordering::Relaxed);
+            store
+                .add_picture(device, camera, payload, now, cfg.max_picture_bytes)
+                .await
+                .map(|_| ())
+        }
+        Topic::ReplayReply(device) => {
+            let Ok(r) = serde_json::from_slice::<ReplyMsg>(payload) else {
+                return refuse(warn, c, "reply", topic, "not a command reply");
+            };
+            // Ours: "fleet-replay-<from_seq>". A box that replayed nothing no longer has them.
+            let from = r
+                .request_id
+                .as_deref()
+                .and_then(|id| id.strip_prefix("fleet-replay-"))
+                .and_then(|s| s.parse::<i64>().ok());
+            let count = r.data.as_ref().and_then(|d| d["count"].as_u64());
+            match (from, r.status.as_str(), count) {
+                (Some(from), "ok", Some(0)) => store.note_request(device, from, now, true).await,
+                _ => return false,
+            }
+        }
+    };
+    match r {
+        Ok(()) => true,
+        Err(e) => {
+            c.store_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!("store: {e}");
+            false
+        }
+    }
+}
+
+fn refuse(warn: &mut Warn, c: &Counters, kind: &'static str, topic: &str, why: &str) -> bool {
+    warn.refuse(c, kind, topic, why);
+    false
+}
+
+/// Asks boxes for the events of their gaps: each gap once it is `grace` old, again every
+/// `retry`, exactly its range (at most 1000 a request, Vigil's limit).
+async fn repair_gaps<S: Store>(store: S, client: AsyncClient, cfg: IngestConfig, c: Arc<Counters>) {
+    let tick = (cfg.grace / 4).clamp(Duration::from_millis(200), Duration::from_secs(5));
+    loop {
+        tokio::time::sleep(tick).await;
+        let Ok(gaps) = store.gaps().await else {
+            continue;
+        };
+        let now = now_ms();
+        for g in gaps {
+            let due = !g.unfillable
+                && g.requests < MAX_REQUESTS
+                && now - g.first_seen_ms >= cfg.grace.as_millis() as i64
+                && g.last_request_ms
+                    .is_none_or(|t| now - t >= cfg.retry.as_millis() as i64);
+            if !due {
+                continue;
+            }
+            let limit = (g.to_seq - g.from_seq + 1).clamp(1, 1000);
+            let body = serde_json::json!({
+                "request_id": format!("fleet-replay-{}", g.from_seq),
+                "from_seq": g.from_seq,
+                "limit": limit,
+            });
+            let topic = format!("{}/{}/cmd/events/replay", cfg.prefix, g.device);
+            if client
+                .publish(topic, QoS::AtLeastOnce, false, body.to_string())
+                .await
+                .is_ok()
+            {
+                c.replays_asked.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    device = %g.device,
+                    "asked for events {}..={} (request {})",
+                    g.from_seq,
+                    g.to_seq,
+                    g.requests + 1
+                );
+                let _ = store.note_request(&g.device, g.from_seq, now, false).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_are_split_and_only_vigil_names_pass() {
+        let p = "vigil";
+        assert_eq!(
+            parse_topic(p, "vigil/box-1/status"),
+            Some(Topic::Status("box-1"))
+        );
+        assert_eq!(
+            parse_topic(p, "vigil/box-1/events/plaza"),
+            Some(Topic::Event("box-1", "plaza"))
+        );
+        assert_eq!(
+            parse_topic(p, "vigil/b/snapshot/cam_2"),
+            Some(Topic::Picture("b", "cam_2"))
+        );
+        assert_eq!(
+            parse_topic(p, "vigil/b/cmd/events/replay/reply"),
+            Some(Topic::ReplayReply("b"))
+        );
+        assert_eq!(parse_topic(p, "vigil/b/events/a/b"), None);
+        assert_eq!(parse_topic(p, "vigil/b c/status"), None);
+        assert_eq!(parse_topic(p, "other/b/status"), None);
+        assert_eq!(parse_topic(p, "vigilx/b/status"), None);
+        assert_eq!(
+            parse_topic("site/a", "site/a/b/telemetry"),
+            Some(Topic::Telemetry("b"))
+        );
+    }
+
+    #[test]
+    fn an_event_naming_another_box_is_refused() {
+        let mut e: EventMsg = serde_json::from_str(
+            r#"{"seq":1,"id":"x","device":"b","camera":"c","rule":"r","kind":"line_cross",
+                "track_id":1,"class":"person","score":0.5,"bbox":[0,0,1,1],"time":"t"}"#,
+        )
+        .unwrap();
+        assert!(check_event(&e, "b", "c").is_ok());
+        assert!(check_event(&e, "a", "c").unwrap_err().contains("device"));
+        assert!(check_event(&e, "b", "d").unwrap_err().contains("camera"));
+        e.seq = 0;
+        assert!(check_event(&e, "b", "c").is_err());
+        e.seq = 1;
+        e.rule = "x".repeat(65);
+        assert!(check_event(&e, "b", "c").is_err());
+    }
+}
+
+#[cfg(test)]
+mod documented {
+    use vigil_core::wire::{EventMsg, ReplyMsg, StatusMsg, TelemetryMsg};
+
+    /// The JSON blocks of `docs/mqtt.md` marked `<!-- example: KIND -->`.
+    fn examples(kind: &str) -> Vec<String> {
+        let doc = include_str!("../../../docs/mqtt.md");
+        let marker = format!("<!-- example: {kind} -->");
+        doc.split(&marker)
+            .skip(1)
+            .filter_map(|rest| {
+                let body = rest.split_once("```json\n")?.1;
+                Some(body.split_once("\n```")?.0.to_string())
+            })
+            .collect()
+    }
+
+    /// Every payload the device's documentation shows is one the console reads.
+    #[test]
+    fn the_documented_payloads_are_read() {
+        for (kind, n) in [("status", 3), ("event", 4), ("telemetry", 1)] {
+            let ex = examples(kind);
+            assert_eq!(ex.len(), n, "{kind}");
+            for e in ex {
+                let ok = match kind {
+                    "status" => serde_json::from_str::<StatusMsg>(&e).is_ok(),
+                    "event" => serde_json::from_str::<EventMsg>(&e).is_ok(),
+                    _ => serde_json::from_str::<TelemetryMsg>(&e).is_ok(),
+                };
+                assert!(ok, "{kind}: {e}");
+            }
+        }
+        for e in examples("command_reply") {
+            serde_json::from_str::<ReplyMsg>(&e).unwrap();
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! Vigil's fleet console (`vigil-fleet`): reads every box's MQTT topics from the broker into a
+//! store and shows the fleet, each box and their events in the browser.
+//!
+//! Knows Vigil only by its payloads (`vigil_core::wire`) and its topics: never the device's
+//! internals (no data plane, no control plane, no OTA agent).
+//!
+//! - [`store`]: the `Store` trait, SQLite and PostgreSQL;
+//! - [`ingest`]: the broker → the store, gap repair by replay requests;
+//! - [`web`]: the pages.
+
+#![forbid(unsafe_code)]
+
+pub mod ingest;
+pub mod store;
+pub mod web;

@@ -1,0 +1,326 @@
+//! The PostgreSQL store, for a fleet that outgrows one machine (several consoles may share
+//! it: an event's gap bookkeeping runs under a per-device advisory lock).
+
+use super::sql;
+use super::{DeviceRow, EventFilter, EventRow, Gap, GapChange, MAX_REQUESTS, Result, Store};
+use sqlx::Row;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use vigil_core::wire::{EventMsg, StatusMsg};
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS devices (
+        device TEXT PRIMARY KEY, state TEXT NOT NULL, since_ms BIGINT NOT NULL, version TEXT,
+        reason TEXT, last_seen_ms BIGINT NOT NULL, telemetry TEXT, telemetry_ms BIGINT)",
+    "CREATE TABLE IF NOT EXISTS events (
+        device TEXT NOT NULL, seq BIGINT NOT NULL, id TEXT NOT NULL, camera TEXT NOT NULL,
+        rule TEXT NOT NULL, kind TEXT NOT NULL, class TEXT NOT NULL, time TEXT NOT NULL,
+        received_ms BIGINT NOT NULL, snapshot_id TEXT, snapshot_bytes BIGINT,
+        payload TEXT NOT NULL, reviewed BOOLEAN NOT NULL DEFAULT FALSE,
+        PRIMARY KEY (device, seq))",
+    "CREATE INDEX IF NOT EXISTS events_received ON events (received_ms)",
+    "CREATE TABLE IF NOT EXISTS gaps (
+        device TEXT NOT NULL, from_seq BIGINT NOT NULL, to_seq BIGINT NOT NULL,
+        first_seen_ms BIGINT NOT NULL, requests INTEGER NOT NULL DEFAULT 0,
+        last_request_ms BIGINT, unfillable BOOLEAN NOT NULL DEFAULT FALSE,
+        PRIMARY KEY (device, from_seq))",
+    "CREATE TABLE IF NOT EXISTS snapshots (
+        id TEXT PRIMARY KEY, device TEXT NOT NULL, camera TEXT NOT NULL, jpeg BYTEA NOT NULL,
+        bytes BIGINT NOT NULL, received_ms BIGINT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS snapshots_received ON snapshots (received_ms)",
+    "CREATE TABLE IF NOT EXISTS camera_pictures (
+        device TEXT NOT NULL, camera TEXT NOT NULL, jpeg BYTEA NOT NULL,
+        received_ms BIGINT NOT NULL, PRIMARY KEY (device, camera))",
+];
+
+/// A `gaps` row as read.
+type GapTuple = (String, i64, i64, i64, i32, Option<i64>, bool);
+
+/// PostgreSQL at a `postgres://` URL.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    pub async fn connect(url: &str) -> Result<Self> {
+        let pool = PgPoolOptions::new().max_connections(8).connect(url).await?;
+        Ok(Self { pool })
+    }
+}
+
+impl Store for PgStore {
+    async fn migrate(&self) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        // One console at a time creates the tables.
+        sqlx::query("SELECT pg_advisory_xact_lock(7263)")
+            .execute(&mut *tx)
+            .await?;
+        for s in SCHEMA {
+            sqlx::query(*s).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn set_status(&self, device: &str, s: &StatusMsg, now_ms: i64) -> Result<()> {
+        sqlx::query(sql::STATUS_UPSERT)
+            .bind(device)
+            .bind(&s.state)
+            .bind(now_ms)
+            .bind(&s.version)
+            .bind(&s.reason)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn set_telemetry(&self, device: &str, json: &str, now_ms: i64) -> Result<()> {
+        sqlx::query(sql::TELEMETRY_UPSERT)
+            .bind(device)
+            .bind(json)
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn insert_event(&self, e: &EventMsg, payload: &str, now_ms: i64) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        // Gap bookkeeping of one device, one console at a time.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+            .bind(&e.device)
+            .execute(&mut *tx)
+            .await?;
+        let seq = e.seq as i64;
+        let n = sqlx::query(sql::EVENT_INSERT)
+            .bind(&e.device)
+            .bind(seq)
+            .bind(&e.id)
+            .bind(&e.camera)
+            .bind(&e.rule)
+            .bind(&e.kind)
+            .bind(&e.class)
+            .bind(&e.time)
+            .bind(now_ms)
+            .bind(e.snapshot.as_ref().map(|s| s.id.clone()))
+            .bind(e.snapshot.as_ref().map(|s| i64::from(s.bytes)))
+            .bind(payload)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if n == 0 {
+            return Ok(false);
+        }
+        sqlx::query(sql::DEVICE_SEEN)
+            .bind(&e.device)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        let mut near = Vec::with_capacity(2);
+        for q in [sql::SEQ_BELOW, sql::SEQ_ABOVE] {
+            let v: Option<i64> = sqlx::query_scalar(q)
+                .bind(&e.device)
+                .bind(seq)
+                .fetch_one(&mut *tx)
+                .await?;
+            near.push(v);
+        }
+        let containing: Option<(i64, i64)> = sqlx::query_as(sql::GAP_CONTAINING)
+            .bind(&e.device)
+            .bind(seq)
+            .fetch_optional(&mut *tx)
+            .await?;
+        match super::gap_change(seq, near[0], near[1], containing) {
+            GapChange::None => {}
+            GapChange::New(from, to) => {
+                sqlx::query(sql::GAP_NEW)
+                    .bind(&e.device)
+                    .bind(from)
+                    .bind(to)
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            GapChange::Split { from, keep } => {
+                let old: (i64, i32, Option<i64>, bool) = sqlx::query_as(sql::GAP_TAKE)
+                    .bind(&e.device)
+                    .bind(from)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                for (a, b) in keep {
+                    sqlx::query(sql::GAP_PUT)
+                        .bind(&e.device)
+                        .bind(a)
+                        .bind(b)
+                        .bind(old.0)
+                        .bind(old.1)
+                        .bind(old.2)
+                        .bind(old.3)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn add_picture(
+        &self,
+        device: &str,
+        camera: &str,
+        jpeg: &[u8],
+        now_ms: i64,
+        max_bytes: i64,
+    ) -> Result<Option<String>> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(sql::PICTURE_UPSERT)
+            .bind(device)
+            .bind(camera)
+            .bind(jpeg)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        let id: Option<String> = sqlx::query_scalar(sql::PICTURE_EVENT)
+            .bind(device)
+            .bind(camera)
+            .bind(jpeg.len() as i64)
+            .fetch_optional(&mut *tx)
+            .await?
+            .flatten();
+        if let Some(id) = &id {
+            sqlx::query(sql::SNAPSHOT_INSERT)
+                .bind(id)
+                .bind(device)
+                .bind(camera)
+                .bind(jpeg)
+                .bind(jpeg.len() as i64)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?;
+            let total: i64 = sqlx::query_scalar(sql::SNAPSHOT_TOTAL)
+                .fetch_one(&mut *tx)
+                .await?;
+            if total > max_bytes {
+                sqlx::query(sql::SNAPSHOT_PRUNE)
+                    .bind(max_bytes)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    async fn snapshot(&self, id: &str) -> Result<Option<Vec<u8>>> {
+        Ok(sqlx::query_scalar(sql::SNAPSHOT_GET)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn camera_picture(&self, device: &str, camera: &str) -> Result<Option<Vec<u8>>> {
+        Ok(sqlx::query_scalar(sql::CAMERA_PICTURE_GET)
+            .bind(device)
+            .bind(camera)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn devices(&self) -> Result<Vec<DeviceRow>> {
+        let rows = sqlx::query(sql::DEVICES).fetch_all(&self.pool).await?;
+        let row = |r: &sqlx::postgres::PgRow| -> std::result::Result<DeviceRow, sqlx::Error> {
+            Ok(DeviceRow {
+                device: r.try_get(0)?,
+                state: r.try_get(1)?,
+                since_ms: r.try_get(2)?,
+                version: r.try_get(3)?,
+                reason: r.try_get(4)?,
+                last_seen_ms: r.try_get(5)?,
+                telemetry: r.try_get(6)?,
+                telemetry_ms: r.try_get(7)?,
+                last_event_ms: r.try_get(8)?,
+                events: r.try_get(9)?,
+            })
+        };
+        Ok(rows
+            .iter()
+            .map(row)
+            .collect::<std::result::Result<_, _>>()?)
+    }
+
+    async fn events(&self, f: &EventFilter) -> Result<Vec<EventRow>> {
+        let rows = sqlx::query(sql::EVENTS)
+            .bind(&f.device)
+            .bind(&f.camera)
+            .bind(&f.rule)
+            .bind(&f.class)
+            .bind(i64::from(f.limit.max(1)))
+            .fetch_all(&self.pool)
+            .await?;
+        let row = |r: &sqlx::postgres::PgRow| -> std::result::Result<EventRow, sqlx::Error> {
+            Ok(EventRow {
+                device: r.try_get(0)?,
+                seq: r.try_get(1)?,
+                id: r.try_get(2)?,
+                camera: r.try_get(3)?,
+                rule: r.try_get(4)?,
+                kind: r.try_get(5)?,
+                class: r.try_get(6)?,
+                time: r.try_get(7)?,
+                received_ms: r.try_get(8)?,
+                snapshot_id: r.try_get(9)?,
+                has_picture: r.try_get(10)?,
+                reviewed: r.try_get(11)?,
+            })
+        };
+        Ok(rows
+            .iter()
+            .map(row)
+            .collect::<std::result::Result<_, _>>()?)
+    }
+
+    async fn gaps(&self) -> Result<Vec<Gap>> {
+        let rows: Vec<GapTuple> = sqlx::query_as(sql::GAPS).fetch_all(&self.pool).await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Gap {
+                device: r.0,
+                from_seq: r.1,
+                to_seq: r.2,
+                first_seen_ms: r.3,
+                requests: r.4,
+                last_request_ms: r.5,
+                unfillable: r.6,
+            })
+            .collect())
+    }
+
+    async fn note_request(
+        &self,
+        device: &str,
+        from_seq: i64,
+        now_ms: i64,
+        gone: bool,
+    ) -> Result<()> {
+        sqlx::query(sql::NOTE_REQUEST)
+            .bind(device)
+            .bind(from_seq)
+            .bind(now_ms)
+            .bind(gone)
+            .bind(MAX_REQUESTS)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn mark_reviewed(&self, device: &str, seq: i64, reviewed: bool) -> Result<()> {
+        sqlx::query(sql::MARK_REVIEWED)
+            .bind(device)
+            .bind(seq)
+            .bind(reviewed)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,379 @@
+//! The store suite, run against both implementations: SQLite in a temp file and a real
+//! PostgreSQL server (Debian's `postgresql` package) started by the test on a free port.
+//! Where PostgreSQL is not installed the PostgreSQL half says it was skipped, except under CI
+//! (`CI` set), where it must run.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use vigil_core::wire::{EventMsg, StatusMsg};
+use vigil_fleet::store::postgres::PgStore;
+use vigil_fleet::store::sqlite::SqliteStore;
+use vigil_fleet::store::{EventFilter, Gap, MAX_REQUESTS, Store};
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("vigil-fleet-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn event(device: &str, camera: &str, seq: u64, bytes: Option<u32>) -> EventMsg {
+    let snapshot = bytes.map(|b| {
+        format!(r#","snapshot":{{"id":"pic-{device}-{seq}","width":64,"height":48,"bytes":{b}}}"#)
+    });
+    serde_json::from_str(&format!(
+        r#"{{"seq":{seq},"id":"ev-{seq}","device":"{device}","camera":"{camera}","rule":"door",
+            "kind":"zone_enter","track_id":1,"class":"person","score":0.7,"bbox":[0,0,1,1],
+            "time":"2026-12-06T06:00:00Z"{}}}"#,
+        snapshot.unwrap_or_default()
+    ))
+    .unwrap()
+}
+
+fn gaps_of(gaps: &[Gap], device: &str) -> Vec<(i64, i64)> {
+    gaps.iter()
+        .filter(|g| g.device == device)
+        .map(|g| (g.from_seq, g.to_seq))
+        .collect()
+}
+
+async fn suite<S: Store>(s: &S) {
+    s.migrate().await.unwrap();
+    s.migrate().await.unwrap(); // idempotent
+
+    // Status: `since` moves only when the state changes.
+    let st = |state: &str| StatusMsg {
+        state: state.into(),
+        version: Some("0.1.0".into()),
+        time: None,
+        reason: None,
+    };
+    s.set_status("a", &st("online"), 1000).await.unwrap();
+    s.set_status("a", &st("online"), 2000).await.unwrap();
+    let d = s.devices().await.unwrap();
+    assert_eq!(
+        (d[0].state.as_str(), d[0].since_ms, d[0].last_seen_ms),
+        ("online", 1000, 2000)
+    );
+    s.set_status("a", &st("offline"), 3000).await.unwrap();
+    let d = s.devices().await.unwrap();
+    assert_eq!((d[0].state.as_str(), d[0].since_ms), ("offline", 3000));
+    s.set_telemetry("a", r#"{"x":1}"#, 4000).await.unwrap();
+    let d = s.devices().await.unwrap();
+    assert_eq!(
+        (d[0].telemetry.as_deref(), d[0].telemetry_ms),
+        (Some(r#"{"x":1}"#), Some(4000))
+    );
+
+    // Events: duplicates absorbed, gaps exact whatever the order.
+    for seq in [1, 2, 5] {
+        assert!(
+            s.insert_event(&event("a", "c1", seq, None), "{}", 10)
+                .await
+                .unwrap()
+        );
+    }
+    assert!(
+        !s.insert_event(&event("a", "c1", 2, None), "{}", 11)
+            .await
+            .unwrap()
+    );
+    assert_eq!(gaps_of(&s.gaps().await.unwrap(), "a"), vec![(3, 4)]);
+    s.insert_event(&event("a", "c1", 12, None), "{}", 12)
+        .await
+        .unwrap();
+    assert_eq!(
+        gaps_of(&s.gaps().await.unwrap(), "a"),
+        vec![(3, 4), (6, 11)]
+    );
+    s.insert_event(&event("a", "c1", 8, None), "{}", 13)
+        .await
+        .unwrap();
+    assert_eq!(
+        gaps_of(&s.gaps().await.unwrap(), "a"),
+        vec![(3, 4), (6, 7), (9, 11)]
+    );
+    for seq in [3, 4, 6, 7, 9, 10, 11] {
+        s.insert_event(&event("a", "c1", seq, None), "{}", 14)
+            .await
+            .unwrap();
+    }
+    assert!(gaps_of(&s.gaps().await.unwrap(), "a").is_empty());
+    // Another box's events do not touch a's.
+    s.insert_event(&event("b", "c1", 100, None), "{}", 15)
+        .await
+        .unwrap();
+    s.insert_event(&event("b", "c1", 103, None), "{}", 16)
+        .await
+        .unwrap();
+    assert_eq!(gaps_of(&s.gaps().await.unwrap(), "b"), vec![(101, 102)]);
+    assert!(gaps_of(&s.gaps().await.unwrap(), "a").is_empty());
+    let d = s.devices().await.unwrap();
+    assert_eq!(d.iter().find(|d| d.device == "a").unwrap().events, 12);
+
+    // Replay requests: counted, unfillable at the limit or when the box says they are gone.
+    for k in 0..MAX_REQUESTS {
+        let g = &s.gaps().await.unwrap()[0];
+        assert!(!g.unfillable, "request {k}");
+        s.note_request("b", 101, 100 + i64::from(k), false)
+            .await
+            .unwrap();
+    }
+    let g = &s.gaps().await.unwrap()[0];
+    assert!(g.unfillable && g.requests == MAX_REQUESTS, "{g:?}");
+    s.insert_event(&event("b", "c1", 107, None), "{}", 17)
+        .await
+        .unwrap();
+    s.note_request("b", 104, 200, true).await.unwrap();
+    let gone = s.gaps().await.unwrap();
+    assert!(gone.iter().all(|g| g.unfillable), "{gone:?}");
+    // A late event still splits an unfillable gap, which stays unfillable.
+    s.insert_event(&event("b", "c1", 105, None), "{}", 18)
+        .await
+        .unwrap();
+    let g = s.gaps().await.unwrap();
+    assert_eq!(gaps_of(&g, "b"), vec![(101, 102), (104, 104), (106, 106)]);
+    assert!(g.iter().all(|g| g.unfillable));
+
+    // Filters.
+    s.insert_event(&event("a", "c2", 13, None), "{}", 20)
+        .await
+        .unwrap();
+    let f = |camera: Option<&str>| EventFilter {
+        device: Some("a".into()),
+        camera: camera.map(Into::into),
+        limit: 100,
+        ..Default::default()
+    };
+    assert_eq!(s.events(&f(None)).await.unwrap().len(), 13);
+    let c2 = s.events(&f(Some("c2"))).await.unwrap();
+    assert_eq!((c2.len(), c2[0].seq), (1, 13));
+    let none = EventFilter {
+        class: Some("car".into()),
+        limit: 100,
+        ..Default::default()
+    };
+    assert!(s.events(&none).await.unwrap().is_empty());
+    let newest = s
+        .events(&EventFilter {
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(newest[0].seq, 13, "newest first");
+
+    // Pictures: matched to the newest event of that camera with that many bytes, bounded.
+    s.insert_event(&event("a", "c3", 20, Some(4)), "{}", 30)
+        .await
+        .unwrap();
+    s.insert_event(&event("a", "c3", 21, Some(5)), "{}", 31)
+        .await
+        .unwrap();
+    let id = s
+        .add_picture("a", "c3", &[0xff, 0xd8, 1, 2], 32, 1 << 20)
+        .await
+        .unwrap();
+    assert_eq!(id.as_deref(), Some("pic-a-20"));
+    assert_eq!(
+        s.snapshot("pic-a-20").await.unwrap().unwrap(),
+        vec![0xff, 0xd8, 1, 2]
+    );
+    assert_eq!(
+        s.camera_picture("a", "c3").await.unwrap().unwrap(),
+        vec![0xff, 0xd8, 1, 2]
+    );
+    let e = s
+        .events(&EventFilter {
+            camera: Some("c3".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(e.iter().any(|e| e.seq == 20 && e.has_picture));
+    assert!(e.iter().any(|e| e.seq == 21 && !e.has_picture));
+    // No event waits for a 3-byte picture: the camera's latest only.
+    assert_eq!(
+        s.add_picture("a", "c3", &[0xff, 0xd8, 9], 33, 1 << 20)
+            .await
+            .unwrap(),
+        None
+    );
+    // Over the bound the oldest picture goes.
+    let id = s
+        .add_picture("a", "c3", &[0xff, 0xd8, 1, 2, 3], 34, 6)
+        .await
+        .unwrap();
+    assert_eq!(id.as_deref(), Some("pic-a-21"));
+    assert!(
+        s.snapshot("pic-a-20").await.unwrap().is_none(),
+        "the oldest went"
+    );
+    assert!(s.snapshot("pic-a-21").await.unwrap().is_some());
+
+    s.mark_reviewed("a", 13, true).await.unwrap();
+    let r = s.events(&f(Some("c2"))).await.unwrap();
+    assert!(r[0].reviewed);
+}
+
+#[tokio::test]
+async fn the_store_suite_on_sqlite() {
+    let dir = temp_dir("sqlite");
+    let s = SqliteStore::open(&dir.join("fleet.db")).unwrap();
+    suite(&s).await;
+    // Reopened: everything is still there.
+    drop(s);
+    let s = SqliteStore::open(&dir.join("fleet.db")).unwrap();
+    s.migrate().await.unwrap();
+    assert_eq!(s.devices().await.unwrap().len(), 2);
+}
+
+/// A PostgreSQL server of its own, stopped when dropped.
+struct Postgres {
+    child: Child,
+    port: u16,
+    _dir: PathBuf,
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn pg_bin() -> Option<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| Some(e.ok()?.path().join("bin")))
+        .filter(|b| b.join("initdb").exists())
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+/// `cmd` as the `postgres` user when this runs as root (initdb refuses root).
+fn as_postgres(bin: &Path, args: &[&str]) -> Command {
+    let root = running_as_root();
+    let mut c = if root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(bin);
+        c
+    } else {
+        Command::new(bin)
+    };
+    c.args(args);
+    c
+}
+
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .map(|v| v.split_whitespace().next() == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+fn start_postgres() -> Option<Postgres> {
+    let bin = pg_bin()?;
+    let dir = temp_dir("pg");
+    let data = dir.join("data");
+    if running_as_root() {
+        let ok = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&dir)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "chown of {} to postgres", dir.display());
+    }
+    let out = as_postgres(
+        &bin.join("initdb"),
+        &[
+            "-D",
+            data.to_str()?,
+            "-A",
+            "trust",
+            "-U",
+            "vigil",
+            "--no-sync",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "initdb: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = as_postgres(
+        &bin.join("postgres"),
+        &[
+            "-D",
+            data.to_str()?,
+            "-p",
+            &port.to_string(),
+            "-k",
+            dir.to_str()?,
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "fsync=off",
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let pg = Postgres {
+        child,
+        port,
+        _dir: dir,
+    };
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "postgres did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Some(pg)
+}
+
+#[tokio::test]
+async fn the_store_suite_on_postgresql() {
+    let Some(pg) = start_postgres() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "PostgreSQL must be installed under CI (cargo xtask setup installs it)"
+        );
+        eprintln!("SKIPPED the_store_suite_on_postgresql: no PostgreSQL server binaries here");
+        return;
+    };
+    let url = format!("postgres://vigil@127.0.0.1:{}/postgres", pg.port);
+    // The server accepts TCP a moment before it accepts logins.
+    let t0 = Instant::now();
+    let s = loop {
+        match PgStore::connect(&url).await {
+            Ok(s) => break s,
+            Err(e) if t0.elapsed() < Duration::from_secs(30) => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    suite(&s).await;
+}
