@@ -3,7 +3,9 @@
 //! on Review with its picture (fetched and decoded); a box killed with SIGKILL shows offline
 //! (its last will) within the keep-alive bound; events published while the console was down
 //! leave a gap in its sequence that the console repairs by asking the box to replay exactly
-//! the missing range.
+//! the missing range. Logins: every page needs one; an operator's `ping` reaches the box and
+//! its reply shows; a viewer has no command buttons and a forged command POST is refused with
+//! 403, as is any form without the session's CSRF token; the audit log is an admin's.
 
 use crate::common::*;
 use std::process::{Command, Stdio};
@@ -39,6 +41,76 @@ fn console(db: &std::path::Path, mqtt: u16, port: u16) -> Proc {
     }
 }
 
+/// `vigil-fleet user add NAME --role ROLE` with `password` on standard input.
+fn add_user(db: &std::path::Path, name: &str, role: &str, password: &str) {
+    use std::io::Write;
+    let mut c = Command::new(fleet_bin())
+        .args(["user", "add", name, "--role", role, "--db"])
+        .arg(db)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(c.stdin.take().unwrap(), "{password}").unwrap();
+    let out = c.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// One form POST or GET with a session cookie: (status, head (lower-cased), body).
+fn request_as(
+    addr: &str,
+    method: &str,
+    path: &str,
+    cookie: &str,
+    form: &str,
+) -> (u16, String, String) {
+    let ctype = ("Content-Type", "application/x-www-form-urlencoded");
+    let headers: Vec<(&str, &str)> = if cookie.is_empty() {
+        vec![ctype]
+    } else {
+        vec![ctype, ("Cookie", cookie)]
+    };
+    let r = request(addr, method, path, &headers, form);
+    (r.code, r.head, r.body)
+}
+
+/// Logs in; the session cookie (`vigil_session=…`, as sent: the token is case-sensitive).
+fn login(addr: &str, name: &str, password: &str) -> String {
+    let form = format!("name={name}&password={password}");
+    let ctype = ("Content-Type", "application/x-www-form-urlencoded");
+    let r = request(addr, "POST", "/login", &[ctype], &form);
+    assert_eq!(r.code, 303, "{}{}", r.head, r.body);
+    r.head_raw
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(": ")?;
+            k.eq_ignore_ascii_case("set-cookie").then_some(v)
+        })
+        .and_then(|c| c.split(';').next())
+        .expect("a session cookie")
+        .to_string()
+}
+
+fn get(addr: &str, path: &str, cookie: &str) -> String {
+    let (code, head, body) = request_as(addr, "GET", path, cookie, "");
+    assert_eq!(code, 200, "{path}: {head}");
+    body
+}
+
+/// The session's CSRF token, as the pages' forms carry it.
+fn csrf(page: &str) -> String {
+    page.split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("a form with a CSRF token")
+        .to_string()
+}
+
 fn stats(addr: &str) -> serde_json::Value {
     let (code, body) = http_get(addr, "/api/stats");
     assert_eq!(code, 200, "{body}");
@@ -72,25 +144,43 @@ fn the_console_shows_boxes_events_pictures_offline_and_repairs_gaps() {
         })
         .collect();
     let db = dir.join("fleet.db");
+    add_user(&db, "admin", "admin", "admin-password-1");
+    add_user(&db, "op", "operator", "operator-password-1");
+    add_user(&db, "view", "viewer", "viewer-password-1");
     let mut fleet = console(&db, mqtt, web);
     let addr = format!("127.0.0.1:{web}");
 
+    // Logins: no page without one; a wrong password gets 401.
+    let (code, head, _) = request_as(&addr, "GET", "/", "", "");
+    assert!(code == 303 && head.contains("location: /login"), "{head}");
+    let (code, _, _) = request_as(
+        &addr,
+        "POST",
+        "/login",
+        "",
+        "name=admin&password=wrong-password",
+    );
+    assert_eq!(code, 401);
+    let admin = login(&addr, "admin", "admin-password-1");
+    let op = login(&addr, "op", "operator-password-1");
+    let view = login(&addr, "view", "viewer-password-1");
+
     // Both boxes online, events stored, an event picture matched and served.
     wait("events from both boxes", Duration::from_secs(60), || {
-        let (_, page) = http_get(&addr, "/fragments/fleet");
+        let page = get(&addr, "/fragments/fleet", &admin);
         ["f1", "f2"]
             .iter()
             .all(|b| page.contains(&format!("data-device=\"{b}\"")))
             && stats(&addr)["events"].as_u64().unwrap_or(0) >= 4
     });
-    let (_, page) = http_get(&addr, "/");
+    let page = get(&addr, "/", &admin);
     assert!(page.contains("online for"), "{page}");
     let mut picture = None;
     wait(
         "an event with its picture on Review",
         Duration::from_secs(60),
         || {
-            let (_, review) = http_get(&addr, "/review?device=f1");
+            let review = get(&addr, "/review?device=f1", &view);
             picture = review
                 .split("src=\"/snapshots/")
                 .nth(1)
@@ -99,8 +189,23 @@ fn the_console_shows_boxes_events_pictures_offline_and_repairs_gaps() {
             picture.is_some()
         },
     );
-    let (code, ctype, jpeg) = http_get_bytes(&addr, &format!("/snapshots/{}", picture.unwrap()));
-    assert_eq!((code, ctype.as_str()), (200, "image/jpeg"));
+    let path = format!("/snapshots/{}", picture.unwrap());
+    let (code, _, _) = http_get_bytes(&addr, &path);
+    assert_eq!(code, 303, "a picture needs a login too");
+    let jpeg = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: {view}\r\n\r\n"
+        )
+        .unwrap();
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).unwrap();
+        let at = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert!(raw.starts_with(b"HTTP/1.1 200"));
+        raw[at..].to_vec()
+    };
     let (w, h, _) = decode_jpeg(&jpeg);
     assert_eq!(
         (w, h),
@@ -119,10 +224,60 @@ fn the_console_shows_boxes_events_pictures_offline_and_repairs_gaps() {
     wait("hostile payloads refused", Duration::from_secs(10), || {
         stats(&addr)["refused"].as_u64().unwrap_or(0) >= 3
     });
-    let (_, f2) = http_get(&addr, "/review?device=f2");
+    let f2 = get(&addr, "/review?device=f2", &admin);
     assert!(
         !f2.contains("data-seq=\"999999\""),
         "a payload from f1's topic never lands on f2"
+    );
+
+    // Commands: an operator's ping reaches f1 and its reply shows; a viewer has no buttons,
+    // and a forged POST (with the viewer's own CSRF token) or one without a token gets 403.
+    let page = get(&addr, "/devices/f1", &op);
+    assert!(
+        page.contains("id=\"cmd-ping\""),
+        "the operator has the ping button"
+    );
+    let token = csrf(&page);
+    let (code, _, _) = request_as(
+        &addr,
+        "POST",
+        "/devices/f1/commands",
+        &op,
+        &format!("csrf={token}&command=ping"),
+    );
+    assert_eq!(code, 303);
+    wait("the ping's reply", Duration::from_secs(15), || {
+        get(&addr, "/devices/f1", &op).contains("pong")
+    });
+    let page = get(&addr, "/devices/f1", &view);
+    assert!(
+        !page.contains("id=\"cmd-ping\""),
+        "a viewer has no command buttons"
+    );
+    let (code, _, body) = request_as(
+        &addr,
+        "POST",
+        "/devices/f1/commands",
+        &view,
+        &format!("csrf={}&command=ping", csrf(&page)),
+    );
+    assert_eq!(code, 403, "{body}");
+    let (code, _, _) = request_as(&addr, "POST", "/devices/f1/commands", &op, "command=ping");
+    assert_eq!(code, 403, "no CSRF token");
+    let (code, _, _) = request_as(
+        &addr,
+        "POST",
+        "/devices/f1/commands",
+        &op,
+        "csrf=forged&command=ping",
+    );
+    assert_eq!(code, 403, "a wrong CSRF token");
+    let (code, _, _) = request_as(&addr, "GET", "/audit", &view, "");
+    assert_eq!(code, 403, "the audit log is an admin's");
+    let audit = get(&addr, "/audit", &admin);
+    assert!(
+        audit.contains("command ping") && audit.contains(">op<"),
+        "{audit}"
     );
 
     // SIGKILL: the broker publishes the box's last will (offline) within 1.5 × keep-alive.
@@ -131,8 +286,7 @@ fn the_console_shows_boxes_events_pictures_offline_and_repairs_gaps() {
     let killed = Instant::now();
     f2_proc.kill9();
     wait("f2 offline", Duration::from_secs(15), || {
-        let (_, page) = http_get(&addr, "/devices/f2");
-        page.contains("offline for")
+        get(&addr, "/devices/f2", &admin).contains("offline for")
     });
     assert!(
         killed.elapsed() <= Duration::from_secs(10),
@@ -155,10 +309,10 @@ fn the_console_shows_boxes_events_pictures_offline_and_repairs_gaps() {
         std::thread::sleep(Duration::from_millis(250));
     }
     wait("every gap filled", Duration::from_secs(60), || {
-        let (_, page) = http_get(&addr, "/devices/f1");
-        page.contains("None: every event from the first one seen is here.")
+        get(&addr, "/devices/f1", &admin)
+            .contains("None: every event from the first one seen is here.")
     });
-    let (_, page) = http_get(&addr, "/fragments/fleet");
+    let page = get(&addr, "/fragments/fleet", &admin);
     assert!(page.contains("none"), "{page}");
     assert!(stats(&addr)["events"].as_u64().unwrap() > 0 && before > 0);
     drop(fleet);

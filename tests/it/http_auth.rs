@@ -12,42 +12,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// A raw HTTP/1.1 response: status, head (lower-cased) and body.
-pub struct Reply {
-    pub code: u16,
-    pub head: String,
-    pub body: String,
-}
-
-/// One request on a fresh connection (`Connection: close`).
-pub fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
-    let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    if method == "POST" {
-        req.push_str("Content-Length: 0\r\n");
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let raw = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let code = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no HTTP response to {method} {path}: {raw:?}"));
-    Reply {
-        code,
-        head: head.to_ascii_lowercase(),
-        body: body.to_string(),
-    }
-}
-
 pub fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
@@ -122,7 +86,7 @@ fn tokens_scopes_and_secrets_kept_out_of_every_view() {
     let admin = bearer(&admin_token);
 
     // /healthz is open (200 or 503, never 401).
-    let r = request(&addr, "GET", "/healthz", &[]);
+    let r = request(&addr, "GET", "/healthz", &[], "");
     assert!(r.code == 200 || r.code == 503, "{}", r.body);
 
     // No token: 401 with the challenge, on every read and admin route.
@@ -133,7 +97,7 @@ fn tokens_scopes_and_secrets_kept_out_of_every_view() {
         ("GET", "/api/config"),
         ("POST", "/api/reload"),
     ] {
-        let r = request(&addr, method, path, &[]);
+        let r = request(&addr, method, path, &[], "");
         assert_eq!(r.code, 401, "{method} {path}: {}", r.body);
         assert!(
             r.head.contains("www-authenticate: bearer realm=\"vigil\""),
@@ -146,17 +110,18 @@ fn tokens_scopes_and_secrets_kept_out_of_every_view() {
         "GET",
         "/metrics",
         &[("Authorization", "Bearer vgl_nope")],
+        "",
     );
     assert_eq!(r.code, 401);
     assert!(r.head.contains("error=\"invalid_token\""), "{}", r.head);
 
     // A read token reads, and is refused the admin routes with 403.
     for path in ["/metrics", "/api/cameras", "/api/events?from_seq=1"] {
-        let r = request(&addr, "GET", path, &[("Authorization", &read)]);
+        let r = request(&addr, "GET", path, &[("Authorization", &read)], "");
         assert_eq!(r.code, 200, "{path}: {}", r.body);
     }
     for (method, path) in [("GET", "/api/config"), ("POST", "/api/reload")] {
-        let r = request(&addr, method, path, &[("Authorization", &read)]);
+        let r = request(&addr, method, path, &[("Authorization", &read)], "");
         assert_eq!(r.code, 403, "{method} {path}: {}", r.body);
         assert!(
             r.head.contains("error=\"insufficient_scope\""),
@@ -167,7 +132,13 @@ fn tokens_scopes_and_secrets_kept_out_of_every_view() {
 
     // The admin token: the config view (the reference as written, no secret), a reload, and a
     // camera that does not exist.
-    let r = request(&addr, "GET", "/api/config", &[("Authorization", &admin)]);
+    let r = request(
+        &addr,
+        "GET",
+        "/api/config",
+        &[("Authorization", &admin)],
+        "",
+    );
     assert_eq!(r.code, 200, "{}", r.body);
     let view: serde_json::Value = serde_json::from_str(&r.body).unwrap();
     let toml = view["toml"].as_str().unwrap();
@@ -177,13 +148,20 @@ fn tokens_scopes_and_secrets_kept_out_of_every_view() {
         !toml.contains("oldpass") && !toml.contains(password),
         "{toml}"
     );
-    let r = request(&addr, "POST", "/api/reload", &[("Authorization", &admin)]);
+    let r = request(
+        &addr,
+        "POST",
+        "/api/reload",
+        &[("Authorization", &admin)],
+        "",
+    );
     assert_eq!(r.code, 200, "{}", r.body);
     let r = request(
         &addr,
         "POST",
         "/api/cameras/nope/restart",
         &[("Authorization", &admin)],
+        "",
     );
     assert_eq!(r.code, 404, "{}", r.body);
 

@@ -4,7 +4,7 @@
 //! of 1 024 file descriptors no longer stop `/healthz` or make the camera fail.
 
 use crate::common::*;
-use crate::http_auth::{bare_config, request};
+use crate::http_auth::bare_config;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -106,16 +106,17 @@ fn idle_and_slow_connections_are_closed_and_oversized_requests_refused() {
 
     // Oversized requests: refused before any handler.
     let long = format!("/api/events?from_seq=1&x={}", "a".repeat(100));
-    assert_eq!(request(&addr, "GET", &long, &[]).code, 414);
+    assert_eq!(request(&addr, "GET", &long, &[], "").code, 414);
     let r = request(
         &addr,
         "GET",
         "/api/events?from_seq=1",
         &[("Content-Length", "5000")],
+        "",
     );
     assert_eq!(r.code, 413, "{}", r.body);
     let huge = "h".repeat(20 << 10);
-    let r = request(&addr, "GET", "/healthz", &[("X-Huge", &huge)]);
+    let r = request(&addr, "GET", "/healthz", &[("X-Huge", &huge)], "");
     assert_eq!(r.code, 431, "a 20 KiB head");
 
     let (_, metrics) = http_get(&addr, "/metrics");
@@ -234,7 +235,7 @@ fn idle_connections_do_not_starve_health_or_the_camera() {
     }
 
     // The camera builds a new pipeline while the connections are held.
-    let r = request(&addr, "POST", "/api/cameras/plaza/restart", &[]);
+    let r = request(&addr, "POST", "/api/cameras/plaza/restart", &[], "");
     assert_eq!(r.code, 200, "{}", r.body);
     let t0 = Instant::now();
     loop {

@@ -19,7 +19,7 @@ mod soak;
 mod tidy;
 
 use anyhow::{Context, Result, bail};
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -468,7 +468,26 @@ fn demo(args: &[String]) -> Result<()> {
     step(&format!(
         "starting the fleet console on 127.0.0.1:{fleet_port} (its store: .cache/demo/fleet.db)"
     ));
-    let fleet = Command::new(root.join("target/release/vigil-fleet"))
+    let fleet_bin = root.join("target/release/vigil-fleet");
+    // A demo admin with a fresh random password, printed below (no default password exists).
+    let password = {
+        let mut b = [0u8; 9];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+            .context("reading /dev/urandom")?;
+        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+    };
+    let mut add = Command::new(&fleet_bin)
+        .args(["user", "add", "demo", "--role", "admin", "--db"])
+        .arg(work.join("fleet.db"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()?;
+    writeln!(add.stdin.take().context("stdin")?, "{password}")?;
+    if !add.wait()?.success() {
+        bail!("vigil-fleet user add demo failed");
+    }
+    let fleet = Command::new(&fleet_bin)
         .args(["serve", "--broker", &format!("127.0.0.1:{mqtt_port}")])
         .arg("--db")
         .arg(work.join("fleet.db"))
@@ -489,7 +508,7 @@ fn demo(args: &[String]) -> Result<()> {
         "  live view:       http://127.0.0.1:28080/live   (open it in a browser: the camera with boxes, zone and line)"
     );
     println!(
-        "  fleet console:   http://127.0.0.1:{fleet_port}/   (the demo box, its events with pictures: /review)"
+        "  fleet console:   http://127.0.0.1:{fleet_port}/   user demo, password {password}   (the demo box, its events with pictures: /review)"
     );
     println!("  config:          {}", config.display());
     println!("  stop:            Ctrl-C");

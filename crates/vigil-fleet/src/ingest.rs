@@ -65,7 +65,8 @@ enum Topic<'a> {
     Telemetry(&'a str),
     Event(&'a str, &'a str),
     Picture(&'a str, &'a str),
-    ReplayReply(&'a str),
+    /// A command reply: the device and the command's name (`ping`, `camera/restart`, …).
+    Reply(&'a str, &'a str),
 }
 
 fn parse_topic<'a>(prefix: &str, topic: &'a str) -> Option<Topic<'a>> {
@@ -78,7 +79,17 @@ fn parse_topic<'a>(prefix: &str, topic: &'a str) -> Option<Topic<'a>> {
     Some(match what {
         "status" => Topic::Status(device),
         "telemetry" => Topic::Telemetry(device),
-        "cmd/events/replay/reply" => Topic::ReplayReply(device),
+        _ if what.starts_with("cmd/") && what.ends_with("/reply") => {
+            let name = what
+                .strip_prefix("cmd/")
+                .and_then(|n| n.strip_suffix("/reply"))
+                .unwrap_or("");
+            let levels = name.split('/').count();
+            if !(1..=2).contains(&levels) || !name.split('/').all(is_name) {
+                return None;
+            }
+            Topic::Reply(device, name)
+        }
         _ => match what.split_once('/')? {
             ("events", cam) => Topic::Event(device, named(cam)?),
             ("snapshot", cam) => Topic::Picture(device, named(cam)?),
@@ -153,17 +164,23 @@ fn bounded(s: &str) -> String {
 
 /// Runs the ingest until the task is dropped: connects (and reconnects), subscribes, stores,
 /// repairs gaps. `changed` is told after every stored change (the pages' live updates).
-pub async fn run<S: Store + Clone>(
-    store: S,
-    cfg: IngestConfig,
-    counters: Arc<Counters>,
-    changed: tokio::sync::broadcast::Sender<()>,
-) {
+/// The console's MQTT client (the pages publish commands with it) and its event loop (for
+/// [`run`]).
+pub fn client(cfg: &IngestConfig) -> (AsyncClient, rumqttc::EventLoop) {
     let mut opts = MqttOptions::new(&cfg.client_id, &cfg.host, cfg.port);
     opts.set_keep_alive(Duration::from_secs(10));
     opts.set_max_packet_size(MAX_PACKET + 1024, MAX_PACKET + 1024);
     opts.set_clean_session(true);
-    let (client, mut eventloop) = AsyncClient::new(opts, 256);
+    AsyncClient::new(opts, 256)
+}
+
+pub async fn run<S: Store + Clone>(
+    store: S,
+    cfg: IngestConfig,
+    (client, mut eventloop): (AsyncClient, rumqttc::EventLoop),
+    counters: Arc<Counters>,
+    changed: tokio::sync::broadcast::Sender<()>,
+) {
     let repair = tokio::spawn(repair_gaps(
         store.clone(),
         client.clone(),
@@ -179,7 +196,8 @@ pub async fn run<S: Store + Clone>(
         format!("{p}/+/telemetry"),
         format!("{p}/+/events/+"),
         format!("{p}/+/snapshot/+"),
-        format!("{p}/+/cmd/events/replay/reply"),
+        format!("{p}/+/cmd/+/reply"),
+        format!("{p}/+/cmd/+/+/reply"),
     ];
     loop {
         match eventloop.poll().await {
@@ -278,20 +296,39 @@ async fn handle<S: Store>(
                 .await
                 .map(|_| ())
         }
-        Topic::ReplayReply(device) => {
+        Topic::Reply(device, name) => {
             let Ok(r) = serde_json::from_slice::<ReplyMsg>(payload) else {
                 return refuse(warn, c, "reply", topic, "not a command reply");
             };
-            // Ours: "fleet-replay-<from_seq>". A box that replayed nothing no longer has them.
-            let from = r
-                .request_id
-                .as_deref()
-                .and_then(|id| id.strip_prefix("fleet-replay-"))
-                .and_then(|s| s.parse::<i64>().ok());
-            let count = r.data.as_ref().and_then(|d| d["count"].as_u64());
-            match (from, r.status.as_str(), count) {
-                (Some(from), "ok", Some(0)) => store.note_request(device, from, now, true).await,
-                _ => return false,
+            let id = r.request_id.as_deref().unwrap_or("");
+            if name == "events/replay" {
+                // Ours: "fleet-replay-<from_seq>". A box that replayed nothing no longer has
+                // them.
+                let from = id
+                    .strip_prefix("fleet-replay-")
+                    .and_then(|s| s.parse::<i64>().ok());
+                let count = r.data.as_ref().and_then(|d| d["count"].as_u64());
+                match (from, r.status.as_str(), count) {
+                    (Some(from), "ok", Some(0)) => {
+                        store.note_request(device, from, now, true).await
+                    }
+                    _ => return false,
+                }
+            } else if id.starts_with("fleet-cmd-") && id.len() <= 64 {
+                let status: String = r.status.chars().take(16).collect();
+                let message: String = r.message.chars().take(300).collect();
+                store
+                    .put_reply(&crate::store::ReplyRow {
+                        request_id: id.to_string(),
+                        device: device.to_string(),
+                        command: name.to_string(),
+                        status,
+                        message,
+                        time_ms: now,
+                    })
+                    .await
+            } else {
+                return false;
             }
         }
     };
@@ -376,8 +413,14 @@ mod tests {
         );
         assert_eq!(
             parse_topic(p, "vigil/b/cmd/events/replay/reply"),
-            Some(Topic::ReplayReply("b"))
+            Some(Topic::Reply("b", "events/replay"))
         );
+        assert_eq!(
+            parse_topic(p, "vigil/b/cmd/ping/reply"),
+            Some(Topic::Reply("b", "ping"))
+        );
+        assert_eq!(parse_topic(p, "vigil/b/cmd/a/b/c/reply"), None);
+        assert_eq!(parse_topic(p, "vigil/b/cmd/reply"), None);
         assert_eq!(parse_topic(p, "vigil/b/events/a/b"), None);
         assert_eq!(parse_topic(p, "vigil/b c/status"), None);
         assert_eq!(parse_topic(p, "other/b/status"), None);

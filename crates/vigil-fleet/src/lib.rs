@@ -4,12 +4,14 @@
 //! Knows Vigil only by its payloads (`vigil_core::wire`) and its topics: never the device's
 //! internals (no data plane, no control plane, no OTA agent).
 //!
+//! - [`auth`]: users, sessions, CSRF, roles;
 //! - [`store`]: the `Store` trait, SQLite and PostgreSQL;
 //! - [`ingest`]: the broker → the store, gap repair by replay requests;
 //! - [`web`]: the pages.
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod ingest;
 pub mod store;
 pub mod web;

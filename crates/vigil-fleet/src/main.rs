@@ -7,6 +7,7 @@ use clap::Parser;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use vigil_fleet::auth::Role;
 use vigil_fleet::ingest::{self, Counters, IngestConfig};
 use vigil_fleet::store::Store;
 use vigil_fleet::store::postgres::PgStore;
@@ -18,6 +19,25 @@ use vigil_fleet::web::{self, App};
 enum Cli {
     /// Read the broker into the store and serve the pages.
     Serve(ServeArgs),
+    /// The console's users.
+    #[command(subcommand)]
+    User(UserCmd),
+}
+
+#[derive(clap::Subcommand)]
+enum UserCmd {
+    /// Add a user (or set an existing user's password and role); the password is read from
+    /// the first line of standard input (at least 10 characters).
+    Add {
+        name: String,
+        /// viewer (sees), operator (also sends commands, marks events reviewed) or admin
+        /// (also reads the audit log).
+        #[arg(long)]
+        role: String,
+        /// The console's store, as given to `serve --db`.
+        #[arg(long, default_value = "fleet.db")]
+        db: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -34,9 +54,10 @@ struct ServeArgs {
     /// Where the pages are served.
     #[arg(long, default_value = "127.0.0.1:8090")]
     listen: SocketAddr,
-    /// The console has no login yet: it serves only on loopback unless this is given.
+    /// The console speaks plain HTTP (passwords and cookies readable on the network): it
+    /// serves only on loopback unless this is given (put it behind a TLS proxy).
     #[arg(long)]
-    allow_remote_without_login: bool,
+    allow_remote_http: bool,
     /// Seconds a sequence gap waits before the box is asked to replay it.
     #[arg(long, default_value_t = 10.0)]
     gap_grace_s: f64,
@@ -59,19 +80,22 @@ async fn main() {
                 .unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let Cli::Serve(args) = Cli::parse();
-    if let Err(e) = serve(args).await {
+    let r = match Cli::parse() {
+        Cli::Serve(args) => serve(args).await,
+        Cli::User(UserCmd::Add { name, role, db }) => add_user(&name, &role, &db).await,
+    };
+    if let Err(e) = r {
         eprintln!("vigil-fleet: {e:#}");
         std::process::exit(1);
     }
 }
 
 async fn serve(a: ServeArgs) -> Result<()> {
-    if !a.listen.ip().is_loopback() && !a.allow_remote_without_login {
+    if !a.listen.ip().is_loopback() && !a.allow_remote_http {
         bail!(
-            "--listen {}: the console has no login yet, so it serves only on loopback \
-             (127.0.0.1 or ::1); put it behind an authenticating proxy and pass \
-             --allow-remote-without-login to serve elsewhere",
+            "--listen {}: the console speaks plain HTTP, so it serves only on loopback \
+             (127.0.0.1 or ::1); put it behind a TLS proxy and pass --allow-remote-http to \
+             serve elsewhere",
             a.listen
         );
     }
@@ -92,25 +116,75 @@ async fn serve(a: ServeArgs) -> Result<()> {
         retry: Duration::from_secs_f64(a.gap_retry_s),
         max_picture_bytes: a.picture_mib << 20,
     };
-    if a.db.starts_with("postgres://") || a.db.starts_with("postgresql://") {
-        let store = PgStore::connect(&a.db)
-            .await
-            .context("connecting to PostgreSQL")?;
-        run(store, cfg, a.listen).await
-    } else {
-        let store = SqliteStore::open(std::path::Path::new(&a.db))
-            .with_context(|| format!("opening {}", a.db))?;
-        run(store, cfg, a.listen).await
+    match open(&a.db).await? {
+        Db::Pg(s) => run(s, cfg, a.listen).await,
+        Db::Lite(s) => run(s, cfg, a.listen).await,
     }
 }
 
+enum Db {
+    Pg(PgStore),
+    Lite(SqliteStore),
+}
+
+/// The store `--db` names: a `postgres://` URL or a SQLite file; its tables made.
+async fn open(db: &str) -> Result<Db> {
+    let d = if db.starts_with("postgres://") || db.starts_with("postgresql://") {
+        Db::Pg(
+            PgStore::connect(db)
+                .await
+                .context("connecting to PostgreSQL")?,
+        )
+    } else {
+        Db::Lite(
+            SqliteStore::open(std::path::Path::new(db)).with_context(|| format!("opening {db}"))?,
+        )
+    };
+    match &d {
+        Db::Pg(s) => s.migrate().await,
+        Db::Lite(s) => s.migrate().await,
+    }
+    .context("creating the tables")?;
+    Ok(d)
+}
+
+async fn add_user(name: &str, role: &str, db: &str) -> Result<()> {
+    if !vigil_core::wire::is_name(name) {
+        bail!("user {name:?}: expected 1 to 64 of A-Z a-z 0-9 _ -");
+    }
+    let role = Role::parse(role)
+        .with_context(|| format!("--role {role:?}: expected viewer, operator or admin"))?;
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the password from standard input")?;
+    let password = line.trim_end_matches(['\r', '\n']);
+    if password.chars().count() < vigil_fleet::auth::MIN_PASSWORD {
+        bail!(
+            "the password (first line of standard input) has {} characters; at least {} expected",
+            password.chars().count(),
+            vigil_fleet::auth::MIN_PASSWORD
+        );
+    }
+    let hash = vigil_fleet::auth::hash_password(password).map_err(anyhow::Error::msg)?;
+    let now = ingest::now_ms();
+    match open(db).await? {
+        Db::Pg(s) => s.put_user(name, &hash, role.as_str(), now).await,
+        Db::Lite(s) => s.put_user(name, &hash, role.as_str(), now).await,
+    }?;
+    println!("user {name} ({}) saved in {db}", role.as_str());
+    Ok(())
+}
+
 async fn run<S: Store + Clone>(store: S, cfg: IngestConfig, listen: SocketAddr) -> Result<()> {
-    store.migrate().await.context("creating the tables")?;
     let counters = Arc::new(Counters::default());
     let (changed, _) = tokio::sync::broadcast::channel(64);
+    let (mqtt, eventloop) = ingest::client(&cfg);
+    let prefix = cfg.prefix.clone();
     tokio::spawn(ingest::run(
         store.clone(),
         cfg,
+        (mqtt.clone(), eventloop),
         counters.clone(),
         changed.clone(),
     ));
@@ -118,6 +192,8 @@ async fn run<S: Store + Clone>(store: S, cfg: IngestConfig, listen: SocketAddr) 
         store,
         counters,
         changed,
+        mqtt,
+        prefix,
     });
     let listener = tokio::net::TcpListener::bind(listen)
         .await

@@ -11,16 +11,22 @@
 //! - `/snapshots/{id}.jpg`, `/devices/{id}/cameras/{camera}/picture.jpg`: stored pictures;
 //! - `/sse`: `changed` events; `/api/stats`: the ingest's counters (JSON).
 //!
-//! No login yet: the server listens on loopback unless told otherwise (see `main.rs`).
+//! Every page needs a login (`/login`; [`crate::auth`]); forms that change something carry the
+//! session's CSRF token and check the role: an operator sends commands (`/devices/{id}`:
+//! `ping`, `status`, `reload`, `camera/restart`, published on the box's `cmd/` topic, the reply
+//! shown when it comes) and marks events reviewed; an admin reads the audit log (`/audit`).
+//! Every command and login is in the audit log.
 
+use crate::auth::{self, Role, Who};
 use crate::ingest::{Counters, now_ms};
-use crate::store::{DeviceRow, EventFilter, Store};
+use crate::store::{AuditRow, DeviceRow, EventFilter, ReplyRow, SessionRow, Store};
 use axum::Router;
-use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Redirect;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use maud::{DOCTYPE, Markup, html};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -40,11 +46,27 @@ pub struct App<S> {
     pub store: S,
     pub counters: Arc<Counters>,
     pub changed: tokio::sync::broadcast::Sender<()>,
+    /// Commands go out through the ingest's client.
+    pub mqtt: rumqttc::AsyncClient,
+    pub prefix: String,
 }
+
+/// The commands the console sends, and whether each names a camera.
+pub const COMMANDS: &[(&str, bool)] = &[
+    ("ping", false),
+    ("status", false),
+    ("reload", false),
+    ("camera/restart", true),
+];
 
 pub fn router<S: Store + Clone>(app: Arc<App<S>>) -> Router {
     Router::new()
         .route("/", get(fleet::<S>))
+        .route("/login", get(login_page).post(login::<S>))
+        .route("/logout", post(logout::<S>))
+        .route("/devices/{id}/commands", post(command::<S>))
+        .route("/review/{device}/{seq}", post(mark::<S>))
+        .route("/audit", get(audit_page::<S>))
         .route("/fragments/fleet", get(fleet_table::<S>))
         .route("/devices/{id}", get(device::<S>))
         .route(
@@ -72,7 +94,7 @@ fn js(body: &'static str) -> Response {
         .into_response()
 }
 
-fn page(title: &str, body: Markup) -> Response {
+fn page(title: &str, who: &Who, body: Markup) -> Response {
     Html(
         html! {
             (DOCTYPE)
@@ -89,6 +111,14 @@ fn page(title: &str, body: Markup) -> Response {
                         strong { "Vigil fleet" } " · "
                         a href="/" { "Fleet" }
                         a href="/review" { "Review" }
+                        @if who.role >= Role::Admin { a href="/audit" { "Audit log" } }
+                        span style="float:right" {
+                            (who.name) " (" (who.role.as_str()) ") "
+                            form method="post" action="/logout" style="display:inline" {
+                                input type="hidden" name="csrf" value=(who.csrf);
+                                button { "Log out" }
+                            }
+                        }
                     }
                     main { (body) }
                 }
@@ -107,6 +137,303 @@ fn not_found(what: &str) -> Response {
     (StatusCode::NOT_FOUND, format!("{what} not found")).into_response()
 }
 
+fn forbidden(why: &str) -> Response {
+    (StatusCode::FORBIDDEN, why.to_string()).into_response()
+}
+
+/// Who is logged in on this request (an unexpired session of a known user).
+async fn who<S: Store>(app: &App<S>, headers: &HeaderMap) -> Option<Who> {
+    let cookie = headers.get(header::COOKIE)?.to_str().ok()?;
+    let token = auth::token_hash(auth::cookie_token(cookie)?);
+    let s = app.store.session(&token, now_ms()).await.ok()??;
+    Some(Who {
+        name: s.name,
+        role: Role::parse(&s.role)?,
+        csrf: s.csrf,
+        token,
+    })
+}
+
+/// The logged-in user, or (`Err`) the answer for one who is not: to the login page.
+async fn need<S: Store>(app: &App<S>, headers: &HeaderMap) -> Result<Who, Response> {
+    who(app, headers)
+        .await
+        .ok_or_else(|| Redirect::to("/login").into_response())
+}
+
+/// The user of a form that changes something: logged in, the form's CSRF token the session's,
+/// and at least `role` (else 403).
+async fn allowed<S: Store>(
+    app: &App<S>,
+    headers: &HeaderMap,
+    csrf: &str,
+    role: Role,
+) -> Result<Who, Response> {
+    let Some(w) = who(app, headers).await else {
+        return Err(forbidden("not logged in"));
+    };
+    if !auth::same(csrf, &w.csrf) {
+        return Err(forbidden("missing or wrong CSRF token"));
+    }
+    if w.role < role {
+        return Err(forbidden(&format!(
+            "{} may not do this (needs {})",
+            w.role.as_str(),
+            role.as_str()
+        )));
+    }
+    Ok(w)
+}
+
+async fn audit<S: Store>(app: &App<S>, who: &str, action: &str, target: &str, detail: &str) {
+    let row = AuditRow {
+        time_ms: now_ms(),
+        name: who.to_string(),
+        action: action.to_string(),
+        target: target.to_string(),
+        detail: detail.chars().take(300).collect(),
+    };
+    if let Err(e) = app.store.audit(&row).await {
+        tracing::error!("audit log: {e}");
+    }
+}
+
+async fn login_page() -> Response {
+    login_form(None, StatusCode::OK)
+}
+
+fn login_form(error: Option<&str>, code: StatusCode) -> Response {
+    let body = html! {
+        (DOCTYPE)
+        html {
+            head { meta charset="utf-8"; title { "Log in · Vigil fleet" } style { (STYLE) } }
+            body {
+                header { strong { "Vigil fleet" } }
+                main {
+                    h2 { "Log in" }
+                    @if let Some(e) = error { p class="offline" { (e) } }
+                    form method="post" action="/login" {
+                        p { "User " input name="name" autocomplete="username"; }
+                        p { "Password " input type="password" name="password" autocomplete="current-password"; }
+                        button { "Log in" }
+                    }
+                }
+            }
+        }
+    };
+    (code, Html(body.into_string())).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct LoginForm {
+    name: String,
+    password: String,
+}
+
+async fn login<S: Store>(State(app): State<Arc<App<S>>>, Form(f): Form<LoginForm>) -> Response {
+    let user = if f.name.len() <= 64 && f.password.len() <= 1024 {
+        app.store.user(&f.name).await.ok().flatten()
+    } else {
+        None
+    };
+    // Verified on a blocking thread (Argon2 takes tens of milliseconds by design).
+    let ok = match user {
+        Some((hash, role)) => {
+            let pw = f.password.clone();
+            tokio::task::spawn_blocking(move || auth::verify_password(&pw, &hash))
+                .await
+                .unwrap_or(false)
+                .then_some(role)
+        }
+        None => None,
+    };
+    let Some(role) = ok else {
+        // Slow down guessing; say nothing of which part was wrong.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        tracing::warn!(
+            "failed login for {:?}",
+            f.name.chars().take(64).collect::<String>()
+        );
+        return login_form(Some("Wrong user or password."), StatusCode::UNAUTHORIZED);
+    };
+    let token = auth::new_token();
+    let session = SessionRow {
+        token: auth::token_hash(&token),
+        name: f.name.clone(),
+        role,
+        csrf: auth::new_token(),
+        expires_ms: now_ms() + auth::SESSION_MS,
+    };
+    if let Err(e) = app.store.put_session(&session).await {
+        return failed(e);
+    }
+    audit(&app, &f.name, "login", "", "").await;
+    (
+        StatusCode::SEE_OTHER,
+        [
+            (header::LOCATION, "/".to_string()),
+            (
+                header::SET_COOKIE,
+                format!(
+                    "{}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+                    auth::COOKIE,
+                    auth::SESSION_MS / 1000
+                ),
+            ),
+        ],
+    )
+        .into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+async fn logout<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    headers: HeaderMap,
+    Form(f): Form<CsrfForm>,
+) -> Response {
+    let w = match allowed(&app, &headers, &f.csrf, Role::Viewer).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let _ = app.store.drop_session(&w.token, now_ms()).await;
+    audit(&app, &w.name, "logout", "", "").await;
+    (
+        StatusCode::SEE_OTHER,
+        [
+            (header::LOCATION, "/login".to_string()),
+            (
+                header::SET_COOKIE,
+                format!(
+                    "{}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0",
+                    auth::COOKIE
+                ),
+            ),
+        ],
+    )
+        .into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct CommandForm {
+    #[serde(default)]
+    csrf: String,
+    command: String,
+    #[serde(default)]
+    camera: String,
+}
+
+/// `POST /devices/{id}/commands`: an operator's command to a box, published on its `cmd/`
+/// topic with a request id of ours; the reply is stored when it comes.
+async fn command<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Form(f): Form<CommandForm>,
+) -> Response {
+    let w = match allowed(&app, &headers, &f.csrf, Role::Operator).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let Some(&(name, with_camera)) = COMMANDS.iter().find(|(n, _)| *n == f.command) else {
+        return (StatusCode::BAD_REQUEST, "unknown command").into_response();
+    };
+    if !is_name(&id) || (with_camera && !is_name(&f.camera)) {
+        return (
+            StatusCode::BAD_REQUEST,
+            "expected a box and, for this command, a camera",
+        )
+            .into_response();
+    }
+    let request_id = format!("fleet-cmd-{}", &auth::new_token()[..22]);
+    let mut body = serde_json::json!({ "request_id": request_id });
+    if with_camera {
+        body["camera"] = serde_json::Value::String(f.camera.clone());
+    }
+    let topic = format!("{}/{id}/cmd/{name}", app.prefix);
+    if let Err(e) = app
+        .mqtt
+        .publish(topic, rumqttc::QoS::AtLeastOnce, false, body.to_string())
+        .await
+    {
+        return failed(format!("MQTT: {e}"));
+    }
+    let sent = ReplyRow {
+        request_id: request_id.clone(),
+        device: id.clone(),
+        command: name.to_string(),
+        status: "sent".into(),
+        message: String::new(),
+        time_ms: now_ms(),
+    };
+    if let Err(e) = app.store.put_reply(&sent).await {
+        return failed(e);
+    }
+    let detail = if with_camera { f.camera.as_str() } else { "" };
+    audit(&app, &w.name, &format!("command {name}"), &id, detail).await;
+    Redirect::to(&format!("/devices/{id}")).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct MarkForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    reviewed: String,
+}
+
+/// `POST /review/{device}/{seq}`: an operator marks an event reviewed (or not).
+async fn mark<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    Path((device, seq)): Path<(String, i64)>,
+    headers: HeaderMap,
+    Form(f): Form<MarkForm>,
+) -> Response {
+    let w = match allowed(&app, &headers, &f.csrf, Role::Operator).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let reviewed = f.reviewed == "1";
+    if let Err(e) = app.store.mark_reviewed(&device, seq, reviewed).await {
+        return failed(e);
+    }
+    let action = if reviewed { "reviewed" } else { "unreviewed" };
+    audit(&app, &w.name, action, &format!("{device}#{seq}"), "").await;
+    let _ = app.changed.send(());
+    Redirect::to("/review").into_response()
+}
+
+async fn audit_page<S: Store>(State(app): State<Arc<App<S>>>, headers: HeaderMap) -> Response {
+    let w = match need(&app, &headers).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    if w.role < Role::Admin {
+        return forbidden("the audit log is for admins");
+    }
+    let rows = match app.store.audit_log(500).await {
+        Ok(r) => r,
+        Err(e) => return failed(e),
+    };
+    page(
+        "Audit log",
+        &w,
+        html! {
+            h2 { "Audit log" }
+            table id="audit" {
+                tr { th { "when" } th { "who" } th { "what" } th { "on" } th { "detail" } }
+                @for a in &rows {
+                    tr { td { (ago(a.time_ms)) " ago" } td { (a.name) } td { (a.action) } td { (a.target) } td { (a.detail) } }
+                }
+            }
+        },
+    )
+}
+
 /// "3 min", "2 h", … since `ms`.
 fn ago(ms: i64) -> String {
     let s = ((now_ms() - ms) / 1000).max(0);
@@ -122,9 +449,14 @@ fn telemetry(d: &DeviceRow) -> Option<TelemetryMsg> {
     serde_json::from_str(d.telemetry.as_deref()?).ok()
 }
 
-async fn fleet<S: Store>(State(app): State<Arc<App<S>>>) -> Response {
+async fn fleet<S: Store>(State(app): State<Arc<App<S>>>, headers: HeaderMap) -> Response {
+    let w = match need(&app, &headers).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
     page(
         "Fleet",
+        &w,
         html! {
             h2 { "Fleet" }
             div hx-get="/fragments/fleet" hx-trigger="load, sse:changed throttle:1s" {
@@ -134,7 +466,10 @@ async fn fleet<S: Store>(State(app): State<Arc<App<S>>>) -> Response {
     )
 }
 
-async fn fleet_table<S: Store>(State(app): State<Arc<App<S>>>) -> Response {
+async fn fleet_table<S: Store>(State(app): State<Arc<App<S>>>, headers: HeaderMap) -> Response {
+    if let Err(r) = need(&app, &headers).await {
+        return r;
+    }
     match fleet_markup(&app).await {
         Ok(m) => Html(m.into_string()).into_response(),
         Err(e) => failed(e),
@@ -182,7 +517,15 @@ async fn fleet_markup<S: Store>(app: &App<S>) -> crate::store::Result<Markup> {
     })
 }
 
-async fn device<S: Store>(State(app): State<Arc<App<S>>>, Path(id): Path<String>) -> Response {
+async fn device<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let w = match need(&app, &headers).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
     if !is_name(&id) {
         return not_found("device");
     }
@@ -203,8 +546,14 @@ async fn device<S: Store>(State(app): State<Arc<App<S>>>, Path(id): Path<String>
         Err(e) => return failed(e),
     };
     let t = telemetry(&d);
+    let replies = app.store.replies(&id, 20).await.unwrap_or_default();
+    let cameras: Vec<String> = t
+        .as_ref()
+        .map(|t| t.cameras.keys().cloned().collect())
+        .unwrap_or_default();
     page(
         &id,
+        &w,
         html! {
             h2 { (id) }
             p class=(if d.state == "online" { "online" } else { "offline" }) {
@@ -230,6 +579,41 @@ async fn device<S: Store>(State(app): State<Arc<App<S>>>, Path(id): Path<String>
                 }
                 None => { p { "No telemetry yet." } }
             }
+            h3 { "Commands" }
+            @if w.role >= Role::Operator {
+                div id="commands" {
+                    @for (name, with_camera) in COMMANDS {
+                        @if *with_camera {
+                            @for cam in &cameras {
+                                form method="post" action={ "/devices/" (id) "/commands" } style="display:inline" {
+                                    input type="hidden" name="csrf" value=(w.csrf);
+                                    input type="hidden" name="command" value=(name);
+                                    input type="hidden" name="camera" value=(cam);
+                                    button id={ "cmd-" (name.replace('/', "-")) "-" (cam) } { (name) " " (cam) }
+                                }
+                                " "
+                            }
+                        } @else {
+                            form method="post" action={ "/devices/" (id) "/commands" } style="display:inline" {
+                                input type="hidden" name="csrf" value=(w.csrf);
+                                input type="hidden" name="command" value=(name);
+                                button id={ "cmd-" (name) } { (name) }
+                            }
+                            " "
+                        }
+                    }
+                }
+            } @else {
+                p { "Commands need an operator." }
+            }
+            @if !replies.is_empty() {
+                table id="replies" {
+                    tr { th { "sent" } th { "command" } th { "status" } th { "reply" } }
+                    @for r in &replies {
+                        tr { td { (ago(r.time_ms)) " ago" } td { (r.command) } td { (r.status) } td { (r.message) } }
+                    }
+                }
+            }
             h3 { "Sequence gaps" }
             @let mine: Vec<_> = gaps.iter().filter(|g| g.device == id).collect();
             @if mine.is_empty() { p { "None: every event from the first one seen is here." } }
@@ -246,15 +630,15 @@ async fn device<S: Store>(State(app): State<Arc<App<S>>>, Path(id): Path<String>
                 }
             }
             h3 { "Last events" }
-            (events_table(&events))
+            (events_table(&events, &w))
         },
     )
 }
 
-fn events_table(events: &[crate::store::EventRow]) -> Markup {
+fn events_table(events: &[crate::store::EventRow], w: &Who) -> Markup {
     html! {
         table id="events" {
-            tr { th { "picture" } th { "time" } th { "box" } th { "seq" } th { "camera" } th { "rule" } th { "kind" } th { "class" } }
+            tr { th { "picture" } th { "time" } th { "box" } th { "seq" } th { "camera" } th { "rule" } th { "kind" } th { "class" } th { "reviewed" } }
             @for e in events {
                 tr data-seq=(e.seq) {
                     td {
@@ -269,6 +653,16 @@ fn events_table(events: &[crate::store::EventRow]) -> Markup {
                     td { (e.rule) }
                     td { (e.kind) }
                     td { (e.class) }
+                    td {
+                        @if e.reviewed { "✓ " }
+                        @if w.role >= Role::Operator {
+                            form method="post" action={ "/review/" (e.device) "/" (e.seq) } style="display:inline" {
+                                input type="hidden" name="csrf" value=(w.csrf);
+                                input type="hidden" name="reviewed" value=(if e.reviewed { "0" } else { "1" });
+                                button { (if e.reviewed { "unmark" } else { "mark reviewed" }) }
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -286,7 +680,12 @@ struct ReviewQuery {
 async fn review<S: Store>(
     State(app): State<Arc<App<S>>>,
     Query(q): Query<ReviewQuery>,
+    headers: HeaderMap,
 ) -> Response {
+    let w = match need(&app, &headers).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
     // Empty fields mean "any"; anything longer than a name cannot match and is not used.
     let clean = |v: Option<String>| v.filter(|s| !s.is_empty() && s.len() <= 64);
     let filter = EventFilter {
@@ -303,6 +702,7 @@ async fn review<S: Store>(
     let v = |o: &Option<String>| o.clone().unwrap_or_default();
     page(
         "Review",
+        &w,
         html! {
             h2 { "Review" }
             form class="filters" method="get" action="/review" {
@@ -313,7 +713,7 @@ async fn review<S: Store>(
                 " " button { "Filter" }
             }
             p { (events.len()) " events (newest first, at most 200)" }
-            (events_table(&events))
+            (events_table(&events, &w))
         },
     )
 }
@@ -329,7 +729,14 @@ fn jpeg(bytes: Vec<u8>) -> Response {
         .into_response()
 }
 
-async fn snapshot<S: Store>(State(app): State<Arc<App<S>>>, Path(file): Path<String>) -> Response {
+async fn snapshot<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    Path(file): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = need(&app, &headers).await {
+        return r;
+    }
     let Some(id) = file.strip_suffix(".jpg").filter(|id| id.len() <= 64) else {
         return not_found("picture");
     };
@@ -343,7 +750,11 @@ async fn snapshot<S: Store>(State(app): State<Arc<App<S>>>, Path(file): Path<Str
 async fn camera_picture<S: Store>(
     State(app): State<Arc<App<S>>>,
     Path((id, camera)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Response {
+    if let Err(r) = need(&app, &headers).await {
+        return r;
+    }
     if !is_name(&id) || !is_name(&camera) {
         return not_found("picture");
     }
@@ -354,7 +765,10 @@ async fn camera_picture<S: Store>(
     }
 }
 
-async fn sse<S: Store>(State(app): State<Arc<App<S>>>) -> impl IntoResponse {
+async fn sse<S: Store>(State(app): State<Arc<App<S>>>, headers: HeaderMap) -> Response {
+    if let Err(r) = need(&app, &headers).await {
+        return r;
+    }
     let rx = app.changed.subscribe();
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         match rx.recv().await {
@@ -365,7 +779,9 @@ async fn sse<S: Store>(State(app): State<Arc<App<S>>>) -> impl IntoResponse {
             Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
         }
     });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 async fn stats<S: Store>(State(app): State<Arc<App<S>>>) -> Response {

@@ -450,6 +450,53 @@ fn get_raw(addr: &str, path: &str) -> Vec<u8> {
     raw
 }
 
+/// A raw HTTP/1.1 response: status, head (lower-cased) and body.
+pub struct Reply {
+    pub code: u16,
+    pub head: String,
+    /// The head as sent (header values such as cookies are case-sensitive).
+    pub head_raw: String,
+    pub body: String,
+}
+
+/// One request on a fresh connection (`Connection: close`), with `body` for a POST.
+pub fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Reply {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if method == "POST" {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let raw = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP response to {method} {path}: {raw:?}"));
+    Reply {
+        code,
+        head: head.to_ascii_lowercase(),
+        head_raw: head.to_string(),
+        body: body.to_string(),
+    }
+}
+
 /// A plain HTTP/1.1 GET: (status, body).
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     let raw = String::from_utf8(get_raw(addr, path)).expect("a text answer");

@@ -80,6 +80,40 @@ pub struct Gap {
     pub unfillable: bool,
 }
 
+/// A login session: the token's SHA-256 (the cookie's value is never stored), its user, the
+/// user's role (read from `users` at each request, so a role change applies at once) and the
+/// session's CSRF token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRow {
+    pub token: String,
+    pub name: String,
+    pub role: String,
+    pub csrf: String,
+    pub expires_ms: i64,
+}
+
+/// Who did what, when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRow {
+    pub time_ms: i64,
+    pub name: String,
+    pub action: String,
+    pub target: String,
+    pub detail: String,
+}
+
+/// A command sent from the console and, once it came, the box's reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyRow {
+    pub request_id: String,
+    pub device: String,
+    pub command: String,
+    /// `sent` until the reply comes, then its `status` (`ok`, `error`).
+    pub status: String,
+    pub message: String,
+    pub time_ms: i64,
+}
+
 /// Replay requests for one gap before it is shown as unfillable.
 pub const MAX_REQUESTS: i32 = 5;
 
@@ -157,6 +191,36 @@ pub trait Store: Send + Sync + 'static {
         seq: i64,
         reviewed: bool,
     ) -> impl Future<Output = Result<()>> + Send;
+    /// Adds a user or replaces its password hash and role.
+    fn put_user(
+        &self,
+        name: &str,
+        hash: &str,
+        role: &str,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// A user's password hash and role.
+    fn user(&self, name: &str) -> impl Future<Output = Result<Option<(String, String)>>> + Send;
+    fn put_session(&self, s: &SessionRow) -> impl Future<Output = Result<()>> + Send;
+    /// The unexpired session of a token hash, with its user's current role.
+    fn session(
+        &self,
+        token: &str,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<Option<SessionRow>>> + Send;
+    /// Ends a session (and every expired one).
+    fn drop_session(&self, token: &str, now_ms: i64) -> impl Future<Output = Result<()>> + Send;
+    fn audit(&self, a: &AuditRow) -> impl Future<Output = Result<()>> + Send;
+    /// The newest entries first.
+    fn audit_log(&self, limit: u32) -> impl Future<Output = Result<Vec<AuditRow>>> + Send;
+    /// A command sent (`status` `sent`), or its reply: which only updates the row of a request
+    /// sent to that box for that command (a reply to anything else changes nothing).
+    fn put_reply(&self, r: &ReplyRow) -> impl Future<Output = Result<()>> + Send;
+    fn replies(
+        &self,
+        device: &str,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<ReplyRow>>> + Send;
 }
 
 /// Where a new event falls among the stored ones of its device, and what it does to the gaps:

@@ -2,7 +2,10 @@
 //! it: an event's gap bookkeeping runs under a per-device advisory lock).
 
 use super::sql;
-use super::{DeviceRow, EventFilter, EventRow, Gap, GapChange, MAX_REQUESTS, Result, Store};
+use super::{
+    AuditRow, DeviceRow, EventFilter, EventRow, Gap, GapChange, MAX_REQUESTS, ReplyRow, Result,
+    SessionRow, Store,
+};
 use sqlx::Row;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use vigil_core::wire::{EventMsg, StatusMsg};
@@ -27,6 +30,18 @@ const SCHEMA: &[&str] = &[
         id TEXT PRIMARY KEY, device TEXT NOT NULL, camera TEXT NOT NULL, jpeg BYTEA NOT NULL,
         bytes BIGINT NOT NULL, received_ms BIGINT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS snapshots_received ON snapshots (received_ms)",
+    "CREATE TABLE IF NOT EXISTS users (
+        name TEXT PRIMARY KEY, hash TEXT NOT NULL, role TEXT NOT NULL, created_ms BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS sessions (
+        token TEXT PRIMARY KEY, name TEXT NOT NULL, role TEXT NOT NULL, csrf TEXT NOT NULL,
+        expires_ms BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS audit (
+        time_ms BIGINT NOT NULL, name TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL,
+        detail TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS audit_time ON audit (time_ms)",
+    "CREATE TABLE IF NOT EXISTS replies (
+        request_id TEXT PRIMARY KEY, device TEXT NOT NULL, command TEXT NOT NULL,
+        status TEXT NOT NULL, message TEXT NOT NULL, time_ms BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS camera_pictures (
         device TEXT NOT NULL, camera TEXT NOT NULL, jpeg BYTEA NOT NULL,
         received_ms BIGINT NOT NULL, PRIMARY KEY (device, camera))",
@@ -322,5 +337,125 @@ impl Store for PgStore {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    async fn put_user(&self, name: &str, hash: &str, role: &str, now_ms: i64) -> Result<()> {
+        sqlx::query(sql::USER_PUT)
+            .bind(name)
+            .bind(hash)
+            .bind(role)
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn user(&self, name: &str) -> Result<Option<(String, String)>> {
+        Ok(sqlx::query_as(sql::USER_GET)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn put_session(&self, s: &SessionRow) -> Result<()> {
+        sqlx::query(sql::SESSION_PUT)
+            .bind(&s.token)
+            .bind(&s.name)
+            .bind(&s.role)
+            .bind(&s.csrf)
+            .bind(s.expires_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn session(&self, token: &str, now_ms: i64) -> Result<Option<SessionRow>> {
+        let r: Option<(String, String, String)> = sqlx::query_as(sql::SESSION_GET)
+            .bind(token)
+            .bind(now_ms)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(r.map(|(name, role, csrf)| SessionRow {
+            token: token.to_string(),
+            name,
+            role,
+            csrf,
+            expires_ms: 0,
+        }))
+    }
+
+    async fn drop_session(&self, token: &str, now_ms: i64) -> Result<()> {
+        sqlx::query(sql::SESSION_DROP)
+            .bind(token)
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn audit(&self, a: &AuditRow) -> Result<()> {
+        sqlx::query(sql::AUDIT_PUT)
+            .bind(a.time_ms)
+            .bind(&a.name)
+            .bind(&a.action)
+            .bind(&a.target)
+            .bind(&a.detail)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn audit_log(&self, limit: u32) -> Result<Vec<AuditRow>> {
+        let rows: Vec<(i64, String, String, String, String)> = sqlx::query_as(sql::AUDIT_GET)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| AuditRow {
+                time_ms: r.0,
+                name: r.1,
+                action: r.2,
+                target: r.3,
+                detail: r.4,
+            })
+            .collect())
+    }
+
+    async fn put_reply(&self, r: &ReplyRow) -> Result<()> {
+        sqlx::query(if r.status == "sent" {
+            sql::REPLY_SENT
+        } else {
+            sql::REPLY_GOT
+        })
+        .bind(&r.request_id)
+        .bind(&r.device)
+        .bind(&r.command)
+        .bind(&r.status)
+        .bind(&r.message)
+        .bind(r.time_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn replies(&self, device: &str, limit: u32) -> Result<Vec<ReplyRow>> {
+        let rows: Vec<(String, String, String, String, String, i64)> =
+            sqlx::query_as(sql::REPLIES_GET)
+                .bind(device)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| ReplyRow {
+                request_id: r.0,
+                device: r.1,
+                command: r.2,
+                status: r.3,
+                message: r.4,
+                time_ms: r.5,
+            })
+            .collect())
     }
 }

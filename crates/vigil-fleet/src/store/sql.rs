@@ -88,3 +88,28 @@ pub const NOTE_REQUEST: &str = "UPDATE gaps SET requests = requests + 1, last_re
  WHERE device = $1 AND from_seq = $2";
 
 pub const MARK_REVIEWED: &str = "UPDATE events SET reviewed = $3 WHERE device = $1 AND seq = $2";
+
+pub const USER_PUT: &str =
+    "INSERT INTO users (name, hash, role, created_ms) VALUES ($1, $2, $3, $4)
+ ON CONFLICT (name) DO UPDATE SET hash = excluded.hash, role = excluded.role";
+pub const USER_GET: &str = "SELECT hash, role FROM users WHERE name = $1";
+pub const SESSION_PUT: &str = "INSERT INTO sessions (token, name, role, csrf, expires_ms)
+ VALUES ($1, $2, $3, $4, $5)";
+pub const SESSION_GET: &str =
+    "SELECT s.name, u.role, s.csrf FROM sessions s JOIN users u ON u.name = s.name
+ WHERE s.token = $1 AND s.expires_ms > $2";
+pub const SESSION_DROP: &str = "DELETE FROM sessions WHERE token = $1 OR expires_ms <= $2";
+pub const AUDIT_PUT: &str = "INSERT INTO audit (time_ms, name, action, target, detail)
+ VALUES ($1, $2, $3, $4, $5)";
+pub const AUDIT_GET: &str =
+    "SELECT time_ms, name, action, target, detail FROM audit ORDER BY time_ms DESC LIMIT $1";
+/// A command sent (status `sent`).
+pub const REPLY_SENT: &str =
+    "INSERT INTO replies (request_id, device, command, status, message, time_ms)
+ VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (request_id) DO NOTHING";
+/// Its reply: only for a request this console sent, to that box, for that command.
+pub const REPLY_GOT: &str = "UPDATE replies SET status = $4, message = $5, time_ms = $6
+ WHERE request_id = $1 AND device = $2 AND command = $3";
+pub const REPLIES_GET: &str =
+    "SELECT request_id, device, command, status, message, time_ms FROM replies
+ WHERE device = $1 ORDER BY time_ms DESC LIMIT $2";

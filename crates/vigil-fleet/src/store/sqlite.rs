@@ -3,7 +3,8 @@
 
 use super::sql::{self, lite};
 use super::{
-    DeviceRow, EventFilter, EventRow, Gap, GapChange, MAX_REQUESTS, Result, Store, StoreError,
+    AuditRow, DeviceRow, EventFilter, EventRow, Gap, GapChange, MAX_REQUESTS, ReplyRow, Result,
+    SessionRow, Store, StoreError,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
@@ -29,6 +30,18 @@ CREATE TABLE IF NOT EXISTS snapshots (
     id TEXT PRIMARY KEY, device TEXT NOT NULL, camera TEXT NOT NULL, jpeg BLOB NOT NULL,
     bytes INTEGER NOT NULL, received_ms INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS snapshots_received ON snapshots (received_ms);
+CREATE TABLE IF NOT EXISTS users (
+    name TEXT PRIMARY KEY, hash TEXT NOT NULL, role TEXT NOT NULL, created_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS sessions (
+    token TEXT PRIMARY KEY, name TEXT NOT NULL, role TEXT NOT NULL, csrf TEXT NOT NULL,
+    expires_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS audit (
+    time_ms INTEGER NOT NULL, name TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL,
+    detail TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS audit_time ON audit (time_ms);
+CREATE TABLE IF NOT EXISTS replies (
+    request_id TEXT PRIMARY KEY, device TEXT NOT NULL, command TEXT NOT NULL,
+    status TEXT NOT NULL, message TEXT NOT NULL, time_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS camera_pictures (
     device TEXT NOT NULL, camera TEXT NOT NULL, jpeg BLOB NOT NULL, received_ms INTEGER NOT NULL,
     PRIMARY KEY (device, camera));
@@ -301,6 +314,133 @@ impl Store for SqliteStore {
         self.run(move |c| {
             c.execute(&lite(sql::MARK_REVIEWED), params![device, seq, reviewed])
                 .map(|_| ())
+        })
+        .await
+    }
+
+    async fn put_user(&self, name: &str, hash: &str, role: &str, now_ms: i64) -> Result<()> {
+        let (n, h, r) = (name.to_string(), hash.to_string(), role.to_string());
+        self.run(move |c| {
+            c.execute(&lite(sql::USER_PUT), params![n, h, r, now_ms])
+                .map(|_| ())
+        })
+        .await
+    }
+
+    async fn user(&self, name: &str) -> Result<Option<(String, String)>> {
+        let n = name.to_string();
+        self.run(move |c| {
+            c.query_row(&lite(sql::USER_GET), [n], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+        })
+        .await
+    }
+
+    async fn put_session(&self, s: &SessionRow) -> Result<()> {
+        let s = s.clone();
+        self.run(move |c| {
+            c.execute(
+                &lite(sql::SESSION_PUT),
+                params![s.token, s.name, s.role, s.csrf, s.expires_ms],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn session(&self, token: &str, now_ms: i64) -> Result<Option<SessionRow>> {
+        let t = token.to_string();
+        self.run(move |c| {
+            c.query_row(&lite(sql::SESSION_GET), params![t, now_ms], |r| {
+                Ok(SessionRow {
+                    token: t.clone(),
+                    name: r.get(0)?,
+                    role: r.get(1)?,
+                    csrf: r.get(2)?,
+                    expires_ms: 0,
+                })
+            })
+            .optional()
+        })
+        .await
+    }
+
+    async fn drop_session(&self, token: &str, now_ms: i64) -> Result<()> {
+        let t = token.to_string();
+        self.run(move |c| {
+            c.execute(&lite(sql::SESSION_DROP), params![t, now_ms])
+                .map(|_| ())
+        })
+        .await
+    }
+
+    async fn audit(&self, a: &AuditRow) -> Result<()> {
+        let a = a.clone();
+        self.run(move |c| {
+            c.execute(
+                &lite(sql::AUDIT_PUT),
+                params![a.time_ms, a.name, a.action, a.target, a.detail],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn audit_log(&self, limit: u32) -> Result<Vec<AuditRow>> {
+        self.run(move |c| {
+            let mut st = c.prepare(&lite(sql::AUDIT_GET))?;
+            st.query_map([limit], |r| {
+                Ok(AuditRow {
+                    time_ms: r.get(0)?,
+                    name: r.get(1)?,
+                    action: r.get(2)?,
+                    target: r.get(3)?,
+                    detail: r.get(4)?,
+                })
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    async fn put_reply(&self, r: &ReplyRow) -> Result<()> {
+        let r = r.clone();
+        self.run(move |c| {
+            c.execute(
+                &lite(if r.status == "sent" {
+                    sql::REPLY_SENT
+                } else {
+                    sql::REPLY_GOT
+                }),
+                params![
+                    r.request_id,
+                    r.device,
+                    r.command,
+                    r.status,
+                    r.message,
+                    r.time_ms
+                ],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn replies(&self, device: &str, limit: u32) -> Result<Vec<ReplyRow>> {
+        let d = device.to_string();
+        self.run(move |c| {
+            let mut st = c.prepare(&lite(sql::REPLIES_GET))?;
+            st.query_map(params![d, limit], |r| {
+                Ok(ReplyRow {
+                    request_id: r.get(0)?,
+                    device: r.get(1)?,
+                    command: r.get(2)?,
+                    status: r.get(3)?,
+                    message: r.get(4)?,
+                    time_ms: r.get(5)?,
+                })
+            })?
+            .collect()
         })
         .await
     }
