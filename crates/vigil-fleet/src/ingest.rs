@@ -486,3 +486,122 @@ mod documented {
         }
     }
 }
+
+/// Hostile payloads on every subscribed topic, through the real handler and a real SQLite
+/// store: nothing panics, nothing is stored for a box other than the topic's, refusals are
+/// counted.
+#[cfg(test)]
+mod hostile {
+    use super::*;
+    use crate::store::sqlite::SqliteStore;
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    const EVENT: &str = r#"{"seq":5,"id":"e","device":"a","camera":"cam","rule":"door","kind":"zone_enter","track_id":1,"class":"person","score":0.5,"bbox":[0,0,1,1],"time":"t","snapshot":{"id":"s","width":1,"height":1,"bytes":3}}"#;
+    const STATUS: &str = r#"{"state":"online","version":"0.1.0","time":"t"}"#;
+    const TELEMETRY: &str = r#"{"time":"t","uptime_s":1,"mqtt_connected":true,"events_published":0,"events_acked":0,"spool":{"unsent":0,"held":0,"bytes":0,"last_seq":0,"dropped_unsent":0},"cameras":{"cam":{"state":"live","fps_in":5,"fps_analysed":5,"frames_in":1,"frames_analysed":1,"frames_dropped":0,"reconnects":0,"infer_ms_avg":1,"events":0,"decoder":null,"last_error":null,"retry_in_s":null}}}"#;
+    const REPLY: &str = r#"{"request_id":"fleet-cmd-x","status":"ok","message":"pong"}"#;
+
+    fn mutate(r: &mut Rng, seed: &str) -> Vec<u8> {
+        let mut b = seed.as_bytes().to_vec();
+        match r.below(7) {
+            0 => {
+                for _ in 0..1 + r.below(8) {
+                    let i = r.below(b.len());
+                    b[i] = r.next() as u8;
+                }
+            }
+            1 => b.truncate(r.below(b.len())),
+            2 => {
+                let s = String::from_utf8_lossy(&b).replace("\"a\"", "\"b\"");
+                b = s.into_bytes();
+            }
+            3 => {
+                let s = String::from_utf8_lossy(&b).replace(
+                    "5",
+                    &["-1", "1e30", "18446744073709551615", "0", "null"][r.below(5)],
+                );
+                b = s.into_bytes();
+            }
+            4 => {
+                let s = String::from_utf8_lossy(&b)
+                    .replace("door", &"x".repeat(100_000))
+                    .replace("person", "per\u{0}son");
+                b = s.into_bytes();
+            }
+            5 => b = (0..r.below(4096)).map(|_| r.next() as u8).collect(),
+            _ => b.extend_from_slice(b"[[[[[[[[[[{}"),
+        }
+        b
+    }
+
+    #[tokio::test]
+    async fn hostile_payloads_never_panic_nor_touch_another_box() {
+        let dir = std::env::temp_dir().join(format!("vigil-fleet-hostile-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = SqliteStore::open(&dir.join("f.db")).unwrap();
+        store.migrate().await.unwrap();
+        let cfg = IngestConfig {
+            host: "x".into(),
+            port: 1,
+            prefix: "vigil".into(),
+            client_id: "t".into(),
+            grace: Duration::from_secs(1),
+            retry: Duration::from_secs(1),
+            max_picture_bytes: 1 << 20,
+        };
+        let c = Counters::default();
+        let mut warn = Warn {
+            last: Default::default(),
+        };
+        let topics = [
+            ("vigil/a/events/cam", EVENT),
+            ("vigil/a/status", STATUS),
+            ("vigil/a/telemetry", TELEMETRY),
+            ("vigil/a/snapshot/cam", "\u{ff}\u{d8}xyz"),
+            ("vigil/a/cmd/ping/reply", REPLY),
+            ("vigil/a/cmd/events/replay/reply", REPLY),
+            ("vigil/a/cmd/reply", REPLY),
+            ("vigil//status", STATUS),
+            ("vigil/a/events/", EVENT),
+            ("vigil/a/cmd/a/b/c/reply", REPLY),
+        ];
+        let mut r = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut handled = 0;
+        for _ in 0..3000 {
+            let (topic, seed) = topics[r.below(topics.len())];
+            let payload = mutate(&mut r, seed);
+            if let Some(t) = parse_topic(&cfg.prefix, topic) {
+                handle(&store, &cfg, &c, &mut warn, topic, t, &payload).await;
+                handled += 1;
+            }
+        }
+        assert!(handled > 1500);
+        assert!(c.refused.load(Ordering::Relaxed) > 500);
+        let devices = store.devices().await.unwrap();
+        assert!(devices.iter().all(|d| d.device == "a"), "{devices:?}");
+        let f = crate::store::EventFilter {
+            limit: 10_000,
+            ..Default::default()
+        };
+        let events = store.events(&f).await.unwrap();
+        assert!(events.iter().all(|e| e.device == "a" && e.camera == "cam"));
+        assert!(
+            events
+                .iter()
+                .all(|e| e.rule.len() <= 64 && !e.class.contains('\0'))
+        );
+    }
+}
