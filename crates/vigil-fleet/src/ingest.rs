@@ -530,7 +530,7 @@ mod hostile {
             3 => {
                 let s = String::from_utf8_lossy(&b).replace(
                     "5",
-                    &["-1", "1e30", "18446744073709551615", "0", "null"][r.below(5)],
+                    ["-1", "1e30", "18446744073709551615", "0", "null"][r.below(5)],
                 );
                 b = s.into_bytes();
             }
