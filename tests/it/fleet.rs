@@ -280,6 +280,9 @@ fn the_console_shows_boxes_events_pictures_offline_and_repairs_gaps() {
         "{audit}"
     );
 
+    // The same as a person sees it, in headless Chromium.
+    in_a_browser(&addr, &dir);
+
     // SIGKILL: the broker publishes the box's last will (offline) within 1.5 × keep-alive.
     // (f1 stays in `boxes`, running.)
     let (mut f2_proc, _) = boxes.remove(1);
@@ -316,4 +319,96 @@ fn the_console_shows_boxes_events_pictures_offline_and_repairs_gaps() {
     assert!(page.contains("none"), "{page}");
     assert!(stats(&addr)["events"].as_u64().unwrap() > 0 && before > 0);
     drop(fleet);
+}
+
+/// Headless Chromium: an operator logs in, sees the fleet, opens f1, sends `ping` with its
+/// button and sees the reply; screenshots of the device page and of Review are left in the
+/// test's directory. A viewer logged in the same way has no command buttons.
+fn in_a_browser(addr: &str, dir: &std::path::Path) {
+    use fantoccini::Locator;
+    let wd = free_port();
+    let _driver = chromedriver(wd);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = chromium(wd, &dir.join("chromium")).await;
+        let log_in = |name: &'static str, pw: &'static str| {
+            let c = c.clone();
+            async move {
+                c.goto(&format!("http://{addr}/login")).await.unwrap();
+                c.find(Locator::Css("input[name=name]"))
+                    .await
+                    .unwrap()
+                    .send_keys(name)
+                    .await
+                    .unwrap();
+                c.find(Locator::Css("input[name=password]"))
+                    .await
+                    .unwrap()
+                    .send_keys(pw)
+                    .await
+                    .unwrap();
+                c.find(Locator::Css("form button"))
+                    .await
+                    .unwrap()
+                    .click()
+                    .await
+                    .unwrap();
+                c.wait()
+                    .for_element(Locator::Css("table#fleet tr[data-device=f1]"))
+                    .await
+                    .expect("the fleet page after logging in");
+            }
+        };
+        log_in("op", "operator-password-1").await;
+        c.find(Locator::Css("a[href='/devices/f1']"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        c.wait()
+            .for_element(Locator::Id("cmd-ping"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        let t0 = Instant::now();
+        loop {
+            let src = c.source().await.unwrap();
+            if src.contains("<td>ping</td><td>ok</td><td>pong</td>") {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(15),
+                "the ping's reply on the page"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            c.refresh().await.unwrap();
+        }
+        let shot = c.screenshot().await.unwrap();
+        std::fs::write(dir.join("fleet-device.png"), shot).unwrap();
+        c.goto(&format!("http://{addr}/review")).await.unwrap();
+        c.wait()
+            .for_element(Locator::Css("table#events"))
+            .await
+            .unwrap();
+        std::fs::write(dir.join("fleet-review.png"), c.screenshot().await.unwrap()).unwrap();
+        println!("screenshots: {}", dir.join("fleet-device.png").display());
+        // Log out; a viewer sees the device without command buttons.
+        c.find(Locator::Css("header form button"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        log_in("view", "viewer-password-1").await;
+        c.goto(&format!("http://{addr}/devices/f1")).await.unwrap();
+        c.wait().for_element(Locator::Css("h3")).await.unwrap();
+        assert!(
+            c.find(Locator::Id("cmd-ping")).await.is_err(),
+            "a viewer has no command buttons"
+        );
+        c.close().await.unwrap();
+    });
 }

@@ -7,7 +7,6 @@
 //! The page's screenshot is left in the test's directory (`live.png`).
 
 use crate::common::*;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn wait_metric(addr: &str, name: &str, want: f64) {
@@ -61,37 +60,11 @@ fn live_view_in_headless_chromium_shows_every_camera_with_its_overlay() {
     assert_eq!(metric(&addr, "vigil_live_clients"), 0.0);
     let drawn0 = metric(&addr, "vigil_pictures_drawn_total");
 
-    let driver = Command::new("chromedriver")
-        .arg(format!("--port={wd}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("chromedriver (Debian package chromium-driver)");
-    let _driver = Proc {
-        name: "chromedriver".into(),
-        child: driver,
-    };
-    wait_port(wd, Duration::from_secs(10));
+    let _driver = chromedriver(wd);
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let caps = serde_json::json!({
-            "goog:chromeOptions": {
-                "binary": "/usr/bin/chromium",
-                "args": [
-                    "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                    "--disable-background-networking", "--disable-component-update",
-                    "--disable-sync", "--window-size=1280,1000",
-                    format!("--user-data-dir={}", dir.join("chromium").display()),
-                ],
-            }
-        });
-        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-        let c = fantoccini::ClientBuilder::new(connector)
-            .capabilities(caps.as_object().unwrap().clone())
-            .connect(&format!("http://127.0.0.1:{wd}"))
-            .await
-            .expect("a WebDriver session with headless Chromium");
+        let c = chromium(wd, &dir.join("chromium")).await;
         c.goto(&format!("http://{addr}/live")).await.unwrap();
 
         // Pictures from every camera: at least 10 each.

@@ -367,6 +367,43 @@ polygon = [[0.0, 0.2], [1.0, 0.2], [1.0, 1.0], [0.0, 1.0]]
 classes = ["person"]
 "#;
 
+/// chromedriver on `port` (Debian's `chromium-driver`), stopped when dropped.
+pub fn chromedriver(port: u16) -> Proc {
+    let child = Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("chromedriver (Debian package chromium-driver)");
+    let p = Proc {
+        name: "chromedriver".into(),
+        child,
+    };
+    wait_port(port, Duration::from_secs(10));
+    p
+}
+
+/// A WebDriver session with headless Chromium (a fresh profile in `profile`).
+pub async fn chromium(port: u16, profile: &Path) -> fantoccini::Client {
+    let caps = serde_json::json!({
+        "goog:chromeOptions": {
+            "binary": "/usr/bin/chromium",
+            "args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--window-size=1280,1000",
+                format!("--user-data-dir={}", profile.display()),
+            ],
+        }
+    });
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    fantoccini::ClientBuilder::new(connector)
+        .capabilities(caps.as_object().unwrap().clone())
+        .connect(&format!("http://127.0.0.1:{port}"))
+        .await
+        .expect("a WebDriver session with headless Chromium")
+}
+
 /// What most end-to-end tests start with: a temp dir, a broker, and the demo clip served over
 /// RTSP at `url` (`/plaza`). Both stop when this is dropped.
 pub struct Plaza {
