@@ -335,24 +335,13 @@ fn in_a_browser(addr: &str, dir: &std::path::Path) {
             let c = c.clone();
             async move {
                 c.goto(&format!("http://{addr}/login")).await.unwrap();
-                c.find(Locator::Css("input[name=name]"))
-                    .await
-                    .unwrap()
-                    .send_keys(name)
-                    .await
-                    .unwrap();
-                c.find(Locator::Css("input[name=password]"))
-                    .await
-                    .unwrap()
-                    .send_keys(pw)
-                    .await
-                    .unwrap();
-                c.find(Locator::Css("form button"))
-                    .await
-                    .unwrap()
-                    .click()
-                    .await
-                    .unwrap();
+                for (field, text) in [("name", name), ("password", pw)] {
+                    let css = format!("input[name={field}]");
+                    let input = c.find(Locator::Css(&css)).await.unwrap();
+                    input.send_keys(text).await.unwrap();
+                }
+                let submit = c.find(Locator::Css("form button")).await.unwrap();
+                submit.click().await.unwrap();
                 c.wait()
                     .for_element(Locator::Css("table#fleet tr[data-device=f1]"))
                     .await
