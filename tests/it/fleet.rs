@@ -16,7 +16,7 @@ fn fleet_bin() -> std::path::PathBuf {
     std::path::Path::new(vigil_bin()).with_file_name("vigil-fleet")
 }
 
-fn console(db: &std::path::Path, mqtt: u16, port: u16) -> Proc {
+fn console(db: &std::path::Path, mqtt: u16, port: u16, alerts: &std::path::Path) -> Proc {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -28,6 +28,8 @@ fn console(db: &std::path::Path, mqtt: u16, port: u16) -> Proc {
         .arg(db)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--gap-grace-s", "1", "--gap-retry-s", "2"])
+        .arg("--alerts")
+        .arg(alerts)
         .env("VIGIL_LOG", "info")
         .env("NO_COLOR", "1")
         .stdout(Stdio::null())
@@ -39,6 +41,39 @@ fn console(db: &std::path::Path, mqtt: u16, port: u16) -> Proc {
         name: "vigil-fleet".into(),
         child,
     }
+}
+
+/// An HTTP server on loopback that takes POSTs and keeps their bodies (an alert webhook).
+fn webhook() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let g = got.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let mut r = BufReader::new(s);
+            let mut len = 0usize;
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; len.min(1 << 20)];
+            let _ = r.read_exact(&mut body);
+            g.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&body).to_string());
+            let _ = r
+                .get_mut()
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (port, got)
 }
 
 /// `vigil-fleet user add NAME --role ROLE` with `password` on standard input.
@@ -144,10 +179,19 @@ fn the_console_shows_boxes_events_pictures_offline_and_repairs_gaps() {
         })
         .collect();
     let db = dir.join("fleet.db");
+    let (hook_port, hooks) = webhook();
+    let alerts = dir.join("alerts.toml");
+    std::fs::write(
+        &alerts,
+        format!(
+            "webhook = \"http://127.0.0.1:{hook_port}/hook\"\n[[rule]]\nname = \"box offline\"\nkind = \"offline\"\nfor_s = 1\n"
+        ),
+    )
+    .unwrap();
     add_user(&db, "admin", "admin", "admin-password-1");
     add_user(&db, "op", "operator", "operator-password-1");
     add_user(&db, "view", "viewer", "viewer-password-1");
-    let mut fleet = console(&db, mqtt, web);
+    let mut fleet = console(&db, mqtt, web, &alerts);
     let addr = format!("127.0.0.1:{web}");
 
     // Logins: no page without one; a wrong password gets 401.
@@ -295,12 +339,37 @@ fn the_console_shows_boxes_events_pictures_offline_and_repairs_gaps() {
         killed.elapsed() <= Duration::from_secs(10),
         "offline within the keep-alive bound"
     );
+    // One alert, on the page and to the webhook; it resolves when the box is back.
+    let firing = |hooks: &[String]| {
+        hooks
+            .iter()
+            .filter(|h| h.contains("\"state\":\"firing\"") && h.contains("\"device\":\"f2\""))
+            .count()
+    };
+    wait("the offline alert", Duration::from_secs(15), || {
+        get(&addr, "/alerts", &view).contains("data-state=\"firing\"")
+            && firing(&hooks.lock().unwrap()) == 1
+    });
+    let (_f2_again, _) = vigil_run(&dir.join("f2.toml"));
+    wait("the alert resolved", Duration::from_secs(30), || {
+        hooks
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|h| h.contains("\"state\":\"resolved\"") && h.contains("\"device\":\"f2\""))
+    });
+    assert_eq!(firing(&hooks.lock().unwrap()), 1, "once per incident");
+    let page = get(&addr, "/alerts", &view);
+    assert!(
+        !page.contains("data-state=\"firing\"") && page.contains("resolved"),
+        "{page}"
+    );
 
     // The console down while f1 keeps publishing: a gap, repaired by a replay request.
     let before = stats(&addr)["events"].as_u64().unwrap();
     fleet.kill9();
     std::thread::sleep(Duration::from_secs(8));
-    fleet = console(&db, mqtt, web);
+    fleet = console(&db, mqtt, web, &alerts);
     let t0 = Instant::now();
     while stats(&addr)["replays_asked"].as_u64().unwrap_or(0) < 1 {
         assert!(

@@ -48,6 +48,9 @@ pub struct Counters {
     pub replays_asked: AtomicU64,
     pub refused: AtomicU64,
     pub store_errors: AtomicU64,
+    /// Alert webhooks POSTed, and those that failed.
+    pub webhooks_sent: AtomicU64,
+    pub webhook_failures: AtomicU64,
 }
 
 /// Wall-clock milliseconds since the Unix epoch.

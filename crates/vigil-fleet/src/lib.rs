@@ -4,6 +4,7 @@
 //! Knows Vigil only by its payloads (`vigil_core::wire`) and its topics: never the device's
 //! internals (no data plane, no control plane, no OTA agent).
 //!
+//! - [`alerts`]: health and event rules, incidents, the webhook;
 //! - [`auth`]: users, sessions, CSRF, roles;
 //! - [`store`]: the `Store` trait, SQLite and PostgreSQL;
 //! - [`ingest`]: the broker → the store, gap repair by replay requests;
@@ -11,6 +12,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod alerts;
 pub mod auth;
 pub mod ingest;
 pub mod store;

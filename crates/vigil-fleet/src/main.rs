@@ -7,6 +7,7 @@ use clap::Parser;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use vigil_fleet::alerts::Rules;
 use vigil_fleet::auth::Role;
 use vigil_fleet::ingest::{self, Counters, IngestConfig};
 use vigil_fleet::store::Store;
@@ -67,6 +68,10 @@ struct ServeArgs {
     /// Event pictures kept, in MiB.
     #[arg(long, default_value_t = 1024)]
     picture_mib: i64,
+    /// Alert rules (TOML, see `docs/fleet.md`); without: a box offline for 30 s, a camera down
+    /// for 60 s.
+    #[arg(long)]
+    alerts: Option<std::path::PathBuf>,
     /// The MQTT client id (unique per console).
     #[arg(long, default_value = "vigil-fleet")]
     client_id: String,
@@ -116,9 +121,16 @@ async fn serve(a: ServeArgs) -> Result<()> {
         retry: Duration::from_secs_f64(a.gap_retry_s),
         max_picture_bytes: a.picture_mib << 20,
     };
+    let rules = match &a.alerts {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| p.display().to_string())?;
+            Rules::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+        }
+        None => Rules::defaults(),
+    };
     match open(&a.db).await? {
-        Db::Pg(s) => run(s, cfg, a.listen).await,
-        Db::Lite(s) => run(s, cfg, a.listen).await,
+        Db::Pg(s) => run(s, cfg, a.listen, rules).await,
+        Db::Lite(s) => run(s, cfg, a.listen, rules).await,
     }
 }
 
@@ -176,7 +188,12 @@ async fn add_user(name: &str, role: &str, db: &str) -> Result<()> {
     Ok(())
 }
 
-async fn run<S: Store + Clone>(store: S, cfg: IngestConfig, listen: SocketAddr) -> Result<()> {
+async fn run<S: Store + Clone>(
+    store: S,
+    cfg: IngestConfig,
+    listen: SocketAddr,
+    rules: Rules,
+) -> Result<()> {
     let counters = Arc::new(Counters::default());
     let (changed, _) = tokio::sync::broadcast::channel(64);
     let (mqtt, eventloop) = ingest::client(&cfg);
@@ -185,6 +202,12 @@ async fn run<S: Store + Clone>(store: S, cfg: IngestConfig, listen: SocketAddr) 
         store.clone(),
         cfg,
         (mqtt.clone(), eventloop),
+        counters.clone(),
+        changed.clone(),
+    ));
+    tokio::spawn(vigil_fleet::alerts::run(
+        store.clone(),
+        rules,
         counters.clone(),
         changed.clone(),
     ));

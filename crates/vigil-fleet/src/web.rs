@@ -67,6 +67,7 @@ pub fn router<S: Store + Clone>(app: Arc<App<S>>) -> Router {
         .route("/devices/{id}/commands", post(command::<S>))
         .route("/review/{device}/{seq}", post(mark::<S>))
         .route("/audit", get(audit_page::<S>))
+        .route("/alerts", get(alerts_page::<S>))
         .route("/fragments/fleet", get(fleet_table::<S>))
         .route("/devices/{id}", get(device::<S>))
         .route(
@@ -111,6 +112,7 @@ fn page(title: &str, who: &Who, body: Markup) -> Response {
                         strong { "Vigil fleet" } " · "
                         a href="/" { "Fleet" }
                         a href="/review" { "Review" }
+                        a href="/alerts" { "Alerts" }
                         @if who.role >= Role::Admin { a href="/audit" { "Audit log" } }
                         span style="float:right" {
                             (who.name) " (" (who.role.as_str()) ") "
@@ -407,6 +409,41 @@ async fn mark<S: Store>(
     Redirect::to("/review").into_response()
 }
 
+async fn alerts_page<S: Store>(State(app): State<Arc<App<S>>>, headers: HeaderMap) -> Response {
+    let w = match need(&app, &headers).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let rows = match app.store.incidents(500).await {
+        Ok(r) => r,
+        Err(e) => return failed(e),
+    };
+    page(
+        "Alerts",
+        &w,
+        html! {
+            h2 { "Alerts" }
+            table id="alerts" {
+                tr { th { "state" } th { "rule" } th { "box" } th { "camera" } th { "since" } th { "detail" } }
+                @for i in &rows {
+                    tr data-state=(if i.resolved_ms.is_none() { "firing" } else { "resolved" }) {
+                        @match i.resolved_ms {
+                            None => { td class="offline" { "firing" } }
+                            Some(t) => { td { "resolved " (ago(t)) " ago" } }
+                        }
+                        td { (i.rule) }
+                        td { a href={ "/devices/" (i.device) } { (i.device) } }
+                        td { (i.camera) }
+                        td { (ago(i.started_ms)) " ago" }
+                        td { (i.detail) }
+                    }
+                }
+            }
+            @if rows.is_empty() { p { "No alert has fired." } }
+        },
+    )
+}
+
 async fn audit_page<S: Store>(State(app): State<Arc<App<S>>>, headers: HeaderMap) -> Response {
     let w = match need(&app, &headers).await {
         Ok(w) => w,
@@ -479,12 +516,19 @@ async fn fleet_table<S: Store>(State(app): State<Arc<App<S>>>, headers: HeaderMa
 async fn fleet_markup<S: Store>(app: &App<S>) -> crate::store::Result<Markup> {
     let devices = app.store.devices().await?;
     let gaps = app.store.gaps().await?;
+    let firing: Vec<_> = app
+        .store
+        .incidents(1000)
+        .await?
+        .into_iter()
+        .filter(|i| i.resolved_ms.is_none())
+        .collect();
     Ok(html! {
         table id="fleet" {
             tr {
                 th { "box" } th { "state" } th { "version" } th { "cameras live" }
                 th { "fps analysed" } th { "spool unsent" } th { "events" } th { "last event" }
-                th { "gaps" }
+                th { "gaps" } th { "alerts" }
             }
             @for d in &devices {
                 @let t = telemetry(d);
@@ -509,6 +553,10 @@ async fn fleet_markup<S: Store>(app: &App<S>) -> crate::store::Result<Markup> {
                     td { (d.last_event_ms.map(|t| ago(t) + " ago").unwrap_or_else(|| "—".into())) }
                     td class=(if lost > 0 { "gap" } else { "" }) {
                         @if open + lost == 0 { "none" } @else { (open) " open, " (lost) " unfillable" }
+                    }
+                    @let n = firing.iter().filter(|i| i.device == d.device).count();
+                    td class=(if n > 0 { "offline" } else { "" }) {
+                        @if n > 0 { a href="/alerts" { (n) " firing" } }
                     }
                 }
             }
@@ -796,6 +844,8 @@ async fn stats<S: Store>(State(app): State<Arc<App<S>>>) -> Response {
         "replays_asked": l(&c.replays_asked),
         "refused": l(&c.refused),
         "store_errors": l(&c.store_errors),
+        "webhooks_sent": l(&c.webhooks_sent),
+        "webhook_failures": l(&c.webhook_failures),
     }))
     .into_response()
 }

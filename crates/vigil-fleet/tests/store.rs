@@ -214,6 +214,37 @@ async fn suite<S: Store>(s: &S) {
     );
     assert!(s.snapshot("pic-a-21").await.unwrap().is_some());
 
+    // Incidents: one open at a time per rule, box and camera; resolved, then open again.
+    let inc = |t: i64| vigil_fleet::store::IncidentRow {
+        rule: "box offline".into(),
+        device: "a".into(),
+        camera: String::new(),
+        started_ms: t,
+        resolved_ms: None,
+        detail: "offline".into(),
+    };
+    assert!(s.open_incident(&inc(100)).await.unwrap());
+    assert!(!s.open_incident(&inc(101)).await.unwrap(), "already open");
+    assert!(
+        s.resolve_incident("box offline", "a", "", 150)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.resolve_incident("box offline", "a", "", 151)
+            .await
+            .unwrap()
+    );
+    assert!(s.open_incident(&inc(200)).await.unwrap(), "a new incident");
+    let all = s.incidents(10).await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(
+        (all[0].started_ms, all[0].resolved_ms),
+        (200, None),
+        "open first"
+    );
+    assert_eq!(all[1].resolved_ms, Some(150));
+
     s.mark_reviewed("a", 13, true).await.unwrap();
     let r = s.events(&f(Some("c2"))).await.unwrap();
     assert!(r[0].reviewed);

@@ -114,6 +114,18 @@ pub struct ReplyRow {
     pub time_ms: i64,
 }
 
+/// An alert: a rule's condition held for a box (and camera, or `""`) from `started_ms`; open
+/// until `resolved_ms`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncidentRow {
+    pub rule: String,
+    pub device: String,
+    pub camera: String,
+    pub started_ms: i64,
+    pub resolved_ms: Option<i64>,
+    pub detail: String,
+}
+
 /// Replay requests for one gap before it is shown as unfillable.
 pub const MAX_REQUESTS: i32 = 5;
 
@@ -221,6 +233,18 @@ pub trait Store: Send + Sync + 'static {
         device: &str,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<ReplyRow>>> + Send;
+    /// Opens an incident (`false`: one of that rule, box and camera is open already).
+    fn open_incident(&self, i: &IncidentRow) -> impl Future<Output = Result<bool>> + Send;
+    /// Resolves the open incident of that rule, box and camera (`false`: none was open).
+    fn resolve_incident(
+        &self,
+        rule: &str,
+        device: &str,
+        camera: &str,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<bool>> + Send;
+    /// Open incidents first, then the newest.
+    fn incidents(&self, limit: u32) -> impl Future<Output = Result<Vec<IncidentRow>>> + Send;
 }
 
 /// Where a new event falls among the stored ones of its device, and what it does to the gaps:

@@ -3,8 +3,8 @@
 
 use super::sql;
 use super::{
-    AuditRow, DeviceRow, EventFilter, EventRow, Gap, GapChange, MAX_REQUESTS, ReplyRow, Result,
-    SessionRow, Store,
+    AuditRow, DeviceRow, EventFilter, EventRow, Gap, GapChange, IncidentRow, MAX_REQUESTS,
+    ReplyRow, Result, SessionRow, Store,
 };
 use sqlx::Row;
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -42,6 +42,11 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS replies (
         request_id TEXT PRIMARY KEY, device TEXT NOT NULL, command TEXT NOT NULL,
         status TEXT NOT NULL, message TEXT NOT NULL, time_ms BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS incidents (
+        rule TEXT NOT NULL, device TEXT NOT NULL, camera TEXT NOT NULL, started_ms BIGINT NOT NULL,
+        resolved_ms BIGINT, detail TEXT NOT NULL)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS incidents_open ON incidents (rule, device, camera)
+        WHERE resolved_ms IS NULL",
     "CREATE TABLE IF NOT EXISTS camera_pictures (
         device TEXT NOT NULL, camera TEXT NOT NULL, jpeg BYTEA NOT NULL,
         received_ms BIGINT NOT NULL, PRIMARY KEY (device, camera))",
@@ -455,6 +460,56 @@ impl Store for PgStore {
                 status: r.3,
                 message: r.4,
                 time_ms: r.5,
+            })
+            .collect())
+    }
+
+    async fn open_incident(&self, i: &IncidentRow) -> Result<bool> {
+        let n = sqlx::query(sql::INCIDENT_OPEN)
+            .bind(&i.rule)
+            .bind(&i.device)
+            .bind(&i.camera)
+            .bind(i.started_ms)
+            .bind(&i.detail)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n > 0)
+    }
+
+    async fn resolve_incident(
+        &self,
+        rule: &str,
+        device: &str,
+        camera: &str,
+        now_ms: i64,
+    ) -> Result<bool> {
+        let n = sqlx::query(sql::INCIDENT_RESOLVE)
+            .bind(rule)
+            .bind(device)
+            .bind(camera)
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n > 0)
+    }
+
+    async fn incidents(&self, limit: u32) -> Result<Vec<IncidentRow>> {
+        let rows: Vec<(String, String, String, i64, Option<i64>, String)> =
+            sqlx::query_as(sql::INCIDENTS)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| IncidentRow {
+                rule: r.0,
+                device: r.1,
+                camera: r.2,
+                started_ms: r.3,
+                resolved_ms: r.4,
+                detail: r.5,
             })
             .collect())
     }

@@ -113,3 +113,14 @@ pub const REPLY_GOT: &str = "UPDATE replies SET status = $4, message = $5, time_
 pub const REPLIES_GET: &str =
     "SELECT request_id, device, command, status, message, time_ms FROM replies
  WHERE device = $1 ORDER BY time_ms DESC LIMIT $2";
+
+/// Opens an incident unless one of the same rule, box and camera is open (a partial unique
+/// index keeps one open at a time, whichever console asks).
+pub const INCIDENT_OPEN: &str = "INSERT INTO incidents (rule, device, camera, started_ms, detail)
+ VALUES ($1, $2, $3, $4, $5)
+ ON CONFLICT (rule, device, camera) WHERE resolved_ms IS NULL DO NOTHING";
+pub const INCIDENT_RESOLVE: &str = "UPDATE incidents SET resolved_ms = $4
+ WHERE rule = $1 AND device = $2 AND camera = $3 AND resolved_ms IS NULL";
+pub const INCIDENTS: &str =
+    "SELECT rule, device, camera, started_ms, resolved_ms, detail FROM incidents
+ ORDER BY (CASE WHEN resolved_ms IS NULL THEN 0 ELSE 1 END), started_ms DESC LIMIT $1";

@@ -3,8 +3,8 @@
 
 use super::sql::{self, lite};
 use super::{
-    AuditRow, DeviceRow, EventFilter, EventRow, Gap, GapChange, MAX_REQUESTS, ReplyRow, Result,
-    SessionRow, Store, StoreError,
+    AuditRow, DeviceRow, EventFilter, EventRow, Gap, GapChange, IncidentRow, MAX_REQUESTS,
+    ReplyRow, Result, SessionRow, Store, StoreError,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
@@ -42,6 +42,11 @@ CREATE INDEX IF NOT EXISTS audit_time ON audit (time_ms);
 CREATE TABLE IF NOT EXISTS replies (
     request_id TEXT PRIMARY KEY, device TEXT NOT NULL, command TEXT NOT NULL,
     status TEXT NOT NULL, message TEXT NOT NULL, time_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS incidents (
+    rule TEXT NOT NULL, device TEXT NOT NULL, camera TEXT NOT NULL, started_ms INTEGER NOT NULL,
+    resolved_ms INTEGER, detail TEXT NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS incidents_open ON incidents (rule, device, camera)
+    WHERE resolved_ms IS NULL;
 CREATE TABLE IF NOT EXISTS camera_pictures (
     device TEXT NOT NULL, camera TEXT NOT NULL, jpeg BLOB NOT NULL, received_ms INTEGER NOT NULL,
     PRIMARY KEY (device, camera));
@@ -438,6 +443,51 @@ impl Store for SqliteStore {
                     status: r.get(3)?,
                     message: r.get(4)?,
                     time_ms: r.get(5)?,
+                })
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    async fn open_incident(&self, i: &IncidentRow) -> Result<bool> {
+        let i = i.clone();
+        self.run(move |c| {
+            c.execute(
+                &lite(sql::INCIDENT_OPEN),
+                params![i.rule, i.device, i.camera, i.started_ms, i.detail],
+            )
+            .map(|n| n > 0)
+        })
+        .await
+    }
+
+    async fn resolve_incident(
+        &self,
+        rule: &str,
+        device: &str,
+        camera: &str,
+        now_ms: i64,
+    ) -> Result<bool> {
+        let (r, d, cam) = (rule.to_string(), device.to_string(), camera.to_string());
+        self.run(move |c| {
+            c.execute(&lite(sql::INCIDENT_RESOLVE), params![r, d, cam, now_ms])
+                .map(|n| n > 0)
+        })
+        .await
+    }
+
+    async fn incidents(&self, limit: u32) -> Result<Vec<IncidentRow>> {
+        self.run(move |c| {
+            let mut st = c.prepare(&lite(sql::INCIDENTS))?;
+            st.query_map([limit], |r| {
+                Ok(IncidentRow {
+                    rule: r.get(0)?,
+                    device: r.get(1)?,
+                    camera: r.get(2)?,
+                    started_ms: r.get(3)?,
+                    resolved_ms: r.get(4)?,
+                    detail: r.get(5)?,
                 })
             })?
             .collect()
