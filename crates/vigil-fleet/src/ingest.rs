@@ -253,7 +253,7 @@ async fn handle<S: Store>(
         Topic::Status(device) => match serde_json::from_slice::<StatusMsg>(payload) {
             Ok(s) if s.state.len() <= 32 && s.version.as_ref().is_none_or(|v| v.len() <= 64) => {
                 c.statuses.fetch_add(1, Ordering::Relaxed);
-                store.set_status(device, &s, now).await
+                store.set_status(device, &s, status_time(&s, now)).await
             }
             Ok(_) => return refuse(warn, c, "status", topic, "state or version too long"),
             Err(e) => return refuse(warn, c, "status", topic, &e.to_string()),
@@ -345,6 +345,19 @@ async fn handle<S: Store>(
     }
 }
 
+/// When a status was true: its own `time` (a retained status may arrive long after the box
+/// wrote it), within the last 30 days and not after now (a box's clock may be off); the last
+/// will has none (the broker sends it when it happens): now.
+fn status_time(s: &StatusMsg, now: i64) -> i64 {
+    s.time
+        .as_deref()
+        .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as i64)
+        .filter(|&t| t <= now && now - t <= 30 * 86_400_000)
+        .unwrap_or(now)
+}
+
 fn refuse(warn: &mut Warn, c: &Counters, kind: &'static str, topic: &str, why: &str) -> bool {
     warn.refuse(c, kind, topic, why);
     false
@@ -432,6 +445,33 @@ mod tests {
             parse_topic("site/a", "site/a/b/telemetry"),
             Some(Topic::Telemetry("b"))
         );
+    }
+
+    #[test]
+    fn a_status_is_dated_by_its_own_time_when_sensible() {
+        let st = |t: Option<&str>| StatusMsg {
+            state: "online".into(),
+            version: None,
+            time: t.map(Into::into),
+            reason: None,
+        };
+        let now = 1_796_536_800_000; // 2026-12-06T06:00:00Z
+        assert_eq!(
+            status_time(&st(Some("2026-12-06T05:59:00Z")), now),
+            now - 60_000
+        );
+        assert_eq!(status_time(&st(None), now), now);
+        assert_eq!(
+            status_time(&st(Some("2030-01-01T00:00:00Z")), now),
+            now,
+            "future"
+        );
+        assert_eq!(
+            status_time(&st(Some("2020-01-01T00:00:00Z")), now),
+            now,
+            "too old"
+        );
+        assert_eq!(status_time(&st(Some("garbage")), now), now);
     }
 
     #[test]
