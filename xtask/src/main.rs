@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 mod assets;
+mod fleet_bench;
 mod fuzz;
 mod soak;
 mod tidy;
@@ -35,9 +36,10 @@ fn main() {
         Some("tidy") => tidy::tidy(&root()),
         Some("fuzz") => fuzz::fuzz(&root(), &args[1..]),
         Some("soak") => soak::soak(&root(), &args[1..]),
+        Some("fleet-bench") => fleet_bench::fleet_bench(&root(), &args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup | demo [--seconds N] | test [--no-lint] [-- cargo test args] | tidy | fuzz [--seconds N] [TARGET…] | soak [--minutes 60 …] | bench [vigil bench args] | gpu-payload>"
+                "usage: cargo xtask <setup | demo [--seconds N] | test [--no-lint] [-- cargo test args] | tidy | fuzz [--seconds N] [TARGET…] | soak [--minutes 60 …] | bench [vigil bench args] | fleet-bench [--runs 100x50,…] | gpu-payload>"
             );
             std::process::exit(2);
         }

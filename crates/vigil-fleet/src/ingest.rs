@@ -51,6 +51,36 @@ pub struct Counters {
     /// Alert webhooks POSTed, and those that failed.
     pub webhooks_sent: AtomicU64,
     pub webhook_failures: AtomicU64,
+    /// Ingest lag of stored events: the console's clock when stored minus the event's `time`
+    /// (the box's clock), in milliseconds: bucket k holds lags below 2^k ms (the last, the rest).
+    pub lag_ms: [AtomicU64; LAG_BUCKETS],
+}
+
+/// Buckets of [`Counters::lag_ms`].
+pub const LAG_BUCKETS: usize = 24;
+
+impl Counters {
+    fn record_lag(&self, ms: i64) {
+        let k = (64 - (ms.max(0) as u64).leading_zeros() as usize).min(LAG_BUCKETS - 1);
+        self.lag_ms[k].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The `q` quantile (0..1) of lag buckets, as the bucket's upper bound in ms.
+pub fn lag_quantile(buckets: &[u64], q: f64) -> Option<u64> {
+    let total: u64 = buckets.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let want = (q * total as f64).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    for (k, n) in buckets.iter().enumerate() {
+        seen += n;
+        if seen >= want {
+            return Some(1u64 << k);
+        }
+    }
+    None
 }
 
 /// Wall-clock milliseconds since the Unix epoch.
@@ -280,6 +310,12 @@ async fn handle<S: Store>(
             match store.insert_event(&e, &text, now).await {
                 Ok(true) => {
                     c.events.fetch_add(1, Ordering::Relaxed);
+                    if let Some(t) = humantime::parse_rfc3339_weak(&e.time)
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    {
+                        c.record_lag(now_ms() - t.as_millis() as i64);
+                    }
                     Ok(())
                 }
                 Ok(false) => {
@@ -445,6 +481,19 @@ mod tests {
             parse_topic("site/a", "site/a/b/telemetry"),
             Some(Topic::Telemetry("b"))
         );
+    }
+
+    #[test]
+    fn lag_quantiles_come_from_power_of_two_buckets() {
+        let c = Counters::default();
+        for ms in [0, 1, 3, 3, 900] {
+            c.record_lag(ms);
+        }
+        let b: Vec<u64> = c.lag_ms.iter().map(|a| a.load(Ordering::Relaxed)).collect();
+        assert_eq!((b[0], b[1], b[2], b[10]), (1, 1, 2, 1));
+        assert_eq!(lag_quantile(&b, 0.5), Some(4));
+        assert_eq!(lag_quantile(&b, 0.99), Some(1024));
+        assert_eq!(lag_quantile(&[0; 4], 0.5), None);
     }
 
     #[test]

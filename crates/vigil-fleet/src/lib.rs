@@ -8,12 +8,14 @@
 //! - [`auth`]: users, sessions, CSRF, roles;
 //! - [`store`]: the `Store` trait, SQLite and PostgreSQL;
 //! - [`ingest`]: the broker → the store, gap repair by replay requests;
-//! - [`web`]: the pages.
+//! - [`web`]: the pages;
+//! - [`simulate`]: many simulated boxes, for the scale bench.
 
 #![forbid(unsafe_code)]
 
 pub mod alerts;
 pub mod auth;
 pub mod ingest;
+pub mod simulate;
 pub mod store;
 pub mod web;

@@ -23,6 +23,22 @@ enum Cli {
     /// The console's users.
     #[command(subcommand)]
     User(UserCmd),
+    /// Many simulated boxes against a broker (the scale bench; see benches/RESULTS.md).
+    Simulate {
+        #[arg(long, default_value = "127.0.0.1:1883")]
+        broker: String,
+        #[arg(long, default_value = "vigil")]
+        prefix: String,
+        #[arg(long, default_value_t = 100)]
+        devices: usize,
+        /// Events a second over the whole fleet.
+        #[arg(long, default_value_t = 50.0)]
+        events_per_s: f64,
+        #[arg(long, default_value_t = 10.0)]
+        telemetry_s: f64,
+        #[arg(long, default_value_t = 30.0)]
+        seconds: f64,
+    },
 }
 
 #[derive(clap::Subcommand)]
@@ -88,6 +104,14 @@ async fn main() {
     let r = match Cli::parse() {
         Cli::Serve(args) => serve(args).await,
         Cli::User(UserCmd::Add { name, role, db }) => add_user(&name, &role, &db).await,
+        Cli::Simulate {
+            broker,
+            prefix,
+            devices,
+            events_per_s,
+            telemetry_s,
+            seconds,
+        } => simulate(broker, prefix, devices, events_per_s, telemetry_s, seconds).await,
     };
     if let Err(e) = r {
         eprintln!("vigil-fleet: {e:#}");
@@ -158,6 +182,42 @@ async fn open(db: &str) -> Result<Db> {
     }
     .context("creating the tables")?;
     Ok(d)
+}
+
+async fn simulate(
+    broker: String,
+    prefix: String,
+    devices: usize,
+    events_per_s: f64,
+    telemetry_s: f64,
+    seconds: f64,
+) -> Result<()> {
+    let (host, port) = broker
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+        .with_context(|| format!("--broker {broker:?}: expected host:port"))?;
+    if devices == 0 || devices > 100_000 || !(0.0..=1e6).contains(&events_per_s) {
+        bail!("--devices 1..=100000 and --events-per-s 0..=1000000 expected");
+    }
+    let t0 = std::time::Instant::now();
+    let sent = vigil_fleet::simulate::run(vigil_fleet::simulate::Sim {
+        host,
+        port,
+        prefix,
+        devices,
+        events_per_s,
+        telemetry_s: telemetry_s.max(0.1),
+        seconds,
+    })
+    .await;
+    let o = std::sync::atomic::Ordering::Relaxed;
+    println!(
+        "simulated {devices} boxes for {:.1} s: {} events, {} telemetry messages",
+        t0.elapsed().as_secs_f64(),
+        sent.events.load(o),
+        sent.telemetry.load(o)
+    );
+    Ok(())
 }
 
 async fn add_user(name: &str, role: &str, db: &str) -> Result<()> {
