@@ -90,6 +90,7 @@ fn quantile(v: &mut [f64], q: f64) -> f64 {
     v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1]
 }
 
+/// The console's lag buckets (`lag_ms_buckets`: bucket k up to 2^(k/4) ms, rounded).
 fn lag_quantile(b: &[u64], q: f64) -> f64 {
     let total: u64 = b.iter().sum();
     if total == 0 {
@@ -100,7 +101,7 @@ fn lag_quantile(b: &[u64], q: f64) -> f64 {
     for (k, n) in b.iter().enumerate() {
         seen += n;
         if seen >= want {
-            return (1u64 << k) as f64;
+            return 2f64.powf(k as f64 / 4.0).round();
         }
     }
     f64::NAN
@@ -284,9 +285,13 @@ pub fn fleet_bench(root: &Path, args: &[String]) -> Result<()> {
         .stdout(Stdio::null())
         .spawn()?);
         wait_port(web)?;
+        let form = "name=bench&password=bench-password";
         let (_, head, _) = http(
             web,
-            "POST /login HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 33\r\n\r\nname=bench&password=bench-password",
+            &format!(
+                "POST /login HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+                form.len()
+            ),
         )?;
         let cookie = head
             .lines()

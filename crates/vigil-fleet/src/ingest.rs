@@ -19,6 +19,8 @@ use vigil_core::wire::{EventMsg, ReplyMsg, StatusMsg, TelemetryMsg, is_name};
 
 /// The largest MQTT packet taken (Vigil sends at most 1 MiB).
 pub const MAX_PACKET: usize = 1 << 20;
+/// Tasks storing messages in parallel (each box's messages always in the same one, in order).
+pub const SHARDS: usize = 8;
 /// Refused payloads of one kind are logged at most this often.
 pub const LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -52,17 +54,36 @@ pub struct Counters {
     pub webhooks_sent: AtomicU64,
     pub webhook_failures: AtomicU64,
     /// Ingest lag of stored events: the console's clock when stored minus the event's `time`
-    /// (the box's clock), in milliseconds: bucket k holds lags below 2^k ms (the last, the rest).
-    pub lag_ms: [AtomicU64; LAG_BUCKETS],
+    /// (the box's clock), in milliseconds: bucket k holds lags up to [`lag_bound`]`(k)` (the
+    /// last, the rest).
+    pub lag_ms: LagBuckets,
 }
 
-/// Buckets of [`Counters::lag_ms`].
-pub const LAG_BUCKETS: usize = 24;
+/// [`LAG_BUCKETS`] counters (an array that long has no derived `Default`).
+#[derive(Debug)]
+pub struct LagBuckets(pub [AtomicU64; LAG_BUCKETS]);
+
+impl Default for LagBuckets {
+    fn default() -> Self {
+        Self(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
+
+/// Buckets of [`Counters::lag_ms`]: four per doubling, up to about 18 minutes.
+pub const LAG_BUCKETS: usize = 80;
+
+/// The upper bound of lag bucket `k`, in ms: 2^(k/4), rounded.
+pub fn lag_bound(k: usize) -> u64 {
+    2f64.powf(k as f64 / 4.0).round() as u64
+}
 
 impl Counters {
     fn record_lag(&self, ms: i64) {
-        let k = (64 - (ms.max(0) as u64).leading_zeros() as usize).min(LAG_BUCKETS - 1);
-        self.lag_ms[k].fetch_add(1, Ordering::Relaxed);
+        let ms = ms.max(0) as u64;
+        let k = (0..LAG_BUCKETS)
+            .find(|&k| ms <= lag_bound(k))
+            .unwrap_or(LAG_BUCKETS - 1);
+        self.lag_ms.0[k].fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -77,7 +98,7 @@ pub fn lag_quantile(buckets: &[u64], q: f64) -> Option<u64> {
     for (k, n) in buckets.iter().enumerate() {
         seen += n;
         if seen >= want {
-            return Some(1u64 << k);
+            return Some(lag_bound(k));
         }
     }
     None
@@ -223,6 +244,33 @@ pub async fn run<S: Store + Clone>(
     let mut warn = Warn {
         last: Default::default(),
     };
+    // Messages are handled by SHARDS tasks, each box always by the same one: its messages stay
+    // in order, and boxes are stored in parallel (PostgreSQL takes them on several
+    // connections; SQLite serialises them anyway).
+    let mut shards = Vec::with_capacity(SHARDS);
+    for _ in 0..SHARDS {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(String, bytes::Bytes)>(1024);
+        let (store, cfg, counters, changed) = (
+            store.clone(),
+            cfg.clone(),
+            counters.clone(),
+            changed.clone(),
+        );
+        tokio::spawn(async move {
+            let mut warn = Warn {
+                last: Default::default(),
+            };
+            while let Some((topic, payload)) = rx.recv().await {
+                let Some(t) = parse_topic(&cfg.prefix, &topic) else {
+                    continue;
+                };
+                if handle(&store, &cfg, &counters, &mut warn, &topic, t, &payload).await {
+                    let _ = changed.send(());
+                }
+            }
+        });
+        shards.push(tx);
+    }
     let p = cfg.prefix.clone();
     let subs = [
         format!("{p}/+/status"),
@@ -251,9 +299,23 @@ pub async fn run<S: Store + Clone>(
                     );
                     continue;
                 };
-                let stored = handle(&store, &cfg, &counters, &mut warn, topic, t, &m.payload).await;
-                if stored {
-                    let _ = changed.send(());
+                let device = match t {
+                    Topic::Status(d)
+                    | Topic::Telemetry(d)
+                    | Topic::Event(d, _)
+                    | Topic::Picture(d, _)
+                    | Topic::Reply(d, _) => d,
+                };
+                let shard = device
+                    .bytes()
+                    .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
+                    % SHARDS;
+                if shards[shard]
+                    .send((topic.to_string(), m.payload.clone()))
+                    .await
+                    .is_err()
+                {
+                    return;
                 }
             }
             Ok(_) => {}
@@ -484,15 +546,22 @@ mod tests {
     }
 
     #[test]
-    fn lag_quantiles_come_from_power_of_two_buckets() {
+    fn lag_quantiles_come_from_quarter_power_of_two_buckets() {
         let c = Counters::default();
         for ms in [0, 1, 3, 3, 900] {
             c.record_lag(ms);
         }
-        let b: Vec<u64> = c.lag_ms.iter().map(|a| a.load(Ordering::Relaxed)).collect();
-        assert_eq!((b[0], b[1], b[2], b[10]), (1, 1, 2, 1));
-        assert_eq!(lag_quantile(&b, 0.5), Some(4));
-        assert_eq!(lag_quantile(&b, 0.99), Some(1024));
+        let b: Vec<u64> = c
+            .lag_ms
+            .0
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .collect();
+        // Bounds 1, 1, 1, 2, 2, 2, 3, 3, 4, … : 0 and 1 ms in bucket 0, 3 ms in bucket 6.
+        assert_eq!((b[0], b[6]), (2, 2));
+        assert_eq!(lag_quantile(&b, 0.5), Some(3));
+        assert_eq!(lag_quantile(&b, 0.99), Some(lag_bound(40)), "900 ms ≤ 2^10");
+        assert!(lag_bound(39) < 900);
         assert_eq!(lag_quantile(&[0; 4], 0.5), None);
     }
 

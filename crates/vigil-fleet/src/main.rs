@@ -38,6 +38,9 @@ enum Cli {
         telemetry_s: f64,
         #[arg(long, default_value_t = 30.0)]
         seconds: f64,
+        /// The boxes' ids start with this.
+        #[arg(long, default_value = "sim")]
+        ids: String,
     },
 }
 
@@ -111,7 +114,19 @@ async fn main() {
             events_per_s,
             telemetry_s,
             seconds,
-        } => simulate(broker, prefix, devices, events_per_s, telemetry_s, seconds).await,
+            ids,
+        } => {
+            simulate(
+                broker,
+                prefix,
+                devices,
+                events_per_s,
+                telemetry_s,
+                seconds,
+                ids,
+            )
+            .await
+        }
     };
     if let Err(e) = r {
         eprintln!("vigil-fleet: {e:#}");
@@ -184,6 +199,7 @@ async fn open(db: &str) -> Result<Db> {
     Ok(d)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn simulate(
     broker: String,
     prefix: String,
@@ -191,7 +207,11 @@ async fn simulate(
     events_per_s: f64,
     telemetry_s: f64,
     seconds: f64,
+    ids: String,
 ) -> Result<()> {
+    if !vigil_core::wire::is_name(&format!("{ids}00000")) {
+        bail!("--ids {ids:?}: the boxes' ids must be Vigil names");
+    }
     let (host, port) = broker
         .rsplit_once(':')
         .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
@@ -208,6 +228,7 @@ async fn simulate(
         events_per_s,
         telemetry_s: telemetry_s.max(0.1),
         seconds,
+        ids,
     })
     .await;
     let o = std::sync::atomic::Ordering::Relaxed;

@@ -20,6 +20,8 @@ pub struct Sim {
     pub events_per_s: f64,
     pub telemetry_s: f64,
     pub seconds: f64,
+    /// The boxes' ids are this followed by their number.
+    pub ids: String,
 }
 
 /// What was sent.
@@ -55,7 +57,7 @@ pub async fn run(s: Sim) -> Arc<Sent> {
     for i in 0..s.devices {
         let (s, sent) = (s.clone(), sent.clone());
         tasks.spawn(async move {
-            let id = format!("sim{i:05}");
+            let id = format!("{}{i:05}", s.ids);
             let status = format!("{}/{id}/status", s.prefix);
             let mut o = MqttOptions::new(format!("vigil-sim-{id}"), &s.host, s.port);
             o.set_keep_alive(Duration::from_secs(30));

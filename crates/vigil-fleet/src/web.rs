@@ -846,7 +846,7 @@ async fn stats<S: Store>(State(app): State<Arc<App<S>>>) -> Response {
         "store_errors": l(&c.store_errors),
         "webhooks_sent": l(&c.webhooks_sent),
         "webhook_failures": l(&c.webhook_failures),
-        "lag_ms_buckets": c.lag_ms.iter().map(l).collect::<Vec<_>>(),
+        "lag_ms_buckets": c.lag_ms.0.iter().map(l).collect::<Vec<_>>(),
     }))
     .into_response()
 }

@@ -29,11 +29,13 @@ pub const EVENT_INSERT: &str =
  ON CONFLICT (device, seq) DO NOTHING";
 
 /// A box heard from only through its events is listed too.
-pub const DEVICE_SEEN: &str = "INSERT INTO devices (device, state, since_ms, last_seen_ms)
- VALUES ($1, 'unknown', $2, $2)
+pub const DEVICE_SEEN: &str =
+    "INSERT INTO devices (device, state, since_ms, last_seen_ms, events, last_event_ms)
+ VALUES ($1, 'unknown', $2, $2, 1, $2)
  ON CONFLICT (device) DO UPDATE SET last_seen_ms = CASE
    WHEN devices.last_seen_ms > excluded.last_seen_ms THEN devices.last_seen_ms
-   ELSE excluded.last_seen_ms END";
+   ELSE excluded.last_seen_ms END,
+   events = devices.events + 1, last_event_ms = excluded.last_event_ms";
 
 pub const SEQ_BELOW: &str = "SELECT MAX(seq) FROM events WHERE device = $1 AND seq < $2";
 pub const SEQ_ABOVE: &str = "SELECT MIN(seq) FROM events WHERE device = $1 AND seq > $2";

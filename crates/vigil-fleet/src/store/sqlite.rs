@@ -14,7 +14,8 @@ use vigil_core::wire::{EventMsg, StatusMsg};
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS devices (
     device TEXT PRIMARY KEY, state TEXT NOT NULL, since_ms INTEGER NOT NULL, version TEXT,
-    reason TEXT, last_seen_ms INTEGER NOT NULL, telemetry TEXT, telemetry_ms INTEGER);
+    reason TEXT, last_seen_ms INTEGER NOT NULL, telemetry TEXT, telemetry_ms INTEGER,
+        events INTEGER NOT NULL DEFAULT 0, last_event_ms INTEGER);
 CREATE TABLE IF NOT EXISTS events (
     device TEXT NOT NULL, seq INTEGER NOT NULL, id TEXT NOT NULL, camera TEXT NOT NULL,
     rule TEXT NOT NULL, kind TEXT NOT NULL, class TEXT NOT NULL, time TEXT NOT NULL,
