@@ -219,6 +219,12 @@ fn the_console_shows_boxes_events_pictures_offline_and_repairs_gaps() {
     });
     let page = get(&addr, "/", &admin);
     assert!(page.contains("online for"), "{page}");
+    // The box's zone occupancy, from its telemetry.
+    wait(
+        "the zone's occupancy on the device page",
+        Duration::from_secs(20),
+        || get(&addr, "/devices/f1", &view).contains(" inside"),
+    );
     let mut picture = None;
     wait(
         "an event with its picture on Review",

@@ -22,6 +22,25 @@ impl Drop for Kid {
     }
 }
 
+/// A PostgreSQL server (a grandchild under `runuser`): stopped through its pid file, then its
+/// wrapper (the `Kid`, dropped after).
+struct Pg {
+    _wrapper: Kid,
+    data: std::path::PathBuf,
+}
+impl Drop for Pg {
+    fn drop(&mut self) {
+        if let Some(pid) = std::fs::read_to_string(self.data.join("postmaster.pid"))
+            .ok()
+            .and_then(|t| t.lines().next()?.trim().parse::<u32>().ok())
+        {
+            let _ = Command::new("kill")
+                .args(["-QUIT", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -123,7 +142,7 @@ fn buckets(v: &serde_json::Value) -> Vec<u64> {
 }
 
 /// A PostgreSQL server of its own in `dir` on `port` (as the `postgres` user when root).
-fn postgres(dir: &Path, port: u16) -> Result<Kid> {
+fn postgres(dir: &Path, port: u16) -> Result<Pg> {
     let bin = std::fs::read_dir("/usr/lib/postgresql")
         .context("PostgreSQL is not installed (cargo xtask setup installs it)")?
         .filter_map(|e| Some(e.ok()?.path().join("bin")))
@@ -184,9 +203,13 @@ fn postgres(dir: &Path, port: u16) -> Result<Kid> {
             "max_connections=50",
         ])
         .spawn()?;
+    let pg = Pg {
+        _wrapper: Kid(child),
+        data,
+    };
     wait_port(port)?;
     std::thread::sleep(Duration::from_secs(1));
-    Ok(Kid(child))
+    Ok(pg)
 }
 
 pub fn fleet_bench(root: &Path, args: &[String]) -> Result<()> {
@@ -240,7 +263,7 @@ pub fn fleet_bench(root: &Path, args: &[String]) -> Result<()> {
     wait_port(mqtt)?;
     let mut rows = Vec::new();
     for store in &stores {
-        let (db, _pg): (String, Option<Kid>) = match store.as_str() {
+        let (db, _pg): (String, Option<Pg>) = match store.as_str() {
             "sqlite" => (
                 work.join(format!("fleet-{}.db", rows.len()))
                     .display()
@@ -317,6 +340,8 @@ pub fn fleet_bench(root: &Path, args: &[String]) -> Result<()> {
                     rate.to_string(),
                     "--seconds".into(),
                     seconds.to_string(),
+                    "--ids".into(),
+                    format!("r{}-", rows.len()),
                 ],
             )
             .stdout(Stdio::null())

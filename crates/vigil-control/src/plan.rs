@@ -711,6 +711,16 @@ impl Plan {
                     decoder: status.decoder,
                     last_error: status.last_error,
                     retry_in_s: status.retry_in_s.map(round2),
+                    rules: c
+                        .analysis
+                        .rules
+                        .lock()
+                        .map(|r| {
+                            r.iter()
+                                .map(|(name, count)| (name.clone(), RuleTelemetry::from(*count)))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
                 },
             );
         }
@@ -843,4 +853,30 @@ pub struct CameraTelemetry {
     pub decoder: Option<String>,
     pub last_error: Option<String>,
     pub retry_in_s: Option<f64>,
+    /// Each zone's occupancy and each line's counts now (as of the last second).
+    pub rules: BTreeMap<String, RuleTelemetry>,
+}
+
+/// One rule in telemetry: `{"inside": N}` for a zone, `{"in": N, "out": M}` for a line.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum RuleTelemetry {
+    Zone {
+        inside: u32,
+    },
+    Line {
+        #[serde(rename = "in")]
+        ins: u64,
+        #[serde(rename = "out")]
+        outs: u64,
+    },
+}
+
+impl From<vigil_dataplane::worker::RuleCount> for RuleTelemetry {
+    fn from(c: vigil_dataplane::worker::RuleCount) -> Self {
+        match c {
+            vigil_dataplane::worker::RuleCount::Zone { inside } => Self::Zone { inside },
+            vigil_dataplane::worker::RuleCount::Line { ins, outs } => Self::Line { ins, outs },
+        }
+    }
 }

@@ -73,6 +73,24 @@ pub struct CameraMsg {
     pub events: u64,
     #[serde(default)]
     pub last_error: Option<String>,
+    /// Each rule's count now (absent from boxes older than this field).
+    #[serde(default)]
+    pub rules: BTreeMap<String, RuleMsg>,
+}
+
+/// A rule's count in telemetry: a zone's occupancy or a line's crossings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum RuleMsg {
+    Zone {
+        inside: u64,
+    },
+    Line {
+        #[serde(rename = "in")]
+        ins: u64,
+        #[serde(rename = "out")]
+        outs: u64,
+    },
 }
 
 /// `<prefix>/<device>/cmd/<name>/reply`.

@@ -37,6 +37,18 @@ pub struct AnalysisStats {
     /// Frame-to-detection latency: from the frame leaving the decoder (appsink) to its
     /// detections being on the host, queueing included.
     pub frame_latency: LatencyHist,
+    /// The camera's rules as they stand (zone occupancy, line counts), refreshed by the worker
+    /// at most once a second: for telemetry (and Home Assistant's sensors).
+    pub rules: std::sync::Mutex<Vec<(String, RuleCount)>>,
+}
+
+/// What one rule counts now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleCount {
+    /// Tracks inside the zone.
+    Zone { inside: u32 },
+    /// Crossings of the line since its rules were set.
+    Line { ins: u64, outs: u64 },
 }
 
 /// A lock-free latency histogram: 50 µs buckets up to 200 ms, then one overflow bucket.
@@ -111,6 +123,8 @@ pub struct CameraAnalysis {
     /// The camera's main stream for live pictures, the re-stream and the `snapshot` command
     /// (`view_url`), opened while they are wanted; `None`: they draw the detection frame.
     pub view: Option<crate::media::view::ViewStream>,
+    /// When the rules' counts were last copied to `stats.rules`.
+    counts_last: Option<Instant>,
     session: u64,
     /// Stream time of this camera continues across pipeline rebuilds: base + pts.
     time_base: f64,
@@ -139,6 +153,7 @@ impl CameraAnalysis {
             restream_pic: None,
             restream_last: None,
             view: None,
+            counts_last: None,
             session: 0,
             time_base: 0.0,
             last_t: 0.0,
@@ -402,6 +417,7 @@ impl AnalysisWorker {
                 dets.retain(|d| d.score >= cam.tracker.config().low_thresh);
                 let out = cam.tracker.update(dets);
                 cam.rules.update(t, out.active, out.removed, &mut hits);
+                publish_counts(&cam.rules, &cam.stats, &mut cam.counts_last);
                 // A frame that fired events gets its picture, the events' tracks highlighted.
                 let picture = match (&mut self.pictures, hits.is_empty()) {
                     (Some(p), false) => annotated(
@@ -591,6 +607,38 @@ fn annotated(
                 tracing::warn!(camera = %camera, "pictures of this camera fail: {e} (counted)");
             }
             None
+        }
+    }
+}
+
+/// Copies the rules' counts into the shared stats, at most once a second (in place: names
+/// are copied only when the rules changed).
+fn publish_counts(rules: &RuleEngine, stats: &AnalysisStats, last: &mut Option<Instant>) {
+    if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+        return;
+    }
+    *last = Some(Instant::now());
+    let mut shared = stats.rules.lock().unwrap_or_else(|e| e.into_inner());
+    let same = shared.len() == rules.shapes().count()
+        && shared
+            .iter()
+            .zip(rules.shapes())
+            .all(|((a, _), (b, _))| a == b);
+    if !same {
+        shared.clear();
+    }
+    for (i, (name, shape)) in rules.shapes().enumerate() {
+        let count = match shape {
+            vigil_core::analytics::rules::RuleShape::Zone { inside, .. } => RuleCount::Zone {
+                inside: inside as u32,
+            },
+            vigil_core::analytics::rules::RuleShape::Line { ins, outs, .. } => {
+                RuleCount::Line { ins, outs }
+            }
+        };
+        match shared.get_mut(i) {
+            Some(slot) => slot.1 = count,
+            None => shared.push((name.to_string(), count)),
         }
     }
 }

@@ -612,13 +612,21 @@ async fn device<S: Store>(
             @match &t {
                 Some(t) => {
                     table {
-                        tr { th { "camera" } th { "state" } th { "fps analysed" } th { "events" } th { "last error" } th { "latest picture" } }
+                        tr { th { "camera" } th { "state" } th { "fps analysed" } th { "events" } th { "rules now" } th { "last error" } th { "latest picture" } }
                         @for (name, c) in &t.cameras {
                             tr {
                                 td { (name) }
                                 td { (c.state) }
                                 td { (format!("{:.1}", c.fps_analysed)) }
                                 td { (c.events) }
+                                td class="rules" {
+                                    @for (rule, count) in &c.rules {
+                                        @match count {
+                                            vigil_core::wire::RuleMsg::Zone { inside } => { (rule) ": " (inside) " inside" br; }
+                                            vigil_core::wire::RuleMsg::Line { ins, outs } => { (rule) ": " (ins) " in, " (outs) " out" br; }
+                                        }
+                                    }
+                                }
                                 td { (c.last_error.as_deref().unwrap_or("")) }
                                 td { img class="thumb" alt="no picture yet" src={ "/devices/" (id) "/cameras/" (name) "/picture.jpg" }; }
                             }

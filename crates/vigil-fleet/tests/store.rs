@@ -270,9 +270,23 @@ struct Postgres {
 }
 
 impl Drop for Postgres {
+    /// The server may be a grandchild (under `runuser`): stopped by its own pid file
+    /// (SIGQUIT: an immediate shutdown, its backends with it), then the wrapper.
     fn drop(&mut self) {
+        stop_postmaster(&self._dir.join("data"));
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+fn stop_postmaster(data: &Path) {
+    if let Some(pid) = std::fs::read_to_string(data.join("postmaster.pid"))
+        .ok()
+        .and_then(|t| t.lines().next()?.trim().parse::<u32>().ok())
+    {
+        let _ = Command::new("kill")
+            .args(["-QUIT", &pid.to_string()])
+            .status();
     }
 }
 
