@@ -139,6 +139,7 @@ fn run_vigil(a: &BenchArgs, rules: &RulesOnly, min_score: f32) -> Result<Measure
         snapshots: Default::default(),
         live: Default::default(),
         restream: Default::default(),
+        homeassistant: Default::default(),
         models: [("m".to_string(), model_cfg)].into_iter().collect(),
         cameras: vec![camera],
         ota: Default::default(),

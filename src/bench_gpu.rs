@@ -207,6 +207,7 @@ fn detect(
         snapshots: Default::default(),
         live: Default::default(),
         restream: Default::default(),
+        homeassistant: Default::default(),
         ota: Default::default(),
         models,
         cameras,

@@ -212,6 +212,7 @@ fn expected_good_config() -> Config {
         snapshots: Default::default(),
         live: Default::default(),
         restream: Default::default(),
+        homeassistant: Default::default(),
         models: models.into_iter().collect(),
         cameras: vec![lobby_camera(), replay_camera()],
         ota: Default::default(),

@@ -22,6 +22,7 @@ mod e2e_reload;
 mod e2e_resilience;
 mod fleet;
 mod gpu_probe;
+mod homeassistant;
 mod http_auth;
 mod http_events;
 mod http_limits;

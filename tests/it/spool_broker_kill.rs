@@ -147,6 +147,7 @@ fn ten_thousand_events_survive_twenty_broker_kills() {
                 Duration::from_secs(15),
                 true,
             ),
+            Default::default(),
         )
     });
 

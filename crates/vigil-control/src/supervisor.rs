@@ -318,7 +318,15 @@ impl Supervisor {
         };
         let health = HealthRegistry::default();
         let link_beat = health.register("mqtt-link", Duration::from_secs(15), true);
-        let link = MqttLink::start(&cfg.mqtt, &cfg.device.id, spool.clone(), handler, link_beat);
+        let ha = ha_discovery(&cfg, &state_dir);
+        let link = MqttLink::start(
+            &cfg.mqtt,
+            &cfg.device.id,
+            spool.clone(),
+            handler,
+            link_beat,
+            ha,
+        );
         let (tx, rx) = tokio::sync::mpsc::channel::<Event>(1024);
         let latency = crate::http::new_infer_latency();
         let inst = Instruments {
@@ -657,6 +665,39 @@ pub async fn run(cfg: Config, config_path: PathBuf, facts: Arc<dyn BoxFacts>) ->
     }
     sup.shutdown().await;
     Ok(())
+}
+
+/// What the link tells Home Assistant: the discovery message when `[homeassistant]` is on (its
+/// topic remembered in the state directory), its removal when it was on before and is off now
+/// (the topic then forgotten), else nothing.
+fn ha_discovery(cfg: &Config, state_dir: &std::path::Path) -> crate::mqtt::HaDiscovery {
+    use crate::mqtt::{HaDiscovery, Topics, ha};
+    let marker = state_dir.join("homeassistant.topic");
+    if cfg.homeassistant.enabled {
+        let topic = ha::topic(cfg);
+        if let Err(e) = std::fs::write(&marker, &topic) {
+            tracing::warn!(
+                "{}: {e} (turning Home Assistant off later will not remove the device)",
+                marker.display()
+            );
+        }
+        let topics = Topics::new(&cfg.mqtt.topic_prefix, &cfg.device.id);
+        let payload = ha::discovery(cfg, &topics, env!("CARGO_PKG_VERSION")).to_string();
+        tracing::info!(topic = %topic, "Home Assistant discovery on");
+        return HaDiscovery::On {
+            topic,
+            status_topic: ha::status_topic(cfg),
+            payload: payload.into_bytes(),
+        };
+    }
+    match std::fs::read_to_string(&marker) {
+        Ok(topic) if !topic.trim().is_empty() => {
+            let _ = std::fs::remove_file(&marker);
+            tracing::info!(topic = %topic.trim(), "Home Assistant discovery off: removing the device");
+            HaDiscovery::Remove(topic.trim().to_string())
+        }
+        _ => HaDiscovery::Off,
+    }
 }
 
 #[cfg(test)]

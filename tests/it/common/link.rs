@@ -46,6 +46,7 @@ impl TestLink {
                     Duration::from_secs(15),
                     true,
                 ),
+                Default::default(),
             )
         });
         Self {

@@ -25,6 +25,7 @@
 
 pub mod bound;
 pub mod commands;
+pub mod ha;
 pub mod inflight;
 pub mod tls;
 
@@ -92,12 +93,34 @@ impl Topics {
     pub fn commands(&self) -> String {
         format!("{}/cmd/#", self.root)
     }
+    /// The topic of one command (`camera/restart`).
+    pub fn command(&self, name: &str) -> String {
+        format!("{}/cmd/{name}", self.root)
+    }
     /// The command name of a topic under this device's `cmd/` (possibly empty: it gets an
     /// error reply), unless it is a reply.
     pub fn command_name<'a>(&self, topic: &'a str) -> Option<&'a str> {
         let name = topic.strip_prefix(&self.root)?.strip_prefix("/cmd/")?;
         (!name.ends_with("/reply")).then_some(name)
     }
+}
+
+/// What the link says to Home Assistant ([`ha`]).
+#[derive(Debug, Clone, Default)]
+pub enum HaDiscovery {
+    /// Nothing (never turned on here).
+    #[default]
+    Off,
+    /// Turned off since it was on: an empty retained message on this topic removes the
+    /// device (sent on every connection until the supervisor forgets the topic).
+    Remove(String),
+    /// The discovery message, retained on `topic`; sent again whenever `status_topic` says
+    /// `online`.
+    On {
+        topic: String,
+        status_topic: String,
+        payload: Vec<u8>,
+    },
 }
 
 /// Payload of `status` (retained). The last will carries `state: "offline"`.
@@ -173,6 +196,7 @@ impl MqttLink {
         spool: Arc<Spool>,
         handler: commands::Handler,
         heartbeat: vigil_core::health::Heartbeat,
+        ha: HaDiscovery,
     ) -> Self {
         let topics = Topics::new(&cfg.topic_prefix, device);
         let client_id = cfg
@@ -218,6 +242,7 @@ impl MqttLink {
             inflight: InFlight::new(),
             said: None,
             out_of_date: None,
+            ha,
         };
         let task = tokio::spawn(link.run());
         Self {
@@ -350,6 +375,8 @@ struct LinkTask {
     /// Why the client certificate is not valid by this box's clock, at the last attempt
     /// (added to the reason when the broker refuses the connection).
     out_of_date: Option<String>,
+    /// Home Assistant discovery ([`HaDiscovery`]).
+    ha: HaDiscovery,
 }
 
 /// One connection's bookkeeping.
@@ -593,6 +620,18 @@ impl LinkTask {
             .client
             .try_subscribe(self.topics.status(), QoS::AtLeastOnce);
         self.publish_other(s, self.topics.status(), true, status_json("online", None));
+        match self.ha.clone() {
+            HaDiscovery::Off => {}
+            HaDiscovery::Remove(topic) => self.publish_other(s, topic, true, Vec::new()),
+            HaDiscovery::On {
+                topic,
+                status_topic,
+                payload,
+            } => {
+                let _ = s.client.try_subscribe(status_topic, QoS::AtLeastOnce);
+                self.publish_other(s, topic, true, payload);
+            }
+        }
         if let Some(p) = self.ota_status.clone() {
             self.publish_other(s, self.topics.ota_status(), true, p);
         }
@@ -602,6 +641,21 @@ impl LinkTask {
     /// An incoming publish: a command, or this device's own status (`closing`: the link is
     /// saying `offline` itself).
     fn on_publish(&mut self, s: &mut Session, p: rumqttc::Publish, closing: bool) {
+        if let HaDiscovery::On {
+            topic,
+            status_topic,
+            payload,
+        } = &self.ha
+            && p.topic == *status_topic
+        {
+            // Home Assistant started (or restarted): its discovered entities need the message
+            // again (a retained copy may have been lost with its broker).
+            if p.payload.as_ref() == b"online" && !p.retain {
+                let (topic, payload) = (topic.clone(), payload.clone());
+                self.publish_other(s, topic, true, payload);
+            }
+            return;
+        }
         if p.topic == self.topics.status() {
             let state = serde_json::from_slice::<serde_json::Value>(&p.payload)
                 .ok()

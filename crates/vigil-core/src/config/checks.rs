@@ -191,6 +191,21 @@ pub(super) fn check_storage(c: &mut Checker, config: &Config) {
             ),
         );
     }
+    let dp = &config.homeassistant.discovery_prefix;
+    if dp.is_empty()
+        || dp.len() > 64
+        || dp.starts_with('/')
+        || dp.ends_with('/')
+        || dp.contains(['+', '#', '\0'])
+        || dp.split('/').any(str::is_empty)
+    {
+        c.err(
+            "homeassistant.discovery_prefix",
+            format!(
+                "{dp:?} (expected a topic prefix of up to 64 characters without wildcards or empty levels, e.g. \"homeassistant\")"
+            ),
+        );
+    }
     let l = &config.live;
     if !(0.2..=30.0).contains(&l.fps) {
         c.err("live.fps", format!("{} (expected 0.2..=30)", l.fps));

@@ -16,7 +16,7 @@
 //!   alone ([`CameraChange::Respawn`]).
 //!
 //! [`diff`] does the same for two configs and also lists the sections that only take effect
-//! after a restart ([`Section`]: `[device]`, `[mqtt]`, `[storage]`, `[http]`, `[snapshots]`, `[live]`, `[restream]`).
+//! after a restart ([`Section`]: `[device]`, `[mqtt]`, `[storage]`, `[http]`, `[snapshots]`, `[live]`, `[restream]`, `[homeassistant]`).
 
 use super::{CameraConfig, Config, ModelConfig};
 use serde::Serialize;
@@ -169,10 +169,11 @@ pub enum Section {
     Snapshots,
     Live,
     Restream,
+    HomeAssistant,
 }
 
 impl Section {
-    pub const ALL: [Section; 7] = [
+    pub const ALL: [Section; 8] = [
         Section::Device,
         Section::Mqtt,
         Section::Storage,
@@ -180,6 +181,7 @@ impl Section {
         Section::Snapshots,
         Section::Live,
         Section::Restream,
+        Section::HomeAssistant,
     ];
 
     /// The table's name in the config file (`"mqtt"` for `[mqtt]`).
@@ -192,6 +194,7 @@ impl Section {
             Section::Snapshots => "snapshots",
             Section::Live => "live",
             Section::Restream => "restream",
+            Section::HomeAssistant => "homeassistant",
         }
     }
 
@@ -204,6 +207,7 @@ impl Section {
             Section::Snapshots => old.snapshots != new.snapshots,
             Section::Live => old.live != new.live,
             Section::Restream => old.restream != new.restream,
+            Section::HomeAssistant => old.homeassistant != new.homeassistant,
         }
     }
 }

@@ -59,11 +59,32 @@ pub struct Config {
     #[serde(default)]
     pub restream: RestreamConfig,
     #[serde(default)]
+    pub homeassistant: HomeAssistantConfig,
+    #[serde(default)]
     pub models: BTreeMap<String, ModelConfig>,
     #[serde(default)]
     pub cameras: Vec<CameraConfig>,
     #[serde(default)]
     pub ota: OtaConfig,
+}
+
+/// Home Assistant MQTT discovery (`docs/mqtt.md`): off by default.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HomeAssistantConfig {
+    /// Publish this box as a Home Assistant device (retained; removed when turned off).
+    pub enabled: bool,
+    /// Home Assistant's discovery prefix.
+    pub discovery_prefix: String,
+}
+
+impl Default for HomeAssistantConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            discovery_prefix: "homeassistant".into(),
+        }
+    }
 }
 
 /// Signed over-the-air updates of models and config (`ota/README.md`).
