@@ -73,7 +73,15 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 }
 
 pub fn cargo() -> Command {
-    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    // CI machines have little disk (a run died with "No space left on device"): there, line
+    // tables are enough for backtraces, where full debug info of every test binary is
+    // several GiB.
+    if std::env::var_os("CI").is_some() && std::env::var_os("CARGO_PROFILE_RELEASE_DEBUG").is_none()
+    {
+        cmd.env("CARGO_PROFILE_RELEASE_DEBUG", "line-tables-only");
+    }
+    cmd
 }
 
 fn test(args: &[String]) -> Result<()> {
@@ -85,6 +93,10 @@ fn test(args: &[String]) -> Result<()> {
         _ => (true, args),
     };
     let extra: Vec<&String> = rest.iter().skip_while(|a| *a == "--").collect();
+    let ci = std::env::var_os("CI").is_some();
+    if ci {
+        disk_report(&root);
+    }
     if lint {
         step("cargo fmt --check");
         run(cargo().current_dir(&root).args(["fmt", "--all", "--check"]))?;
@@ -124,13 +136,67 @@ fn test(args: &[String]) -> Result<()> {
     // Every fuzz target for 10 s on its committed corpus (longer runs: benches/RESULTS.md);
     // not when only some tests were asked for.
     if extra.is_empty() {
+        if ci {
+            disk_report(&root);
+            free_test_binaries(&root);
+        }
         fuzz::fuzz(&root, &["--seconds".into(), "10".into()])?;
+        if ci {
+            disk_report(&root);
+        }
     }
     step(&format!(
         "all tests passed in {:.0}s",
         t0.elapsed().as_secs_f64()
     ));
     Ok(())
+}
+
+/// Prints the size of the target folder and the free space under it (CI logs tell where the
+/// disk went).
+fn disk_report(root: &Path) {
+    let target = root.join("target");
+    let used = Command::new("du")
+        .args(["-sh"])
+        .arg(&target)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let free = Command::new("df")
+        .args(["-h", "--output=avail"])
+        .arg(root)
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .nth(1)
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        })
+        .unwrap_or_default();
+    println!("disk: target {used}; {free} free");
+}
+
+/// Deletes the test executables of the release build (CI only, once the tests have passed):
+/// the fuzz build that follows needs the disk more than a rerun needs them.
+fn free_test_binaries(root: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let deps = root.join("target/release/deps");
+    let Ok(dir) = std::fs::read_dir(&deps) else {
+        return;
+    };
+    let mut freed = 0u64;
+    for e in dir.flatten() {
+        let path = e.path();
+        let Ok(meta) = e.metadata() else { continue };
+        let executable =
+            meta.is_file() && meta.permissions().mode() & 0o111 != 0 && path.extension().is_none();
+        if executable && std::fs::remove_file(&path).is_ok() {
+            freed += meta.len();
+        }
+    }
+    println!("disk: freed {} MiB of test executables", freed >> 20);
 }
 
 /// `vigil bench` with the Python baseline (OpenCV + onnxruntime in a virtualenv that sees
