@@ -132,7 +132,11 @@ fn run_vigil(a: &BenchArgs, rules: &RulesOnly, min_score: f32) -> Result<Measure
         a.threads
     ))?;
     let cfg = Config {
-        device: DeviceConfig { id: "bench".into() },
+        device: DeviceConfig {
+            id: "bench".into(),
+            site: None,
+            tags: Vec::new(),
+        },
         mqtt: MqttConfig::default(),
         storage: Default::default(),
         http: Default::default(),

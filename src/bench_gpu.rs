@@ -200,7 +200,11 @@ fn detect(
         .map(|i| toml::from_str(&camera_toml(clip, i, i % k)))
         .collect::<Result<_, _>>()?;
     let cfg = Config {
-        device: DeviceConfig { id: "bench".into() },
+        device: DeviceConfig {
+            id: "bench".into(),
+            site: None,
+            tags: Vec::new(),
+        },
         mqtt: MqttConfig::default(),
         storage: Default::default(),
         http: Default::default(),

@@ -187,6 +187,8 @@ fn expected_good_config() -> Config {
     Config {
         device: DeviceConfig {
             id: "lobby-box_01".into(),
+            site: Some("lobby".into()),
+            tags: vec!["entrance".into(), "floor-1".into()],
         },
         mqtt: MqttConfig {
             host: "broker.example.net".into(),

@@ -26,7 +26,7 @@ fn camera(addr: &str) -> (u64, u64) {
 
 /// A copy of the real model with a run of its weights overwritten with 0xFF (NaN floats): it
 /// loads, and returns non-finite values (checked here with the real runtime).
-fn garbage_model(out: &Path) -> Vec<u8> {
+pub(crate) fn garbage_model(out: &Path) -> Vec<u8> {
     let mut bytes = std::fs::read(model()).unwrap();
     // 4 KiB at 60% of the file: inside a weight tensor of this model (checked below).
     let at = (bytes.len() * 6 / 10) & !3;

@@ -11,12 +11,18 @@ use crate::common::*;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn fleet_bin() -> std::path::PathBuf {
+pub(crate) fn fleet_bin() -> std::path::PathBuf {
     // Built beside `vigil` (same workspace, same profile).
     std::path::Path::new(vigil_bin()).with_file_name("vigil-fleet")
 }
 
-fn console(db: &std::path::Path, mqtt: u16, port: u16, alerts: &std::path::Path) -> Proc {
+pub(crate) fn console(
+    db: &std::path::Path,
+    mqtt: u16,
+    port: u16,
+    alerts: &std::path::Path,
+    extra: &[&str],
+) -> Proc {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -30,6 +36,7 @@ fn console(db: &std::path::Path, mqtt: u16, port: u16, alerts: &std::path::Path)
         .args(["--gap-grace-s", "1", "--gap-retry-s", "2"])
         .arg("--alerts")
         .arg(alerts)
+        .args(extra)
         .env("VIGIL_LOG", "info")
         .env("NO_COLOR", "1")
         .stdout(Stdio::null())
@@ -77,7 +84,7 @@ fn webhook() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
 }
 
 /// `vigil-fleet user add NAME --role ROLE` with `password` on standard input.
-fn add_user(db: &std::path::Path, name: &str, role: &str, password: &str) {
+pub(crate) fn add_user(db: &std::path::Path, name: &str, role: &str, password: &str) {
     use std::io::Write;
     let mut c = Command::new(fleet_bin())
         .args(["user", "add", name, "--role", role, "--db"])
@@ -97,7 +104,7 @@ fn add_user(db: &std::path::Path, name: &str, role: &str, password: &str) {
 }
 
 /// One form POST or GET with a session cookie: (status, head (lower-cased), body).
-fn request_as(
+pub(crate) fn request_as(
     addr: &str,
     method: &str,
     path: &str,
@@ -115,7 +122,7 @@ fn request_as(
 }
 
 /// Logs in; the session cookie (`vigil_session=…`, as sent: the token is case-sensitive).
-fn login(addr: &str, name: &str, password: &str) -> String {
+pub(crate) fn login(addr: &str, name: &str, password: &str) -> String {
     let form = format!("name={name}&password={password}");
     let ctype = ("Content-Type", "application/x-www-form-urlencoded");
     let r = request(addr, "POST", "/login", &[ctype], &form);
@@ -131,14 +138,14 @@ fn login(addr: &str, name: &str, password: &str) -> String {
         .to_string()
 }
 
-fn get(addr: &str, path: &str, cookie: &str) -> String {
+pub(crate) fn get(addr: &str, path: &str, cookie: &str) -> String {
     let (code, head, body) = request_as(addr, "GET", path, cookie, "");
     assert_eq!(code, 200, "{path}: {head}");
     body
 }
 
 /// The session's CSRF token, as the pages' forms carry it.
-fn csrf(page: &str) -> String {
+pub(crate) fn csrf(page: &str) -> String {
     page.split("name=\"csrf\" value=\"")
         .nth(1)
         .and_then(|s| s.split('"').next())
@@ -146,13 +153,13 @@ fn csrf(page: &str) -> String {
         .to_string()
 }
 
-fn stats(addr: &str) -> serde_json::Value {
+pub(crate) fn stats(addr: &str) -> serde_json::Value {
     let (code, body) = http_get(addr, "/api/stats");
     assert_eq!(code, 200, "{body}");
     serde_json::from_str(&body).unwrap()
 }
 
-fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+pub(crate) fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let t0 = Instant::now();
     while !f() {
         assert!(t0.elapsed() < timeout, "{what} within {timeout:?}");
@@ -170,10 +177,16 @@ fn the_console_shows_boxes_events_pictures_offline_and_repairs_gaps() {
         .iter()
         .map(|id| {
             let cfg = dir.join(format!("{id}.toml"));
-            let text = config_toml(id, mqtt, &url, "fps = 5", PLAZA_ZONE).replace(
-                "telemetry_interval = \"1s\"",
-                "telemetry_interval = \"1s\"\nkeep_alive = \"5s\"",
-            ) + "\n[snapshots]\nmqtt_interval = \"1s\"\nwidth = 320\n";
+            let text = config_toml(id, mqtt, &url, "fps = 5", PLAZA_ZONE)
+                .replace(
+                    "telemetry_interval = \"1s\"",
+                    "telemetry_interval = \"1s\"\nkeep_alive = \"5s\"",
+                )
+                .replace(
+                    "id = \"f1\"",
+                    "id = \"f1\"\nsite = \"north\"\ntags = [\"pilot\", \"outdoor\"]",
+                )
+                + "\n[snapshots]\nmqtt_interval = \"1s\"\nwidth = 320\n";
             std::fs::write(&cfg, text).unwrap();
             vigil_run(&cfg)
         })
@@ -191,7 +204,7 @@ fn the_console_shows_boxes_events_pictures_offline_and_repairs_gaps() {
     add_user(&db, "admin", "admin", "admin-password-1");
     add_user(&db, "op", "operator", "operator-password-1");
     add_user(&db, "view", "viewer", "viewer-password-1");
-    let mut fleet = console(&db, mqtt, web, &alerts);
+    let mut fleet = console(&db, mqtt, web, &alerts, &[]);
     let addr = format!("127.0.0.1:{web}");
 
     // Logins: no page without one; a wrong password gets 401.
@@ -219,6 +232,30 @@ fn the_console_shows_boxes_events_pictures_offline_and_repairs_gaps() {
     });
     let page = get(&addr, "/", &admin);
     assert!(page.contains("online for"), "{page}");
+    // Filters: by the site and tags f1's config gives, by version, by part of the id; the
+    // box's CPU share from its telemetry.
+    wait("f1's labels and CPU share", Duration::from_secs(20), || {
+        let only = |q: &str, b: &str| {
+            let page = get(&addr, &format!("/fragments/fleet?{q}"), &view);
+            page.contains(&format!("data-device=\"{b}\""))
+                && page.matches("data-device=").count() == 1
+        };
+        let page = get(&addr, "/fragments/fleet?tag=pilot", &view);
+        only("tag=pilot", "f1")
+            && only("site=north", "f1")
+            && only("q=f2", "f2")
+            && page.contains("#outdoor")
+            && page.contains(" %</td>")
+    });
+    let v = env!("CARGO_PKG_VERSION");
+    let page = get(
+        &addr,
+        &format!("/fragments/fleet?version={v}&state=online"),
+        &view,
+    );
+    assert_eq!(page.matches("data-device=").count(), 2, "{page}");
+    let page = get(&addr, "/fragments/fleet?version=0.0.0-none", &view);
+    assert!(page.contains("0 of 2 boxes"), "{page}");
     // The box's zone occupancy, from its telemetry.
     wait(
         "the zone's occupancy on the device page",
@@ -375,7 +412,7 @@ fn the_console_shows_boxes_events_pictures_offline_and_repairs_gaps() {
     let before = stats(&addr)["events"].as_u64().unwrap();
     fleet.kill9();
     std::thread::sleep(Duration::from_secs(8));
-    fleet = console(&db, mqtt, web, &alerts);
+    fleet = console(&db, mqtt, web, &alerts, &[]);
     let t0 = Instant::now();
     while stats(&addr)["replays_asked"].as_u64().unwrap_or(0) < 1 {
         assert!(
@@ -409,14 +446,7 @@ fn in_a_browser(addr: &str, dir: &std::path::Path) {
         let log_in = |name: &'static str, pw: &'static str| {
             let c = c.clone();
             async move {
-                c.goto(&format!("http://{addr}/login")).await.unwrap();
-                for (field, text) in [("name", name), ("password", pw)] {
-                    let css = format!("input[name={field}]");
-                    let input = c.find(Locator::Css(&css)).await.unwrap();
-                    input.send_keys(text).await.unwrap();
-                }
-                let submit = c.find(Locator::Css("form button")).await.unwrap();
-                submit.click().await.unwrap();
+                browser_login(&c, addr, name, pw).await;
                 c.wait()
                     .for_element(Locator::Css("table#fleet tr[data-device=f1]"))
                     .await
@@ -475,4 +505,26 @@ fn in_a_browser(addr: &str, dir: &std::path::Path) {
         );
         c.close().await.unwrap();
     });
+}
+
+/// Logs in on the console's login page in a browser.
+pub(crate) async fn browser_login(c: &fantoccini::Client, addr: &str, name: &str, pw: &str) {
+    use fantoccini::Locator;
+    c.goto(&format!("http://{addr}/login")).await.unwrap();
+    for (field, text) in [("name", name), ("password", pw)] {
+        let css = format!("input[name={field}]");
+        let input = c.find(Locator::Css(&css)).await.unwrap();
+        input.send_keys(text).await.unwrap();
+    }
+    click(c, "form button").await;
+}
+
+/// Clicks the element a CSS selector finds.
+pub(crate) async fn click(c: &fantoccini::Client, css: &str) {
+    c.find(fantoccini::Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .click()
+        .await
+        .unwrap();
 }

@@ -21,6 +21,7 @@ mod e2e_ota;
 mod e2e_reload;
 mod e2e_resilience;
 mod fleet;
+mod fleet_rollout;
 mod gpu_probe;
 mod homeassistant;
 mod http_auth;

@@ -68,7 +68,7 @@ fn many_fds(cmd: &str, args: &[String]) -> Command {
     c
 }
 
-fn http(port: u16, req: &str) -> Result<(u16, String, String)> {
+pub(crate) fn http(port: u16, req: &str) -> Result<(u16, String, String)> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     s.write_all(req.as_bytes())?;
@@ -84,7 +84,44 @@ fn http(port: u16, req: &str) -> Result<(u16, String, String)> {
     Ok((code, head.to_string(), body.to_string()))
 }
 
-fn get(port: u16, path: &str, cookie: &str) -> Result<(u16, String)> {
+/// Logs in to a console; the session cookie.
+pub(crate) fn login(port: u16, name: &str, password: &str) -> Result<String> {
+    let form = format!("name={name}&password={password}");
+    let (_, head, _) = http(
+        port,
+        &format!(
+            "POST /login HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+            form.len()
+        ),
+    )?;
+    Ok(head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(": ")?;
+            k.eq_ignore_ascii_case("set-cookie").then_some(v)
+        })
+        .and_then(|c| c.split(';').next())
+        .context("login: no session cookie")?
+        .to_string())
+}
+
+/// A form POST with a session cookie: (status, head, body).
+pub(crate) fn post(
+    port: u16,
+    path: &str,
+    cookie: &str,
+    form: &str,
+) -> Result<(u16, String, String)> {
+    http(
+        port,
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: {cookie}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+            form.len()
+        ),
+    )
+}
+
+pub(crate) fn get(port: u16, path: &str, cookie: &str) -> Result<(u16, String)> {
     let (code, _, body) = http(
         port,
         &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: {cookie}\r\n\r\n"),
@@ -308,23 +345,7 @@ pub fn fleet_bench(root: &Path, args: &[String]) -> Result<()> {
         .stdout(Stdio::null())
         .spawn()?);
         wait_port(web)?;
-        let form = "name=bench&password=bench-password";
-        let (_, head, _) = http(
-            web,
-            &format!(
-                "POST /login HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
-                form.len()
-            ),
-        )?;
-        let cookie = head
-            .lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(": ")?;
-                k.eq_ignore_ascii_case("set-cookie").then_some(v)
-            })
-            .and_then(|c| c.split(';').next())
-            .context("login")?
-            .to_string();
+        let cookie = login(web, "bench", "bench-password")?;
         let pid = console.0.id();
         for &(n, rate) in &runs {
             let s0 = stats(web)?;

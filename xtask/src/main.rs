@@ -464,17 +464,18 @@ fn demo(args: &[String]) -> Result<()> {
         "vigil-fleet",
     ]))?;
     let vigil = root.join("target/release/vigil");
-    let config = root.join("configs/demo.toml");
-    let (mqtt_port, rtsp_port, fleet_port) = (18883u16, 18554u16, 28090u16);
-    for p in [mqtt_port, rtsp_port, fleet_port] {
+    let (mqtt_port, rtsp_port, fleet_port, www_port) = (18883u16, 18554u16, 28090u16, 28091u16);
+    for p in [mqtt_port, rtsp_port, fleet_port, www_port] {
         if !port_free(p) {
             bail!(
-                "port {p} on 127.0.0.1 is taken (configs/demo.toml uses {mqtt_port} for MQTT and {rtsp_port} for RTSP; the fleet console {fleet_port})"
+                "port {p} on 127.0.0.1 is taken (configs/demo.toml uses {mqtt_port} for MQTT and {rtsp_port} for RTSP; the fleet console {fleet_port}, the demo's update server {www_port})"
             );
         }
     }
     let work = root.join(".cache/demo");
     std::fs::create_dir_all(&work)?;
+    let ota = demo_ota(&root, &vigil, &work)?;
+    let config = ota.config.clone();
     let mut kids = Children(Vec::new());
 
     step(&format!("starting mosquitto on 127.0.0.1:{mqtt_port}"));
@@ -560,9 +561,44 @@ fn demo(args: &[String]) -> Result<()> {
         .arg("--db")
         .arg(work.join("fleet.db"))
         .args(["--listen", &format!("127.0.0.1:{fleet_port}")])
+        .args(["--ota-key", &ota.public])
+        .arg("--download-dir")
+        .arg(work.join("fleet-downloads"))
         .env("VIGIL_LOG", "warn")
         .spawn()?;
     kids.0.push(("vigil-fleet".into(), fleet));
+    step(&format!(
+        "serving the demo's update bundle on http://127.0.0.1:{www_port}/ (python3 -m http.server)"
+    ));
+    let www = Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            &www_port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+        ])
+        .arg(work.join("www"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("python3 -m http.server")?;
+    kids.0.push(("update server".into(), www));
+    wait_port(fleet_port, Duration::from_secs(10))?;
+    {
+        let (url, sha, pw) = (
+            format!("http://127.0.0.1:{www_port}/{}", ota.bundle),
+            ota.sha256.clone(),
+            password.clone(),
+        );
+        std::thread::spawn(move || match demo_rollout(fleet_port, &pw, &url, &sha) {
+            Ok(id) => println!(
+                "[demo] a freshly packed update is rolling out to the demo box: http://127.0.0.1:{fleet_port}/rollouts/{id}"
+            ),
+            Err(e) => println!("[demo] the demo rollout did not start: {e:#}"),
+        });
+    }
 
     println!();
     println!(
@@ -578,7 +614,10 @@ fn demo(args: &[String]) -> Result<()> {
     println!(
         "  fleet console:   http://127.0.0.1:{fleet_port}/   user demo, password {password}   (the demo box, its events with pictures: /review)"
     );
-    println!("  config:          {}", config.display());
+    println!(
+        "  config:          {} (configs/demo.toml with an OTA key made for this demo)",
+        config.display()
+    );
     println!("  stop:            Ctrl-C");
     println!();
     step("vigil run --config configs/demo.toml");
@@ -605,6 +644,151 @@ fn demo(args: &[String]) -> Result<()> {
             return Ok(());
         }
     }
+}
+
+/// What the demo's OTA needs: its config, the public key, the bundle (under `www/`).
+struct DemoOta {
+    config: PathBuf,
+    public: String,
+    bundle: String,
+    sha256: String,
+}
+
+/// An OTA key for the demo (made once, kept in `.cache/demo/`), `.cache/demo/demo.toml` (the
+/// demo config with its relative paths made absolute and an `[ota]` section trusting that
+/// key), and a freshly signed bundle (the same model; the sequence is the time, so it is
+/// always above what an earlier demo run installed).
+fn demo_ota(root: &Path, vigil: &Path, work: &Path) -> Result<DemoOta> {
+    step("signing a fresh OTA bundle for the demo's rollout (key in .cache/demo/ota.key)");
+    let key = work.join("ota.key");
+    let public_file = work.join("ota.pub");
+    if !key.exists() || !public_file.exists() {
+        let _ = std::fs::remove_file(&key);
+        let out = Command::new(vigil)
+            .args(["ota", "keygen", "--out"])
+            .arg(&key)
+            .output()?;
+        if !out.status.success() {
+            bail!("vigil ota keygen: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::fs::write(&public_file, &out.stdout)?;
+    }
+    let public = std::fs::read_to_string(&public_file)?.trim().to_string();
+    let base = std::fs::read_to_string(root.join("configs/demo.toml"))?;
+    let text = base.replace("\"../", &format!("\"{}/", root.display()))
+        + &format!(
+            "\n# Added by `cargo xtask demo`: the OTA key made for this demo.\n[ota]\ntrusted_keys = [\"{public}\"]\ndir = \"{}\"\nprobation = \"20s\"\n",
+            work.join("ota").display()
+        );
+    let config = work.join("demo.toml");
+    std::fs::write(&config, text)?;
+    let bundle_src = work.join("bundle");
+    let _ = std::fs::remove_dir_all(&bundle_src);
+    std::fs::create_dir_all(bundle_src.join("models"))?;
+    std::fs::copy(
+        root.join("models/nanodet.onnx"),
+        bundle_src.join("models/nanodet.onnx"),
+    )?;
+    std::fs::write(
+        bundle_src.join("config.toml"),
+        "[models.nanodet]\npath = \"models/nanodet.onnx\"\nkind = \"nanodet\"\nbackend = \"cpu\"\nthreads = 2\n",
+    )?;
+    let www = work.join("www");
+    let _ = std::fs::remove_dir_all(&www);
+    std::fs::create_dir_all(&www)?;
+    let sequence = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let bundle = format!("demo-{sequence}.vigil");
+    let out = Command::new(vigil)
+        .args(["ota", "pack", "--key"])
+        .arg(&key)
+        .args(["--sequence", &sequence.to_string()])
+        .args(["--version", &format!("demo-{sequence}")])
+        .arg("--out")
+        .arg(www.join(&bundle))
+        .arg(&bundle_src)
+        .output()?;
+    if !out.status.success() {
+        bail!("vigil ota pack: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let sha256 = assets::sha256(&www.join(&bundle))?;
+    Ok(DemoOta {
+        config,
+        public,
+        bundle,
+        sha256,
+    })
+}
+
+/// Logs in as the demo admin, adds the bundle as a release and rolls it out to the demo box
+/// once the console sees it online; the rollout's id.
+fn demo_rollout(port: u16, password: &str, url: &str, sha256: &str) -> Result<String> {
+    use fleet_bench::{get, login, post};
+    let cookie = login(port, "demo", password)?;
+    let t0 = Instant::now();
+    loop {
+        let (_, page) = get(port, "/fragments/fleet", &cookie)?;
+        if page.contains("data-device=\"demo\"") && page.contains("online for") {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(120) {
+            bail!("the demo box did not show up online on the console within 120 s");
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let csrf = |page: &str| -> Result<String> {
+        Ok(page
+            .split("name=\"csrf\" value=\"")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .context("no CSRF token on the page")?
+            .to_string())
+    };
+    let (_, page) = get(port, "/rollouts", &cookie)?;
+    let token = csrf(&page)?;
+    let (code, _, body) = post(
+        port,
+        "/rollouts/releases",
+        &cookie,
+        &format!("csrf={token}&url={url}&sha256={sha256}"),
+    )?;
+    if code != 303 {
+        bail!(
+            "adding the release: HTTP {code}: {}",
+            body.chars().take(300).collect::<String>()
+        );
+    }
+    let (_, page) = get(port, "/rollouts", &cookie)?;
+    let release = page
+        .split("<option value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .context("the release is not on the page")?
+        .to_string();
+    let (code, head, body) = post(
+        port,
+        "/rollouts",
+        &cookie,
+        &format!(
+            "csrf={token}&release={release}&devices=demo&canary=1&waves=&bake_s=10&threshold=0&offline_s=600&stall_s=600"
+        ),
+    )?;
+    if code != 303 {
+        bail!(
+            "starting the rollout: HTTP {code}: {}",
+            body.chars().take(300).collect::<String>()
+        );
+    }
+    Ok(head
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("location: /rollouts/")
+                .or_else(|| l.strip_prefix("Location: /rollouts/"))
+        })
+        .context("no rollout page in the answer")?
+        .trim()
+        .to_string())
 }
 
 pub fn wait_port(port: u16, timeout: Duration) -> Result<()> {

@@ -40,8 +40,9 @@ pub const ALLOWED_DEPS: &[(&str, &[&str])] = &[
     ),
     // The fuzz targets drive the libraries' parsers; nothing depends on them.
     ("vigil-fuzz", &["vigil-core", "vigil-ota", "vigil-control"]),
-    // The fleet console knows the boxes by their payloads (the core's `wire`) only.
-    ("vigil-fleet", &["vigil-core"]),
+    // The fleet console knows the boxes by their payloads (the core's `wire`) only, and reads
+    // a release's bundle with the OTA crate's own verifier (never its agent).
+    ("vigil-fleet", &["vigil-core", "vigil-ota"]),
     ("xtask", &[]),
 ];
 

@@ -13,3 +13,4 @@ pub mod mqtt;
 pub mod plan;
 pub mod spool;
 pub mod supervisor;
+pub mod system;

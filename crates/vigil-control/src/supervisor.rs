@@ -47,6 +47,19 @@ struct TelemetryPayload {
     events_acked: u64,
     spool: SpoolStats,
     cameras: BTreeMap<String, CameraTelemetry>,
+    /// `[device] site` and `tags`, when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device: Option<DeviceLabels>,
+    /// The box's CPU, memory, load and temperatures.
+    system: crate::system::SystemTelemetry,
+}
+
+#[derive(Debug, Serialize)]
+struct DeviceLabels {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    site: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tags: Vec<String>,
 }
 
 /// A reload's first half, off the loop (a blocking thread): validates the new config (the file,
@@ -262,6 +275,8 @@ pub struct Supervisor {
     snapshot: Arc<Mutex<serde_json::Value>>,
     /// Each camera's counters at the last telemetry, for its rates.
     prev: BTreeMap<String, (u64, u64, Instant)>,
+    /// The box's own health, sampled at each telemetry.
+    system: crate::system::Sampler,
     /// Test-only fault hook: stall the loop this long after start-up (see [`run`]).
     stall_after: Option<Duration>,
     events: tokio::sync::mpsc::Receiver<Event>,
@@ -399,6 +414,7 @@ impl Supervisor {
             watchdog_period: sd_notify::watchdog_enabled(),
             snapshot,
             prev: BTreeMap::new(),
+            system: crate::system::Sampler::default(),
             stall_after: None,
             events: rx,
             control: control_rx,
@@ -499,6 +515,13 @@ impl Supervisor {
             events_acked: link.acked.load(Ordering::Relaxed),
             spool: tokio::task::block_in_place(|| self.spool.stats()).unwrap_or_default(),
             cameras: self.plan.telemetry(&mut self.prev),
+            device: (self.cfg.device.site.is_some() || !self.cfg.device.tags.is_empty()).then(
+                || DeviceLabels {
+                    site: self.cfg.device.site.clone(),
+                    tags: self.cfg.device.tags.clone(),
+                },
+            ),
+            system: tokio::task::block_in_place(|| self.system.sample()),
         };
         if let Ok(v) = serde_json::to_value(&payload) {
             if let Ok(mut g) = self.snapshot.lock() {

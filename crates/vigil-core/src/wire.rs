@@ -58,6 +58,32 @@ pub struct TelemetryMsg {
     pub mqtt_connected: bool,
     pub spool: SpoolMsg,
     pub cameras: BTreeMap<String, CameraMsg>,
+    /// `[device] site` and `tags` (absent when unset, and from older boxes).
+    #[serde(default)]
+    pub device: Option<DeviceLabelsMsg>,
+    /// The box's CPU, memory, load and temperatures (absent from older boxes).
+    #[serde(default)]
+    pub system: Option<SystemMsg>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct DeviceLabelsMsg {
+    #[serde(default)]
+    pub site: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct SystemMsg {
+    #[serde(default)]
+    pub cpu_pct: Option<f64>,
+    #[serde(default)]
+    pub mem_used_pct: Option<f64>,
+    #[serde(default)]
+    pub load1: Option<f64>,
+    #[serde(default)]
+    pub temps_c: BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -101,6 +127,47 @@ pub struct ReplyMsg {
     pub message: String,
     #[serde(default)]
     pub data: Option<serde_json::Value>,
+}
+
+/// `<prefix>/<device>/ota/progress`: one phase of an update started by `cmd/ota/apply`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct OtaProgressMsg {
+    pub request_id: String,
+    /// `downloading`, `verifying`, `staging`, `activating`, `probation`, and the outcomes
+    /// `done`, `failed`, `rolled_back`, `cancelled`.
+    pub phase: String,
+    #[serde(default)]
+    pub sequence: Option<u64>,
+    #[serde(default)]
+    pub percent: Option<f64>,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// One installed OTA set in [`OtaStatusMsg`].
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct OtaSetMsg {
+    pub slot: String,
+    pub sequence: u64,
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+/// `<prefix>/<device>/ota/status` (retained): the installed sets.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct OtaStatusMsg {
+    #[serde(default)]
+    pub busy: bool,
+    #[serde(default)]
+    pub active: Option<OtaSetMsg>,
+    #[serde(default)]
+    pub previous: Option<OtaSetMsg>,
+    #[serde(default)]
+    pub probation: Option<serde_json::Value>,
+    #[serde(default)]
+    pub last: Option<serde_json::Value>,
 }
 
 /// Whether `s` is a name Vigil gives a device, camera, zone or line (`[A-Za-z0-9_-]{1,64}`):

@@ -15,7 +15,9 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use vigil_core::wire::{EventMsg, ReplyMsg, StatusMsg, TelemetryMsg, is_name};
+use vigil_core::wire::{
+    EventMsg, OtaProgressMsg, OtaStatusMsg, ReplyMsg, StatusMsg, TelemetryMsg, is_name,
+};
 
 /// The largest MQTT packet taken (Vigil sends at most 1 MiB).
 pub const MAX_PACKET: usize = 1 << 20;
@@ -37,6 +39,14 @@ pub struct IngestConfig {
     pub retry: Duration,
     /// Event pictures kept, in bytes.
     pub max_picture_bytes: i64,
+    /// The rollout driver, told every `ota/progress` and `ota/apply` reply.
+    pub rollouts: Option<tokio::sync::mpsc::Sender<crate::rollout::Msg>>,
+    /// Consoles sharing one store split the boxes' messages through this MQTT shared
+    /// subscription group (`$share/<group>/…`): each message reaches one of them. The status
+    /// and OTA topics stay unshared: brokers send no retained message to a shared
+    /// subscription (a console would not learn who is online), and the console driving
+    /// rollouts needs every OTA message.
+    pub share: Option<String>,
 }
 
 /// What the ingest has done, for the page and the tests.
@@ -121,6 +131,8 @@ enum Topic<'a> {
     Picture(&'a str, &'a str),
     /// A command reply: the device and the command's name (`ping`, `camera/restart`, …).
     Reply(&'a str, &'a str),
+    OtaProgress(&'a str),
+    OtaStatus(&'a str),
 }
 
 fn parse_topic<'a>(prefix: &str, topic: &'a str) -> Option<Topic<'a>> {
@@ -147,6 +159,8 @@ fn parse_topic<'a>(prefix: &str, topic: &'a str) -> Option<Topic<'a>> {
         _ => match what.split_once('/')? {
             ("events", cam) => Topic::Event(device, named(cam)?),
             ("snapshot", cam) => Topic::Picture(device, named(cam)?),
+            ("ota", "progress") => Topic::OtaProgress(device),
+            ("ota", "status") => Topic::OtaStatus(device),
             _ => return None,
         },
     })
@@ -272,13 +286,19 @@ pub async fn run<S: Store + Clone>(
         shards.push(tx);
     }
     let p = cfg.prefix.clone();
+    let shared = match &cfg.share {
+        Some(g) => format!("$share/{g}/"),
+        None => String::new(),
+    };
     let subs = [
         format!("{p}/+/status"),
-        format!("{p}/+/telemetry"),
-        format!("{p}/+/events/+"),
-        format!("{p}/+/snapshot/+"),
-        format!("{p}/+/cmd/+/reply"),
+        format!("{shared}{p}/+/telemetry"),
+        format!("{shared}{p}/+/events/+"),
+        format!("{shared}{p}/+/snapshot/+"),
+        format!("{shared}{p}/+/cmd/+/reply"),
         format!("{p}/+/cmd/+/+/reply"),
+        format!("{p}/+/ota/progress"),
+        format!("{p}/+/ota/status"),
     ];
     loop {
         match eventloop.poll().await {
@@ -304,7 +324,9 @@ pub async fn run<S: Store + Clone>(
                     | Topic::Telemetry(d)
                     | Topic::Event(d, _)
                     | Topic::Picture(d, _)
-                    | Topic::Reply(d, _) => d,
+                    | Topic::Reply(d, _)
+                    | Topic::OtaProgress(d)
+                    | Topic::OtaStatus(d) => d,
                 };
                 let shard = device
                     .bytes()
@@ -397,6 +419,39 @@ async fn handle<S: Store>(
                 .await
                 .map(|_| ())
         }
+        Topic::OtaProgress(device) => {
+            let p = match serde_json::from_slice::<OtaProgressMsg>(payload) {
+                Ok(p) if p.request_id.len() <= 200 && p.phase.len() <= 32 => p,
+                Ok(_) => return refuse(warn, c, "ota/progress", topic, "field too long"),
+                Err(e) => return refuse(warn, c, "ota/progress", topic, &e.to_string()),
+            };
+            let Some(tx) = &cfg.rollouts else {
+                return false;
+            };
+            let msg = crate::rollout::Msg::Progress {
+                device: device.to_string(),
+                progress: p,
+            };
+            // Outcomes must reach the driver; a repeated `downloading` may be dropped when it
+            // is behind.
+            let outcome = !matches!(&msg, crate::rollout::Msg::Progress { progress, .. }
+                if progress.phase == "downloading");
+            if outcome {
+                let _ = tx.send(msg).await;
+            } else {
+                let _ = tx.try_send(msg);
+            }
+            return false;
+        }
+        Topic::OtaStatus(device) => {
+            if let Err(e) = serde_json::from_slice::<OtaStatusMsg>(payload) {
+                return refuse(warn, c, "ota/status", topic, &e.to_string());
+            }
+            let text = String::from_utf8_lossy(payload);
+            store
+                .put_doc(crate::rollout::OTA_STATUS, device, &text, now)
+                .await
+        }
         Topic::Reply(device, name) => {
             let Ok(r) = serde_json::from_slice::<ReplyMsg>(payload) else {
                 return refuse(warn, c, "reply", topic, "not a command reply");
@@ -415,6 +470,19 @@ async fn handle<S: Store>(
                     }
                     _ => return false,
                 }
+            } else if name == "ota/apply" && id.starts_with("ro-") && id.len() <= 200 {
+                let Some(tx) = &cfg.rollouts else {
+                    return false;
+                };
+                let _ = tx
+                    .send(crate::rollout::Msg::Reply {
+                        device: device.to_string(),
+                        request_id: id.to_string(),
+                        status: r.status.chars().take(16).collect(),
+                        message: r.message.chars().take(300).collect(),
+                    })
+                    .await;
+                return false;
             } else if id.starts_with("fleet-cmd-") && id.len() <= 64 {
                 let status: String = r.status.chars().take(16).collect();
                 let message: String = r.message.chars().take(300).collect();
@@ -612,7 +680,9 @@ mod tests {
 
 #[cfg(test)]
 mod documented {
-    use vigil_core::wire::{EventMsg, ReplyMsg, StatusMsg, TelemetryMsg};
+    use vigil_core::wire::{
+        EventMsg, OtaProgressMsg, OtaStatusMsg, ReplyMsg, StatusMsg, TelemetryMsg,
+    };
 
     /// The JSON blocks of `docs/mqtt.md` marked `<!-- example: KIND -->`.
     fn examples(kind: &str) -> Vec<String> {
@@ -645,6 +715,17 @@ mod documented {
         for e in examples("command_reply") {
             serde_json::from_str::<ReplyMsg>(&e).unwrap();
         }
+        let progress = examples("ota_progress");
+        assert!(progress.len() >= 5);
+        for e in progress {
+            serde_json::from_str::<OtaProgressMsg>(&e).unwrap_or_else(|x| panic!("{x}: {e}"));
+        }
+        let status = examples("ota_status");
+        assert!(status.len() >= 2);
+        for e in status {
+            let s = serde_json::from_str::<OtaStatusMsg>(&e).unwrap_or_else(|x| panic!("{x}: {e}"));
+            assert!(s.active.is_some() || s.last.is_some(), "{e}");
+        }
     }
 }
 
@@ -673,6 +754,10 @@ mod hostile {
     const STATUS: &str = r#"{"state":"online","version":"0.1.0","time":"t"}"#;
     const TELEMETRY: &str = r#"{"time":"t","uptime_s":1,"mqtt_connected":true,"events_published":0,"events_acked":0,"spool":{"unsent":0,"held":0,"bytes":0,"last_seq":0,"dropped_unsent":0},"cameras":{"cam":{"state":"live","fps_in":5,"fps_analysed":5,"frames_in":1,"frames_analysed":1,"frames_dropped":0,"reconnects":0,"infer_ms_avg":1,"events":0,"decoder":null,"last_error":null,"retry_in_s":null}}}"#;
     const REPLY: &str = r#"{"request_id":"fleet-cmd-x","status":"ok","message":"pong"}"#;
+    const OTA_REPLY: &str = r#"{"request_id":"ro-r1-0-1","status":"error","message":"busy"}"#;
+    const OTA_PROGRESS: &str =
+        r#"{"request_id":"ro-r1-0-1","phase":"failed","error":"digest","reason":"x","time":"t"}"#;
+    const OTA_STATUS: &str = r#"{"busy":false,"active":{"slot":"s","sequence":3,"version":"v"},"previous":null,"probation":null,"last":null,"time":"t"}"#;
 
     fn mutate(r: &mut Rng, seed: &str) -> Vec<u8> {
         let mut b = seed.as_bytes().to_vec();
@@ -714,6 +799,21 @@ mod hostile {
         std::fs::create_dir_all(&dir).unwrap();
         let store = SqliteStore::open(&dir.join("f.db")).unwrap();
         store.migrate().await.unwrap();
+        // What reaches the rollout driver: only box `a`'s messages.
+        let (drain, mut rx) = tokio::sync::mpsc::channel(16);
+        let told = tokio::spawn(async move {
+            let mut devices = std::collections::BTreeSet::new();
+            while let Some(m) = rx.recv().await {
+                match m {
+                    crate::rollout::Msg::Progress { device, .. }
+                    | crate::rollout::Msg::Reply { device, .. } => {
+                        devices.insert(device);
+                    }
+                    _ => {}
+                }
+            }
+            devices
+        });
         let cfg = IngestConfig {
             host: "x".into(),
             port: 1,
@@ -722,6 +822,8 @@ mod hostile {
             grace: Duration::from_secs(1),
             retry: Duration::from_secs(1),
             max_picture_bytes: 1 << 20,
+            rollouts: Some(drain),
+            share: None,
         };
         let c = Counters::default();
         let mut warn = Warn {
@@ -738,6 +840,9 @@ mod hostile {
             ("vigil//status", STATUS),
             ("vigil/a/events/", EVENT),
             ("vigil/a/cmd/a/b/c/reply", REPLY),
+            ("vigil/a/cmd/ota/apply/reply", OTA_REPLY),
+            ("vigil/a/ota/progress", OTA_PROGRESS),
+            ("vigil/a/ota/status", OTA_STATUS),
         ];
         let mut r = Rng(0x9e37_79b9_7f4a_7c15);
         let mut handled = 0;
@@ -764,5 +869,11 @@ mod hostile {
                 .iter()
                 .all(|e| e.rule.len() <= 64 && !e.class.contains('\0'))
         );
+        let statuses = store.docs(crate::rollout::OTA_STATUS).await.unwrap();
+        assert!(statuses.iter().all(|(d, _)| d == "a"), "{statuses:?}");
+        drop(cfg);
+        let told = told.await.unwrap();
+        assert!(told.iter().all(|d| d == "a"), "{told:?}");
+        assert!(!told.is_empty(), "progress and replies reach the driver");
     }
 }

@@ -8,6 +8,7 @@
 //! - [`auth`]: users, sessions, CSRF, roles;
 //! - [`store`]: the `Store` trait, SQLite and PostgreSQL;
 //! - [`ingest`]: the broker → the store, gap repair by replay requests;
+//! - [`rollout`]: releases and staged OTA rollouts;
 //! - [`web`]: the pages;
 //! - [`simulate`]: many simulated boxes, for the scale bench.
 
@@ -16,6 +17,7 @@
 pub mod alerts;
 pub mod auth;
 pub mod ingest;
+pub mod rollout;
 pub mod simulate;
 pub mod store;
 pub mod web;

@@ -94,6 +94,24 @@ struct ServeArgs {
     /// The MQTT client id (unique per console).
     #[arg(long, default_value = "vigil-fleet")]
     client_id: String,
+    /// An OTA public key (base64, as in a box's `[ota] trusted_keys`; repeatable): releases
+    /// must be signed by one of them before a rollout may send them.
+    #[arg(long = "ota-key")]
+    ota_keys: Vec<String>,
+    /// Where a release's bundle is downloaded while it is checked (removed afterwards).
+    #[arg(long, default_value = "fleet-downloads")]
+    download_dir: std::path::PathBuf,
+    /// Largest release bundle, in MiB.
+    #[arg(long, default_value_t = 1024)]
+    release_max_mib: u64,
+    /// Share the boxes' messages with the other consoles of this group (same PostgreSQL
+    /// store): an MQTT shared subscription, each message to one of them.
+    #[arg(long)]
+    share_group: Option<String>,
+    /// This console does not drive rollouts (another console of the group does): its
+    /// Rollouts pages are read-only.
+    #[arg(long)]
+    no_rollouts: bool,
 }
 
 #[tokio::main]
@@ -151,6 +169,27 @@ async fn serve(a: ServeArgs) -> Result<()> {
     if a.gap_grace_s < 0.0 || a.gap_retry_s <= 0.0 || a.picture_mib < 1 {
         bail!("--gap-grace-s ≥ 0, --gap-retry-s > 0 and --picture-mib ≥ 1 expected");
     }
+    let mut ota_keys = Vec::new();
+    for (i, k) in a.ota_keys.iter().enumerate() {
+        ota_keys.push(
+            vigil_core::keys::parse_public_key(k)
+                .map_err(|e| anyhow::anyhow!("--ota-key #{}: {e}", i + 1))?,
+        );
+    }
+    if a.release_max_mib == 0 || a.release_max_mib > 64 << 10 {
+        bail!("--release-max-mib: 1 to 65536 expected");
+    }
+    if let Some(g) = &a.share_group
+        && !vigil_core::wire::is_name(g)
+    {
+        bail!("--share-group {g:?}: expected 1 to 64 of A-Z a-z 0-9 _ -");
+    }
+    if a.share_group.is_some() && !a.db.starts_with("postgres") {
+        bail!(
+            "--share-group: consoles sharing the load must share a PostgreSQL store (--db postgres://…)"
+        );
+    }
+    let (rollouts_tx, rollouts_rx) = tokio::sync::mpsc::channel(4096);
     let cfg = IngestConfig {
         host,
         port,
@@ -159,6 +198,14 @@ async fn serve(a: ServeArgs) -> Result<()> {
         grace: Duration::from_secs_f64(a.gap_grace_s),
         retry: Duration::from_secs_f64(a.gap_retry_s),
         max_picture_bytes: a.picture_mib << 20,
+        rollouts: Some(rollouts_tx),
+        share: a.share_group.clone(),
+    };
+    let releases = web::Releases {
+        drive: !a.no_rollouts,
+        keys: ota_keys,
+        download_dir: a.download_dir.clone(),
+        max_bytes: a.release_max_mib << 20,
     };
     let rules = match &a.alerts {
         Some(p) => {
@@ -168,8 +215,8 @@ async fn serve(a: ServeArgs) -> Result<()> {
         None => Rules::defaults(),
     };
     match open(&a.db).await? {
-        Db::Pg(s) => run(s, cfg, a.listen, rules).await,
-        Db::Lite(s) => run(s, cfg, a.listen, rules).await,
+        Db::Pg(s) => run(s, cfg, a.listen, rules, releases, rollouts_rx).await,
+        Db::Lite(s) => run(s, cfg, a.listen, rules, releases, rollouts_rx).await,
     }
 }
 
@@ -274,11 +321,38 @@ async fn run<S: Store + Clone>(
     cfg: IngestConfig,
     listen: SocketAddr,
     rules: Rules,
+    releases: web::Releases,
+    rollouts_rx: tokio::sync::mpsc::Receiver<vigil_fleet::rollout::Msg>,
 ) -> Result<()> {
     let counters = Arc::new(Counters::default());
     let (changed, _) = tokio::sync::broadcast::channel(64);
     let (mqtt, eventloop) = ingest::client(&cfg);
     let prefix = cfg.prefix.clone();
+    let rollouts = cfg.rollouts.clone().context("the rollout channel")?;
+    if releases.drive {
+        tokio::spawn(vigil_fleet::rollout::run(
+            store.clone(),
+            mqtt.clone(),
+            prefix.clone(),
+            rollouts_rx,
+            changed.clone(),
+        ));
+    } else {
+        // Another console drives the rollouts: what the ingest tells is dropped here.
+        tokio::spawn(async move {
+            let mut rx = rollouts_rx;
+            while let Some(m) = rx.recv().await {
+                if let vigil_fleet::rollout::Msg::Control { answer, .. }
+                | vigil_fleet::rollout::Msg::Create { answer, .. } = m
+                {
+                    let _ = answer.send(Err(
+                        "this console does not drive rollouts (--no-rollouts): use the one that does"
+                            .into(),
+                    ));
+                }
+            }
+        });
+    }
     tokio::spawn(ingest::run(
         store.clone(),
         cfg,
@@ -298,6 +372,8 @@ async fn run<S: Store + Clone>(
         changed,
         mqtt,
         prefix,
+        rollouts,
+        releases,
     });
     let listener = tokio::net::TcpListener::bind(listen)
         .await

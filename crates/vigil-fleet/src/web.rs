@@ -9,6 +9,8 @@
 //! - `/review`: events of every box with their pictures, filtered by device, camera, rule and
 //!   class;
 //! - `/snapshots/{id}.jpg`, `/devices/{id}/cameras/{camera}/picture.jpg`: stored pictures;
+//! - `/rollouts`: releases and staged OTA rollouts ([`crate::rollout`]; pages in
+//!   `web/rollouts.rs`);
 //! - `/sse`: `changed` events; `/api/stats`: the ingest's counters (JSON).
 //!
 //! Every page needs a login (`/login`; [`crate::auth`]); forms that change something carry the
@@ -16,6 +18,9 @@
 //! `ping`, `status`, `reload`, `camera/restart`, published on the box's `cmd/` topic, the reply
 //! shown when it comes) and marks events reviewed; an admin reads the audit log (`/audit`).
 //! Every command and login is in the audit log.
+
+mod rollouts;
+pub use rollouts::Releases;
 
 use crate::auth::{self, Role, Who};
 use crate::ingest::{Counters, now_ms};
@@ -49,6 +54,9 @@ pub struct App<S> {
     /// Commands go out through the ingest's client.
     pub mqtt: rumqttc::AsyncClient,
     pub prefix: String,
+    /// The rollout driver.
+    pub rollouts: tokio::sync::mpsc::Sender<crate::rollout::Msg>,
+    pub releases: Releases,
 }
 
 /// The commands the console sends, and whether each names a camera.
@@ -75,6 +83,15 @@ pub fn router<S: Store + Clone>(app: Arc<App<S>>) -> Router {
             get(camera_picture::<S>),
         )
         .route("/review", get(review::<S>))
+        .route(
+            "/rollouts",
+            get(rollouts::list::<S>).post(rollouts::create::<S>),
+        )
+        .route("/rollouts/releases", post(rollouts::add_release::<S>))
+        .route("/rollouts/{id}", get(rollouts::show::<S>))
+        .route("/rollouts/{id}/{action}", post(rollouts::control::<S>))
+        .route("/fragments/rollouts/{id}", get(rollouts::fragment::<S>))
+        .route("/api/rollouts/{id}", get(rollouts::json::<S>))
         .route("/snapshots/{file}", get(snapshot::<S>))
         .route("/sse", get(sse::<S>))
         .route("/api/stats", get(stats::<S>))
@@ -113,6 +130,7 @@ fn page(title: &str, who: &Who, body: Markup) -> Response {
                         a href="/" { "Fleet" }
                         a href="/review" { "Review" }
                         a href="/alerts" { "Alerts" }
+                        a href="/rollouts" { "Rollouts" }
                         @if who.role >= Role::Admin { a href="/audit" { "Audit log" } }
                         span style="float:right" {
                             (who.name) " (" (who.role.as_str()) ") "
@@ -486,35 +504,110 @@ fn telemetry(d: &DeviceRow) -> Option<TelemetryMsg> {
     serde_json::from_str(d.telemetry.as_deref()?).ok()
 }
 
-async fn fleet<S: Store>(State(app): State<Arc<App<S>>>, headers: HeaderMap) -> Response {
+/// The Fleet page's filters (`?state=&version=&site=&tag=&q=`), each optional.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+pub struct FleetFilter {
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    version: String,
+    #[serde(default)]
+    site: String,
+    #[serde(default)]
+    tag: String,
+    /// Part of the box's id.
+    #[serde(default)]
+    q: String,
+}
+
+impl FleetFilter {
+    fn keeps(&self, d: &DeviceRow, t: Option<&TelemetryMsg>) -> bool {
+        let labels = t.and_then(|t| t.device.as_ref());
+        (self.state.is_empty() || d.state == self.state)
+            && (self.version.is_empty() || d.version.as_deref() == Some(self.version.as_str()))
+            && (self.site.is_empty()
+                || labels.and_then(|l| l.site.as_deref()) == Some(self.site.as_str()))
+            && (self.tag.is_empty() || labels.is_some_and(|l| l.tags.contains(&self.tag)))
+            && (self.q.is_empty() || d.device.contains(self.q.as_str()))
+    }
+
+    /// The query string that gives this filter back (for the live fragment).
+    fn query(&self) -> String {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in [
+            ("state", &self.state),
+            ("version", &self.version),
+            ("site", &self.site),
+            ("tag", &self.tag),
+            ("q", &self.q),
+        ] {
+            if !v.is_empty() {
+                q.append_pair(k, v);
+            }
+        }
+        q.finish()
+    }
+}
+
+async fn fleet<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    Query(f): Query<FleetFilter>,
+    headers: HeaderMap,
+) -> Response {
     let w = match need(&app, &headers).await {
         Ok(w) => w,
         Err(r) => return r,
     };
+    let fragment = format!("/fragments/fleet?{}", f.query());
     page(
         "Fleet",
         &w,
         html! {
             h2 { "Fleet" }
-            div hx-get="/fragments/fleet" hx-trigger="load, sse:changed throttle:1s" {
-                (fleet_markup(&app).await.unwrap_or_else(|e| html! { p { "store: " (e) } }))
+            form.filters #fleet-filters method="get" action="/" {
+                label { "state " select name="state" {
+                    @for s in ["", "online", "offline", "unknown"] {
+                        option value=(s) selected[f.state == s] { (if s.is_empty() { "any" } else { s }) }
+                    }
+                } } " "
+                label { "version " input name="version" value=(f.version); } " "
+                label { "site " input name="site" value=(f.site); } " "
+                label { "tag " input name="tag" value=(f.tag); } " "
+                label { "box " input name="q" value=(f.q); } " "
+                button { "Filter" }
+            }
+            div hx-get=(fragment) hx-trigger="load, sse:changed throttle:1s" {
+                (fleet_markup(&app, &f).await.unwrap_or_else(|e| html! { p { "store: " (e) } }))
             }
         },
     )
 }
 
-async fn fleet_table<S: Store>(State(app): State<Arc<App<S>>>, headers: HeaderMap) -> Response {
+async fn fleet_table<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    Query(f): Query<FleetFilter>,
+    headers: HeaderMap,
+) -> Response {
     if let Err(r) = need(&app, &headers).await {
         return r;
     }
-    match fleet_markup(&app).await {
+    match fleet_markup(&app, &f).await {
         Ok(m) => Html(m.into_string()).into_response(),
         Err(e) => failed(e),
     }
 }
 
-async fn fleet_markup<S: Store>(app: &App<S>) -> crate::store::Result<Markup> {
-    let devices = app.store.devices().await?;
+async fn fleet_markup<S: Store>(app: &App<S>, f: &FleetFilter) -> crate::store::Result<Markup> {
+    let all = app.store.devices().await?;
+    let total = all.len();
+    let rows: Vec<(DeviceRow, Option<TelemetryMsg>)> = all
+        .into_iter()
+        .map(|d| {
+            let t = telemetry(&d);
+            (d, t)
+        })
+        .filter(|(d, t)| f.keeps(d, t.as_ref()))
+        .collect();
     let gaps = app.store.gaps().await?;
     let firing: Vec<_> = app
         .store
@@ -524,16 +617,18 @@ async fn fleet_markup<S: Store>(app: &App<S>) -> crate::store::Result<Markup> {
         .filter(|i| i.resolved_ms.is_none())
         .collect();
     Ok(html! {
+        p { (rows.len()) " of " (total) " boxes" }
         table id="fleet" {
             tr {
-                th { "box" } th { "state" } th { "version" } th { "cameras live" }
-                th { "fps analysed" } th { "spool unsent" } th { "events" } th { "last event" }
-                th { "gaps" } th { "alerts" }
+                th { "box" } th { "state" } th { "version" } th { "site / tags" } th { "cameras live" }
+                th { "fps analysed" } th { "CPU" } th { "hottest" } th { "spool unsent" } th { "events" }
+                th { "last event" } th { "gaps" } th { "alerts" }
             }
-            @for d in &devices {
-                @let t = telemetry(d);
+            @for (d, t) in &rows {
                 @let open = gaps.iter().filter(|g| g.device == d.device && !g.unfillable).count();
                 @let lost = gaps.iter().filter(|g| g.device == d.device && g.unfillable).count();
+                @let sys = t.as_ref().and_then(|t| t.system.as_ref());
+                @let labels = t.as_ref().and_then(|t| t.device.as_ref());
                 tr data-device=(d.device) {
                     td { a href={ "/devices/" (d.device) } { (d.device) } }
                     td class=(if d.state == "online" { "online" } else { "offline" }) {
@@ -541,14 +636,27 @@ async fn fleet_markup<S: Store>(app: &App<S>) -> crate::store::Result<Markup> {
                         @if let Some(r) = &d.reason { br; small { (r) } }
                     }
                     td { (d.version.as_deref().unwrap_or("?")) }
-                    @match &t {
+                    td {
+                        @if let Some(l) = labels {
+                            (l.site.as_deref().unwrap_or(""))
+                            @for tag in &l.tags { " " span.tag { "#" (tag) } }
+                        }
+                    }
+                    @match t {
                         Some(t) => {
                             td { (t.cameras.values().filter(|c| c.state == "live").count()) " of " (t.cameras.len()) }
                             td { (format!("{:.1}", t.cameras.values().map(|c| c.fps_analysed).sum::<f64>())) }
-                            td { (t.spool.unsent) }
                         }
-                        None => { td { "—" } td { "—" } td { "—" } }
+                        None => { td { "—" } td { "—" } }
                     }
+                    td { (sys.and_then(|s| s.cpu_pct).map(|c| format!("{c:.0} %")).unwrap_or_else(|| "—".into())) }
+                    td {
+                        @match sys.and_then(|s| s.temps_c.iter().max_by(|a, b| a.1.total_cmp(b.1))) {
+                            Some((zone, c)) => { (format!("{c:.0} °C")) " " small { (zone) } }
+                            None => { "—" }
+                        }
+                    }
+                    td { (t.as_ref().map(|t| t.spool.unsent.to_string()).unwrap_or_else(|| "—".into())) }
                     td { (d.events) }
                     td { (d.last_event_ms.map(|t| ago(t) + " ago").unwrap_or_else(|| "—".into())) }
                     td class=(if lost > 0 { "gap" } else { "" }) {
@@ -561,7 +669,7 @@ async fn fleet_markup<S: Store>(app: &App<S>) -> crate::store::Result<Markup> {
                 }
             }
         }
-        @if devices.is_empty() { p { "No box has been heard from yet." } }
+        @if total == 0 { p { "No box has been heard from yet." } }
     })
 }
 
@@ -595,6 +703,7 @@ async fn device<S: Store>(
     };
     let t = telemetry(&d);
     let replies = app.store.replies(&id, 20).await.unwrap_or_default();
+    let ota = rollouts::ota_of(&app, &id).await;
     let cameras: Vec<String> = t
         .as_ref()
         .map(|t| t.cameras.keys().cloned().collect())
@@ -670,6 +779,8 @@ async fn device<S: Store>(
                     }
                 }
             }
+            h3 { "OTA" }
+            (ota)
             h3 { "Sequence gaps" }
             @let mine: Vec<_> = gaps.iter().filter(|g| g.device == id).collect();
             @if mine.is_empty() { p { "None: every event from the first one seen is here." } }

@@ -62,6 +62,26 @@ pub(super) fn bounded<'a, T>(
 pub(super) fn check_config(config: &Config, facts: &dyn BoxFacts) -> Vec<Issue> {
     let mut c = Checker::default();
     check_name(&mut c, "device.id", &config.device.id, "device id");
+    if let Some(site) = &config.device.site {
+        check_name(&mut c, "device.site", site, "site");
+    }
+    let tags = bounded(
+        &mut c,
+        "device.tags",
+        &config.device.tags,
+        super::schema::MAX_TAGS,
+        "tags",
+    );
+    let mut seen = BTreeSet::new();
+    for (i, t) in tags.iter().enumerate() {
+        check_name(&mut c, &format!("device.tags[{i}]"), t, "tag");
+        if !seen.insert(t) {
+            c.err(
+                format!("device.tags[{i}]"),
+                format!("tag {t:?} is listed twice"),
+            );
+        }
+    }
     check_mqtt(&mut c, config);
     check_storage(&mut c, config);
     check_http(&mut c, config);

@@ -143,7 +143,18 @@ impl OtaConfig {
 pub struct DeviceConfig {
     /// Names this box in MQTT topics: `[A-Za-z0-9_-]`, 1..=64 characters.
     pub id: String,
+    /// Where the box is (a name like the id), for the fleet console's filters; sent in
+    /// telemetry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+    /// Free labels (names like the id, at most [`MAX_TAGS`]), for the fleet console's filters;
+    /// sent in telemetry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
 }
+
+/// Most `[device] tags`.
+pub const MAX_TAGS: usize = 16;
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]

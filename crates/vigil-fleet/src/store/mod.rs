@@ -10,7 +10,9 @@
 //!   in any order (a replayed event splits or shrinks the gap it falls in), with how often a
 //!   replay was asked for and whether the box could no longer fill it;
 //! - `snapshots`: event pictures (JPEG) matched to their event, bounded in bytes;
-//! - `camera_pictures`: the latest picture of each camera.
+//! - `camera_pictures`: the latest picture of each camera;
+//! - `docs`: state its owner keeps whole as JSON, by kind and id (rollouts and releases:
+//!   [`crate::rollout`]; each box's retained OTA status).
 
 pub mod postgres;
 pub mod sql;
@@ -245,6 +247,17 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<bool>> + Send;
     /// Open incidents first, then the newest.
     fn incidents(&self, limit: u32) -> impl Future<Output = Result<Vec<IncidentRow>>> + Send;
+    /// Saves (or replaces) a document.
+    fn put_doc(
+        &self,
+        kind: &str,
+        id: &str,
+        doc: &str,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<()>> + Send;
+    fn doc(&self, kind: &str, id: &str) -> impl Future<Output = Result<Option<String>>> + Send;
+    /// Every document of a kind, (id, document), the last saved first.
+    fn docs(&self, kind: &str) -> impl Future<Output = Result<Vec<(String, String)>>> + Send;
 }
 
 /// Where a new event falls among the stored ones of its device, and what it does to the gaps:

@@ -51,6 +51,9 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS camera_pictures (
         device TEXT NOT NULL, camera TEXT NOT NULL, jpeg BYTEA NOT NULL,
         received_ms BIGINT NOT NULL, PRIMARY KEY (device, camera))",
+    "CREATE TABLE IF NOT EXISTS docs (
+        kind TEXT NOT NULL, id TEXT NOT NULL, doc TEXT NOT NULL, updated_ms BIGINT NOT NULL,
+        PRIMARY KEY (kind, id))",
 ];
 
 /// A `gaps` row as read.
@@ -513,5 +516,32 @@ impl Store for PgStore {
                 detail: r.5,
             })
             .collect())
+    }
+
+    async fn put_doc(&self, kind: &str, id: &str, doc: &str, now_ms: i64) -> Result<()> {
+        sqlx::query(sql::DOC_PUT)
+            .bind(kind)
+            .bind(id)
+            .bind(doc)
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn doc(&self, kind: &str, id: &str) -> Result<Option<String>> {
+        let row: Option<(String,)> = sqlx::query_as(sql::DOC_GET)
+            .bind(kind)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.0))
+    }
+
+    async fn docs(&self, kind: &str) -> Result<Vec<(String, String)>> {
+        Ok(sqlx::query_as(sql::DOCS)
+            .bind(kind)
+            .fetch_all(&self.pool)
+            .await?)
     }
 }

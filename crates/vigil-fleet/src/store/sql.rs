@@ -126,3 +126,9 @@ pub const INCIDENT_RESOLVE: &str = "UPDATE incidents SET resolved_ms = $4
 pub const INCIDENTS: &str =
     "SELECT rule, device, camera, started_ms, resolved_ms, detail FROM incidents
  ORDER BY (CASE WHEN resolved_ms IS NULL THEN 0 ELSE 1 END), started_ms DESC LIMIT $1";
+
+/// Documents: state kept whole as JSON by its owner (rollouts, releases, each box's OTA status).
+pub const DOC_PUT: &str = "INSERT INTO docs (kind, id, doc, updated_ms) VALUES ($1, $2, $3, $4)
+ ON CONFLICT (kind, id) DO UPDATE SET doc = excluded.doc, updated_ms = excluded.updated_ms";
+pub const DOC_GET: &str = "SELECT doc FROM docs WHERE kind = $1 AND id = $2";
+pub const DOCS: &str = "SELECT id, doc FROM docs WHERE kind = $1 ORDER BY updated_ms DESC, id";

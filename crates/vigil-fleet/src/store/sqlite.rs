@@ -51,6 +51,9 @@ CREATE UNIQUE INDEX IF NOT EXISTS incidents_open ON incidents (rule, device, cam
 CREATE TABLE IF NOT EXISTS camera_pictures (
     device TEXT NOT NULL, camera TEXT NOT NULL, jpeg BLOB NOT NULL, received_ms INTEGER NOT NULL,
     PRIMARY KEY (device, camera));
+CREATE TABLE IF NOT EXISTS docs (
+    kind TEXT NOT NULL, id TEXT NOT NULL, doc TEXT NOT NULL, updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (kind, id));
 ";
 
 /// SQLite at one path.
@@ -492,6 +495,34 @@ impl Store for SqliteStore {
                 })
             })?
             .collect()
+        })
+        .await
+    }
+
+    async fn put_doc(&self, kind: &str, id: &str, doc: &str, now_ms: i64) -> Result<()> {
+        let (kind, id, doc) = (kind.to_string(), id.to_string(), doc.to_string());
+        self.run(move |c| {
+            c.execute(&lite(sql::DOC_PUT), params![kind, id, doc, now_ms])
+                .map(|_| ())
+        })
+        .await
+    }
+
+    async fn doc(&self, kind: &str, id: &str) -> Result<Option<String>> {
+        let (kind, id) = (kind.to_string(), id.to_string());
+        self.run(move |c| {
+            c.query_row(&lite(sql::DOC_GET), params![kind, id], |r| r.get(0))
+                .optional()
+        })
+        .await
+    }
+
+    async fn docs(&self, kind: &str) -> Result<Vec<(String, String)>> {
+        let kind = kind.to_string();
+        self.run(move |c| {
+            let mut st = c.prepare(&lite(sql::DOCS))?;
+            st.query_map([kind], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
         })
         .await
     }
