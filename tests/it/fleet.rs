@@ -276,6 +276,9 @@ fn the_console_shows_boxes_events_pictures_offline_and_repairs_gaps() {
             picture.is_some()
         },
     );
+    // The time window: the events just stored are in the last 15 minutes.
+    let review = get(&addr, "/review?device=f1&within=15m", &view);
+    assert!(review.contains("data-seq="), "{review}");
     let path = format!("/snapshots/{}", picture.unwrap());
     let (code, _, _) = http_get_bytes(&addr, &path);
     assert_eq!(code, 303, "a picture needs a login too");
@@ -335,6 +338,19 @@ fn the_console_shows_boxes_events_pictures_offline_and_repairs_gaps() {
     assert_eq!(code, 303);
     wait("the ping's reply", Duration::from_secs(15), || {
         get(&addr, "/devices/f1", &op).contains("pong")
+    });
+    // The box's config, fetched with config/get, shown on its page (to a viewer too).
+    let (code, _, _) = request_as(
+        &addr,
+        "POST",
+        "/devices/f1/commands",
+        &op,
+        &format!("csrf={token}&command=config/get"),
+    );
+    assert_eq!(code, 303);
+    wait("f1's config on its page", Duration::from_secs(15), || {
+        let page = get(&addr, "/devices/f1", &view);
+        page.contains("<pre id=\"config\">") && page.contains("id = &quot;f1&quot;")
     });
     let page = get(&addr, "/devices/f1", &view);
     assert!(

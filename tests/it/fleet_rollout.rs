@@ -254,6 +254,16 @@ fn staged_rollouts_go_wave_by_wave_and_pause_when_the_canary_fails() {
         })
     });
 
+    wait(
+        "the OTA set on the Fleet page",
+        Duration::from_secs(10),
+        || {
+            get(&addr, "/fragments/fleet", &op)
+                .matches("v10 (10)")
+                .count()
+                == 4
+        },
+    );
     let device = get(&addr, &format!("/devices/{canary}"), &op);
     assert!(
         device.contains("active: sequence 10 (v10)") && device.contains("ota-history"),

@@ -620,7 +620,7 @@ fn demo(args: &[String]) -> Result<()> {
     );
     println!("  stop:            Ctrl-C");
     println!();
-    step("vigil run --config configs/demo.toml");
+    step(&format!("vigil run --config {}", config.display()));
     let vigil_run = Command::new(&vigil)
         .arg("run")
         .arg("--config")

@@ -705,7 +705,13 @@ fn ha_discovery(cfg: &Config, state_dir: &std::path::Path) -> crate::mqtt::HaDis
             );
         }
         let topics = Topics::new(&cfg.mqtt.topic_prefix, &cfg.device.id);
-        let payload = ha::discovery(cfg, &topics, env!("CARGO_PKG_VERSION")).to_string();
+        // Thermal zones are read once here: a sensor per zone the box has.
+        let zones: Vec<String> = crate::system::Sampler::default()
+            .sample()
+            .temps_c
+            .into_keys()
+            .collect();
+        let payload = ha::discovery(cfg, &topics, env!("CARGO_PKG_VERSION"), &zones).to_string();
         tracing::info!(topic = %topic, "Home Assistant discovery on");
         return HaDiscovery::On {
             topic,

@@ -21,6 +21,8 @@ use vigil_core::wire::{
 
 /// The largest MQTT packet taken (Vigil sends at most 1 MiB).
 pub const MAX_PACKET: usize = 1 << 20;
+/// Store kind of each box's config text, as its last `config/get` reply gave it.
+pub const CONFIG: &str = "config";
 /// Tasks storing messages in parallel (each box's messages always in the same one, in order).
 pub const SHARDS: usize = 8;
 /// Refused payloads of one kind are logged at most this often.
@@ -484,6 +486,13 @@ async fn handle<S: Store>(
                     .await;
                 return false;
             } else if id.starts_with("fleet-cmd-") && id.len() <= 64 {
+                // The box's config (its secrets redacted by the box), for the Device page.
+                let toml = r.data.as_ref().and_then(|d| d["toml"].as_str());
+                if let (true, "ok", Some(toml)) = (name == "config/get", r.status.as_str(), toml)
+                    && let Err(e) = store.put_doc(CONFIG, device, toml, now).await
+                {
+                    tracing::error!("store: {e}");
+                }
                 let status: String = r.status.chars().take(16).collect();
                 let message: String = r.message.chars().take(300).collect();
                 store

@@ -64,6 +64,7 @@ pub const COMMANDS: &[(&str, bool)] = &[
     ("ping", false),
     ("status", false),
     ("reload", false),
+    ("config/get", false),
     ("camera/restart", true),
 ];
 
@@ -616,11 +617,18 @@ async fn fleet_markup<S: Store>(app: &App<S>, f: &FleetFilter) -> crate::store::
         .into_iter()
         .filter(|i| i.resolved_ms.is_none())
         .collect();
+    let ota: std::collections::BTreeMap<String, vigil_core::wire::OtaStatusMsg> = app
+        .store
+        .docs(crate::rollout::OTA_STATUS)
+        .await?
+        .into_iter()
+        .filter_map(|(d, doc)| Some((d, serde_json::from_str(&doc).ok()?)))
+        .collect();
     Ok(html! {
         p { (rows.len()) " of " (total) " boxes" }
         table id="fleet" {
             tr {
-                th { "box" } th { "state" } th { "version" } th { "site / tags" } th { "cameras live" }
+                th { "box" } th { "state" } th { "version" } th { "OTA set" } th { "site / tags" } th { "cameras live" }
                 th { "fps analysed" } th { "CPU" } th { "hottest" } th { "spool unsent" } th { "events" }
                 th { "last event" } th { "gaps" } th { "alerts" }
             }
@@ -636,6 +644,19 @@ async fn fleet_markup<S: Store>(app: &App<S>, f: &FleetFilter) -> crate::store::
                         @if let Some(r) = &d.reason { br; small { (r) } }
                     }
                     td { (d.version.as_deref().unwrap_or("?")) }
+                    td {
+                        @match ota.get(&d.device) {
+                            Some(o) => {
+                                @match &o.active {
+                                    Some(a) => { (a.version.as_deref().unwrap_or("?")) " (" (a.sequence) ")" }
+                                    None => { "own config" }
+                                }
+                                @if o.probation.as_ref().is_some_and(|p| !p.is_null()) { br; small { "on probation" } }
+                                @if o.busy { br; small { "updating" } }
+                            }
+                            None => { "—" }
+                        }
+                    }
                     td {
                         @if let Some(l) = labels {
                             (l.site.as_deref().unwrap_or(""))
@@ -704,6 +725,12 @@ async fn device<S: Store>(
     let t = telemetry(&d);
     let replies = app.store.replies(&id, 20).await.unwrap_or_default();
     let ota = rollouts::ota_of(&app, &id).await;
+    let config = app
+        .store
+        .doc(crate::ingest::CONFIG, &id)
+        .await
+        .ok()
+        .flatten();
     let cameras: Vec<String> = t
         .as_ref()
         .map(|t| t.cameras.keys().cloned().collect())
@@ -781,6 +808,11 @@ async fn device<S: Store>(
             }
             h3 { "OTA" }
             (ota)
+            h3 { "Config" }
+            @match &config {
+                Some(text) => { pre #config { (text) } }
+                None => { p { "Not fetched yet: an operator's " code { "config/get" } " shows it here (secrets redacted by the box)." } }
+            }
             h3 { "Sequence gaps" }
             @let mine: Vec<_> = gaps.iter().filter(|g| g.device == id).collect();
             @if mine.is_empty() { p { "None: every event from the first one seen is here." } }
@@ -842,7 +874,18 @@ struct ReviewQuery {
     camera: Option<String>,
     rule: Option<String>,
     class: Option<String>,
+    /// `15m`, `1h`, `24h`, `7d` or empty (any time).
+    within: Option<String>,
 }
+
+/// The Review page's time windows.
+const WITHIN: [(&str, &str, i64); 5] = [
+    ("", "any time", 0),
+    ("15m", "last 15 minutes", 15 * 60_000),
+    ("1h", "last hour", 3_600_000),
+    ("24h", "last 24 hours", 86_400_000),
+    ("7d", "last 7 days", 7 * 86_400_000),
+];
 
 async fn review<S: Store>(
     State(app): State<Arc<App<S>>>,
@@ -855,11 +898,14 @@ async fn review<S: Store>(
     };
     // Empty fields mean "any"; anything longer than a name cannot match and is not used.
     let clean = |v: Option<String>| v.filter(|s| !s.is_empty() && s.len() <= 64);
+    let within = q.within.unwrap_or_default();
+    let window = WITHIN.iter().find(|w| w.0 == within).map_or(0, |w| w.2);
     let filter = EventFilter {
         device: clean(q.device),
         camera: clean(q.camera),
         rule: clean(q.rule),
         class: clean(q.class),
+        since_ms: if window > 0 { now_ms() - window } else { 0 },
         limit: 200,
     };
     let events = match app.store.events(&filter).await {
@@ -877,6 +923,11 @@ async fn review<S: Store>(
                 " camera " input name="camera" value=(v(&filter.camera));
                 " rule " input name="rule" value=(v(&filter.rule));
                 " class " input name="class" value=(v(&filter.class));
+                " " select name="within" {
+                    @for (key, label, _) in WITHIN {
+                        option value=(key) selected[key == within] { (label) }
+                    }
+                }
                 " " button { "Filter" }
             }
             p { (events.len()) " events (newest first, at most 200)" }

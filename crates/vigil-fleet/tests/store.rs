@@ -165,6 +165,17 @@ async fn suite<S: Store>(s: &S) {
         .await
         .unwrap();
     assert_eq!(newest[0].seq, 13, "newest first");
+    let recent = s
+        .events(&EventFilter {
+            since_ms: 20,
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(recent.iter().any(|e| e.seq == 13));
+    assert!(recent.iter().all(|e| e.received_ms >= 20));
+    assert!(recent.len() < s.events(&f(None)).await.unwrap().len());
 
     // Pictures: matched to the newest event of that camera with that many bytes, bounded.
     s.insert_event(&event("a", "c3", 20, Some(4)), "{}", 30)

@@ -7,7 +7,9 @@
 //! Per camera: an occupancy `binary_sensor` and a count `sensor` per zone, `in` and `out`
 //! counter `sensor`s per line (all from the telemetry's `rules`), an analysed-fps `sensor`, an
 //! `image` (the camera's retained snapshot topic) and a restart `button` (`cmd/camera/restart`);
-//! per box an `update` entity bound to `ota/status` (installs are the fleet's: no command).
+//! per box an `update` entity bound to `ota/status` (installs are the fleet's: no command), a
+//! CPU-load `sensor` and a temperature `sensor` per thermal zone the box had when the message
+//! was built (the telemetry's `system`).
 //! Availability is the box's status topic (`online`/`offline`, its last will). Every component
 //! has a `unique_id`; names never repeat the device's name (Home Assistant prefixes it);
 //! `object_id` (deprecated in 2025.10) is not used.
@@ -30,7 +32,7 @@ pub fn status_topic(cfg: &Config) -> String {
 }
 
 /// The discovery message of this box (JSON), from its config.
-pub fn discovery(cfg: &Config, topics: &Topics, version: &str) -> Value {
+pub fn discovery(cfg: &Config, topics: &Topics, version: &str, zones: &[String]) -> Value {
     let id = &cfg.device.id;
     let uid = |s: &str| format!("vigil_{id}_{s}");
     let telemetry = topics.telemetry();
@@ -108,6 +110,23 @@ pub fn discovery(cfg: &Config, topics: &Topics, version: &str) -> Value {
             }),
         );
     }
+    let mut cpu = reads(
+        "measurement",
+        "{{ value_json.system.cpu_pct | default(none) }}".into(),
+    );
+    cpu["unit_of_measurement"] = json!("%");
+    cpu["entity_category"] = json!("diagnostic");
+    add("sensor", "cpu".into(), "CPU load".into(), cpu);
+    for z in zones {
+        let mut t = reads(
+            "measurement",
+            format!("{{{{ value_json.system.temps_c['{z}'] | default(none) }}}}"),
+        );
+        t["device_class"] = json!("temperature");
+        t["unit_of_measurement"] = json!("°C");
+        t["entity_category"] = json!("diagnostic");
+        add("sensor", format!("temp_{z}"), format!("{z} temperature"), t);
+    }
     add(
         "update",
         "update".into(),
@@ -177,7 +196,7 @@ to = [1, 0.5]
     fn the_discovery_message_has_home_assistants_shape() {
         let c = cfg(CONFIG);
         let t = Topics::new(&c.mqtt.topic_prefix, &c.device.id);
-        let d = discovery(&c, &t, "0.1.0");
+        let d = discovery(&c, &t, "0.1.0", &["CPU-therm".into(), "GPU-therm".into()]);
         assert_eq!(topic(&c), "homeassistant/device/lobby-1/config");
         assert_eq!(d["dev"]["ids"][0], "vigil_lobby-1");
         assert_eq!(d["o"]["name"], "vigil");
@@ -210,11 +229,22 @@ to = [1, 0.5]
             "door_fps",
             "door_snapshot",
             "door_restart",
+            "cpu",
+            "temp_CPU-therm",
+            "temp_GPU-therm",
             "update",
         ] {
             assert!(cmps.contains_key(k), "{k}");
         }
         assert_eq!(cmps["door_entrance_occupancy"]["device_class"], "occupancy");
+        assert_eq!(cmps["temp_GPU-therm"]["device_class"], "temperature");
+        assert_eq!(cmps["temp_GPU-therm"]["unit_of_measurement"], "°C");
+        assert!(
+            cmps["temp_GPU-therm"]["value_template"]
+                .as_str()
+                .unwrap()
+                .contains("system.temps_c['GPU-therm']")
+        );
         assert_eq!(cmps["door_snapshot"]["image_topic"], t.snapshot("door"));
         assert_eq!(
             cmps["door_restart"]["command_topic"],

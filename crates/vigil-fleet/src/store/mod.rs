@@ -138,6 +138,8 @@ pub struct EventFilter {
     pub camera: Option<String>,
     pub rule: Option<String>,
     pub class: Option<String>,
+    /// Only events received at or after this (ms since the epoch; 0: any).
+    pub since_ms: i64,
     pub limit: u32,
 }
 

@@ -280,6 +280,7 @@ impl Store for PgStore {
             .bind(&f.rule)
             .bind(&f.class)
             .bind(i64::from(f.limit.max(1)))
+            .bind(f.since_ms)
             .fetch_all(&self.pool)
             .await?;
         let row = |r: &sqlx::postgres::PgRow| -> std::result::Result<EventRow, sqlx::Error> {

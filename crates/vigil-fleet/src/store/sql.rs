@@ -80,6 +80,7 @@ pub const EVENTS: &str = "SELECT e.device, e.seq, e.id, e.camera, e.rule, e.kind
  FROM events e
  WHERE (CAST($1 AS TEXT) IS NULL OR e.device = $1) AND (CAST($2 AS TEXT) IS NULL OR e.camera = $2)
    AND (CAST($3 AS TEXT) IS NULL OR e.rule = $3) AND (CAST($4 AS TEXT) IS NULL OR e.class = $4)
+   AND e.received_ms >= $6
  ORDER BY e.received_ms DESC, e.device, e.seq DESC LIMIT $5";
 
 pub const GAPS: &str = "SELECT device, from_seq, to_seq, first_seen_ms, requests, last_request_ms,

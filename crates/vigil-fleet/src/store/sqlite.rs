@@ -258,7 +258,14 @@ impl Store for SqliteStore {
         self.run(move |c| {
             let mut st = c.prepare(&lite(sql::EVENTS))?;
             st.query_map(
-                params![f.device, f.camera, f.rule, f.class, f.limit.max(1)],
+                params![
+                    f.device,
+                    f.camera,
+                    f.rule,
+                    f.class,
+                    f.limit.max(1),
+                    f.since_ms
+                ],
                 |r| {
                     Ok(EventRow {
                         device: r.get(0)?,
