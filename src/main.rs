@@ -6,6 +6,7 @@ mod bench;
 mod bench_gpu;
 mod bench_pictures;
 mod detect;
+mod engines_cli;
 mod gpu_check;
 mod ota_cli;
 mod token;
@@ -82,6 +83,9 @@ enum Cmd {
     /// Bearer tokens of the HTTP API: `token new --scope read|admin` (see docs/http.md).
     #[command(subcommand)]
     Token(crate::token::TokenCmd),
+    /// The TensorRT engine cache: list, build, prune (see docs/tensorrt.md).
+    #[command(subcommand)]
+    Engines(crate::engines_cli::EnginesCmd),
 }
 
 /// Human text on a terminal; journald (structured fields) when systemd started us.
@@ -193,6 +197,7 @@ fn main() -> ExitCode {
         }
         Cmd::Ota(cmd) => report(crate::ota_cli::run(cmd)),
         Cmd::Token(cmd) => report(crate::token::run(cmd)),
+        Cmd::Engines(cmd) => report(crate::engines_cli::run(cmd)),
         Cmd::RtspServe {
             file,
             port,

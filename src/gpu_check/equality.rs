@@ -84,7 +84,7 @@ impl Tally {
 pub fn run(model: &Path, picture: &Path, clip: &Path, frames: usize) -> Result<()> {
     let rt = vigil_dataplane::gpu::runtime()?;
     let mut cpu = Detector::load(model, 4, 416)?;
-    let mut gpu = GpuDetector::new(&rt.ctx, model, 416)?;
+    let mut gpu = GpuDetector::new(&rt.ctx, model, 416, None)?;
     gpu.set_score_threshold(THRESHOLD);
     let (mut a, mut b) = (Detections::new(), Detections::new());
     // 1. Host frames through both engines.

@@ -167,3 +167,56 @@ fn ota_keygen_pack_and_verify() {
         "{out}"
     );
 }
+
+/// `vigil engines`: on a box without TensorRT (every machine here) `list` says why and shows
+/// the (empty) cache in the config's state directory; `build` fails saying why; `prune` runs.
+#[test]
+fn engines_list_build_and_prune_say_what_is_here() {
+    let dir = common::temp_dir("engines-cli");
+    let cfg = dir.join("vigil.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[device]\nid = \"e\"\n[storage]\ndir = \"{}\"\n[models.m]\npath = \"{}\"\nkind = \"nanodet\"\n",
+            dir.join("state").display(),
+            common::model().display()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        Command::new(common::vigil_bin())
+            .arg("engines")
+            .args(args)
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["list"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if vigil_dataplane::facts::tensorrt().is_err() {
+        assert!(text.contains("TensorRT: not available here: "), "{text}");
+        let b = run(&["build"]);
+        assert!(!b.status.success());
+        assert!(
+            String::from_utf8_lossy(&b.stderr).contains("TensorRT is not available here"),
+            "{}",
+            String::from_utf8_lossy(&b.stderr)
+        );
+    }
+    assert!(
+        text.contains(&format!(
+            "engine cache {}",
+            dir.join("state/engines").display()
+        )) && text.contains("0 engine(s)"),
+        "{text}"
+    );
+    let p = run(&["prune"]);
+    assert!(p.status.success());
+    assert!(String::from_utf8_lossy(&p.stdout).contains("removed 0 engine(s)"));
+}

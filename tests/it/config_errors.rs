@@ -171,6 +171,7 @@ fn expected_good_config() -> Config {
                 backend: BackendKind::Auto,
                 threads: 4,
                 input_size: 416,
+                calibration_table: None,
             },
         ),
         (
@@ -181,6 +182,7 @@ fn expected_good_config() -> Config {
                 backend: BackendKind::Cpu,
                 threads: 0,
                 input_size: 320,
+                calibration_table: None,
             },
         ),
     ];
@@ -206,6 +208,7 @@ fn expected_good_config() -> Config {
             max_events: 50_000,
             max_age: Dur::secs(3 * 24 * 3600),
             max_bytes: 32 << 20,
+            engine_cache_bytes: 1 << 30,
         },
         http: HttpConfig {
             listen: "0.0.0.0:8080".into(),

@@ -60,6 +60,11 @@ fn line_and_zone_events_over_rtsp_match_what_a_person_counted() {
         .as_u64()
         .unwrap();
     assert!(analysed >= 250, "analysed {analysed} of 300 frames");
+    assert_eq!(ended.json["cameras"]["plaza"]["backend"], "cpu");
+    assert!(
+        ended.json["cameras"]["plaza"].get("backend_note").is_none(),
+        "backend = \"cpu\" was asked: no fallback to explain"
+    );
 
     let events: Vec<serde_json::Value> = sub
         .on("/events/plaza")

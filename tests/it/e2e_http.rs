@@ -92,6 +92,15 @@ fn health_metrics_cameras_and_event_history_over_http() {
         value("vigil_camera_state{camera=\"plaza\",state=\"live\"}"),
         1.0
     );
+    assert_eq!(
+        value("vigil_camera_backend{camera=\"plaza\",backend=\"cpu\"}"),
+        1.0,
+        "the model's backend"
+    );
+    assert_eq!(
+        value("vigil_camera_backend{camera=\"plaza\",backend=\"tensorrt\"}"),
+        0.0
+    );
     assert_eq!(value("vigil_mqtt_connected"), 1.0);
     assert!(value("vigil_spool_last_seq") >= 3.0);
 

@@ -115,14 +115,69 @@ fn backend_auto_says_what_it_chose_and_why() {
         .iter()
         .find(|l| l.contains("model loaded"))
         .unwrap_or_else(|| panic!("no 'model loaded' line within 60 s:\n{log}"));
+    println!("{log}");
+    if loaded.contains("backend=\"tensorrt\"") {
+        return; // a box with TensorRT (none of ours)
+    }
     if loaded.contains("backend=\"cuda\"") {
-        return; // the GPU machine: the GPU path was chosen (and said so)
+        // A GPU without TensorRT (the H200 host): the chain's first step and its reason.
+        assert!(
+            log.contains("backend auto → cuda: TensorRT not available: "),
+            "the reason TensorRT was passed over is missing:\n{log}"
+        );
+        return;
     }
     assert!(loaded.contains("backend=\"cpu\""), "{log}");
     assert!(
-        log.contains("backend auto → cpu: no NVIDIA CUDA driver library"),
+        log.contains("backend auto → cpu: no GPU: no NVIDIA CUDA driver library"),
         "the reason is missing:\n{log}"
     );
+}
+
+/// The fallback chain as the engine builder reports it (what telemetry's `backend` and
+/// `backend_note` and `/metrics`' `vigil_camera_backend` show), and `backend = "tensorrt"` on a
+/// box without TensorRT (every machine here): an error naming why, never a silent fallback.
+#[test]
+fn the_backend_chain_reports_what_it_chose_and_why() {
+    use vigil_core::config::{BackendKind, ModelConfig, ModelKind};
+    let _cpu = common::shared();
+    let m = ModelConfig {
+        path: common::model(),
+        kind: ModelKind::Nanodet,
+        backend: BackendKind::Auto,
+        threads: 1,
+        input_size: 416,
+        calibration_table: None,
+    };
+    let trt = vigil_dataplane::facts::tensorrt();
+    let gpu = vigil_dataplane::gpu::probe();
+    let b = vigil_dataplane::engine::build("m", &m).expect("auto always loads");
+    let note = b.backend.fallback.clone().unwrap_or_default();
+    println!(
+        "auto → {} ({note}); TensorRT probe: {trt:?}",
+        b.backend.name
+    );
+    match (&gpu, &trt) {
+        (vigil_core::facts::GpuProbe::Unavailable(_), _) => {
+            assert_eq!(b.backend.name, "cpu");
+            assert!(note.starts_with("no GPU: "), "{note}");
+        }
+        (_, Err(why)) => {
+            assert_eq!(b.backend.name, "cuda");
+            assert_eq!(note, format!("TensorRT not available: {why}"));
+        }
+        (_, Ok(_)) => assert_eq!(b.backend.name, "tensorrt"),
+    }
+    drop(b);
+    if trt.is_err() {
+        let t = ModelConfig {
+            backend: BackendKind::Tensorrt,
+            ..m
+        };
+        let e = vigil_core::error::chain(&vigil_dataplane::engine::build("m", &t).err().unwrap());
+        assert!(e.contains("backend \"tensorrt\": "), "{e}");
+        println!("backend tensorrt → {e}");
+    }
 }
 
 fn tempfile_dir() -> std::path::PathBuf {

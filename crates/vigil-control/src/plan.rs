@@ -49,6 +49,8 @@ pub struct CameraView {
     pub live: Option<Arc<LiveFeed>>,
     /// Its RTSP re-stream: URL and encoder.
     pub restream: Option<(String, String)>,
+    /// Its model's backend (`tensorrt`, `cuda`, `cpu`).
+    pub backend: &'static str,
 }
 
 impl std::fmt::Debug for CameraView {
@@ -192,6 +194,8 @@ struct Group {
     cuda: Option<GpuFrames>,
     /// The current model's well-formed / malformed outputs (OTA probation).
     outputs: Arc<OutputCounters>,
+    /// The backend the model runs on, and why not a better one.
+    backend: vigil_dataplane::engine::BackendUsed,
 }
 
 impl Group {
@@ -380,6 +384,7 @@ impl Plan {
         cams: &[CameraConfig],
     ) -> Result<Group> {
         let cuda = p.cuda.clone();
+        let backend = p.backend.clone();
         let sources: Vec<SourceSettings> = cams
             .iter()
             .map(|c| SourceSettings {
@@ -444,6 +449,7 @@ impl Plan {
             worker: Some(handle),
             cuda,
             outputs,
+            backend,
         })
     }
 
@@ -591,6 +597,7 @@ impl Plan {
             };
             if let (Some(p), ModelAction::Swap { model: mc, .. }) = (swaps.remove(m), action) {
                 g.outputs = Arc::new(OutputCounters::default());
+                g.backend = p.backend.clone();
                 let _ = g.control.send(WorkerCmd::Swap(Box::new(ModelSwap {
                     engine: p.engine,
                     outputs: g.outputs.clone(),
@@ -676,7 +683,11 @@ impl Plan {
     ) -> BTreeMap<String, CameraTelemetry> {
         let now = Instant::now();
         let mut out = BTreeMap::new();
-        for c in self.cameras() {
+        for (g, c) in self
+            .groups
+            .iter()
+            .flat_map(|g| g.cameras.iter().map(move |c| (g, c)))
+        {
             let st = &c.handle.stats;
             let frames_in = st.frames_in.load(Ordering::Relaxed);
             let analysed = c.analysis.analysed.load(Ordering::Relaxed);
@@ -709,6 +720,8 @@ impl Plan {
                     },
                     events: c.analysis.events.load(Ordering::Relaxed),
                     decoder: status.decoder,
+                    backend: g.backend.name,
+                    backend_note: g.backend.fallback.clone(),
                     last_error: status.last_error,
                     retry_in_s: status.retry_in_s.map(round2),
                     rules: c
@@ -729,8 +742,11 @@ impl Plan {
 
     /// Read-only views of the running cameras.
     pub fn views(&self) -> Vec<CameraView> {
-        self.cameras()
-            .map(|c| CameraView {
+        self.groups
+            .iter()
+            .flat_map(|g| g.cameras.iter().map(move |c| (g, c)))
+            .map(|(g, c)| CameraView {
+                backend: g.backend.name,
                 name: c.name.clone(),
                 url: c.cfg.url.clone(),
                 stats: c.handle.stats.clone(),
@@ -851,6 +867,11 @@ pub struct CameraTelemetry {
     pub infer_ms_avg: f64,
     pub events: u64,
     pub decoder: Option<String>,
+    /// The model's backend: `tensorrt`, `cuda` or `cpu`.
+    pub backend: &'static str,
+    /// Why `auto` did not get a better backend (absent when it did, or was not asked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend_note: Option<String>,
     pub last_error: Option<String>,
     pub retry_in_s: Option<f64>,
     /// Each zone's occupancy and each line's counts now (as of the last second).

@@ -645,6 +645,11 @@ impl Supervisor {
 /// `vigil run`: start everything, spool and forward events, publish telemetry, answer commands,
 /// until a signal arrives.
 pub async fn run(cfg: Config, config_path: PathBuf, facts: Arc<dyn BoxFacts>) -> Result<()> {
+    // TensorRT engines live in the state directory (they survive restarts and image updates).
+    vigil_dataplane::engine::set_engine_cache(
+        &cfg.storage.state_dir().join("engines"),
+        cfg.storage.engine_cache_bytes,
+    );
     let mut sup = Supervisor::start(cfg, config_path, facts).await?;
     // systemd: READY once cameras are built; WATCHDOG only while every required stage beats.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);

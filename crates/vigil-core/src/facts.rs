@@ -22,6 +22,9 @@ pub trait BoxFacts: Send + Sync {
     fn gpu(&self) -> GpuProbe;
     /// The ONNX Runtime version installed (`MAJOR.MINOR.PATCH`); None when unknown.
     fn onnxruntime_version(&self) -> Option<String>;
+    /// TensorRT's version (`MAJOR.MINOR.PATCH`) where ONNX Runtime's TensorRT provider can use
+    /// it; else why not.
+    fn tensorrt(&self) -> Result<String, String>;
 }
 
 /// Fixed facts: for tests, and for tools that must not probe.
@@ -29,6 +32,7 @@ pub trait BoxFacts: Send + Sync {
 pub struct KnownFacts {
     pub gpu: GpuProbe,
     pub onnxruntime_version: Option<String>,
+    pub tensorrt: Result<String, String>,
 }
 
 impl KnownFacts {
@@ -37,6 +41,7 @@ impl KnownFacts {
         Self {
             gpu: GpuProbe::Unavailable("no GPU (fixed facts)".into()),
             onnxruntime_version: None,
+            tensorrt: Err("no TensorRT (fixed facts)".into()),
         }
     }
 }
@@ -47,5 +52,8 @@ impl BoxFacts for KnownFacts {
     }
     fn onnxruntime_version(&self) -> Option<String> {
         self.onnxruntime_version.clone()
+    }
+    fn tensorrt(&self) -> Result<String, String> {
+        self.tensorrt.clone()
     }
 }

@@ -24,6 +24,9 @@ pub enum EngineError {
         #[source]
         source: GpuError,
     },
+    /// `backend = "tensorrt"` and TensorRT is not usable here, or its engine failed.
+    #[error("model {model}: backend \"tensorrt\": {why}")]
+    Tensorrt { model: String, why: String },
     /// ONNX Runtime could not load the model on the CPU.
     #[error("model {model}")]
     Load {
@@ -50,28 +53,147 @@ pub struct Built {
     pub engine: Engine,
     /// The GPU path: the cameras' decoders share this CUDA context.
     pub cuda: Option<GpuFrames>,
+    /// The backend it runs on, and why not a better one (`auto`'s fallbacks).
+    pub backend: BackendUsed,
 }
 
-/// Loads a model for its backend choice: `cpu`; `cuda` (the config check refuses it on a box
-/// without a GPU); `auto` = the GPU path where the GPU runtime comes up and ONNX Runtime's CUDA
-/// provider loads the model, else the CPU, saying why.
+/// Which backend a model runs on (`tensorrt`, `cuda`, `cpu`) and, when `auto` fell back, why
+/// (for the start-up log, telemetry and `/metrics`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendUsed {
+    pub name: &'static str,
+    pub fallback: Option<String>,
+}
+
+/// Where TensorRT engines are cached: `<state>/engines`, bounded (`[storage]
+/// engine_cache_bytes`). Set by the control plane at start-up; unset (tools, tests): a
+/// directory under the system's temporary directory.
+static ENGINE_CACHE: std::sync::Mutex<Option<(std::path::PathBuf, u64)>> =
+    std::sync::Mutex::new(None);
+
+/// Sets the engine cache's directory and bound.
+pub fn set_engine_cache(dir: &std::path::Path, max_bytes: u64) {
+    *ENGINE_CACHE.lock().unwrap_or_else(|e| e.into_inner()) = Some((dir.to_path_buf(), max_bytes));
+}
+
+/// The engine cache's directory and bound.
+pub fn engine_cache() -> (std::path::PathBuf, u64) {
+    ENGINE_CACHE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .unwrap_or_else(|| (std::env::temp_dir().join("vigil-engines"), 2 << 30))
+}
+
+/// TensorRT for `m` on this box: the engine cache and key, or why not.
+fn tensorrt_options(m: &ModelConfig) -> Result<crate::gpu::ort_cuda::TrtOptions, String> {
+    let trt = crate::facts::tensorrt()?;
+    let (gpu, cc) = match crate::gpu::probe() {
+        vigil_core::facts::GpuProbe::Available {
+            name,
+            compute_capability,
+            ..
+        } => (
+            name,
+            format!("{}.{}", compute_capability.0, compute_capability.1),
+        ),
+        vigil_core::facts::GpuProbe::Unavailable(why) => return Err(why),
+    };
+    let sha =
+        crate::engines::file_sha256(&m.path).map_err(|e| format!("{}: {e}", m.path.display()))?;
+    let (dir, max) = engine_cache();
+    let cache = crate::engines::EngineCache::open(&dir, max)?;
+    use vigil_core::facts::BoxFacts;
+    let key = crate::engines::EngineKey {
+        model_sha256: sha,
+        tensorrt: trt.version.clone(),
+        onnxruntime: crate::facts::ThisBox
+            .onnxruntime_version()
+            .unwrap_or_else(|| "unknown".into()),
+        gpu,
+        compute_capability: cc,
+        precision: if m.calibration_table.is_some() {
+            crate::engines::Precision::Int8
+        } else {
+            crate::engines::Precision::Fp16
+        },
+        profile: String::new(),
+    };
+    Ok(crate::gpu::ort_cuda::TrtOptions {
+        cache,
+        key,
+        calibration: m.calibration_table.clone(),
+    })
+}
+
+/// Loads a model for its backend choice: `cpu`; `cuda` and `tensorrt` (the config check
+/// refuses them on a box without a GPU, or without TensorRT); `auto` = the first of TensorRT,
+/// the CUDA provider and the CPU that loads the model, saying why each one before it did not.
 pub fn build(name: &str, m: &ModelConfig) -> Result<Built, EngineError> {
+    let cuda_err = |source| EngineError::Cuda {
+        model: name.to_string(),
+        source,
+    };
+    let mut fallback: Vec<String> = Vec::new();
     let gpu = match m.backend {
         BackendKind::Cpu => None,
-        BackendKind::Cuda => Some(crate::gpu::runtime().map_err(|source| EngineError::Cuda {
-            model: name.to_string(),
-            source,
-        })?),
+        BackendKind::Cuda => Some(crate::gpu::runtime().map_err(cuda_err)?),
+        BackendKind::Tensorrt => {
+            Some(crate::gpu::runtime().map_err(|e| EngineError::Tensorrt {
+                model: name.to_string(),
+                why: format!("no GPU: {}", chain(&e)),
+            })?)
+        }
         BackendKind::Auto => match crate::gpu::runtime() {
             Ok(rt) => Some(rt),
             Err(why) => {
-                tracing::info!(model = name, "backend auto → cpu: {}", chain(&why));
+                let why = format!("no GPU: {}", chain(&why));
+                tracing::info!(model = name, "backend auto → cpu: {why}");
+                fallback.push(why);
                 None
             }
         },
     };
     if let Some(rt) = gpu {
-        match GpuDetector::new(&rt.ctx, &m.path, m.input_size as usize) {
+        // TensorRT first where it is asked for or `auto` may use it.
+        if matches!(m.backend, BackendKind::Tensorrt | BackendKind::Auto) {
+            let tried = tensorrt_options(m).and_then(|t| {
+                GpuDetector::new(&rt.ctx, &m.path, m.input_size as usize, Some(t))
+                    .map_err(|e| chain(&e))
+            });
+            match tried {
+                Ok(g) => {
+                    let (size, dynamic) = g.input();
+                    check_input_size(name, m, size)?;
+                    tracing::info!(
+                        model = name,
+                        backend = "tensorrt",
+                        "model loaded: onnxruntime TensorRT provider (CUDA provider for what it does not take), engines cached per box; input {}",
+                        describe_input(size, dynamic)
+                    );
+                    return Ok(Built {
+                        engine: Engine::Gpu(Box::new(g)),
+                        cuda: Some(rt.frames()),
+                        backend: BackendUsed {
+                            name: "tensorrt",
+                            fallback: None,
+                        },
+                    });
+                }
+                Err(why) if m.backend == BackendKind::Tensorrt => {
+                    return Err(EngineError::Tensorrt {
+                        model: name.to_string(),
+                        why,
+                    });
+                }
+                Err(why) => {
+                    let why = format!("TensorRT not available: {why}");
+                    tracing::info!(model = name, "backend auto → cuda: {why}");
+                    fallback.push(why);
+                }
+            }
+        }
+        match GpuDetector::new(&rt.ctx, &m.path, m.input_size as usize, None) {
             Ok(g) => {
                 let (size, dynamic) = g.input();
                 check_input_size(name, m, size)?;
@@ -85,19 +207,18 @@ pub fn build(name: &str, m: &ModelConfig) -> Result<Built, EngineError> {
                 return Ok(Built {
                     engine: Engine::Gpu(Box::new(g)),
                     cuda: Some(rt.frames()),
+                    backend: BackendUsed {
+                        name: "cuda",
+                        fallback: (!fallback.is_empty()).then(|| fallback.join("; ")),
+                    },
                 });
             }
-            Err(source) if m.backend == BackendKind::Cuda => {
-                return Err(EngineError::Cuda {
-                    model: name.to_string(),
-                    source,
-                });
+            Err(source) if m.backend != BackendKind::Auto => return Err(cuda_err(source)),
+            Err(e) => {
+                let why = format!("the GPU path failed: {}", chain(&e));
+                tracing::warn!(model = name, "backend auto → cpu: {why}");
+                fallback.push(why);
             }
-            Err(e) => tracing::warn!(
-                model = name,
-                "backend auto → cpu: the GPU path failed: {}",
-                chain(&e)
-            ),
         }
     }
     let backend =
@@ -117,6 +238,10 @@ pub fn build(name: &str, m: &ModelConfig) -> Result<Built, EngineError> {
             decoder,
         },
         cuda: None,
+        backend: BackendUsed {
+            name: "cpu",
+            fallback: (!fallback.is_empty()).then(|| fallback.join("; ")),
+        },
     })
 }
 

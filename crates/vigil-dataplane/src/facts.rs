@@ -15,6 +15,26 @@ impl BoxFacts for ThisBox {
     fn onnxruntime_version(&self) -> Option<String> {
         onnxruntime_version()
     }
+
+    fn tensorrt(&self) -> Result<String, String> {
+        tensorrt().map(|t| t.version.clone())
+    }
+}
+
+/// TensorRT for ONNX Runtime's provider, probed once per process.
+pub fn tensorrt() -> Result<&'static crate::ffi::tensorrt::TensorRt, String> {
+    static PROBE: std::sync::OnceLock<Result<crate::ffi::tensorrt::TensorRt, String>> =
+        std::sync::OnceLock::new();
+    PROBE
+        .get_or_init(|| {
+            let ort = crate::onnx::init_runtime().map(|(p, _)| std::path::PathBuf::from(p));
+            match ort {
+                Ok(p) => crate::ffi::tensorrt::probe(Some(&p)),
+                Err(e) => Err(format!("ONNX Runtime did not load: {e}")),
+            }
+        })
+        .as_ref()
+        .map_err(Clone::clone)
 }
 
 /// The ONNX Runtime version, from the file name of the library loaded (ONNX Runtime ships it

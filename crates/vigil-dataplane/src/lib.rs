@@ -13,6 +13,7 @@
 
 pub mod detect;
 pub mod engine;
+pub mod engines;
 pub mod facts;
 pub mod ffi;
 pub mod gpu;

@@ -68,6 +68,9 @@ pub enum OnnxError {
     },
     #[error("inference failed")]
     Run(#[source] ort::Error),
+    /// The TensorRT engine could not be built or loaded from its cache.
+    #[error("model {}: TensorRT engine: {reason}", path.display())]
+    Engine { path: PathBuf, reason: String },
 }
 
 /// A model's inputs or outputs that Vigil does not run.

@@ -117,6 +117,23 @@ impl Collector for Snapshot {
             "Events produced",
             &per_cam(&|c| c.analysis.events.load(Ordering::Relaxed)),
         )?;
+        let backends: Vec<(Vec<(&'static str, String)>, i64)> = views
+            .iter()
+            .flat_map(|c| {
+                ["tensorrt", "cuda", "cpu"].into_iter().map(move |b| {
+                    (
+                        vec![("camera", c.name.clone()), ("backend", b.to_string())],
+                        i64::from(c.backend == b),
+                    )
+                })
+            })
+            .collect();
+        gauge(
+            &mut enc,
+            "vigil_camera_backend",
+            "1 for the inference backend the camera's model runs on (tensorrt, cuda, cpu).",
+            &backends,
+        )?;
         let states: Vec<(Vec<(&'static str, String)>, i64)> = views
             .iter()
             .flat_map(|c| {

@@ -389,6 +389,23 @@ pub(super) fn check_model(c: &mut Checker, path: &str, model: &ModelConfig, fact
             ),
         );
     }
+    if model.backend == crate::config::BackendKind::Tensorrt {
+        if let GpuProbe::Unavailable(why) = facts.gpu() {
+            c.err(
+                format!("{path}.backend"),
+                format!(
+                    "backend \"tensorrt\" needs an NVIDIA GPU, and this box has none usable: {why} (expected \"cpu\" or \"auto\")"
+                ),
+            );
+        } else if let Err(why) = facts.tensorrt() {
+            c.err(
+                format!("{path}.backend"),
+                format!(
+                    "backend \"tensorrt\" needs TensorRT, and this box has none usable: {why} (expected \"cuda\" or \"auto\")"
+                ),
+            );
+        }
+    }
     if model.threads > 256 {
         c.err(
             format!("{path}.threads"),
@@ -878,6 +895,36 @@ mod tests {
         format!(
             "\n[[cameras.zones]]\nname = \"{name}\"\npolygon = {polygon}\nclasses = {classes}\nevents = [\"enter\"]\n"
         )
+    }
+
+    /// `backend = "tensorrt"`: refused with the probe's reason where TensorRT is missing
+    /// (the GPU there), accepted where the facts say it is usable.
+    #[test]
+    fn tensorrt_needs_tensorrt_and_says_why_not() {
+        let text = format!("{HEAD}backend = \"tensorrt\"\n");
+        let gpu = crate::facts::GpuProbe::Available {
+            name: "NVIDIA H200".into(),
+            compute_capability: (9, 0),
+            memory_mib: 143_000,
+        };
+        let without = KnownFacts {
+            gpu: gpu.clone(),
+            onnxruntime_version: None,
+            tensorrt: Err("no libnvinfer: libnvinfer.so.10: cannot open shared object file".into()),
+        };
+        let e = super::super::parse(&text, Path::new("t.toml"), &without).unwrap_err();
+        let e = &e.errors()[0];
+        assert_eq!(e.path, "models.m.backend");
+        assert!(
+            e.message.contains("needs TensorRT") && e.message.contains("libnvinfer.so.10"),
+            "{}",
+            e.message
+        );
+        let with = KnownFacts {
+            tensorrt: Ok("10.3.0".into()),
+            ..without
+        };
+        assert!(super::super::parse(&text, Path::new("t.toml"), &with).is_ok());
     }
 
     fn errors(text: &str) -> Vec<(String, String)> {

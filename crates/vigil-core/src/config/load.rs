@@ -442,6 +442,19 @@ pub(super) fn resolve_model_paths(config: &mut Config, config_file: &Path) -> Ve
     for (name, model) in config.models.iter_mut() {
         let joined = dir.join(&model.path);
         model.path = std::path::absolute(&joined).unwrap_or(joined);
+        if let Some(t) = model.calibration_table.as_mut() {
+            let joined = dir.join(&*t);
+            *t = std::path::absolute(&joined).unwrap_or(joined);
+            if used.contains(name) && !t.is_file() {
+                c.err(
+                    format!("{}.calibration_table", join_key("models", name)),
+                    format!(
+                        "calibration table {} not found (expected a TensorRT INT8 calibration table; a relative path is relative to the config file's directory)",
+                        t.display()
+                    ),
+                );
+            }
+        }
         if used.contains(name)
             && let Some(problem) = model_file_problem(&model.path)
         {

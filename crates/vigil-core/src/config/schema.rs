@@ -406,6 +406,9 @@ pub struct StorageConfig {
     pub max_events: u64,
     pub max_age: Dur,
     pub max_bytes: u64,
+    /// Bound of the TensorRT engine cache (`<dir>/engines`), in bytes; the least recently
+    /// used engines go first.
+    pub engine_cache_bytes: u64,
 }
 
 impl Default for StorageConfig {
@@ -415,6 +418,7 @@ impl Default for StorageConfig {
             max_events: 100_000,
             max_age: Dur::secs(7 * 24 * 3600),
             max_bytes: 64 << 20,
+            engine_cache_bytes: 2 << 30,
         }
     }
 }
@@ -446,6 +450,21 @@ pub enum BackendKind {
     Cpu,
     /// ONNX Runtime with the CUDA execution provider (an NVIDIA GPU is required).
     Cuda,
+    /// ONNX Runtime's TensorRT execution provider (TensorRT and an NVIDIA GPU are required),
+    /// engines cached per box in the state directory; the CUDA provider runs what TensorRT
+    /// does not take.
+    Tensorrt,
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Auto => "auto",
+            BackendKind::Cpu => "cpu",
+            BackendKind::Cuda => "cuda",
+            BackendKind::Tensorrt => "tensorrt",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -462,6 +481,10 @@ pub struct ModelConfig {
     /// Square network input side in pixels.
     #[serde(default = "default_input_size")]
     pub input_size: u32,
+    /// A TensorRT INT8 calibration table for this model (relative to the config file): with
+    /// it, TensorRT engines are INT8; without, FP16.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration_table: Option<PathBuf>,
 }
 
 fn default_input_size() -> u32 {

@@ -31,3 +31,4 @@ pub mod overlay_kernel;
 pub mod postprocess_kernels;
 pub mod preprocess_kernel;
 pub mod rusage;
+pub mod tensorrt;

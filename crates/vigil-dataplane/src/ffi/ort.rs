@@ -31,15 +31,58 @@ pub struct CudaSession {
     stream: Arc<CudaStream>,
 }
 
+/// ONNX Runtime's TensorRT execution provider for a session: its engine (and timing) cache
+/// directory, the precision, an INT8 calibration table.
+#[derive(Debug, Clone)]
+pub struct TrtProvider {
+    pub cache_dir: std::path::PathBuf,
+    pub fp16: bool,
+    /// INT8 with this calibration table (its file name; the table must be in `cache_dir`'s
+    /// parent's view: ONNX Runtime looks it up beside the engine cache).
+    pub int8_table: Option<String>,
+}
+
 impl CudaSession {
     /// Commits `builder` (its options set) with the CUDA execution provider on `stream`, device
     /// 0, a CUDA graph or not, failing if the provider cannot be registered; loads `path`.
+    /// With `trt`, ONNX Runtime's TensorRT provider comes first (on the same stream; what it
+    /// does not take runs on the CUDA provider), its engines cached in `trt.cache_dir`.
+    ///
+    /// **Untested with a real TensorRT** (none here): the options are those ONNX Runtime
+    /// documents for `OrtTensorRTProviderOptionsV2` (`trt_engine_cache_enable`,
+    /// `trt_engine_cache_path`, `trt_timing_cache_enable`, `trt_timing_cache_path`,
+    /// `trt_fp16_enable`, `trt_int8_enable`, `trt_int8_calibration_table_name`,
+    /// `user_compute_stream`).
     pub fn commit(
         builder: SessionBuilder,
         stream: &Arc<CudaStream>,
         graph: bool,
         path: &Path,
+        trt: Option<&TrtProvider>,
     ) -> ort::Result<Self> {
+        let mut eps = Vec::with_capacity(2);
+        if let Some(t) = trt {
+            let dir = t.cache_dir.display().to_string();
+            // SAFETY: as for the CUDA provider below: `stream` is a live CUstream and the
+            // session holds its `CudaStream` for as long as it lives.
+            let mut ep = unsafe {
+                ort::ep::TensorRT::default().with_compute_stream(stream.cu_stream() as *mut ())
+            }
+            .with_device_id(0)
+            .with_engine_cache(true)
+            .with_engine_cache_path(&dir)
+            .with_timing_cache(true)
+            .with_timing_cache_path(&dir)
+            .with_fp16(t.fp16)
+            .with_cuda_graph(graph);
+            if let Some(table) = &t.int8_table {
+                ep = ep
+                    .with_int8(true)
+                    .with_int8_calibration_table_name(table)
+                    .with_int8_use_native_calibration_table(false);
+            }
+            eps.push(ep.build().error_on_failure());
+        }
         // SAFETY: `stream` is a live CUstream (its `CudaStream` is borrowed here), and the
         // session made with this provider holds a strong reference to that `CudaStream`
         // (`Self`'s field, dropped after the session; as do the bindings, allocators and
@@ -48,11 +91,12 @@ impl CudaSession {
         let ep =
             unsafe { ort::ep::CUDA::default().with_compute_stream(stream.cu_stream() as *mut ()) }
                 .with_device_id(0)
-                .with_cuda_graph(graph)
+                .with_cuda_graph(graph && trt.is_none())
                 .build()
                 .error_on_failure();
+        eps.push(ep);
         let session = builder
-            .with_execution_providers([ep])?
+            .with_execution_providers(eps)?
             .commit_from_file(path)?;
         Ok(Self {
             session,

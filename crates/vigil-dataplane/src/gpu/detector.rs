@@ -86,10 +86,16 @@ impl Drop for GpuDetector {
 }
 
 impl GpuDetector {
-    /// Loads `model` with the CUDA execution provider on a stream of its own in `ctx`, and
+    /// Loads `model` with the CUDA execution provider (TensorRT's first with `trt`) on a stream
+    /// of its own in `ctx`, and
     /// compiles the kernels. `input_size` as configured (checked against the model as on the
     /// CPU path, `nanodet::input_size`).
-    pub fn new(ctx: &Arc<CudaContext>, model: &Path, input_size: usize) -> Result<Self, GpuError> {
+    pub fn new(
+        ctx: &Arc<CudaContext>,
+        model: &Path,
+        input_size: usize,
+        trt: Option<super::ort_cuda::TrtOptions>,
+    ) -> Result<Self, GpuError> {
         ctx.bind_to_thread()?;
         // Loading a model with the CUDA provider allocates and makes cuDNN/cuBLAS handles: not
         // while another worker captures a CUDA graph (see `ort_cuda::CudaOnnx::bind`). On
@@ -97,7 +103,7 @@ impl GpuDetector {
         super::relax_capture_mode();
         let _exclusive = super::GPU_LOCK.write().unwrap_or_else(|e| e.into_inner());
         let stream = ctx.new_stream()?;
-        let onnx = CudaOnnx::load(model, &stream)?;
+        let onnx = CudaOnnx::load(model, &stream, trt)?;
         let (size, dynamic) = vigil_core::model::nanodet::input_size(onnx.inputs(), input_size)?;
         let decoder = NanodetDecoder::new(&model.display().to_string(), size, onnx.outputs())?;
         let pre = GpuPreprocessor::new(ctx, input_spec(size, dynamic), stream.clone())?;

@@ -13,14 +13,25 @@
 //! the stream it runs on, and the tensors are lent to the kernels as views borrowed from the
 //! [`Bound`] that owns them ([`Bound::input`], [`Bound::outputs`]).
 
+use crate::engines::{EngineBuilder, EngineCache, EngineKey};
 use crate::ffi::cuda::{DeviceView, DeviceViewMut};
-use crate::ffi::ort::{CudaAllocator, CudaBinding, CudaSession, CudaTensor};
+use crate::ffi::ort::{CudaAllocator, CudaBinding, CudaSession, CudaTensor, TrtProvider};
 use crate::onnx::OnnxError;
 use cudarc::driver::CudaStream;
 use ort::session::Session;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use vigil_core::model::TensorDesc;
+
+/// TensorRT for a model's sessions: the engine cache and the key every session's engine is
+/// filed under (its shape profile filled in per session), the INT8 calibration table.
+#[derive(Debug, Clone)]
+pub struct TrtOptions {
+    pub cache: EngineCache,
+    /// The key without its profile.
+    pub key: EngineKey,
+    pub calibration: Option<PathBuf>,
+}
 
 /// Sessions kept at once: input sizes (cameras of different aspect ratios use different sizes)
 /// × batch sizes.
@@ -64,6 +75,8 @@ pub struct CudaOnnx {
     /// Names of the input's free batch, height and width (empty where fixed).
     free_dims: [String; 3],
     bound: Vec<Bound>,
+    /// TensorRT first, when the box has it and the model asks.
+    trt: Option<TrtOptions>,
 }
 
 fn load_err(path: &Path, source: ort::Error) -> OnnxError {
@@ -73,14 +86,11 @@ fn load_err(path: &Path, source: ort::Error) -> OnnxError {
     }
 }
 
-/// A session of `path` with the CUDA execution provider on `stream` (device 0; a CUDA graph or
-/// not), the input's free dimensions `dims` fixed.
-fn session(
+/// A session builder for `path` with our options, the input's free dimensions `dims` fixed.
+fn builder(
     path: &Path,
-    stream: &Arc<CudaStream>,
     dims: &[(String, usize)],
-    graph: bool,
-) -> Result<CudaSession, OnnxError> {
+) -> Result<ort::session::builder::SessionBuilder, OnnxError> {
     let (_, env) = crate::onnx::init_runtime()?;
     let err = |e: ort::Error| load_err(path, e);
     // Every node runs on the GPU, launched from the calling worker thread: a pool of intra-op
@@ -101,17 +111,103 @@ fn session(
             .with_dimension_override(name, *v as i64)
             .map_err(|e| err(e.into()))?;
     }
-    // The provider runs on `stream`; the session holds it (`ffi::ort::CudaSession`), so the
-    // stream outlives the session.
-    CudaSession::commit(b, stream, graph, path).map_err(err)
+    Ok(b)
+}
+
+/// A session of `path` with the CUDA execution provider on `stream` (device 0; a CUDA graph or
+/// not), the input's free dimensions `dims` fixed; with `trt`, TensorRT's provider first, its
+/// engine for these shapes from the engine cache (built there on a miss).
+fn session(
+    path: &Path,
+    stream: &Arc<CudaStream>,
+    dims: &[(String, usize)],
+    graph: bool,
+    trt: Option<&TrtOptions>,
+) -> Result<CudaSession, OnnxError> {
+    let Some(t) = trt else {
+        // The provider runs on `stream`; the session holds it (`ffi::ort::CudaSession`), so
+        // the stream outlives the session.
+        return CudaSession::commit(builder(path, dims)?, stream, graph, path, None)
+            .map_err(|e| load_err(path, e));
+    };
+    let profile: Vec<String> = dims.iter().map(|(n, v)| format!("{n}={v}")).collect();
+    let key = EngineKey {
+        profile: format!(
+            "{};{}",
+            profile.join(","),
+            if graph { "graph" } else { "nograph" }
+        ),
+        ..t.key.clone()
+    };
+    let b = OrtTrtBuilder {
+        path,
+        stream,
+        dims,
+        graph,
+        calibration: t.calibration.as_deref(),
+    };
+    let (s, outcome, dir) = t
+        .cache
+        .get_or_build(&key, &b)
+        .map_err(|reason| OnnxError::Engine {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+    tracing::info!(model = %path.display(), entry = %dir.display(), ?outcome, "TensorRT engine ready");
+    Ok(s)
+}
+
+/// Builds and loads TensorRT engines through ONNX Runtime's TensorRT provider: building is
+/// making a session with the engine cache pointed at the new entry's directory (ONNX Runtime
+/// writes the engine there), loading is making one pointed at a whole entry.
+struct OrtTrtBuilder<'a> {
+    path: &'a Path,
+    stream: &'a Arc<CudaStream>,
+    dims: &'a [(String, usize)],
+    graph: bool,
+    calibration: Option<&'a Path>,
+}
+
+impl OrtTrtBuilder<'_> {
+    fn open(&self, dir: &Path) -> Result<CudaSession, String> {
+        let provider = TrtProvider {
+            cache_dir: dir.to_path_buf(),
+            fp16: true,
+            int8_table: self
+                .calibration
+                .and_then(|c| c.file_name().map(|n| n.to_string_lossy().to_string())),
+        };
+        let b = builder(self.path, self.dims).map_err(|e| vigil_core::error::chain(&e))?;
+        CudaSession::commit(b, self.stream, self.graph, self.path, Some(&provider))
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl EngineBuilder for OrtTrtBuilder<'_> {
+    type Loaded = CudaSession;
+    fn build(&self, dir: &Path) -> Result<(), String> {
+        // ONNX Runtime reads the calibration table from the engine cache directory.
+        if let Some(c) = self.calibration {
+            let to = dir.join(c.file_name().unwrap_or_default());
+            std::fs::copy(c, &to).map_err(|e| format!("{}: {e}", c.display()))?;
+        }
+        self.open(dir).map(drop)
+    }
+    fn load(&self, dir: &Path) -> Result<CudaSession, String> {
+        self.open(dir)
+    }
 }
 
 impl CudaOnnx {
     /// Checks that `path` loads with the CUDA execution provider on device 0 and describes it;
     /// sessions are then made per input size, their kernels queued on `stream` (which each
     /// session holds).
-    pub fn load(path: &Path, stream: &Arc<CudaStream>) -> Result<Self, OnnxError> {
-        let probe = session(path, stream, &[], false)?;
+    pub fn load(
+        path: &Path,
+        stream: &Arc<CudaStream>,
+        trt: Option<TrtOptions>,
+    ) -> Result<Self, OnnxError> {
+        let probe = session(path, stream, &[], false, trt.as_ref())?;
         let (inputs, outputs) = probe.describe().map_err(|source| OnnxError::Describe {
             path: path.to_path_buf(),
             source,
@@ -130,6 +226,7 @@ impl CudaOnnx {
             outputs,
             free_dims,
             bound: Vec::with_capacity(MAX_SIZES),
+            trt,
         })
     }
 
@@ -207,7 +304,7 @@ impl CudaOnnx {
                 dims.push((name.clone(), v));
             }
         }
-        let mut session = session(&self.path, &self.stream, &dims, graph)?;
+        let mut session = session(&self.path, &self.stream, &dims, graph, self.trt.as_ref())?;
         // Device memory of CUDA device 0, from the session's allocator.
         let allocator = CudaAllocator::new(&session).map_err(err)?;
         let input = CudaTensor::new(&allocator, [batch, 3, in_h, in_w]).map_err(err)?;
