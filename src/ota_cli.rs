@@ -37,6 +37,13 @@ pub enum OtaCmd {
         gpu: Option<String>,
         #[arg(long)]
         ort_version: Option<String>,
+        /// Prebuilt TensorRT engines in the bundle (`engines/`): the TensorRT version prefix
+        /// they were built with, e.g. 10.3.
+        #[arg(long)]
+        tensorrt_version: Option<String>,
+        /// And the GPU compute capability, e.g. 8.7.
+        #[arg(long)]
+        compute_capability: Option<String>,
         /// The bundle file to write.
         #[arg(long, short)]
         out: PathBuf,
@@ -95,6 +102,8 @@ pub fn run(cmd: OtaCmd) -> Result<()> {
             min_vigil_version,
             gpu,
             ort_version,
+            tensorrt_version,
+            compute_capability,
             out,
             dir,
         } => {
@@ -110,6 +119,8 @@ pub fn run(cmd: OtaCmd) -> Result<()> {
                     min_vigil_version,
                     gpu,
                     ort_version,
+                    tensorrt_version,
+                    compute_capability,
                 },
             };
             let m = pack(&dir, &key, &info, &out)?;

@@ -119,6 +119,23 @@ fn tensorrt_options(m: &ModelConfig) -> Result<crate::gpu::ort_cuda::TrtOptions,
         },
         profile: String::new(),
     };
+    // Engines shipped in the OTA set the model comes from (`<slot>/engines/`, the slot being
+    // the directory with the set's `manifest.json`): those built for this box go in the cache.
+    if let Some(slot) = m
+        .path
+        .ancestors()
+        .skip(1)
+        .take(4)
+        .find(|d| d.join("manifest.json").is_file())
+    {
+        let (installed, skipped) = cache.install_shipped(&slot.join("engines"), &key);
+        for id in installed {
+            tracing::info!(entry = %id, "engine cache: installed an engine shipped in the OTA set");
+        }
+        for (id, why) in skipped {
+            tracing::info!(entry = %id, "engine cache: a shipped engine is not for this box ({why}); it builds its own");
+        }
+    }
     Ok(crate::gpu::ort_cuda::TrtOptions {
         cache,
         key,

@@ -114,6 +114,37 @@ impl EngineKey {
     }
 }
 
+impl EngineKey {
+    /// Whether an engine of key `other` (any shape profile) was built for what `self`
+    /// describes; else the first field that differs, in words.
+    pub fn fits(&self, other: &EngineKey) -> Result<(), String> {
+        let fields = [
+            ("model sha256", &self.model_sha256, &other.model_sha256),
+            ("TensorRT", &self.tensorrt, &other.tensorrt),
+            ("ONNX Runtime", &self.onnxruntime, &other.onnxruntime),
+            ("GPU", &self.gpu, &other.gpu),
+            (
+                "compute capability",
+                &self.compute_capability,
+                &other.compute_capability,
+            ),
+        ];
+        for (what, here, there) in fields {
+            if here != there {
+                return Err(format!("{what} {there:?}, this box has {here:?}"));
+            }
+        }
+        if self.precision != other.precision {
+            return Err(format!(
+                "precision {}, this model runs {}",
+                other.precision.as_str(),
+                self.precision.as_str()
+            ));
+        }
+        Ok(())
+    }
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -133,6 +164,30 @@ pub trait EngineBuilder {
     fn build(&self, dir: &Path) -> Result<(), String>;
     /// Loads the engine in `dir`; an error moves the entry aside and rebuilds it.
     fn load(&self, dir: &Path) -> Result<Self::Loaded, String>;
+}
+
+/// "Builds" an entry by copying a shipped one's files (not its key: the cache writes it).
+struct CopyBuilder<'a> {
+    from: &'a Path,
+}
+
+impl EngineBuilder for CopyBuilder<'_> {
+    type Loaded = ();
+    fn build(&self, dir: &Path) -> Result<(), String> {
+        for f in std::fs::read_dir(self.from)
+            .map_err(|e| io(self.from, e))?
+            .flatten()
+        {
+            let p = f.path();
+            if p.is_file() && f.file_name() != KEY_FILE {
+                std::fs::copy(&p, dir.join(f.file_name())).map_err(|e| io(&p, e))?;
+            }
+        }
+        Ok(())
+    }
+    fn load(&self, _: &Path) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// How an engine came.
@@ -392,6 +447,48 @@ impl EngineCache {
         removed
     }
 
+    /// Installs the engines shipped in an OTA set (`<slot>/engines/<id>/` with their
+    /// `key.json`) that fit `want` (any shape profile) and are not cached yet, each copied in
+    /// atomically as a build is; those for another box are left, with why. Returns
+    /// (installed, skipped with why).
+    pub fn install_shipped(
+        &self,
+        shipped: &Path,
+        want: &EngineKey,
+    ) -> (Vec<String>, Vec<(String, String)>) {
+        let (mut installed, mut skipped) = (Vec::new(), Vec::new());
+        let Ok(rd) = std::fs::read_dir(shipped) else {
+            return (installed, skipped);
+        };
+        for e in rd.flatten() {
+            let src = e.path();
+            let name = e.file_name().to_string_lossy().to_string();
+            let key: EngineKey = match std::fs::read_to_string(src.join(KEY_FILE))
+                .map_err(|e| e.to_string())
+                .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
+            {
+                Ok(k) => k,
+                Err(why) => {
+                    skipped.push((name, format!("no readable {KEY_FILE}: {why}")));
+                    continue;
+                }
+            };
+            if let Err(why) = want.fits(&key) {
+                skipped.push((name, format!("built for {why}")));
+                continue;
+            }
+            if self.lookup(&key).is_some() {
+                continue;
+            }
+            let copy = CopyBuilder { from: &src };
+            match self.build(&key, &copy) {
+                Ok(_) => installed.push(key.id()),
+                Err(why) => skipped.push((name, why)),
+            }
+        }
+        (installed, skipped)
+    }
+
     /// Removes every entry but `keep`-ing ones (`vigil engines prune --all`).
     pub fn clear(&self) -> usize {
         let mut n = 0;
@@ -592,6 +689,50 @@ mod tests {
         );
         assert!(listed.iter().all(|e| e.bytes >= 1000));
         assert_eq!(cache.clear(), 2);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    /// Engines shipped in an OTA set: the one built for this box (any profile) is installed
+    /// and then found without a build; one for another GPU is left, saying why.
+    #[test]
+    fn shipped_engines_are_installed_only_where_their_key_fits() {
+        let root = temp("shipped");
+        let slot = root.join("slot/engines");
+        let ours = EngineKey {
+            profile: "b4;416x256".into(),
+            ..key()
+        };
+        let other = EngineKey {
+            gpu: "NVIDIA H200".into(),
+            compute_capability: "9.0".into(),
+            ..key()
+        };
+        for k in [&ours, &other] {
+            let d = slot.join(k.id());
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("engine.plan"), b"shipped-plan").unwrap();
+            std::fs::write(d.join(KEY_FILE), serde_json::to_vec(k).unwrap()).unwrap();
+        }
+        std::fs::create_dir_all(slot.join("junk")).unwrap();
+        let cache = EngineCache::open(&root.join("cache"), 1 << 20).unwrap();
+        let want = EngineKey {
+            profile: String::new(),
+            ..key()
+        };
+        let (installed, skipped) = cache.install_shipped(&slot, &want);
+        assert_eq!(installed, vec![ours.id()]);
+        assert_eq!(skipped.len(), 2, "{skipped:?}");
+        assert!(
+            skipped
+                .iter()
+                .any(|(n, why)| *n == other.id() && why.contains("GPU \"NVIDIA H200\"")),
+            "{skipped:?}"
+        );
+        let b = FakeBuilder::new(b"shipped-plan");
+        let (_, o, _) = cache.get_or_build(&ours, &b).unwrap();
+        assert_eq!((o, b.builds.get()), (Outcome::Hit, 0), "used as shipped");
+        // Installed once: a second pass changes nothing.
+        assert!(cache.install_shipped(&slot, &want).0.is_empty());
         let _ = std::fs::remove_dir_all(&root);
     }
 

@@ -165,6 +165,7 @@ mod seeds {
                 min_vigil_version: Some("0.1.0".into()),
                 gpu: Some("none".into()),
                 ort_version: Some("1.22".into()),
+                ..Target::default()
             },
         );
         nanodet("fixed-320-zeros", 9, false, &[]);

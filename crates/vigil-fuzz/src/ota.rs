@@ -30,6 +30,8 @@ fn device() -> DeviceFacts {
         vigil_version: "0.1.0".into(),
         gpu: "none".into(),
         ort_version: Some("1.22.0".into()),
+        tensorrt_version: None,
+        compute_capability: None,
     }
 }
 

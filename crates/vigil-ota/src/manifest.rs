@@ -71,6 +71,13 @@ pub struct Target {
     /// Prefix of the ONNX Runtime version the models were checked with, e.g. `1.32`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ort_version: Option<String>,
+    /// Prefix of the TensorRT version the bundle's prebuilt engines were built with, e.g.
+    /// `10.3` (a box without TensorRT refuses such a bundle).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tensorrt_version: Option<String>,
+    /// The GPU compute capability the prebuilt engines were built for, e.g. `8.7`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute_capability: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,6 +99,10 @@ pub struct DeviceFacts {
     pub gpu: String,
     /// None: unknown (the runtime library was not loaded); a constraint then fails.
     pub ort_version: Option<String>,
+    /// TensorRT's version where it is usable; None: no TensorRT (a constraint then fails).
+    pub tensorrt_version: Option<String>,
+    /// `MAJOR.MINOR` of the GPU; None without one.
+    pub compute_capability: Option<String>,
 }
 
 impl DeviceFacts {
@@ -106,6 +117,14 @@ impl DeviceFacts {
             }
             .to_string(),
             ort_version: facts.onnxruntime_version(),
+            tensorrt_version: facts.tensorrt().ok(),
+            compute_capability: match facts.gpu() {
+                GpuProbe::Available {
+                    compute_capability: (a, b),
+                    ..
+                } => Some(format!("{a}.{b}")),
+                GpuProbe::Unavailable(_) => None,
+            },
         }
     }
 }
@@ -269,6 +288,18 @@ impl Manifest {
             let matches = have == o || have.starts_with(&format!("{o}."));
             if !matches {
                 return wrong("ort_version", o, have);
+            }
+        }
+        if let Some(t) = &t.tensorrt_version {
+            let have = dev.tensorrt_version.as_deref().unwrap_or("no TensorRT");
+            if !(have == t || have.starts_with(&format!("{t}."))) {
+                return wrong("tensorrt_version", t, have);
+            }
+        }
+        if let Some(c) = &t.compute_capability {
+            let have = dev.compute_capability.as_deref().unwrap_or("no GPU");
+            if have != c {
+                return wrong("compute_capability", c, have);
             }
         }
         Ok(())
@@ -436,7 +467,42 @@ mod tests {
             vigil_version: "0.1.0".into(),
             gpu: "none".into(),
             ort_version: None,
+            tensorrt_version: None,
+            compute_capability: None,
         }
+    }
+
+    #[test]
+    fn tensorrt_targets_need_that_tensorrt_and_gpu() {
+        let mut m = manifest(5, "2026-01-01T00:00:00Z", "2099-01-01T00:00:00Z");
+        m.target.tensorrt_version = Some("10.3".into());
+        m.target.compute_capability = Some("8.7".into());
+        let e = m.check_target(&device()).unwrap_err().to_string();
+        assert!(
+            e.contains("tensorrt_version") && e.contains("no TensorRT"),
+            "{e}"
+        );
+        let orin = DeviceFacts {
+            gpu: "nvidia".into(),
+            tensorrt_version: Some("10.3.0".into()),
+            compute_capability: Some("8.7".into()),
+            ..device()
+        };
+        assert!(m.check_target(&orin).is_ok());
+        let h200 = DeviceFacts {
+            compute_capability: Some("9.0".into()),
+            ..orin.clone()
+        };
+        let e = m.check_target(&h200).unwrap_err().to_string();
+        assert!(e.contains("compute_capability"), "{e}");
+        let newer = DeviceFacts {
+            tensorrt_version: Some("10.30.1".into()),
+            ..orin
+        };
+        assert!(
+            m.check_target(&newer).is_err(),
+            "10.3 is not a prefix of 10.30"
+        );
     }
 
     #[test]
