@@ -66,8 +66,14 @@ pub struct PgStore {
 }
 
 impl PgStore {
+    /// Connections: one per storing task of the ingest, and as many again for the pages, the
+    /// alerts and the rollout driver (with 8 in all, a page render waited for a connection
+    /// behind the ingest's writes: seconds at 1 000 boxes, see benches/RESULTS.md).
     pub async fn connect(url: &str) -> Result<Self> {
-        let pool = PgPoolOptions::new().max_connections(8).connect(url).await?;
+        let pool = PgPoolOptions::new()
+            .max_connections(2 * crate::ingest::SHARDS as u32)
+            .connect(url)
+            .await?;
         Ok(Self { pool })
     }
 }
