@@ -52,6 +52,94 @@ struct TelemetryPayload {
     device: Option<DeviceLabels>,
     /// The box's CPU, memory, load and temperatures.
     system: crate::system::SystemTelemetry,
+    /// TensorRT engines being built now (absent when none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    engine_builds: Vec<vigil_dataplane::engines::BuildProgress>,
+}
+
+/// How long a TensorRT engine build may keep the systemd watchdog fed: a build past it is
+/// taken for hung (the watchdog then restarts the service).
+const MAX_ENGINE_BUILD: Duration = Duration::from_secs(30 * 60);
+
+/// systemd's STATUS during an engine build, and whether the build may still feed the watchdog.
+fn build_notice(b: &vigil_dataplane::engines::BuildProgress) -> (String, bool) {
+    (
+        format!(
+            "building the TensorRT engine of model {}: {:.0} s (engine cache entry {})",
+            b.model.as_deref().unwrap_or("?"),
+            b.seconds,
+            b.entry
+        ),
+        b.seconds < MAX_ENGINE_BUILD.as_secs_f64(),
+    )
+}
+
+/// While a TensorRT engine builds (minutes on a Jetson) the start-up or the reload that asked
+/// for it waits, and with it the supervisor's loop. So once a second, from the thread watching
+/// the build, systemd hears that the service is busy and not hung (`EXTEND_TIMEOUT_USEC` for
+/// `TimeoutStartSec`, `WATCHDOG=1` for up to [`MAX_ENGINE_BUILD`], `STATUS`), and every
+/// telemetry interval the last telemetry goes out again with `engine_builds` (a fresh one, with
+/// no cameras yet, during the start-up); `cmd/status` answers with it too. The builds' end
+/// clears it.
+fn engine_build_observer(
+    started: Instant,
+    snapshot: Arc<Mutex<serde_json::Value>>,
+    base: impl Fn() -> serde_json::Value + Send + Sync + 'static,
+    publish: impl Fn(Vec<u8>) + Send + Sync + 'static,
+    every: Duration,
+) -> vigil_dataplane::engines::BuildObserver {
+    let last: Mutex<Option<Instant>> = Mutex::new(None);
+    Arc::new(move |builds: &[vigil_dataplane::engines::BuildProgress]| {
+        let longest = builds.iter().max_by(|a, b| a.seconds.total_cmp(&b.seconds));
+        if let Some((status, feed_watchdog)) = longest.map(build_notice) {
+            let mut states = vec![
+                sd_notify::NotifyState::Status(&status),
+                sd_notify::NotifyState::ExtendTimeoutUsec(10_000_000),
+            ];
+            if feed_watchdog {
+                states.push(sd_notify::NotifyState::Watchdog);
+            }
+            let _ = sd_notify::notify(&states);
+        }
+        let Ok(mut last) = last.lock() else { return };
+        // The end of the builds is said at once (a telemetry without them).
+        let due = match builds.is_empty() {
+            true => last.is_some(),
+            false => last.is_none_or(|t| t.elapsed() >= every),
+        };
+        if !due {
+            return;
+        }
+        *last = (!builds.is_empty()).then(Instant::now);
+        let Ok(mut snap) = snapshot.lock() else {
+            return;
+        };
+        let mut v = match &*snap {
+            serde_json::Value::Object(_) => snap.clone(),
+            _ => base(),
+        };
+        if let Some(o) = v.as_object_mut() {
+            o.insert("time".into(), vigil_core::events::now_rfc3339().into());
+            o.insert(
+                "uptime_s".into(),
+                round2(started.elapsed().as_secs_f64()).into(),
+            );
+            match builds.is_empty() {
+                true => o.remove("engine_builds"),
+                false => o.insert(
+                    "engine_builds".into(),
+                    serde_json::to_value(builds).unwrap_or_default(),
+                ),
+            };
+        }
+        if !snap.is_null() {
+            *snap = v.clone();
+        }
+        drop(snap);
+        if let Ok(p) = serde_json::to_vec(&v) {
+            publish(p);
+        }
+    })
 }
 
 #[derive(Debug, Serialize)]
@@ -360,6 +448,42 @@ impl Supervisor {
             cfg = vigil_ota::load_effective(&config_path, facts.as_ref())
                 .map_err(ControlError::Rollback)?;
         }
+        vigil_dataplane::engines::set_build_observer(engine_build_observer(
+            started,
+            snapshot.clone(),
+            {
+                let (spool, stats) = (spool.clone(), link.stats.clone());
+                let device =
+                    (cfg.device.site.is_some() || !cfg.device.tags.is_empty()).then(|| {
+                        DeviceLabels {
+                            site: cfg.device.site.clone(),
+                            tags: cfg.device.tags.clone(),
+                        }
+                    });
+                let device = serde_json::to_value(device).unwrap_or_default();
+                move || {
+                    let mut v = serde_json::to_value(TelemetryPayload {
+                        time: vigil_core::events::now_rfc3339(),
+                        uptime_s: round2(started.elapsed().as_secs_f64()),
+                        mqtt_connected: stats.connected.load(Ordering::Relaxed),
+                        events_published: stats.published.load(Ordering::Relaxed),
+                        events_acked: stats.acked.load(Ordering::Relaxed),
+                        spool: spool.stats().unwrap_or_default(),
+                        cameras: BTreeMap::new(),
+                        device: None,
+                        system: Default::default(),
+                        engine_builds: Vec::new(),
+                    })
+                    .unwrap_or_default();
+                    if let (Some(o), false) = (v.as_object_mut(), device.is_null()) {
+                        o.insert("device".into(), device.clone());
+                    }
+                    v
+                }
+            },
+            link.telemetry_sender(),
+            cfg.mqtt.telemetry_interval.0,
+        ));
         let plan = tokio::task::block_in_place(|| Plan::start(&cfg, tx, &inst))?;
         ota.resume_probation(
             plan.running_models()
@@ -522,6 +646,7 @@ impl Supervisor {
                 },
             ),
             system: tokio::task::block_in_place(|| self.system.sample()),
+            engine_builds: vigil_dataplane::engines::builds_in_progress(),
         };
         if let Ok(v) = serde_json::to_value(&payload) {
             if let Ok(mut g) = self.snapshot.lock() {
@@ -830,6 +955,78 @@ mod tests {
             snapshot: None,
             jpeg: None,
         }
+    }
+
+    fn progress(seconds: f64) -> vigil_dataplane::engines::BuildProgress {
+        vigil_dataplane::engines::BuildProgress {
+            entry: "e1".into(),
+            model: Some("people".into()),
+            precision: "fp16",
+            seconds,
+        }
+    }
+
+    #[test]
+    fn an_engine_build_feeds_the_watchdog_for_at_most_its_limit() {
+        let (status, fed) = build_notice(&progress(75.0));
+        assert_eq!(
+            status,
+            "building the TensorRT engine of model people: 75 s (engine cache entry e1)"
+        );
+        assert!(fed);
+        let (_, fed) = build_notice(&progress(MAX_ENGINE_BUILD.as_secs_f64() + 1.0));
+        assert!(!fed, "a build past the limit is taken for hung");
+    }
+
+    #[test]
+    fn an_engine_build_goes_out_in_telemetry_once_per_interval_and_its_end_at_once() {
+        let sent: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+        let log = sent.clone();
+        let snapshot = Arc::new(Mutex::new(serde_json::Value::Null));
+        let observer = engine_build_observer(
+            Instant::now(),
+            snapshot.clone(),
+            || serde_json::json!({ "cameras": {}, "spool": { "unsent": 0 } }),
+            move |p| {
+                log.lock()
+                    .unwrap()
+                    .push(serde_json::from_slice(&p).unwrap())
+            },
+            Duration::from_secs(3600),
+        );
+        // During the start-up (no telemetry yet): a fresh one, with no cameras.
+        observer(&[progress(1.0)]);
+        observer(&[progress(2.0)]);
+        {
+            let sent = sent.lock().unwrap();
+            assert_eq!(sent.len(), 1, "once per interval: {sent:?}");
+            assert_eq!(sent[0]["cameras"], serde_json::json!({}));
+            assert_eq!(sent[0]["engine_builds"][0]["model"], "people");
+            assert_eq!(sent[0]["engine_builds"][0]["seconds"], 1.0);
+            assert!(sent[0]["time"].is_string() && sent[0]["uptime_s"].is_number());
+        }
+        assert!(
+            snapshot.lock().unwrap().is_null(),
+            "no status before the first telemetry"
+        );
+        // The end: at once, without the builds.
+        observer(&[]);
+        observer(&[]);
+        {
+            let sent = sent.lock().unwrap();
+            assert_eq!(sent.len(), 2, "{sent:?}");
+            assert!(sent[1].get("engine_builds").is_none());
+        }
+        // After the start-up (a reload): the last telemetry again, with the builds, also for
+        // `cmd/status`.
+        *snapshot.lock().unwrap() =
+            serde_json::json!({ "cameras": { "door": { "state": "live" } } });
+        observer(&[progress(3.0)]);
+        let sent = sent.lock().unwrap();
+        assert_eq!(sent.len(), 3);
+        assert_eq!(sent[2]["cameras"]["door"]["state"], "live");
+        assert_eq!(sent[2]["engine_builds"][0]["seconds"], 3.0);
+        assert_eq!(snapshot.lock().unwrap()["engine_builds"][0]["entry"], "e1");
     }
 
     #[tokio::test(flavor = "multi_thread")]

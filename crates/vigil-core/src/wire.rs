@@ -64,6 +64,17 @@ pub struct TelemetryMsg {
     /// The box's CPU, memory, load and temperatures (absent from older boxes).
     #[serde(default)]
     pub system: Option<SystemMsg>,
+    /// TensorRT engines being built now (absent when none, and from older boxes).
+    #[serde(default)]
+    pub engine_builds: Vec<EngineBuildMsg>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct EngineBuildMsg {
+    pub entry: String,
+    #[serde(default)]
+    pub model: Option<String>,
+    pub seconds: f64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]

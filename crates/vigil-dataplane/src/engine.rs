@@ -175,8 +175,10 @@ pub fn build(name: &str, m: &ModelConfig) -> Result<Built, EngineError> {
         // TensorRT first where it is asked for or `auto` may use it.
         if matches!(m.backend, BackendKind::Tensorrt | BackendKind::Auto) {
             let tried = tensorrt_options(m).and_then(|t| {
-                GpuDetector::new(&rt.ctx, &m.path, m.input_size as usize, Some(t))
-                    .map_err(|e| chain(&e))
+                crate::engines::for_model(name, || {
+                    GpuDetector::new(&rt.ctx, &m.path, m.input_size as usize, Some(t))
+                        .map_err(|e| chain(&e))
+                })
             });
             match tried {
                 Ok(g) => {

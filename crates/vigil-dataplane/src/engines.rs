@@ -22,7 +22,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 /// The key file of an entry.
 pub const KEY_FILE: &str = "key.json";
@@ -32,6 +33,140 @@ const USED_FILE: &str = "used";
 const BAD_DIR: &str = ".bad";
 /// Entries kept in `.bad/` (the oldest go first).
 const MAX_BAD: usize = 4;
+
+/// An engine build in progress (for the log, telemetry and systemd while it runs).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BuildProgress {
+    /// The cache entry's id.
+    pub entry: String,
+    /// The model it is for (`[models.<name>]`), where known.
+    pub model: Option<String>,
+    pub precision: &'static str,
+    /// Seconds since the build started.
+    pub seconds: f64,
+}
+
+/// Called about once a second with every build in progress, from the thread that watches the
+/// builds (not the building one). The control plane uses it to tell systemd that the service
+/// is busy, not hung (`EXTEND_TIMEOUT_USEC`, `WATCHDOG`, `STATUS`) and to publish telemetry: a
+/// build blocks the start-up or the reload that asked for it for minutes on a Jetson.
+pub type BuildObserver = Arc<dyn Fn(&[BuildProgress]) + Send + Sync>;
+
+/// How often the observer hears of a build; the log says it every [`LOG_EVERY`].
+pub const OBSERVE_EVERY: Duration = Duration::from_secs(1);
+const LOG_EVERY: Duration = Duration::from_secs(30);
+
+struct Building {
+    entry: String,
+    model: Option<String>,
+    precision: &'static str,
+    started: Instant,
+}
+
+static BUILDS: Mutex<Vec<Building>> = Mutex::new(Vec::new());
+static OBSERVER: Mutex<Option<BuildObserver>> = Mutex::new(None);
+
+thread_local! {
+    static MODEL: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Sets the observer of engine builds (replacing any before).
+pub fn set_build_observer(f: BuildObserver) {
+    *OBSERVER.lock().unwrap_or_else(|e| e.into_inner()) = Some(f);
+}
+
+/// The builds in progress now.
+pub fn builds_in_progress() -> Vec<BuildProgress> {
+    BUILDS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|b| BuildProgress {
+            entry: b.entry.clone(),
+            model: b.model.clone(),
+            precision: b.precision,
+            seconds: (b.started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+        })
+        .collect()
+}
+
+/// Runs `f` with builds on this thread attributed to `model`.
+pub fn for_model<R>(model: &str, f: impl FnOnce() -> R) -> R {
+    let before = MODEL.with(|m| m.replace(Some(model.to_string())));
+    let r = f();
+    MODEL.with(|m| *m.borrow_mut() = before);
+    r
+}
+
+/// Registers a build for [`builds_in_progress`] and, while it lasts, a thread that tells the
+/// observer once a second and the log every 30 s; dropped when the build ends, however.
+struct BuildGuard {
+    entry: String,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    watcher: Option<std::thread::JoinHandle<()>>,
+}
+
+impl BuildGuard {
+    fn start(key: &EngineKey) -> Self {
+        let entry = key.id();
+        BUILDS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Building {
+                entry: entry.clone(),
+                model: MODEL.with(|m| m.borrow().clone()),
+                precision: key.precision.as_str(),
+                started: Instant::now(),
+            });
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let id = entry.clone();
+        let watcher = std::thread::Builder::new()
+            .name("engine-build".into())
+            .spawn(move || {
+                let started = Instant::now();
+                let mut logged = Instant::now();
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(OBSERVE_EVERY)
+                {
+                    let now = builds_in_progress();
+                    let observer = OBSERVER.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    if let Some(f) = observer {
+                        f(&now);
+                    }
+                    if logged.elapsed() >= LOG_EVERY {
+                        logged = Instant::now();
+                        tracing::info!(entry = %id, seconds = started.elapsed().as_secs(), "engine cache: still building the TensorRT engine");
+                    }
+                }
+            })
+            .ok();
+        Self {
+            entry,
+            stop: Some(stop),
+            watcher,
+        }
+    }
+}
+
+impl Drop for BuildGuard {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(w) = self.watcher.take() {
+            let _ = w.join();
+        }
+        let mut b = BUILDS.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = b.iter().position(|b| b.entry == self.entry) {
+            b.remove(i);
+        }
+        drop(b);
+        // A last word: the build is over (the observer clears what it showed).
+        let now = builds_in_progress();
+        let observer = OBSERVER.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(f) = observer {
+            f(&now);
+        }
+    }
+}
 
 /// Engine precision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -323,7 +458,10 @@ impl EngineCache {
         std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
         let started = std::time::Instant::now();
         tracing::info!(entry = %id, "engine cache: building the TensorRT engine (minutes on a Jetson)");
-        if let Err(e) = builder.build(&tmp) {
+        let guard = BuildGuard::start(key);
+        let built = builder.build(&tmp);
+        drop(guard);
+        if let Err(e) = built {
             let _ = std::fs::remove_dir_all(&tmp);
             return Err(format!("building the engine: {e}"));
         }
@@ -558,6 +696,78 @@ mod tests {
         let d = std::env::temp_dir().join(format!("vigil-engines-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         d
+    }
+
+    /// A fake builder that takes its time (a Jetson's minutes, in seconds).
+    struct FakeSlowBuilder(Duration);
+
+    impl EngineBuilder for FakeSlowBuilder {
+        type Loaded = ();
+        fn build(&self, dir: &Path) -> Result<(), String> {
+            std::thread::sleep(self.0);
+            std::fs::write(dir.join("engine.plan"), b"fake").map_err(|e| e.to_string())
+        }
+        fn load(&self, _: &Path) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_build_in_progress_is_reported_with_its_model_until_it_ends() {
+        let root = temp("progress");
+        let cache = EngineCache::open(&root, 1 << 20).unwrap();
+        let mut k = key();
+        k.model_sha256 = "cd".repeat(32);
+        let seen: Arc<Mutex<Vec<Vec<BuildProgress>>>> = Arc::default();
+        let log = seen.clone();
+        set_build_observer(Arc::new(move |b: &[BuildProgress]| {
+            log.lock().unwrap().push(b.to_vec());
+        }));
+        let mine = |b: &Vec<BuildProgress>| -> Vec<BuildProgress> {
+            b.iter()
+                .filter(|p| p.model.as_deref() == Some("progress-test"))
+                .cloned()
+                .collect()
+        };
+        let builder = FakeSlowBuilder(Duration::from_millis(3600));
+        let during = std::thread::scope(|s| {
+            let h = s.spawn(|| for_model("progress-test", || cache.build(&k, &builder)));
+            std::thread::sleep(Duration::from_millis(1300));
+            let during = builds_in_progress();
+            h.join().unwrap().unwrap();
+            during
+        });
+        let during: Vec<_> = during
+            .into_iter()
+            .filter(|p| p.model.as_deref() == Some("progress-test"))
+            .collect();
+        assert_eq!(during.len(), 1, "{during:?}");
+        assert_eq!(during[0].entry, k.id());
+        assert_eq!(during[0].precision, "fp16");
+        assert!(during[0].seconds >= 1.0, "{during:?}");
+        let calls: Vec<Vec<BuildProgress>> = seen.lock().unwrap().iter().map(mine).collect();
+        let shown: Vec<f64> = calls
+            .iter()
+            .filter_map(|c| c.first().map(|p| p.seconds))
+            .collect();
+        assert!(
+            shown.len() >= 2,
+            "the observer heard of the build once a second: {calls:?}"
+        );
+        // (Other tests' builds call the observer too, so a second may be heard more than once.)
+        assert!(shown.windows(2).all(|w| w[0] <= w[1]), "{shown:?}");
+        assert!(shown.iter().any(|&s| s >= 2.0), "{shown:?}");
+        assert!(
+            calls.last().is_some_and(|c| c.is_empty()),
+            "the last word says the build is over: {calls:?}"
+        );
+        assert!(
+            builds_in_progress()
+                .iter()
+                .all(|p| p.model.as_deref() != Some("progress-test"))
+        );
+        assert!(cache.lookup(&k).is_some());
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]

@@ -642,6 +642,9 @@ async fn fleet_markup<S: Store>(app: &App<S>, f: &FleetFilter) -> crate::store::
                     td class=(if d.state == "online" { "online" } else { "offline" }) {
                         (d.state) " for " (ago(d.since_ms))
                         @if let Some(r) = &d.reason { br; small { (r) } }
+                        @for b in t.iter().flat_map(|t| &t.engine_builds) {
+                            br; small.building { "building the TensorRT engine of " (b.model.as_deref().unwrap_or("a model")) ": " (format!("{:.0}", b.seconds)) " s" }
+                        }
                     }
                     td { (d.version.as_deref().unwrap_or("?")) }
                     td {
@@ -1019,4 +1022,71 @@ async fn stats<S: Store>(State(app): State<Arc<App<S>>>) -> Response {
         "lag_ms_buckets": c.lag_ms.0.iter().map(l).collect::<Vec<_>>(),
     }))
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::SqliteStore;
+
+    #[tokio::test]
+    async fn the_fleet_page_shows_a_box_building_a_tensorrt_engine() {
+        let dir = std::env::temp_dir().join(format!("vigil-fleet-web-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = SqliteStore::open(&dir.join("fleet.db")).unwrap();
+        store.migrate().await.unwrap();
+        let status = vigil_core::wire::StatusMsg {
+            state: "online".into(),
+            version: Some("0.1.0".into()),
+            time: None,
+            reason: None,
+        };
+        store.set_status("jetson-1", &status, 1000).await.unwrap();
+        store.set_status("jetson-2", &status, 1000).await.unwrap();
+        let t = |builds: &str| {
+            format!(
+                r#"{{"time":"2026-12-06T10:00:00Z","uptime_s":80,"mqtt_connected":true,"spool":{{"unsent":0,"last_seq":0}},"cameras":{{}}{builds}}}"#
+            )
+        };
+        let building = t(
+            r#","engine_builds":[{"entry":"ab12","model":"people","precision":"fp16","seconds":75.4}]"#,
+        );
+        store
+            .set_telemetry("jetson-1", &building, 2000)
+            .await
+            .unwrap();
+        store.set_telemetry("jetson-2", &t(""), 2000).await.unwrap();
+        let (mqtt, _eventloop) =
+            rumqttc::AsyncClient::new(rumqttc::MqttOptions::new("t", "127.0.0.1", 1), 10);
+        let app = App {
+            store,
+            counters: Default::default(),
+            changed: tokio::sync::broadcast::channel(1).0,
+            mqtt,
+            prefix: "vigil".into(),
+            rollouts: tokio::sync::mpsc::channel(1).0,
+            releases: Releases {
+                drive: false,
+                keys: Vec::new(),
+                download_dir: dir.clone(),
+                max_bytes: 1,
+            },
+        };
+        let html = fleet_markup(&app, &FleetFilter::default())
+            .await
+            .unwrap()
+            .into_string();
+        let row = |id: &str| {
+            let from = html.find(&format!("data-device=\"{id}\"")).unwrap();
+            let to = html[from..].find("</tr>").unwrap();
+            html[from..from + to].to_string()
+        };
+        assert!(
+            row("jetson-1").contains("building the TensorRT engine of people: 75 s"),
+            "{html}"
+        );
+        assert!(!row("jetson-2").contains("building"), "{html}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
