@@ -58,6 +58,10 @@ enum Cmd {
         /// The address to listen on (e.g. 0.0.0.0 inside a test's network namespace).
         #[arg(long, default_value = "127.0.0.1")]
         address: std::net::IpAddr,
+        /// Play the clip without end, as a live camera (the file's H.264 is sent again and
+        /// again with its times moved on; it is read into memory once).
+        #[arg(long = "loop")]
+        looped: bool,
     },
     /// Probe the GPU and check the fused preprocessing kernel against the CPU reference; with
     /// `--model`, also the GPU path's detections against the CPU path's on the same frames.
@@ -203,9 +207,12 @@ fn main() -> ExitCode {
             port,
             mount,
             address,
+            looped,
         } => report(
-            vigil_dataplane::media::rtsp_server::serve_forever(&file, address, port, &mount)
-                .map_err(anyhow::Error::from),
+            vigil_dataplane::media::rtsp_server::serve_forever(
+                &file, address, port, &mount, looped,
+            )
+            .map_err(anyhow::Error::from),
         ),
     }
 }

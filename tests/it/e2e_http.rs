@@ -88,6 +88,19 @@ fn health_metrics_cameras_and_event_history_over_http() {
     };
     assert!(value("vigil_camera_frames_analysed_total{camera=\"plaza\"}") > 0.0);
     assert!(value("vigil_inference_seconds_count{camera=\"plaza\"}") > 0.0);
+    // Frame → detections: every analysed frame once (scraped together, so at least as many
+    // frames as the counter read a moment before), a positive sum, the +Inf bucket = count.
+    let frames = value("vigil_camera_frames_analysed_total{camera=\"plaza\"}");
+    let latency_n = value("vigil_frame_latency_seconds_count");
+    assert!(
+        latency_n >= frames * 0.9 && latency_n > 0.0,
+        "{latency_n} of {frames}"
+    );
+    assert!(value("vigil_frame_latency_seconds_sum") > 0.0);
+    assert_eq!(
+        value("vigil_frame_latency_seconds_bucket{le=\"+Inf\"}"),
+        latency_n
+    );
     assert_eq!(
         value("vigil_camera_state{camera=\"plaza\",state=\"live\"}"),
         1.0

@@ -36,6 +36,7 @@ mod ota_kill;
 mod partitions;
 mod recording_end;
 mod restream;
+mod rtsp_loop;
 mod spool_broker_kill;
 mod stream_roles;
 mod systemd_unit;

@@ -92,6 +92,42 @@ impl LatencyHist {
     }
 }
 
+impl LatencyHist {
+    /// Bucket counts gathered into coarser buckets with the given upper bounds (seconds,
+    /// ascending; anything above the last goes to `+Inf`): the per-bucket counts (for
+    /// Prometheus, not cumulative), the sum in seconds (from the 50 µs buckets' middles; the
+    /// overflow bucket counts as its lower bound) and the count.
+    pub fn coarse(counts: &[u64], bounds_s: &[f64]) -> (Vec<(f64, u64)>, f64, u64) {
+        let mut out: Vec<(f64, u64)> = bounds_s.iter().map(|&b| (b, 0)).collect();
+        out.push((f64::INFINITY, 0));
+        let (mut sum, mut total) = (0.0, 0);
+        for (i, &c) in counts.iter().enumerate() {
+            if c == 0 {
+                continue;
+            }
+            let (upper_s, mid_s) = if i >= Self::BUCKETS {
+                (
+                    f64::INFINITY,
+                    (Self::BUCKETS as u64 * Self::STEP_US) as f64 / 1e6,
+                )
+            } else {
+                (
+                    ((i as u64 + 1) * Self::STEP_US) as f64 / 1e6,
+                    (i as f64 + 0.5) * Self::STEP_US as f64 / 1e6,
+                )
+            };
+            let at = bounds_s
+                .iter()
+                .position(|&b| upper_s <= b + 1e-12)
+                .unwrap_or(bounds_s.len());
+            out[at].1 += c;
+            sum += mid_s * c as f64;
+            total += c;
+        }
+        (out, sum, total)
+    }
+}
+
 impl Default for LatencyHist {
     fn default() -> Self {
         Self {
@@ -670,5 +706,27 @@ impl CameraAnalysis {
         self.last_t = t;
         self.last_seen = Some(received);
         t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_buckets_gather_into_coarse_ones() {
+        let h = LatencyHist::default();
+        h.record(Duration::from_micros(120)); // bucket (100, 150] µs
+        h.record(Duration::from_millis(4));
+        h.record(Duration::from_micros(4990)); // (4.95, 5.0] ms: on the bound, counted below it
+        h.record(Duration::from_secs(1)); // overflow
+        let (b, sum, n) = LatencyHist::coarse(&h.snapshot(), &[0.001, 0.005, 0.2]);
+        assert_eq!(
+            b,
+            vec![(0.001, 1), (0.005, 2), (0.2, 0), (f64::INFINITY, 1)]
+        );
+        assert_eq!(n, 4);
+        // 0.125 ms + 4.025 ms + 4.975 ms + 200 ms (the overflow at its lower bound)
+        assert!((sum - 0.209125).abs() < 1e-9, "{sum}");
     }
 }

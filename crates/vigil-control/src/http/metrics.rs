@@ -78,9 +78,36 @@ fn gauge(
     Ok(())
 }
 
+/// `vigil_frame_latency_seconds`'s buckets: around a frame interval (33 ms at 30 fps).
+const FRAME_LATENCY_BUCKETS: [f64; 10] =
+    [0.001, 0.002, 0.005, 0.01, 0.02, 0.033, 0.05, 0.1, 0.15, 0.2];
+
 impl Collector for Snapshot {
     fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
         let views = read(&self.cameras);
+        {
+            // Frame → detections, every camera together, from the workers' histograms.
+            let mut all: Vec<u64> = Vec::new();
+            for c in views.iter() {
+                let h = c.analysis.frame_latency.snapshot();
+                if all.is_empty() {
+                    all = h;
+                } else {
+                    all.iter_mut().zip(h).for_each(|(a, b)| *a += b);
+                }
+            }
+            let (buckets, sum, count) =
+                vigil_dataplane::worker::LatencyHist::coarse(&all, &FRAME_LATENCY_BUCKETS);
+            let mut e = enc.encode_descriptor(
+                "vigil_frame_latency_seconds",
+                "From a frame leaving the decoder to its detections on the host, queueing included, every camera together",
+                None,
+                prometheus_client::metrics::MetricType::Histogram,
+            )?;
+            e.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                sum, count, &buckets, None,
+            )?;
+        }
         let per_cam = |f: &dyn Fn(&CameraView) -> u64| -> Vec<(CameraLabel, u64)> {
             views
                 .iter()
