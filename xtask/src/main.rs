@@ -16,6 +16,7 @@
 mod assets;
 mod fleet_bench;
 mod fuzz;
+mod live_bench;
 mod soak;
 mod tidy;
 
@@ -36,10 +37,11 @@ fn main() {
         Some("tidy") => tidy::tidy(&root()),
         Some("fuzz") => fuzz::fuzz(&root(), &args[1..]),
         Some("soak") => soak::soak(&root(), &args[1..]),
+        Some("live-bench") => live_bench::live_bench(&root(), &args[1..]),
         Some("fleet-bench") => fleet_bench::fleet_bench(&root(), &args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup | demo [--seconds N] | test [--no-lint] [-- cargo test args] | tidy | fuzz [--seconds N] [TARGET…] | soak [--minutes 60 …] | bench [vigil bench args] | fleet-bench [--runs 100x50,…] | gpu-payload>"
+                "usage: cargo xtask <setup | demo [--seconds N] | test [--no-lint] [-- cargo test args] | tidy | fuzz [--seconds N] [TARGET…] | soak [--minutes 60 …] | live-bench [--cameras 16,64,…] | bench [vigil bench args] | fleet-bench [--runs 100x50,…] | gpu-payload>"
             );
             std::process::exit(2);
         }

@@ -521,7 +521,7 @@ fn dir_bytes(dir: &Path) -> u64 {
 }
 
 /// GPU memory held by `pid` (MiB) from nvidia-smi; NaN without one.
-fn gpu_mib(pid: u32) -> f64 {
+pub(crate) fn gpu_mib(pid: u32) -> f64 {
     let Ok(o) = Command::new("nvidia-smi")
         .args([
             "--query-compute-apps=pid,used_memory",
@@ -542,7 +542,7 @@ fn gpu_mib(pid: u32) -> f64 {
 
 /// The sum of a metric's series (all cameras) in a /metrics text; NaN if absent.
 /// (`name` and `name_total` are the same counter.)
-fn metric(text: &str, name: &str) -> f64 {
+pub(crate) fn metric(text: &str, name: &str) -> f64 {
     let mut found = false;
     let sum = text
         .lines()
@@ -559,7 +559,7 @@ fn metric(text: &str, name: &str) -> f64 {
     if found { sum } else { f64::NAN }
 }
 
-fn metrics(port: u16) -> Result<String> {
+pub(crate) fn metrics(port: u16) -> Result<String> {
     match http(port, "GET", "/metrics")? {
         (200, body) => Ok(body),
         (code, _) => bail!("/metrics: {code}"),
@@ -692,7 +692,7 @@ fn summary(
     t
 }
 
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
