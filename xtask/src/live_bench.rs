@@ -29,7 +29,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const USAGE: &str = "usage: cargo xtask live-bench [--cameras 16,64,96,150] [--warmup-s 30] \
-[--seconds 60] [--backend cuda|cpu] [--models 4] [--vigil PATH --model PATH --clip PATH \
+[--seconds 60] [--backend cuda|cpu] [--models 4] [--fps 30] [--vigil PATH --model PATH --clip PATH \
 --mosquitto PATH] [--out DIR] [--env NAME=VALUE]...";
 
 struct Opts {
@@ -38,6 +38,9 @@ struct Opts {
     window: Duration,
     backend: String,
     models: usize,
+    /// Each camera's analysis rate (30: every frame; less leaves the analysis out of most
+    /// frames, so the CPU left is the receiving and decoding).
+    fps: f64,
     vigil: Option<PathBuf>,
     model: Option<PathBuf>,
     clip: Option<PathBuf>,
@@ -53,6 +56,7 @@ fn parse(args: &[String]) -> Result<Opts> {
         window: Duration::from_secs(60),
         backend: "cuda".into(),
         models: 4,
+        fps: 30.0,
         vigil: None,
         model: None,
         clip: None,
@@ -77,6 +81,7 @@ fn parse(args: &[String]) -> Result<Opts> {
             "--seconds" => o.window = Duration::from_secs_f64(v.parse()?),
             "--backend" => o.backend = v.clone(),
             "--models" => o.models = v.parse()?,
+            "--fps" => o.fps = v.parse()?,
             "--vigil" => o.vigil = Some(v.into()),
             "--model" => o.model = Some(v.into()),
             "--clip" => o.clip = Some(v.into()),
@@ -189,9 +194,10 @@ pub fn live_bench(root: &Path, args: &[String]) -> Result<()> {
     let mut rows = Vec::new();
     for &n in &o.cameras {
         crate::step(&format!(
-            "live bench: {n} cameras of {url} ({}), backend {}",
+            "live bench: {n} cameras of {url} ({}), backend {}, analysis {} fps",
             clip.display(),
-            o.backend
+            o.backend,
+            o.fps
         ));
         let row = one(&o, n, &vigil, &model, &url, mqtt_port, &out)?;
         println!("{}", table(std::slice::from_ref(&row)));
@@ -276,7 +282,7 @@ fn one(
             cameras: n,
             fps_min: fps.iter().cloned().fold(f64::INFINITY, f64::min),
             fps_mean: fps.iter().sum::<f64>() / fps.len().max(1) as f64,
-            at_target: fps.iter().filter(|&&f| f >= 29.5).count(),
+            at_target: fps.iter().filter(|&&f| f >= o.fps - 0.5).count(),
             restarts: delta("vigil_camera_reconnects"),
             reasons: BTreeMap::new(),
             cpu_pct_per_camera: cpu_s / secs / n as f64 * 100.0,
@@ -348,7 +354,7 @@ listen = "127.0.0.1:{http}"
 name = "cam{i}"
 url = "{url}"
 model = "m{m}"
-fps = 30
+fps = {fps}
 stall_timeout = "10s"
 [[cameras.lines]]
 name = "crosswalk"
@@ -357,7 +363,8 @@ to = [0.95, 0.55]
 direction = "both"
 classes = ["person"]
 "#,
-            m = i % o.models.min(n)
+            m = i % o.models.min(n),
+            fps = o.fps
         );
     }
     s
@@ -459,7 +466,7 @@ fn ms(v: Option<f64>) -> String {
 
 fn table(rows: &[Row]) -> String {
     let mut s = String::from(
-        "| live cameras | analysed fps per camera (min / mean) | cameras ≥ 29.5 fps | restarts in the window | Vigil CPU per camera | CPU µs per frame | threads | GPU MiB | frame → detections p50 / p99 ms | D2H bytes per frame | stop on SIGTERM |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| live cameras | analysed fps per camera (min / mean) | cameras within 0.5 fps of the analysis rate | restarts in the window | Vigil CPU per camera | CPU µs per frame | threads | GPU MiB | frame → detections p50 / p99 ms | D2H bytes per frame | stop on SIGTERM |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         let _ = writeln!(
@@ -501,7 +508,7 @@ fn json(r: &Row) -> serde_json::Value {
         "cameras": r.cameras,
         "fps_min": r.fps_min,
         "fps_mean": r.fps_mean,
-        "cameras_at_29_5": r.at_target,
+        "cameras_at_rate": r.at_target,
         "not_started": r.not_started,
         "restarts_in_window": r.restarts,
         "restart_reasons": r.reasons,
