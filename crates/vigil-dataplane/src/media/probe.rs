@@ -99,8 +99,9 @@ pub fn choose_decoders(allow_hw: bool) -> DecoderChoice {
     }
 }
 
-/// The name GStreamer's CUDA memory allocator is registered under.
-const CUDA_MEMORY: &str = "CUDAMemory";
+/// The name GStreamer's CUDA memory allocator is registered under (`GST_CUDA_MEMORY_TYPE_NAME`;
+/// not the caps feature `memory:CUDAMemory`).
+const CUDA_MEMORY: &str = "gst.cuda.memory";
 
 /// Whether [`choose_decoders`] chose Jetson's `nvv4l2decoder` (its frames come in
 /// `memory:NVMM`). False where the element does not exist, as on every dGPU box without
