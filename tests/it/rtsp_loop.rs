@@ -1,6 +1,6 @@
 //! `vigil rtsp-serve --loop`: a clip served as a live camera without end (for the live bench,
 //! whose measuring windows must never cross the clip's end). A real GStreamer client
-//! (`gst-launch-1.0`) receives a 2 s clip for 6 s: frames keep coming past its end, in real
+//! (`gst-launch-1.0`) receives a 2 s clip for 8 s: frames keep coming past its end, in real
 //! time, with times that go on rising; without `--loop` the stream ends with the clip.
 
 use crate::common::*;
@@ -97,13 +97,14 @@ fn a_looped_clip_plays_past_its_end_in_real_time() {
         .spawn()
         .expect("rtsp server");
     wait_port(port, Duration::from_secs(10));
-    let (pts, took) = receive(&format!("rtsp://127.0.0.1:{port}/loop"), 6);
+    let (pts, took) = receive(&format!("rtsp://127.0.0.1:{port}/loop"), 8);
     let _ = server.kill();
     let _ = server.wait();
-    // 6 s of a 30 fps stream, less the set-up: three laps of the 2 s clip.
-    assert!(pts.len() >= 120, "{} frames in {took:?}", pts.len());
+    // 8 s of a 30 fps stream, less the set-up (seconds on a loaded machine): at least 3.5 s,
+    // well past the 2 s clip's end.
+    assert!(pts.len() >= 100, "{} frames in {took:?}", pts.len());
     let last = pts.iter().cloned().fold(0.0, f64::max);
-    assert!(last >= 4.0, "frames past the clip's end: last at {last} s");
+    assert!(last >= 3.5, "frames past the clip's end: last at {last} s");
     assert!(
         // (rtspsrc times frames by their arrival and RTP time: equal neighbours happen.)
         pts.windows(2).all(|w| w[1] >= w[0]),

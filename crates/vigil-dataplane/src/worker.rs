@@ -170,10 +170,14 @@ pub struct CameraAnalysis {
 
 impl CameraAnalysis {
     pub fn new(cfg: &CameraConfig) -> Self {
-        let tracker = Tracker::new(TrackerConfig {
-            low_thresh: (cfg.min_score * 0.5).max(0.1),
-            ..TrackerConfig::default()
-        });
+        // Tracks start from the lowest score any of the camera's rules counts.
+        let lowest = cfg
+            .zones
+            .iter()
+            .filter_map(|z| z.min_score)
+            .chain(cfg.lines.iter().filter_map(|l| l.min_score))
+            .fold(cfg.min_score, f32::min);
+        let tracker = Tracker::new(TrackerConfig::for_min_score(lowest));
         Self {
             name: cfg.name.clone(),
             min_score: cfg.min_score,
