@@ -14,6 +14,7 @@ mod cli;
 mod config_errors;
 mod config_limits;
 mod detection;
+mod determinism;
 mod e2e_ground_truth;
 mod e2e_http;
 mod e2e_kill_vigil;
