@@ -255,6 +255,7 @@ fn lobby_camera() -> CameraConfig {
             dwell: Some(Dur(Duration::from_secs(90))),
             cooldown: Dur::secs(10),
             anchor: Anchor::Center,
+            inertia: 3,
         }],
         lines: vec![LineConfig {
             name: "door-line".into(),

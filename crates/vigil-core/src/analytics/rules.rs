@@ -11,12 +11,16 @@
 //!   `min_score` (or the camera's) is skipped for that rule, as if the track had not been seen:
 //!   the state stays as it was and nothing fires; the next qualifying frame continues from the
 //!   last qualifying point (so a line crossed during low-score frames still fires, once).
-//! * **Zones**: `enter` when the point goes from outside to inside; a track first seen already
-//!   inside counts as entering. `leave` when it goes from inside to outside, or when the track
-//!   is removed (left the frame or died) while inside; a track that is lost but not yet removed
-//!   stays inside. `dwell` fires once per continuous stay, the first frame the stay has lasted
-//!   `dwell` seconds; a new stay (after leaving) can fire it again. Points on the polygon's
-//!   edge are inside. Enter fires `dwell_s: None`; dwell and leave report the stay's length.
+//! * **Zones**: `enter` when the point has been inside for `inertia` consecutive qualifying
+//!   frames after being outside (a track first seen already inside counts as entering); the
+//!   stay starts at the first of those frames. `leave` when it has been outside for `inertia`
+//!   frames after being inside (the stay ends at the first of them), or when the track is
+//!   removed (left the frame or died) while inside (the stay ends when it was last seen); a
+//!   track that is lost but not yet removed stays inside. With `inertia` = 1 a transition
+//!   fires at once; jitter at the edge shorter than `inertia` frames fires nothing. `dwell`
+//!   fires once per continuous stay, the first frame the stay has lasted `dwell` seconds; a new
+//!   stay (after leaving) can fire it again. Points on the polygon's edge are inside. Enter
+//!   fires `dwell_s: None`; dwell and leave report the stay's length.
 //! * **Lines**: a crossing when the segment from the track's previous point to its current one
 //!   meets the line segment *and* the side (sign of [`cross`]`(from, to, p)`, > 0 = right)
 //!   strictly changes. A point exactly on the line has no side: the last non-zero side is kept,
@@ -103,6 +107,8 @@ enum Shape {
         leave: bool,
         /// Seconds, when dwell events are wanted.
         dwell: Option<f64>,
+        /// Frames inside (outside) before `enter` (`leave`).
+        inertia: u32,
     },
     Line {
         from: Point,
@@ -130,6 +136,10 @@ struct RuleState {
     inside: bool,
     enter_t: f64,
     dwell_fired: bool,
+    /// Consecutive qualifying frames whose inside/outside differs from `inside`, and the time
+    /// of the first of them.
+    streak: u32,
+    streak_t: f64,
     // Lines.
     prev: Point,
     /// Last non-zero side: -1 left, 1 right, 0 not known yet.
@@ -143,6 +153,8 @@ const FRESH: RuleState = RuleState {
     inside: false,
     enter_t: 0.0,
     dwell_fired: false,
+    streak: 0,
+    streak_t: 0.0,
     prev: [0.0, 0.0],
     side: 0,
     last_hit: f64::NEG_INFINITY,
@@ -153,6 +165,8 @@ const FRESH: RuleState = RuleState {
 struct Slot {
     track_id: u64,
     last_seen: u64,
+    /// Time of the frame it was last seen in (a leave on removal is timed there).
+    last_t: f64,
     class_id: u16,
     score: f32,
     bbox: BBox,
@@ -208,6 +222,7 @@ impl RuleEngine {
                         .dwell
                         .filter(|_| has(ZoneEventKind::Dwell))
                         .map(|d| d.as_secs_f64()),
+                    inertia: z.inertia.max(1),
                 },
                 classes: class_filter(&z.classes),
                 min_score: z.min_score.unwrap_or(camera_min_score),
@@ -302,6 +317,7 @@ impl RuleEngine {
             self.slots[slot] = Some(Slot {
                 track_id: tv.id,
                 last_seen: self.frame,
+                last_t: t_s,
                 class_id: tv.class_id,
                 score: tv.score,
                 bbox: tv.bbox,
@@ -340,23 +356,35 @@ impl RuleEngine {
                         enter,
                         leave,
                         dwell,
+                        inertia,
                     } => {
                         let now_inside = point_in_polygon(polygon, p);
-                        let was_inside = st.seen && st.inside;
                         st.seen = true;
-                        if now_inside && !was_inside {
+                        if now_inside == st.inside {
+                            st.streak = 0;
+                        } else {
+                            if st.streak == 0 {
+                                st.streak_t = t_s;
+                            }
+                            st.streak += 1;
+                        }
+                        if st.streak >= *inertia && now_inside {
+                            // Inside for `inertia` frames: entered at the first of them.
+                            st.streak = 0;
                             st.inside = true;
-                            st.enter_t = t_s;
+                            st.enter_t = st.streak_t;
                             st.dwell_fired = false;
                             if *enter && !cooling(st) {
                                 st.last_hit = t_s;
                                 emit(HitKind::ZoneEnter, None, None);
                             }
-                        } else if !now_inside && was_inside {
+                        } else if st.streak >= *inertia {
+                            // Outside for `inertia` frames: the stay ended at the first of them.
+                            st.streak = 0;
                             st.inside = false;
                             if *leave && !cooling(st) {
                                 st.last_hit = t_s;
-                                emit(HitKind::ZoneLeave, None, Some(t_s - st.enter_t));
+                                emit(HitKind::ZoneLeave, None, Some(st.streak_t - st.enter_t));
                             }
                         }
                         if let Some(d) = dwell
@@ -434,7 +462,12 @@ impl RuleEngine {
                         class_id: s.class_id,
                         score: s.score,
                         bbox: s.bbox,
-                        dwell_s: Some((t_s - st.enter_t) as f32),
+                        // The stay ended when the track was last seen inside, not at its
+                        // removal (nor at a leave still waiting for its inertia).
+                        dwell_s: Some(
+                            (if st.streak > 0 { st.streak_t } else { s.last_t } - st.enter_t)
+                                .max(0.0) as f32,
+                        ),
                     };
                     if hits.push(hit).is_err() {
                         self.dropped_hits += 1;
@@ -489,6 +522,8 @@ mod tests {
 
     fn zone(name: &str, polygon: &[[f32; 2]]) -> ZoneConfig {
         ZoneConfig {
+            // Most tests look at one frame's transition; inertia has its own tests.
+            inertia: 1,
             name: name.into(),
             polygon: polygon.to_vec(),
             classes: vec![],
@@ -796,20 +831,69 @@ mod tests {
         );
     }
 
+    /// A track moving along x through `SQUARE`'s zone with the given inertia: (frame, kind).
+    fn inertia_run(inertia: u32, xs: &[f32]) -> Vec<(usize, HitKind, Option<f32>)> {
+        let mut z = zone("z", &SQUARE);
+        z.inertia = inertia;
+        z.events = vec![ZoneEventKind::Enter, ZoneEventKind::Leave];
+        let mut e = RuleEngine::new(&[z], &[], 0.3);
+        let mut hits = RuleHits::new();
+        let mut out = Vec::new();
+        for (i, &x) in xs.iter().enumerate() {
+            e.update(i as f64 * 0.2, &[tv(1, x, 0.45)], &[], &mut hits);
+            out.extend(hits.iter().map(|h| (i, h.kind, h.dwell_s)));
+        }
+        out
+    }
+
+    #[test]
+    fn jitter_at_a_zone_edge_shorter_than_the_inertia_fires_nothing() {
+        // Out, in, out, in... one frame each side of the edge (x = 0.4).
+        let jitter = [0.39, 0.41, 0.39, 0.41, 0.39, 0.41, 0.39];
+        assert!(inertia_run(3, &jitter).is_empty());
+        // Without inertia, every change fires.
+        assert_eq!(inertia_run(1, &jitter).len(), 6);
+        // Two frames inside, then out: still nothing with inertia 3.
+        assert!(inertia_run(3, &[0.1, 0.5, 0.5, 0.1, 0.1, 0.1]).is_empty());
+    }
+
+    #[test]
+    fn a_real_visit_fires_one_enter_and_one_leave_timed_at_the_edges() {
+        // Outside 2 frames, inside 5, outside 4: enter at the third inside frame (index 4),
+        // leave at the third outside frame (index 9); the stay is from frame 2 to frame 7:
+        // 1.0 s, not the time between the two events.
+        let path = [0.1, 0.1, 0.45, 0.5, 0.5, 0.5, 0.5, 0.9, 0.9, 0.9, 0.9];
+        let got = inertia_run(3, &path);
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!((got[0].0, got[0].1), (4, HitKind::ZoneEnter));
+        assert_eq!((got[1].0, got[1].1), (9, HitKind::ZoneLeave));
+        assert!((got[1].2.unwrap() - 1.0).abs() < 1e-6, "{got:?}");
+        // A dip outside shorter than the inertia keeps the stay whole.
+        let dip = [0.5, 0.5, 0.5, 0.9, 0.5, 0.5, 0.9, 0.9, 0.9];
+        let got = inertia_run(3, &dip);
+        assert_eq!(
+            got.iter().map(|g| (g.0, g.1)).collect::<Vec<_>>(),
+            vec![(2, HitKind::ZoneEnter), (8, HitKind::ZoneLeave)]
+        );
+        assert!((got[1].2.unwrap() - 1.2).abs() < 1e-6, "{got:?}");
+    }
+
     #[test]
     fn leave_on_track_removal() {
         let mut e = RuleEngine::new(&[zone("z", &SQUARE)], &[hline()], 0.3);
         let mut hits = RuleHits::new();
         e.update(0.0, &[tv(4, 0.5, 0.45), tv(5, 0.1, 0.1)], &[], &mut hits);
         assert_eq!(brief(&hits), vec![(0, HitKind::ZoneEnter, None, 4)]);
+        e.update(0.5, &[tv(4, 0.5, 0.45), tv(5, 0.1, 0.1)], &[], &mut hits);
         // Lost for a while: nothing.
         e.update(1.0, &[], &[], &mut hits);
         assert!(hits.is_empty());
-        // Removed: leave for the one inside, none for the one outside; with its last box.
+        // Removed: leave for the one inside, none for the one outside; with its last box, and
+        // the stay timed to when it was last seen (0.5 s), not to the removal (3 s).
         e.update(3.0, &[], &[4, 5, 99], &mut hits);
         assert_eq!(brief(&hits), vec![(0, HitKind::ZoneLeave, None, 4)]);
         assert_eq!(hits[0].bbox, tv(4, 0.5, 0.45).bbox);
-        assert_eq!(hits[0].dwell_s, Some(3.0));
+        assert_eq!(hits[0].dwell_s, Some(0.5));
         // Removed twice: nothing more.
         e.update(4.0, &[], &[4], &mut hits);
         assert!(hits.is_empty());

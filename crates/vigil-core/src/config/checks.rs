@@ -792,6 +792,16 @@ pub(super) fn check_zone_events(c: &mut Checker, zp: &str, zone: &ZoneConfig) {
             );
         }
     }
+    if !(1..=super::schema::MAX_INERTIA).contains(&zone.inertia) {
+        c.err(
+            format!("{zp}.inertia"),
+            format!(
+                "inertia of {} (expected 1 to {} analysed frames)",
+                zone.inertia,
+                super::schema::MAX_INERTIA
+            ),
+        );
+    }
     let dwell_event = zone.events.iter().position(|&e| e == ZoneEventKind::Dwell);
     match (dwell_event, zone.dwell) {
         (Some(k), None) => c.err(

@@ -630,7 +630,19 @@ pub struct ZoneConfig {
     pub cooldown: Dur,
     #[serde(default)]
     pub anchor: Anchor,
+    /// Analysed frames a track's anchor must be inside before `enter`, and outside before
+    /// `leave` (1 = at once): jitter at the zone's edge fires nothing.
+    #[serde(default = "default_inertia")]
+    pub inertia: u32,
 }
+
+/// Frigate's default: 3 analysed frames.
+pub fn default_inertia() -> u32 {
+    3
+}
+
+/// The most `inertia` a zone may have.
+pub const MAX_INERTIA: u32 = 30;
 
 fn default_zone_events() -> Vec<ZoneEventKind> {
     vec![ZoneEventKind::Enter, ZoneEventKind::Leave]
