@@ -74,6 +74,7 @@ pub fn run(clips: &[PathBuf], model: &Path, rules: &Path, frames: usize) -> Resu
                         score: d.score,
                         class_id: d.class_id,
                         hits: 3,
+                        mean_score: d.score,
                     })
                     .collect(),
             );

@@ -54,6 +54,7 @@ fn scenery() -> Result<Scenery> {
         score: 0.42 + id as f32 / 100.0,
         class_id,
         hits: 3,
+        mean_score: 0.42 + id as f32 / 100.0,
     };
     Ok(Scenery {
         rules: RuleEngine::new(&[zone], &[line], 0.3),

@@ -76,7 +76,16 @@ fn line_and_zone_events_over_rtsp_match_what_a_person_counted() {
         assert_eq!(e["camera"], "plaza");
         assert_eq!(e["device"], "truth");
         assert_eq!(e["class"], "person");
+        // Every event says how long its track had been followed and how sure it was.
+        let age = e["track_age_s"].as_f64().unwrap();
+        let mean = e["track_mean_score"].as_f64().unwrap();
+        assert!((0.0..60.0).contains(&age), "{e}");
+        assert!((0.1..=1.0).contains(&mean), "{e}");
     }
+    assert!(
+        events.iter().any(|e| e["track_age_s"].as_f64().unwrap() > 0.5),
+        "some event of a track followed for a while"
+    );
     let ids: BTreeSet<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), events.len(), "event ids are unique");
 

@@ -952,6 +952,8 @@ mod tests {
             pts_s: 1.5,
             time: vigil_core::events::now_rfc3339(),
             dwell_s: None,
+            track_age_s: 0.6,
+            track_mean_score: 0.9,
             snapshot: None,
             jpeg: None,
         }

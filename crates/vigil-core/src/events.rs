@@ -42,6 +42,11 @@ pub struct Event {
     /// Seconds inside the zone, for dwell and leave events.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dwell_s: Option<f32>,
+    /// Seconds the track had been followed (from its first confirmed frame) when the event
+    /// fired, and its mean detection score so far: for consumers that filter out short-lived
+    /// or unsure tracks.
+    pub track_age_s: f32,
+    pub track_mean_score: f32,
     /// The annotated picture of the frame the event fired on, when one was made (the events
     /// of one frame share it).
     #[serde(skip_serializing_if = "Option::is_none")]

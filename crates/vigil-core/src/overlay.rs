@@ -530,6 +530,7 @@ mod tests {
             score: 0.87,
             class_id: 0,
             hits: 3,
+            mean_score: 0.87,
         }
     }
 

@@ -25,6 +25,11 @@ pub struct EventMsg {
     pub time: String,
     #[serde(default)]
     pub dwell_s: Option<f32>,
+    /// Absent from events of older boxes.
+    #[serde(default)]
+    pub track_age_s: Option<f32>,
+    #[serde(default)]
+    pub track_mean_score: Option<f32>,
     #[serde(default)]
     pub snapshot: Option<SnapshotMsg>,
 }
@@ -211,6 +216,8 @@ mod tests {
             pts_s: 1.5,
             time: "2026-12-06T06:00:00.000Z".into(),
             dwell_s: None,
+            track_age_s: 2.5,
+            track_mean_score: 0.75,
             snapshot: Some(SnapshotRef {
                 id: "s".into(),
                 width: 640,
@@ -224,6 +231,7 @@ mod tests {
             (m.seq, m.kind.as_str(), m.direction.as_deref()),
             (7, "line_cross", Some("in"))
         );
+        assert_eq!((m.track_age_s, m.track_mean_score), (Some(2.5), Some(0.75)));
         assert_eq!(m.snapshot.unwrap().bytes, 1234);
     }
 

@@ -587,6 +587,8 @@ impl AnalysisWorker {
                 pts_s: t,
                 time: now_rfc3339(),
                 dwell_s: h.dwell_s,
+                track_age_s: h.track_age_s,
+                track_mean_score: h.track_mean_score,
                 snapshot: picture.as_ref().map(|p| p.0.clone()),
                 jpeg: picture.as_ref().map(|p| p.1.bytes.clone()),
             };

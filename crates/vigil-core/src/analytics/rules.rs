@@ -95,6 +95,11 @@ pub struct RuleHit {
     pub bbox: BBox,
     /// Length of the stay in seconds, for [`HitKind::ZoneDwell`] and [`HitKind::ZoneLeave`].
     pub dwell_s: Option<f32>,
+    /// Seconds since the rules first saw the track (its first confirmed frame): how long it
+    /// has been followed, for consumers that filter out short-lived tracks.
+    pub track_age_s: f32,
+    /// The track's mean detection score so far.
+    pub track_mean_score: f32,
 }
 
 pub type RuleHits = heapless::Vec<RuleHit, MAX_HITS>;
@@ -167,6 +172,9 @@ struct Slot {
     last_seen: u64,
     /// Time of the frame it was last seen in (a leave on removal is timed there).
     last_t: f64,
+    /// Time of the frame the rules first saw it in.
+    first_t: f64,
+    mean_score: f32,
     class_id: u16,
     score: f32,
     bbox: BBox,
@@ -314,10 +322,15 @@ impl RuleEngine {
         }
         for tv in tracks {
             let slot = self.slot_for(tv.id);
+            let first_t = self.slots[slot]
+                .filter(|s| s.track_id == tv.id)
+                .map_or(t_s, |s| s.first_t);
             self.slots[slot] = Some(Slot {
                 track_id: tv.id,
                 last_seen: self.frame,
                 last_t: t_s,
+                first_t,
+                mean_score: tv.mean_score,
                 class_id: tv.class_id,
                 score: tv.score,
                 bbox: tv.bbox,
@@ -343,6 +356,8 @@ impl RuleEngine {
                         score: tv.score,
                         bbox: tv.bbox,
                         dwell_s: dwell_s.map(|d| d as f32),
+                        track_age_s: (t_s - first_t) as f32,
+                        track_mean_score: tv.mean_score,
                     };
                     if hits.push(hit).is_err() {
                         self.dropped_hits += 1;
@@ -468,6 +483,8 @@ impl RuleEngine {
                             (if st.streak > 0 { st.streak_t } else { s.last_t } - st.enter_t)
                                 .max(0.0) as f32,
                         ),
+                        track_age_s: (s.last_t - s.first_t) as f32,
+                        track_mean_score: s.mean_score,
                     };
                     if hits.push(hit).is_err() {
                         self.dropped_hits += 1;
@@ -556,6 +573,7 @@ mod tests {
             score: 0.9,
             class_id: 0,
             hits: 5,
+            mean_score: 0.9,
         }
     }
 
@@ -876,6 +894,24 @@ mod tests {
             vec![(2, HitKind::ZoneEnter), (8, HitKind::ZoneLeave)]
         );
         assert!((got[1].2.unwrap() - 1.2).abs() < 1e-6, "{got:?}");
+    }
+
+    #[test]
+    fn hits_carry_the_tracks_age_and_mean_score() {
+        let mut e = RuleEngine::new(&[zone("z", &SQUARE)], &[], 0.3);
+        let mut hits = RuleHits::new();
+        e.update(10.0, &[tv(1, 0.2, 0.45)], &[], &mut hits);
+        e.update(10.5, &[tv(1, 0.3, 0.45)], &[], &mut hits);
+        let mut inside = tv(1, 0.5, 0.45);
+        inside.mean_score = 0.7;
+        e.update(11.25, &[inside], &[], &mut hits);
+        assert_eq!(brief(&hits), vec![(0, HitKind::ZoneEnter, None, 1)]);
+        assert_eq!((hits[0].track_age_s, hits[0].track_mean_score), (1.25, 0.7));
+        // A leave on removal: the age up to the last sighting.
+        e.update(12.0, &[], &[], &mut hits);
+        e.update(20.0, &[], &[1], &mut hits);
+        assert_eq!(brief(&hits), vec![(0, HitKind::ZoneLeave, None, 1)]);
+        assert_eq!((hits[0].track_age_s, hits[0].track_mean_score), (1.25, 0.7));
     }
 
     #[test]

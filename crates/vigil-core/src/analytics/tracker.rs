@@ -114,6 +114,8 @@ pub struct TrackView {
     pub class_id: u16,
     /// Frames in which this track was matched so far, this one included.
     pub hits: u32,
+    /// Mean score of the detections matched so far, this one included.
+    pub mean_score: f32,
 }
 
 /// What one [`Tracker::update`] produced; borrows the tracker until the next update.
@@ -142,6 +144,8 @@ struct Track {
     id: u64,
     class_id: u16,
     hits: u32,
+    /// Sum of the matched detections' scores.
+    score_sum: f32,
     misses: u32,
     /// Index of the detection matched in the current frame.
     matched: Option<u16>,
@@ -250,6 +254,7 @@ impl Tracker {
                     let d = &dets[di as usize];
                     t.kf.update(xyah(&d.bbox));
                     t.hits = t.hits.saturating_add(1);
+                    t.score_sum += d.score;
                     t.misses = 0;
                     match t.state {
                         State::Tentative => {
@@ -319,6 +324,7 @@ impl Tracker {
                 id: 0,
                 class_id: d.class_id,
                 hits: 1,
+                score_sum: d.score,
                 misses: 0,
                 matched: Some(di),
             };
@@ -361,6 +367,7 @@ fn view(t: &Track, d: &Detection) -> TrackView {
         score: d.score,
         class_id: t.class_id,
         hits: t.hits,
+        mean_score: t.score_sum / t.hits.max(1) as f32,
     }
 }
 
