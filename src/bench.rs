@@ -253,14 +253,11 @@ fn run_baseline(
     // The baseline's detections through Vigil's tracker and rules (microseconds of work).
     let text = std::fs::read_to_string(&out)?;
     let _ = std::fs::remove_file(&out);
-    // As the service derives it (vigil_dataplane::worker): from the lowest min_score.
-    let lowest = rules
-        .zones
-        .iter()
-        .filter_map(|z| z.min_score)
-        .chain(rules.lines.iter().filter_map(|l| l.min_score))
-        .fold(min_score, f32::min);
-    let mut tracker = Tracker::new(TrackerConfig::for_min_score(lowest));
+    // As the service sets it (vigil_dataplane::worker).
+    let mut tracker = Tracker::new(TrackerConfig {
+        low_thresh: (min_score * 0.5).max(0.1),
+        ..TrackerConfig::default()
+    });
     let mut engine = RuleEngine::new(&rules.zones, &rules.lines, min_score);
     let mut hits = RuleHits::new();
     let mut all = Vec::new();

@@ -83,7 +83,9 @@ fn line_and_zone_events_over_rtsp_match_what_a_person_counted() {
         assert!((0.1..=1.0).contains(&mean), "{e}");
     }
     assert!(
-        events.iter().any(|e| e["track_age_s"].as_f64().unwrap() > 0.5),
+        events
+            .iter()
+            .any(|e| e["track_age_s"].as_f64().unwrap() > 0.5),
         "some event of a track followed for a while"
     );
     let ids: BTreeSet<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();

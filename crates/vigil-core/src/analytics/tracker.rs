@@ -87,6 +87,11 @@ impl TrackerConfig {
     /// 0.40–0.47 untracked, so never counted, on a camera whose rules asked for 0.35. New
     /// tracks still need `min_hits` consecutive matches, which keeps one-frame false detections
     /// out.
+    ///
+    /// **Not used by the service yet**: on the vtest ground-truth run over RTSP it also made a
+    /// second track of a person whose old track was lost (a 0.35–0.5 detection starts a new
+    /// track where only 0.5 re-acquires the lost one), so two zone entries for one person. It
+    /// waits for `vigil eval` to tune it with duplicate suppression (issue 17).
     pub fn for_min_score(min_score: f32) -> Self {
         let start = if min_score.is_finite() {
             min_score.clamp(0.05, 0.5)
