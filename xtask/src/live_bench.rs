@@ -20,7 +20,7 @@
 //! log. Works without cargo (on the GPU machine): give `--vigil`, `--model`, `--clip` and
 //! `--mosquitto`.
 
-use crate::soak::{free_port, gpu_mib, metric, metrics};
+use crate::soak::{broker, free_port, gpu_mib, metric, metrics, tools};
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -122,40 +122,9 @@ struct Row {
 
 pub fn live_bench(root: &Path, args: &[String]) -> Result<()> {
     let o = parse(args)?;
-    let (vigil, model, clip, mosquitto) = match &o.vigil {
-        None => {
-            let assets = crate::assets::setup(root)?;
-            crate::step("building vigil (release)");
-            crate::run(crate::cargo().current_dir(root).args([
-                "build",
-                "--release",
-                "--bin",
-                "vigil",
-            ]))?;
-            (
-                root.join("target/release/vigil"),
-                o.model.clone().unwrap_or(root.join("models/nanodet.onnx")),
-                o.clip.clone().unwrap_or(assets.demo_clip),
-                o.mosquitto
-                    .clone()
-                    .unwrap_or(crate::assets::mosquitto_bin()),
-            )
-        }
-        Some(v) => {
-            let need = |p: &Option<PathBuf>, what: &str| {
-                p.clone()
-                    .with_context(|| format!("with --vigil, give {what} too\n{USAGE}"))
-            };
-            (
-                v.clone(),
-                need(&o.model, "--model")?,
-                need(&o.clip, "--clip")?,
-                need(&o.mosquitto, "--mosquitto")?,
-            )
-        }
-    };
+    let (vigil, model, clip, mosquitto) =
+        tools(root, [&o.vigil, &o.model, &o.clip, &o.mosquitto], USAGE)?;
     let abs = |p: &Path| std::fs::canonicalize(p).with_context(|| format!("{}", p.display()));
-    let (vigil, model, clip) = (abs(&vigil)?, abs(&model)?, abs(&clip)?);
     let out = o
         .out
         .clone()
@@ -172,15 +141,8 @@ pub fn live_bench(root: &Path, args: &[String]) -> Result<()> {
             "listener {mqtt_port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_connections -1\n"
         ),
     )?;
-    let broker = Command::new(&mosquitto)
-        .arg("-c")
-        .arg(&mconf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("cannot start {}", mosquitto.display()))?;
-    kids.0.push(("mosquitto".into(), broker));
-    crate::wait_port(mqtt_port, Duration::from_secs(10))?;
+    kids.0
+        .push(("mosquitto".into(), broker(&mosquitto, &mconf, mqtt_port)?));
     let server = Command::new(&vigil)
         .args(["rtsp-serve", "--loop", "--port", &rtsp_port.to_string()])
         .args(["--mount", "/live", "--file"])

@@ -161,38 +161,9 @@ const MEASURES: [Measure; 5] = [
 
 pub fn soak(root: &Path, args: &[String]) -> Result<()> {
     let o = parse(args)?;
-    let built = o.vigil.is_none();
-    let (vigil, model, clip, mosquitto) = if built {
-        let assets = crate::assets::setup(root)?;
-        crate::step("building vigil (release)");
-        crate::run(crate::cargo().current_dir(root).args([
-            "build",
-            "--release",
-            "--bin",
-            "vigil",
-        ]))?;
-        (
-            root.join("target/release/vigil"),
-            o.model.clone().unwrap_or(root.join("models/nanodet.onnx")),
-            o.clip.clone().unwrap_or(assets.demo_clip),
-            o.mosquitto
-                .clone()
-                .unwrap_or(crate::assets::mosquitto_bin()),
-        )
-    } else {
-        let need = |p: &Option<PathBuf>, what: &str| {
-            p.clone()
-                .with_context(|| format!("with --vigil, give {what} too\n{USAGE}"))
-        };
-        (
-            need(&o.vigil, "--vigil")?,
-            need(&o.model, "--model")?,
-            need(&o.clip, "--clip")?,
-            need(&o.mosquitto, "--mosquitto")?,
-        )
-    };
+    let (vigil, model, clip, mosquitto) =
+        tools(root, [&o.vigil, &o.model, &o.clip, &o.mosquitto], USAGE)?;
     let abs = |p: &Path| std::fs::canonicalize(p).with_context(|| format!("{}", p.display()));
-    let (vigil, model, clip) = (abs(&vigil)?, abs(&model)?, abs(&clip)?);
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
@@ -214,17 +185,7 @@ pub fn soak(root: &Path, args: &[String]) -> Result<()> {
         &mconf,
         format!("listener {mqtt_port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
     )?;
-    let start_broker = || -> Result<Child> {
-        let c = Command::new(&mosquitto)
-            .arg("-c")
-            .arg(&mconf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("cannot start {}", mosquitto.display()))?;
-        crate::wait_port(mqtt_port, Duration::from_secs(10))?;
-        Ok(c)
-    };
+    let start_broker = || broker(&mosquitto, &mconf, mqtt_port);
     let mut broker = Some(start_broker()?);
 
     let url = if o.source == "rtsp" {
@@ -521,6 +482,63 @@ fn dir_bytes(dir: &Path) -> u64 {
 }
 
 /// GPU memory held by `pid` (MiB) from nvidia-smi; NaN without one.
+/// What a run needs: `[vigil, model, clip, mosquitto]` as given (all four, on a machine
+/// without cargo), or, when no `--vigil` is given, Vigil built here in release and the rest
+/// from the setup (each given path still wins). Vigil, the model and the clip come back
+/// absolute.
+pub(crate) fn tools(
+    root: &Path,
+    given: [&Option<PathBuf>; 4],
+    usage: &str,
+) -> Result<(PathBuf, PathBuf, PathBuf, PathBuf)> {
+    let [vigil, model, clip, mosquitto] = given;
+    let (vigil, model, clip, mosquitto) = match vigil {
+        None => {
+            let assets = crate::assets::setup(root)?;
+            crate::step("building vigil (release)");
+            crate::run(crate::cargo().current_dir(root).args([
+                "build",
+                "--release",
+                "--bin",
+                "vigil",
+            ]))?;
+            (
+                root.join("target/release/vigil"),
+                model.clone().unwrap_or(root.join("models/nanodet.onnx")),
+                clip.clone().unwrap_or(assets.demo_clip),
+                mosquitto.clone().unwrap_or(crate::assets::mosquitto_bin()),
+            )
+        }
+        Some(v) => {
+            let need = |p: &Option<PathBuf>, what: &str| {
+                p.clone()
+                    .with_context(|| format!("with --vigil, give {what} too\n{usage}"))
+            };
+            (
+                v.clone(),
+                need(model, "--model")?,
+                need(clip, "--clip")?,
+                need(mosquitto, "--mosquitto")?,
+            )
+        }
+    };
+    let abs = |p: &Path| std::fs::canonicalize(p).with_context(|| format!("{}", p.display()));
+    Ok((abs(&vigil)?, abs(&model)?, abs(&clip)?, mosquitto))
+}
+
+/// mosquitto started with the config file `conf`, once it listens on `port`.
+pub(crate) fn broker(mosquitto: &Path, conf: &Path, port: u16) -> Result<Child> {
+    let c = Command::new(mosquitto)
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start {}", mosquitto.display()))?;
+    crate::wait_port(port, Duration::from_secs(10))?;
+    Ok(c)
+}
+
 pub(crate) fn gpu_mib(pid: u32) -> f64 {
     let Ok(o) = Command::new("nvidia-smi")
         .args([
