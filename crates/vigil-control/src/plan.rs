@@ -790,12 +790,7 @@ impl Plan {
         let mut hist: Vec<u64> = Vec::new();
         for c in self.cameras() {
             frames += c.analysis.analysed.load(Ordering::Relaxed);
-            let h = c.analysis.frame_latency.snapshot();
-            if hist.is_empty() {
-                hist = h;
-            } else {
-                hist.iter_mut().zip(h).for_each(|(a, b)| *a += b);
-            }
+            c.analysis.frame_latency.add_to(&mut hist);
         }
         (frames, hist)
     }

@@ -93,6 +93,17 @@ impl LatencyHist {
 }
 
 impl LatencyHist {
+    /// Adds this histogram's bucket counts to `total` (empty: becomes a copy), to sum the
+    /// histograms of several cameras.
+    pub fn add_to(&self, total: &mut Vec<u64>) {
+        let h = self.snapshot();
+        if total.is_empty() {
+            *total = h;
+        } else {
+            total.iter_mut().zip(h).for_each(|(a, b)| *a += b);
+        }
+    }
+
     /// Bucket counts gathered into coarser buckets with the given upper bounds (seconds,
     /// ascending; anything above the last goes to `+Inf`): the per-bucket counts (for
     /// Prometheus, not cumulative), the sum in seconds (from the 50 µs buckets' middles; the

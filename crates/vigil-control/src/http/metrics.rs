@@ -89,12 +89,7 @@ impl Collector for Snapshot {
             // Frame → detections, every camera together, from the workers' histograms.
             let mut all: Vec<u64> = Vec::new();
             for c in views.iter() {
-                let h = c.analysis.frame_latency.snapshot();
-                if all.is_empty() {
-                    all = h;
-                } else {
-                    all.iter_mut().zip(h).for_each(|(a, b)| *a += b);
-                }
+                c.analysis.frame_latency.add_to(&mut all);
             }
             let (buckets, sum, count) =
                 vigil_dataplane::worker::LatencyHist::coarse(&all, &FRAME_LATENCY_BUCKETS);
