@@ -142,6 +142,33 @@ fn engine_build_observer(
     })
 }
 
+impl TelemetryPayload {
+    /// The service-wide part of a telemetry message now (the spool's counters read from its
+    /// database); no cameras, system sample or engine builds yet.
+    fn now(
+        started: Instant,
+        link: &crate::mqtt::LinkStats,
+        spool: &Spool,
+        device: &vigil_core::config::DeviceConfig,
+    ) -> Self {
+        Self {
+            time: vigil_core::events::now_rfc3339(),
+            uptime_s: round2(started.elapsed().as_secs_f64()),
+            mqtt_connected: link.connected.load(Ordering::Relaxed),
+            events_published: link.published.load(Ordering::Relaxed),
+            events_acked: link.acked.load(Ordering::Relaxed),
+            spool: spool.stats().unwrap_or_default(),
+            cameras: BTreeMap::new(),
+            device: (device.site.is_some() || !device.tags.is_empty()).then(|| DeviceLabels {
+                site: device.site.clone(),
+                tags: device.tags.clone(),
+            }),
+            system: Default::default(),
+            engine_builds: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 struct DeviceLabels {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -453,32 +480,10 @@ impl Supervisor {
             snapshot.clone(),
             {
                 let (spool, stats) = (spool.clone(), link.stats.clone());
-                let device =
-                    (cfg.device.site.is_some() || !cfg.device.tags.is_empty()).then(|| {
-                        DeviceLabels {
-                            site: cfg.device.site.clone(),
-                            tags: cfg.device.tags.clone(),
-                        }
-                    });
-                let device = serde_json::to_value(device).unwrap_or_default();
+                let device = cfg.device.clone();
                 move || {
-                    let mut v = serde_json::to_value(TelemetryPayload {
-                        time: vigil_core::events::now_rfc3339(),
-                        uptime_s: round2(started.elapsed().as_secs_f64()),
-                        mqtt_connected: stats.connected.load(Ordering::Relaxed),
-                        events_published: stats.published.load(Ordering::Relaxed),
-                        events_acked: stats.acked.load(Ordering::Relaxed),
-                        spool: spool.stats().unwrap_or_default(),
-                        cameras: BTreeMap::new(),
-                        device: None,
-                        system: Default::default(),
-                        engine_builds: Vec::new(),
-                    })
-                    .unwrap_or_default();
-                    if let (Some(o), false) = (v.as_object_mut(), device.is_null()) {
-                        o.insert("device".into(), device.clone());
-                    }
-                    v
+                    serde_json::to_value(TelemetryPayload::now(started, &stats, &spool, &device))
+                        .unwrap_or_default()
                 }
             },
             link.telemetry_sender(),
@@ -630,23 +635,18 @@ impl Supervisor {
 
     /// The telemetry tick: a snapshot of the service, kept for `cmd/status` and published.
     pub fn on_telemetry_tick(&mut self) {
-        let link = &self.link.stats;
         let payload = TelemetryPayload {
-            time: vigil_core::events::now_rfc3339(),
-            uptime_s: round2(self.started.elapsed().as_secs_f64()),
-            mqtt_connected: link.connected.load(Ordering::Relaxed),
-            events_published: link.published.load(Ordering::Relaxed),
-            events_acked: link.acked.load(Ordering::Relaxed),
-            spool: tokio::task::block_in_place(|| self.spool.stats()).unwrap_or_default(),
             cameras: self.plan.telemetry(&mut self.prev),
-            device: (self.cfg.device.site.is_some() || !self.cfg.device.tags.is_empty()).then(
-                || DeviceLabels {
-                    site: self.cfg.device.site.clone(),
-                    tags: self.cfg.device.tags.clone(),
-                },
-            ),
             system: tokio::task::block_in_place(|| self.system.sample()),
             engine_builds: vigil_dataplane::engines::builds_in_progress(),
+            ..tokio::task::block_in_place(|| {
+                TelemetryPayload::now(
+                    self.started,
+                    &self.link.stats,
+                    &self.spool,
+                    &self.cfg.device,
+                )
+            })
         };
         if let Ok(v) = serde_json::to_value(&payload) {
             if let Ok(mut g) = self.snapshot.lock() {
