@@ -123,6 +123,7 @@ pub fn setup(root: &Path) -> Result<Assets> {
     apt_packages()?;
     onnxruntime(&cache, &dl)?;
     let cargo_deny = cargo_deny(&cache, &dl)?;
+    crate::yocto::lint_tools(root)?;
     let model = nanodet(root, &cache, &dl)?;
     let demo_clip = clips(&media)?;
     pictures(&media, &dl)?;

@@ -12,6 +12,8 @@
 //!   bundle: see `image.rs`.
 //! - `tidy`:  the workspace's structural rules (crate dependency matrix, where `unsafe` may be,
 //!   module docs, ARCHITECTURE.md naming every crate and module): see `tidy.rs`.
+//! - `yocto-crates`, `yocto-lint`: the Yocto layer's crate list from Cargo.lock, and its lint
+//!   (oelint-adv, kas schema; `test` runs it after tidy): see `yocto.rs`.
 //!
 //! Everything downloaded is pinned and checked by sha256, and cached under `.cache/`.
 #![forbid(unsafe_code)]
@@ -24,6 +26,7 @@ mod image;
 mod live_bench;
 mod soak;
 mod tidy;
+mod yocto;
 
 use anyhow::{Context, Result, bail};
 use std::io::{BufRead, BufReader, Write};
@@ -46,9 +49,11 @@ fn main() {
         Some("soak") => soak::soak(&root(), &args[1..]),
         Some("live-bench") => live_bench::live_bench(&root(), &args[1..]),
         Some("fleet-bench") => fleet_bench::fleet_bench(&root(), &args[1..]),
+        Some("yocto-crates") => yocto::yocto_crates(&root()),
+        Some("yocto-lint") => yocto::yocto_lint(&root()),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup | demo [--seconds N] | test [--no-lint] [-- cargo test args] | tidy | fuzz [--seconds N] [TARGET…] | soak [--minutes 60 …] | live-bench [--cameras 16,64,…] | bench [vigil bench args] | fleet-bench [--runs 100x50,…] | gpu-payload | deb [--arch amd64] [--vigil BIN] [--version V] [--out DIR] | image [--vigil BIN] [--version V] [--out DIR] [--no-bundle]>"
+                "usage: cargo xtask <setup | demo [--seconds N] | test [--no-lint] [-- cargo test args] | tidy | fuzz [--seconds N] [TARGET…] | soak [--minutes 60 …] | live-bench [--cameras 16,64,…] | bench [vigil bench args] | fleet-bench [--runs 100x50,…] | gpu-payload | deb [--arch amd64] [--vigil BIN] [--version V] [--out DIR] | image [--vigil BIN] [--version V] [--out DIR] [--no-bundle] | yocto-crates | yocto-lint>"
             );
             std::process::exit(2);
         }
@@ -111,6 +116,8 @@ fn test(args: &[String]) -> Result<()> {
         run(cargo().current_dir(&root).args(["fmt", "--all", "--check"]))?;
         step("cargo xtask tidy");
         tidy::tidy(&root)?;
+        step("cargo xtask yocto-lint (yocto/meta-vigil: crate list, oelint-adv, kas schema)");
+        yocto::yocto_lint(&root)?;
         step("cargo deny check licenses bans (deny.toml)");
         run(Command::new(&assets.cargo_deny)
             .current_dir(&root)
