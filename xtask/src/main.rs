@@ -7,6 +7,8 @@
 //!   test suite, then a short run of every fuzz target.
 //! - `fuzz`:  builds the libFuzzer targets of `crates/vigil-fuzz` with coverage instrumentation
 //!   (stable toolchain) and runs each on its corpus: see `fuzz.rs`.
+//! - `arm64-check`: cross-builds `vigil` for aarch64 and compares it, run under qemu-user, with
+//!   the native build (`--version`, `check-config` on the corpus, `detect`): see `cross.rs`.
 //! - `tidy`:  the workspace's structural rules (crate dependency matrix, where `unsafe` may be,
 //!   module docs, ARCHITECTURE.md naming every crate and module): see `tidy.rs`.
 //!
@@ -14,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 mod assets;
+mod cross;
 mod fleet_bench;
 mod fuzz;
 mod live_bench;
@@ -39,9 +42,10 @@ fn main() {
         Some("soak") => soak::soak(&root(), &args[1..]),
         Some("live-bench") => live_bench::live_bench(&root(), &args[1..]),
         Some("fleet-bench") => fleet_bench::fleet_bench(&root(), &args[1..]),
+        Some("arm64-check") => cross::arm64_check(&root()),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup | demo [--seconds N] | test [--no-lint] [-- cargo test args] | tidy | fuzz [--seconds N] [TARGET…] | soak [--minutes 60 …] | live-bench [--cameras 16,64,…] | bench [vigil bench args] | fleet-bench [--runs 100x50,…] | gpu-payload>"
+                "usage: cargo xtask <setup | demo [--seconds N] | test [--no-lint] [-- cargo test args] | tidy | fuzz [--seconds N] [TARGET…] | soak [--minutes 60 …] | live-bench [--cameras 16,64,…] | bench [vigil bench args] | fleet-bench [--runs 100x50,…] | gpu-payload | arm64-check>"
             );
             std::process::exit(2);
         }
