@@ -42,10 +42,10 @@ fn main() {
         Some("soak") => soak::soak(&root(), &args[1..]),
         Some("live-bench") => live_bench::live_bench(&root(), &args[1..]),
         Some("fleet-bench") => fleet_bench::fleet_bench(&root(), &args[1..]),
-        Some("arm64-check") => cross::arm64_check(&root()),
+        Some("arm64-check") => cross::arm64_check(&root(), &args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup | demo [--seconds N] | test [--no-lint] [-- cargo test args] | tidy | fuzz [--seconds N] [TARGET…] | soak [--minutes 60 …] | live-bench [--cameras 16,64,…] | bench [vigil bench args] | fleet-bench [--runs 100x50,…] | gpu-payload | arm64-check>"
+                "usage: cargo xtask <setup | demo [--seconds N] | test [--no-lint] [-- cargo test args] | tidy | fuzz [--seconds N] [TARGET…] | soak [--minutes 60 …] | live-bench [--cameras 16,64,…] | bench [vigil bench args] | fleet-bench [--runs 100x50,…] | gpu-payload | arm64-check [--amd64 PATH]>"
             );
             std::process::exit(2);
         }
