@@ -40,7 +40,7 @@ const APT_PACKAGES: &[&str] = &[
     "postgresql",
 ];
 
-const ORT_VERSION: &str = "1.32.0";
+pub const ORT_VERSION: &str = "1.32.0";
 const ORT_WHEEL: &str = "onnxruntime-1.32.0-cp311-cp311-manylinux_2_28_x86_64.whl";
 const ORT_WHEEL_SHA256: &str = "5a34fc4dfeb5a7b4a74c95dcba1e773d722abda720b474edf1b0c419dc6d163d";
 

@@ -10,6 +10,8 @@
 //! - `deb`:   Vigil as a Debian package (`target/deb/vigil_<version>_<arch>.deb`): see `deb.rs`.
 //! - `image`: the appliance image (GPT, EFI + A/B root slots + data, RAUC) and its update
 //!   bundle: see `image.rs`.
+//! - `arm64-check`: cross-builds `vigil` for aarch64 and compares it, run under qemu-user, with
+//!   the native build (`--version`, `check-config` on the corpus, `detect`): see `cross.rs`.
 //! - `tidy`:  the workspace's structural rules (crate dependency matrix, where `unsafe` may be,
 //!   module docs, ARCHITECTURE.md naming every crate and module): see `tidy.rs`.
 //! - `yocto-crates`, `yocto-lint`: the Yocto layer's crate list from Cargo.lock, and its lint
@@ -19,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 mod assets;
+mod cross;
 mod deb;
 mod fleet_bench;
 mod fuzz;
@@ -49,11 +52,12 @@ fn main() {
         Some("soak") => soak::soak(&root(), &args[1..]),
         Some("live-bench") => live_bench::live_bench(&root(), &args[1..]),
         Some("fleet-bench") => fleet_bench::fleet_bench(&root(), &args[1..]),
+        Some("arm64-check") => cross::arm64_check(&root(), &args[1..]),
         Some("yocto-crates") => yocto::yocto_crates(&root()),
         Some("yocto-lint") => yocto::yocto_lint(&root()),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup | demo [--seconds N] | test [--no-lint] [-- cargo test args] | tidy | fuzz [--seconds N] [TARGET…] | soak [--minutes 60 …] | live-bench [--cameras 16,64,…] | bench [vigil bench args] | fleet-bench [--runs 100x50,…] | gpu-payload | deb [--arch amd64] [--vigil BIN] [--version V] [--out DIR] | image [--vigil BIN] [--version V] [--out DIR] [--no-bundle] | yocto-crates | yocto-lint>"
+                "usage: cargo xtask <setup | demo [--seconds N] | test [--no-lint] [-- cargo test args] | tidy | fuzz [--seconds N] [TARGET…] | soak [--minutes 60 …] | live-bench [--cameras 16,64,…] | bench [vigil bench args] | fleet-bench [--runs 100x50,…] | gpu-payload | deb [--arch amd64] [--vigil BIN] [--version V] [--out DIR] | image [--vigil BIN] [--version V] [--out DIR] [--no-bundle] | yocto-crates | yocto-lint | arm64-check [--amd64 PATH]>"
             );
             std::process::exit(2);
         }

@@ -1,7 +1,8 @@
 //! ONNX Runtime backend (the `ort` crate, loading `libonnxruntime` at run time).
 //!
 //! The library is found through `ORT_DYLIB_PATH`, else next to the executable
-//! (`libonnxruntime.so.1`), else `.cache/onnxruntime/` as installed by `cargo xtask setup`.
+//! (`libonnxruntime.so.1`), else `.cache/onnxruntime/` as installed by `cargo xtask setup`
+//! (an aarch64 build looks at `.cache/onnxruntime-arm64/` first: see [`repo_runtime_dirs`]).
 //! Loading a model (here and for the CUDA provider, `gpu::ort_cuda`) fails with an
 //! [`OnnxError`] that keeps ONNX Runtime's own error as its source.
 
@@ -95,17 +96,33 @@ pub fn runtime_candidates() -> Vec<PathBuf> {
         && let Some(dir) = exe.parent()
     {
         c.push(dir.join("libonnxruntime.so.1"));
-        // target/release/vigil → <repo>/.cache/onnxruntime
-        if let Some(repo) = dir.parent().and_then(Path::parent) {
-            c.push(repo.join(".cache/onnxruntime/libonnxruntime.so.1"));
-        }
-        // target/release/deps/test-binary → <repo>/.cache/onnxruntime
-        if let Some(repo) = dir.parent().and_then(Path::parent).and_then(Path::parent) {
-            c.push(repo.join(".cache/onnxruntime/libonnxruntime.so.1"));
+        // The repository is two folders up (target/release/vigil) or three
+        // (target/release/deps/<test binary>, target/<triple>/release/vigil).
+        let repos = [
+            dir.parent().and_then(Path::parent),
+            dir.parent().and_then(Path::parent).and_then(Path::parent),
+        ];
+        for repo in repos.into_iter().flatten() {
+            for d in repo_runtime_dirs(std::env::consts::ARCH) {
+                c.push(repo.join(d).join("libonnxruntime.so.1"));
+            }
         }
     }
     c.push(PathBuf::from("/usr/lib/vigil/libonnxruntime.so.1"));
     c
+}
+
+/// The folders of a repository checkout where `cargo xtask` puts ONNX Runtime for a build of
+/// the architecture `arch` (`std::env::consts::ARCH`), in the order tried. `cargo xtask
+/// arm64-check` keeps the arm64 library in `.cache/onnxruntime-arm64/` beside the host's
+/// amd64 one in `.cache/onnxruntime/`, which an aarch64 build cannot load (it failed on it,
+/// `dlopen failed`, under qemu-user); `.cache/onnxruntime/` stays a candidate for a checkout
+/// on an arm64 machine.
+pub fn repo_runtime_dirs(arch: &str) -> &'static [&'static str] {
+    match arch {
+        "aarch64" => &[".cache/onnxruntime-arm64", ".cache/onnxruntime"],
+        _ => &[".cache/onnxruntime"],
+    }
 }
 
 /// Loads the ONNX Runtime library once per process; returns its path or why it failed (the
@@ -280,6 +297,30 @@ mod tests {
             chain(&e),
             format!("cannot load model {}: {source}", path.display())
         );
+    }
+
+    #[test]
+    fn an_aarch64_build_looks_for_the_arm64_runtime_before_the_hosts() {
+        assert_eq!(
+            repo_runtime_dirs("aarch64"),
+            [".cache/onnxruntime-arm64", ".cache/onnxruntime"]
+        );
+        assert_eq!(repo_runtime_dirs("x86_64"), [".cache/onnxruntime"]);
+        // This build's own candidates: its architecture's folders, in that order.
+        let ort_dylib_path = usize::from(std::env::var_os("ORT_DYLIB_PATH").is_some());
+        let here: Vec<PathBuf> = runtime_candidates()
+            .into_iter()
+            .skip(ort_dylib_path)
+            .filter(|p| p.to_string_lossy().contains("/.cache/onnxruntime"))
+            .collect();
+        let want = repo_runtime_dirs(std::env::consts::ARCH);
+        assert_eq!(here.len() % want.len(), 0, "{here:?}");
+        for (p, d) in here.iter().zip(want.iter().cycle()) {
+            assert!(
+                p.ends_with(Path::new(d).join("libonnxruntime.so.1")),
+                "{p:?}"
+            );
+        }
     }
 
     #[test]
