@@ -26,6 +26,14 @@ pub enum Arch {
 }
 
 impl Arch {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "amd64" => Ok(Arch::Amd64),
+            "arm64" => Ok(Arch::Arm64),
+            _ => bail!("unknown architecture {s:?} (expected amd64 or arm64)"),
+        }
+    }
+
     /// Debian's name (`dpkg --print-architecture`).
     pub fn debian(self) -> &'static str {
         match self {

@@ -55,38 +55,11 @@ pub const TEST_ROOTFS_PACKAGES: &[&str] = &[
 
 const MAINTAINER: &str = "Vigil maintainers <maintainers@vigil.invalid>";
 
-/// The target of a package.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DebArch {
-    Amd64,
-    Arm64,
-}
-
-impl DebArch {
-    pub fn parse(s: &str) -> Result<Self> {
-        match s {
-            "amd64" => Ok(Self::Amd64),
-            "arm64" => Ok(Self::Arm64),
-            _ => bail!("unknown architecture {s:?} (expected amd64 or arm64)"),
-        }
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Amd64 => "amd64",
-            Self::Arm64 => "arm64",
-        }
-    }
-    fn strip(self) -> &'static str {
-        match self {
-            Self::Amd64 => "strip",
-            Self::Arm64 => "aarch64-linux-gnu-strip",
-        }
-    }
-}
+use crate::cross::Arch;
 
 /// What goes into a package.
 pub struct DebInputs {
-    pub arch: DebArch,
+    pub arch: Arch,
     pub vigil: PathBuf,
     pub onnxruntime: PathBuf,
     pub model: PathBuf,
@@ -97,7 +70,7 @@ pub struct DebInputs {
 /// The arguments `deb` and `image` share: `[--arch amd64|arm64] [--vigil BIN] [--version V]
 /// [--out DIR]`, and the flags a task allows (`--no-bundle`).
 pub struct PackArgs {
-    pub arch: DebArch,
+    pub arch: Arch,
     pub vigil: Option<PathBuf>,
     pub version: String,
     pub out: PathBuf,
@@ -107,7 +80,7 @@ pub struct PackArgs {
 impl PackArgs {
     pub fn parse(root: &Path, args: &[String], out: &str, flags: &[&str]) -> Result<Self> {
         let mut p = PackArgs {
-            arch: DebArch::Amd64,
+            arch: Arch::Amd64,
             vigil: None,
             version: workspace_version(root)?,
             out: root.join(out),
@@ -121,7 +94,7 @@ impl PackArgs {
                     .with_context(|| format!("{a} needs a value"))
             };
             match a.as_str() {
-                "--arch" => p.arch = DebArch::parse(&val()?)?,
+                "--arch" => p.arch = Arch::parse(&val()?)?,
                 "--vigil" => p.vigil = Some(PathBuf::from(val()?)),
                 "--version" => p.version = val()?,
                 "--out" => p.out = PathBuf::from(val()?),
@@ -145,17 +118,16 @@ pub fn deb(root: &Path, args: &[String]) -> Result<()> {
         out,
         ..
     } = PackArgs::parse(root, args, "target/deb", &[])?;
-    if arch != DebArch::Amd64 {
-        bail!("--arch {}: not built yet (amd64 only)", arch.name());
-    }
-    let (onnxruntime, model) = (
-        crate::assets::onnxruntime_lib(root),
-        root.join("models/nanodet.onnx"),
-    );
-    if !onnxruntime.exists() || !model.exists() {
+    let model = root.join("models/nanodet.onnx");
+    if !crate::assets::onnxruntime_lib(root).exists() || !model.exists() {
         crate::assets::setup(root)?;
     }
-    let vigil = vigil_binary(root, vigil)?;
+    let onnxruntime = crate::cross::ort_lib(root, arch)?;
+    let vigil = match (arch, vigil) {
+        (_, Some(v)) => v,
+        (Arch::Amd64, None) => vigil_binary(root, None)?,
+        (Arch::Arm64, None) => crate::cross::build(root, arch)?,
+    };
     let inputs = DebInputs {
         arch,
         vigil,
@@ -210,7 +182,7 @@ pub fn build(root: &Path, inp: &DebInputs, out: &Path) -> Result<PathBuf> {
             inp.version
         );
     }
-    let name = format!("vigil_{}_{}", inp.version, inp.arch.name());
+    let name = format!("vigil_{}_{}", inp.version, inp.arch.debian());
     step(&format!("Debian package {name}.deb"));
     let stage = out.join(&name);
     let _ = std::fs::remove_dir_all(&stage);
@@ -231,7 +203,7 @@ pub fn build(root: &Path, inp: &DebInputs, out: &Path) -> Result<PathBuf> {
     };
 
     put(&inp.vigil, "usr/bin/vigil", 0o755)?;
-    run(Command::new(inp.arch.strip())
+    run(Command::new(format!("{}-strip", inp.arch.multiarch()))
         .arg("--strip-unneeded")
         .arg(stage.join("usr/bin/vigil")))?;
     put(&inp.onnxruntime, "usr/lib/vigil/libonnxruntime.so.1", 0o644)?;
@@ -279,7 +251,7 @@ pub fn build(root: &Path, inp: &DebInputs, out: &Path) -> Result<PathBuf> {
     write("DEBIAN/prerm", PRERM, 0o755)?;
     write("DEBIAN/postrm", POSTRM, 0o755)?;
 
-    let depends = shlib_depends(&stage, inp.arch)?;
+    let depends = shlib_depends(&stage, inp.arch, root)?;
     let installed_kib = du_kib(&stage)?;
     let control = format!(
         "Package: vigil\n\
@@ -297,7 +269,7 @@ pub fn build(root: &Path, inp: &DebInputs, out: &Path) -> Result<PathBuf> {
          over MQTT from a durable spool. Managed over MQTT: telemetry, commands, hot reload,\n \
          signed OTA of models and configs.\n",
         version = inp.version,
-        arch = inp.arch.name(),
+        arch = inp.arch.debian(),
         plugins = PLUGIN_DEPENDS.join(", "),
         recommends = PLUGIN_RECOMMENDS.join(", "),
     );
@@ -321,7 +293,64 @@ fn set_mode(p: &Path, mode: u32) -> Result<()> {
 
 /// `Depends` of the binary and ONNX Runtime, from the shlibs/symbols files of the libraries they
 /// link (dpkg-shlibdeps needs a `debian/control` beside it: a throwaway one).
-fn shlib_depends(stage: &Path, arch: DebArch) -> Result<String> {
+///
+/// For arm64 (cross-built against a sysroot extracted without a dpkg database, so
+/// dpkg-shlibdeps cannot map its libraries to packages): the same source links the same
+/// libraries on both architectures, and Debian names their packages the same on both, so the
+/// `Depends` are those of the native build, after checking that both binaries need exactly the
+/// same shared libraries (`readelf -d`).
+fn shlib_depends(stage: &Path, arch: Arch, root: &Path) -> Result<String> {
+    if arch == Arch::Arm64 {
+        let native = root.join("target/release/vigil");
+        let native = if native.exists() {
+            native
+        } else {
+            vigil_binary(root, None)?
+        };
+        let glibc = |l: &String| {
+            [
+                "ld-linux",
+                "libc.so",
+                "libm.so",
+                "libpthread",
+                "libdl.so",
+                "librt.so",
+            ]
+            .iter()
+            .any(|g| l.starts_with(g))
+        };
+        let theirs = needed(&native)?;
+        let extra: Vec<String> = needed(&stage.join("usr/bin/vigil"))?
+            .into_iter()
+            .filter(|l| !glibc(l) && !theirs.contains(l))
+            .collect();
+        let native_stage = stage.with_extension("native");
+        let _ = std::fs::remove_dir_all(&native_stage);
+        std::fs::create_dir_all(native_stage.join("usr/bin"))?;
+        std::fs::create_dir_all(native_stage.join("usr/lib/vigil"))?;
+        std::fs::copy(&native, native_stage.join("usr/bin/vigil"))?;
+        std::fs::copy(
+            crate::cross::ort_lib(root, Arch::Amd64)?,
+            native_stage.join("usr/lib/vigil/libonnxruntime.so.1"),
+        )?;
+        let d = shlib_depends(&native_stage, Arch::Amd64, root);
+        let _ = std::fs::remove_dir_all(&native_stage);
+        let mut d = d?;
+        // A library only the arm64 build needs: its package (named the same on both
+        // architectures), found by the amd64 file of that name.
+        for lib in extra {
+            let pkg = owner(&format!("/usr/lib/x86_64-linux-gnu/{lib}")).with_context(|| {
+                format!("the arm64 binary needs {lib}, which the native build does not: no package found for it")
+            })?;
+            if !d
+                .split(", ")
+                .any(|dep| dep.split(' ').next() == Some(pkg.as_str()))
+            {
+                d.push_str(&format!(", {pkg}"));
+            }
+        }
+        return Ok(d);
+    }
     let work = stage.with_extension("shlibdeps");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(work.join("debian"))?;
@@ -331,7 +360,7 @@ fn shlib_depends(stage: &Path, arch: DebArch) -> Result<String> {
     )?;
     let out = Command::new("dpkg-shlibdeps")
         .current_dir(&work)
-        .env("DEB_HOST_ARCH", arch.name())
+        .env("DEB_HOST_ARCH", arch.debian())
         .args(["-O", "-e"])
         .arg(stage.join("usr/bin/vigil"))
         .arg("-e")
@@ -350,6 +379,36 @@ fn shlib_depends(stage: &Path, arch: DebArch) -> Result<String> {
         .find_map(|l| l.strip_prefix("shlibs:Depends="))
         .map(str::to_string)
         .with_context(|| format!("dpkg-shlibdeps printed no shlibs:Depends: {text}"))
+}
+
+/// The Debian package that holds `file` (`dpkg -S`), without its architecture.
+fn owner(file: &str) -> Result<String> {
+    let out = Command::new("dpkg").args(["-S", file]).output()?;
+    if !out.status.success() {
+        bail!(
+            "dpkg -S {file}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let pkg = text.split(':').next().unwrap_or_default().trim();
+    Ok(pkg.to_string())
+}
+
+/// The shared libraries an ELF file needs (its DT_NEEDED entries), sorted.
+fn needed(elf: &Path) -> Result<Vec<String>> {
+    let out = Command::new("readelf")
+        .arg("-d")
+        .arg(elf)
+        .output()
+        .context("readelf (binutils)")?;
+    let mut libs: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("(NEEDED)"))
+        .filter_map(|l| l.split('[').nth(1)?.split(']').next().map(str::to_string))
+        .collect();
+    libs.sort();
+    Ok(libs)
 }
 
 fn du_kib(dir: &Path) -> Result<u64> {

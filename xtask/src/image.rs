@@ -85,10 +85,10 @@ pub struct Built {
 /// `cargo xtask image [--vigil BIN] [--version V] [--out DIR] [--no-bundle]`.
 pub fn image(root: &Path, args: &[String]) -> Result<()> {
     let a = crate::deb::PackArgs::parse(root, args, "target/image", &["--no-bundle"])?;
-    if a.arch != crate::deb::DebArch::Amd64 {
+    if a.arch != crate::cross::Arch::Amd64 {
         bail!(
             "--arch {}: only amd64 images are built so far",
-            a.arch.name()
+            a.arch.debian()
         );
     }
     let bundle = !a.flags.iter().any(|f| f == "--no-bundle");
@@ -115,7 +115,7 @@ pub fn build(
     let deb = crate::deb::build(
         root,
         &crate::deb::DebInputs {
-            arch: crate::deb::DebArch::Amd64,
+            arch: crate::cross::Arch::Amd64,
             vigil,
             onnxruntime: crate::assets::onnxruntime_lib(root),
             model: root.join("models/nanodet.onnx"),
