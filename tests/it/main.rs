@@ -29,6 +29,7 @@ mod homeassistant;
 mod http_auth;
 mod http_events;
 mod http_limits;
+mod image_boot;
 mod live_browser;
 mod live_limits;
 mod mqtt_faults;

@@ -10,29 +10,13 @@ use std::time::{Duration, Instant};
 /// A 2 s, 30 fps H.264 MP4 made by GStreamer.
 fn clip(dir: &std::path::Path) -> std::path::PathBuf {
     let path = dir.join("two-seconds.mp4");
-    let ok = Command::new("gst-launch-1.0")
-        .args([
-            "-q",
-            "videotestsrc",
-            "num-buffers=60",
-            "pattern=ball",
-            "!",
-            "video/x-raw,width=320,height=240,framerate=30/1",
-            "!",
-            "x264enc",
-            "key-int-max=30",
-            "!",
-            "h264parse",
-            "!",
-            "mp4mux",
-            "!",
-            "filesink",
-        ])
-        .arg(format!("location={}", path.display()))
-        .status()
-        .expect("gst-launch-1.0")
-        .success();
-    assert!(ok, "making the clip");
+    h264_mp4(
+        &words(
+            "videotestsrc num-buffers=60 pattern=ball ! video/x-raw,width=320,height=240,framerate=30/1",
+        ),
+        30,
+        &path,
+    );
     path
 }
 

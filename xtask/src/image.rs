@@ -130,12 +130,14 @@ pub fn build(
     let rootfs = work.join("rootfs");
 
     step("root file system (mmdebstrap: Debian 12, systemd, kernel, RAUC, Vigil's package)");
-    let mut include = ROOTFS_PACKAGES.join(",");
-    include.push(',');
-    include.push_str(&deb.display().to_string());
+    // The package's own dependencies come from the archive with the rest; the package itself
+    // is installed with dpkg inside the tree (mmdebstrap's `copy-in` hook).
+    let mut include: Vec<String> = ROOTFS_PACKAGES.iter().map(|p| p.to_string()).collect();
+    include.extend(deb_relations(&deb)?);
+    let deb_name = deb.file_name().unwrap().to_string_lossy().into_owned();
     run(Command::new("mmdebstrap")
-        .args(["--variant=minbase", "--include"])
-        .arg(&include)
+        .arg("--variant=minbase")
+        .arg(format!("--include={}", include.join(",")))
         // Kernel and initramfs hooks run in the chroot; keep the docs out (smaller slots).
         .args([
             "--dpkgopt=path-exclude=/usr/share/man/*",
@@ -143,8 +145,16 @@ pub fn build(
             "--dpkgopt=path-exclude=/usr/share/doc/*",
             "--dpkgopt=path-include=/usr/share/doc/*/copyright",
             "--dpkgopt=path-include=/usr/share/doc/vigil/*",
-            "bookworm",
         ])
+        // The initramfs settings before the kernel's package makes its initramfs (once).
+        .arg(
+            "--essential-hook=mkdir -p \"$1/etc/initramfs-tools/conf.d\" && \
+             printf 'MODULES=most\\nCOMPRESS=zstd\\n' > \"$1/etc/initramfs-tools/conf.d/vigil.conf\"",
+        )
+        .arg(format!("--customize-hook=copy-in {} /tmp", deb.display()))
+        .arg(format!("--customize-hook=chroot \"$1\" dpkg -i /tmp/{deb_name}"))
+        .arg(format!("--customize-hook=rm \"$1\"/tmp/{deb_name}"))
+        .arg("bookworm")
         .arg(&rootfs))?;
     customize(root, &rootfs, version, &keys)?;
 
@@ -155,7 +165,7 @@ pub fn build(
     mke2fs(&slot_a, &rootfs, "rootfs", SLOT_MIB)?;
     let data = work.join("data.ext4");
     let data_dir = work.join("data");
-    for d in ["vigil", "journal", "rauc", "ssh"] {
+    for d in ["vigil", "journal", "rauc", "ssh", "system-update"] {
         std::fs::create_dir_all(data_dir.join(d))?;
     }
     mke2fs(&data, &data_dir, "data", DATA_MIB)?;
@@ -282,6 +292,34 @@ pub fn dev_keys(root: &Path) -> Result<Keys> {
     Ok(keys)
 }
 
+/// The package names of a .deb's `Depends` and `Recommends` (versions dropped; alternatives
+/// take the first).
+fn deb_relations(deb: &Path) -> Result<Vec<String>> {
+    let out = Command::new("dpkg-deb")
+        .arg("--field")
+        .arg(deb)
+        .args(["Depends", "Recommends"])
+        .output()?;
+    if !out.status.success() {
+        bail!("dpkg-deb --field {}", deb.display());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(':').map(|(_, v)| v.to_string()))
+        .flat_map(|v| {
+            v.split(',')
+                .filter_map(|d| {
+                    d.split('|')
+                        .next()?
+                        .split_whitespace()
+                        .next()
+                        .map(str::to_string)
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect())
+}
+
 fn write(root: &Path, rel: &str, text: &str, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let p = root.join(rel);
@@ -306,14 +344,17 @@ fn customize(repo: &Path, r: &Path, version: &str, keys: &Keys) -> Result<()> {
         &format!(
             "# The root slot is mounted read-only (kernel command line `ro`); what must survive an\n\
              # update lives on the data partition.\n\
-             PARTUUID={ESP_GUID} /boot/efi vfat umask=0077,noatime,nofail 0 2\n\
-             PARTUUID={DATA_GUID} /data ext4 noatime 0 2\n\
+             PARTUUID={esp} /boot/efi vfat umask=0077,noatime,nofail 0 2\n\
+             PARTUUID={data} /data ext4 noatime 0 2\n\
              /data/vigil /var/lib/private/vigil none bind,x-systemd.requires-mounts-for=/data 0 0\n\
              /data/journal /var/log/journal none bind,x-systemd.requires-mounts-for=/data 0 0\n\
              tmpfs /tmp tmpfs mode=1777,nosuid,nodev 0 0\n\
              tmpfs /var/tmp tmpfs mode=1777,nosuid,nodev 0 0\n\
              tmpfs /var/lib/systemd tmpfs mode=0755 0 0\n\
-             tmpfs /var/cache tmpfs mode=0755 0 0\n"
+             tmpfs /var/cache tmpfs mode=0755 0 0\n",
+            // udev names /dev/disk/by-partuuid/ in lower case.
+            esp = ESP_GUID.to_lowercase(),
+            data = DATA_GUID.to_lowercase(),
         ),
         0o644,
     )?;
@@ -349,6 +390,13 @@ fn customize(repo: &Path, r: &Path, version: &str, keys: &Keys) -> Result<()> {
         r,
         "etc/systemd/network/80-wired.network",
         "[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n",
+        0o644,
+    )?;
+    // resolved: the DNS stub on loopback only (no LLMNR or mDNS responder on the network).
+    write(
+        r,
+        "etc/systemd/resolved.conf.d/vigil.conf",
+        "[Resolve]\nLLMNR=no\nMulticastDNS=no\n",
         0o644,
     )?;
     write(
@@ -409,11 +457,33 @@ fn customize(repo: &Path, r: &Path, version: &str, keys: &Keys) -> Result<()> {
          WantedBy=multi-user.target\n",
         0o644,
     )?;
+    // The slot gate: confirms the booted slot with RAUC (see SLOT_COMMIT_SH).
+    write(r, "usr/lib/vigil/slot-commit", SLOT_COMMIT_SH, 0o755)?;
+    write(
+        r,
+        "etc/systemd/system/vigil-slot-commit.service",
+        "[Unit]\n\
+         Description=Confirm the booted A/B slot (RAUC mark-good), gated on Vigil's health after an update\n\
+         After=vigil.service\n\
+         RequiresMountsFor=/data /var/lib/private/vigil /boot/efi\n\
+         \n\
+         [Service]\n\
+         # simple, not oneshot: a probation of minutes does not hold up multi-user.target.\n\
+         Type=simple\n\
+         ExecStart=/usr/lib/vigil/slot-commit\n\
+         \n\
+         [Install]\n\
+         WantedBy=multi-user.target\n",
+        0o644,
+    )?;
     // Vigil after provisioning and its mounts.
     write(
         r,
         "etc/systemd/system/vigil.service.d/image.conf",
-        "[Unit]\nAfter=vigil-provision.service\nRequiresMountsFor=/var/lib/private/vigil\n",
+        "[Unit]\nAfter=vigil-provision.service\nRequiresMountsFor=/var/lib/private/vigil\n\n\
+         [Service]\n\
+         # The slot gate (vigil-slot-commit.service): Vigil writes this boot's id once healthy.\n\
+         Environment=VIGIL_SLOT_BOOT_ID=%b\n",
         0o644,
     )?;
 
@@ -432,7 +502,11 @@ fn customize(repo: &Path, r: &Path, version: &str, keys: &Keys) -> Result<()> {
         r,
         "etc/systemd/system/ssh.service.d/vigil.conf",
         "[Unit]\nConditionPathExists=/data/ssh/authorized_keys\nRequiresMountsFor=/data\n\n\
-         [Service]\nExecStartPre=/bin/sh -c 'test -e /data/ssh/ssh_host_ed25519_key || ssh-keygen -q -t ed25519 -N \"\" -f /data/ssh/ssh_host_ed25519_key'\n",
+         [Service]\n\
+         # The host key first (sshd -t, Debian's check, fails without it).\n\
+         ExecStartPre=\n\
+         ExecStartPre=/bin/sh -c 'test -e /data/ssh/ssh_host_ed25519_key || ssh-keygen -q -t ed25519 -N \"\" -f /data/ssh/ssh_host_ed25519_key'\n\
+         ExecStartPre=/usr/sbin/sshd -t\n",
         0o644,
     )?;
     for f in std::fs::read_dir(r.join("etc/ssh"))? {
@@ -443,14 +517,6 @@ fn customize(repo: &Path, r: &Path, version: &str, keys: &Keys) -> Result<()> {
             std::fs::remove_file(p)?;
         }
     }
-    // Kernel: initramfs with the modules of most machines, zstd; a panic reboots (GRUB then
-    // passes over a slot that does not come up).
-    write(
-        r,
-        "etc/initramfs-tools/conf.d/vigil.conf",
-        "MODULES=most\nCOMPRESS=zstd\n",
-        0o644,
-    )?;
 
     chroot(
         r,
@@ -461,6 +527,7 @@ fn customize(repo: &Path, r: &Path, version: &str, keys: &Keys) -> Result<()> {
             "systemd-resolved",
             "vigil.service",
             "vigil-provision.service",
+            "vigil-slot-commit.service",
         ],
     )?;
     // No logins on consoles: no account has a password; mask the gettys so none is offered.
@@ -478,10 +545,46 @@ fn customize(repo: &Path, r: &Path, version: &str, keys: &Keys) -> Result<()> {
         ],
     )?;
     chroot(r, &["passwd", "--lock", "root"])?;
-    chroot(r, &["update-initramfs", "-u", "-k", "all"])?;
     let _ = repo;
     Ok(())
 }
+
+/// Run at boot by vigil-slot-commit.service (root).
+const SLOT_COMMIT_SH: &str = r#"#!/bin/sh
+# Confirms the booted A/B slot. GRUB marks a slot "tried" when it boots it; RAUC's mark-good
+# makes it good again for the next boot. A normal boot is confirmed once the system is up. A
+# slot on probation after an update (/data/system-update/pending exists) is confirmed only when
+# Vigil says this boot is good (<state>/system/healthy holds this boot's id: every stage beating,
+# MQTT connected, cameras live, for 20 s); past the deadline it is marked bad and the box
+# reboots into the other slot, which GRUB still holds good.
+set -u
+state=/var/lib/private/vigil/system
+pending=/data/system-update/pending
+# systemd's %b (what Vigil's unit passes it) is the boot id without dashes.
+boot=$(tr -d '-' < /proc/sys/kernel/random/boot_id)
+slot=$(sed -n 's/.*rauc\.slot=\([A-Za-z0-9]*\).*/\1/p' /proc/cmdline)
+deadline=${VIGIL_SLOT_DEADLINE_S:-600}
+if [ ! -e "$pending" ]; then
+    rauc status mark-good booted && echo "slot $slot: confirmed (no update on probation)"
+    exit 0
+fi
+waited=0
+while [ "$waited" -lt "$deadline" ]; do
+    if [ "$(cat "$state/healthy" 2>/dev/null)" = "$boot" ]; then
+        rauc status mark-good booted
+        echo "good $slot $(date -u +%FT%TZ)" > /data/system-update/result
+        rm -f "$pending"
+        echo "slot $slot: Vigil healthy after the update: confirmed"
+        exit 0
+    fi
+    sleep 5
+    waited=$((waited + 5))
+done
+echo "bad $slot $(date -u +%FT%TZ) Vigil was not healthy within ${deadline}s" > /data/system-update/result
+echo "slot $slot: Vigil was not healthy within ${deadline}s: marking it bad, back to the other slot"
+rauc status mark-bad booted
+systemctl reboot
+"#;
 
 /// Run at boot by vigil-provision.service: installs `/boot/efi/vigil/` once per change.
 const PROVISION_SH: &str = r#"#!/bin/sh
@@ -631,6 +734,10 @@ if [ -z "$slot" ]; then
         if [ "$s" = A -a "$A_OK" = 1 ]; then set slot=A; set A_TRY=1; break; fi
         if [ "$s" = B -a "$B_OK" = 1 ]; then set slot=B; set B_TRY=1; break; fi
     done
+fi
+if [ -z "$slot" ]; then
+    # No slot is good at all: the factory slot, rather than nothing.
+    set slot=A
 fi
 save_env --file ($root)/EFI/BOOT/grubenv A_TRY B_TRY
 if [ "$slot" = A ]; then

@@ -11,6 +11,7 @@ pub mod error;
 pub mod http;
 pub mod mqtt;
 pub mod plan;
+pub mod slot;
 pub mod spool;
 pub mod supervisor;
 pub mod system;

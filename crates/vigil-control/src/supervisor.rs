@@ -406,6 +406,8 @@ pub struct Supervisor {
     _http: Option<tokio::task::JoinHandle<()>>,
     /// When each camera's last event picture was published on MQTT.
     snapshot_published: HashMap<String, Instant>,
+    /// On an A/B image: tells the image when this boot is good (`crate::slot`).
+    slot_gate: Option<crate::slot::SlotGate>,
 }
 
 impl Supervisor {
@@ -553,6 +555,7 @@ impl Supervisor {
             validating: false,
             _http: http,
             snapshot_published: HashMap::new(),
+            slot_gate: crate::slot::SlotGate::on_image(&state_dir),
         })
     }
 
@@ -607,6 +610,15 @@ impl Supervisor {
         let _ = sd_notify::notify(&states);
         // OTA steps fsync, rename and remove slots: off the async workers' hands.
         let healthy = self.health.healthy();
+        if let Some(gate) = &mut self.slot_gate {
+            let live = |v: &crate::plan::CameraView| {
+                v.stats.state() == vigil_dataplane::media::CameraState::Live
+            };
+            let well = healthy
+                && self.link.stats.connected.load(Ordering::Relaxed)
+                && self.plan.views().iter().all(live);
+            gate.tick(well, Instant::now());
+        }
         self.with_ota(|ota, apply| ota.tick(healthy, &summary, apply));
         flush_ota(&mut self.ota, &self.link);
     }

@@ -624,3 +624,25 @@ pub fn http_addr(logs: &Lines) -> String {
         .unwrap()
         .to_string()
 }
+
+/// Encodes what the GStreamer elements `source` produce (raw video, e.g. `videotestsrc …`; its
+/// words split at spaces) into an H.264 MP4 at `out` with a key frame every `key_int` frames
+/// (`gst-launch-1.0`).
+pub fn h264_mp4(source: &[String], key_int: u32, out: &Path) {
+    let ok = Command::new("gst-launch-1.0")
+        .arg("-q")
+        .args(source)
+        .args(["!", "x264enc", &format!("key-int-max={key_int}")])
+        .args(["speed-preset=ultrafast", "!", "h264parse", "!", "mp4mux"])
+        .args(["!", "filesink"])
+        .arg(format!("location={}", out.display()))
+        .status()
+        .expect("gst-launch-1.0 (Debian package gstreamer1.0-tools)")
+        .success();
+    assert!(ok, "encoding {}", out.display());
+}
+
+/// Words of a pipeline description (no element property with a space in it).
+pub fn words(text: &str) -> Vec<String> {
+    text.split_whitespace().map(str::to_string).collect()
+}

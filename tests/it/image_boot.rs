@@ -1,0 +1,383 @@
+//! The appliance image (`cargo xtask image`, xtask/src/image.rs) booted for real: UEFI firmware
+//! (OVMF) → GRUB → slot A → systemd → Vigil, under `qemu-system-x86_64` with software emulation
+//! (TCG: this machine's /dev/kvm does not boot a stock kernel). The box is provisioned the way a
+//! user does it: a `vigil/` folder written onto the image's FAT partition with the config (the
+//! host's broker and RTSP camera, reached through QEMU's user network at 10.0.2.2) and an SSH key.
+//!
+//! Checked: Vigil reaches READY under systemd and publishes events from the clip; over SSH (the
+//! provisioned key; the only way in): the root file system is read-only and slot A is booted,
+//! Vigil's state is on the data partition, nothing listens but sshd (the config enables no HTTP
+//! API), `systemd-analyze security` rates Vigil's unit ≤ 2.0; a stalled Vigil (SIGSTOP) is killed
+//! by the watchdog and restarted (journal); a config that `check-config` refuses, provisioned
+//! afterwards, is not installed and its errors land on the FAT partition.
+
+use crate::common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ESP_OFFSET: u64 = 1024 * 1024;
+
+fn xtask() -> PathBuf {
+    let x = repo().join("target/debug/xtask");
+    assert!(
+        x.exists(),
+        "{} is missing: run the tests with `cargo xtask test`",
+        x.display()
+    );
+    x
+}
+
+/// Builds the image once per test run (a few minutes), without the update bundle.
+fn image(dir: &Path) -> PathBuf {
+    let out = Command::new(xtask())
+        .args(["image", "--no-bundle", "--vigil", vigil_bin(), "--out"])
+        .arg(dir)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("xtask image");
+    assert!(
+        out.status.success(),
+        "cargo xtask image failed:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    PathBuf::from(text.lines().rev().find(|l| l.ends_with(".img")).unwrap())
+}
+
+/// Copies a file onto the image's EFI system partition (mtools, at the partition's offset).
+fn esp_put(disk: &Path, from: &Path, to: &str) {
+    let img = format!("{}@@{ESP_OFFSET}", disk.display());
+    let _ = Command::new("mmd")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-i", &img, "::vigil"])
+        .output();
+    let ok = Command::new("mcopy")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-o", "-i", &img])
+        .arg(from)
+        .arg(format!("::{to}"))
+        .status()
+        .unwrap();
+    assert!(ok.success(), "mcopy {to}");
+}
+
+fn esp_get(disk: &Path, from: &str) -> Option<String> {
+    let out = Command::new("mtype")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-i", &format!("{}@@{ESP_OFFSET}", disk.display())])
+        .arg(format!("::{from}"))
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+struct Vm {
+    qemu: Proc,
+    ssh_port: u16,
+    key: PathBuf,
+    serial: PathBuf,
+}
+
+impl Vm {
+    fn boot(dir: &Path, disk: &Path, ssh_port: u16, key: &Path) -> Vm {
+        let vars = dir.join("OVMF_VARS.fd");
+        std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).unwrap();
+        let serial = dir.join("serial.log");
+        let child = Command::new("qemu-system-x86_64")
+            .args(["-accel", "tcg", "-cpu", "max", "-m", "2048", "-smp", "2"])
+            .args(["-display", "none", "-no-reboot"])
+            .arg("-drive")
+            .arg("if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd")
+            .arg("-drive")
+            .arg(format!("if=pflash,format=raw,file={}", vars.display()))
+            .arg("-drive")
+            .arg(format!("file={},format=raw,if=virtio", disk.display()))
+            .arg("-nic")
+            .arg(format!(
+                "user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:{ssh_port}-:22"
+            ))
+            .arg("-serial")
+            .arg(format!("file:{}", serial.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("qemu-system-x86_64 (Debian package qemu-system-x86)");
+        Vm {
+            qemu: Proc {
+                name: "qemu".into(),
+                child,
+            },
+            ssh_port,
+            key: key.to_path_buf(),
+            serial,
+        }
+    }
+
+    fn serial(&self) -> String {
+        std::fs::read_to_string(&self.serial).unwrap_or_default()
+    }
+
+    /// Runs `cmd` in the VM as root over SSH; (exit code, stdout + stderr).
+    fn ssh(&self, cmd: &str) -> (i32, String) {
+        let out = Command::new("ssh")
+            .args(["-i"])
+            .arg(&self.key)
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "LogLevel=ERROR",
+                "-o",
+                "ConnectTimeout=10",
+                "-o",
+                "BatchMode=yes",
+                "-p",
+                &self.ssh_port.to_string(),
+                "root@127.0.0.1",
+                cmd,
+            ])
+            .output()
+            .expect("ssh (Debian package openssh-client)");
+        (
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
+    fn wait_ssh(&self, timeout: Duration) {
+        let t0 = Instant::now();
+        while t0.elapsed() < timeout {
+            if self.ssh("true").0 == 0 {
+                return;
+            }
+            std::thread::sleep(Duration::from_secs(3));
+        }
+        panic!("no SSH into the VM after {timeout:?}:\n{}", self.serial());
+    }
+}
+
+#[test]
+fn the_image_boots_provisions_and_runs_vigil_under_systemd() {
+    let _cpu = exclusive();
+    let dir = temp_dir("image");
+    let t0 = Instant::now();
+    let built = image(&dir.join("out"));
+    eprintln!("image built in {:.0}s", t0.elapsed().as_secs_f64());
+    let disk = dir.join("disk.img");
+    let ok = Command::new("cp")
+        .arg("--sparse=always")
+        .arg(&built)
+        .arg(&disk)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let _ = std::fs::remove_dir_all(dir.join("out"));
+
+    // Provisioning: the config (host broker and camera via QEMU's gateway) and an SSH key.
+    let (mqtt, rtsp, ssh_port) = (free_port(), free_port(), free_port());
+    let _broker = mosquitto(&dir, mqtt);
+    // Under software emulation one inference takes seconds: the camera shows a still scene
+    // (vtest's first frame, three people standing), so tracks hold across frames seconds apart.
+    let still = dir.join("still.mp4");
+    let mut source = vec![
+        "filesrc".to_string(),
+        format!("location={}", asset(".cache/media/vtest.mp4").display()),
+    ];
+    source.extend(words(
+        "! decodebin ! videoconvert ! imagefreeze num-buffers=300 ! video/x-raw,framerate=5/1",
+    ));
+    h264_mp4(&source, 5, &still);
+    let _server = Proc {
+        name: "rtsp".into(),
+        child: Command::new(vigil_bin())
+            .args([
+                "rtsp-serve",
+                "--loop",
+                "--port",
+                &rtsp.to_string(),
+                "--mount",
+                "/plaza",
+            ])
+            .arg("--file")
+            .arg(&still)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("vigil rtsp-serve"),
+    };
+    wait_port(rtsp, Duration::from_secs(10));
+    let sub = Subscriber::start(mqtt, &["vigil/imgtest/#"]);
+    let key = dir.join("id_ed25519");
+    let ok = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let cfg = config_toml(
+        "imgtest",
+        mqtt,
+        &format!("rtsp://10.0.2.2:{rtsp}/plaza"),
+        "fps = 1",
+        PLAZA_ZONE,
+    );
+    let mut cfg = cfg
+        .lines()
+        .filter(|l| !l.starts_with("dir = "))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace("host = \"127.0.0.1\"", "host = \"10.0.2.2\"")
+        .replace(
+            &model().display().to_string(),
+            "/usr/share/vigil/models/nanodet.onnx",
+        )
+        .replace("listen = \"127.0.0.1:0\"", "listen = \"\"");
+    cfg.push('\n');
+    std::fs::write(dir.join("vigil.toml"), &cfg).unwrap();
+    esp_put(&disk, &dir.join("vigil.toml"), "vigil/vigil.toml");
+    esp_put(&disk, &key.with_extension("pub"), "vigil/authorized_keys");
+
+    let t_boot = Instant::now();
+    let mut vm = Vm::boot(&dir, &disk, ssh_port, &key);
+    let online = sub.wait(Duration::from_secs(420), |m| {
+        m.topic == "vigil/imgtest/status" && m.json["state"] == "online"
+    });
+    assert!(
+        online.is_some(),
+        "Vigil in the VM never came online:\n{}",
+        vm.serial()
+    );
+    eprintln!(
+        "boot to Vigil online: {:.0}s",
+        t_boot.elapsed().as_secs_f64()
+    );
+    let event = sub.wait(Duration::from_secs(240), |m| {
+        m.topic.starts_with("vigil/imgtest/events/")
+    });
+    vm.wait_ssh(Duration::from_secs(60));
+    let (_, journal) = vm.ssh("journalctl -b -u vigil -u vigil-provision --no-pager | tail -n 80");
+    let event = event.unwrap_or_else(|| panic!("no event from Vigil in the VM:\n{journal}"));
+    eprintln!(
+        "first event after {:.0}s: {}",
+        t_boot.elapsed().as_secs_f64(),
+        event.topic
+    );
+
+    // Inside: slot A, read-only root, state on /data, the unit's hardening, listeners.
+    let (_, state) = vm.ssh("systemctl is-active vigil; systemctl show -p Type,StatusText vigil");
+    assert!(state.starts_with("active"), "{state}");
+    let (_, cmdline) = vm.ssh("cat /proc/cmdline");
+    assert!(cmdline.contains("rauc.slot=A"), "{cmdline}");
+    let (code, _) = vm.ssh("touch /usr/x");
+    assert_ne!(code, 0, "the root file system is read-only");
+    let (_, mounts) =
+        vm.ssh("findmnt -no SOURCE,FSTYPE,OPTIONS /; findmnt -no SOURCE /var/lib/private/vigil");
+    eprintln!("mounts: {mounts}");
+    assert!(
+        mounts.lines().next().unwrap_or("").contains("ro,"),
+        "{mounts}"
+    );
+    let (_, live) = vm.ssh("cat /var/lib/vigil/vigil.toml");
+    assert!(
+        live.contains("id = \"imgtest\""),
+        "the provisioned config is live: {live}"
+    );
+    let (_, security) = vm.ssh("systemd-analyze security vigil.service --no-pager");
+    let exposure: f64 = security
+        .lines()
+        .find_map(|l| l.split("Overall exposure level for vigil.service:").nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{security}"));
+    eprintln!("systemd-analyze security vigil.service (in the VM): {exposure}");
+    assert!(exposure <= 2.0, "{security}");
+    let (_, listen) = vm.ssh("ss -ltnpH");
+    eprintln!("listening:\n{listen}");
+    for l in listen.lines() {
+        let local = l.split_whitespace().nth(3).unwrap_or("");
+        assert!(
+            l.contains("\"sshd\"")
+                || (l.contains("systemd-resolve")
+                    && (local.starts_with("127.0.0.53") || local.starts_with("127.0.0.54"))),
+            "only sshd (the config enables no HTTP API) and resolved's loopback stub listen: {l}"
+        );
+    }
+    // The slot gate: Vigil wrote this boot's id once healthy; the slot is confirmed with RAUC.
+    let (_, gate) = vm.ssh("cat /proc/sys/kernel/random/boot_id /var/lib/vigil/system/healthy");
+    let ids: Vec<String> = gate.lines().map(|l| l.replace('-', "")).collect();
+    assert!(
+        ids.len() == 2 && ids[0] == ids[1],
+        "Vigil's health file holds this boot's id: {gate}"
+    );
+    let mut rauc = String::new();
+    for _ in 0..12 {
+        rauc = vm.ssh("rauc status --detailed --output-format=json").1;
+        if rauc.contains("\"boot_status\":\"good\"") {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    eprintln!("rauc status: {rauc}");
+    let status: serde_json::Value =
+        serde_json::from_str(rauc.lines().find(|l| l.starts_with('{')).unwrap_or("{}"))
+            .unwrap_or_default();
+    assert_eq!(status["booted"], "A", "{rauc}");
+    let slot_a = status["slots"]
+        .as_array()
+        .and_then(|slots| slots.iter().find_map(|s| s.get("rootfs.0")))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(slot_a["boot_status"], "good", "slot A confirmed: {rauc}");
+
+    // The watchdog: a stalled Vigil is killed and restarted by systemd.
+    let (code, out) = vm.ssh("kill -STOP $(systemctl show -p MainPID --value vigil)");
+    assert_eq!(code, 0, "{out}");
+    let t_stall = Instant::now();
+    let mut journal = String::new();
+    while t_stall.elapsed() < Duration::from_secs(90) {
+        std::thread::sleep(Duration::from_secs(5));
+        journal = vm.ssh("journalctl -b -u vigil --no-pager").1;
+        if journal.contains("Watchdog timeout")
+            && vm.ssh("systemctl is-active vigil").1.trim() == "active"
+        {
+            break;
+        }
+    }
+    assert!(journal.contains("Watchdog timeout"), "{journal}");
+    eprintln!(
+        "watchdog restarted the stalled Vigil within {:.0}s",
+        t_stall.elapsed().as_secs_f64()
+    );
+
+    // A bad config provisioned later is refused, its errors on the FAT partition; the live
+    // config stays.
+    let (code, out) = vm.ssh(
+        "printf '[device]\\nid = \"bad id\"\\n' > /boot/efi/vigil/vigil.toml && systemctl restart vigil-provision; \
+         cat /boot/efi/vigil/ERRORS.txt; grep -c imgtest /var/lib/vigil/vigil.toml",
+    );
+    eprintln!("bad provisioning: {out}");
+    assert_eq!(
+        code, 0,
+        "the live config is still the provisioned one: {out}"
+    );
+    assert!(out.contains("device.id"), "{out}");
+    let _ = vm.ssh("systemctl poweroff");
+    let t_off = Instant::now();
+    while vm.qemu.running() && t_off.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(!vm.qemu.running(), "the VM powered off");
+    let errors = esp_get(&disk, "vigil/ERRORS.txt").unwrap_or_default();
+    assert!(
+        errors.contains("device.id"),
+        "ERRORS.txt on the FAT partition: {errors}"
+    );
+}
