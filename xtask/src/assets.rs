@@ -508,7 +508,6 @@ fn nspawn_rootfs(cache: &Path) -> Result<()> {
     let _ = std::fs::remove_dir_all(&tmp);
     run(as_root(&[
         "mmdebstrap",
-        "dpkg-dev",
         "--variant=minbase",
         "--include=systemd-sysv,dbus",
         "bookworm",
