@@ -149,7 +149,8 @@ fn installed(pkg: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn as_root(args: &[&str]) -> Command {
+/// `args` run as root: directly when this process is root, else through sudo.
+pub fn as_root(args: &[&str]) -> Command {
     let is_root = Command::new("id")
         .arg("-u")
         .output()

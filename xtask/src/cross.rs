@@ -123,20 +123,7 @@ pub fn setup_arm64(root: &Path) -> Result<()> {
     if !cfg!(all(target_os = "linux", target_arch = "x86_64")) {
         bail!("the arm64 cross build is set up for an amd64 Debian host");
     }
-    let missing: Vec<&str> = HOST_PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| !installed(p))
-        .collect();
-    if missing.is_empty() {
-        step("cross compiler, qemu-user-static, mmdebstrap: present");
-    } else {
-        step(&format!("installing {}", missing.join(" ")));
-        run(&mut as_root(&["apt-get", "update", "-q"]))?;
-        let mut args = vec!["apt-get", "install", "-y", "-q", "--no-install-recommends"];
-        args.extend(&missing);
-        run(&mut as_root(&args))?;
-    }
+    crate::assets::apt_install(HOST_PACKAGES)?;
     arm64_sysroot(root)?;
     let targets = Command::new("rustup")
         .args(["target", "list", "--installed"])
@@ -183,7 +170,7 @@ fn arm64_sysroot(root: &Path) -> Result<()> {
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(root.join(".cache"))?;
     let include = format!("--include={}", SYSROOT_PACKAGES.join(","));
-    let mut cmd = as_root(&[
+    let mut cmd = crate::assets::as_root(&[
         "mmdebstrap",
         "--variant=extract",
         "--arch=arm64",
@@ -423,31 +410,6 @@ pub fn runner(root: &Path, arch: Arch, bin: &Path) -> Result<Command> {
             c
         }
     })
-}
-
-fn installed(pkg: &str) -> bool {
-    Command::new("dpkg-query")
-        .args(["-W", "-f=${Status}", pkg])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
-        .unwrap_or(false)
-}
-
-fn as_root(args: &[&str]) -> Command {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout.starts_with(b"0\n"))
-        .unwrap_or(false);
-    let mut c = if root {
-        Command::new(args[0])
-    } else {
-        let mut c = Command::new("sudo");
-        c.arg(args[0]);
-        c
-    };
-    c.args(&args[1..]).env("DEBIAN_FRONTEND", "noninteractive");
-    c
 }
 
 // ---------------------------------------------------------------------------------------------
