@@ -148,40 +148,18 @@ fn run_vigil(a: &BenchArgs, rules: &RulesOnly, min_score: f32) -> Result<Measure
         cameras: vec![camera],
         ota: Default::default(),
     };
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Event>(4096);
-    // Warm-up outside the measurement: load the model and GStreamer once.
-    vigil_dataplane::media::init().map_err(anyhow::Error::msg)?;
-    let cpu0 = cpu_seconds(Who::Process);
-    let t0 = Instant::now();
-    let plan = Plan::start(&cfg, tx, &Default::default())?;
-    let cpu_started = cpu_seconds(Who::Process);
-    loop {
-        std::thread::sleep(Duration::from_millis(20));
-        let (state, pending) = plan.bench_progress();
-        if state == CameraState::Ended && pending == 0 {
-            break;
-        }
-        if !matches!(
-            state,
-            CameraState::Connecting | CameraState::Live | CameraState::Ended
-        ) {
-            bail!("bench camera failed: {state:?}");
-        }
-    }
-    // The worker may be finishing the last frame.
-    let frames = plan.wait_idle(Duration::from_secs(5));
-    let wall_s = t0.elapsed().as_secs_f64();
-    let cpu_end = cpu_seconds(Who::Process);
-    let (cpu_s, steady_cpu_s) = (cpu_end - cpu0, cpu_end - cpu_started);
-    let (pre_ms, infer_ms) = plan.stage_means_ms();
+    let run = run_to_end(&cfg)?;
+    let (pre_ms, infer_ms) = run.stage_means_ms;
     println!(
         "           per analysed frame: preprocess {pre_ms:.2} ms, inference {infer_ms:.2} ms (wall, worker thread)"
     );
-    plan.stop();
-    let mut evs = Vec::new();
-    while let Ok(e) = rx.try_recv() {
-        evs.push(e);
-    }
+    let (cpu_s, steady_cpu_s, wall_s, frames, evs) = (
+        run.cpu_s,
+        run.steady_cpu_s,
+        run.wall_s,
+        run.frames,
+        run.events,
+    );
     let kinds: Vec<(String, String, String)> = evs
         .iter()
         .map(|e| {
@@ -202,6 +180,66 @@ fn run_vigil(a: &BenchArgs, rules: &RulesOnly, min_score: f32) -> Result<Measure
         steady_cpu_s,
         wall_s,
         frames,
+        events,
+    })
+}
+
+/// A run of a config's plan over recordings (`on_end = "stop"`) to the end.
+pub(crate) struct FileRun {
+    /// CPU-seconds of this process from before the plan starts / once it has started.
+    pub cpu_s: f64,
+    pub steady_cpu_s: f64,
+    pub wall_s: f64,
+    pub frames: u64,
+    pub stage_means_ms: (f64, f64),
+    /// Every event, in the order emitted.
+    pub events: Vec<Event>,
+}
+
+/// Starts the production plan of `cfg` (one `file://` camera), waits for the recording's end
+/// and the worker's last frame, stops it and returns its events: what `vigil bench` measures
+/// and `vigil eval` scores.
+pub(crate) fn run_to_end(cfg: &Config) -> Result<FileRun> {
+    // Ample for a clip's events; should it fill, events would be dropped and the run refused.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Event>(1 << 16);
+    // Warm-up outside the measurement: load GStreamer once.
+    vigil_dataplane::media::init().map_err(anyhow::Error::msg)?;
+    let cpu0 = cpu_seconds(Who::Process);
+    let t0 = Instant::now();
+    let plan = Plan::start(cfg, tx, &Default::default())?;
+    let cpu_started = cpu_seconds(Who::Process);
+    loop {
+        std::thread::sleep(Duration::from_millis(20));
+        let (state, pending) = plan.bench_progress();
+        if state == CameraState::Ended && pending == 0 {
+            break;
+        }
+        if !matches!(
+            state,
+            CameraState::Connecting | CameraState::Live | CameraState::Ended
+        ) {
+            bail!("camera failed: {state:?}");
+        }
+    }
+    // The worker may be finishing the last frame.
+    let frames = plan.wait_idle(Duration::from_secs(5));
+    let wall_s = t0.elapsed().as_secs_f64();
+    let cpu_end = cpu_seconds(Who::Process);
+    let stage_means_ms = plan.stage_means_ms();
+    plan.stop();
+    let mut events = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        events.push(e);
+    }
+    if events.len() >= 1 << 16 {
+        bail!("more than {} events: the run's channel filled", 1 << 16);
+    }
+    Ok(FileRun {
+        cpu_s: cpu_end - cpu0,
+        steady_cpu_s: cpu_end - cpu_started,
+        wall_s,
+        frames,
+        stage_means_ms,
         events,
     })
 }

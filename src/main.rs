@@ -7,6 +7,8 @@ mod bench_gpu;
 mod bench_pictures;
 mod detect;
 mod engines_cli;
+mod eval;
+mod eval_score;
 mod gpu_check;
 mod ota_cli;
 mod token;
@@ -81,6 +83,9 @@ enum Cmd {
     },
     /// Measure the CPU analysis path against the Python baseline; see benches/RESULTS.md.
     Bench(crate::bench::BenchArgs),
+    /// Score clips with ground truth (tests/data/eval) through the production path: per rule
+    /// hits, misses, direction errors, duplicates, false positives, id switches.
+    Eval(crate::eval::EvalArgs),
     /// Signed OTA bundles of models and config: keygen, pack, verify (see ota/README.md).
     #[command(subcommand)]
     Ota(crate::ota_cli::OtaCmd),
@@ -198,6 +203,10 @@ fn main() -> ExitCode {
         Cmd::Bench(args) => {
             init_logging();
             report(crate::bench::run(args))
+        }
+        Cmd::Eval(args) => {
+            init_logging();
+            report(crate::eval::run(args))
         }
         Cmd::Ota(cmd) => report(crate::ota_cli::run(cmd)),
         Cmd::Token(cmd) => report(crate::token::run(cmd)),

