@@ -16,7 +16,9 @@ use vigil_control::plan::Plan;
 use vigil_core::analytics::rules::{RuleEngine, RuleHits};
 use vigil_core::analytics::tracker::{Tracker, TrackerConfig};
 use vigil_core::analytics::{BBox, Detection};
-use vigil_core::config::{CameraConfig, Config, DeviceConfig, ModelConfig, MqttConfig};
+use vigil_core::config::{
+    CameraConfig, Config, DeviceConfig, ModelConfig, MotionGateMode, MqttConfig,
+};
 use vigil_core::events::Event;
 use vigil_dataplane::ffi::rusage::{Who, cpu_seconds};
 use vigil_dataplane::media::CameraState;
@@ -72,7 +74,7 @@ pub struct BenchArgs {
     /// 640 wide, pictures drawn on the GPU and encoded by nvJPEG) instead of the decoder table.
     #[arg(long)]
     pub live_view: bool,
-    /// GPU bench: also write the rows as JSON here.
+    /// Also write the results as JSON here (the GPU bench: its rows).
     #[arg(long)]
     pub json: Option<PathBuf>,
 }
@@ -103,6 +105,7 @@ fn tally<'a>(events: impl Iterator<Item = (&'a str, &'a str, &'a str)>) -> BTree
     m
 }
 
+#[derive(serde::Serialize)]
 struct Measured {
     /// CPU-seconds of everything, start-up (model load, imports) included.
     cpu_s: f64,
@@ -110,10 +113,17 @@ struct Measured {
     steady_cpu_s: f64,
     wall_s: f64,
     frames: u64,
+    /// Frames the motion gate kept from inference.
+    skipped: u64,
     events: BTreeMap<String, usize>,
 }
 
-fn run_vigil(a: &BenchArgs, rules: &RulesOnly, min_score: f32) -> Result<Measured> {
+fn run_vigil(
+    a: &BenchArgs,
+    rules: &RulesOnly,
+    min_score: f32,
+    gate: MotionGateMode,
+) -> Result<Measured> {
     let clip = std::fs::canonicalize(&a.clip).with_context(|| a.clip.display().to_string())?;
     let model = std::fs::canonicalize(&a.model).with_context(|| a.model.display().to_string())?;
     let camera: CameraConfig = toml::from_str(&format!(
@@ -124,6 +134,10 @@ fn run_vigil(a: &BenchArgs, rules: &RulesOnly, min_score: f32) -> Result<Measure
     let camera = CameraConfig {
         zones: rules.zones.clone(),
         lines: rules.lines.clone(),
+        motion: vigil_core::config::CameraMotion {
+            gate,
+            ..camera.motion
+        },
         ..camera
     };
     let model_cfg: ModelConfig = toml::from_str(&format!(
@@ -180,6 +194,7 @@ fn run_vigil(a: &BenchArgs, rules: &RulesOnly, min_score: f32) -> Result<Measure
         steady_cpu_s,
         wall_s,
         frames,
+        skipped: run.skipped,
         events,
     })
 }
@@ -190,7 +205,9 @@ pub(crate) struct FileRun {
     pub cpu_s: f64,
     pub steady_cpu_s: f64,
     pub wall_s: f64,
+    /// Frames analysed, and those the motion gate kept from inference.
     pub frames: u64,
+    pub skipped: u64,
     pub stage_means_ms: (f64, f64),
     /// Every event, in the order emitted.
     pub events: Vec<Event>,
@@ -226,6 +243,7 @@ pub(crate) fn run_to_end(cfg: &Config) -> Result<FileRun> {
     let wall_s = t0.elapsed().as_secs_f64();
     let cpu_end = cpu_seconds(Who::Process);
     let stage_means_ms = plan.stage_means_ms();
+    let skipped = plan.motion_skipped();
     plan.stop();
     let mut events = Vec::new();
     while let Ok(e) = rx.try_recv() {
@@ -239,6 +257,7 @@ pub(crate) fn run_to_end(cfg: &Config) -> Result<FileRun> {
         steady_cpu_s: cpu_end - cpu_started,
         wall_s,
         frames,
+        skipped,
         stage_means_ms,
         events,
     })
@@ -335,6 +354,7 @@ fn run_baseline(
         steady_cpu_s: summary.loop_cpu_s,
         wall_s,
         frames,
+        skipped: 0,
         events,
     })
 }
@@ -393,19 +413,44 @@ pub fn run(a: BenchArgs) -> Result<()> {
         a.model.display(),
         a.threads
     );
-    let v = run_vigil(&a, &rules, min_score)?;
+    let mut json = serde_json::json!({ "clip": a.clip, "clip_s": clip_s, "fps": a.fps });
+    // The service's default (the motion gate on, as on every CPU camera), then without it.
+    let v = run_vigil(&a, &rules, min_score, MotionGateMode::Auto)?;
     report("vigil   ", &format!("at {} fps", a.fps), &v, clip_s);
+    println!(
+        "           of which skipped by the motion gate: {} frames",
+        v.skipped
+    );
+    let off = run_vigil(&a, &rules, min_score, MotionGateMode::Off)?;
+    report("no gate ", &format!("at {} fps", a.fps), &off, clip_s);
+    println!(
+        "gate     : {:.2}x camera-seconds per CPU-second with the motion gate than without; same events: {}",
+        off.steady_cpu_s / v.steady_cpu_s,
+        if v.events == off.events { "yes" } else { "NO" }
+    );
+    json["vigil"] = serde_json::to_value(&v)?;
+    json["no_gate"] = serde_json::to_value(&off)?;
+    let write = |json: &serde_json::Value| -> Result<()> {
+        if let Some(p) = &a.json {
+            std::fs::write(p, serde_json::to_string_pretty(json)?)
+                .with_context(|| p.display().to_string())?;
+        }
+        Ok(())
+    };
     let Some(py) = &a.python else {
         println!("baseline : skipped (no --python)");
-        return Ok(());
+        return write(&json);
     };
     let b = run_baseline(&a, py, &rules, min_score)?;
+    json["baseline"] = serde_json::to_value(&b)?;
     report("baseline", "at every frame", &b, clip_s);
-    println!(
-        "ratio    : {:.2}x camera-seconds analysed per CPU-second in steady state ({:.2}x with start-up); same events found: {}",
-        b.steady_cpu_s / v.steady_cpu_s,
-        b.cpu_s / v.cpu_s,
-        if v.events == b.events { "yes" } else { "NO" }
-    );
-    Ok(())
+    for (who, m) in [("vigil", &v), ("no gate", &off)] {
+        println!(
+            "ratio    : {who}: {:.2}x camera-seconds analysed per CPU-second in steady state ({:.2}x with start-up); same events found: {}",
+            b.steady_cpu_s / m.steady_cpu_s,
+            b.cpu_s / m.cpu_s,
+            if m.events == b.events { "yes" } else { "NO" }
+        );
+    }
+    write(&json)
 }

@@ -57,6 +57,8 @@ struct ClipResult {
     /// Whether the clip is the very file the truth was made on.
     sha256_matches: bool,
     analysed_frames: u64,
+    /// Frames the motion gate kept from inference.
+    motion_skipped: u64,
     analysis_fps: f32,
     config: PathBuf,
     score: Score,
@@ -125,7 +127,15 @@ pub fn run(a: EvalArgs) -> Result<()> {
             line_confirm_s: 0.0,
         };
         let score = eval_score::score(t, &emitted, &delays);
-        print_clip(t, &clip, sha_ok, run.frames, camera.fps, &score, a.verbose);
+        print_clip(
+            t,
+            &clip,
+            sha_ok,
+            (run.frames, run.skipped),
+            camera.fps,
+            &score,
+            a.verbose,
+        );
         total = sum(&total, &score.total);
         switches += score.id_switches;
         clips.push(ClipResult {
@@ -133,6 +143,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             clip,
             sha256_matches: sha_ok,
             analysed_frames: run.frames,
+            motion_skipped: run.skipped,
             analysis_fps: camera.fps,
             config: cfg_path,
             score,
@@ -284,7 +295,18 @@ impl Sets {
                     "--set {a:?}: section {section:?} (expected camera, zones, lines or model)"
                 ),
             };
-            table.insert(key.to_string(), value);
+            // `camera.motion.gate=off`: nested tables.
+            let mut parts: Vec<&str> = key.split('.').collect();
+            let last = parts.pop().unwrap_or_default();
+            let mut t = table;
+            for p in parts {
+                t = t
+                    .entry(p.to_string())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                    .as_table_mut()
+                    .with_context(|| format!("--set {a:?}: {p} is set to a value, not a table"))?;
+            }
+            t.insert(last.to_string(), value);
         }
         Ok(s)
     }
@@ -305,7 +327,7 @@ fn config_text(
     m.insert("kind".into(), Value::String("nanodet".into()));
     m.insert("backend".into(), Value::String("cpu".into()));
     m.insert("threads".into(), Value::Integer(threads.into()));
-    m.extend(sets.model.clone());
+    merge(&mut m, &sets.model);
     let mut cam = toml::Table::new();
     cam.insert("name".into(), Value::String(t.clip.name.clone()));
     cam.insert(
@@ -317,14 +339,14 @@ fn config_text(
         cam.insert("fps".into(), Value::Float(fps as f64));
     }
     cam.insert("on_end".into(), Value::String("stop".into()));
-    cam.extend(sets.camera.clone());
+    merge(&mut cam, &sets.camera);
     for (key, extra) in [("zones", &sets.zones), ("lines", &sets.lines)] {
         if let Some(Value::Array(rules)) = t.camera.get(key) {
             let rules = rules
                 .iter()
                 .map(|r| {
                     let mut r = r.as_table().cloned().unwrap_or_default();
-                    r.extend(extra.clone());
+                    merge(&mut r, extra);
                     Value::Table(r)
                 })
                 .collect();
@@ -347,17 +369,29 @@ fn config_text(
     ))
 }
 
+/// `over`'s keys into `base`, tables merged key by key.
+fn merge(base: &mut toml::Table, over: &toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            _ => {
+                base.insert(k.clone(), v.clone());
+            }
+        }
+    }
+}
+
 fn print_clip(
     t: &Truth,
     clip: &Path,
     sha_ok: bool,
-    frames: u64,
+    (frames, skipped): (u64, u64),
     fps: f32,
     s: &Score,
     verbose: bool,
 ) {
     println!(
-        "\nclip {} ({}, {}x{}, {:.1} s){}: {frames} frames analysed at {fps} fps",
+        "\nclip {} ({}, {}x{}, {:.1} s){}: {frames} frames analysed at {fps} fps ({skipped} more kept from inference by the motion gate)",
         t.clip.name,
         clip.display(),
         t.clip.width,

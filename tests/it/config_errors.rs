@@ -269,6 +269,7 @@ fn lobby_camera() -> CameraConfig {
         }],
         restream: None,
         live: Default::default(),
+        motion: Default::default(),
     }
 }
 
@@ -295,6 +296,7 @@ fn replay_camera() -> CameraConfig {
         lines: vec![],
         restream: None,
         live: Default::default(),
+        motion: Default::default(),
     }
 }
 

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 const PROBATION_S: u64 = 4;
 
-/// (pipeline_id, frames_analysed) of camera plaza.
+/// (pipeline_id, frames taken: analysed or kept from inference by the motion gate) of camera
+/// plaza.
 fn camera(addr: &str) -> (u64, u64) {
     let (code, body) = http_get(addr, "/api/cameras");
     assert_eq!(code, 200);
@@ -20,7 +21,8 @@ fn camera(addr: &str) -> (u64, u64) {
     let c = &v[0];
     (
         c["pipeline_id"].as_u64().unwrap(),
-        c["frames_analysed"].as_u64().unwrap_or(0),
+        c["frames_analysed"].as_u64().unwrap_or(0)
+            + c["frames_motion_skipped"].as_u64().unwrap_or(0),
     )
 }
 

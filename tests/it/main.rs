@@ -33,6 +33,7 @@ mod http_limits;
 mod image_boot;
 mod live_browser;
 mod live_limits;
+mod motion_gate;
 mod mqtt_faults;
 mod mqtt_tls;
 mod ota_hostile;

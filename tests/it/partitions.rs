@@ -21,8 +21,11 @@ use std::time::{Duration, Instant};
 const SHORT: Duration = Duration::from_secs(3);
 const LONG: Duration = Duration::from_secs(12);
 
+/// Frames the worker took: analysed, or kept from inference by the motion gate.
 fn frames(addr: &str) -> Option<u64> {
-    metric(addr, "vigil_camera_frames_analysed_total").map(|f| f as u64)
+    let analysed = metric(addr, "vigil_camera_frames_analysed_total")?;
+    let skipped = metric(addr, "vigil_camera_frames_motion_skipped_total")?;
+    Some((analysed + skipped) as u64)
 }
 
 /// The value of metric `name` (its first series) on Vigil's /metrics.

@@ -484,6 +484,42 @@ fn wheel_member(
     check_sha(&path, sha)
 }
 
+/// The motion gate's bench clip (`.cache/media/vtest-idle.mp4`): 30 s of the plaza's first frame,
+/// frozen (a camera where nothing moves), then the plaza's first 30 s. Made from pictures (a
+/// concat of two branches in one pipeline hung now and then).
+pub fn idle_clip(root: &Path) -> Result<PathBuf> {
+    let out = root.join(".cache/media/vtest-idle.mp4");
+    if out.exists() {
+        return Ok(out);
+    }
+    step("making vtest-idle.mp4 (30 s of a frozen first frame, then 30 s of vtest.avi)");
+    let frames = root.join(".cache/media/idle-frames");
+    let _ = std::fs::remove_dir_all(&frames);
+    std::fs::create_dir_all(&frames)?;
+    let pattern = format!("location={}/f%04d.jpg", frames.display());
+    let gst = |pipeline: String| {
+        let args: Vec<&str> = pipeline.split(' ').collect();
+        run(Command::new("gst-launch-1.0").arg("-q").args(args))
+    };
+    gst(format!(
+        "filesrc location={VTEST_AVI} ! avidemux ! decodebin ! videoconvert ! identity eos-after=300 \
+         ! jpegenc quality=95 ! multifilesink index=300 {pattern}"
+    ))?;
+    for k in 0..300 {
+        std::fs::copy(frames.join("f0300.jpg"), frames.join(format!("f{k:04}.jpg")))?;
+    }
+    let tmp = out.with_extension("part.mp4");
+    gst(format!(
+        "multifilesrc {pattern} index=0 stop-index=599 caps=image/jpeg,framerate=10/1 ! jpegdec \
+         ! videoconvert ! video/x-raw,format=I420 ! x264enc speed-preset=faster key-int-max=20 bframes=0 \
+         ! video/x-h264,profile=main ! h264parse ! mp4mux ! filesink location={}",
+        tmp.display()
+    ))?;
+    std::fs::rename(&tmp, &out)?;
+    std::fs::remove_dir_all(&frames)?;
+    Ok(out)
+}
+
 fn pictures(media: &Path, dl: &Path) -> Result<()> {
     wheel_member(
         media,

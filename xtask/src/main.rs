@@ -229,14 +229,28 @@ fn bench(args: &[String]) -> Result<()> {
     run(cargo()
         .current_dir(&root)
         .args(["build", "--release", "--bin", "vigil"]))?;
-    step("vigil bench (Vigil's CPU path, then the Python baseline, same clip, model and threads)");
-    run(Command::new(root.join("target/release/vigil"))
-        .current_dir(&root)
-        .arg("bench")
-        .arg("--python")
-        .arg(py)
-        .args(args)
-        .env("VIGIL_LOG", "warn"))
+    // Without arguments: the busy plaza (the default clip), then a camera that sees a still
+    // scene for half of the time (what the motion gate is for).
+    let runs: Vec<Vec<String>> = if args.is_empty() {
+        let idle = assets::idle_clip(&root)?;
+        vec![vec![], vec!["--clip".into(), idle.display().to_string()]]
+    } else {
+        vec![args.to_vec()]
+    };
+    for extra in runs {
+        step(&format!(
+            "vigil bench {} (Vigil's CPU path with and without the motion gate, then the Python baseline: same clip, model and threads)",
+            extra.join(" ")
+        ));
+        run(Command::new(root.join("target/release/vigil"))
+            .current_dir(&root)
+            .arg("bench")
+            .arg("--python")
+            .arg(&py)
+            .args(&extra)
+            .env("VIGIL_LOG", "warn"))?;
+    }
+    Ok(())
 }
 
 /// Prepares what a GPU machine without cargo, GStreamer or ONNX Runtime's CUDA provider needs

@@ -711,6 +711,7 @@ impl Plan {
                     fps_analysed: round2(rate(analysed, pan)),
                     frames_in,
                     frames_analysed: analysed,
+                    frames_motion_skipped: c.analysis.motion_skipped.load(Ordering::Relaxed),
                     frames_dropped: c.queue.dropped(c.slot),
                     reconnects: st.reconnects.load(Ordering::Relaxed),
                     infer_ms_avg: if analysed > 0 {
@@ -795,6 +796,13 @@ impl Plan {
         (frames, hist)
     }
 
+    /// Frames the motion gate kept from inference, over all cameras.
+    pub fn motion_skipped(&self) -> u64 {
+        self.cameras()
+            .map(|c| c.analysis.motion_skipped.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// Mean preprocessing and inference milliseconds per analysed frame, over all cameras.
     pub fn stage_means_ms(&self) -> (f64, f64) {
         let sum = |f: fn(&AnalysisStats) -> &std::sync::atomic::AtomicU64| {
@@ -856,6 +864,8 @@ pub struct CameraTelemetry {
     pub fps_analysed: f64,
     pub frames_in: u64,
     pub frames_analysed: u64,
+    /// Frames not run through the model because nothing moved near the rules.
+    pub frames_motion_skipped: u64,
     /// Frames replaced in the latest-frame queue before inference took them.
     pub frames_dropped: u64,
     pub reconnects: u64,

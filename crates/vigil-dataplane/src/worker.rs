@@ -10,10 +10,11 @@ use crate::picture::{Jpeg, Picturer};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use vigil_core::analytics::motion::{MotionGate, MotionSettings};
 use vigil_core::analytics::rules::{HitKind, RuleEngine, RuleHits};
 use vigil_core::analytics::tracker::{Tracker, TrackerConfig};
-use vigil_core::analytics::{COCO_CLASSES, Detections};
-use vigil_core::config::CameraConfig;
+use vigil_core::analytics::{BBox, COCO_CLASSES, Detections};
+use vigil_core::config::{CameraConfig, MotionGateMode};
 use vigil_core::events::{Event, EventKind, SnapshotRef, new_event_id, now_rfc3339};
 pub use vigil_core::health::OutputCounters;
 use vigil_core::model::nanodet::NanodetDecoder;
@@ -34,6 +35,8 @@ pub struct AnalysisStats {
     pub events_lost: AtomicU64,
     /// Frames skipped because their memory/format is not readable by this worker.
     pub unsupported: AtomicU64,
+    /// Frames not analysed because nothing moved near the rules (the motion gate).
+    pub motion_skipped: AtomicU64,
     /// Frame-to-detection latency: from the frame leaving the decoder (appsink) to its
     /// detections being on the host, queueing included.
     pub frame_latency: LatencyHist,
@@ -177,22 +180,34 @@ pub struct CameraAnalysis {
     time_base: f64,
     last_t: f64,
     last_seen: Option<Instant>,
+    /// The motion gate and when it runs (`[cameras.motion]`); `None`: `gate = "off"`.
+    motion: Option<(MotionGateMode, MotionGate)>,
 }
 
 impl CameraAnalysis {
     pub fn new(cfg: &CameraConfig) -> Self {
         // Tracks start at 0.5 and are kept down to half the camera's min_score. Starting them
-        // at min_score (TrackerConfig::for_min_score) made duplicate tracks of one person on
-        // the vtest ground-truth run over RTSP: it waits for the eval set (issue 17).
+        // at min_score (TrackerConfig::for_min_score) found no more people on the eval set and
+        // made more duplicates (`vigil eval`, benches/RESULTS.md "Counting accuracy").
         let tracker = Tracker::new(TrackerConfig {
             low_thresh: (cfg.min_score * 0.5).max(0.1),
             ..TrackerConfig::default()
+        });
+        let rules = RuleEngine::new(&cfg.zones, &cfg.lines, cfg.min_score);
+        let m = &cfg.motion;
+        let motion = (m.gate != MotionGateMode::Off).then(|| {
+            let settings = MotionSettings {
+                threshold: m.threshold.clamp(1, 255) as u8,
+                min_blocks: m.min_blocks.clamp(1, u16::MAX as u32) as u16,
+                max_skip_s: m.max_skip.as_secs_f64(),
+            };
+            (m.gate, MotionGate::new(settings, &regions(&rules)))
         });
         Self {
             name: cfg.name.clone(),
             min_score: cfg.min_score,
             tracker,
-            rules: RuleEngine::new(&cfg.zones, &cfg.lines, cfg.min_score),
+            rules,
             stats: Arc::new(AnalysisStats::default()),
             latency: None,
             live: None,
@@ -208,8 +223,46 @@ impl CameraAnalysis {
             time_base: 0.0,
             last_t: 0.0,
             last_seen: None,
+            motion,
         }
     }
+
+    /// Whether the motion gate lets `frame` through to inference (always, where it does not
+    /// run: `gate = "off"`, `auto` on the GPU path, frames not in host memory).
+    fn motion_allows(&mut self, frame: &FrameRef, cpu_engine: bool) -> bool {
+        let Some((mode, gate)) = &mut self.motion else {
+            return true;
+        };
+        if *mode == MotionGateMode::Auto && !cpu_engine {
+            return true;
+        }
+        let Some(yuv) = frame.host_yuv() else {
+            return true;
+        };
+        // Raw frame time: a new pipeline session restarts it, which the gate takes as a reason
+        // to analyse.
+        let pts = frame.pts.map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        let go = gate.check(pts, yuv.y, yuv.width, yuv.height, yuv.y_stride);
+        if go {
+            gate.analysed(pts);
+        }
+        go
+    }
+}
+
+/// The rules' regions for the motion gate.
+fn regions(
+    rules: &RuleEngine,
+) -> heapless::Vec<BBox, { vigil_core::analytics::motion::MAX_REGIONS }> {
+    let mut v = heapless::Vec::new();
+    for r in rules.regions() {
+        if v.push(r).is_err() {
+            // More rules than regions: the gate watches the whole frame.
+            v.clear();
+            break;
+        }
+    }
+    v
 }
 
 /// Where events go: a bounded channel drained by the control plane. A full channel blocks the
@@ -407,6 +460,9 @@ impl AnalysisWorker {
                         let cam = &mut self.cameras[slot];
                         cam.rules = *rules;
                         cam.min_score = min_score;
+                        if let Some((_, gate)) = &mut cam.motion {
+                            gate.set_regions(&regions(&cam.rules));
+                        }
                     }
                     WorkerCmd::Replace { slot, analysis } => self.cameras[slot] = *analysis,
                     WorkerCmd::Swap(swap) => {
@@ -423,6 +479,24 @@ impl AnalysisWorker {
                 == 0
             {
                 continue;
+            }
+            // The CPU path takes one frame at a time: one in which nothing moved near the rules
+            // skips inference, and the tracker does not step: its tracks hold their place (nothing
+            // moved where they are). Coasting them on their velocity instead drifted a person who
+            // had stopped in a zone off their own box: a second track, a second zone entry.
+            if let [frame] = &frames[..] {
+                let cpu = matches!(self.engine, Engine::Cpu { .. });
+                let slot = frame.slot;
+                if !self.cameras[slot].motion_allows(frame, cpu) {
+                    let pts = frame.pts.map(|d| d.as_secs_f64()).unwrap_or(0.0);
+                    let (session, received) = (frame.session, frame.received);
+                    let cam = &mut self.cameras[slot];
+                    let t = cam.stream_time(pts, session, received, &mut hits);
+                    cam.stats.motion_skipped.fetch_add(1, Ordering::Relaxed);
+                    self.emit(slot, &hits, t, None);
+                    frames.clear();
+                    continue;
+                }
             }
             times.clear();
             for frame in &frames {

@@ -123,6 +123,12 @@ impl Collector for Snapshot {
         )?;
         counter(
             &mut enc,
+            "vigil_camera_frames_motion_skipped",
+            "Frames not run through the model because nothing moved near the rules (motion gate)",
+            &per_cam(&|c| c.analysis.motion_skipped.load(Ordering::Relaxed)),
+        )?;
+        counter(
+            &mut enc,
             "vigil_camera_frames_dropped",
             "Frames replaced in the latest-frame queue before inference took them",
             &per_cam(&|c| c.queue.dropped(c.slot)),

@@ -118,6 +118,7 @@ async fn cameras(State(s): State<AppState>) -> Response {
                 "pipeline_id": c.stats.pipeline_id.load(Ordering::Relaxed),
                 "frames_decoded": c.stats.frames_in.load(Ordering::Relaxed),
                 "frames_analysed": c.analysis.analysed.load(Ordering::Relaxed),
+                "frames_motion_skipped": c.analysis.motion_skipped.load(Ordering::Relaxed),
                 "frames_dropped": c.queue.dropped(c.slot),
                 "events": c.analysis.events.load(Ordering::Relaxed),
                 "restream": c.restream.as_ref().map(|(url, encoder)| serde_json::json!({

@@ -4,6 +4,7 @@
 
 pub mod geometry;
 mod kalman;
+pub mod motion;
 pub mod nms;
 pub mod rules;
 pub mod tracker;

@@ -298,6 +298,25 @@ impl RuleEngine {
         &self.names
     }
 
+    /// The bounding box of each rule's zone or line, in rule order (for the motion gate).
+    pub fn regions(&self) -> impl Iterator<Item = BBox> + '_ {
+        self.rules.iter().map(|r| {
+            let grow = |b: BBox, p: &Point| {
+                BBox::new(
+                    b.x1.min(p[0]),
+                    b.y1.min(p[1]),
+                    b.x2.max(p[0]),
+                    b.y2.max(p[1]),
+                )
+            };
+            let empty = BBox::new(f32::MAX, f32::MAX, f32::MIN, f32::MIN);
+            match &r.shape {
+                Shape::Zone { polygon, .. } => polygon.iter().fold(empty, grow),
+                Shape::Line { from, to, .. } => grow(grow(empty, from), to),
+            }
+        })
+    }
+
     /// Hits dropped so far because one frame produced more than [`MAX_HITS`].
     pub fn dropped_hits(&self) -> u64 {
         self.dropped_hits

@@ -478,6 +478,25 @@ pub(super) fn check_camera(c: &mut Checker, config: &Config, i: usize) {
             ),
         );
     }
+    let m = &camera.motion;
+    if !(1..=255).contains(&m.threshold) {
+        c.err(
+            format!("{cp}.motion.threshold"),
+            format!("{} luma levels (expected 1..=255)", m.threshold),
+        );
+    }
+    if !(1..=4096).contains(&m.min_blocks) {
+        c.err(
+            format!("{cp}.motion.min_blocks"),
+            format!("{} blocks (expected 1..=4096)", m.min_blocks),
+        );
+    }
+    if !(0.1..=60.0).contains(&m.max_skip.as_secs_f64()) {
+        c.err(
+            format!("{cp}.motion.max_skip"),
+            format!("{} s (expected 0.1 s to 60 s)", m.max_skip.as_secs_f64()),
+        );
+    }
     if let Some(f) = camera.live.fps
         && !(0.2..=30.0).contains(&f)
     {

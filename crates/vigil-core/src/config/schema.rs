@@ -537,6 +537,50 @@ pub struct CameraConfig {
     /// This camera's live view limits, over `[live]`'s.
     #[serde(default)]
     pub live: CameraLive,
+    /// Motion-gated detection: frames in which nothing moved near the rules skip inference.
+    #[serde(default)]
+    pub motion: CameraMotion,
+}
+
+/// When the motion gate runs (`[cameras.motion] gate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MotionGateMode {
+    /// On where the camera's frames are analysed on the CPU (where inference is the cost);
+    /// off on the GPU path.
+    #[default]
+    Auto,
+    /// On wherever the frames are in host memory (the GPU path's frames never are).
+    On,
+    Off,
+}
+
+/// Motion-gated detection (`vigil_core::analytics::motion`): a frame in which no block of
+/// the region around the camera's rules changed by `threshold` luma levels since the last
+/// analysed frame skips inference (the tracker does not step: tracks hold their place), at most
+/// `max_skip` long.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CameraMotion {
+    pub gate: MotionGateMode,
+    /// Change of a block's mean luma (1..=255 levels) that counts as motion.
+    pub threshold: u32,
+    /// Moved blocks needed (1..=4096; the frame is at most 64×64 blocks).
+    pub min_blocks: u32,
+    /// Longest time without an analysed frame (0.1 s..=60 s): a dwell or a person standing
+    /// still is seen at least this often.
+    pub max_skip: Dur,
+}
+
+impl Default for CameraMotion {
+    fn default() -> Self {
+        Self {
+            gate: MotionGateMode::Auto,
+            threshold: 10,
+            min_blocks: 1,
+            max_skip: Dur::secs(1),
+        }
+    }
 }
 
 fn yes() -> bool {
