@@ -121,10 +121,11 @@ pub fn run(a: EvalArgs) -> Result<()> {
         // A camera asking for more frames than the clip has gets every frame.
         let analysed_every = (1.0 / camera.fps as f64).max(1.0 / t.clip.fps);
         let inertia = camera.zones.iter().map(|z| z.inertia).max().unwrap_or(1);
+        let confirm = camera.lines.iter().map(|l| l.confirm).max().unwrap_or(1);
         let delays = Delays {
             sampling_s: (analysed_every - 1.0 / t.clip.fps).max(0.0),
             zone_inertia_s: (inertia.saturating_sub(1)) as f64 * analysed_every,
-            line_confirm_s: 0.0,
+            line_confirm_s: (confirm.saturating_sub(1)) as f64 * analysed_every,
         };
         let score = eval_score::score(t, &emitted, &delays);
         print_clip(

@@ -266,6 +266,7 @@ fn lobby_camera() -> CameraConfig {
             min_score: Some(0.45),
             cooldown: Dur::secs(2),
             anchor: Anchor::Bottom,
+            confirm: 1,
         }],
         restream: None,
         live: Default::default(),

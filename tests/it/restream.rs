@@ -52,10 +52,16 @@ fn the_annotated_rtsp_restream_plays_in_a_gstreamer_client() {
         .args(["!", "filesink", &format!("location={}", raw.display())])
         .output()
         .expect("gst-launch-1.0");
+    // gst-launch stops the client once it has its frames; now and then its PAUSE at that point
+    // finds the connection already closed ("Could not send message. (Received end-of-file)")
+    // and it exits 1 after every frame was written. That teardown is not what is tested: the
+    // frames below are.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let teardown_only =
+        stderr.contains("Could not send message") && stderr.contains("end-of-file");
     assert!(
-        out.status.success(),
-        "the client played the stream: {}",
-        String::from_utf8_lossy(&out.stderr)
+        out.status.success() || teardown_only,
+        "the client played the stream: {stderr}"
     );
     let data = std::fs::read(&raw).unwrap();
     assert_eq!(data.len() % (w * h * 3), 0, "whole {w}x{h} RGB frames");

@@ -506,7 +506,10 @@ pub fn idle_clip(root: &Path) -> Result<PathBuf> {
          ! jpegenc quality=95 ! multifilesink index=300 {pattern}"
     ))?;
     for k in 0..300 {
-        std::fs::copy(frames.join("f0300.jpg"), frames.join(format!("f{k:04}.jpg")))?;
+        std::fs::copy(
+            frames.join("f0300.jpg"),
+            frames.join(format!("f{k:04}.jpg")),
+        )?;
     }
     let tmp = out.with_extension("part.mp4");
     gst(format!(

@@ -668,7 +668,8 @@ impl AnalysisWorker {
                     .to_string(),
                 score: h.score,
                 bbox: [h.bbox.x1, h.bbox.y1, h.bbox.x2, h.bbox.y2],
-                pts_s: t,
+                // The hit's own time: a removed track's leave is timed at its last sighting.
+                pts_s: if h.t_s.is_finite() { h.t_s } else { t },
                 time: now_rfc3339(),
                 dwell_s: h.dwell_s,
                 track_age_s: h.track_age_s,

@@ -100,6 +100,10 @@ pub struct RuleHit {
     pub track_age_s: f32,
     /// The track's mean detection score so far.
     pub track_mean_score: f32,
+    /// Stream time the event is about: the frame's, except for a removed track's leave (or
+    /// still unconfirmed crossing), which is timed at its last sighting, not at its removal
+    /// (`max_age` frames later).
+    pub t_s: f64,
 }
 
 pub type RuleHits = heapless::Vec<RuleHit, MAX_HITS>;
@@ -119,6 +123,8 @@ enum Shape {
         from: Point,
         to: Point,
         direction: LineDirection,
+        /// Frames on the far side before a crossing fires.
+        confirm: u32,
     },
 }
 
@@ -149,6 +155,10 @@ struct RuleState {
     prev: Point,
     /// Last non-zero side: -1 left, 1 right, 0 not known yet.
     side: i8,
+    /// A crossing waiting for its confirmation: the far side (0 = none) and the frames seen
+    /// there so far.
+    pending: i8,
+    pending_n: u32,
     /// Time of the last hit emitted; -inf = none.
     last_hit: f64,
 }
@@ -162,6 +172,8 @@ const FRESH: RuleState = RuleState {
     streak_t: 0.0,
     prev: [0.0, 0.0],
     side: 0,
+    pending: 0,
+    pending_n: 0,
     last_hit: f64::NEG_INFINITY,
 };
 
@@ -245,6 +257,7 @@ impl RuleEngine {
                     from: l.from,
                     to: l.to,
                     direction: l.direction,
+                    confirm: l.confirm.max(1),
                 },
                 classes: class_filter(&l.classes),
                 min_score: l.min_score.unwrap_or(camera_min_score),
@@ -377,6 +390,7 @@ impl RuleEngine {
                         dwell_s: dwell_s.map(|d| d as f32),
                         track_age_s: (t_s - first_t) as f32,
                         track_mean_score: tv.mean_score,
+                        t_s,
                     };
                     if hits.push(hit).is_err() {
                         self.dropped_hits += 1;
@@ -436,6 +450,7 @@ impl RuleEngine {
                         from,
                         to,
                         direction,
+                        confirm,
                     } => {
                         let c = cross(*from, *to, p);
                         let side: i8 = if c > 0.0 {
@@ -445,23 +460,36 @@ impl RuleEngine {
                         } else {
                             0
                         };
+                        let wanted = |crossing: Crossing| match direction {
+                            LineDirection::Both => true,
+                            LineDirection::In => crossing == Crossing::In,
+                            LineDirection::Out => crossing == Crossing::Out,
+                        };
+                        // A crossing waiting for confirmation: one more frame on the far side,
+                        // or back over the line (then neither way fires).
+                        let mut went_back = false;
+                        if st.pending != 0 && side != 0 {
+                            if side == st.pending {
+                                st.pending_n += 1;
+                            } else {
+                                st.pending = 0;
+                                went_back = true;
+                            }
+                        }
                         if st.seen
+                            && !went_back
                             && side != 0
                             && st.side != 0
                             && side != st.side
                             && segments_intersect(st.prev, p, *from, *to)
                         {
-                            let crossing = if side > 0 {
-                                Crossing::In
-                            } else {
-                                Crossing::Out
-                            };
-                            let wanted = match direction {
-                                LineDirection::Both => true,
-                                LineDirection::In => crossing == Crossing::In,
-                                LineDirection::Out => crossing == Crossing::Out,
-                            };
-                            if wanted && !cooling(st) {
+                            st.pending = side;
+                            st.pending_n = 1;
+                        }
+                        if st.pending != 0 && st.pending_n >= *confirm {
+                            let crossing = side_crossing(st.pending);
+                            st.pending = 0;
+                            if wanted(crossing) && !cooling(st) {
                                 st.last_hit = t_s;
                                 self.crossings[ri][(crossing == Crossing::Out) as usize] += 1;
                                 emit(HitKind::LineCross, Some(crossing), None);
@@ -483,6 +511,38 @@ impl RuleEngine {
             };
             let states = &mut self.states[slot * n..(slot + 1) * n];
             for (ri, (rule, st)) in self.rules.iter().zip(states.iter()).enumerate() {
+                // A crossing still waiting for its confirmation when the track died (it walked
+                // over the line and out of sight): it did cross.
+                if let Shape::Line { direction, .. } = rule.shape
+                    && st.pending != 0
+                    && !(rule.cooldown > 0.0 && t_s - st.last_hit < rule.cooldown)
+                {
+                    let crossing = side_crossing(st.pending);
+                    let wanted = match direction {
+                        LineDirection::Both => true,
+                        LineDirection::In => crossing == Crossing::In,
+                        LineDirection::Out => crossing == Crossing::Out,
+                    };
+                    if wanted {
+                        self.crossings[ri][(crossing == Crossing::Out) as usize] += 1;
+                        let hit = RuleHit {
+                            rule: ri,
+                            kind: HitKind::LineCross,
+                            crossing: Some(crossing),
+                            track_id: id,
+                            class_id: s.class_id,
+                            score: s.score,
+                            bbox: s.bbox,
+                            dwell_s: None,
+                            track_age_s: (s.last_t - s.first_t) as f32,
+                            track_mean_score: s.mean_score,
+                            t_s: s.last_t,
+                        };
+                        if hits.push(hit).is_err() {
+                            self.dropped_hits += 1;
+                        }
+                    }
+                }
                 if let Shape::Zone { leave: true, .. } = rule.shape
                     && st.seen
                     && st.inside
@@ -504,6 +564,7 @@ impl RuleEngine {
                         ),
                         track_age_s: (s.last_t - s.first_t) as f32,
                         track_mean_score: s.mean_score,
+                        t_s: s.last_t,
                     };
                     if hits.push(hit).is_err() {
                         self.dropped_hits += 1;
@@ -540,6 +601,15 @@ impl RuleEngine {
         self.states[i * n..(i + 1) * n].fill(FRESH);
         self.slots[i] = None;
         i
+    }
+}
+
+/// The crossing that ends on `side` (right of the line = in).
+fn side_crossing(side: i8) -> Crossing {
+    if side > 0 {
+        Crossing::In
+    } else {
+        Crossing::Out
     }
 }
 
@@ -581,6 +651,7 @@ mod tests {
             min_score: None,
             cooldown: Dur::default(),
             anchor: Anchor::Bottom,
+            confirm: 1,
         }
     }
 
@@ -868,6 +939,68 @@ mod tests {
         );
     }
 
+    /// Track 7 through `ys` (x 0.5) over `hline` with the given `confirm`: (frame, crossing).
+    fn confirm_run(confirm: u32, ys: &[f32]) -> Vec<(usize, Option<Crossing>)> {
+        let mut l = hline();
+        l.confirm = confirm;
+        let mut e = RuleEngine::new(&[], &[l], 0.3);
+        run_path(&mut e, &ys.iter().map(|&y| [0.5, y]).collect::<Vec<_>>())
+            .into_iter()
+            .map(|(k, b)| (k, b.2))
+            .collect()
+    }
+
+    #[test]
+    fn a_crossing_fires_once_confirmed_on_the_far_side() {
+        let path = [0.3, 0.45, 0.55, 0.6, 0.65, 0.7];
+        assert_eq!(confirm_run(1, &path), vec![(2, IN)]);
+        // Confirmed by the third frame below the line, the crossing frame included.
+        assert_eq!(confirm_run(3, &path), vec![(4, IN)]);
+        // Frames on the line itself neither confirm nor cancel.
+        assert_eq!(
+            confirm_run(2, &[0.3, 0.45, 0.55, 0.5, 0.5, 0.6]),
+            vec![(5, IN)]
+        );
+    }
+
+    #[test]
+    fn jitter_across_a_line_shorter_than_confirm_fires_nothing() {
+        // Over the line and back, twice, two frames each: with confirm 3 nothing; with 1, four.
+        let jitter = [0.45, 0.52, 0.53, 0.47, 0.46, 0.52, 0.53, 0.48, 0.4];
+        assert!(confirm_run(3, &jitter).is_empty());
+        assert_eq!(
+            confirm_run(1, &jitter),
+            vec![(1, IN), (3, OUT), (5, IN), (7, OUT)]
+        );
+        // Back over at once, then a real crossing: one event, the real one.
+        assert_eq!(
+            confirm_run(2, &[0.45, 0.55, 0.45, 0.55, 0.6, 0.7]),
+            vec![(4, IN)]
+        );
+    }
+
+    #[test]
+    fn a_crossing_pending_when_its_track_dies_still_counts() {
+        let mut l = hline();
+        l.confirm = 3;
+        let mut e = RuleEngine::new(&[], &[l], 0.3);
+        let mut hits = RuleHits::new();
+        e.update(0.0, &[tv(7, 0.5, 0.4)], &[], &mut hits);
+        e.update(0.2, &[tv(7, 0.5, 0.6)], &[], &mut hits);
+        assert!(hits.is_empty(), "not confirmed yet");
+        e.update(0.4, &[], &[7], &mut hits);
+        assert_eq!(brief(&hits), vec![(0, HitKind::LineCross, IN, 7)]);
+        assert_eq!(hits[0].t_s, 0.2, "timed at the last sighting");
+        let counted: Vec<(u64, u64)> = e
+            .shapes()
+            .filter_map(|(_, s)| match s {
+                RuleShape::Line { ins, outs, .. } => Some((ins, outs)),
+                RuleShape::Zone { .. } => None,
+            })
+            .collect();
+        assert_eq!(counted, vec![(1, 0)]);
+    }
+
     /// A track moving along x through `SQUARE`'s zone with the given inertia: (frame, kind).
     fn inertia_run(inertia: u32, xs: &[f32]) -> Vec<(usize, HitKind, Option<f32>)> {
         let mut z = zone("z", &SQUARE);
@@ -949,6 +1082,8 @@ mod tests {
         assert_eq!(brief(&hits), vec![(0, HitKind::ZoneLeave, None, 4)]);
         assert_eq!(hits[0].bbox, tv(4, 0.5, 0.45).bbox);
         assert_eq!(hits[0].dwell_s, Some(0.5));
+        // The event itself is timed at the last sighting too.
+        assert_eq!(hits[0].t_s, 0.5);
         // Removed twice: nothing more.
         e.update(4.0, &[], &[4], &mut hits);
         assert!(hits.is_empty());

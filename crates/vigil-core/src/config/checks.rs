@@ -864,6 +864,16 @@ pub(super) fn check_line(c: &mut Checker, lp: &str, line: &LineConfig) {
             ),
         );
     }
+    if !(1..=super::schema::MAX_INERTIA).contains(&line.confirm) {
+        c.err(
+            format!("{lp}.confirm"),
+            format!(
+                "confirm of {} (expected 1 to {} analysed frames)",
+                line.confirm,
+                super::schema::MAX_INERTIA
+            ),
+        );
+    }
     check_classes(c, &format!("{lp}.classes"), &line.classes);
     if let Some(score) = line.min_score {
         check_score(c, &format!("{lp}.min_score"), score);

@@ -719,4 +719,13 @@ pub struct LineConfig {
     pub cooldown: Dur,
     #[serde(default)]
     pub anchor: Anchor,
+    /// Analysed frames the reference point must be seen on the far side (the crossing frame
+    /// included) before the crossing fires; going back over the line first fires nothing.
+    /// 1..=MAX_INERTIA.
+    #[serde(default = "default_confirm")]
+    pub confirm: u32,
+}
+
+pub fn default_confirm() -> u32 {
+    1
 }
