@@ -57,8 +57,7 @@ fn the_annotated_rtsp_restream_plays_in_a_gstreamer_client() {
     // and it exits 1 after every frame was written. That teardown is not what is tested: the
     // frames below are.
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let teardown_only =
-        stderr.contains("Could not send message") && stderr.contains("end-of-file");
+    let teardown_only = stderr.contains("Could not send message") && stderr.contains("end-of-file");
     assert!(
         out.status.success() || teardown_only,
         "the client played the stream: {stderr}"
