@@ -4,38 +4,8 @@
 //! error naming its state.
 
 use crate::common::*;
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
-
-/// Sends a WebSocket upgrade for `/api/live` and returns the stream and the status code.
-fn upgrade(addr: &str) -> (TcpStream, u16) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET /api/live HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-         Sec-WebSocket-Protocol: vigil\r\n\r\n"
-    )
-    .unwrap();
-    // Read the head only, a byte at a time (what follows is the server's to send).
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if s.read(&mut b).unwrap_or(0) == 0 {
-            break;
-        }
-        head.push(b[0]);
-    }
-    let head = String::from_utf8_lossy(&head).to_string();
-    let code = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (s, code)
-}
 
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -68,7 +38,7 @@ fn hostile_live_clients_are_bounded_and_analysis_goes_on() {
     // 1. A client that never reads: closed by the send timeout, memory bounded.
     let pid = vigil.child.id();
     let rss0 = rss_kib(pid);
-    let (silent, code) = upgrade(&addr);
+    let (silent, code) = live_upgrade(&addr);
     assert_eq!(code, 101);
     let t0 = Instant::now();
     while metric(&addr, "vigil_live_clients_timed_out_total") < 1.0 {
@@ -103,7 +73,7 @@ fn hostile_live_clients_are_bounded_and_analysis_goes_on() {
         )
     };
     let analysed0 = taken();
-    let clients: Vec<(TcpStream, u16)> = (0..200).map(|_| upgrade(&addr)).collect();
+    let clients: Vec<(TcpStream, u16)> = (0..200).map(|_| live_upgrade(&addr)).collect();
     let ok = clients.iter().filter(|c| c.1 == 101).count();
     let busy = clients.iter().filter(|c| c.1 == 503).count();
     assert_eq!((ok, busy), (8, 192), "admitted and refused");

@@ -228,8 +228,15 @@ impl CameraAnalysis {
     }
 
     /// Whether the motion gate lets `frame` through to inference (always, where it does not
-    /// run: `gate = "off"`, `auto` on the GPU path, frames not in host memory).
+    /// run: `gate = "off"`, `auto` on the GPU path, frames not in host memory, and while someone
+    /// looks at the camera: its live view, re-stream or a snapshot asked for get their pictures,
+    /// boxes included, at their own rate).
     fn motion_allows(&mut self, frame: &FrameRef, cpu_engine: bool) -> bool {
+        let watched = self
+            .live
+            .as_ref()
+            .is_some_and(|f| f.viewers() > 0 || f.requested().0)
+            || self.restream.as_ref().is_some_and(|f| f.watched());
         let Some((mode, gate)) = &mut self.motion else {
             return true;
         };
@@ -242,7 +249,9 @@ impl CameraAnalysis {
         // Raw frame time: a new pipeline session restarts it, which the gate takes as a reason
         // to analyse.
         let pts = frame.pts.map(|d| d.as_secs_f64()).unwrap_or(0.0);
-        let go = gate.check(pts, yuv.y, yuv.width, yuv.height, yuv.y_stride);
+        // A watched frame is analysed and becomes the reference, so the gate picks up from it
+        // when the viewer leaves.
+        let go = gate.check(pts, yuv.y, yuv.width, yuv.height, yuv.y_stride) || watched;
         if go {
             gate.analysed(pts);
         }
