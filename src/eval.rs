@@ -137,7 +137,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             &score,
             a.verbose,
         );
-        total = sum(&total, &score.total);
+        total.add(&score.total);
         switches += score.id_switches;
         clips.push(ClipResult {
             name: t.clip.name.clone(),
@@ -176,18 +176,6 @@ pub fn run(a: EvalArgs) -> Result<()> {
             .with_context(|| j.display().to_string())?;
     }
     Ok(())
-}
-
-fn sum(a: &Tally, b: &Tally) -> Tally {
-    Tally {
-        truth: a.truth + b.truth,
-        hits: a.hits + b.hits,
-        misses: a.misses + b.misses,
-        direction_errors: a.direction_errors + b.direction_errors,
-        duplicates: a.duplicates + b.duplicates,
-        false_positives: a.false_positives + b.false_positives,
-        unscored: a.unscored + b.unscored,
-    }
 }
 
 fn emitted(e: &Event) -> Emitted {

@@ -266,7 +266,7 @@ pub struct Tally {
 }
 
 impl Tally {
-    fn add(&mut self, o: &Tally) {
+    pub fn add(&mut self, o: &Tally) {
         self.truth += o.truth;
         self.hits += o.hits;
         self.misses += o.misses;

@@ -460,11 +460,6 @@ impl RuleEngine {
                         } else {
                             0
                         };
-                        let wanted = |crossing: Crossing| match direction {
-                            LineDirection::Both => true,
-                            LineDirection::In => crossing == Crossing::In,
-                            LineDirection::Out => crossing == Crossing::Out,
-                        };
                         // A crossing waiting for confirmation: one more frame on the far side,
                         // or back over the line (then neither way fires).
                         let mut went_back = false;
@@ -489,7 +484,7 @@ impl RuleEngine {
                         if st.pending != 0 && st.pending_n >= *confirm {
                             let crossing = side_crossing(st.pending);
                             st.pending = 0;
-                            if wanted(crossing) && !cooling(st) {
+                            if wanted(*direction, crossing) && !cooling(st) {
                                 st.last_hit = t_s;
                                 self.crossings[ri][(crossing == Crossing::Out) as usize] += 1;
                                 emit(HitKind::LineCross, Some(crossing), None);
@@ -518,12 +513,7 @@ impl RuleEngine {
                     && !(rule.cooldown > 0.0 && t_s - st.last_hit < rule.cooldown)
                 {
                     let crossing = side_crossing(st.pending);
-                    let wanted = match direction {
-                        LineDirection::Both => true,
-                        LineDirection::In => crossing == Crossing::In,
-                        LineDirection::Out => crossing == Crossing::Out,
-                    };
-                    if wanted {
+                    if wanted(direction, crossing) {
                         self.crossings[ri][(crossing == Crossing::Out) as usize] += 1;
                         let hit = RuleHit {
                             rule: ri,
@@ -601,6 +591,15 @@ impl RuleEngine {
         self.states[i * n..(i + 1) * n].fill(FRESH);
         self.slots[i] = None;
         i
+    }
+}
+
+/// Whether a line's `direction` fires on `crossing`.
+fn wanted(direction: LineDirection, crossing: Crossing) -> bool {
+    match direction {
+        LineDirection::Both => true,
+        LineDirection::In => crossing == Crossing::In,
+        LineDirection::Out => crossing == Crossing::Out,
     }
 }
 
