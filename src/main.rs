@@ -64,6 +64,9 @@ enum Cmd {
         /// again with its times moved on; it is read into memory once).
         #[arg(long = "loop")]
         looped: bool,
+        /// The RTP transports clients may ask for.
+        #[arg(long, default_value = "any", value_parser = ["any", "tcp", "udp"])]
+        transport: String,
     },
     /// Probe the GPU and check the fused preprocessing kernel against the CPU reference; with
     /// `--model`, also the GPU path's detections against the CPU path's on the same frames.
@@ -217,9 +220,19 @@ fn main() -> ExitCode {
             mount,
             address,
             looped,
+            transport,
         } => report(
             vigil_dataplane::media::rtsp_server::serve_forever(
-                &file, address, port, &mount, looped,
+                &file,
+                address,
+                port,
+                &mount,
+                looped,
+                match transport.as_str() {
+                    "tcp" => vigil_core::config::RtspTransport::Tcp,
+                    "udp" => vigil_core::config::RtspTransport::Udp,
+                    _ => vigil_core::config::RtspTransport::Auto,
+                },
             )
             .map_err(anyhow::Error::from),
         ),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use vigil_core::config::{
     Anchor, BackendKind, CameraConfig, Config, ConfigError, DeviceConfig, Dur, HttpConfig,
     LineConfig, LineDirection, ModelConfig, ModelKind, MqttConfig, OnEnd, ReconnectConfig,
-    StorageConfig, ZoneConfig, ZoneEventKind, load, parse,
+    RtspTransport, StorageConfig, ZoneConfig, ZoneEventKind, load, parse,
 };
 use vigil_dataplane::facts::ThisBox;
 
@@ -235,6 +235,7 @@ fn lobby_camera() -> CameraConfig {
         min_score: 0.4,
         stall_timeout: Dur::secs(15),
         rtsp_latency: Dur::millis(300),
+        rtsp_transport: RtspTransport::Tcp,
         reconnect: ReconnectConfig {
             initial_backoff: Dur::millis(500),
             max_backoff: Dur::secs(60),
@@ -286,6 +287,7 @@ fn replay_camera() -> CameraConfig {
         min_score: 0.35,
         stall_timeout: Dur::secs(10),
         rtsp_latency: Dur::millis(200),
+        rtsp_transport: RtspTransport::Auto,
         reconnect: ReconnectConfig {
             initial_backoff: Dur::secs(1),
             max_backoff: Dur::secs(30),

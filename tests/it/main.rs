@@ -42,6 +42,7 @@ mod partitions;
 mod recording_end;
 mod restream;
 mod rtsp_loop;
+mod rtsp_transport;
 mod spool_broker_kill;
 mod stream_roles;
 mod systemd_unit;

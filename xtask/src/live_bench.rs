@@ -30,7 +30,8 @@ use std::time::{Duration, Instant};
 
 const USAGE: &str = "usage: cargo xtask live-bench [--cameras 16,64,96,150] [--warmup-s 30] \
 [--seconds 60] [--backend cuda|cpu] [--models 4] [--fps 30] [--vigil PATH --model PATH --clip PATH \
---mosquitto PATH] [--out DIR] [--env NAME=VALUE]...";
+--mosquitto PATH] [--out DIR] [--env NAME=VALUE]... [--camera KEY=VALUE]... [--server-cpus LIST] \
+[--vigil-cpus LIST] [--floor DECODER|none]";
 
 struct Opts {
     cameras: Vec<usize>,
@@ -47,6 +48,15 @@ struct Opts {
     mosquitto: Option<PathBuf>,
     out: Option<PathBuf>,
     env: Vec<(String, String)>,
+    /// TOML lines added to every camera (`rtsp_transport = "tcp"`).
+    camera: Vec<String>,
+    /// CPUs (taskset's list) for the RTSP server, and for Vigil / the GStreamer floor, so
+    /// that the two never share a core.
+    server_cpus: Option<String>,
+    vigil_cpus: Option<String>,
+    /// Also run GStreamer alone on the same N cameras: `gst-launch-1.0` with N chains
+    /// `rtspsrc ! depay ! parse ! DECODER ! fakesink` (`none`: no decoder), its CPU per camera.
+    floor: Option<String>,
 }
 
 fn parse(args: &[String]) -> Result<Opts> {
@@ -63,6 +73,10 @@ fn parse(args: &[String]) -> Result<Opts> {
         mosquitto: None,
         out: None,
         env: Vec::new(),
+        camera: Vec::new(),
+        server_cpus: None,
+        vigil_cpus: None,
+        floor: None,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -87,6 +101,13 @@ fn parse(args: &[String]) -> Result<Opts> {
             "--clip" => o.clip = Some(v.into()),
             "--mosquitto" => o.mosquitto = Some(v.into()),
             "--out" => o.out = Some(v.into()),
+            "--camera" => {
+                let (k, val) = v.split_once('=').context("--camera KEY=VALUE")?;
+                o.camera.push(format!("{} = {}", k.trim(), val.trim()));
+            }
+            "--server-cpus" => o.server_cpus = Some(v.clone()),
+            "--vigil-cpus" => o.vigil_cpus = Some(v.clone()),
+            "--floor" => o.floor = Some(v.clone()),
             "--env" => {
                 let (k, val) = v.split_once('=').context("--env NAME=VALUE")?;
                 o.env.push((k.into(), val.into()));
@@ -110,6 +131,7 @@ struct Row {
     restarts: f64,
     reasons: BTreeMap<String, usize>,
     cpu_pct_per_camera: f64,
+    server_cpu_pct_per_camera: f64,
     cpu_us_per_frame: f64,
     threads: f64,
     gpu_mib: f64,
@@ -143,17 +165,19 @@ pub fn live_bench(root: &Path, args: &[String]) -> Result<()> {
     )?;
     kids.0
         .push(("mosquitto".into(), broker(&mosquitto, &mconf, mqtt_port)?));
-    let server = Command::new(&vigil)
+    let server = pinned(&vigil, o.server_cpus.as_deref())
         .args(["rtsp-serve", "--loop", "--port", &rtsp_port.to_string()])
         .args(["--mount", "/live", "--file"])
         .arg(&clip)
         .stdout(Stdio::null())
         .spawn()?;
+    let server_pid = server.id();
     kids.0.push(("rtsp server".into(), server));
     crate::wait_port(rtsp_port, Duration::from_secs(60))?;
     let url = format!("rtsp://127.0.0.1:{rtsp_port}/live");
 
     let mut rows = Vec::new();
+    let mut floors = Vec::new();
     for &n in &o.cameras {
         crate::step(&format!(
             "live bench: {n} cameras of {url} ({}), backend {}, analysis {} fps",
@@ -161,31 +185,52 @@ pub fn live_bench(root: &Path, args: &[String]) -> Result<()> {
             o.backend,
             o.fps
         ));
-        let row = one(&o, n, &vigil, &model, &url, mqtt_port, &out)?;
+        let at = Served {
+            url: &url,
+            server_pid,
+            mqtt_port,
+        };
+        let row = one(&o, n, &vigil, &model, &at, &out)?;
         println!("{}", table(std::slice::from_ref(&row)));
         rows.push(row);
+        if let Some(decoder) = &o.floor {
+            let f = floor(&o, n, decoder, &url, &out, server_pid)?;
+            println!("{}", floor_table(std::slice::from_ref(&f)));
+            floors.push(f);
+        }
     }
     drop(kids);
-    let text = table(&rows);
+    let mut text = table(&rows);
+    if !floors.is_empty() {
+        text += "\n";
+        text += &floor_table(&floors);
+    }
     println!("\n{text}");
     std::fs::write(out.join("live-bench.md"), &text)?;
     std::fs::write(
         out.join("live-bench.json"),
-        serde_json::to_string_pretty(&rows.iter().map(json).collect::<Vec<_>>())?,
+        serde_json::to_string_pretty(&serde_json::json!({
+            "vigil": rows.iter().map(json).collect::<Vec<_>>(),
+            "gstreamer_alone": floors.iter().map(|f| serde_json::json!({
+                "cameras": f.cameras, "chain": f.chain, "cpu_pct_per_camera": f.cpu_pct_per_camera,
+                "server_cpu_pct_per_camera": f.server_cpu_pct_per_camera,
+                "threads": f.threads, "gpu_mib": f.gpu_mib, "survived": f.survived,
+            })).collect::<Vec<_>>(),
+        }))?,
     )?;
     println!("live bench: output in {}", out.display());
     Ok(())
 }
 
-fn one(
-    o: &Opts,
-    n: usize,
-    vigil: &Path,
-    model: &Path,
-    url: &str,
+/// What every run shares: the RTSP server (its URL and process) and the broker's port.
+struct Served<'a> {
+    url: &'a str,
+    server_pid: u32,
     mqtt_port: u16,
-    out: &Path,
-) -> Result<Row> {
+}
+
+fn one(o: &Opts, n: usize, vigil: &Path, model: &Path, at: &Served, out: &Path) -> Result<Row> {
+    let (url, mqtt_port, server_pid) = (at.url, at.mqtt_port, at.server_pid);
     let http_port = free_port()?;
     let dir = out.join(format!("n{n}"));
     let _ = std::fs::remove_dir_all(&dir);
@@ -193,7 +238,7 @@ fn one(
     let cfg = dir.join("vigil.toml");
     std::fs::write(&cfg, config(o, n, model, url, mqtt_port, http_port, &dir))?;
     let log_path = dir.join("vigil.log");
-    let mut child = Command::new(vigil)
+    let mut child = pinned(vigil, o.vigil_cpus.as_deref())
         .arg("run")
         .arg("--config")
         .arg(&cfg)
@@ -221,6 +266,7 @@ fn one(
         }
         std::thread::sleep(o.warmup);
         let a = (Instant::now(), cpu_ticks(pid), metrics(http_port)?);
+        let server_a = cpu_ticks(server_pid);
         let (mut threads, mut gpu) = (0f64, 0f64);
         let end = Instant::now() + o.window;
         while Instant::now() < end {
@@ -229,6 +275,7 @@ fn one(
             std::thread::sleep(Duration::from_secs(5).min(end - Instant::now()));
         }
         let b = (Instant::now(), cpu_ticks(pid), metrics(http_port)?);
+        let server_s = (cpu_ticks(server_pid) - server_a) / clk_tck();
         let secs = (b.0 - a.0).as_secs_f64();
         let fa = per_camera(&a.2, "vigil_camera_frames_analysed_total");
         let fb = per_camera(&b.2, "vigil_camera_frames_analysed_total");
@@ -248,6 +295,7 @@ fn one(
             restarts: delta("vigil_camera_reconnects"),
             reasons: BTreeMap::new(),
             cpu_pct_per_camera: cpu_s / secs / n as f64 * 100.0,
+            server_cpu_pct_per_camera: server_s / secs / n as f64 * 100.0,
             cpu_us_per_frame: cpu_s / frames.max(1.0) * 1e6,
             threads,
             gpu_mib: gpu,
@@ -318,6 +366,7 @@ url = "{url}"
 model = "m{m}"
 fps = {fps}
 stall_timeout = "10s"
+{extra}
 [[cameras.lines]]
 name = "crosswalk"
 from = [0.05, 0.55]
@@ -326,8 +375,137 @@ direction = "both"
 classes = ["person"]
 "#,
             m = i % o.models.min(n),
-            fps = o.fps
+            fps = o.fps,
+            extra = o.camera.join("\n"),
         );
+    }
+    s
+}
+
+/// `program`, under `taskset -c cpus` when given.
+fn pinned(program: &Path, cpus: Option<&str>) -> Command {
+    match cpus {
+        Some(list) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", list]).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+/// GStreamer alone on the same cameras.
+struct Floor {
+    cameras: usize,
+    chain: String,
+    cpu_pct_per_camera: f64,
+    server_cpu_pct_per_camera: f64,
+    threads: f64,
+    gpu_mib: f64,
+    /// gst-launch-1.0 was still running at the end of the window (no camera failed it).
+    survived: bool,
+}
+
+/// `gst-launch-1.0` (from PATH) with `n` chains `rtspsrc ! depay ! parse ! decoder ! fakesink`
+/// in one process, as Vigil receives and decodes (same latency, same CUDA-memory output on
+/// nvh26xdec), measured as Vigil is: its CPU from /proc over the window after the warm-up.
+fn floor(
+    o: &Opts,
+    n: usize,
+    decoder: &str,
+    url: &str,
+    out: &Path,
+    server_pid: u32,
+) -> Result<Floor> {
+    let transport = o
+        .camera
+        .iter()
+        .find_map(|l| l.strip_prefix("rtsp_transport = "))
+        .map(|v| v.trim_matches('"').to_string());
+    let mut chain = format!("rtspsrc location={url} latency=200");
+    if let Some(t) = transport.filter(|t| t != "auto") {
+        chain += &format!(" protocols={t}");
+    }
+    chain += " ! rtph264depay ! h264parse";
+    match decoder {
+        "none" => {}
+        d if d.starts_with("nvh26") => chain += &format!(" ! {d} ! video/x-raw(memory:CUDAMemory)"),
+        d => chain += &format!(" ! {d}"),
+    }
+    chain += " ! fakesink sync=false";
+    crate::step(&format!("GStreamer alone: {n} × `{chain}`"));
+    let mut cmd = pinned(Path::new("gst-launch-1.0"), o.vigil_cpus.as_deref());
+    cmd.arg("-q");
+    for _ in 0..n {
+        cmd.args(chain.split(' '));
+    }
+    let log = out.join(format!("floor-n{n}.log"));
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()
+        .context("gst-launch-1.0 (on the GPU machine: source gpu-payload/gst/env.sh)")?;
+    let pid = child.id();
+    std::thread::sleep(Duration::from_secs(5) + o.warmup);
+    let (t0, c0, s0) = (Instant::now(), cpu_ticks(pid), cpu_ticks(server_pid));
+    let (mut threads, mut gpu) = (0f64, 0f64);
+    let end = Instant::now() + o.window;
+    while Instant::now() < end {
+        threads = threads.max(status_field(pid, "Threads:"));
+        gpu = gpu.max(gpu_mib(pid));
+        std::thread::sleep(Duration::from_secs(5).min(end - Instant::now()));
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let (c1, s1) = (cpu_ticks(pid), cpu_ticks(server_pid));
+    let survived = matches!(child.try_wait(), Ok(None));
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(Floor {
+        cameras: n,
+        chain,
+        cpu_pct_per_camera: (c1 - c0) / clk_tck() / secs / n as f64 * 100.0,
+        server_cpu_pct_per_camera: (s1 - s0) / clk_tck() / secs / n as f64 * 100.0,
+        threads,
+        gpu_mib: gpu,
+        survived,
+    })
+}
+
+fn floor_table(rows: &[Floor]) -> String {
+    markdown(
+        &[
+            "live cameras",
+            "GStreamer alone (gst-launch-1.0, one process)",
+            "CPU per camera",
+            "RTSP server CPU per camera",
+            "threads",
+            "GPU MiB",
+            "ran to the end",
+        ],
+        rows.iter().map(|f| {
+            vec![
+                f.cameras.to_string(),
+                format!("`{}`", f.chain),
+                format!("{:.2} %", f.cpu_pct_per_camera),
+                format!("{:.2} %", f.server_cpu_pct_per_camera),
+                f.threads.to_string(),
+                f.gpu_mib.to_string(),
+                if f.survived {
+                    "yes"
+                } else {
+                    "no (see its log)"
+                }
+                .to_string(),
+            ]
+        }),
+    )
+}
+
+/// A Markdown table.
+fn markdown(head: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
+    let mut s = format!("| {} |\n|{}\n", head.join(" | "), "---|".repeat(head.len()));
+    for r in rows {
+        let _ = writeln!(s, "| {} |", r.join(" | "));
     }
     s
 }
@@ -427,35 +605,48 @@ fn ms(v: Option<f64>) -> String {
 }
 
 fn table(rows: &[Row]) -> String {
-    let mut s = String::from(
-        "| live cameras | analysed fps per camera (min / mean) | cameras within 0.5 fps of the analysis rate | restarts in the window | Vigil CPU per camera | CPU µs per frame | threads | GPU MiB | frame → detections p50 / p99 ms | D2H bytes per frame | stop on SIGTERM |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+    let mut s = markdown(
+        &[
+            "live cameras",
+            "analysed fps per camera (min / mean)",
+            "cameras within 0.5 fps of the analysis rate",
+            "restarts in the window",
+            "Vigil CPU per camera",
+            "RTSP server CPU per camera",
+            "CPU µs per frame",
+            "threads",
+            "GPU MiB",
+            "frame → detections p50 / p99 ms",
+            "D2H bytes per frame",
+            "stop on SIGTERM",
+        ],
+        rows.iter().map(|r| {
+            vec![
+                r.cameras.to_string(),
+                format!("{:.1} / {:.1}", r.fps_min, r.fps_mean),
+                format!(
+                    "{} of {}{}",
+                    r.at_target,
+                    r.cameras,
+                    if r.not_started > 0 {
+                        format!(" ({} never started)", r.not_started)
+                    } else {
+                        String::new()
+                    }
+                ),
+                r.restarts.to_string(),
+                format!("{:.2} %", r.cpu_pct_per_camera),
+                format!("{:.2} %", r.server_cpu_pct_per_camera),
+                format!("{:.0}", r.cpu_us_per_frame),
+                r.threads.to_string(),
+                r.gpu_mib.to_string(),
+                format!("{} / {}", ms(r.latency_p50_ms), ms(r.latency_p99_ms)),
+                format!("{:.0}", r.d2h_bytes_per_frame),
+                r.stop_s
+                    .map_or_else(|| "not within 90 s".into(), |s| format!("{s:.1} s")),
+            ]
+        }),
     );
-    for r in rows {
-        let _ = writeln!(
-            s,
-            "| {} | {:.1} / {:.1} | {} of {}{} | {} | {:.2} % | {:.0} | {} | {} | {} / {} | {:.0} | {} |",
-            r.cameras,
-            r.fps_min,
-            r.fps_mean,
-            r.at_target,
-            r.cameras,
-            if r.not_started > 0 {
-                format!(" ({} never started)", r.not_started)
-            } else {
-                String::new()
-            },
-            r.restarts,
-            r.cpu_pct_per_camera,
-            r.cpu_us_per_frame,
-            r.threads,
-            r.gpu_mib,
-            ms(r.latency_p50_ms),
-            ms(r.latency_p99_ms),
-            r.d2h_bytes_per_frame,
-            r.stop_s
-                .map_or_else(|| "not within 90 s".into(), |s| format!("{s:.1} s")),
-        );
-    }
     for r in rows.iter().filter(|r| !r.reasons.is_empty()) {
         let _ = writeln!(s, "\nRestart reasons at {} cameras (whole run):", r.cameras);
         for (why, k) in &r.reasons {
@@ -475,6 +666,7 @@ fn json(r: &Row) -> serde_json::Value {
         "restarts_in_window": r.restarts,
         "restart_reasons": r.reasons,
         "cpu_pct_per_camera": r.cpu_pct_per_camera,
+        "server_cpu_pct_per_camera": r.server_cpu_pct_per_camera,
         "cpu_us_per_frame": r.cpu_us_per_frame,
         "threads": r.threads,
         "gpu_mib": r.gpu_mib,

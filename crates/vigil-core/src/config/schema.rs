@@ -522,6 +522,9 @@ pub struct CameraConfig {
     /// RTSP jitter-buffer latency.
     #[serde(default = "default_rtsp_latency")]
     pub rtsp_latency: Dur,
+    /// How RTP reaches Vigil from an RTSP camera (`auto`: UDP, TCP where UDP gets nothing).
+    #[serde(default)]
+    pub rtsp_transport: RtspTransport,
     #[serde(default)]
     pub reconnect: ReconnectConfig,
     /// What to do when the source ends its stream (EOS).
@@ -540,6 +543,32 @@ pub struct CameraConfig {
     /// Motion-gated detection: frames in which nothing moved near the rules skip inference.
     #[serde(default)]
     pub motion: CameraMotion,
+}
+
+/// The lower transport an RTSP camera is asked for (`rtsp_transport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RtspTransport {
+    /// UDP first; TCP when the camera refuses UDP or no packet comes (GStreamer's own
+    /// fallback, after a few seconds).
+    #[default]
+    Auto,
+    /// RTP interleaved in the RTSP connection: through NAT and firewalls, no packet loss, no
+    /// UDP sockets (two fewer receiving threads per camera).
+    Tcp,
+    /// UDP only (unicast or multicast).
+    Udp,
+}
+
+impl RtspTransport {
+    /// The value of GStreamer's `rtspsrc` `protocols` property.
+    pub fn gst_protocols(self) -> &'static str {
+        match self {
+            Self::Auto => "tcp+udp-mcast+udp",
+            Self::Tcp => "tcp",
+            Self::Udp => "udp+udp-mcast",
+        }
+    }
 }
 
 /// When the motion gate runs (`[cameras.motion] gate`).

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use vigil_core::config::{CameraConfig, OnEnd, ReconnectConfig};
+use vigil_core::config::{CameraConfig, OnEnd, ReconnectConfig, RtspTransport};
 use vigil_core::error::chain;
 use vigil_core::redact::redact;
 
@@ -27,8 +27,12 @@ pub enum PipelineError {
     Missing { factory: &'static str },
     #[error("cannot assemble pipeline")]
     Assemble(#[source] gst::glib::BoolError),
-    #[error("cannot link converter")]
+    #[error("cannot link the pipeline's elements")]
     Link(#[source] gst::glib::BoolError),
+    #[error("cannot link the source's stream: {0}")]
+    PadLink(String),
+    #[error("an element added to the playing pipeline did not start")]
+    State,
 }
 
 /// Why a camera's pipeline failed, as its status and logs say (credentials redacted there).
@@ -201,6 +205,7 @@ pub struct SourceSettings {
     pub fps: f32,
     pub stall_timeout: Duration,
     pub rtsp_latency: Duration,
+    pub rtsp_transport: RtspTransport,
     pub reconnect: ReconnectConfig,
     pub on_end: OnEnd,
     /// GPU path: where the decoders leave their frames (NV12 on the GPU up to the analysis
@@ -245,6 +250,7 @@ impl From<&CameraConfig> for SourceSettings {
             fps: c.fps,
             stall_timeout: c.stall_timeout.0,
             rtsp_latency: c.rtsp_latency.0,
+            rtsp_transport: c.rtsp_transport,
             reconnect: c.reconnect.clone(),
             on_end: c.on_end,
             cuda: None,
@@ -601,6 +607,53 @@ fn make(factory: &'static str) -> Result<gst::Element, PipelineError> {
         .map_err(|_| PipelineError::Missing { factory })
 }
 
+/// The elements that turn an RTP stream of `encoding` (RTSP's `encoding-name`) into raw video
+/// for `next`: depayloader, parser and the decoder the start-up probe chose for H.264/H.265,
+/// `decodebin` for any other encoding. Added to `pipeline`, linked to `next` and playing; the
+/// first one is returned, for the RTP pad to be linked to.
+fn rtp_decode_chain(
+    pipeline: &gst::Pipeline,
+    encoding: &str,
+    next: &gst::Element,
+) -> Result<gst::Element, PipelineError> {
+    let codec = match encoding.to_ascii_uppercase().as_str() {
+        "H264" => Some(("rtph264depay", "h264parse", "h264")),
+        "H265" => Some(("rtph265depay", "h265parse", "h265")),
+        _ => None,
+    };
+    let chain = match codec.and_then(|(d, p, c)| Some((d, p, super::probe::chosen(c)?))) {
+        Some((depay, parse, decoder)) => vec![make(depay)?, make(parse)?, make(decoder)?],
+        None => vec![make("decodebin")?],
+    };
+    pipeline.add_many(&chain).map_err(PipelineError::Assemble)?;
+    if chain.len() > 1 {
+        gst::Element::link_many(chain.iter().chain([next])).map_err(PipelineError::Link)?;
+    } else {
+        // decodebin's raw video pad comes once it has found a decoder.
+        let next = next.downgrade();
+        chain[0].connect_pad_added(move |_, pad| {
+            let Some(sinkpad) = next.upgrade().and_then(|n| n.static_pad("sink")) else {
+                return;
+            };
+            let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
+            let video = caps
+                .structure(0)
+                .is_some_and(|st| st.name().starts_with("video/"));
+            if video
+                && !sinkpad.is_linked()
+                && let Err(e) = pad.link(&sinkpad)
+            {
+                tracing::warn!("cannot link decoded video pad: {e:?}");
+            }
+        });
+    }
+    for el in &chain {
+        el.sync_state_with_parent()
+            .map_err(|_| PipelineError::State)?;
+    }
+    Ok(chain[0].clone())
+}
+
 fn build_pipeline(
     s: &SourceSettings,
     slot: usize,
@@ -609,17 +662,31 @@ fn build_pipeline(
     stats: Arc<CameraStats>,
 ) -> Result<gst::Pipeline, PipelineError> {
     let pipeline = gst::Pipeline::with_name(&format!("cam-{}-{session}", s.name));
-    let src = make("uridecodebin")?;
-    src.set_property("uri", &s.url);
-    let latency_ms = s.rtsp_latency.as_millis() as u32;
-    src.connect("source-setup", false, move |args| {
-        if let Ok(el) = args[1].get::<gst::Element>()
-            && el.has_property("latency")
-        {
-            el.set_property("latency", latency_ms);
-        }
-        None
-    });
+    // RTSP cameras: `rtspsrc` and an explicit depayloader → parser → decoder chain per codec
+    // (H.264/H.265; `decodebin` for anything else), so that the source's own errors reach the
+    // camera's status (behind `uridecodebin`, a refused transport read "missing a plug-in") and
+    // only the first video stream is set up at all. Other URLs: `uridecodebin`.
+    let rtsp = reach::rtsp_endpoint(&s.url).is_some();
+    let src = if rtsp {
+        let src = make("rtspsrc")?;
+        src.set_property("location", &s.url);
+        src.set_property("latency", s.rtsp_latency.as_millis() as u32);
+        src.set_property_from_str("protocols", s.rtsp_transport.gst_protocols());
+        let video_taken = std::sync::atomic::AtomicBool::new(false);
+        src.connect("select-stream", false, move |args| {
+            let video = args[2].get::<gst::Caps>().ok().is_some_and(|caps| {
+                caps.structure(0)
+                    .and_then(|st| st.get::<&str>("media").ok())
+                    .is_some_and(|m| m.eq_ignore_ascii_case("video"))
+            });
+            Some((video && !video_taken.swap(true, Ordering::Relaxed)).to_value())
+        });
+        src
+    } else {
+        let src = make("uridecodebin")?;
+        src.set_property("uri", &s.url);
+        src
+    };
     {
         let stats = stats.clone();
         let gpu_decoder = s.cuda.is_some();
@@ -686,22 +753,42 @@ fn build_pipeline(
         convert
     };
     let convert_weak = head.downgrade();
+    let pipeline_weak = pipeline.downgrade();
     src.connect_pad_added(move |_, pad| {
-        let Some(convert) = convert_weak.upgrade() else {
+        let (Some(convert), Some(pipeline)) = (convert_weak.upgrade(), pipeline_weak.upgrade())
+        else {
             return;
         };
-        let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
-        let is_video = caps
-            .structure(0)
-            .is_some_and(|st| st.name().starts_with("video/"));
         let Some(sinkpad) = convert.static_pad("sink") else {
             return;
         };
-        if is_video
-            && !sinkpad.is_linked()
-            && let Err(e) = pad.link(&sinkpad)
-        {
-            tracing::warn!("cannot link decoded video pad: {e:?}");
+        if sinkpad.is_linked() {
+            return;
+        }
+        let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
+        let Some(st) = caps.structure(0) else {
+            return;
+        };
+        let linked = if st.name() == "application/x-rtp" {
+            // rtspsrc's stream (select-stream let only a video one through).
+            let encoding = st.get::<&str>("encoding-name").unwrap_or("");
+            rtp_decode_chain(&pipeline, encoding, &convert)
+                .and_then(|first| {
+                    let into = first.static_pad("sink").ok_or(PipelineError::State)?;
+                    pad.link(&into)
+                        .map(|_| ())
+                        .map_err(|e| PipelineError::PadLink(format!("{e:?}")))
+                })
+                .map_err(|e| format!("RTP {encoding}: {}", chain(&e)))
+        } else if st.name().starts_with("video/") {
+            pad.link(&sinkpad).map(|_| ()).map_err(|e| format!("{e:?}"))
+        } else {
+            return;
+        };
+        if let Err(e) = linked {
+            // Nothing reaches the sink: the camera stalls and is rebuilt (stall_timeout), and
+            // the reason is in the log.
+            tracing::warn!("cannot link the camera's video stream: {e}");
         }
     });
 

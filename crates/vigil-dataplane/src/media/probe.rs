@@ -103,6 +103,22 @@ pub fn choose_decoders(allow_hw: bool) -> DecoderChoice {
 /// not the caps feature `memory:CUDAMemory`).
 const CUDA_MEMORY: &str = "gst.cuda.memory";
 
+/// The decoder [`choose_decoders`] chose for `codec` ("h264", "h265"), if any.
+pub fn chosen(codec: &str) -> Option<&'static str> {
+    let registry = gst::Registry::get();
+    PREFERENCE
+        .iter()
+        .find(|(c, _)| *c == codec)?
+        .1
+        .iter()
+        .copied()
+        .find(|name| {
+            registry
+                .lookup_feature(name)
+                .is_some_and(|f| f.rank() == chosen_rank())
+        })
+}
+
 /// Whether [`choose_decoders`] chose Jetson's `nvv4l2decoder` (its frames come in
 /// `memory:NVMM`). False where the element does not exist, as on every dGPU box without
 /// DeepStream.

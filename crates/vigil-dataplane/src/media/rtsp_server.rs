@@ -102,6 +102,7 @@ pub fn serve_forever(
     port: u16,
     mount: &str,
     looped: bool,
+    transport: vigil_core::config::RtspTransport,
 ) -> Result<(), RtspServeError> {
     super::init()?;
     let abs = super::absolute(file)?;
@@ -163,6 +164,14 @@ pub fn serve_forever(
         ));
     }
     factory.set_shared(false);
+    // What clients may ask for (`auto`: anything; tests and benches use tcp/udp to check that
+    // a camera asks for what its `rtsp_transport` says).
+    use rtsp::gst_rtsp::RTSPLowerTrans as T;
+    factory.set_protocols(match transport {
+        vigil_core::config::RtspTransport::Auto => T::TCP | T::UDP | T::UDP_MCAST,
+        vigil_core::config::RtspTransport::Tcp => T::TCP,
+        vigil_core::config::RtspTransport::Udp => T::UDP | T::UDP_MCAST,
+    });
     let mounts = server.mount_points().ok_or(RtspServeError::NoMountPoints)?;
     mounts.add_factory(mount, factory);
     let main_loop = gstreamer::glib::MainLoop::new(None, false);

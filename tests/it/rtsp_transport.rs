@@ -1,0 +1,95 @@
+//! `rtsp_transport`: a camera asks for the RTP transport its config names. The camera is a real
+//! RTSP server (`vigil rtsp-serve --transport tcp`) that offers RTP interleaved in the RTSP
+//! connection only, as a camera behind NAT or a firewall is reached: a `tcp` camera and an
+//! `auto` camera (UDP refused, then TCP) are live, a `udp` camera is not and says why.
+
+use crate::common::*;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[test]
+fn a_camera_uses_the_rtp_transport_its_config_names() {
+    let _cpu = shared();
+    let dir = temp_dir("rtsp-transport");
+    let clip = dir.join("ball.mp4");
+    h264_mp4(
+        &words(
+            "videotestsrc num-buffers=90 pattern=ball ! video/x-raw,width=320,height=240,framerate=30/1",
+        ),
+        30,
+        &clip,
+    );
+    let port = free_port();
+    let mut server = Proc {
+        name: "rtsp".into(),
+        child: Command::new(vigil_bin())
+            .args(["rtsp-serve", "--loop", "--transport", "tcp", "--port"])
+            .arg(port.to_string())
+            .args(["--mount", "/cam", "--file"])
+            .arg(&clip)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("rtsp server"),
+    };
+    wait_port(port, Duration::from_secs(10));
+    let url = format!("rtsp://127.0.0.1:{port}/cam");
+    let broker = free_port();
+    let _mqtt = mosquitto(&dir, broker);
+    let mut cfg = config_toml(
+        "transport",
+        broker,
+        &url,
+        "fps = 2\nrtsp_transport = \"tcp\"\nstall_timeout = \"5s\"",
+        "",
+    );
+    for (name, transport) in [("auto", "auto"), ("udponly", "udp")] {
+        cfg += &format!(
+            "\n[[cameras]]\nname = \"{name}\"\nurl = \"{url}\"\nmodel = \"nanodet\"\nfps = 2\n\
+             rtsp_transport = \"{transport}\"\nstall_timeout = \"5s\"\n"
+        );
+    }
+    let path = dir.join("vigil.toml");
+    std::fs::write(&path, cfg).unwrap();
+    let (_vigil, logs) = vigil_run(&path);
+    let addr = http_addr(&logs);
+    // Camera name → its `/api/cameras` entry.
+    let cameras = || -> serde_json::Value {
+        let (code, body) = http_get(&addr, "/api/cameras");
+        assert_eq!(code, 200);
+        let list: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+        let mut by_name = serde_json::Map::new();
+        for c in list {
+            by_name.insert(c["name"].as_str().unwrap().to_string(), c);
+        }
+        serde_json::Value::Object(by_name)
+    };
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut seen;
+    loop {
+        seen = cameras();
+        let frames = |c: &str| seen[c]["frames_decoded"].as_u64().unwrap_or(0);
+        let failed = seen["udponly"]["status"]["last_error"].is_string();
+        if frames("plaza") > 30 && frames("auto") > 30 && failed {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after 40 s: {}",
+            serde_json::to_string_pretty(&seen).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for live in ["plaza", "auto"] {
+        assert_eq!(seen[live]["status"]["state"], "live", "{live}: {seen}");
+    }
+    let udp = &seen["udponly"];
+    assert_eq!(udp["frames_decoded"].as_u64().unwrap_or(0), 0, "{udp}");
+    assert_ne!(udp["status"]["state"], "live", "{udp}");
+    let why = udp["status"]["last_error"].as_str().unwrap().to_lowercase();
+    eprintln!("udp-only camera against a TCP-only server: {why}");
+    assert!(
+        why.contains("transport"),
+        "the error should say the transport was refused: {why}"
+    );
+    server.kill9();
+}
