@@ -549,8 +549,8 @@ pub struct CameraConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum RtspTransport {
-    /// UDP first; TCP when the camera refuses UDP or no packet comes (GStreamer's own
-    /// fallback, after a few seconds).
+    /// UDP first; TCP when the camera refuses UDP or no packet comes within 5 s (GStreamer's
+    /// own fallback, rtspsrc's `timeout`).
     #[default]
     Auto,
     /// RTP interleaved in the RTSP connection: through NAT and firewalls, no packet loss, no
