@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 const USAGE: &str = "usage: cargo xtask live-bench [--cameras 16,64,96,150] [--warmup-s 30] \
 [--seconds 60] [--backend cuda|cpu] [--models 4] [--fps 30] [--vigil PATH --model PATH --clip PATH \
 --mosquitto PATH] [--out DIR] [--env NAME=VALUE]... [--camera KEY=VALUE]... [--server-cpus LIST] \
-[--vigil-cpus LIST] [--floor DECODER|none]";
+[--vigil-cpus LIST] [--floor DECODER|none] [--floor-only true]";
 
 struct Opts {
     cameras: Vec<usize>,
@@ -57,6 +57,8 @@ struct Opts {
     /// Also run GStreamer alone on the same N cameras: `gst-launch-1.0` with N chains
     /// `rtspsrc ! depay ! parse ! DECODER ! fakesink` (`none`: no decoder), its CPU per camera.
     floor: Option<String>,
+    /// GStreamer alone, without Vigil (no model runtime needed).
+    floor_only: bool,
 }
 
 fn parse(args: &[String]) -> Result<Opts> {
@@ -77,6 +79,7 @@ fn parse(args: &[String]) -> Result<Opts> {
         server_cpus: None,
         vigil_cpus: None,
         floor: None,
+        floor_only: false,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -108,6 +111,7 @@ fn parse(args: &[String]) -> Result<Opts> {
             "--server-cpus" => o.server_cpus = Some(v.clone()),
             "--vigil-cpus" => o.vigil_cpus = Some(v.clone()),
             "--floor" => o.floor = Some(v.clone()),
+            "--floor-only" => o.floor_only = v.parse()?,
             "--env" => {
                 let (k, val) = v.split_once('=').context("--env NAME=VALUE")?;
                 o.env.push((k.into(), val.into()));
@@ -190,9 +194,11 @@ pub fn live_bench(root: &Path, args: &[String]) -> Result<()> {
             server_pid,
             mqtt_port,
         };
-        let row = one(&o, n, &vigil, &model, &at, &out)?;
-        println!("{}", table(std::slice::from_ref(&row)));
-        rows.push(row);
+        if !o.floor_only {
+            let row = one(&o, n, &vigil, &model, &at, &out)?;
+            println!("{}", table(std::slice::from_ref(&row)));
+            rows.push(row);
+        }
         if let Some(decoder) = &o.floor {
             let f = floor(&o, n, decoder, &url, &out, server_pid)?;
             println!("{}", floor_table(std::slice::from_ref(&f)));
