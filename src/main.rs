@@ -18,6 +18,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vigil_dataplane::facts::ThisBox;
+use vigil_dataplane::media::rtsp_server;
 
 #[derive(Parser)]
 #[command(
@@ -51,8 +52,12 @@ enum Cmd {
     },
     /// Serve an H.264 MP4 file as an RTSP camera on 127.0.0.1 (demo and tests).
     RtspServe {
-        #[arg(long)]
-        file: PathBuf,
+        #[arg(long, required_unless_present = "launch")]
+        file: Option<PathBuf>,
+        /// Serve a GStreamer launch description instead of a file (payloaders named pay0,
+        /// pay1, …): e.g. a camera of another codec, with audio.
+        #[arg(long, conflicts_with_all = ["file", "looped"])]
+        launch: Option<String>,
         #[arg(long, default_value_t = 8554)]
         port: u16,
         #[arg(long, default_value = "/cam")]
@@ -216,18 +221,22 @@ fn main() -> ExitCode {
         Cmd::Engines(cmd) => report(crate::engines_cli::run(cmd)),
         Cmd::RtspServe {
             file,
+            launch,
             port,
             mount,
             address,
             looped,
             transport,
         } => report(
-            vigil_dataplane::media::rtsp_server::serve_forever(
-                &file,
+            rtsp_server::serve_forever(
+                match (&launch, &file) {
+                    (Some(l), _) => rtsp_server::Source::Launch(l),
+                    (None, Some(path)) => rtsp_server::Source::File { path, looped },
+                    (None, None) => return report(Err(anyhow::anyhow!("give --file or --launch"))),
+                },
                 address,
                 port,
                 &mount,
-                looped,
                 match transport.as_str() {
                     "tcp" => vigil_core::config::RtspTransport::Tcp,
                     "udp" => vigil_core::config::RtspTransport::Udp,

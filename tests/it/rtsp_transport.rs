@@ -93,3 +93,100 @@ fn a_camera_uses_the_rtp_transport_its_config_names() {
     );
     server.kill9();
 }
+
+/// `vigil rtsp-serve --launch DESCRIPTION` on a free port: the port.
+fn serve_launch(description: &str, mount: &str) -> (Proc, u16) {
+    let port = free_port();
+    let child = Command::new(vigil_bin())
+        .args(["rtsp-serve", "--port", &port.to_string(), "--mount", mount])
+        .args(["--launch", description])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("rtsp server");
+    wait_port(port, Duration::from_secs(10));
+    (
+        Proc {
+            name: format!("rtsp {mount}"),
+            child,
+        },
+        port,
+    )
+}
+
+/// Cameras as they come: H.265 with its audio stream listed first, MJPEG (RTP/JPEG, decoded
+/// through `decodebin`), and H.264 behind an audio stream. Each is live with frames decoded by
+/// the decoder its codec needs.
+#[test]
+fn h265_mjpeg_and_cameras_with_audio_are_decoded() {
+    let _cpu = shared();
+    let dir = temp_dir("rtsp-codecs");
+    let video = "videotestsrc is-live=true pattern=ball ! video/x-raw,width=320,height=240,framerate=15/1,format=I420";
+    let audio = "audiotestsrc is-live=true ! audioconvert ! opusenc ! rtpopuspay name=pay0 pt=97";
+    let servers = [
+        (
+            "h265",
+            format!(
+                "{} {video} ! x265enc speed-preset=ultrafast tune=zerolatency key-int-max=15 ! h265parse ! rtph265pay name=pay1 pt=96 config-interval=1",
+                audio
+            ),
+            "avdec_h265",
+        ),
+        (
+            "mjpeg",
+            format!("{video} ! jpegenc ! rtpjpegpay name=pay0"),
+            "jpegdec",
+        ),
+        (
+            "h264",
+            format!(
+                "{} {video} ! x264enc speed-preset=ultrafast tune=zerolatency key-int-max=15 ! h264parse ! rtph264pay name=pay1 pt=96",
+                audio
+            ),
+            "avdec_h264",
+        ),
+    ];
+    let mut procs = Vec::new();
+    let broker = free_port();
+    let _mqtt = mosquitto(&dir, broker);
+    let mut cfg = String::new();
+    for (i, (name, description, _)) in servers.iter().enumerate() {
+        let (p, port) = serve_launch(description, &format!("/{name}"));
+        procs.push(p);
+        let url = format!("rtsp://127.0.0.1:{port}/{name}");
+        if i == 0 {
+            cfg = config_toml("codecs", broker, &url, "fps = 2", "")
+                .replace("name = \"plaza\"", &format!("name = \"{name}\""));
+        } else {
+            cfg += &format!(
+                "\n[[cameras]]\nname = \"{name}\"\nurl = \"{url}\"\nmodel = \"nanodet\"\nfps = 2\n"
+            );
+        }
+    }
+    let path = dir.join("vigil.toml");
+    std::fs::write(&path, cfg).unwrap();
+    let (_vigil, logs) = vigil_run(&path);
+    let addr = http_addr(&logs);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let (code, body) = http_get(&addr, "/api/cameras");
+        assert_eq!(code, 200);
+        let list: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+        let ok = |name: &str, decoder: &str| {
+            list.iter().any(|c| {
+                c["name"] == name
+                    && c["status"]["state"] == "live"
+                    && c["status"]["decoder"] == decoder
+                    && c["frames_decoded"].as_u64().unwrap_or(0) > 15
+            })
+        };
+        if servers.iter().all(|(name, _, decoder)| ok(name, decoder)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after 40 s: {}",
+            serde_json::to_string_pretty(&list).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}

@@ -167,8 +167,10 @@ pub fn live_bench(root: &Path, args: &[String]) -> Result<()> {
             "listener {mqtt_port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_connections -1\n"
         ),
     )?;
-    kids.0
-        .push(("mosquitto".into(), broker(&mosquitto, &mconf, mqtt_port)?));
+    if !o.floor_only {
+        kids.0
+            .push(("mosquitto".into(), broker(&mosquitto, &mconf, mqtt_port)?));
+    }
     let server = pinned(&vigil, o.server_cpus.as_deref())
         .args(["rtsp-serve", "--loop", "--port", &rtsp_port.to_string()])
         .args(["--mount", "/live", "--file"])

@@ -693,7 +693,7 @@ fn build_pipeline(
         pipeline.connect_deep_element_added(move |_, _, el| {
             if let Some(f) = el.factory()
                 && f.metadata(gst::ELEMENT_METADATA_KLASS)
-                    .is_some_and(|k| k.contains("Decoder/Video"))
+                    .is_some_and(|k| k.contains("Decoder/Video") || k.contains("Decoder/Image"))
             {
                 let name = f.name().to_string();
                 stats.set(|st, _| st.decoder = Some(name));

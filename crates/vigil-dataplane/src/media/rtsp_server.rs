@@ -94,26 +94,52 @@ pub enum RtspServeError {
     },
 }
 
-/// Serves `file` at `rtsp://<address>:<port><mount>` until the process ends; `looped`: without
-/// end (see the module's notes).
+/// What a mount serves.
+pub enum Source<'a> {
+    /// An H.264 MP4 file; `looped`: without end (see the module's notes).
+    File { path: &'a Path, looped: bool },
+    /// A GStreamer launch description whose payloaders are named `pay0`, `pay1`, …, as
+    /// `gst-rtsp-server` wants (tests: cameras of other codecs, with audio).
+    Launch(&'a str),
+}
+
+/// Serves `source` at `rtsp://<address>:<port><mount>` until the process ends.
 pub fn serve_forever(
-    file: &Path,
+    source: Source,
     address: std::net::IpAddr,
     port: u16,
     mount: &str,
-    looped: bool,
     transport: vigil_core::config::RtspTransport,
 ) -> Result<(), RtspServeError> {
     super::init()?;
+    let server = rtsp::RTSPServer::new();
+    server.set_address(&address.to_string());
+    server.set_service(&port.to_string());
+    let factory = rtsp::RTSPMediaFactory::new();
+    let what = match source {
+        Source::Launch(description) => {
+            factory.set_launch(&format!("( {description} )"));
+            description.to_string()
+        }
+        Source::File { path, looped } => {
+            serve_file(&factory, path, looped)?;
+            path.display().to_string()
+        }
+    };
+    serve(server, factory, address, port, mount, transport, &what)
+}
+
+/// The factory of a file's mount.
+fn serve_file(
+    factory: &rtsp::RTSPMediaFactory,
+    file: &Path,
+    looped: bool,
+) -> Result<(), RtspServeError> {
     let abs = super::absolute(file)?;
     let location = abs
         .to_string_lossy()
         .replace('\\', "\\\\")
         .replace('"', "\\\"");
-    let server = rtsp::RTSPServer::new();
-    server.set_address(&address.to_string());
-    server.set_service(&port.to_string());
-    let factory = rtsp::RTSPMediaFactory::new();
     if looped {
         let clip = Arc::new(read_clip(&location).map_err(|why| RtspServeError::Read {
             path: abs.display().to_string(),
@@ -163,6 +189,18 @@ pub fn serve_forever(
             "( filesrc location=\"{location}\" ! qtdemux ! h264parse ! rtph264pay name=pay0 pt=96 config-interval=1 )"
         ));
     }
+    Ok(())
+}
+
+fn serve(
+    server: rtsp::RTSPServer,
+    factory: rtsp::RTSPMediaFactory,
+    address: std::net::IpAddr,
+    port: u16,
+    mount: &str,
+    transport: vigil_core::config::RtspTransport,
+    what: &str,
+) -> Result<(), RtspServeError> {
     factory.set_shared(false);
     // What clients may ask for (`auto`: anything; tests and benches use tcp/udp to check that
     // a camera asks for what its `rtsp_transport` says).
@@ -184,7 +222,7 @@ pub fn serve_forever(
         })?;
     println!(
         "serving {} at rtsp://{}{mount}",
-        file.display(),
+        what,
         std::net::SocketAddr::new(address, port)
     );
     main_loop.run();
