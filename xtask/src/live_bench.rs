@@ -208,7 +208,11 @@ pub fn live_bench(root: &Path, args: &[String]) -> Result<()> {
         }
     }
     drop(kids);
-    let mut text = table(&rows);
+    let mut text = if rows.is_empty() {
+        String::new()
+    } else {
+        table(&rows)
+    };
     if !floors.is_empty() {
         text += "\n";
         text += &floor_table(&floors);
