@@ -570,6 +570,14 @@ pub(super) fn url_problem(url: &str) -> Option<String> {
         });
     }
     let scheme = match url.split_once("://") {
+        // GStreamer's own spellings of RTSP over a given transport.
+        Some((scheme, _))
+            if ["rtspt", "rtspu", "rtsph"].contains(&scheme.to_ascii_lowercase().as_str()) =>
+        {
+            return Some(format!(
+                "unsupported URL scheme {scheme:?} (write rtsp://host/path and set rtsp_transport = \"tcp\" or \"udp\")"
+            ));
+        }
         Some((scheme, _)) => format!("unsupported URL scheme {scheme:?}"),
         None => "URL without a scheme".to_owned(),
     };
