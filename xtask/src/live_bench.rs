@@ -16,6 +16,13 @@
 //! - device→host bytes per analysed frame (`vigil_gpu_device_to_host_bytes`);
 //! - how long Vigil takes to stop on SIGTERM (the unit's `TimeoutStopSec` is 15 s).
 //!
+//! `--server-cpus`/`--vigil-cpus` pin the RTSP server and Vigil to different cores (else the
+//! server's work on Vigil's cores inflates Vigil's figure: 2.32 % vs 1.49 % per camera at 64
+//! cameras, same binary). `--floor DECODER` also runs GStreamer alone on the same cameras
+//! (`gst-launch-1.0`, N chains `rtspsrc ! depay ! parse ! DECODER ! fakesink` in one process, on
+//! Vigil's cores): the part of Vigil's CPU that is GStreamer's. `--camera KEY=VALUE` adds a line
+//! to every camera (e.g. `rtsp_transport="tcp"`).
+//!
 //! Output: a Markdown table and `live-bench.json` in `--out` with every row, plus each run's
 //! log. Works without cargo (on the GPU machine): give `--vigil`, `--model`, `--clip` and
 //! `--mosquitto`.
