@@ -3,14 +3,13 @@
 //! connection only, as a camera behind NAT or a firewall is reached: a `tcp` camera and an
 //! `auto` camera (UDP refused, then TCP) are live, a `udp` camera is not and says why.
 
+use crate::common::netns::{self, Partition};
 use crate::common::*;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-#[test]
-fn a_camera_uses_the_rtp_transport_its_config_names() {
-    let _cpu = shared();
-    let dir = temp_dir("rtsp-transport");
+/// A 3 s, 30 fps H.264 MP4 of a moving ball in `dir`.
+fn ball_clip(dir: &std::path::Path) -> std::path::PathBuf {
     let clip = dir.join("ball.mp4");
     h264_mp4(
         &words(
@@ -19,6 +18,14 @@ fn a_camera_uses_the_rtp_transport_its_config_names() {
         30,
         &clip,
     );
+    clip
+}
+
+#[test]
+fn a_camera_uses_the_rtp_transport_its_config_names() {
+    let _cpu = shared();
+    let dir = temp_dir("rtsp-transport");
+    let clip = ball_clip(&dir);
     let port = free_port();
     let mut server = Proc {
         name: "rtsp".into(),
@@ -185,6 +192,93 @@ fn h265_mjpeg_and_cameras_with_audio_are_decoded() {
         assert!(
             Instant::now() < deadline,
             "after 40 s: {}",
+            serde_json::to_string_pretty(&list).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// A camera behind a firewall that drops UDP: an `auto` camera gets nothing over UDP, falls back
+/// to TCP after 5 s (rtspsrc sets its stream up anew) and is live on its first pipeline, no
+/// restart; a `udp` camera beside it says why it gets nothing. Real network namespaces.
+#[test]
+fn an_auto_camera_behind_a_firewall_that_drops_udp_falls_back_to_tcp_in_place() {
+    let _cpu = shared();
+    if netns::skip() {
+        return;
+    }
+    let dir = temp_dir("rtsp-firewall");
+    let clip = ball_clip(&dir);
+    // Slot 2: the partitions test (same process) uses 0 and 1.
+    let net = Partition::new("u", 2);
+    net.drop_udp_from_service();
+    let mut serve = net.command(vigil_bin());
+    serve
+        .args([
+            "rtsp-serve",
+            "--loop",
+            "--address",
+            "0.0.0.0",
+            "--port",
+            "8554",
+        ])
+        .args(["--mount", "/cam", "--file"])
+        .arg(&clip)
+        .stdout(Stdio::null());
+    let _server = Proc {
+        name: "rtsp".into(),
+        child: serve.spawn().expect("rtsp server in its namespace"),
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let url = format!("rtsp://{}:8554/cam", net.service_ip);
+    let broker = free_port();
+    let _mqtt = mosquitto(&dir, broker);
+    let cfg = config_toml(
+        "firewall",
+        broker,
+        &url,
+        "fps = 2\nstall_timeout = \"20s\"",
+        "",
+    ) + &format!(
+        "\n[[cameras]]\nname = \"udponly\"\nurl = \"{url}\"\nmodel = \"nanodet\"\nfps = 2\n\
+             rtsp_transport = \"udp\"\nstall_timeout = \"20s\"\n"
+    );
+    let path = dir.join("vigil.toml");
+    std::fs::write(&path, cfg).unwrap();
+    let (_vigil, logs) = vigil_run(&path);
+    let addr = http_addr(&logs);
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let mut first_pipeline = None;
+    loop {
+        let (code, body) = http_get(&addr, "/api/cameras");
+        assert_eq!(code, 200);
+        let list: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+        let cam = |n: &str| list.iter().find(|c| c["name"] == n).cloned().unwrap();
+        let (auto, udp) = (cam("plaza"), cam("udponly"));
+        let first = *first_pipeline.get_or_insert(auto["pipeline_id"].as_u64());
+        let udp_why = udp["status"]["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .to_lowercase();
+        if auto["frames_decoded"].as_u64().unwrap_or(0) > 30 && udp_why.contains("udp") {
+            assert_eq!(auto["status"]["state"], "live", "{auto}");
+            assert_eq!(
+                auto["pipeline_id"].as_u64(),
+                first,
+                "the fallback happened inside the camera's first pipeline: {auto}"
+            );
+            let restarted = logs
+                .snapshot()
+                .iter()
+                .any(|(_, l)| l.contains("camera down") && l.contains("camera=plaza"));
+            assert!(!restarted, "the auto camera was restarted");
+            assert_eq!(udp["frames_decoded"].as_u64().unwrap_or(0), 0, "{udp}");
+            eprintln!("udp-only camera behind the firewall: {udp_why}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after 45 s: {}",
             serde_json::to_string_pretty(&list).unwrap()
         );
         std::thread::sleep(Duration::from_millis(500));

@@ -80,6 +80,20 @@ pub fn unavailable() -> Option<String> {
     }
 }
 
+/// True when the test must be skipped: no namespaces here (said on stderr). Fails instead where
+/// `VIGIL_REQUIRE_NETNS` is set (CI).
+pub fn skip() -> bool {
+    let Some(why) = unavailable() else {
+        return false;
+    };
+    assert!(
+        std::env::var_os("VIGIL_REQUIRE_NETNS").is_none(),
+        "network namespaces are required here (VIGIL_REQUIRE_NETNS) but: {why}"
+    );
+    eprintln!("SKIPPED: cannot make network namespaces here ({why}); run as root");
+    true
+}
+
 impl Partition {
     /// A new partition; `slot` (0..=9) keeps the addresses and names of partitions of one test
     /// apart.
@@ -189,6 +203,37 @@ impl Partition {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.service, program]);
         c
+    }
+
+    /// A firewall between Vigil and the service that passes TCP and drops every UDP packet the
+    /// service sends (policy routing in the router: UDP coming in from the service's side goes
+    /// to a blackhole route), as many sites do with RTP.
+    pub fn drop_udp_from_service(&self) {
+        let r = self.router.as_str();
+        must(&[
+            "-n",
+            r,
+            "rule",
+            "add",
+            "pref",
+            "10",
+            "iif",
+            &self.router_to_service,
+            "ipproto",
+            "udp",
+            "lookup",
+            "177",
+        ]);
+        must(&[
+            "-n",
+            r,
+            "route",
+            "add",
+            "blackhole",
+            "default",
+            "table",
+            "177",
+        ]);
     }
 
     pub fn cut(&mut self, how: Cut) {

@@ -609,13 +609,13 @@ fn make(factory: &'static str) -> Result<gst::Element, PipelineError> {
 
 /// The elements that turn an RTP stream of `encoding` (RTSP's `encoding-name`) into raw video
 /// for `next`: depayloader, parser and the decoder the start-up probe chose for H.264/H.265,
-/// `decodebin` for any other encoding. Added to `pipeline`, linked to `next` and playing; the
-/// first one is returned, for the RTP pad to be linked to.
+/// `decodebin` for any other encoding. Added to `pipeline`, linked to `next` and playing; they
+/// are returned in order (the RTP pad is linked to the first).
 fn rtp_decode_chain(
     pipeline: &gst::Pipeline,
     encoding: &str,
     next: &gst::Element,
-) -> Result<gst::Element, PipelineError> {
+) -> Result<Vec<gst::Element>, PipelineError> {
     let codec = match encoding.to_ascii_uppercase().as_str() {
         "H264" => Some(("rtph264depay", "h264parse", "h264")),
         "H265" => Some(("rtph265depay", "h265parse", "h265")),
@@ -651,7 +651,7 @@ fn rtp_decode_chain(
         el.sync_state_with_parent()
             .map_err(|_| PipelineError::State)?;
     }
-    Ok(chain[0].clone())
+    Ok(chain)
 }
 
 fn build_pipeline(
@@ -672,14 +672,22 @@ fn build_pipeline(
         src.set_property("location", &s.url);
         src.set_property("latency", s.rtsp_latency.as_millis() as u32);
         src.set_property_from_str("protocols", s.rtsp_transport.gst_protocols());
-        let video_taken = std::sync::atomic::AtomicBool::new(false);
+        // The first video stream, by its index: asked again with the same index when rtspsrc
+        // sets its streams up anew (its fallback from UDP to TCP).
+        let chosen = std::sync::atomic::AtomicI64::new(-1);
         src.connect("select-stream", false, move |args| {
+            let num = args[1].get::<u32>().map_or(-2, i64::from);
             let video = args[2].get::<gst::Caps>().ok().is_some_and(|caps| {
                 caps.structure(0)
                     .and_then(|st| st.get::<&str>("media").ok())
                     .is_some_and(|m| m.eq_ignore_ascii_case("video"))
             });
-            Some((video && !video_taken.swap(true, Ordering::Relaxed)).to_value())
+            let take = video
+                && match chosen.compare_exchange(-1, num, Ordering::Relaxed, Ordering::Relaxed) {
+                    Ok(_) => true,
+                    Err(first) => first == num,
+                };
+            Some(take.to_value())
         });
         src
     } else {
@@ -754,6 +762,10 @@ fn build_pipeline(
     };
     let convert_weak = head.downgrade();
     let pipeline_weak = pipeline.downgrade();
+    // The elements built for the RTSP source's current stream. rtspsrc sets its streams up again
+    // when it falls back from UDP to TCP (no UDP packet within 5 s): its old pad goes, a new
+    // one comes, and the old chain must make way for the new one.
+    let rtp_chain: Arc<Mutex<Vec<gst::Element>>> = Arc::default();
     src.connect_pad_added(move |_, pad| {
         let (Some(convert), Some(pipeline)) = (convert_weak.upgrade(), pipeline_weak.upgrade())
         else {
@@ -762,10 +774,20 @@ fn build_pipeline(
         let Some(sinkpad) = convert.static_pad("sink") else {
             return;
         };
+        let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
+        let rtp = caps
+            .structure(0)
+            .is_some_and(|st| st.name() == "application/x-rtp");
+        if rtp {
+            let old = std::mem::take(&mut *rtp_chain.lock().unwrap_or_else(|p| p.into_inner()));
+            for el in old {
+                let _ = el.set_state(gst::State::Null);
+                let _ = pipeline.remove(&el);
+            }
+        }
         if sinkpad.is_linked() {
             return;
         }
-        let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
         let Some(st) = caps.structure(0) else {
             return;
         };
@@ -773,8 +795,12 @@ fn build_pipeline(
             // rtspsrc's stream (select-stream let only a video one through).
             let encoding = st.get::<&str>("encoding-name").unwrap_or("");
             rtp_decode_chain(&pipeline, encoding, &convert)
-                .and_then(|first| {
-                    let into = first.static_pad("sink").ok_or(PipelineError::State)?;
+                .and_then(|elements| {
+                    let into = elements
+                        .first()
+                        .and_then(|first| first.static_pad("sink"))
+                        .ok_or(PipelineError::State)?;
+                    *rtp_chain.lock().unwrap_or_else(|p| p.into_inner()) = elements;
                     pad.link(&into)
                         .map(|_| ())
                         .map_err(|e| PipelineError::PadLink(format!("{e:?}")))
