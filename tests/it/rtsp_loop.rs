@@ -9,15 +9,7 @@ use std::time::{Duration, Instant};
 
 /// A 2 s, 30 fps H.264 MP4 made by GStreamer.
 fn clip(dir: &std::path::Path) -> std::path::PathBuf {
-    let path = dir.join("two-seconds.mp4");
-    h264_mp4(
-        &words(
-            "videotestsrc num-buffers=60 pattern=ball ! video/x-raw,width=320,height=240,framerate=30/1",
-        ),
-        30,
-        &path,
-    );
-    path
+    ball_clip(dir, "two-seconds.mp4", 60)
 }
 
 /// Receives `url` for at most `seconds`: the frames' times (seconds), and how long it ran.

@@ -8,24 +8,11 @@ use crate::common::*;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A 3 s, 30 fps H.264 MP4 of a moving ball in `dir`.
-fn ball_clip(dir: &std::path::Path) -> std::path::PathBuf {
-    let clip = dir.join("ball.mp4");
-    h264_mp4(
-        &words(
-            "videotestsrc num-buffers=90 pattern=ball ! video/x-raw,width=320,height=240,framerate=30/1",
-        ),
-        30,
-        &clip,
-    );
-    clip
-}
-
 #[test]
 fn a_camera_uses_the_rtp_transport_its_config_names() {
     let _cpu = shared();
     let dir = temp_dir("rtsp-transport");
-    let clip = ball_clip(&dir);
+    let clip = ball_clip(&dir, "ball.mp4", 90);
     let port = free_port();
     let mut server = Proc {
         name: "rtsp".into(),
@@ -208,7 +195,7 @@ fn an_auto_camera_behind_a_firewall_that_drops_udp_falls_back_to_tcp_in_place() 
         return;
     }
     let dir = temp_dir("rtsp-firewall");
-    let clip = ball_clip(&dir);
+    let clip = ball_clip(&dir, "ball.mp4", 90);
     // Slot 2: the partitions test (same process) uses 0 and 1.
     let net = Partition::new("u", 2);
     net.drop_udp_from_service();

@@ -642,6 +642,19 @@ pub fn h264_mp4(source: &[String], key_int: u32, out: &Path) {
     assert!(ok, "encoding {}", out.display());
 }
 
+/// `frames` frames (30 fps, 320×240) of a moving ball as an H.264 MP4 at `dir/name`.
+pub fn ball_clip(dir: &Path, name: &str, frames: u32) -> PathBuf {
+    let path = dir.join(name);
+    h264_mp4(
+        &words(&format!(
+            "videotestsrc num-buffers={frames} pattern=ball ! video/x-raw,width=320,height=240,framerate=30/1"
+        )),
+        30,
+        &path,
+    );
+    path
+}
+
 /// Words of a pipeline description (no element property with a space in it).
 pub fn words(text: &str) -> Vec<String> {
     text.split_whitespace().map(str::to_string).collect()

@@ -632,18 +632,8 @@ fn rtp_decode_chain(
         // decodebin's raw video pad comes once it has found a decoder.
         let next = next.downgrade();
         chain[0].connect_pad_added(move |_, pad| {
-            let Some(sinkpad) = next.upgrade().and_then(|n| n.static_pad("sink")) else {
-                return;
-            };
-            let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
-            let video = caps
-                .structure(0)
-                .is_some_and(|st| st.name().starts_with("video/"));
-            if video
-                && !sinkpad.is_linked()
-                && let Err(e) = pad.link(&sinkpad)
-            {
-                tracing::warn!("cannot link decoded video pad: {e:?}");
+            if let Some(sinkpad) = next.upgrade().and_then(|n| n.static_pad("sink")) {
+                link_raw_video(pad, &sinkpad);
             }
         });
     }
@@ -652,6 +642,23 @@ fn rtp_decode_chain(
             .map_err(|_| PipelineError::State)?;
     }
     Ok(chain)
+}
+
+/// The caps' media type (`video/x-raw`, `application/x-rtp`, …) of a new pad.
+fn pad_media(pad: &gst::Pad) -> Option<String> {
+    let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
+    caps.structure(0).map(|st| st.name().to_string())
+}
+
+/// Links a decoded video pad to `sinkpad` if that is still free; other pads are left alone.
+fn link_raw_video(pad: &gst::Pad, sinkpad: &gst::Pad) {
+    let video = pad_media(pad).is_some_and(|m| m.starts_with("video/"));
+    if video
+        && !sinkpad.is_linked()
+        && let Err(e) = pad.link(sinkpad)
+    {
+        tracing::warn!("cannot link decoded video pad: {e:?}");
+    }
 }
 
 fn build_pipeline(
@@ -774,43 +781,39 @@ fn build_pipeline(
         let Some(sinkpad) = convert.static_pad("sink") else {
             return;
         };
-        let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
-        let rtp = caps
-            .structure(0)
-            .is_some_and(|st| st.name() == "application/x-rtp");
-        if rtp {
-            let old = std::mem::take(&mut *rtp_chain.lock().unwrap_or_else(|p| p.into_inner()));
-            for el in old {
-                let _ = el.set_state(gst::State::Null);
-                let _ = pipeline.remove(&el);
-            }
+        if pad_media(pad).as_deref() != Some("application/x-rtp") {
+            // uridecodebin's decoded pads.
+            link_raw_video(pad, &sinkpad);
+            return;
+        }
+        // rtspsrc's stream (select-stream let only a video one through); a stream set up anew
+        // replaces the chain of the one before.
+        let old = std::mem::take(&mut *rtp_chain.lock().unwrap_or_else(|p| p.into_inner()));
+        for el in old {
+            let _ = el.set_state(gst::State::Null);
+            let _ = pipeline.remove(&el);
         }
         if sinkpad.is_linked() {
             return;
         }
-        let Some(st) = caps.structure(0) else {
-            return;
-        };
-        let linked = if st.name() == "application/x-rtp" {
-            // rtspsrc's stream (select-stream let only a video one through).
-            let encoding = st.get::<&str>("encoding-name").unwrap_or("");
-            rtp_decode_chain(&pipeline, encoding, &convert)
-                .and_then(|elements| {
-                    let into = elements
-                        .first()
-                        .and_then(|first| first.static_pad("sink"))
-                        .ok_or(PipelineError::State)?;
-                    *rtp_chain.lock().unwrap_or_else(|p| p.into_inner()) = elements;
-                    pad.link(&into)
-                        .map(|_| ())
-                        .map_err(|e| PipelineError::PadLink(format!("{e:?}")))
-                })
-                .map_err(|e| format!("RTP {encoding}: {}", chain(&e)))
-        } else if st.name().starts_with("video/") {
-            pad.link(&sinkpad).map(|_| ()).map_err(|e| format!("{e:?}"))
-        } else {
-            return;
-        };
+        let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
+        let encoding = caps
+            .structure(0)
+            .and_then(|st| st.get::<&str>("encoding-name").ok())
+            .unwrap_or("")
+            .to_string();
+        let linked = rtp_decode_chain(&pipeline, &encoding, &convert)
+            .and_then(|elements| {
+                let into = elements
+                    .first()
+                    .and_then(|first| first.static_pad("sink"))
+                    .ok_or(PipelineError::State)?;
+                *rtp_chain.lock().unwrap_or_else(|p| p.into_inner()) = elements;
+                pad.link(&into)
+                    .map(|_| ())
+                    .map_err(|e| PipelineError::PadLink(format!("{e:?}")))
+            })
+            .map_err(|e| format!("RTP {encoding}: {}", chain(&e)));
         if let Err(e) = linked {
             // Nothing reaches the sink: the camera stalls and is rebuilt (stall_timeout), and
             // the reason is in the log.

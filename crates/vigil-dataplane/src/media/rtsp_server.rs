@@ -126,7 +126,32 @@ pub fn serve_forever(
             path.display().to_string()
         }
     };
-    serve(server, factory, address, port, mount, transport, &what)
+    factory.set_shared(false);
+    // What clients may ask for (`auto`: anything; tests and benches use tcp/udp to check that
+    // a camera asks for what its `rtsp_transport` says).
+    use rtsp::gst_rtsp::RTSPLowerTrans as T;
+    factory.set_protocols(match transport {
+        vigil_core::config::RtspTransport::Auto => T::TCP | T::UDP | T::UDP_MCAST,
+        vigil_core::config::RtspTransport::Tcp => T::TCP,
+        vigil_core::config::RtspTransport::Udp => T::UDP | T::UDP_MCAST,
+    });
+    let mounts = server.mount_points().ok_or(RtspServeError::NoMountPoints)?;
+    mounts.add_factory(mount, factory);
+    let main_loop = gstreamer::glib::MainLoop::new(None, false);
+    let _id = server
+        .attach(None)
+        .map_err(|source| RtspServeError::Listen {
+            address,
+            port,
+            source,
+        })?;
+    println!(
+        "serving {} at rtsp://{}{mount}",
+        what,
+        std::net::SocketAddr::new(address, port)
+    );
+    main_loop.run();
+    Ok(())
 }
 
 /// The factory of a file's mount.
@@ -189,42 +214,5 @@ fn serve_file(
             "( filesrc location=\"{location}\" ! qtdemux ! h264parse ! rtph264pay name=pay0 pt=96 config-interval=1 )"
         ));
     }
-    Ok(())
-}
-
-fn serve(
-    server: rtsp::RTSPServer,
-    factory: rtsp::RTSPMediaFactory,
-    address: std::net::IpAddr,
-    port: u16,
-    mount: &str,
-    transport: vigil_core::config::RtspTransport,
-    what: &str,
-) -> Result<(), RtspServeError> {
-    factory.set_shared(false);
-    // What clients may ask for (`auto`: anything; tests and benches use tcp/udp to check that
-    // a camera asks for what its `rtsp_transport` says).
-    use rtsp::gst_rtsp::RTSPLowerTrans as T;
-    factory.set_protocols(match transport {
-        vigil_core::config::RtspTransport::Auto => T::TCP | T::UDP | T::UDP_MCAST,
-        vigil_core::config::RtspTransport::Tcp => T::TCP,
-        vigil_core::config::RtspTransport::Udp => T::UDP | T::UDP_MCAST,
-    });
-    let mounts = server.mount_points().ok_or(RtspServeError::NoMountPoints)?;
-    mounts.add_factory(mount, factory);
-    let main_loop = gstreamer::glib::MainLoop::new(None, false);
-    let _id = server
-        .attach(None)
-        .map_err(|source| RtspServeError::Listen {
-            address,
-            port,
-            source,
-        })?;
-    println!(
-        "serving {} at rtsp://{}{mount}",
-        what,
-        std::net::SocketAddr::new(address, port)
-    );
-    main_loop.run();
     Ok(())
 }
