@@ -17,6 +17,7 @@
 //! Needs root (CAP_NET_ADMIN) and `ip` from iproute2.
 
 use std::process::Command;
+use std::sync::OnceLock;
 
 /// How a path is cut.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,12 +95,44 @@ pub fn skip() -> bool {
     true
 }
 
+/// The N of this process's `10.N.0.0/16`, chosen once: the first of 100..=199 (starting from
+/// the process id, so that parallel test processes differ) in which this machine has no route
+/// and no address. CI machines may route parts of 10/8 themselves (a cluster's per-node /24s):
+/// a partition that added the same /24 failed with "File exists".
+fn subnet() -> u8 {
+    static N: OnceLock<u8> = OnceLock::new();
+    *N.get_or_init(|| {
+        let show = |args: &[&str]| {
+            Command::new("ip")
+                .args(args)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        };
+        let taken = show(&["-4", "route", "show", "table", "all"])
+            + &show(&["-4", "-o", "addr", "show"]);
+        let start = std::process::id() % 100;
+        (0..100)
+            .map(|i| 100 + ((start + i) % 100) as u8)
+            .find(|n| !in_use(&taken, *n))
+            .expect("every 10.N.0.0/16 for N in 100..=199 is in use on this machine")
+    })
+}
+
+/// Whether `ip route`/`ip addr` output names an address or prefix inside `10.n.0.0/16`.
+fn in_use(ip_output: &str, n: u8) -> bool {
+    let prefix = format!("10.{n}.");
+    ip_output
+        .split(|c: char| c.is_whitespace() || c == '/')
+        .any(|word| word.starts_with(&prefix))
+}
+
 impl Partition {
     /// A new partition; `slot` (0..=9) keeps the addresses and names of partitions of one test
-    /// apart.
+    /// process apart.
     pub fn new(tag: &str, slot: u8) -> Self {
         let pid = std::process::id();
-        let n = 100 + (pid % 100) as u8;
+        let n = subnet();
         let k = 2 * slot;
         let id = format!("{}{tag}", pid % 100_000);
         let router = format!("vigil-{id}-r");
@@ -288,4 +321,15 @@ impl Drop for Partition {
         let _ = ip(&["netns", "del", &self.service]);
         let _ = ip(&["netns", "del", &self.router]);
     }
+}
+
+#[test]
+fn a_subnet_is_in_use_when_a_route_or_address_lies_in_it() {
+    let routes = "default via 10.0.0.1 dev eth0\n10.131.1.0/24 via 10.130.0.7 dev eth0\n\
+                  local 110.5.0.1 dev lo table local\n";
+    assert!(in_use(routes, 131));
+    assert!(in_use(routes, 130));
+    assert!(!in_use(routes, 5)); // 110.5.… is not 10.5.…
+    assert!(!in_use(routes, 13));
+    assert!(in_use("2: eth0    inet 10.140.3.4/16 brd 10.140.255.255", 140));
 }
