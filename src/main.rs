@@ -48,6 +48,17 @@ enum Cmd {
         min_score: f32,
         #[arg(long, default_value_t = 0)]
         threads: usize,
+        /// The network input's long side, or "native" (each picture's own, rounded up to a
+        /// multiple of 32, at most 2048): `input_size` of `[models.<name>]`.
+        #[arg(long, default_value = "416", value_parser = crate::detect::parse_input_size)]
+        input_size: vigil_core::config::InputSize,
+        /// Detect on COLSxROWS overlapping tiles and the whole picture, boxes merged (e.g.
+        /// 2x1): `[models.<name>.tiles]`.
+        #[arg(long, value_name = "COLSxROWS", value_parser = crate::detect::parse_grid)]
+        tiles: Option<[u32; 2]>,
+        /// Share of a tile its neighbour also covers (with --tiles).
+        #[arg(long, default_value_t = 0.2, requires = "tiles")]
+        tile_overlap: f32,
         files: Vec<PathBuf>,
     },
     /// Serve an H.264 MP4 file as an RTSP camera on 127.0.0.1 (demo and tests).
@@ -189,9 +200,21 @@ fn main() -> ExitCode {
             model,
             min_score,
             threads,
+            input_size,
+            tiles,
+            tile_overlap,
             files,
         } => report(crate::detect::detect_files(
-            &model, min_score, threads, &files,
+            &model,
+            min_score,
+            threads,
+            input_size,
+            tiles.map(|grid| vigil_core::config::TilesConfig {
+                grid,
+                overlap: tile_overlap,
+                full_frame: true,
+            }),
+            &files,
         )),
         Cmd::GpuCheck {
             model,

@@ -146,7 +146,8 @@ fn the_backend_chain_reports_what_it_chose_and_why() {
         kind: ModelKind::Nanodet,
         backend: BackendKind::Auto,
         threads: 1,
-        input_size: 416,
+        input_size: vigil_core::config::InputSize::Pixels(416),
+        tiles: None,
         calibration_table: None,
     };
     let trt = vigil_dataplane::facts::tensorrt();

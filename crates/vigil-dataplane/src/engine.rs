@@ -8,7 +8,7 @@ use crate::gpu::detector::GpuDetector;
 use crate::media::camera::GpuFrames;
 use crate::onnx::{OnnxBackend, OnnxError};
 use crate::worker::Engine;
-use vigil_core::config::{BackendKind, ModelConfig};
+use vigil_core::config::{BackendKind, InputSize, ModelConfig};
 use vigil_core::error::chain;
 use vigil_core::model::nanodet::{NanodetDecoder, input_spec};
 use vigil_core::model::preprocess::Preprocessor;
@@ -43,6 +43,11 @@ pub enum EngineError {
         size: usize,
         configured: u32,
     },
+    /// `input_size = "native"` with a model whose input size is fixed.
+    #[error(
+        "model {model}: input_size = \"native\" needs a model that takes any input size, and this one is fixed at {size}×{size} (expected input_size = {size}, or the model exported with dynamic height and width)"
+    )]
+    NativeFixed { model: String, size: usize },
     /// The model's inputs or outputs do not fit NanoDet.
     #[error(transparent)]
     Layout(#[from] InferError),
@@ -152,8 +157,23 @@ pub fn build(name: &str, m: &ModelConfig) -> Result<Built, EngineError> {
         source,
     };
     let mut fallback: Vec<String> = Vec::new();
+    // The GPU path detects whole frames at one fixed size (the config check refuses these with
+    // backend "cuda" or "tensorrt").
+    let cpu_only = if m.tiles.is_some() {
+        Some("tiled detection runs on the CPU only so far")
+    } else if m.input_size == InputSize::Native {
+        Some("input_size \"native\" runs on the CPU only so far")
+    } else {
+        None
+    };
     let gpu = match m.backend {
         BackendKind::Cpu => None,
+        BackendKind::Auto if cpu_only.is_some() => {
+            let why = cpu_only.unwrap_or_default().to_string();
+            tracing::info!(model = name, "backend auto → cpu: {why}");
+            fallback.push(why);
+            None
+        }
         BackendKind::Cuda => Some(crate::gpu::runtime().map_err(cuda_err)?),
         BackendKind::Tensorrt => {
             Some(crate::gpu::runtime().map_err(|e| EngineError::Tensorrt {
@@ -176,8 +196,7 @@ pub fn build(name: &str, m: &ModelConfig) -> Result<Built, EngineError> {
         if matches!(m.backend, BackendKind::Tensorrt | BackendKind::Auto) {
             let tried = tensorrt_options(m).and_then(|t| {
                 crate::engines::for_model(name, || {
-                    GpuDetector::new(&rt.ctx, &m.path, m.input_size as usize, Some(t))
-                        .map_err(|e| chain(&e))
+                    GpuDetector::new(&rt.ctx, &m.path, gpu_size(m), Some(t)).map_err(|e| chain(&e))
                 })
             });
             match tried {
@@ -212,7 +231,7 @@ pub fn build(name: &str, m: &ModelConfig) -> Result<Built, EngineError> {
                 }
             }
         }
-        match GpuDetector::new(&rt.ctx, &m.path, m.input_size as usize, None) {
+        match GpuDetector::new(&rt.ctx, &m.path, gpu_size(m), None) {
             Ok(g) => {
                 let (size, dynamic) = g.input();
                 check_input_size(name, m, size)?;
@@ -245,16 +264,45 @@ pub fn build(name: &str, m: &ModelConfig) -> Result<Built, EngineError> {
             model: name.to_string(),
             source,
         })?;
-    let (size, dynamic) =
-        vigil_core::model::nanodet::input_size(backend.inputs(), m.input_size as usize)?;
+    // "native": the model must take any size; 416 stands for it until the first frame.
+    let (size, dynamic) = vigil_core::model::nanodet::input_size(
+        backend.inputs(),
+        m.input_size.pixels().unwrap_or(416) as usize,
+    )?;
+    if m.input_size == InputSize::Native && !dynamic {
+        return Err(EngineError::NativeFixed {
+            model: name.to_string(),
+            size,
+        });
+    }
     check_input_size(name, m, size)?;
-    tracing::info!(model = name, backend = "cpu", engine = %backend.describe(), "model loaded; input {}", describe_input(size, dynamic));
+    let described = match m.input_size {
+        InputSize::Native => {
+            "each frame's own long side, rounded up to a multiple of 32 (at most 2048)".to_string()
+        }
+        InputSize::Pixels(_) => describe_input(size, dynamic),
+    };
+    let tiled = m.tiles.map(|t| {
+        format!(
+            "; tiles {}×{} overlapping by {:.0} %{}",
+            t.grid[0],
+            t.grid[1],
+            t.overlap * 100.0,
+            if t.full_frame {
+                " and the whole frame"
+            } else {
+                ""
+            }
+        )
+    });
+    tracing::info!(model = name, backend = "cpu", engine = %backend.describe(), "model loaded; input {described}{}", tiled.unwrap_or_default());
     let decoder = NanodetDecoder::new(&m.path.display().to_string(), size, backend.outputs())?;
     Ok(Built {
         engine: Engine::Cpu {
             backend: Box::new(backend),
             pre: Preprocessor::new(input_spec(size, dynamic)),
             decoder,
+            sizing: crate::worker::Sizing::new(m.input_size, m.tiles),
         },
         cuda: None,
         backend: BackendUsed {
@@ -264,15 +312,22 @@ pub fn build(name: &str, m: &ModelConfig) -> Result<Built, EngineError> {
     })
 }
 
+/// The GPU path's input side (the config check keeps "native" off it).
+fn gpu_size(m: &ModelConfig) -> usize {
+    m.input_size.pixels().unwrap_or(416) as usize
+}
+
 fn check_input_size(name: &str, m: &ModelConfig, size: usize) -> Result<(), EngineError> {
-    if size != m.input_size as usize {
-        return Err(EngineError::InputSize {
-            model: name.to_string(),
-            size,
-            configured: m.input_size,
-        });
+    match m.input_size {
+        InputSize::Pixels(configured) if size != configured as usize => {
+            Err(EngineError::InputSize {
+                model: name.to_string(),
+                size,
+                configured,
+            })
+        }
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 fn describe_input(size: usize, dynamic: bool) -> String {

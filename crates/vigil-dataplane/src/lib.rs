@@ -21,4 +21,5 @@ pub mod live;
 pub mod media;
 pub mod onnx;
 pub mod picture;
+pub mod sized;
 pub mod worker;

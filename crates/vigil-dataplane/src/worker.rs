@@ -7,6 +7,7 @@
 
 use crate::media::{FrameQueue, FrameRef};
 use crate::picture::{Jpeg, Picturer};
+pub use crate::sized::Sizing;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -308,6 +309,7 @@ pub enum Engine {
         backend: Box<dyn Backend>,
         pre: Preprocessor,
         decoder: NanodetDecoder,
+        sizing: Sizing,
     },
     Gpu(Box<crate::gpu::detector::GpuDetector>),
 }
@@ -347,9 +349,18 @@ impl Engine {
                 backend,
                 pre,
                 decoder,
+                sizing,
             } => {
                 for (f, d) in frames.iter().zip(dets.iter_mut()) {
-                    res.push(detect_cpu(backend.as_mut(), pre, decoder, f, input, d));
+                    res.push(detect_cpu(
+                        backend.as_mut(),
+                        pre,
+                        decoder,
+                        sizing,
+                        f,
+                        input,
+                        d,
+                    ));
                 }
             }
             Engine::Gpu(g) => {
@@ -374,12 +385,13 @@ impl Engine {
     }
 }
 
-/// The CPU path for one frame: host pixels → preprocessing → backend → decoding (non-finite
-/// outputs refused); returns (preprocessing, inference) µs.
+/// The CPU path for one frame: host pixels → [`crate::sized::detect`]; returns
+/// (preprocessing, inference) µs.
 fn detect_cpu(
     backend: &mut dyn Backend,
     pre: &mut Preprocessor,
     decoder: &mut NanodetDecoder,
+    sizing: &mut Sizing,
     frame: &FrameRef,
     input: &mut Vec<f32>,
     dets: &mut Detections,
@@ -387,25 +399,7 @@ fn detect_cpu(
     let Some(yuv) = frame.host_yuv() else {
         return Err(DetectError::Unsupported);
     };
-    if input.len() < pre.input_len() {
-        input.resize(pre.input_len(), 0.0);
-    }
-    let t_pre = Instant::now();
-    let lb = pre.run(&yuv, input);
-    let pre_us = t_pre.elapsed().as_micros() as u64;
-    let t0 = Instant::now();
-    let mut decoded = Ok(());
-    let shape = [1, 3, lb.in_h, lb.in_w];
-    backend
-        .run(input, shape, &mut |outs| {
-            decoded = match outs.iter().all(|o| o.iter().all(|v| v.is_finite())) {
-                true => decoder.decode(outs, &lb, dets),
-                false => Err("the model returned non-finite values".into()),
-            }
-        })
-        .and_then(|()| decoded.map_err(InferError::Run))
-        .map_err(DetectError::Cpu)?;
-    Ok((pre_us, t0.elapsed().as_micros() as u64))
+    crate::sized::detect(backend, pre, decoder, sizing, &yuv, input, dets).map_err(DetectError::Cpu)
 }
 
 /// A change the supervisor makes to a running worker without stopping it.

@@ -109,8 +109,8 @@ fn subnet() -> u8 {
                 .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
                 .unwrap_or_default()
         };
-        let taken = show(&["-4", "route", "show", "table", "all"])
-            + &show(&["-4", "-o", "addr", "show"]);
+        let taken =
+            show(&["-4", "route", "show", "table", "all"]) + &show(&["-4", "-o", "addr", "show"]);
         let start = std::process::id() % 100;
         (0..100)
             .map(|i| 100 + ((start + i) % 100) as u8)
@@ -331,5 +331,8 @@ fn a_subnet_is_in_use_when_a_route_or_address_lies_in_it() {
     assert!(in_use(routes, 130));
     assert!(!in_use(routes, 5)); // 110.5.… is not 10.5.…
     assert!(!in_use(routes, 13));
-    assert!(in_use("2: eth0    inet 10.140.3.4/16 brd 10.140.255.255", 140));
+    assert!(in_use(
+        "2: eth0    inet 10.140.3.4/16 brd 10.140.255.255",
+        140
+    ));
 }

@@ -7,6 +7,7 @@ mod kalman;
 pub mod motion;
 pub mod nms;
 pub mod rules;
+pub mod tiles;
 pub mod tracker;
 
 /// Most detections kept for one frame after NMS; more are dropped lowest score first.

@@ -415,16 +415,64 @@ pub(super) fn check_model(c: &mut Checker, path: &str, model: &ModelConfig, fact
             ),
         );
     }
-    let size = model.input_size;
-    if !(32..=2048).contains(&size) {
+    if let Some(size) = model.input_size.pixels() {
+        if !(32..=2048).contains(&size) {
+            c.err(
+                format!("{path}.input_size"),
+                format!(
+                    "input size {size} out of range (expected a multiple of 32 from 32 to 2048, or \"native\")"
+                ),
+            );
+        } else if !size.is_multiple_of(32) {
+            c.err(
+                format!("{path}.input_size"),
+                format!("input size {size} is not a multiple of 32 (expected e.g. 320, 416)"),
+            );
+        }
+    }
+    if let Some(t) = &model.tiles {
+        let [cols, rows] = t.grid;
+        if !(1..=4).contains(&cols) || !(1..=4).contains(&rows) || cols * rows < 2 {
+            c.err(
+                format!("{path}.tiles.grid"),
+                format!(
+                    "grid [{cols}, {rows}] (expected [columns, rows], 1 to 4 each and at least two tiles, e.g. [2, 1])"
+                ),
+            );
+        }
+        if !(0.0..=0.5).contains(&t.overlap) {
+            c.err(
+                format!("{path}.tiles.overlap"),
+                format!(
+                    "overlap {} (expected the share of a tile its neighbour also covers, 0 to 0.5)",
+                    t.overlap
+                ),
+            );
+        }
+    }
+    // The GPU path detects whole frames at one fixed size: "native" and tiles run on the CPU.
+    let cpu_only = match (&model.tiles, model.input_size) {
+        (Some(_), _) => Some("tiles"),
+        (None, crate::config::InputSize::Native) => Some("input_size"),
+        _ => None,
+    };
+    if let Some(field) = cpu_only
+        && matches!(
+            model.backend,
+            crate::config::BackendKind::Cuda | crate::config::BackendKind::Tensorrt
+        )
+    {
         c.err(
-            format!("{path}.input_size"),
-            format!("input size {size} out of range (expected a multiple of 32 from 32 to 2048)"),
-        );
-    } else if !size.is_multiple_of(32) {
-        c.err(
-            format!("{path}.input_size"),
-            format!("input size {size} is not a multiple of 32 (expected e.g. 320, 416)"),
+            format!("{path}.{field}"),
+            format!(
+                "{} runs on the CPU backend only so far, and backend is \"{}\" (expected backend \"cpu\" or \"auto\", or a fixed input_size without tiles)",
+                if field == "tiles" {
+                    "tiled detection"
+                } else {
+                    "input_size \"native\""
+                },
+                model.backend.as_str()
+            ),
         );
     }
 }
@@ -972,6 +1020,81 @@ mod tests {
             ..without
         };
         assert!(super::super::parse(&text, Path::new("t.toml"), &with).is_ok());
+    }
+
+    #[test]
+    fn native_input_size_and_tiles_are_checked_and_kept_off_the_gpu_path() {
+        let ok = format!(
+            "{HEAD}input_size = \"native\"\n[models.m.tiles]\ngrid = [3, 2]\noverlap = 0.25\n"
+        );
+        let cfg = super::super::parse(&ok, Path::new("t.toml"), &KnownFacts::cpu_only()).unwrap();
+        let m = &cfg.models["m"];
+        assert_eq!(m.input_size, crate::config::InputSize::Native);
+        let t = m.tiles.expect("tiles");
+        assert_eq!((t.grid, t.overlap, t.full_frame), ([3, 2], 0.25, true));
+        assert_eq!(m.input_size.for_picture(1920, 1080), 1920);
+        assert_eq!(m.input_size.for_picture(1000, 700), 1024);
+        assert_eq!(m.input_size.for_picture(3840, 2160), 2048);
+        assert_eq!(
+            crate::config::InputSize::Pixels(416).for_picture(3840, 2160),
+            416
+        );
+        for (extra, path, says) in [
+            (
+                "input_size = \"big\"\n",
+                "models.m.input_size",
+                "or \"native\"",
+            ),
+            ("input_size = -5\n", "models.m.input_size", "out of range"),
+            (
+                "input_size = 400\n",
+                "models.m.input_size",
+                "not a multiple of 32",
+            ),
+            (
+                "[models.m.tiles]\ngrid = [1, 1]\n",
+                "models.m.tiles.grid",
+                "at least two tiles",
+            ),
+            (
+                "[models.m.tiles]\ngrid = [5, 1]\n",
+                "models.m.tiles.grid",
+                "1 to 4 each",
+            ),
+            (
+                "[models.m.tiles]\ngrid = [2, 1]\noverlap = 0.7\n",
+                "models.m.tiles.overlap",
+                "0 to 0.5",
+            ),
+        ] {
+            let errs = errors(&format!("{HEAD}{extra}"));
+            assert!(
+                errs.iter().any(|(p, m)| p == path && m.contains(says)),
+                "{extra}: {errs:?}"
+            );
+        }
+        // The GPU path detects whole frames at one size: backend "cuda" with either is refused.
+        let gpu = KnownFacts {
+            gpu: crate::facts::GpuProbe::Available {
+                name: "NVIDIA H200".into(),
+                compute_capability: (9, 0),
+                memory_mib: 143_000,
+            },
+            onnxruntime_version: None,
+            tensorrt: Err("none".into()),
+        };
+        for (extra, path) in [
+            ("input_size = \"native\"\n", "models.m.input_size"),
+            ("[models.m.tiles]\ngrid = [2, 1]\n", "models.m.tiles"),
+        ] {
+            let text = format!("{HEAD}backend = \"cuda\"\n{extra}");
+            let e = super::super::parse(&text, Path::new("t.toml"), &gpu).unwrap_err();
+            let e = &e.errors()[0];
+            assert_eq!(e.path, path);
+            assert!(e.message.contains("CPU backend only"), "{}", e.message);
+            let auto = text.replace("backend = \"cuda\"\n", "");
+            assert!(super::super::parse(&auto, Path::new("t.toml"), &gpu).is_ok());
+        }
     }
 
     fn errors(text: &str) -> Vec<(String, String)> {

@@ -478,17 +478,127 @@ pub struct ModelConfig {
     /// Inference threads; 0 = one per core.
     #[serde(default)]
     pub threads: u32,
-    /// Square network input side in pixels.
-    #[serde(default = "default_input_size")]
-    pub input_size: u32,
+    /// The network input's side (long side for a dynamic model) in pixels, or `"native"`: each
+    /// frame's (or tile's) own long side rounded up to a multiple of 32, at most
+    /// [`InputSize::NATIVE_MAX`].
+    #[serde(default)]
+    pub input_size: InputSize,
+    /// Detection on overlapping tiles of each frame (wide scenes, small people): off by
+    /// default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tiles: Option<TilesConfig>,
     /// A TensorRT INT8 calibration table for this model (relative to the config file): with
     /// it, TensorRT engines are INT8; without, FP16.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calibration_table: Option<PathBuf>,
 }
 
-fn default_input_size() -> u32 {
-    416
+/// `input_size`: a side in pixels, or `"native"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputSize {
+    Pixels(u32),
+    Native,
+}
+
+impl InputSize {
+    /// The largest side `"native"` takes: a bigger frame is scaled down to it.
+    pub const NATIVE_MAX: u32 = 2048;
+
+    /// The side in pixels; `None` for `"native"`.
+    pub fn pixels(self) -> Option<u32> {
+        match self {
+            InputSize::Pixels(p) => Some(p),
+            InputSize::Native => None,
+        }
+    }
+
+    /// The input side for a `w`×`h` picture: the configured side, or for `"native"` the long
+    /// side rounded up to a multiple of 32 (32..=[`Self::NATIVE_MAX`]).
+    pub fn for_picture(self, w: usize, h: usize) -> usize {
+        match self {
+            InputSize::Pixels(p) => p as usize,
+            InputSize::Native => w
+                .max(h)
+                .div_ceil(32)
+                .saturating_mul(32)
+                .clamp(32, Self::NATIVE_MAX as usize),
+        }
+    }
+}
+
+impl Default for InputSize {
+    fn default() -> Self {
+        InputSize::Pixels(416)
+    }
+}
+
+impl std::fmt::Display for InputSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InputSize::Pixels(p) => write!(f, "{p}"),
+            InputSize::Native => f.write_str("\"native\""),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for InputSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = InputSize;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a side in pixels (e.g. 416) or \"native\"")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<InputSize, E> {
+                u32::try_from(v).map(InputSize::Pixels).map_err(|_| {
+                    E::custom(format!(
+                        "input size {v} out of range (expected a multiple of 32 from 32 to 2048, or \"native\")"
+                    ))
+                })
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<InputSize, E> {
+                self.visit_i64(i64::try_from(v).unwrap_or(-1))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<InputSize, E> {
+                match v {
+                    "native" => Ok(InputSize::Native),
+                    _ => Err(E::custom(format!(
+                        "input size {v:?} (expected a side in pixels such as 416, or \"native\")"
+                    ))),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Serialize for InputSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            InputSize::Pixels(p) => s.serialize_u32(*p),
+            InputSize::Native => s.serialize_str("native"),
+        }
+    }
+}
+
+/// `[models.<name>.tiles]`: each frame is cut into `grid` = [columns, rows] overlapping tiles,
+/// each detected at the model's input size, and (with `full_frame`) the whole frame too; the
+/// boxes of one object found in several of them are merged into one.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TilesConfig {
+    /// Columns and rows, 1..=4 each, at least two tiles.
+    pub grid: [u32; 2],
+    /// Share of a tile's width (height) that it has in common with its neighbour: 0..=0.5.
+    #[serde(default = "default_tile_overlap")]
+    pub overlap: f32,
+    /// Also detect on the whole frame (objects bigger than a tile).
+    #[serde(default = "yes")]
+    pub full_frame: bool,
+}
+
+fn default_tile_overlap() -> f32 {
+    0.2
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

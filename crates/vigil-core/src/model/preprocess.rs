@@ -16,6 +16,28 @@ pub struct YuvView<'a> {
     pub uv_step: usize,
 }
 
+impl<'a> YuvView<'a> {
+    /// The `w`×`h` part of the frame at (`x`, `y`), a view of the same memory; `x` and `y` are
+    /// rounded down to even (4:2:0 chroma covers 2×2 pixels) and the size cut to the frame.
+    pub fn crop(&self, x: usize, y: usize, w: usize, h: usize) -> YuvView<'a> {
+        let x = (x & !1).min(self.width.saturating_sub(2) & !1);
+        let y = (y & !1).min(self.height.saturating_sub(2) & !1);
+        let w = w.clamp(1, self.width - x);
+        let h = h.clamp(1, self.height - y);
+        let c = (y / 2) * self.uv_stride + (x / 2) * self.uv_step;
+        YuvView {
+            width: w,
+            height: h,
+            y: &self.y[y * self.y_stride + x..],
+            y_stride: self.y_stride,
+            u: &self.u[c..],
+            v: &self.v[c..],
+            uv_stride: self.uv_stride,
+            uv_step: self.uv_step,
+        }
+    }
+}
+
 /// How a `src_w`×`src_h` frame sits in the `in_w`×`in_h` network input: scaled by `scale` to
 /// `new_w`×`new_h`, offset by (`pad_x`, `pad_y`) pixels.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -119,6 +141,15 @@ impl Preprocessor {
 
     pub fn spec(&self) -> &InputSpec {
         &self.spec
+    }
+
+    /// Another input side (`input_size = "native"`): the sampling tables are rebuilt on the
+    /// next frame only if it changed.
+    pub fn set_size(&mut self, size: usize) {
+        if size != self.spec.size {
+            self.spec.size = size;
+            self.lb = None;
+        }
     }
 
     /// Capacity an input buffer needs for any frame (3 × size × size).
@@ -245,6 +276,63 @@ mod tests {
         }
     }
 
+    /// The U and V planes as NV12's one interleaved plane.
+    fn interleave(u: &[u8], v: &[u8]) -> Vec<u8> {
+        u.iter().zip(v).flat_map(|(a, b)| [*a, *b]).collect()
+    }
+
+    /// One `w`×`h` picture as I420 (planes `y`, `u`, `v`) and as NV12 (`y`, `uv`).
+    fn both<'a>(
+        w: usize,
+        h: usize,
+        y: &'a [u8],
+        u: &'a [u8],
+        v: &'a [u8],
+        uv: &'a [u8],
+    ) -> (YuvView<'a>, YuvView<'a>) {
+        let i420 = YuvView {
+            width: w,
+            height: h,
+            y,
+            y_stride: w,
+            u,
+            v,
+            uv_stride: w / 2,
+            uv_step: 1,
+        };
+        let nv12 = YuvView {
+            u: uv,
+            v: &uv[1..],
+            uv_stride: w,
+            uv_step: 2,
+            ..i420
+        };
+        (i420, nv12)
+    }
+
+    #[test]
+    fn a_crop_reads_the_same_pixels_as_the_frame() {
+        // 8×6 I420 with distinct values everywhere; and the same as NV12.
+        let (w, h) = (8usize, 6usize);
+        let y: Vec<u8> = (0..w * h).map(|i| i as u8).collect();
+        let u: Vec<u8> = (0..(w / 2) * (h / 2)).map(|i| 100 + i as u8).collect();
+        let v: Vec<u8> = (0..(w / 2) * (h / 2)).map(|i| 200 + i as u8).collect();
+        let uv = interleave(&u, &v);
+        let (i420, nv12) = both(w, h, &y, &u, &v, &uv);
+        for f in [i420, nv12] {
+            let c = f.crop(3, 2, 4, 10); // x rounded down to 2, height cut to the frame
+            assert_eq!((c.width, c.height), (4, 4));
+            for row in 0..c.height {
+                for col in 0..c.width {
+                    assert_eq!(c.y[row * c.y_stride + col], f.y[(row + 2) * w + col + 2]);
+                    let ci = (row / 2) * c.uv_stride + (col / 2) * c.uv_step;
+                    let fi = ((row + 2) / 2) * f.uv_stride + ((col + 2) / 2) * f.uv_step;
+                    assert_eq!((c.u[ci], c.v[ci]), (f.u[fi], f.v[fi]));
+                }
+            }
+        }
+    }
+
     #[test]
     fn letterbox_of_a_wide_frame_pads_top_and_bottom() {
         let lb = Letterbox::new(768, 576, 416, 416);
@@ -302,27 +390,8 @@ mod tests {
         let y: Vec<u8> = (0..w * h).map(|i| (i * 7 % 220) as u8 + 16).collect();
         let u: Vec<u8> = (0..w * h / 4).map(|i| 100 + i as u8 * 5).collect();
         let v: Vec<u8> = (0..w * h / 4).map(|i| 160 - i as u8 * 3).collect();
-        let uv: Vec<u8> = u.iter().zip(&v).flat_map(|(a, b)| [*a, *b]).collect();
-        let i420 = YuvView {
-            width: w,
-            height: h,
-            y: &y,
-            y_stride: w,
-            u: &u,
-            v: &v,
-            uv_stride: w / 2,
-            uv_step: 1,
-        };
-        let nv12 = YuvView {
-            width: w,
-            height: h,
-            y: &y,
-            y_stride: w,
-            u: &uv,
-            v: &uv[1..],
-            uv_stride: w,
-            uv_step: 2,
-        };
+        let uv = interleave(&u, &v);
+        let (i420, nv12) = both(w, h, &y, &u, &v, &uv);
         let mut p = Preprocessor::new(spec(16));
         let (mut a, mut b) = (vec![0.0; p.input_len()], vec![0.0; p.input_len()]);
         p.run(&i420, &mut a);
