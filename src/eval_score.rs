@@ -50,6 +50,10 @@ pub struct Clip {
     /// Frame ranges (inclusive) of an edited clip's shots.
     #[serde(default)]
     pub shots: Vec<[u32; 2]>,
+    /// How a synthetic clip is made from the package's file (`sha256` is then that file's):
+    /// `cargo xtask setup` makes it into the media folder.
+    #[serde(default)]
+    pub derived: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -428,30 +428,50 @@ fn nanodet(root: &Path, cache: &Path, dl: &Path) -> Result<PathBuf> {
     Ok(onnx)
 }
 
-fn transcode(out: &Path, frames: Option<u32>) -> Result<()> {
+/// x264's settings for every clip made from vtest.avi.
+const X264: &str = "x264enc speed-preset=faster key-int-max=20 bframes=0 ! video/x-h264,profile=main ! h264parse ! mp4mux";
+
+/// Makes `out` with `gst-launch-1.0` once (the description gets the temporary file's path).
+fn make_clip(out: &Path, what: &str, description: impl Fn(&Path) -> String) -> Result<()> {
     if out.exists() {
         return Ok(());
     }
-    step(&format!(
-        "transcoding vtest.avi → {} (H.264 main, x264)",
-        out.display()
-    ));
+    step(&format!("{what} → {}", out.display()));
     let tmp = out.with_extension("part.mp4");
-    let limit = frames
-        .map(|n| format!("identity eos-after={n} ! "))
-        .unwrap_or_default();
-    let pipeline = format!(
-        "filesrc location={VTEST_AVI} ! avidemux ! decodebin ! videoconvert ! video/x-raw,format=I420 ! {limit}\
-         x264enc speed-preset=faster key-int-max=20 bframes=0 ! video/x-h264,profile=main ! h264parse ! mp4mux ! filesink location={}",
-        tmp.display()
-    );
-    let args: Vec<&str> = pipeline.split(' ').collect();
+    let pipeline = description(&tmp);
     run(Command::new("gst-launch-1.0")
         .arg("-q")
         .arg("-e")
-        .args(args))?;
+        .args(pipeline.split_whitespace()))?;
     std::fs::rename(&tmp, out)?;
     Ok(())
+}
+
+fn transcode(out: &Path, frames: Option<u32>) -> Result<()> {
+    let limit = frames
+        .map(|n| format!("identity eos-after={n} ! "))
+        .unwrap_or_default();
+    make_clip(out, "transcoding vtest.avi (H.264 main, x264)", |tmp| {
+        format!(
+            "filesrc location={VTEST_AVI} ! avidemux ! decodebin ! videoconvert ! video/x-raw,format=I420 ! {limit}\
+             {X264} ! filesink location={}",
+            tmp.display()
+        )
+    })
+}
+
+/// The eval set's synthetic wide scene of small people (tests/data/eval/vtest-far): vtest.avi
+/// four times in a 2×2 mosaic, 1536×1152, frame-aligned with the source.
+fn far_clip(out: &Path) -> Result<()> {
+    make_clip(out, "vtest.avi in a 2x2 mosaic (x264)", |tmp| {
+        format!(
+            "compositor name=m sink_1::xpos=768 sink_2::ypos=576 sink_3::xpos=768 sink_3::ypos=576 ! \
+             video/x-raw,width=1536,height=1152,format=I420 ! {X264} ! filesink location={} \
+             filesrc location={VTEST_AVI} ! avidemux ! decodebin ! videoconvert ! video/x-raw,format=I420 ! tee name=t \
+             t. ! queue ! m.sink_0 t. ! queue ! m.sink_1 t. ! queue ! m.sink_2 t. ! queue ! m.sink_3",
+            tmp.display()
+        )
+    })
 }
 
 fn clips(media: &Path) -> Result<PathBuf> {
@@ -462,7 +482,10 @@ fn clips(media: &Path) -> Result<PathBuf> {
     let test = media.join("vtest-30s.mp4");
     transcode(&demo, None)?;
     transcode(&test, Some(300))?;
-    step("media: vtest.mp4 (79 s) and vtest-30s.mp4 (first 300 frames) present");
+    far_clip(&media.join("vtest-far.mp4"))?;
+    step(
+        "media: vtest.mp4 (79 s), vtest-30s.mp4 (first 300 frames) and vtest-far.mp4 (2x2 mosaic) present",
+    );
     Ok(demo)
 }
 

@@ -67,7 +67,12 @@ pub fn detect(
             *d = tiles::to_frame(d, &tile, w, h);
         }
         let earlier = dets.len();
-        tiles::merge_pass(dets, earlier, &sizing.pass);
+        let how = if t.full_frame {
+            tiles::Merge::Best
+        } else {
+            tiles::Merge::Union
+        };
+        tiles::merge_pass(dets, earlier, &sizing.pass, how);
     }
     Ok((pre_us, inf_us))
 }

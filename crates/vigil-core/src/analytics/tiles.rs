@@ -1,10 +1,11 @@
 //! Tiled detection (`[models.<name>.tiles]`): a frame cut into overlapping tiles, each detected
 //! at the model's input size so that small, far objects get more input pixels, and (optionally)
 //! the whole frame for objects bigger than a tile. One object seen in several passes (two
-//! neighbouring tiles, a tile and the whole frame) is merged into one box: the union of the
-//! boxes of the same class where the intersection covers at least `min_ios` of the smaller one
-//! (intersection over smaller: a box a tile's edge cut in half still matches the whole one).
-//! Boxes of one pass are never merged with each other: its own NMS already decided those.
+//! neighbouring tiles, a tile and the whole frame) becomes one box: boxes of the same class
+//! whose intersection covers at least [`MERGE_IOS`] of the smaller one (intersection over
+//! smaller: a box a tile's edge cut in half still matches the whole one) are merged, keeping
+//! the better one or, for parts that tile edges cut, their union ([`Merge`]). Boxes of one pass
+//! are never merged with each other: its own NMS already decided those.
 
 use super::{BBox, Detection, Detections};
 
@@ -90,12 +91,22 @@ fn ios(a: &BBox, b: &BBox) -> f32 {
     }
 }
 
+/// How [`merge_pass`] makes one box of two that are one object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Merge {
+    /// Their union, with the higher score: parts of an object that tile edges cut.
+    Union,
+    /// The higher-scoring box: whole boxes of one object from two passes (the whole frame's
+    /// pass has cut boxes dropped; a union would widen a tile's box by a coarser one).
+    Best,
+}
+
 /// Adds one pass's detections (in frame coordinates) to `merged`, whose first `earlier`
 /// entries come from the passes before it: a detection that is one object with one of those
-/// (same class, intersection ≥ [`MERGE_IOS`] of the smaller box) grows it to their union and
-/// keeps the higher score; the others are added. When `merged` is full, a detection replaces
-/// the lowest-scoring one if it scores higher.
-pub fn merge_pass(merged: &mut Detections, earlier: usize, pass: &Detections) {
+/// (same class, intersection ≥ [`MERGE_IOS`] of the smaller box) is merged into it as `how`
+/// says; the others are added. When `merged` is full, a detection replaces the lowest-scoring
+/// one if it scores higher.
+pub fn merge_pass(merged: &mut Detections, earlier: usize, pass: &Detections, how: Merge) {
     let earlier = earlier.min(merged.len());
     for d in pass {
         let same = merged[..earlier]
@@ -103,13 +114,19 @@ pub fn merge_pass(merged: &mut Detections, earlier: usize, pass: &Detections) {
             .filter(|k| k.class_id == d.class_id && ios(&k.bbox, &d.bbox) >= MERGE_IOS)
             .max_by(|a, b| ios(&a.bbox, &d.bbox).total_cmp(&ios(&b.bbox, &d.bbox)));
         if let Some(k) = same {
-            k.bbox = BBox::new(
-                k.bbox.x1.min(d.bbox.x1),
-                k.bbox.y1.min(d.bbox.y1),
-                k.bbox.x2.max(d.bbox.x2),
-                k.bbox.y2.max(d.bbox.y2),
-            );
-            k.score = k.score.max(d.score);
+            match how {
+                Merge::Union => {
+                    k.bbox = BBox::new(
+                        k.bbox.x1.min(d.bbox.x1),
+                        k.bbox.y1.min(d.bbox.y1),
+                        k.bbox.x2.max(d.bbox.x2),
+                        k.bbox.y2.max(d.bbox.y2),
+                    );
+                    k.score = k.score.max(d.score);
+                }
+                Merge::Best if d.score > k.score => *k = *d,
+                Merge::Best => {}
+            }
         } else if let Err(d) = merged.push(*d)
             && let Some(low) = merged.iter_mut().min_by(|a, b| a.score.total_cmp(&b.score))
             && low.score < d.score
@@ -215,18 +232,24 @@ mod tests {
         let _ = tile.push(det(0.38, 0.39, 0.45, 0.80, 0.8, 0)); // the same person, cut
         let _ = tile.push(det(0.52, 0.40, 0.60, 0.80, 0.7, 0)); // another person
         let _ = tile.push(det(0.40, 0.40, 0.50, 0.80, 0.5, 2)); // a car
-        merge_pass(&mut merged, earlier, &tile);
+        let before = merged.clone();
+        merge_pass(&mut merged, earlier, &tile, Merge::Union);
         assert_eq!(merged.len(), 3, "{merged:?}");
         assert_eq!(merged[0].bbox, BBox::new(0.38, 0.39, 0.50, 0.80));
         assert_eq!(merged[0].score, 0.8);
         assert_eq!(merged[1].bbox, BBox::new(0.52, 0.40, 0.60, 0.80));
         assert_eq!(merged[2].class_id, 2);
+        // Whole boxes of one object: the better one is kept as it is.
+        let mut best = before;
+        merge_pass(&mut best, earlier, &tile, Merge::Best);
+        assert_eq!(best.len(), 3, "{best:?}");
+        assert_eq!(best[0], tile[0]);
         // Two boxes of one pass that overlap are not merged: that pass's NMS kept both.
         let mut one = Detections::new();
         let mut pass = Detections::new();
         let _ = pass.push(det(0.1, 0.1, 0.3, 0.5, 0.9, 0));
         let _ = pass.push(det(0.15, 0.1, 0.25, 0.3, 0.8, 0));
-        merge_pass(&mut one, 0, &pass);
+        merge_pass(&mut one, 0, &pass, Merge::Union);
         assert_eq!(one.len(), 2);
     }
 }
