@@ -45,5 +45,6 @@ mod rtsp_loop;
 mod rtsp_transport;
 mod spool_broker_kill;
 mod stream_roles;
+mod system_update;
 mod systemd_unit;
 mod systemd_watchdog;

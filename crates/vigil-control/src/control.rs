@@ -26,6 +26,8 @@ pub enum ControlKind {
     OtaRollback(String),
     /// Stop the OTA update whose download or staging runs (its outcome: `cancelled`).
     OtaCancel,
+    /// Download a whole-system (RAUC) bundle and hand it to the image's installer.
+    SystemUpdate(crate::system_update::Request),
 }
 
 /// The supervisor's answer: `Ok(data)` (a `"summary"` string in `data` says what was done), or

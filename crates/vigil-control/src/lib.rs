@@ -15,3 +15,4 @@ pub mod slot;
 pub mod spool;
 pub mod supervisor;
 pub mod system;
+pub mod system_update;

@@ -408,6 +408,8 @@ pub struct Supervisor {
     snapshot_published: HashMap<String, Instant>,
     /// On an A/B image: tells the image when this boot is good (`crate::slot`).
     slot_gate: Option<crate::slot::SlotGate>,
+    /// Whole-system updates (`cmd/system/update`), or why this box has none.
+    system_update: Result<crate::system_update::SystemUpdater, String>,
 }
 
 impl Supervisor {
@@ -530,6 +532,13 @@ impl Supervisor {
         };
         let core_beat = health.register("supervisor", Duration::from_secs(10), true);
         let (validated_tx, validated) = tokio::sync::mpsc::channel(1);
+        // Whole-system updates, where the image has its installer; the outcome of the one that
+        // rebooted the box is published (retained) once.
+        let system_update =
+            crate::system_update::SystemUpdater::on_image(&state_dir, link.system_sender());
+        if let Ok(u) = &system_update {
+            tokio::task::block_in_place(|| u.report_result());
+        }
         Ok(Self {
             cfg,
             config_path,
@@ -556,6 +565,7 @@ impl Supervisor {
             _http: http,
             snapshot_published: HashMap::new(),
             slot_gate: crate::slot::SlotGate::on_image(&state_dir),
+            system_update,
         })
     }
 
@@ -755,6 +765,24 @@ impl Supervisor {
                 self.with_ota(|ota, apply| ota.rollback_on_request(id, &keys, apply))
             }
             ControlKind::OtaCancel => self.ota.cancel(),
+            ControlKind::SystemUpdate(r) => match &self.system_update {
+                Err(why) => Err((why.clone(), serde_json::Value::Null)),
+                Ok(u) => {
+                    let limits = vigil_ota::download::Limits {
+                        max_bytes: crate::system_update::MAX_BUNDLE_BYTES,
+                        timeout: self.cfg.ota.download_timeout.0,
+                        min_rate: self.cfg.ota.min_rate_bytes_per_s,
+                        rate_window: vigil_ota::download::RATE_WINDOW,
+                    };
+                    u.start(r.clone(), limits)
+                        .map(|()| {
+                            serde_json::json!({
+                                "summary": "system update started: progress on system/progress, the outcome on system/status"
+                            })
+                        })
+                        .map_err(|why| (why, serde_json::Value::Null))
+                }
+            },
         };
         self.ota.configure(&self.cfg);
         flush_ota(&mut self.ota, &self.link);

@@ -101,23 +101,42 @@ fn string_field(request: &Value, key: &str, example: &str) -> Result<String, Str
     })
 }
 
-const KNOWN: &str = "ping, status, events/replay, reload, config/get, config/set, camera/restart, ota/apply, ota/rollback, ota/cancel";
+const KNOWN: &str = "ping, status, events/replay, reload, config/get, config/set, camera/restart, snapshot, ota/apply, ota/rollback, ota/cancel, system/update";
 
-/// The fields of `cmd/ota/apply`.
-fn ota_apply(id: &str, request: &Value) -> Result<vigil_ota::ApplyRequest, String> {
-    let url = string_field(request, "url", "http://host/bundle.vigil")?;
+/// The `url` (http or https) and `sha256` (64 hex digits, lower-cased) of a request that names
+/// a file to download; `example` is a URL to show.
+fn url_and_sha256(request: &Value, example: &str) -> Result<(String, String), String> {
+    let url = string_field(request, "url", example)?;
     if !(url.starts_with("http://") || url.starts_with("https://")) {
         return Err(format!(
-            "url {url:?} is not http:// or https:// (expected e.g. \"https://updates.example/b.vigil\")"
+            "url {} is not http:// or https:// (expected e.g. \"{example}\")",
+            vigil_ota::text::quote(&url)
         ));
     }
     let sha256 =
-        string_field(request, "sha256", "<64 hex digits of the bundle file>")?.to_ascii_lowercase();
+        string_field(request, "sha256", "<64 hex digits of the file>")?.to_ascii_lowercase();
     if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(format!(
-            "sha256 {sha256:?} is not 64 hex digits (expected the bundle file's sha256)"
+            "sha256 {} is not 64 hex digits (expected the file's sha256)",
+            vigil_ota::text::quote(&sha256)
         ));
     }
+    Ok((url, sha256))
+}
+
+/// The fields of `cmd/system/update`.
+fn system_update(id: &str, request: &Value) -> Result<crate::system_update::Request, String> {
+    let (url, sha256) = url_and_sha256(request, "https://updates.example/vigil-amd64.raucb")?;
+    Ok(crate::system_update::Request {
+        request_id: id.to_string(),
+        url,
+        sha256,
+    })
+}
+
+/// The fields of `cmd/ota/apply`.
+fn ota_apply(id: &str, request: &Value) -> Result<vigil_ota::ApplyRequest, String> {
+    let (url, sha256) = url_and_sha256(request, "https://updates.example/b.vigil")?;
     let allow_rollback = match request.get("allow_rollback") {
         None => false,
         Some(Value::Bool(b)) => *b,
@@ -355,6 +374,10 @@ impl Handler {
                 Err(msg) => done(reply(Some(id), false, msg, Value::Null)),
             },
             "ota/rollback" => self.ask(id, ControlKind::OtaRollback(id.to_string())),
+            "system/update" => match system_update(id, &request) {
+                Ok(req) => self.ask(id, ControlKind::SystemUpdate(req)),
+                Err(msg) => done(reply(Some(id), false, msg, Value::Null)),
+            },
             "ota/cancel" => self.ask(id, ControlKind::OtaCancel),
             "config/set" => match string_field(&request, "config", "<the whole TOML file>") {
                 Ok(text) => self.ask(id, ControlKind::SetConfig(text)),

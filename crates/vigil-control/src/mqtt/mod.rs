@@ -89,6 +89,14 @@ impl Topics {
     pub fn ota_status(&self) -> String {
         format!("{}/ota/status", self.root)
     }
+    /// Whole-system update progress (`crate::system_update`).
+    pub fn system_progress(&self) -> String {
+        format!("{}/system/progress", self.root)
+    }
+    /// A whole-system update's outcome (retained).
+    pub fn system_status(&self) -> String {
+        format!("{}/system/status", self.root)
+    }
     /// The subscription for this device's commands.
     pub fn commands(&self) -> String {
         format!("{}/cmd/#", self.root)
@@ -178,6 +186,9 @@ enum LinkCmd {
     Ota(vigil_ota::agent::OtaTopic, Vec<u8>),
     /// A camera's latest event picture (QoS 1, retained, binary), dropped while disconnected.
     Snapshot(String, std::sync::Arc<[u8]>),
+    /// Whole-system update progress (`false`: QoS 1, dropped while disconnected) or outcome
+    /// (`true`: retained, kept and published again on every connection).
+    System(bool, Vec<u8>),
     Shutdown,
 }
 
@@ -239,6 +250,7 @@ impl MqttLink {
             heartbeat,
             me: tx.clone(),
             ota_status: None,
+            system_status: None,
             inflight: InFlight::new(),
             said: None,
             out_of_date: None,
@@ -284,6 +296,30 @@ impl MqttLink {
                 let _ = tx.send(cmd).await;
             });
         }
+    }
+
+    /// A handle that publishes whole-system update messages from any thread: progress may be
+    /// dropped when the link's queue is full, an outcome (`true`) waits for room.
+    pub fn system_sender(&self) -> crate::system_update::Publish {
+        let tx = self.tx.clone();
+        std::sync::Arc::new(move |last: bool, payload: Vec<u8>| {
+            if let Err(tokio::sync::mpsc::error::TrySendError::Full(cmd)) =
+                tx.try_send(LinkCmd::System(last, payload))
+                && last
+            {
+                match tokio::runtime::Handle::try_current() {
+                    Ok(rt) => {
+                        let tx = tx.clone();
+                        rt.spawn(async move {
+                            let _ = tx.send(cmd).await;
+                        });
+                    }
+                    Err(_) => {
+                        let _ = tx.blocking_send(cmd);
+                    }
+                }
+            }
+        })
     }
 
     /// Publishes a camera's event picture, retained on `snapshot/<camera>`; dropped when the
@@ -366,6 +402,8 @@ struct LinkTask {
     me: mpsc::Sender<LinkCmd>,
     /// The last `ota/status`, published again on every connection.
     ota_status: Option<Vec<u8>>,
+    /// The last `system/status`, likewise.
+    system_status: Option<Vec<u8>>,
     /// The current connection's in-flight publishes: which queued publish a packet id stands
     /// for, and which event a PUBACK acknowledges. Cleared when a connection starts.
     inflight: InFlight,
@@ -635,6 +673,9 @@ impl LinkTask {
         if let Some(p) = self.ota_status.clone() {
             self.publish_other(s, self.topics.ota_status(), true, p);
         }
+        if let Some(p) = self.system_status.clone() {
+            self.publish_other(s, self.topics.system_status(), true, p);
+        }
         self.fill(s);
     }
 
@@ -874,6 +915,15 @@ impl LinkTask {
                         if s.connected() {
                             let topic = if retained { self.topics.ota_status() } else { self.topics.ota_progress() };
                             self.publish_other(&mut s, topic, retained, payload);
+                        }
+                    }
+                    Some(LinkCmd::System(last, payload)) => {
+                        if last {
+                            self.system_status = Some(payload.clone());
+                        }
+                        if s.connected() {
+                            let topic = if last { self.topics.system_status() } else { self.topics.system_progress() };
+                            self.publish_other(&mut s, topic, last, payload);
                         }
                     }
                     Some(LinkCmd::Snapshot(topic, jpeg)) => {

@@ -17,6 +17,7 @@
 //! - [`postprocess_kernels`]: the NanoDet decode and NMS kernels: their CUDA C and checked
 //!   launches.
 //! - [`rusage`]: CPU time used, from `getrusage(2)`.
+//! - [`statvfs`]: free space of a file system, from `statvfs(3)`.
 
 pub mod cuda;
 pub mod gst_cuda;
@@ -31,4 +32,5 @@ pub mod overlay_kernel;
 pub mod postprocess_kernels;
 pub mod preprocess_kernel;
 pub mod rusage;
+pub mod statvfs;
 pub mod tensorrt;
