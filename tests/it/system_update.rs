@@ -205,6 +205,27 @@ fn on_the_image_a_bundle_is_downloaded_checked_handed_over_and_its_outcome_repor
         .expect("the outcome is retained");
     assert_eq!(m.json["request_id"], "up-1");
 
+    // An outcome the image writes while Vigil runs (it confirms the slot after Vigil has been
+    // healthy on it) is published too: a slot given up on.
+    std::fs::write(
+        hand_over.join("job.json"),
+        r#"{"request_id": "up-0", "sha256": "x"}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        hand_over.join("result"),
+        "bad B 2026-12-07T13:10:00Z Vigil was not healthy within 600s\n",
+    )
+    .unwrap();
+    let back = b.progress("up-0", "failed", Duration::from_secs(10));
+    assert!(
+        back["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not healthy within 600s"),
+        "{back}"
+    );
+
     // A refused bundle: the installer's reason reaches the fleet.
     let r =
         b.update(json!({"request_id": "up-3", "url": server.url("vigil.raucb"), "sha256": sha}));

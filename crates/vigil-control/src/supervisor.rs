@@ -533,12 +533,9 @@ impl Supervisor {
         let core_beat = health.register("supervisor", Duration::from_secs(10), true);
         let (validated_tx, validated) = tokio::sync::mpsc::channel(1);
         // Whole-system updates, where the image has its installer; the outcome of the one that
-        // rebooted the box is published (retained) once.
+        // rebooted the box is published (retained) once, at a health tick.
         let system_update =
             crate::system_update::SystemUpdater::on_image(&state_dir, link.system_sender());
-        if let Ok(u) = &system_update {
-            tokio::task::block_in_place(|| u.report_result());
-        }
         Ok(Self {
             cfg,
             config_path,
@@ -620,6 +617,11 @@ impl Supervisor {
         let _ = sd_notify::notify(&states);
         // OTA steps fsync, rename and remove slots: off the async workers' hands.
         let healthy = self.health.healthy();
+        // The image writes a system update's outcome when it confirms (or gives up on) the
+        // new slot, which is after Vigil has started on it: looked for at every tick.
+        if let Ok(u) = &self.system_update {
+            tokio::task::block_in_place(|| u.report_result());
+        }
         if let Some(gate) = &mut self.slot_gate {
             let live = |v: &crate::plan::CameraView| {
                 v.stats.state() == vigil_dataplane::media::CameraState::Live

@@ -13,8 +13,9 @@
 //!    `failed <reason>`), and reboots into the new slot.
 //! 3. After the reboot the image confirms the new slot once Vigil has been healthy
 //!    ([`crate::slot`]) or returns to the old one, and writes the outcome to `result`
-//!    (`good <slot> <time>` or `bad <slot> <time> <reason>`). Vigil publishes it on
-//!    `system/status` (retained) at its next start and keeps it as `result.reported`.
+//!    (`good <slot> <time>` or `bad <slot> <time> <reason>`). Vigil, which looks for it at
+//!    every health tick, publishes it on `system/status` (retained) and keeps it as
+//!    `result.reported`.
 //!
 //! Progress goes to `system/progress`. The command exists only where the image's unit says it
 //! has the installer (`VIGIL_SYSTEM_UPDATES=1` beside `VIGIL_SLOT_BOOT_ID`); elsewhere it is an
