@@ -536,6 +536,10 @@ impl Supervisor {
         // rebooted the box is published (retained) once, at a health tick.
         let system_update =
             crate::system_update::SystemUpdater::on_image(&state_dir, link.system_sender());
+        if let Ok(u) = &system_update {
+            // Restarted while the installer works (a watchdog restart under load): follow it.
+            u.resume();
+        }
         Ok(Self {
             cfg,
             config_path,

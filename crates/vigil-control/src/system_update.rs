@@ -38,6 +38,9 @@ pub const RESERVE_BYTES: u64 = 64 << 20;
 pub const INSTALLER_ANSWER: Duration = Duration::from_secs(60);
 /// How long an installation may take.
 pub const INSTALL_TIMEOUT: Duration = Duration::from_secs(1800);
+/// An installer that has not touched its status file for this long is gone (it rewrites the
+/// file every second while RAUC runs): a power cut or a reboot during the install.
+pub const INSTALLER_SILENT: Duration = Duration::from_secs(120);
 /// Most bytes read of a file the installer wrote.
 const MAX_STATUS: u64 = 1024;
 
@@ -249,6 +252,41 @@ impl SystemUpdater {
         if self.busy.swap(true, Ordering::SeqCst) {
             return Err("a system update is under way (its progress is on system/progress)".into());
         }
+        let id = req.request_id.clone();
+        self.spawn(id, move |files, send| run(files, &req, &limits, send))
+    }
+
+    /// After Vigil restarted while the installer works (the job is on disk, the installer's
+    /// last word is not): goes on following it. Nothing to do after the reboot (`rebooting`
+    /// said: the outcome comes as `result`) or without a job.
+    pub fn resume(&self) {
+        let Some(job) = std::fs::read(self.files.job())
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Job>(&b).ok())
+        else {
+            return;
+        };
+        let line = read_line(&self.files.status()).unwrap_or_default();
+        let waiting = self.files.request().exists() || line.starts_with("installing");
+        if !waiting || self.files.result().exists() || self.busy.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        tracing::info!(request_id = %text::bounded(&job.request_id, text::MAX_NAME), "system update: following the installer again after a restart");
+        let id = job.request_id.clone();
+        if let Err(e) = self.spawn(id.clone(), move |files, send| {
+            watch_installer(files, &id, send)
+        }) {
+            tracing::warn!("{e}");
+        }
+    }
+
+    /// Runs `job` on the update's thread: its failure is published and the job's files
+    /// removed; the updater is free again when it ends.
+    fn spawn(
+        &self,
+        id: String,
+        job: impl FnOnce(&Files, &dyn Fn(&Progress)) -> Result<(), String> + Send + 'static,
+    ) -> Result<(), String> {
         let (files, busy, publish) = (self.files.clone(), self.busy.clone(), self.publish.clone());
         let spawned = std::thread::Builder::new()
             .name("system-update".into())
@@ -259,10 +297,9 @@ impl SystemUpdater {
                         (publish)(last, b);
                     }
                 };
-                let end = run(&files, &req, &limits, &send);
-                if let Err(why) = end {
-                    tracing::warn!(request_id = %text::bounded(&req.request_id, text::MAX_NAME), "system update failed: {why}");
-                    send(&Progress::failed(&req.request_id, &why));
+                if let Err(why) = job(&files, &send) {
+                    tracing::warn!(request_id = %text::bounded(&id, text::MAX_NAME), "system update failed: {why}");
+                    send(&Progress::failed(&id, &why));
                     files.clear();
                 }
                 busy.store(false, Ordering::SeqCst);
@@ -329,7 +366,11 @@ fn run(
         "system update: bundle downloaded and its sha256 checked; handed to the installer"
     );
     send(&Progress::phase(&req.request_id, "installing"));
-    // The installer's answers, until it reboots the box or fails.
+    watch_installer(files, &req.request_id, send)
+}
+
+/// The installer's answers, until it reboots the box (`Ok`) or fails.
+fn watch_installer(files: &Files, id: &str, send: &dyn Fn(&Progress)) -> Result<(), String> {
     let started = Instant::now();
     let mut said = String::new();
     loop {
@@ -339,6 +380,17 @@ fn run(
             return Err(format!(
                 "no answer from the image's installer within {} s (is vigil-system-update.path active?)",
                 INSTALLER_ANSWER.as_secs()
+            ));
+        }
+        let silent = std::fs::metadata(files.status())
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|d| d > INSTALLER_SILENT);
+        if silent && started.elapsed() > INSTALLER_SILENT && line.starts_with("installing") {
+            return Err(format!(
+                "the installer stopped answering for {} s during the install (a power cut or a reboot?); the box runs its previous slot",
+                INSTALLER_SILENT.as_secs()
             ));
         }
         if started.elapsed() > INSTALL_TIMEOUT {
@@ -351,7 +403,7 @@ fn run(
             continue;
         }
         said = line.clone();
-        match parse_status(&req.request_id, &line) {
+        match parse_status(id, &line) {
             Some(p) if p.p.phase == "failed" => {
                 return Err(p.p.reason.unwrap_or_default());
             }
