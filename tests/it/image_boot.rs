@@ -8,9 +8,13 @@
 //! provisioned key; the only way in): the root file system is read-only and slot A is booted,
 //! Vigil's state is on the data partition, nothing listens but sshd (the config enables no HTTP
 //! API), `systemd-analyze security` rates Vigil's unit ≤ 2.0; a stalled Vigil (SIGSTOP) is killed
-//! by the watchdog and restarted (journal); a config that `check-config` refuses, provisioned
-//! afterwards, is not installed and its errors land on the FAT partition.
+//! by the watchdog and restarted (journal); a whole-system update over MQTT (`cmd/system/update`:
+//! the image's own bundle from the host's HTTP server) is installed into slot B, the box reboots
+//! into B, B is confirmed once Vigil is healthy on it and `system/status` says so; a config that
+//! `check-config` refuses, provisioned afterwards, is not installed and its errors land on the
+//! FAT partition.
 
+use crate::common::ota::{FileServer, sha256};
 use crate::common::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -28,10 +32,10 @@ fn xtask() -> PathBuf {
     x
 }
 
-/// Builds the image once per test run (a few minutes), without the update bundle.
+/// Builds the image and its update bundle once per test run (a few minutes).
 fn image(dir: &Path) -> PathBuf {
     let out = Command::new(xtask())
-        .args(["image", "--no-bundle", "--vigil", vigil_bin(), "--out"])
+        .args(["image", "--vigil", vigil_bin(), "--out"])
         .arg(dir)
         .stderr(Stdio::inherit())
         .output()
@@ -165,6 +169,33 @@ impl Vm {
     }
 }
 
+/// RAUC's status once the booted slot is confirmed (waits up to a minute): `booted` is
+/// `bootname`, and its slot `slot` is good.
+fn confirmed(vm: &Vm, bootname: &str, slot: &str) -> String {
+    let mut rauc = String::new();
+    for _ in 0..12 {
+        rauc = vm.ssh("rauc status --detailed --output-format=json").1;
+        if rauc.contains("\"boot_status\":\"good\"") {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    let status: serde_json::Value =
+        serde_json::from_str(rauc.lines().find(|l| l.starts_with('{')).unwrap_or("{}"))
+            .unwrap_or_default();
+    assert_eq!(status["booted"], bootname, "{rauc}");
+    let state = status["slots"]
+        .as_array()
+        .and_then(|slots| slots.iter().find_map(|s| s.get(slot)))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        state["boot_status"], "good",
+        "slot {bootname} confirmed: {rauc}"
+    );
+    rauc
+}
+
 #[test]
 fn the_image_boots_provisions_and_runs_vigil_under_systemd() {
     let _cpu = exclusive();
@@ -180,6 +211,16 @@ fn the_image_boots_provisions_and_runs_vigil_under_systemd() {
         .status()
         .unwrap();
     assert!(ok.success());
+    // The update bundle of the same build, for the A → B update below.
+    let srv = dir.join("srv");
+    std::fs::create_dir_all(&srv).unwrap();
+    let bundle_name = std::fs::read_dir(dir.join("out"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .find(|n| n.ends_with(".raucb"))
+        .expect("cargo xtask image made the .raucb");
+    std::fs::rename(dir.join("out").join(&bundle_name), srv.join(&bundle_name)).unwrap();
     let _ = std::fs::remove_dir_all(dir.join("out"));
 
     // Provisioning: the config (host broker and camera via QEMU's gateway) and an SSH key.
@@ -317,25 +358,8 @@ fn the_image_boots_provisions_and_runs_vigil_under_systemd() {
         ids.len() == 2 && ids[0] == ids[1],
         "Vigil's health file holds this boot's id: {gate}"
     );
-    let mut rauc = String::new();
-    for _ in 0..12 {
-        rauc = vm.ssh("rauc status --detailed --output-format=json").1;
-        if rauc.contains("\"boot_status\":\"good\"") {
-            break;
-        }
-        std::thread::sleep(Duration::from_secs(5));
-    }
+    let rauc = confirmed(&vm, "A", "rootfs.0");
     eprintln!("rauc status: {rauc}");
-    let status: serde_json::Value =
-        serde_json::from_str(rauc.lines().find(|l| l.starts_with('{')).unwrap_or("{}"))
-            .unwrap_or_default();
-    assert_eq!(status["booted"], "A", "{rauc}");
-    let slot_a = status["slots"]
-        .as_array()
-        .and_then(|slots| slots.iter().find_map(|s| s.get("rootfs.0")))
-        .cloned()
-        .unwrap_or_default();
-    assert_eq!(slot_a["boot_status"], "good", "slot A confirmed: {rauc}");
 
     // The watchdog: a stalled Vigil is killed and restarted by systemd.
     let (code, out) = vm.ssh("kill -STOP $(systemctl show -p MainPID --value vigil)");
@@ -356,6 +380,71 @@ fn the_image_boots_provisions_and_runs_vigil_under_systemd() {
         "watchdog restarted the stalled Vigil within {:.0}s",
         t_stall.elapsed().as_secs_f64()
     );
+
+    // A whole-system update over MQTT: the bundle from the host's HTTP server, installed into
+    // slot B by the image's installer (RAUC checks its signature), a reboot into B, B confirmed
+    // once Vigil is healthy on it, the outcome on system/status.
+    let http = FileServer::start(&srv);
+    let url = http.url(&bundle_name).replace("127.0.0.1", "10.0.2.2");
+    let sha = sha256(&srv.join(&bundle_name));
+    let t_update = Instant::now();
+    mqtt_publish(
+        mqtt,
+        "vigil/imgtest/cmd/system/update",
+        &serde_json::json!({"request_id": "sys-1", "url": url, "sha256": sha}).to_string(),
+    );
+    let reply = sub.wait(Duration::from_secs(60), |m| {
+        m.topic == "vigil/imgtest/cmd/system/update/reply"
+    });
+    let reply = reply.expect("a reply to system/update").json;
+    assert_eq!(reply["status"], "ok", "{reply}");
+    let phase = |p: &'static str, timeout: Duration| {
+        sub.wait(timeout, |m| {
+            m.topic.starts_with("vigil/imgtest/system/")
+                && m.json["request_id"] == "sys-1"
+                && (m.json["phase"] == p || m.json["phase"] == "failed")
+        })
+    };
+    let rebooting = phase("rebooting", Duration::from_secs(1200));
+    let rebooting = rebooting.unwrap_or_else(|| {
+        panic!(
+            "no 'rebooting' for the system update:\n{}",
+            vm.ssh("journalctl -b -u vigil -u vigil-system-update --no-pager | tail -n 60")
+                .1
+        )
+    });
+    assert_eq!(rebooting.json["phase"], "rebooting", "{}", rebooting.json);
+    eprintln!(
+        "system update downloaded and installed in {:.0}s",
+        t_update.elapsed().as_secs_f64()
+    );
+    let t_off = Instant::now();
+    while vm.qemu.running() && t_off.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        !vm.qemu.running(),
+        "the VM rebooted (QEMU runs with -no-reboot)"
+    );
+    let t_boot_b = Instant::now();
+    vm = Vm::boot(&dir, &disk, ssh_port, &key);
+    let done = phase("done", Duration::from_secs(600)).unwrap_or_else(|| {
+        panic!(
+            "no outcome of the system update after the reboot:\n{}",
+            vm.serial()
+        )
+    });
+    assert_eq!(done.json["phase"], "done", "{}", done.json);
+    assert_eq!(done.json["slot"], "B", "{}", done.json);
+    eprintln!(
+        "slot B confirmed {:.0}s after its boot ({:.0}s for the whole update)",
+        t_boot_b.elapsed().as_secs_f64(),
+        t_update.elapsed().as_secs_f64()
+    );
+    vm.wait_ssh(Duration::from_secs(60));
+    let (_, cmdline) = vm.ssh("cat /proc/cmdline");
+    assert!(cmdline.contains("rauc.slot=B"), "{cmdline}");
+    confirmed(&vm, "B", "rootfs.1");
 
     // A bad config provisioned later is refused, its errors on the FAT partition; the live
     // config stays.

@@ -30,7 +30,7 @@ use std::process::Command;
 /// Partition sizes, MiB.
 const ESP_MIB: u64 = 64;
 const SLOT_MIB: u64 = 1536;
-const DATA_MIB: u64 = 512;
+const DATA_MIB: u64 = 1536;
 
 /// GPT partition GUIDs: fixed, so the kernel command line and RAUC's slot config name them.
 pub const ESP_GUID: &str = "6A1D5C2E-5F0B-4E0B-9B7E-76F1D0E0E501";
@@ -187,7 +187,12 @@ pub fn build(
         // The bundle's file system is only as large as its contents; RAUC grows it to the slot
         // (`resize=true` in system.conf).
         let small = work.join("bundle-rootfs.ext4");
-        let mib = du_mib(&rootfs)? * 12 / 10 + 64;
+        // At most the slot: RAUC writes the image into the slot before it grows it.
+        let used = du_mib(&rootfs)?;
+        let mib = (used * 12 / 10 + 64).min(SLOT_MIB);
+        if used + 64 > mib {
+            bail!("the root file system ({used} MiB) does not fit a {SLOT_MIB} MiB slot");
+        }
         mke2fs(&small, &rootfs, "rootfs", mib)?;
         make_bundle(&work, &small, version, &keys, &b)?;
         sha256_file(&b)?;
@@ -476,6 +481,34 @@ fn customize(repo: &Path, r: &Path, version: &str, keys: &Keys) -> Result<()> {
          WantedBy=multi-user.target\n",
         0o644,
     )?;
+    // Whole-system updates, the root side: Vigil downloads and checks the bundle, then asks
+    // (see SYSTEM_UPDATE_SH and crates/vigil-control/src/system_update.rs).
+    write(r, "usr/lib/vigil/system-update", SYSTEM_UPDATE_SH, 0o755)?;
+    write(
+        r,
+        "etc/systemd/system/vigil-system-update.path",
+        "[Unit]\n\
+         Description=Vigil's request for a whole-system update\n\
+         \n\
+         [Path]\n\
+         PathExists=/var/lib/private/vigil/system/update/request\n\
+         \n\
+         [Install]\n\
+         WantedBy=multi-user.target\n",
+        0o644,
+    )?;
+    write(
+        r,
+        "etc/systemd/system/vigil-system-update.service",
+        "[Unit]\n\
+         Description=Install the whole-system update Vigil downloaded (RAUC), then reboot into it\n\
+         RequiresMountsFor=/data /var/lib/private/vigil\n\
+         \n\
+         [Service]\n\
+         Type=oneshot\n\
+         ExecStart=/usr/lib/vigil/system-update\n",
+        0o644,
+    )?;
     // Vigil after provisioning and its mounts.
     write(
         r,
@@ -483,7 +516,9 @@ fn customize(repo: &Path, r: &Path, version: &str, keys: &Keys) -> Result<()> {
         "[Unit]\nAfter=vigil-provision.service\nRequiresMountsFor=/var/lib/private/vigil\n\n\
          [Service]\n\
          # The slot gate (vigil-slot-commit.service): Vigil writes this boot's id once healthy.\n\
-         Environment=VIGIL_SLOT_BOOT_ID=%b\n",
+         Environment=VIGIL_SLOT_BOOT_ID=%b\n\
+         # cmd/system/update: this image has the installer (vigil-system-update.path).\n\
+         Environment=VIGIL_SYSTEM_UPDATES=1\n",
         0o644,
     )?;
 
@@ -528,6 +563,7 @@ fn customize(repo: &Path, r: &Path, version: &str, keys: &Keys) -> Result<()> {
             "vigil.service",
             "vigil-provision.service",
             "vigil-slot-commit.service",
+            "vigil-system-update.path",
         ],
     )?;
     // No logins on consoles: no account has a password; mask the gettys so none is offered.
@@ -553,10 +589,13 @@ fn customize(repo: &Path, r: &Path, version: &str, keys: &Keys) -> Result<()> {
 const SLOT_COMMIT_SH: &str = r#"#!/bin/sh
 # Confirms the booted A/B slot. GRUB marks a slot "tried" when it boots it; RAUC's mark-good
 # makes it good again for the next boot. A normal boot is confirmed once the system is up. A
-# slot on probation after an update (/data/system-update/pending exists) is confirmed only when
-# Vigil says this boot is good (<state>/system/healthy holds this boot's id: every stage beating,
-# MQTT connected, cameras live, for 20 s); past the deadline it is marked bad and the box
-# reboots into the other slot, which GRUB still holds good.
+# slot on probation after an update (/data/system-update/pending names it) is confirmed only
+# when Vigil says this boot is good (<state>/system/healthy holds this boot's id: every stage
+# beating, MQTT connected, cameras live, for 20 s); past the deadline it is marked bad and the
+# box reboots into the other slot, which GRUB still holds good. Booted on the other slot while
+# an update is pending: the new one did not come up (GRUB's counter returned here). Each outcome
+# goes to /data/system-update/result and to Vigil's state (system/update/result), which Vigil
+# publishes on system/status.
 set -u
 state=/var/lib/private/vigil/system
 pending=/data/system-update/pending
@@ -564,15 +603,27 @@ pending=/data/system-update/pending
 boot=$(tr -d '-' < /proc/sys/kernel/random/boot_id)
 slot=$(sed -n 's/.*rauc\.slot=\([A-Za-z0-9]*\).*/\1/p' /proc/cmdline)
 deadline=${VIGIL_SLOT_DEADLINE_S:-600}
+result() {
+    echo "$*" > /data/system-update/result
+    mkdir -p "$state/update" && echo "$*" > "$state/update/result.tmp" && mv -f "$state/update/result.tmp" "$state/update/result"
+}
 if [ ! -e "$pending" ]; then
     rauc status mark-good booted && echo "slot $slot: confirmed (no update on probation)"
+    exit 0
+fi
+target=$(cut -d' ' -f1 "$pending")
+if [ -n "$target" ] && [ "$target" != "$slot" ]; then
+    result "bad $target $(date -u +%FT%TZ) slot $target did not come up; the box booted $slot again"
+    rm -f "$pending"
+    rauc status mark-good booted
+    echo "slot $slot: the update to slot $target did not boot; back on $slot, confirmed"
     exit 0
 fi
 waited=0
 while [ "$waited" -lt "$deadline" ]; do
     if [ "$(cat "$state/healthy" 2>/dev/null)" = "$boot" ]; then
         rauc status mark-good booted
-        echo "good $slot $(date -u +%FT%TZ)" > /data/system-update/result
+        result "good $slot $(date -u +%FT%TZ)"
         rm -f "$pending"
         echo "slot $slot: Vigil healthy after the update: confirmed"
         exit 0
@@ -580,9 +631,60 @@ while [ "$waited" -lt "$deadline" ]; do
     sleep 5
     waited=$((waited + 5))
 done
-echo "bad $slot $(date -u +%FT%TZ) Vigil was not healthy within ${deadline}s" > /data/system-update/result
+result "bad $slot $(date -u +%FT%TZ) Vigil was not healthy within ${deadline}s"
+rm -f "$pending"
 echo "slot $slot: Vigil was not healthy within ${deadline}s: marking it bad, back to the other slot"
 rauc status mark-bad booted
+systemctl reboot
+"#;
+
+/// Run by vigil-system-update.service (root) when Vigil asks for a whole-system update.
+const SYSTEM_UPDATE_SH: &str = r#"#!/bin/sh
+# Whole-system updates, the root side. Vigil (unprivileged) has downloaded the bundle into its
+# state directory, checked its sha256 and written the sha256 to system/update/request. This
+# installs that bundle into the other slot with RAUC, which checks the bundle's signature against
+# /etc/rauc/keyring.pem before writing anything, marks the update pending for
+# vigil-slot-commit and reboots into it. Vigil reads the status file: "installing [percent]",
+# "rebooting" or "failed <reason>".
+set -u
+dir=/var/lib/private/vigil/system/update
+req=$dir/request
+[ -f "$req" ] || exit 0
+sha=$(head -c 64 "$req")
+rm -f "$req"
+say() { printf '%s\n' "$*" > "$dir/status.tmp" && mv -f "$dir/status.tmp" "$dir/status"; }
+case "$sha" in
+    *[!0-9a-f]*) say "failed the request is not a sha256"; exit 0 ;;
+esac
+if [ "${#sha}" -ne 64 ]; then say "failed the request is not a sha256"; exit 0; fi
+bundle=$dir/download/$sha.bundle
+if [ ! -f "$bundle" ]; then say "failed no downloaded bundle $sha.bundle"; exit 0; fi
+booted=$(sed -n 's/.*rauc\.slot=\([A-Za-z0-9]*\).*/\1/p' /proc/cmdline)
+case "$booted" in
+    A) target=B ;;
+    B) target=A ;;
+    *) say "failed the booted slot is unknown (no rauc.slot= on the kernel command line)"; exit 0 ;;
+esac
+say "installing 0"
+log=/run/vigil-system-update.log
+rauc install "$bundle" > "$log" 2>&1 &
+pid=$!
+while kill -0 "$pid" 2>/dev/null; do
+    pct=$(grep -o '[0-9]\{1,3\}%' "$log" | tail -n 1 | tr -d '%')
+    [ -n "$pct" ] && say "installing $pct"
+    sleep 1
+done
+wait "$pid"
+rc=$?
+rm -f "$bundle"
+if [ "$rc" -ne 0 ]; then
+    say "failed rauc install: $(tail -n 3 "$log" | tr '\n' ' ' | cut -c1-900)"
+    exit 0
+fi
+echo "$target $(date -u +%FT%TZ)" > /data/system-update/pending
+sync
+say "rebooting"
+sleep 2
 systemctl reboot
 "#;
 
