@@ -196,6 +196,53 @@ fn confirmed(vm: &Vm, bootname: &str, slot: &str) -> String {
     rauc
 }
 
+/// Breaks slot A as `breakage` (shell, A's root file system mounted at /mnt) from the booted
+/// slot B, leaves the state an install into A leaves (A primary, the update pending), reboots,
+/// and boots the VM again each time it stops (QEMU runs with -no-reboot) until it has booted
+/// `boots` more times; returns the VM of the last boot.
+fn fault(vm: Vm, dir: &Path, disk: &Path, key: &Path, breakage: &str, boots: usize) -> Vm {
+    let (code, out) = vm.ssh(&format!(
+        "set -e; dev=$(sed -n '/\\[slot.rootfs.0\\]/,/^$/s/^device=//p' /etc/rauc/system.conf); \
+         mount \"$dev\" /mnt; {breakage}; umount /mnt; \
+         echo \"A $(date -u +%FT%TZ)\" > /data/system-update/pending; rauc status mark-active other; sync"
+    ));
+    assert_eq!(code, 0, "breaking slot A: {out}");
+    let _ = vm.ssh("systemctl reboot");
+    let mut vm = vm;
+    for boot in 0..boots {
+        let t = Instant::now();
+        while vm.qemu.running() && t.elapsed() < Duration::from_secs(420) {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        assert!(
+            !vm.qemu.running(),
+            "the VM did not reboot within 420 s (boot {boot}):\n{}",
+            vm.serial()
+        );
+        let ssh_port = vm.ssh_port;
+        drop(vm);
+        vm = Vm::boot(dir, disk, ssh_port, key);
+        eprintln!("boot {} after breaking slot A", boot + 1);
+    }
+    vm
+}
+
+/// After a fault of slot A: Vigil on B publishes the failed update on system/status, slot A,
+/// its reason containing `why`; the box runs B, confirmed good.
+fn back_on_b(sub: &Subscriber, vm: &Vm, why: &str) {
+    let failed = sub.wait(Duration::from_secs(600), |m| {
+        m.topic == "vigil/imgtest/system/status"
+            && m.json["phase"] == "failed"
+            && m.json["reason"].as_str().is_some_and(|r| r.contains(why))
+    });
+    let failed = failed.unwrap_or_else(|| panic!("no failed update ({why}):\n{}", vm.serial()));
+    eprintln!("back on B: {}", failed.json);
+    assert_eq!(failed.json["slot"], "A", "{}", failed.json);
+    vm.wait_ssh(Duration::from_secs(60));
+    assert!(vm.ssh("cat /proc/cmdline").1.contains("rauc.slot=B"));
+    confirmed(vm, "B", "rootfs.1");
+}
+
 #[test]
 fn the_image_boots_provisions_and_runs_vigil_under_systemd() {
     let _cpu = exclusive();
@@ -445,6 +492,36 @@ fn the_image_boots_provisions_and_runs_vigil_under_systemd() {
     let (_, cmdline) = vm.ssh("cat /proc/cmdline");
     assert!(cmdline.contains("rauc.slot=B"), "{cmdline}");
     confirmed(&vm, "B", "rootfs.1");
+
+    // Faults of an updated slot, from B (good). The state an install leaves is made by hand on
+    // slot A — written onto A's partition rather than by `rauc install` of a broken bundle
+    // (each install takes ~3 min under TCG): A made primary by RAUC (`mark-active`), and
+    // /data/system-update/pending naming it, as the installer writes them. What is tested is
+    // what follows: the probation, GRUB's boot counter, the report on system/status.
+    // 1. A whose Vigil never becomes healthy: its probation (shortened to 60 s on A) marks A
+    //    bad and reboots; GRUB boots B; Vigil on B reports the failed update and why.
+    vm = fault(
+        vm,
+        &dir,
+        &disk,
+        &key,
+        "v=$(command -v vigil); printf '#!/bin/sh\\necho a broken build, made by the image test >&2\\nexit 1\\n' > /mnt$v; \
+         mkdir -p /mnt/etc/systemd/system/vigil-slot-commit.service.d; \
+         printf '[Service]\\nEnvironment=VIGIL_SLOT_DEADLINE_S=60\\n' > /mnt/etc/systemd/system/vigil-slot-commit.service.d/test.conf",
+        2,
+    );
+    back_on_b(&sub, &vm, "not healthy within 60s");
+    // 2. A that does not boot (its init exits: the kernel panics, and panic=10 reboots): GRUB's
+    //    counter passes A over at the next boot; B reports that A did not come up.
+    vm = fault(
+        vm,
+        &dir,
+        &disk,
+        &key,
+        "rm -f /mnt/sbin/init; printf '#!/bin/sh\\nexit 1\\n' > /mnt/sbin/init; chmod 755 /mnt/sbin/init",
+        2,
+    );
+    back_on_b(&sub, &vm, "did not come up");
 
     // A bad config provisioned later is refused, its errors on the FAT partition; the live
     // config stays.
