@@ -256,9 +256,10 @@ fn bench(args: &[String]) -> Result<()> {
 /// Prepares what a GPU machine without cargo, GStreamer or ONNX Runtime's CUDA provider needs
 /// to run `vigil gpu-check`, the GPU tests and `vigil bench --gpu` (see benches/RESULTS.md):
 /// `gpu-payload/` (stripped `vigil`, the GPU test binary, GStreamer packed by
-/// `../shared/gpu-host/pack-gst.sh`, `run.sh`) and `gpu-parts-{aa,ab,ac,ad}/` (ONNX Runtime
-/// 1.31.1 with its CUDA 13 provider in parts below the 64 MiB a transfer carries, the last one
-/// with the model and the media, including a 1080p30 H.264 clip made from the demo clip).
+/// `../shared/gpu-host/pack-gst.sh`, `run.sh`), `gpu-parts-{aa,ab,…}/` (ONNX Runtime 1.31.1
+/// with its CUDA 13 provider in parts of 48 MiB: a call carries 64 MiB with the tracked files)
+/// and `gpu-parts-media/` (the model and the media, including a 1080p30 H.264 clip made from
+/// the demo clip, and the parts' unpack.sh).
 fn gpu_payload() -> Result<()> {
     let root = root();
     let shared = root.join("../shared/gpu-host");
@@ -374,17 +375,58 @@ fn gpu_payload() -> Result<()> {
             .arg(&ort)
             .arg("1.31.1"))?;
     }
-    for part in ["aa", "ab", "ac", "ad"] {
-        let dir = root.join(format!("gpu-parts-{part}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
-        std::fs::copy(
-            ort.join(format!("ort-cuda/part-{part}")),
-            dir.join(format!("part-{part}")),
-        )?;
+    // A call carries at most 64 MiB with the tracked files (~6 MB): the parts are cut again
+    // into pieces of 48 MiB (their order kept by their names), the media in a folder of its own.
+    for old in std::fs::read_dir(&root)?.flatten() {
+        if old.file_name().to_string_lossy().starts_with("gpu-parts-") {
+            std::fs::remove_dir_all(old.path())?;
+        }
     }
-    let last = root.join("gpu-parts-ad");
-    std::fs::copy(ort.join("ort-cuda/unpack.sh"), last.join("unpack.sh"))?;
+    let all = ort.join("ort-cuda/all");
+    let _ = std::fs::remove_file(&all);
+    let mut joined = std::fs::File::create(&all)?;
+    let mut parts: Vec<_> = std::fs::read_dir(ort.join("ort-cuda"))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("part-"))
+        })
+        .collect();
+    parts.sort();
+    for p in &parts {
+        std::io::copy(&mut std::fs::File::open(p)?, &mut joined)?;
+    }
+    drop(joined);
+    let cut = std::env::temp_dir().join("vigil-ort-cut");
+    let _ = std::fs::remove_dir_all(&cut);
+    std::fs::create_dir_all(&cut)?;
+    run(Command::new("split")
+        .args(["-b", "48M", "-a", "2"])
+        .arg(&all)
+        .arg(cut.join("part-")))?;
+    std::fs::remove_file(&all)?;
+    let mut sent = Vec::new();
+    let mut cuts: Vec<_> = std::fs::read_dir(&cut)?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    cuts.sort();
+    for c in cuts {
+        let name = c.file_name().expect("a file").to_string_lossy().to_string();
+        let dir = root.join(format!("gpu-parts-{}", name.trim_start_matches("part-")));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::rename(&c, dir.join(&name))?;
+        sent.push(
+            dir.file_name()
+                .expect("a folder")
+                .to_string_lossy()
+                .to_string(),
+        );
+    }
+    let media = root.join("gpu-parts-media");
+    std::fs::create_dir_all(&media)?;
+    std::fs::copy(ort.join("ort-cuda/unpack.sh"), media.join("unpack.sh"))?;
     for f in [
         "models/nanodet.onnx",
         ".cache/media/astronaut.png",
@@ -392,10 +434,11 @@ fn gpu_payload() -> Result<()> {
         ".cache/media/vtest-1080p30.mp4",
     ] {
         let from = root.join(f);
-        std::fs::copy(&from, last.join(from.file_name().expect("a file")))?;
+        std::fs::copy(&from, media.join(from.file_name().expect("a file")))?;
     }
     println!(
-        "send gpu-parts-aa, -ab, -ac (each: mkdir -p /tmp/ort && cp gpu-parts-XX/part-* /tmp/ort/), then gpu-parts-ad (also: mkdir -p /tmp/assets && cp gpu-parts-ad/*.{{mp4,png,onnx}} /tmp/assets/ && bash gpu-parts-ad/unpack.sh /tmp/ort), back to back; then carry gpu-payload and run e.g. `bash gpu-payload/run.sh gpu-payload/it-test gpu_probe:: --nocapture` (the filter keeps it to the GPU tests)"
+        "send {} (each: mkdir -p /tmp/ort && cp gpu-parts-XX/part-* /tmp/ort/), then gpu-parts-media (mkdir -p /tmp/assets && cp gpu-parts-media/*.{{mp4,png,onnx}} /tmp/assets/ && bash gpu-parts-media/unpack.sh /tmp/ort), back to back, one folder a call; then carry gpu-payload and run e.g. `bash gpu-payload/run.sh gpu-payload/it-test gpu_probe:: --nocapture` (the filter keeps it to the GPU tests)",
+        sent.join(", ")
     );
     Ok(())
 }
