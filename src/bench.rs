@@ -74,6 +74,10 @@ pub struct BenchArgs {
     /// 640 wide, pictures drawn on the GPU and encoded by nvJPEG) instead of the decoder table.
     #[arg(long)]
     pub live_view: bool,
+    /// GPU bench: a TOML line added to every model's table, e.g. `input_size = "native"` or
+    /// `tiles = { grid = [2, 2] }` (the cost of a detection setting). Repeatable.
+    #[arg(long = "model-line")]
+    pub model_line: Vec<String>,
     /// Also write the results as JSON here (the GPU bench: its rows).
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -390,6 +394,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             a.warmup,
             a.seconds,
             a.live_view,
+            &a.model_line.join("\n"),
         )?;
         if let Some(p) = &a.json {
             std::fs::write(p, serde_json::to_string_pretty(&rows)?)?;

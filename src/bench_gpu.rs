@@ -178,6 +178,7 @@ fn camera_toml(clip: &Path, i: usize, model: usize) -> String {
 }
 
 /// The GPU path on `n` streams spread over `workers` inference workers.
+#[allow(clippy::too_many_arguments)]
 fn detect(
     clip: &Path,
     model: &Path,
@@ -186,11 +187,12 @@ fn detect(
     warmup: f64,
     window: f64,
     live_view: bool,
+    model_extra: &str,
 ) -> Result<Row> {
     let mut models = std::collections::BTreeMap::new();
     for w in 0..workers.min(n) {
         let m: ModelConfig = toml::from_str(&format!(
-            "path = \"{}\"\nkind = \"nanodet\"\nbackend = \"cuda\"",
+            "path = \"{}\"\nkind = \"nanodet\"\nbackend = \"cuda\"\n{model_extra}",
             model.display()
         ))?;
         models.insert(format!("m{w}"), m);
@@ -376,6 +378,7 @@ pub fn run(
     warmup: f64,
     window: f64,
     live_view: bool,
+    model_extra: &str,
 ) -> Result<Vec<Row>> {
     vigil_dataplane::media::init()?;
     let rt = vigil_dataplane::gpu::runtime().context("no GPU")?;
@@ -383,9 +386,14 @@ pub fn run(
     let model = std::fs::canonicalize(model).with_context(|| model.display().to_string())?;
     vigil_dataplane::media::probe::choose_decoders(true);
     println!(
-        "GPU bench: clip {}, model {}, host sync {}, warm-up {warmup} s, window {window} s",
+        "GPU bench: clip {}, model {}{}, host sync {}, warm-up {warmup} s, window {window} s",
         clip.display(),
         model.display(),
+        if model_extra.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", model_extra.replace('\n', "; "))
+        },
         rt.sync
     );
     println!(
@@ -409,12 +417,14 @@ pub fn run(
         "start s"
     );
     let mut rows = Vec::new();
+    let det =
+        |n: usize, live: bool| detect(&clip, &model, n, workers, warmup, window, live, model_extra);
     if live_view {
         for &n in streams {
             for &graph in graphs {
                 vigil_dataplane::gpu::ort_cuda::CUDA_GRAPH.store(graph, Ordering::Relaxed);
-                let bare = detect(&clip, &model, n, workers, warmup, window, false)?;
-                let live = detect(&clip, &model, n, workers, warmup, window, true)?;
+                let bare = det(n, false)?;
+                let live = det(n, true)?;
                 let extra_cpu_us_s = live.cpu_us_per_frame_detect * live.fps_detect
                     - bare.cpu_us_per_frame_detect * bare.fps_detect;
                 println!(
@@ -443,7 +453,7 @@ pub fn run(
         let cam_fps = cameras_only(&clip, n, warmup, window)?;
         for &graph in graphs {
             vigil_dataplane::gpu::ort_cuda::CUDA_GRAPH.store(graph, Ordering::Relaxed);
-            let r = detect(&clip, &model, n, workers, warmup, window, false)?;
+            let r = det(n, false)?;
             rows.push(finish(r, dec_fps, cam_fps, dec_cpu));
         }
     }

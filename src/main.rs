@@ -99,6 +99,16 @@ enum Cmd {
         /// `--clip`), and time them.
         #[arg(long)]
         pictures: bool,
+        /// With --model: both paths with this `input_size` (a side, or "native").
+        #[arg(long, default_value = "416", value_parser = crate::detect::parse_input_size)]
+        input_size: vigil_core::config::InputSize,
+        /// With --model: both paths on COLSxROWS overlapping tiles (`[models.<name>.tiles]`,
+        /// overlap 0.2).
+        #[arg(long, value_name = "COLSxROWS", value_parser = crate::detect::parse_grid)]
+        tiles: Option<[u32; 2]>,
+        /// With --tiles: the tiles alone, without the whole frame (`full_frame = false`).
+        #[arg(long, requires = "tiles")]
+        tiles_only: bool,
     },
     /// Measure the CPU analysis path against the Python baseline; see benches/RESULTS.md.
     Bench(crate::bench::BenchArgs),
@@ -222,12 +232,25 @@ fn main() -> ExitCode {
             clip,
             frames,
             pictures,
+            input_size,
+            tiles,
+            tiles_only,
         } => report(crate::gpu_check::run().and_then(|gpu| {
             if gpu && pictures {
                 crate::gpu_check::pictures::run(&clip, frames)?;
             }
+            let sizing = crate::gpu_check::equality::Sizing {
+                input_size,
+                tiles: tiles.map(|grid| vigil_core::config::TilesConfig {
+                    grid,
+                    overlap: 0.2,
+                    full_frame: !tiles_only,
+                }),
+            };
             match (gpu, model) {
-                (true, Some(m)) => crate::gpu_check::equality::run(&m, &picture, &clip, frames),
+                (true, Some(m)) => {
+                    crate::gpu_check::equality::run(&m, &picture, &clip, frames, sizing)
+                }
                 _ => Ok(()),
             }
         })),

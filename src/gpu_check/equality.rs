@@ -14,6 +14,7 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 use std::path::Path;
 use vigil_core::analytics::{Detection, Detections};
+use vigil_core::config::{InputSize, TilesConfig};
 use vigil_dataplane::detect::Detector;
 use vigil_dataplane::gpu::GpuError;
 use vigil_dataplane::gpu::detector::GpuDetector;
@@ -80,12 +81,36 @@ impl Tally {
     }
 }
 
+/// How both paths size and cut the frames (`input_size`, `[models.<name>.tiles]`).
+#[derive(Debug, Clone, Copy)]
+pub struct Sizing {
+    pub input_size: InputSize,
+    pub tiles: Option<TilesConfig>,
+}
+
 /// Runs both checks; fails if any detection is unmatched.
-pub fn run(model: &Path, picture: &Path, clip: &Path, frames: usize) -> Result<()> {
+pub fn run(model: &Path, picture: &Path, clip: &Path, frames: usize, sizing: Sizing) -> Result<()> {
     let rt = vigil_dataplane::gpu::runtime()?;
-    let mut cpu = Detector::load(model, 4, 416)?;
-    let mut gpu = GpuDetector::new(&rt.ctx, model, 416, None)?;
+    let mut cpu = Detector::load_sized(model, 4, sizing.input_size, sizing.tiles)?;
+    let side = sizing.input_size.pixels().unwrap_or(416) as usize;
+    let mut gpu = GpuDetector::new(&rt.ctx, model, side, None)?;
+    gpu.set_sizing(sizing.input_size, sizing.tiles);
     gpu.set_score_threshold(THRESHOLD);
+    println!(
+        "sizing: input_size {}{}",
+        sizing.input_size,
+        sizing.tiles.map_or(String::new(), |t| format!(
+            ", tiles {}x{} (overlap {}{})",
+            t.grid[0],
+            t.grid[1],
+            t.overlap,
+            if t.full_frame {
+                ", and the whole frame"
+            } else {
+                ""
+            }
+        ))
+    );
     let (mut a, mut b) = (Detections::new(), Detections::new());
     // 1. Host frames through both engines.
     let mut host = Tally::default();

@@ -60,6 +60,53 @@ fn gpu_path_detections_match_the_cpu_path() {
     }
 }
 
+/// `input_size = "native"` and tiles on the GPU path (tiles of a batch of frames cut from the
+/// frames on the GPU and run as batches of their own, boxes merged on the host) give the CPU
+/// path's detections: on NVDEC frames in CUDA memory, in batches, and on host frames. Runs
+/// where a GPU exists; elsewhere it says it was skipped.
+#[test]
+fn gpu_path_tiles_and_native_input_size_match_the_cpu_path() {
+    let _cpu = common::shared();
+    let (model, picture, clip) = (
+        common::model(),
+        common::asset(".cache/media/astronaut.png"),
+        common::asset(".cache/media/vtest-30s.mp4"),
+    );
+    for sizing in [
+        &["--tiles", "2x2"][..],
+        &["--tiles", "3x1", "--tiles-only"][..],
+        &["--input-size", "native"][..],
+    ] {
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "--model".as_ref(),
+            model.as_os_str(),
+            "--picture".as_ref(),
+            picture.as_os_str(),
+            "--clip".as_ref(),
+            clip.as_os_str(),
+            "--frames".as_ref(),
+            "20".as_ref(),
+        ];
+        args.extend(sizing.iter().map(|a| std::ffi::OsStr::new(*a)));
+        let Some(stdout) = gpu_check(
+            "gpu_path_tiles_and_native_input_size_match_the_cpu_path",
+            &args,
+        ) else {
+            return;
+        };
+        println!("{sizing:?}\n{stdout}");
+        assert!(stdout.contains("sizing: input_size"), "{stdout}");
+        assert!(
+            stdout.contains("detections: GPU path = CPU path within tolerance"),
+            "{sizing:?}: {stdout}"
+        );
+        for l in stdout.lines().filter(|l| l.contains("detections matched")) {
+            assert!(l.ends_with(", 0 unmatched"), "{sizing:?}: {l}");
+            assert!(!l.contains(", 0 detections matched"), "{sizing:?}: {l}");
+        }
+    }
+}
+
 /// `backend = "auto"` on a box without a GPU runs the CPU path and says why at start-up; on
 /// the GPU machine it takes the GPU path and says so.
 #[test]

@@ -157,8 +157,9 @@ pub fn build(name: &str, m: &ModelConfig) -> Result<Built, EngineError> {
         source,
     };
     let mut fallback: Vec<String> = Vec::new();
-    // The GPU path detects whole frames at one fixed size (the config check refuses these with
-    // backend "cuda" or "tensorrt").
+    // The GPU path's "native" and tiles (`gpu/detector.rs`) have not been run on a GPU yet:
+    // the config check refuses them with backend "cuda" or "tensorrt", and "auto" keeps such
+    // a model on the CPU (`vigil gpu-check` and `vigil bench --gpu` reach them).
     let cpu_only = if m.tiles.is_some() {
         Some("tiled detection runs on the CPU only so far")
     } else if m.input_size == InputSize::Native {
@@ -200,14 +201,12 @@ pub fn build(name: &str, m: &ModelConfig) -> Result<Built, EngineError> {
                 })
             });
             match tried {
-                Ok(g) => {
-                    let (size, dynamic) = g.input();
-                    check_input_size(name, m, size)?;
+                Ok(mut g) => {
+                    let described = gpu_sizing(name, m, &mut g)?;
                     tracing::info!(
                         model = name,
                         backend = "tensorrt",
-                        "model loaded: onnxruntime TensorRT provider (CUDA provider for what it does not take), engines cached per box; input {}",
-                        describe_input(size, dynamic)
+                        "model loaded: onnxruntime TensorRT provider (CUDA provider for what it does not take), engines cached per box; input {described}"
                     );
                     return Ok(Built {
                         engine: Engine::Gpu(Box::new(g)),
@@ -232,15 +231,13 @@ pub fn build(name: &str, m: &ModelConfig) -> Result<Built, EngineError> {
             }
         }
         match GpuDetector::new(&rt.ctx, &m.path, gpu_size(m), None) {
-            Ok(g) => {
-                let (size, dynamic) = g.input();
-                check_input_size(name, m, size)?;
+            Ok(mut g) => {
+                let described = gpu_sizing(name, m, &mut g)?;
                 tracing::info!(
                     model = name,
                     backend = "cuda",
                     sync = rt.sync,
-                    "model loaded: onnxruntime CUDA provider, NVDEC frames → fused preprocessing → inference → decode + NMS on the GPU; input {}",
-                    describe_input(size, dynamic)
+                    "model loaded: onnxruntime CUDA provider, NVDEC frames → fused preprocessing → inference → decode + NMS on the GPU; input {described}"
                 );
                 return Ok(Built {
                     engine: Engine::Gpu(Box::new(g)),
@@ -276,6 +273,47 @@ pub fn build(name: &str, m: &ModelConfig) -> Result<Built, EngineError> {
         });
     }
     check_input_size(name, m, size)?;
+    let described = describe_sizing(m, size, dynamic);
+    tracing::info!(model = name, backend = "cpu", engine = %backend.describe(), "model loaded; input {described}");
+    let decoder = NanodetDecoder::new(&m.path.display().to_string(), size, backend.outputs())?;
+    Ok(Built {
+        engine: Engine::Cpu {
+            backend: Box::new(backend),
+            pre: Preprocessor::new(input_spec(size, dynamic)),
+            decoder,
+            sizing: crate::worker::Sizing::new(m.input_size, m.tiles),
+        },
+        cuda: None,
+        backend: BackendUsed {
+            name: "cpu",
+            fallback: (!fallback.is_empty()).then(|| fallback.join("; ")),
+        },
+    })
+}
+
+/// The GPU path's input side to load the model with ("native": 416 stands for it until the
+/// first frame, as on the CPU path).
+fn gpu_size(m: &ModelConfig) -> usize {
+    m.input_size.pixels().unwrap_or(416) as usize
+}
+
+/// Checks a loaded GPU model against the table's `input_size` and gives it the table's sizing
+/// (`"native"`, tiles); returns how its input is described in the log.
+fn gpu_sizing(name: &str, m: &ModelConfig, g: &mut GpuDetector) -> Result<String, EngineError> {
+    let (size, dynamic) = g.input();
+    if m.input_size == InputSize::Native && !dynamic {
+        return Err(EngineError::NativeFixed {
+            model: name.to_string(),
+            size,
+        });
+    }
+    check_input_size(name, m, size)?;
+    g.set_sizing(m.input_size, m.tiles);
+    Ok(describe_sizing(m, size, dynamic))
+}
+
+/// The input as the log says it: its size (or "native"), and the tiles.
+fn describe_sizing(m: &ModelConfig, size: usize, dynamic: bool) -> String {
     let described = match m.input_size {
         InputSize::Native => {
             "each frame's own long side, rounded up to a multiple of 32 (at most 2048)".to_string()
@@ -295,26 +333,7 @@ pub fn build(name: &str, m: &ModelConfig) -> Result<Built, EngineError> {
             }
         )
     });
-    tracing::info!(model = name, backend = "cpu", engine = %backend.describe(), "model loaded; input {described}{}", tiled.unwrap_or_default());
-    let decoder = NanodetDecoder::new(&m.path.display().to_string(), size, backend.outputs())?;
-    Ok(Built {
-        engine: Engine::Cpu {
-            backend: Box::new(backend),
-            pre: Preprocessor::new(input_spec(size, dynamic)),
-            decoder,
-            sizing: crate::worker::Sizing::new(m.input_size, m.tiles),
-        },
-        cuda: None,
-        backend: BackendUsed {
-            name: "cpu",
-            fallback: (!fallback.is_empty()).then(|| fallback.join("; ")),
-        },
-    })
-}
-
-/// The GPU path's input side (the config check keeps "native" off it).
-fn gpu_size(m: &ModelConfig) -> usize {
-    m.input_size.pixels().unwrap_or(416) as usize
+    described + &tiled.unwrap_or_default()
 }
 
 fn check_input_size(name: &str, m: &ModelConfig, size: usize) -> Result<(), EngineError> {

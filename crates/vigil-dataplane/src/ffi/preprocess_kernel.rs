@@ -281,6 +281,36 @@ impl<'a> DevicePlanes<'a> {
     pub fn height(&self) -> usize {
         self.height
     }
+
+    /// The `w`×`h` part of the frame at (`x`, `y`) (a tile), as planes of its own: the same
+    /// memory with the same strides, borrowed as long. `None` unless it is not empty, lies
+    /// within the frame, and starts on a whole chroma sample (`x` and `y` even, 4:2:0).
+    pub fn crop(&self, x: usize, y: usize, w: usize, h: usize) -> Option<DevicePlanes<'a>> {
+        let inside = x.checked_add(w).is_some_and(|r| r <= self.width)
+            && y.checked_add(h).is_some_and(|b| b <= self.height);
+        if w == 0 || h == 0 || !x.is_multiple_of(2) || !y.is_multiple_of(2) || !inside {
+            return None;
+        }
+        let luma = (y * self.y_stride + x) as u64;
+        let chroma = ((y / 2) * self.uv_stride + (x / 2) * self.uv_step) as u64;
+        // SAFETY: everything the kernel reads of the crop ([`reach`] from its origin) lies
+        // within what it may read of the whole frame, which `self` vouches for: luma rows
+        // y..y+h and columns x..x+w of the frame (x + w ≤ width, y + h ≤ height); chroma row
+        // y/2 + (h-1)/2 ≤ (height-1)/2 and sample x/2 + (w-1)/2 ≤ (width-1)/2, as x and y are
+        // even. Same memory, same lifetime 'a.
+        Some(unsafe {
+            Self::from_raw(
+                self.y + luma,
+                self.u + chroma,
+                self.v + chroma,
+                w,
+                h,
+                self.y_stride,
+                self.uv_stride,
+                self.uv_step,
+            )
+        })
+    }
 }
 
 /// The two entry points of [`KERNEL`], compiled for one device.
@@ -434,6 +464,51 @@ mod tests {
         assert!(KERNEL.contains(&format!("Img img[{MAX_BATCH}]")));
         assert_eq!(std::mem::offset_of!(ImageDesc, y_stride), 24);
         assert_eq!(std::mem::offset_of!(ImageDesc, pad_y), 56);
+    }
+
+    #[test]
+    fn a_crop_reads_only_within_its_frame() {
+        // Addresses only (nothing is read here): an NV12 1920×1080 frame, pitch 2048.
+        // SAFETY: never given to a kernel.
+        let f = unsafe {
+            DevicePlanes::from_raw(
+                1 << 32,
+                (1 << 32) + 2048 * 1080,
+                (1 << 32) + 2048 * 1080 + 1,
+                1920,
+                1080,
+                2048,
+                2048,
+                2,
+            )
+        };
+        let c = f
+            .crop(1066, 540, 854, 540)
+            .expect("the bottom-right tile of a 2x2 grid");
+        assert_eq!(
+            (c.width, c.height, c.y_stride, c.uv_stride, c.uv_step),
+            (854, 540, 2048, 2048, 2)
+        );
+        assert_eq!(c.y - f.y, 540 * 2048 + 1066);
+        assert_eq!(
+            (c.u - f.u, c.v - f.v),
+            (270 * 2048 + 533 * 2, 270 * 2048 + 533 * 2)
+        );
+        // Its furthest reads are the frame's.
+        let (fy, fuv) = reach(1920, 1080, 2048, 2048, 2).expect("frame");
+        let (cy, cuv) = reach(c.width, c.height, 2048, 2048, 2).expect("crop");
+        assert_eq!(c.y - f.y + cy as u64, f.y - f.y + fy as u64);
+        assert_eq!(c.u - f.u + cuv as u64, fuv as u64);
+        // Outside the frame, empty, or on half a chroma sample: refused.
+        for (x, y, w, h) in [
+            (1066, 540, 856, 540),
+            (0, 0, 0, 10),
+            (1, 0, 10, 10),
+            (0, 3, 10, 10),
+            (usize::MAX - 1, 0, 4, 4),
+        ] {
+            assert!(f.crop(x, y, w, h).is_none(), "{x},{y} {w}x{h}");
+        }
     }
 
     #[test]

@@ -24,7 +24,8 @@ use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use vigil_core::analytics::Detections;
+use vigil_core::analytics::{Detections, tiles};
+use vigil_core::config::{InputSize, TilesConfig};
 use vigil_core::model::InferError;
 use vigil_core::model::nanodet::{NanodetDecoder, input_spec};
 use vigil_core::model::preprocess::YuvView;
@@ -58,7 +59,18 @@ pub struct GpuDetector {
     /// out there: `Some` for as long as the detector is usable).
     g: Option<Parts>,
     ctx: Arc<CudaContext>,
+    /// `input_size` of the model's table (`"native"`: each picture's own long side).
+    input_size: InputSize,
+    /// `[models.<name>.tiles]`: each frame cut into overlapping tiles (and the whole frame),
+    /// every tile of every frame of a batch run as batches of their own, the boxes merged as
+    /// on the CPU path ([`vigil_core::analytics::tiles`]).
+    tiles: Option<TilesConfig>,
+    /// The detections of one batch of tiles, reused from batch to batch (made once).
+    pass: Box<[Detections; MAX_BATCH]>,
 }
+
+/// `slots` of a batch whose results go to the first entries of their own buffer.
+const IN_ORDER: [usize; MAX_BATCH] = [0, 1, 2, 3, 4, 5, 6, 7];
 
 struct Parts {
     // Field order is drop order: the session and kernels go before the stream they use.
@@ -120,7 +132,20 @@ impl GpuDetector {
                 stream,
             }),
             ctx: ctx.clone(),
+            input_size: InputSize::Pixels(size as u32),
+            tiles: None,
+            pass: Box::new(std::array::from_fn(|_| Detections::new())),
         })
+    }
+
+    /// How frames are sized and cut, as the model's table says: `input_size` (a number must
+    /// be the model's, [`Self::input`]; `"native"` needs a model of dynamic input size) and
+    /// `tiles`. Sessions for the sizes this needs are made with each new frame size.
+    pub fn set_sizing(&mut self, input_size: InputSize, tiles: Option<TilesConfig>) {
+        if let InputSize::Native = input_size {
+            self.input_size = input_size;
+        }
+        self.tiles = tiles;
     }
 
     /// The parts (there until the detector is dropped).
@@ -216,8 +241,23 @@ impl GpuDetector {
                 let _ = planes.push(m.planes());
             }
             let mut ok = [true; MAX_BATCH];
-            // The mappings live until `infer_batch` has synchronised the stream.
-            match self.g_mut().infer.batch(&planes, outs, &mapped, &mut ok) {
+            // The mappings live until `run` has synchronised the stream.
+            let (input_size, tiles) = (self.input_size, self.tiles);
+            let infer = &mut self
+                .g
+                .as_mut()
+                .expect("a detector's parts are only taken by its Drop")
+                .infer;
+            match Self::run(
+                infer,
+                &mut self.pass,
+                input_size,
+                tiles,
+                &planes,
+                outs,
+                &mapped,
+                &mut ok,
+            ) {
                 Ok(()) => {
                     for (k, &j) in mapped.iter().enumerate() {
                         res[j] = if ok[k] {
@@ -265,18 +305,23 @@ impl GpuDetector {
         let uv_len = (yuv.uv_stride * h.div_ceil(2)).min(yuv.u.len());
         let nv12 = yuv.uv_step == 2;
         let need = y_len + if nv12 { uv_len } else { 2 * uv_len };
-        let g = self.g_mut();
-        if g.staging.as_ref().is_none_or(|s| s.len() < need) {
-            g.staging = Some(g.stream.alloc_zeros::<u8>(need)?);
+        let (input_size, tiles) = (self.input_size, self.tiles);
+        let Parts {
+            infer,
+            staging,
+            stream,
+        } = self
+            .g
+            .as_mut()
+            .expect("a detector's parts are only taken by its Drop");
+        if staging.as_ref().is_none_or(|s| s.len() < need) {
+            *staging = Some(stream.alloc_zeros::<u8>(need)?);
         }
-        let staging = g.staging.as_mut().expect("allocated above");
-        g.stream
-            .memcpy_htod(&yuv.y[..y_len], &mut staging.slice_mut(0..))?;
-        g.stream
-            .memcpy_htod(&yuv.u[..uv_len], &mut staging.slice_mut(y_len..))?;
+        let staging = staging.as_mut().expect("allocated above");
+        stream.memcpy_htod(&yuv.y[..y_len], &mut staging.slice_mut(0..))?;
+        stream.memcpy_htod(&yuv.u[..uv_len], &mut staging.slice_mut(y_len..))?;
         if !nv12 {
-            g.stream
-                .memcpy_htod(&yuv.v[..uv_len], &mut staging.slice_mut(y_len + uv_len..))?;
+            stream.memcpy_htod(&yuv.v[..uv_len], &mut staging.slice_mut(y_len + uv_len..))?;
         }
         COUNTERS.h2d_bytes.fetch_add(need as u64, Ordering::Relaxed);
         let frame = DeviceYuv {
@@ -289,12 +334,20 @@ impl GpuDetector {
             uv_stride: yuv.uv_stride,
             uv_step: yuv.uv_step,
         };
-        let (planes, sync) = DevicePlanes::of_yuv(&frame, &g.stream)?;
-        // The staging buffer is only reused after `infer_batch` has synchronised the stream.
+        let (planes, sync) = DevicePlanes::of_yuv(&frame, stream)?;
+        // The staging buffer is only reused after `run` has synchronised the stream.
         drop(sync);
         let mut ok = [true; MAX_BATCH];
-        g.infer
-            .batch(&[planes], std::slice::from_mut(out), &[0], &mut ok)?;
+        Self::run(
+            infer,
+            &mut self.pass,
+            input_size,
+            tiles,
+            &[planes],
+            std::slice::from_mut(out),
+            &[0],
+            &mut ok,
+        )?;
         COUNTERS.host_frames.fetch_add(1, Ordering::Relaxed);
         if !ok[0] {
             return Err(GpuError::NonFinite);
@@ -302,17 +355,138 @@ impl GpuDetector {
         Ok(())
     }
 
-    /// Makes the sessions for a `width`×`height` frame's input size, for every batch size, if
-    /// the size is new (before the shared GPU lock is taken: making one takes it exclusively).
+    /// Makes the sessions a `width`×`height` frame needs, for every batch size, if they are
+    /// new (before the shared GPU lock is taken: making one takes it exclusively): its input
+    /// size, and with tiles each tile's (and the whole frame's only if it is detected too).
     fn ready_for(&mut self, width: usize, height: usize) -> Result<(), GpuError> {
+        let (input_size, tiles) = (self.input_size, self.tiles);
         let g = &mut self.g_mut().infer;
-        let (in_w, in_h) = g.pre.spec().input_dims(width, height);
         let batches: &[usize] = if g.onnx.batches() { &BATCHES } else { &[1] };
-        for &b in batches {
-            g.onnx.bind(in_w, in_h, b)?;
+        let mut bind = |w: usize, h: usize| -> Result<(), GpuError> {
+            g.pre.set_size(input_size.for_picture(w, h));
+            let (in_w, in_h) = g.pre.spec().input_dims(w, h);
+            for &b in batches {
+                g.onnx.bind(in_w, in_h, b)?;
+            }
+            Ok(())
+        };
+        match tiles {
+            None => bind(width, height),
+            Some(t) => {
+                if t.full_frame {
+                    bind(width, height)?;
+                }
+                for tile in layout(width, height, &t) {
+                    bind(tile.w, tile.h)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Detections of `planes` (frames of one size, at most [`MAX_BATCH`]) as the model's
+    /// sizing says, `outs[slots[k]]` for `planes[k]`, `ok[k]` false where the model's outputs
+    /// were not finite: the whole frames as one batch; with tiles, every tile of every frame
+    /// as batches of up to [`MAX_BATCH`] tiles of one input size, each tile's boxes in frame
+    /// coordinates merged into its frame's as the CPU path does ([`crate::sized`]). Returns
+    /// after the stream is synchronised (the planes may be released then).
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        infer: &mut Infer,
+        pass: &mut [Detections; MAX_BATCH],
+        input_size: InputSize,
+        tiles: Option<TilesConfig>,
+        planes: &[DevicePlanes<'_>],
+        outs: &mut [Detections],
+        slots: &[usize],
+        ok: &mut [bool; MAX_BATCH],
+    ) -> Result<(), GpuError> {
+        let n = planes.len().min(MAX_BATCH);
+        let Some(first) = planes.first() else {
+            return Ok(());
+        };
+        let (w, h) = (first.width(), first.height());
+        let Some(t) = tiles else {
+            infer.pre.set_size(input_size.for_picture(w, h));
+            return infer.batch(&planes[..n], outs, slots, ok);
+        };
+        if t.full_frame {
+            infer.pre.set_size(input_size.for_picture(w, h));
+            infer.batch(&planes[..n], outs, slots, ok)?;
+        } else {
+            slots.iter().take(n).for_each(|&s| outs[s].clear());
+            ok.fill(true);
+        }
+        let layout = layout(w, h, &t);
+        let how = if t.full_frame {
+            tiles::Merge::Best
+        } else {
+            tiles::Merge::Union
+        };
+        // Pass e is tile e % T of frame e / T; a batch takes passes in order while their input
+        // size is the first one's (a grid's last column or row may be a pixel wider).
+        let total = n * layout.len();
+        let mut next = 0;
+        while next < total {
+            let lead = layout[next % layout.len()];
+            let size = input_size.for_picture(lead.w, lead.h);
+            infer.pre.set_size(size);
+            let dims = infer.pre.spec().input_dims(lead.w, lead.h);
+            let mut crops = heapless::Vec::<DevicePlanes, MAX_BATCH>::new();
+            let mut which = heapless::Vec::<(usize, usize), MAX_BATCH>::new();
+            while next < total && !crops.is_full() {
+                let (k, ti) = (next / layout.len(), next % layout.len());
+                let tile = layout[ti];
+                if input_size.for_picture(tile.w, tile.h) != size
+                    || infer.pre.spec().input_dims(tile.w, tile.h) != dims
+                {
+                    break;
+                }
+                let crop =
+                    planes[k]
+                        .crop(tile.x, tile.y, tile.w, tile.h)
+                        .ok_or(GpuError::Tile {
+                            x: tile.x,
+                            y: tile.y,
+                            w: tile.w,
+                            h: tile.h,
+                            frame_w: w,
+                            frame_h: h,
+                        })?;
+                let _ = crops.push(crop);
+                let _ = which.push((k, ti));
+                next += 1;
+            }
+            let mut pass_ok = [true; MAX_BATCH];
+            let m = crops.len();
+            infer.batch(&crops, &mut pass[..], &IN_ORDER[..m], &mut pass_ok)?;
+            for (i, &(k, ti)) in which.iter().enumerate() {
+                if !pass_ok[i] {
+                    ok[k] = false;
+                    continue;
+                }
+                let tile = &layout[ti];
+                let pass = &mut pass[i];
+                // As on the CPU path: with the whole frame detected too, a box a tile's inner
+                // edge cut is dropped (the neighbour or the whole frame has it whole).
+                if t.full_frame {
+                    pass.retain(|d| !tiles::cut_by_tile(d, tile, w, h));
+                }
+                for d in pass.iter_mut() {
+                    *d = tiles::to_frame(d, tile, w, h);
+                }
+                let out = &mut outs[slots[k]];
+                let earlier = out.len();
+                tiles::merge_pass(out, earlier, pass, how);
+            }
         }
         Ok(())
     }
+}
+
+/// The tiles of a `w`×`h` frame for `t`.
+fn layout(w: usize, h: usize, t: &TilesConfig) -> heapless::Vec<tiles::Tile, { tiles::MAX_TILES }> {
+    tiles::layout(w, h, t.grid[0] as usize, t.grid[1] as usize, t.overlap)
 }
 
 impl Infer {

@@ -92,6 +92,17 @@ pub enum GpuError {
     },
     #[error("image {image} of a batch of {batch}")]
     NoOutputPart { image: usize, batch: usize },
+    #[error(
+        "tile {w}×{h} at ({x}, {y}) is not within the {frame_w}×{frame_h} frame on whole chroma samples"
+    )]
+    Tile {
+        x: usize,
+        y: usize,
+        w: usize,
+        h: usize,
+        frame_w: usize,
+        frame_h: usize,
+    },
     /// The checks before a kernel launch (a launch that would read or write out of bounds).
     #[error(transparent)]
     Launch(#[from] LaunchError),

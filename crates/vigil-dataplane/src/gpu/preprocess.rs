@@ -50,6 +50,11 @@ impl GpuPreprocessor {
         &self.spec
     }
 
+    /// Another input side (`input_size = "native"`: each picture's own, set before its batch).
+    pub fn set_size(&mut self, size: usize) {
+        self.spec.size = size;
+    }
+
     /// Writes the network inputs of `frames` (at most [`MAX_BATCH`], all with the same input
     /// size) into `out`, image i at i × 3 × in_h × in_w elements, in one launch on the stream,
     /// asynchronously; returns their letterboxes. An error if a frame's planes do not lie
