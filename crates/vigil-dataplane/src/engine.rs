@@ -157,24 +157,8 @@ pub fn build(name: &str, m: &ModelConfig) -> Result<Built, EngineError> {
         source,
     };
     let mut fallback: Vec<String> = Vec::new();
-    // The GPU path's "native" and tiles (`gpu/detector.rs`) have not been run on a GPU yet:
-    // the config check refuses them with backend "cuda" or "tensorrt", and "auto" keeps such
-    // a model on the CPU (`vigil gpu-check` and `vigil bench --gpu` reach them).
-    let cpu_only = if m.tiles.is_some() {
-        Some("tiled detection runs on the CPU only so far")
-    } else if m.input_size == InputSize::Native {
-        Some("input_size \"native\" runs on the CPU only so far")
-    } else {
-        None
-    };
     let gpu = match m.backend {
         BackendKind::Cpu => None,
-        BackendKind::Auto if cpu_only.is_some() => {
-            let why = cpu_only.unwrap_or_default().to_string();
-            tracing::info!(model = name, "backend auto → cpu: {why}");
-            fallback.push(why);
-            None
-        }
         BackendKind::Cuda => Some(crate::gpu::runtime().map_err(cuda_err)?),
         BackendKind::Tensorrt => {
             Some(crate::gpu::runtime().map_err(|e| EngineError::Tensorrt {

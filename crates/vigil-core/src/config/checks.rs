@@ -450,31 +450,6 @@ pub(super) fn check_model(c: &mut Checker, path: &str, model: &ModelConfig, fact
             );
         }
     }
-    // The GPU path detects whole frames at one fixed size: "native" and tiles run on the CPU.
-    let cpu_only = match (&model.tiles, model.input_size) {
-        (Some(_), _) => Some("tiles"),
-        (None, crate::config::InputSize::Native) => Some("input_size"),
-        _ => None,
-    };
-    if let Some(field) = cpu_only
-        && matches!(
-            model.backend,
-            crate::config::BackendKind::Cuda | crate::config::BackendKind::Tensorrt
-        )
-    {
-        c.err(
-            format!("{path}.{field}"),
-            format!(
-                "{} runs on the CPU backend only so far, and backend is \"{}\" (expected backend \"cpu\" or \"auto\", or a fixed input_size without tiles)",
-                if field == "tiles" {
-                    "tiled detection"
-                } else {
-                    "input_size \"native\""
-                },
-                model.backend.as_str()
-            ),
-        );
-    }
 }
 
 pub(super) fn check_camera_names(c: &mut Checker, cameras: &[super::CameraConfig]) {
@@ -1023,7 +998,7 @@ mod tests {
     }
 
     #[test]
-    fn native_input_size_and_tiles_are_checked_and_kept_off_the_gpu_path() {
+    fn native_input_size_and_tiles_are_checked() {
         let ok = format!(
             "{HEAD}input_size = \"native\"\n[models.m.tiles]\ngrid = [3, 2]\noverlap = 0.25\n"
         );
@@ -1073,7 +1048,7 @@ mod tests {
                 "{extra}: {errs:?}"
             );
         }
-        // The GPU path detects whole frames at one size: backend "cuda" with either is refused.
+        // Both run on the GPU path too: backend "cuda" with either is accepted.
         let gpu = KnownFacts {
             gpu: crate::facts::GpuProbe::Available {
                 name: "NVIDIA H200".into(),
@@ -1083,17 +1058,12 @@ mod tests {
             onnxruntime_version: None,
             tensorrt: Err("none".into()),
         };
-        for (extra, path) in [
-            ("input_size = \"native\"\n", "models.m.input_size"),
-            ("[models.m.tiles]\ngrid = [2, 1]\n", "models.m.tiles"),
+        for extra in [
+            "input_size = \"native\"\n",
+            "[models.m.tiles]\ngrid = [2, 1]\n",
         ] {
             let text = format!("{HEAD}backend = \"cuda\"\n{extra}");
-            let e = super::super::parse(&text, Path::new("t.toml"), &gpu).unwrap_err();
-            let e = &e.errors()[0];
-            assert_eq!(e.path, path);
-            assert!(e.message.contains("CPU backend only"), "{}", e.message);
-            let auto = text.replace("backend = \"cuda\"\n", "");
-            assert!(super::super::parse(&auto, Path::new("t.toml"), &gpu).is_ok());
+            assert!(super::super::parse(&text, Path::new("t.toml"), &gpu).is_ok());
         }
     }
 
