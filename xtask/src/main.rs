@@ -53,11 +53,12 @@ fn main() {
         Some("live-bench") => live_bench::live_bench(&root(), &args[1..]),
         Some("fleet-bench") => fleet_bench::fleet_bench(&root(), &args[1..]),
         Some("arm64-check") => cross::arm64_check(&root(), &args[1..]),
+        Some("image-power-cuts") => image_power_cuts(&args[1..]),
         Some("yocto-crates") => yocto::yocto_crates(&root()),
         Some("yocto-lint") => yocto::yocto_lint(&root()),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup | demo [--seconds N] | test [--no-lint] [-- cargo test args] | tidy | fuzz [--seconds N] [TARGET…] | soak [--minutes 60 …] | live-bench [--cameras 16,64,…] | bench [vigil bench args] | fleet-bench [--runs 100x50,…] | gpu-payload | deb [--arch amd64] [--vigil BIN] [--version V] [--out DIR] | image [--vigil BIN] [--version V] [--out DIR] [--no-bundle] | yocto-crates | yocto-lint | arm64-check [--amd64 PATH]>"
+                "usage: cargo xtask <setup | demo [--seconds N] | test [--no-lint] [-- cargo test args] | tidy | fuzz [--seconds N] [TARGET…] | soak [--minutes 60 …] | live-bench [--cameras 16,64,…] | bench [vigil bench args] | fleet-bench [--runs 100x50,…] | gpu-payload | deb [--arch amd64] [--vigil BIN] [--version V] [--out DIR] | image [--vigil BIN] [--version V] [--out DIR] [--no-bundle] | yocto-crates | yocto-lint | arm64-check [--amd64 PATH] | image-power-cuts [--points 10]>"
             );
             std::process::exit(2);
         }
@@ -170,6 +171,32 @@ fn test(args: &[String]) -> Result<()> {
         t0.elapsed().as_secs_f64()
     ));
     Ok(())
+}
+
+/// `cargo xtask image-power-cuts [--points N]`: the appliance image test that kills QEMU at N
+/// points of a whole-system install (`image_boot::power_cuts_…`, ignored in `cargo xtask
+/// test`: about 30 minutes under TCG).
+fn image_power_cuts(args: &[String]) -> Result<()> {
+    let points = match args {
+        [] => 10,
+        [flag, n] if flag == "--points" => n.parse().context("--points N")?,
+        _ => bail!("usage: cargo xtask image-power-cuts [--points 10]"),
+    };
+    let root = root();
+    assets::setup(&root)?;
+    step(&format!(
+        "the appliance image with {points} power cuts during an install"
+    ));
+    run(cargo()
+        .current_dir(&root)
+        .env("VIGIL_POWER_CUTS", points.to_string())
+        .args(["test", "--release", "--all-features", "--test", "it", "--"])
+        .args([
+            "--ignored",
+            "--exact",
+            "image_boot::power_cuts_during_an_install_always_leave_a_whole_good_slot",
+            "--nocapture",
+        ]))
 }
 
 /// Prints the size of the target folder and the free space under it (CI logs tell where the
