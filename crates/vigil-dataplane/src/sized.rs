@@ -52,29 +52,23 @@ pub fn detect(
         (pre_us, inf_us) = one_pass(backend, pre, decoder, size, yuv, input, dets)?;
     }
     let (w, h) = (yuv.width, yuv.height);
-    for tile in tiles::layout(w, h, t.grid[0] as usize, t.grid[1] as usize, t.overlap) {
+    for tile in layout(w, h, &t) {
         let view = yuv.crop(tile.x, tile.y, tile.w, tile.h);
         let (p, i) = one_pass(backend, pre, decoder, size, &view, input, &mut sizing.pass)?;
         pre_us += p;
         inf_us += i;
-        // With the whole frame detected too, a box a tile's edge cut is dropped: an object
-        // narrower than the overlap is whole in the neighbouring tile, a bigger one is in the
-        // whole frame's pass. Without it, cut boxes are merged with their other parts.
-        if t.full_frame {
-            sizing.pass.retain(|d| !tiles::cut_by_tile(d, &tile, w, h));
-        }
-        for d in sizing.pass.iter_mut() {
-            *d = tiles::to_frame(d, &tile, w, h);
-        }
-        let earlier = dets.len();
-        let how = if t.full_frame {
-            tiles::Merge::Best
-        } else {
-            tiles::Merge::Union
-        };
-        tiles::merge_pass(dets, earlier, &sizing.pass, how);
+        tiles::add_tile_pass(dets, &mut sizing.pass, &tile, w, h, t.full_frame);
     }
     Ok((pre_us, inf_us))
+}
+
+/// The tiles of a `w`×`h` frame for `t` (the CPU path here, the GPU path in `gpu/detector.rs`).
+pub(crate) fn layout(
+    w: usize,
+    h: usize,
+    t: &TilesConfig,
+) -> heapless::Vec<tiles::Tile, { tiles::MAX_TILES }> {
+    tiles::layout(w, h, t.grid[0] as usize, t.grid[1] as usize, t.overlap)
 }
 
 /// Detection on one picture (a frame or a tile of it) into `dets`.

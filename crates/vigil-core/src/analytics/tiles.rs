@@ -136,6 +136,35 @@ pub fn merge_pass(merged: &mut Detections, earlier: usize, pass: &Detections, ho
     }
 }
 
+/// Adds one tile's detections (in the tile's normalised coordinates, `pass`, changed in place)
+/// to its frame's `merged`: with the whole frame detected too (`full_frame`), a box the tile's
+/// inner edge cut is dropped (an object narrower than the overlap is whole in the neighbouring
+/// tile, a bigger one in the whole frame's pass) and two boxes of one object keep the better
+/// one; without it, cut boxes are joined with their other parts ([`Merge`]). Both the CPU and
+/// the GPU path merge their tiles with this.
+pub fn add_tile_pass(
+    merged: &mut Detections,
+    pass: &mut Detections,
+    t: &Tile,
+    frame_w: usize,
+    frame_h: usize,
+    full_frame: bool,
+) {
+    if full_frame {
+        pass.retain(|d| !cut_by_tile(d, t, frame_w, frame_h));
+    }
+    for d in pass.iter_mut() {
+        *d = to_frame(d, t, frame_w, frame_h);
+    }
+    let earlier = merged.len();
+    let how = if full_frame {
+        Merge::Best
+    } else {
+        Merge::Union
+    };
+    merge_pass(merged, earlier, pass, how);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

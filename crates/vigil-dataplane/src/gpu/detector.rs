@@ -376,7 +376,7 @@ impl GpuDetector {
                 if t.full_frame {
                     bind(width, height)?;
                 }
-                for tile in layout(width, height, &t) {
+                for tile in crate::sized::layout(width, height, &t) {
                     bind(tile.w, tile.h)?;
                 }
                 Ok(())
@@ -417,12 +417,7 @@ impl GpuDetector {
             slots.iter().take(n).for_each(|&s| outs[s].clear());
             ok.fill(true);
         }
-        let layout = layout(w, h, &t);
-        let how = if t.full_frame {
-            tiles::Merge::Best
-        } else {
-            tiles::Merge::Union
-        };
+        let layout = crate::sized::layout(w, h, &t);
         // Pass e is tile e % T of frame e / T; a batch takes passes in order while their input
         // size is the first one's (a grid's last column or row may be a pixel wider).
         let total = n * layout.len();
@@ -465,28 +460,12 @@ impl GpuDetector {
                     ok[k] = false;
                     continue;
                 }
-                let tile = &layout[ti];
-                let pass = &mut pass[i];
-                // As on the CPU path: with the whole frame detected too, a box a tile's inner
-                // edge cut is dropped (the neighbour or the whole frame has it whole).
-                if t.full_frame {
-                    pass.retain(|d| !tiles::cut_by_tile(d, tile, w, h));
-                }
-                for d in pass.iter_mut() {
-                    *d = tiles::to_frame(d, tile, w, h);
-                }
-                let out = &mut outs[slots[k]];
-                let earlier = out.len();
-                tiles::merge_pass(out, earlier, pass, how);
+                let (out, tile) = (&mut outs[slots[k]], &layout[ti]);
+                tiles::add_tile_pass(out, &mut pass[i], tile, w, h, t.full_frame);
             }
         }
         Ok(())
     }
-}
-
-/// The tiles of a `w`×`h` frame for `t`.
-fn layout(w: usize, h: usize, t: &TilesConfig) -> heapless::Vec<tiles::Tile, { tiles::MAX_TILES }> {
-    tiles::layout(w, h, t.grid[0] as usize, t.grid[1] as usize, t.overlap)
 }
 
 impl Infer {
