@@ -250,13 +250,7 @@ pub fn build(name: &str, m: &ModelConfig) -> Result<Built, EngineError> {
         backend.inputs(),
         m.input_size.pixels().unwrap_or(416) as usize,
     )?;
-    if m.input_size == InputSize::Native && !dynamic {
-        return Err(EngineError::NativeFixed {
-            model: name.to_string(),
-            size,
-        });
-    }
-    check_input_size(name, m, size)?;
+    check_input_size(name, m, size, dynamic)?;
     let described = describe_sizing(m, size, dynamic);
     tracing::info!(model = name, backend = "cpu", engine = %backend.describe(), "model loaded; input {described}");
     let decoder = NanodetDecoder::new(&m.path.display().to_string(), size, backend.outputs())?;
@@ -285,13 +279,7 @@ fn gpu_size(m: &ModelConfig) -> usize {
 /// (`"native"`, tiles); returns how its input is described in the log.
 fn gpu_sizing(name: &str, m: &ModelConfig, g: &mut GpuDetector) -> Result<String, EngineError> {
     let (size, dynamic) = g.input();
-    if m.input_size == InputSize::Native && !dynamic {
-        return Err(EngineError::NativeFixed {
-            model: name.to_string(),
-            size,
-        });
-    }
-    check_input_size(name, m, size)?;
+    check_input_size(name, m, size, dynamic)?;
     g.set_sizing(m.input_size, m.tiles);
     Ok(describe_sizing(m, size, dynamic))
 }
@@ -320,7 +308,14 @@ fn describe_sizing(m: &ModelConfig, size: usize, dynamic: bool) -> String {
     described + &tiled.unwrap_or_default()
 }
 
-fn check_input_size(name: &str, m: &ModelConfig, size: usize) -> Result<(), EngineError> {
+/// The table's `input_size` against the loaded model's (`size`, `dynamic` height and width):
+/// a number must be the model's, `"native"` needs a dynamic model.
+fn check_input_size(
+    name: &str,
+    m: &ModelConfig,
+    size: usize,
+    dynamic: bool,
+) -> Result<(), EngineError> {
     match m.input_size {
         InputSize::Pixels(configured) if size != configured as usize => {
             Err(EngineError::InputSize {
@@ -329,6 +324,10 @@ fn check_input_size(name: &str, m: &ModelConfig, size: usize) -> Result<(), Engi
                 configured,
             })
         }
+        InputSize::Native if !dynamic => Err(EngineError::NativeFixed {
+            model: name.to_string(),
+            size,
+        }),
         _ => Ok(()),
     }
 }
