@@ -409,30 +409,16 @@ fn gpu_payload() -> Result<()> {
             std::fs::remove_dir_all(old.path())?;
         }
     }
-    let all = ort.join("ort-cuda/all");
-    let _ = std::fs::remove_file(&all);
-    let mut joined = std::fs::File::create(&all)?;
-    let mut parts: Vec<_> = std::fs::read_dir(ort.join("ort-cuda"))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("part-"))
-        })
-        .collect();
-    parts.sort();
-    for p in &parts {
-        std::io::copy(&mut std::fs::File::open(p)?, &mut joined)?;
-    }
-    drop(joined);
     let cut = std::env::temp_dir().join("vigil-ort-cut");
     let _ = std::fs::remove_dir_all(&cut);
     std::fs::create_dir_all(&cut)?;
-    run(Command::new("split")
-        .args(["-b", "48M", "-a", "2"])
-        .arg(&all)
-        .arg(cut.join("part-")))?;
-    std::fs::remove_file(&all)?;
+    // The parts in name order, joined and cut again (`part-*` sorts as it was split).
+    run(Command::new("sh")
+        .current_dir(ort.join("ort-cuda"))
+        .arg("-c")
+        .arg("cat part-* | split -b 48M -a 2 - \"$1/part-\"")
+        .arg("sh")
+        .arg(&cut))?;
     let mut sent = Vec::new();
     let mut cuts: Vec<_> = std::fs::read_dir(&cut)?
         .flatten()
