@@ -23,7 +23,7 @@ use vigil_dataplane::media::rtsp_server;
 #[derive(Parser)]
 #[command(
     name = "vigil",
-    version,
+    version = vigil_core::version::version(),
     about = "GPU edge video-analytics appliance service"
 )]
 struct Cli {

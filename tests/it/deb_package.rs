@@ -56,7 +56,15 @@ fn the_debian_package_installs_runs_under_systemd_and_purges() {
     // The package, from this build's binary.
     let debs = dir.join("debs");
     let out = Command::new(&xtask)
-        .args(["deb", "--vigil", vigil_bin(), "--out"])
+        // A version other than the build's: the package stamps it into the binary it packs.
+        .args([
+            "deb",
+            "--vigil",
+            vigil_bin(),
+            "--version",
+            "0.1.0+pkg1",
+            "--out",
+        ])
         .arg(&debs)
         .output()
         .expect("xtask deb");
@@ -71,7 +79,25 @@ fn the_debian_package_installs_runs_under_systemd_and_purges() {
         .last()
         .unwrap()
         .to_string();
-    assert!(deb.ends_with("_amd64.deb"), "{deb}");
+    assert!(deb.ends_with("_0.1.0+pkg1_amd64.deb"), "{deb}");
+    // The packed binary says the package's version (the build's own says the workspace's).
+    let x = dir.join("extracted");
+    let ok = Command::new("dpkg-deb")
+        .args(["-x", &deb])
+        .arg(&x)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let said = |bin: &std::path::Path| {
+        let o = Command::new(bin).arg("--version").output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    assert_eq!(said(&x.join("usr/bin/vigil")), "vigil 0.1.0+pkg1");
+    assert_eq!(
+        said(std::path::Path::new(vigil_bin())),
+        format!("vigil {}", env!("CARGO_PKG_VERSION"))
+    );
     let deb_dir = dir.join("deb");
     std::fs::create_dir_all(&deb_dir).unwrap();
     std::fs::copy(&deb, deb_dir.join("vigil.deb")).unwrap();

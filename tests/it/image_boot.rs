@@ -32,10 +32,21 @@ fn xtask() -> PathBuf {
     x
 }
 
+/// The release the update bundle carries: the same build as the image's, packed and stamped as
+/// another version, so that the update visibly changes what the box runs.
+const NEXT: &str = "0.1.0+next1";
+
 /// Builds the image and its update bundle once per test run (a few minutes).
 fn image(dir: &Path) -> PathBuf {
     let out = Command::new(xtask())
-        .args(["image", "--vigil", vigil_bin(), "--out"])
+        .args([
+            "image",
+            "--vigil",
+            vigil_bin(),
+            "--bundle-version",
+            NEXT,
+            "--out",
+        ])
         .arg(dir)
         .stderr(Stdio::inherit())
         .output()
@@ -343,6 +354,11 @@ fn the_image_boots_provisions_and_runs_vigil_under_systemd() {
         "Vigil in the VM never came online:\n{}",
         vm.serial()
     );
+    assert_eq!(
+        online.unwrap().json["version"],
+        env!("CARGO_PKG_VERSION"),
+        "slot A runs the image's release"
+    );
     eprintln!(
         "boot to Vigil online: {:.0}s",
         t_boot.elapsed().as_secs_f64()
@@ -502,6 +518,26 @@ fn the_image_boots_provisions_and_runs_vigil_under_systemd() {
     let (_, cmdline) = vm.ssh("cat /proc/cmdline");
     assert!(cmdline.contains("rauc.slot=B"), "{cmdline}");
     confirmed(&vm, "B", "rootfs.1");
+    // B runs the new release: the binary, its package and the image say it, and so does Vigil's
+    // status once it is online on B.
+    let (_, said) = vm.ssh(
+        "vigil --version; dpkg-query -W -f='${Version}\\n' vigil; cat /etc/vigil-image-version",
+    );
+    assert_eq!(
+        said.trim(),
+        format!("vigil {NEXT}\n{NEXT}\n{NEXT}"),
+        "the version on slot B"
+    );
+    let online = sub.wait(Duration::from_secs(120), |m| {
+        m.topic == "vigil/imgtest/status"
+            && m.json["state"] == "online"
+            && m.json["version"] == NEXT
+    });
+    assert!(online.is_some(), "Vigil on B says it runs {NEXT}");
+    eprintln!(
+        "slot B runs release {NEXT} (slot A had {})",
+        env!("CARGO_PKG_VERSION")
+    );
 
     // Faults of an updated slot, from B (good). The state an install leaves is made by hand on
     // slot A — written onto A's partition rather than by `rauc install` of a broken bundle

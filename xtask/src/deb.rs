@@ -75,6 +75,8 @@ pub struct PackArgs {
     pub version: String,
     pub out: PathBuf,
     pub flags: Vec<String>,
+    /// `--bundle-version V` (image only: the update bundle as release `V` of the same build).
+    pub bundle_version: Option<String>,
 }
 
 impl PackArgs {
@@ -85,6 +87,7 @@ impl PackArgs {
             version: workspace_version(root)?,
             out: root.join(out),
             flags: Vec::new(),
+            bundle_version: None,
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -98,6 +101,9 @@ impl PackArgs {
                 "--vigil" => p.vigil = Some(PathBuf::from(val()?)),
                 "--version" => p.version = val()?,
                 "--out" => p.out = PathBuf::from(val()?),
+                "--bundle-version" if flags.contains(&"--bundle-version") => {
+                    p.bundle_version = Some(val()?)
+                }
                 f if flags.contains(&f) => p.flags.push(f.to_string()),
                 _ => bail!(
                     "unknown argument {a:?} (expected --arch amd64|arm64, --vigil BIN, --version V, --out DIR{})",
@@ -206,6 +212,8 @@ pub fn build(root: &Path, inp: &DebInputs, out: &Path) -> Result<PathBuf> {
     run(Command::new(format!("{}-strip", inp.arch.multiarch()))
         .arg("--strip-unneeded")
         .arg(stage.join("usr/bin/vigil")))?;
+    // The package's version is the one Vigil says (one build packed under any version).
+    crate::stamp::stamp_file(&stage.join("usr/bin/vigil"), &inp.version)?;
     put(&inp.onnxruntime, "usr/lib/vigil/libonnxruntime.so.1", 0o644)?;
     put(&inp.model, "usr/share/vigil/models/nanodet.onnx", 0o644)?;
     put(

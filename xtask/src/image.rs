@@ -8,7 +8,11 @@
 //! Debian package (xtask/src/deb.rs), RAUC and GRUB's tools; it is made by `mmdebstrap` and
 //! written into the slot with `mke2fs -d`, so nothing here needs loop devices or a VM.
 //!
-//! Booting: OVMF/UEFI firmware → `EFI/BOOT/BOOTX64.EFI` (GRUB built by `grub-mkimage`) →
+//! `--arch arm64` builds the same image for arm64: Vigil cross-built (xtask/src/cross.rs), the
+//! Debian tree configured under qemu-user, GRUB's arm64 EFI loader; booted by `cargo xtask
+//! image-boot --arch arm64` under qemu-system-aarch64 with AAVMF (xtask/src/image_boot.rs).
+//!
+//! Booting: UEFI firmware → `EFI/BOOT/BOOTX64.EFI` (`BOOTAA64.EFI`; GRUB built by `grub-mkimage`) →
 //! `EFI/BOOT/grub.cfg`, which picks the first slot of `ORDER` that is good (`X_OK=1`) and not
 //! already tried (`X_TRY=0`), marks it tried and boots it with `rauc.slot=X`; a slot that never
 //! gets marked good (by RAUC's `mark-good` after Vigil's probation) is passed over at the next
@@ -22,6 +26,7 @@
 //! live config; errors go to `vigil/ERRORS.txt` on the same partition and the running config
 //! stays. There is no password for any account and no getty: without an SSH key, no login.
 
+use crate::cross::Arch;
 use crate::{run, step};
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -45,7 +50,6 @@ const ROOTFS_PACKAGES: &[&str] = &[
     "systemd-timesyncd",
     "udev",
     "dbus",
-    "linux-image-amd64",
     "initramfs-tools",
     "zstd",
     "rauc",
@@ -76,24 +80,52 @@ pub const HOST_PACKAGES: &[&str] = &[
     "qemu-utils",
 ];
 
+/// More host tools for an arm64 image: its root file system is configured under qemu-user
+/// (binfmt_misc), and `cargo xtask image-boot --arch arm64` boots it with AAVMF.
+const HOST_PACKAGES_ARM64: &[&str] = &["qemu-user-static", "qemu-efi-aarch64", "qemu-system-arm"];
+
+/// The packages of the root file system that depend on the architecture: the kernel, and on
+/// arm64 GRUB's EFI modules (the host's `grub-mkimage` builds the arm64 loader from them; Debian
+/// has no amd64 build of `grub-efi-arm64-bin`).
+fn arch_packages(arch: Arch) -> &'static [&'static str] {
+    match arch {
+        Arch::Amd64 => &["linux-image-amd64"],
+        Arch::Arm64 => &["linux-image-arm64", "grub-efi-arm64-bin"],
+    }
+}
+
+/// The firmware's default loader path, GRUB's platform and the kernel's serial console.
+fn boot_names(arch: Arch) -> (&'static str, &'static str, &'static str) {
+    match arch {
+        Arch::Amd64 => ("BOOTX64.EFI", "x86_64-efi", "ttyS0,115200"),
+        Arch::Arm64 => ("BOOTAA64.EFI", "arm64-efi", "ttyAMA0,115200"),
+    }
+}
+
 /// What `cargo xtask image` made.
 pub struct Built {
     pub image: PathBuf,
     pub bundle: Option<PathBuf>,
 }
 
-/// `cargo xtask image [--vigil BIN] [--version V] [--out DIR] [--no-bundle]`.
+/// `cargo xtask image [--vigil BIN] [--version V] [--out DIR] [--no-bundle | --bundle-version V2]`.
+/// `--bundle-version`: the update bundle holds the same build released as `V2` (its package,
+/// `vigil --version` and the image version say `V2`), so that an update visibly changes the
+/// version without a second build.
 pub fn image(root: &Path, args: &[String]) -> Result<()> {
-    let a = crate::deb::PackArgs::parse(root, args, "target/image", &["--no-bundle"])?;
-    if a.arch != crate::cross::Arch::Amd64 {
-        bail!(
-            "--arch {}: only amd64 images are built so far",
-            a.arch.debian()
-        );
-    }
-    let bundle = !a.flags.iter().any(|f| f == "--no-bundle");
+    let a = crate::deb::PackArgs::parse(
+        root,
+        args,
+        "target/image",
+        &["--no-bundle", "--bundle-version"],
+    )?;
+    let bundle = match (a.flags.iter().any(|f| f == "--no-bundle"), a.bundle_version) {
+        (true, Some(_)) => bail!("--no-bundle and --bundle-version: choose one"),
+        (true, None) => None,
+        (false, v) => Some(v.unwrap_or_else(|| a.version.clone())),
+    };
     let (vigil, version, out) = (a.vigil, a.version, a.out);
-    let built = build(root, vigil, &version, &out, bundle)?;
+    let built = build(root, a.arch, vigil, &version, &out, bundle.as_deref())?;
     println!("{}", built.image.display());
     if let Some(b) = &built.bundle {
         println!("{}", b.display());
@@ -103,28 +135,47 @@ pub fn image(root: &Path, args: &[String]) -> Result<()> {
 
 pub fn build(
     root: &Path,
+    arch: Arch,
     vigil: Option<PathBuf>,
     version: &str,
     out: &Path,
-    bundle: bool,
+    bundle: Option<&str>,
 ) -> Result<Built> {
     let t0 = std::time::Instant::now();
     crate::assets::apt_install(HOST_PACKAGES)?;
     std::fs::create_dir_all(out)?;
-    let vigil = crate::deb::vigil_binary(root, vigil)?;
-    let deb = crate::deb::build(
-        root,
-        &crate::deb::DebInputs {
-            arch: crate::cross::Arch::Amd64,
-            vigil,
-            onnxruntime: crate::assets::onnxruntime_lib(root),
-            model: root.join("models/nanodet.onnx"),
-            version: version.to_string(),
-        },
-        out,
-    )?;
+    let (vigil, onnxruntime) = match arch {
+        Arch::Amd64 => (
+            crate::deb::vigil_binary(root, vigil)?,
+            crate::assets::onnxruntime_lib(root),
+        ),
+        Arch::Arm64 => {
+            crate::assets::apt_install(HOST_PACKAGES_ARM64)?;
+            binfmt_aarch64()?;
+            crate::cross::setup_arm64(root)?;
+            let v = match vigil {
+                Some(v) => v,
+                None => crate::cross::build(root, Arch::Arm64)?,
+            };
+            (v, crate::cross::ort_lib(root, Arch::Arm64)?)
+        }
+    };
+    let deb_of = |version: &str| {
+        crate::deb::build(
+            root,
+            &crate::deb::DebInputs {
+                arch,
+                vigil: vigil.clone(),
+                onnxruntime: onnxruntime.clone(),
+                model: root.join("models/nanodet.onnx"),
+                version: version.to_string(),
+            },
+            out,
+        )
+    };
+    let deb = deb_of(version)?;
     let keys = dev_keys(root)?;
-    let work = out.join("work-amd64");
+    let work = out.join(format!("work-{}", arch.debian()));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
     let rootfs = work.join("rootfs");
@@ -132,10 +183,15 @@ pub fn build(
     step("root file system (mmdebstrap: Debian 12, systemd, kernel, RAUC, Vigil's package)");
     // The package's own dependencies come from the archive with the rest; the package itself
     // is installed with dpkg inside the tree (mmdebstrap's `copy-in` hook).
-    let mut include: Vec<String> = ROOTFS_PACKAGES.iter().map(|p| p.to_string()).collect();
+    let mut include: Vec<String> = ROOTFS_PACKAGES
+        .iter()
+        .chain(arch_packages(arch))
+        .map(|p| p.to_string())
+        .collect();
     include.extend(deb_relations(&deb)?);
     let deb_name = deb.file_name().unwrap().to_string_lossy().into_owned();
     run(Command::new("mmdebstrap")
+        .arg(format!("--architectures={}", arch.debian()))
         .arg("--variant=minbase")
         .arg(format!("--include={}", include.join(",")))
         // Kernel and initramfs hooks run in the chroot; keep the docs out (smaller slots).
@@ -156,11 +212,11 @@ pub fn build(
         .arg(format!("--customize-hook=rm \"$1\"/tmp/{deb_name}"))
         .arg("bookworm")
         .arg(&rootfs))?;
-    customize(root, &rootfs, version, &keys)?;
+    customize(root, &rootfs, arch, version, &keys)?;
 
     step("partitions: EFI system partition, slot A, data");
     let esp = work.join("esp.vfat");
-    make_esp(&esp)?;
+    make_esp(&esp, arch, &rootfs)?;
     let slot_a = work.join("rootfs.ext4");
     mke2fs(&slot_a, &rootfs, "rootfs", SLOT_MIB)?;
     let data = work.join("data.ext4");
@@ -170,7 +226,7 @@ pub fn build(
     }
     mke2fs(&data, &data_dir, "data", DATA_MIB)?;
 
-    let name = format!("vigil-{version}-amd64");
+    let name = format!("vigil-{version}-{}", arch.debian());
     let img = out.join(format!("{name}.img"));
     step(&format!("disk image {}", img.display()));
     assemble(&img, &esp, &slot_a, &data)?;
@@ -181,9 +237,23 @@ pub fn build(
         .arg(&img))?;
     sha256_file(&img)?;
 
-    let bundle = if bundle {
+    let bundle = if let Some(bv) = bundle {
+        if bv != version {
+            // The same build released as `bv`: its package installed over the first one.
+            step(&format!("the root file system as release {bv}"));
+            let deb = deb_of(bv)?;
+            let deb_name = deb.file_name().unwrap().to_string_lossy().into_owned();
+            std::fs::copy(&deb, rootfs.join("tmp").join(&deb_name))?;
+            run(Command::new("chroot").arg(&rootfs).args([
+                "dpkg",
+                "-i",
+                &format!("/tmp/{deb_name}"),
+            ]))?;
+            std::fs::remove_file(rootfs.join("tmp").join(&deb_name))?;
+            set_version(&rootfs, bv)?;
+        }
         step("RAUC bundle (the root file system, signed)");
-        let b = out.join(format!("{name}.raucb"));
+        let b = out.join(format!("vigil-{bv}-{}.raucb", arch.debian()));
         // The bundle's file system is only as large as its contents; RAUC grows it to the slot
         // (`resize=true` in system.conf).
         let small = work.join("bundle-rootfs.ext4");
@@ -194,7 +264,7 @@ pub fn build(
             bail!("the root file system ({used} MiB) does not fit a {SLOT_MIB} MiB slot");
         }
         mke2fs(&small, &rootfs, "rootfs", mib)?;
-        make_bundle(&work, &small, version, &keys, &b)?;
+        make_bundle(&work, &small, arch, bv, &keys, &b)?;
         sha256_file(&b)?;
         Some(b)
     } else {
@@ -339,9 +409,46 @@ fn chroot(rootfs: &Path, args: &[&str]) -> Result<()> {
     run(Command::new("chroot").arg(rootfs).args(args))
 }
 
+/// Lets this host run arm64 programs (mmdebstrap configures the arm64 tree by running its
+/// maintainer scripts): qemu-user's binfmt_misc entry from Debian's `qemu-user-static`,
+/// registered (binfmt_misc mounted first) where it is not. Needs root, as the image build does.
+fn binfmt_aarch64() -> Result<()> {
+    let dir = Path::new("/proc/sys/fs/binfmt_misc");
+    if !dir.join("register").exists() {
+        run(Command::new("mount")
+            .args(["-t", "binfmt_misc", "binfmt_misc"])
+            .arg(dir))?;
+    }
+    if dir.join("qemu-aarch64").exists() {
+        return Ok(());
+    }
+    let conf = "/usr/lib/binfmt.d/qemu-aarch64.conf";
+    let text = std::fs::read_to_string(conf)
+        .with_context(|| format!("{conf} (Debian package qemu-user-static)"))?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(":qemu-aarch64:"))
+        .with_context(|| format!("{conf} has no qemu-aarch64 entry"))?;
+    std::fs::write(dir.join("register"), line)
+        .context("registering qemu-aarch64 with binfmt_misc")?;
+    step("binfmt_misc: arm64 programs run under qemu-user");
+    Ok(())
+}
+
+/// The image's version files.
+fn set_version(r: &Path, version: &str) -> Result<()> {
+    write(
+        r,
+        "etc/os-release.d/vigil",
+        &format!("VIGIL_IMAGE_VERSION={version}\n"),
+        0o644,
+    )?;
+    write(r, "etc/vigil-image-version", &format!("{version}\n"), 0o644)
+}
+
 /// Everything that makes the Debian tree the appliance: mounts, the read-only root, RAUC, GRUB's
 /// environment tool, provisioning, networking, SSH only with a provisioned key, no logins.
-fn customize(repo: &Path, r: &Path, version: &str, keys: &Keys) -> Result<()> {
+fn customize(repo: &Path, r: &Path, arch: Arch, version: &str, keys: &Keys) -> Result<()> {
     step("customizing the root file system");
     write(
         r,
@@ -382,13 +489,7 @@ fn customize(repo: &Path, r: &Path, version: &str, keys: &Keys) -> Result<()> {
     write(r, "etc/machine-id", "", 0o444)?;
     let _ = std::fs::remove_file(r.join("var/lib/dbus/machine-id"));
     write(r, "etc/hostname", "vigil\n", 0o644)?;
-    write(
-        r,
-        "etc/os-release.d/vigil",
-        &format!("VIGIL_IMAGE_VERSION={version}\n"),
-        0o644,
-    )?;
-    write(r, "etc/vigil-image-version", &format!("{version}\n"), 0o644)?;
+    set_version(r, version)?;
 
     // Networking: DHCP on every wired interface, DNS by resolved.
     write(
@@ -417,7 +518,7 @@ fn customize(repo: &Path, r: &Path, version: &str, keys: &Keys) -> Result<()> {
         "etc/rauc/system.conf",
         &format!(
             "[system]\n\
-             compatible=vigil-amd64\n\
+             compatible=vigil-{arch}\n\
              bootloader=grub\n\
              grubenv=/boot/efi/EFI/BOOT/grubenv\n\
              statusfile=/data/rauc/status\n\
@@ -437,7 +538,8 @@ fn customize(repo: &Path, r: &Path, version: &str, keys: &Keys) -> Result<()> {
              bootname=B\n\
              resize=true\n",
             a = SLOT_A_GUID.to_lowercase(),
-            b = SLOT_B_GUID.to_lowercase()
+            b = SLOT_B_GUID.to_lowercase(),
+            arch = arch.debian(),
         ),
         0o644,
     )?;
@@ -731,7 +833,8 @@ fi
 echo "$sum" > "$stamp"
 "#;
 
-fn make_esp(esp: &Path) -> Result<()> {
+fn make_esp(esp: &Path, arch: Arch, rootfs: &Path) -> Result<()> {
+    let (loader, platform, console) = boot_names(arch);
     let _ = std::fs::remove_file(esp);
     run(Command::new("mkfs.vfat")
         .args(["-F", "32", "-n", "VIGIL-BOOT", "-C"])
@@ -740,9 +843,16 @@ fn make_esp(esp: &Path) -> Result<()> {
     let dir = esp.with_extension("d");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let efi = dir.join("BOOTX64.EFI");
-    run(Command::new("grub-mkimage")
-        .args(["-O", "x86_64-efi", "-p", "/EFI/BOOT", "-o"])
+    let efi = dir.join(loader);
+    let mut mkimage = Command::new("grub-mkimage");
+    if arch == Arch::Arm64 {
+        // The arm64 modules from the root file system (see arch_packages).
+        mkimage
+            .arg("-d")
+            .arg(rootfs.join("usr/lib/grub").join(platform));
+    }
+    run(mkimage
+        .args(["-O", platform, "-p", "/EFI/BOOT", "-o"])
         .arg(&efi)
         .args([
             "part_gpt",
@@ -770,7 +880,8 @@ fn make_esp(esp: &Path) -> Result<()> {
         dir.join("grub.cfg"),
         GRUB_CFG
             .replace("@A@", &SLOT_A_GUID.to_lowercase())
-            .replace("@B@", &SLOT_B_GUID.to_lowercase()),
+            .replace("@B@", &SLOT_B_GUID.to_lowercase())
+            .replace("@CONSOLE@", console),
     )?;
     let env = dir.join("grubenv");
     run(Command::new("grub-editenv").arg(&env).arg("create"))?;
@@ -790,7 +901,7 @@ fn make_esp(esp: &Path) -> Result<()> {
     };
     let img = esp.display().to_string();
     mt(&["mmd", "-i", &img, "::EFI", "::EFI/BOOT"])?;
-    for f in ["BOOTX64.EFI", "grub.cfg", "grubenv"] {
+    for f in [loader, "grub.cfg", "grubenv"] {
         mt(&[
             "mcopy",
             "-i",
@@ -850,7 +961,7 @@ else
     set uuid=@B@
 fi
 menuentry "Vigil slot $slot" {
-    linux ($disk,$part)/vmlinuz root=PARTUUID=$uuid ro rauc.slot=$slot console=tty0 console=ttyS0,115200 panic=10
+    linux ($disk,$part)/vmlinuz root=PARTUUID=$uuid ro rauc.slot=$slot console=tty0 console=@CONSOLE@ panic=10
     initrd ($disk,$part)/initrd.img
 }
 "#;
@@ -923,7 +1034,14 @@ fn assemble(img: &Path, esp: &Path, slot_a: &Path, data: &Path) -> Result<()> {
     Ok(())
 }
 
-fn make_bundle(work: &Path, rootfs: &Path, version: &str, keys: &Keys, out: &Path) -> Result<()> {
+fn make_bundle(
+    work: &Path,
+    rootfs: &Path,
+    arch: Arch,
+    version: &str,
+    keys: &Keys,
+    out: &Path,
+) -> Result<()> {
     let dir = work.join("bundle");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -931,8 +1049,9 @@ fn make_bundle(work: &Path, rootfs: &Path, version: &str, keys: &Keys, out: &Pat
     std::fs::write(
         dir.join("manifest.raucm"),
         format!(
-            "[update]\ncompatible=vigil-amd64\nversion={version}\n\n[bundle]\nformat=verity\n\n\
-             [image.rootfs]\nfilename=rootfs.ext4\n"
+            "[update]\ncompatible=vigil-{arch}\nversion={version}\n\n[bundle]\nformat=verity\n\n\
+             [image.rootfs]\nfilename=rootfs.ext4\n",
+            arch = arch.debian()
         ),
     )?;
     let _ = std::fs::remove_file(out);

@@ -26,8 +26,10 @@ mod deb;
 mod fleet_bench;
 mod fuzz;
 mod image;
+mod image_boot;
 mod live_bench;
 mod soak;
+mod stamp;
 mod tidy;
 mod yocto;
 
@@ -47,6 +49,7 @@ fn main() {
         Some("gpu-payload") => gpu_payload(),
         Some("deb") => deb::deb(&root(), &args[1..]),
         Some("image") => image::image(&root(), &args[1..]),
+        Some("image-boot") => image_boot::image_boot(&root(), &args[1..]),
         Some("tidy") => tidy::tidy(&root()),
         Some("fuzz") => fuzz::fuzz(&root(), &args[1..]),
         Some("soak") => soak::soak(&root(), &args[1..]),
@@ -58,7 +61,7 @@ fn main() {
         Some("yocto-lint") => yocto::yocto_lint(&root()),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup | demo [--seconds N] | test [--no-lint] [-- cargo test args] | tidy | fuzz [--seconds N] [TARGET…] | soak [--minutes 60 …] | live-bench [--cameras 16,64,…] | bench [vigil bench args] | fleet-bench [--runs 100x50,…] | gpu-payload | deb [--arch amd64] [--vigil BIN] [--version V] [--out DIR] | image [--vigil BIN] [--version V] [--out DIR] [--no-bundle] | yocto-crates | yocto-lint | arm64-check [--amd64 PATH] | image-power-cuts [--points 10]>"
+                "usage: cargo xtask <setup | demo [--seconds N] | test [--no-lint] [-- cargo test args] | tidy | fuzz [--seconds N] [TARGET…] | soak [--minutes 60 …] | live-bench [--cameras 16,64,…] | bench [vigil bench args] | fleet-bench [--runs 100x50,…] | gpu-payload | deb [--arch amd64] [--vigil BIN] [--version V] [--out DIR] | image [--arch amd64|arm64] [--vigil BIN] [--version V] [--out DIR] [--no-bundle | --bundle-version V2] | image-boot [--arch amd64|arm64] [--image IMG] [--minutes N] | yocto-crates | yocto-lint | arm64-check [--amd64 PATH] | image-power-cuts [--points 10]>"
             );
             std::process::exit(2);
         }

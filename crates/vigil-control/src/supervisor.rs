@@ -887,7 +887,8 @@ fn ha_discovery(cfg: &Config, state_dir: &std::path::Path) -> crate::mqtt::HaDis
             .temps_c
             .into_keys()
             .collect();
-        let payload = ha::discovery(cfg, &topics, env!("CARGO_PKG_VERSION"), &zones).to_string();
+        let payload =
+            ha::discovery(cfg, &topics, vigil_core::version::version(), &zones).to_string();
         tracing::info!(topic = %topic, "Home Assistant discovery on");
         return HaDiscovery::On {
             topic,

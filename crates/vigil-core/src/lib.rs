@@ -20,4 +20,5 @@ pub mod keys;
 pub mod model;
 pub mod overlay;
 pub mod redact;
+pub mod version;
 pub mod wire;

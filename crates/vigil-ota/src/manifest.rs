@@ -110,7 +110,7 @@ impl DeviceFacts {
     pub fn of(device_class: &str, facts: &dyn BoxFacts) -> Self {
         Self {
             device_class: device_class.to_string(),
-            vigil_version: env!("CARGO_PKG_VERSION").to_string(),
+            vigil_version: vigil_core::version::version().to_string(),
             gpu: match facts.gpu() {
                 GpuProbe::Available { .. } => "nvidia",
                 GpuProbe::Unavailable(_) => "none",

@@ -226,7 +226,7 @@ impl MqttLink {
         }
         let will = serde_json::to_vec(&StatusPayload {
             state: "offline",
-            version: env!("CARGO_PKG_VERSION"),
+            version: vigil_core::version::version(),
             time: None,
             reason: Some("connection lost"),
         })
@@ -347,7 +347,7 @@ impl MqttLink {
 fn status_json(state: &str, reason: Option<&str>) -> Vec<u8> {
     serde_json::to_vec(&StatusPayload {
         state,
-        version: env!("CARGO_PKG_VERSION"),
+        version: vigil_core::version::version(),
         time: Some(vigil_core::events::now_rfc3339()),
         reason,
     })
