@@ -100,7 +100,8 @@ impl PackArgs {
                 "--arch" => p.arch = Arch::parse(&val()?)?,
                 "--vigil" => p.vigil = Some(PathBuf::from(val()?)),
                 "--version" => p.version = val()?,
-                "--out" => p.out = PathBuf::from(val()?),
+                // Absolute: tools run in other directories get paths under it.
+                "--out" => p.out = std::path::absolute(val()?)?,
                 "--bundle-version" if flags.contains(&"--bundle-version") => {
                     p.bundle_version = Some(val()?)
                 }

@@ -82,7 +82,12 @@ pub const HOST_PACKAGES: &[&str] = &[
 
 /// More host tools for an arm64 image: its root file system is configured under qemu-user
 /// (binfmt_misc), and `cargo xtask image-boot --arch arm64` boots it with AAVMF.
-const HOST_PACKAGES_ARM64: &[&str] = &["qemu-user-static", "qemu-efi-aarch64", "qemu-system-arm"];
+const HOST_PACKAGES_ARM64: &[&str] = &[
+    "qemu-user-static",
+    "arch-test",
+    "qemu-efi-aarch64",
+    "qemu-system-arm",
+];
 
 /// The packages of the root file system that depend on the architecture: the kernel, and on
 /// arm64 GRUB's EFI modules (the host's `grub-mkimage` builds the arm64 loader from them; Debian

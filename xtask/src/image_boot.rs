@@ -68,15 +68,18 @@ pub fn image_boot(root: &Path, args: &[String]) -> Result<()> {
         "{} is missing: run `cargo xtask setup` first",
         clip.display()
     );
-    let dir = root.join(format!("target/image-boot-{}", arch.debian()));
+    // The image built here goes to `out/` (kept: `--image` may boot it again), the boot's files
+    // to `run/` (made afresh).
+    let top = root.join(format!("target/image-boot-{}", arch.debian()));
+    let dir = top.join("run");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let t_all = Instant::now();
     let image = match a.image {
-        Some(i) => i,
+        Some(i) => std::path::absolute(i)?,
         None => {
             let version = crate::deb::workspace_version(root)?;
-            crate::image::build(root, arch, None, &version, &dir.join("out"), None)?.image
+            crate::image::build(root, arch, None, &version, &top.join("out"), None)?.image
         }
     };
     let built_s = t_all.elapsed().as_secs_f64();
@@ -222,9 +225,16 @@ pub fn image_boot(root: &Path, args: &[String]) -> Result<()> {
     let online_s = wait("Vigil online on the host's broker", &mut vm, &|| {
         std::fs::read_to_string(&statuses).is_ok_and(|s| s.contains("\"online\""))
     })?;
+    // The booted slot confirmed by the image's slot gate (RAUC mark-good: GRUB's counter reset).
+    let good_s = wait("slot A confirmed good (RAUC)", &mut vm, &|| {
+        ssh("rauc status --detailed --output-format=json 2>/dev/null")
+            .1
+            .contains("\"boot_status\":\"good\"")
+    })?;
     let facts = ssh("uname -m; vigil --version; cat /etc/vigil-image-version; \
          sed -n 's/.*rauc\\.slot=\\([A-Z]\\).*/slot \\1/p' /proc/cmdline; \
-         systemd-analyze | head -n 1; systemctl is-system-running")
+         systemd-analyze | head -n 1; systemctl is-system-running; \
+         rauc status --output-format=shell | grep -E '^RAUC_(SYSTEM_COMPATIBLE|SYSTEM_BOOTED_BOOTNAME)='")
     .1;
     let machine = facts.lines().next().unwrap_or("").trim().to_string();
     let want = match arch {
@@ -243,8 +253,8 @@ pub fn image_boot(root: &Path, args: &[String]) -> Result<()> {
     let summary = format!(
         "image-boot {arch}: {image}\n\
          built in {built_s:.0} s (0 when given)\n\
-         boot to SSH {ssh_s:.0} s, to Vigil READY {ready_s:.0} s, to Vigil online {online_s:.0} s \
-         (QEMU TCG, -smp 2, on {cores} host cores)\n{facts}",
+         boot to SSH {ssh_s:.0} s, to Vigil READY {ready_s:.0} s, to Vigil online {online_s:.0} s, \
+         slot confirmed {good_s:.0} s (QEMU TCG, -smp 2, on {cores} host cores)\n{facts}",
         arch = arch.debian(),
         image = image.display(),
         cores = std::thread::available_parallelism().map_or(0, |n| n.get()),

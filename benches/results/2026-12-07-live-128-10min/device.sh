@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 18's ten-minute run (and issue 17's GPU tests) on the lent GPU machine. Stages, each one
 # device call, back to back (the payload parts already in /tmp/ort and /tmp/assets):
-#   PAYLOAD=dir bash device.sh short — unpacks the payload (dir/p.tar.xz), runs the GPU tests
+#   PAYLOAD=dir [VIGIL_XZ=file] bash device.sh short — unpacks the payload (dir/p.tar.xz), runs
+#       the GPU tests
 #   bash device.sh start N SECONDS — starts the live bench at N cameras for one window of SECONDS,
 #       detached (setsid), so that it may outlast one call; returns at once
 #   bash device.sh wait LIMIT — waits (at most LIMIT s) for it to end; copies its results to $OUT
@@ -15,9 +16,11 @@ short)
   src="${PAYLOAD:?payload dir}"
   rm -rf $P && mkdir -p $P && tar xJf "$src/p.tar.xz" -C $P
   sed -i "s#gpu-payload/#$P/#g" $P/run.sh
+  # VIGIL_XZ=file: a newer vigil than the payload's (the GPU tests run `vigil gpu-check`).
+  if [ -n "${VIGIL_XZ:-}" ]; then xz -dc "$VIGIL_XZ" > $P/vigil && chmod +x $P/vigil; fi
   nvidia-smi -L; nproc
-  bash $P/run.sh $P/it-test gpu_probe:: --nocapture --test-threads 1 > $OUT/gpu-probe.txt 2>&1
-  grep -E "^test |test result|sizing:|matched|only on the|GPU path = CPU|panicked" $OUT/gpu-probe.txt ;;
+  bash $P/run.sh $P/it-test gpu_probe:: --nocapture --test-threads 1 > $OUT/gpu-probe${VIGIL_XZ:+-newer}.txt 2>&1
+  grep -E "^test |test result|sizing:|matched|only on the|GPU path = CPU|panicked" $OUT/gpu-probe*.txt ;;
 start)
   c=${2:?cameras}; secs=${3:?seconds}
   rm -rf /tmp/long && mkdir -p /tmp/long
