@@ -10,7 +10,8 @@
 //! API), `systemd-analyze security` rates Vigil's unit ≤ 2.0; a stalled Vigil (SIGSTOP) is killed
 //! by the watchdog and restarted (journal); a whole-system update over MQTT (`cmd/system/update`:
 //! the image's own bundle from the host's HTTP server) is installed into slot B, the box reboots
-//! into B, B is confirmed once Vigil is healthy on it and `system/status` says so; a config that
+//! into B, B is confirmed once Vigil is healthy on it and `system/status` says so, and its
+//! events continue A's sequence with none missing; a config that
 //! `check-config` refuses, provisioned afterwards, is not installed and its errors land on the
 //! FAT partition.
 
@@ -178,6 +179,19 @@ impl Vm {
         }
         panic!("no SSH into the VM after {timeout:?}:\n{}", self.serial());
     }
+}
+
+/// The `seq` of every event received so far, sorted, without the repeats of QoS 1.
+fn event_seqs(sub: &Subscriber) -> Vec<u64> {
+    let mut v: Vec<u64> = sub
+        .messages()
+        .iter()
+        .filter(|m| m.topic.starts_with("vigil/imgtest/events/"))
+        .filter_map(|m| m.json["seq"].as_u64())
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
 }
 
 /// RAUC's status once the booted slot is confirmed (waits up to a minute): `booted` is
@@ -460,6 +474,11 @@ fn the_image_boots_provisions_and_runs_vigil_under_systemd() {
     let http = FileServer::start(&srv);
     let url = http.url(&bundle_name).replace("127.0.0.1", "10.0.2.2");
     let sha = sha256(&srv.join(&bundle_name));
+    // The events' sequence before the update (the spool, on /data, carries it across).
+    let seq_before = event_seqs(&sub)
+        .last()
+        .copied()
+        .expect("events before the update");
     let t_update = Instant::now();
     mqtt_publish(
         mqtt,
@@ -538,6 +557,28 @@ fn the_image_boots_provisions_and_runs_vigil_under_systemd() {
         "slot B runs release {NEXT} (slot A had {})",
         env!("CARGO_PKG_VERSION")
     );
+    // No event lost across the update: B's events continue A's sequence, and every number from
+    // the first event to the last one received is there.
+    let after = sub.wait(Duration::from_secs(300), |m| {
+        m.topic.starts_with("vigil/imgtest/events/")
+            && m.json["seq"].as_u64().is_some_and(|q| q > seq_before)
+    });
+    assert!(
+        after.is_some(),
+        "no event from slot B after seq {seq_before}:\n{}",
+        vm.ssh("journalctl -b -u vigil --no-pager | tail -n 40").1
+    );
+    let seqs = event_seqs(&sub);
+    let (first, last) = (seqs[0], *seqs.last().unwrap());
+    let missing: Vec<u64> = (first..=last)
+        .filter(|q| seqs.binary_search(q).is_err())
+        .collect();
+    assert_eq!(first, 1, "the first event's seq");
+    assert!(
+        missing.is_empty(),
+        "events missing across the update: {missing:?} (of 1..={last})"
+    );
+    eprintln!("events 1..={last} all received, {seq_before} of them before the update");
 
     // Faults of an updated slot, from B (good). The state an install leaves is made by hand on
     // slot A — written onto A's partition rather than by `rauc install` of a broken bundle
