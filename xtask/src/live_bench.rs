@@ -14,7 +14,8 @@
 //!   per camera in % of one core and per analysed frame in µs; threads; GPU memory (nvidia-smi);
 //! - frame → detections latency p50/p99 (`vigil_frame_latency_seconds`, to its buckets);
 //! - device→host bytes per analysed frame (`vigil_gpu_device_to_host_bytes`);
-//! - how long Vigil takes to stop on SIGTERM (the unit's `TimeoutStopSec` is 15 s).
+//! - how long Vigil takes to stop on SIGTERM (the unit's `TimeoutStopSec` is 15 s), and how it ended
+//!   (exit code or signal: a crash at exit shows).
 //!
 //! `--server-cpus`/`--vigil-cpus` pin the RTSP server and Vigil to different cores (else the
 //! server's work on Vigil's cores inflates Vigil's figure: 2.32 % vs 1.49 % per camera at 64
@@ -150,6 +151,8 @@ struct Row {
     latency_p99_ms: Option<f64>,
     d2h_bytes_per_frame: f64,
     stop_s: Option<f64>,
+    /// How Vigil ended after SIGTERM (`exit 0`, `signal 11`, …): a crash at exit shows here.
+    exit: Option<String>,
     not_started: usize,
 }
 
@@ -322,6 +325,7 @@ fn one(o: &Opts, n: usize, vigil: &Path, model: &Path, at: &Served, out: &Path) 
             latency_p99_ms: p99,
             d2h_bytes_per_frame: delta("vigil_gpu_device_to_host_bytes") / frames.max(1.0),
             stop_s: None,
+            exit: None,
             not_started,
         })
     })();
@@ -330,8 +334,15 @@ fn one(o: &Opts, n: usize, vigil: &Path, model: &Path, at: &Served, out: &Path) 
     let _ = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status();
+    let mut exit = None;
     let stop_s = loop {
-        if let Ok(Some(_)) = child.try_wait() {
+        if let Ok(Some(st)) = child.try_wait() {
+            use std::os::unix::process::ExitStatusExt;
+            exit = Some(match (st.code(), st.signal()) {
+                (Some(c), _) => format!("exit {c}"),
+                (None, Some(sig)) => format!("signal {sig}"),
+                _ => st.to_string(),
+            });
             break Some(t.elapsed().as_secs_f64());
         }
         if t.elapsed() > Duration::from_secs(90) {
@@ -343,6 +354,7 @@ fn one(o: &Opts, n: usize, vigil: &Path, model: &Path, at: &Served, out: &Path) 
     };
     let mut row = result?;
     row.stop_s = stop_s;
+    row.exit = exit;
     row.reasons = reasons(&std::fs::read_to_string(&log_path).unwrap_or_default());
     Ok(row)
 }
@@ -661,8 +673,10 @@ fn table(rows: &[Row]) -> String {
                 r.gpu_mib.to_string(),
                 format!("{} / {}", ms(r.latency_p50_ms), ms(r.latency_p99_ms)),
                 format!("{:.0}", r.d2h_bytes_per_frame),
-                r.stop_s
-                    .map_or_else(|| "not within 90 s".into(), |s| format!("{s:.1} s")),
+                match (r.stop_s, &r.exit) {
+                    (Some(s), Some(e)) => format!("{s:.1} s ({e})"),
+                    _ => "not within 90 s".into(),
+                },
             ]
         }),
     );
@@ -693,6 +707,7 @@ fn json(r: &Row) -> serde_json::Value {
         "frame_latency_p99_ms_le": r.latency_p99_ms,
         "d2h_bytes_per_frame": r.d2h_bytes_per_frame,
         "stop_s": r.stop_s,
+        "exit": r.exit,
     })
 }
 
