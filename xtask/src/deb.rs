@@ -178,14 +178,22 @@ pub fn workspace_version(root: &Path) -> Result<String> {
 
 /// Builds `vigil_<version>_<arch>.deb` in `out` and returns its path.
 pub fn build(root: &Path, inp: &DebInputs, out: &Path) -> Result<PathBuf> {
+    // A Debian version that is also Vigil's (vigil-core's `version::valid`: what OTA constraints
+    // compare is MAJOR.MINOR.PATCH).
+    let core = inp.version.split(['-', '+', '~']).next().unwrap_or("");
+    let parts: Vec<&str> = core.split('.').collect();
     if !inp
         .version
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || ".+~-".contains(c))
-        || !inp.version.starts_with(|c: char| c.is_ascii_digit())
+        || parts.len() != 3
+        || !parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        || inp.version.len() > 64
     {
         bail!(
-            "package version {:?} is not a Debian version (expected e.g. 0.1.0 or 0.1.0+b1)",
+            "package version {:?}: expected MAJOR.MINOR.PATCH with an optional -, + or ~ suffix, at most 64 characters (e.g. 0.1.0 or 0.1.0+b1)",
             inp.version
         );
     }

@@ -34,12 +34,17 @@ const fn stamp() -> [u8; MARKER.len() + MAX_LEN] {
 #[used]
 static STAMP: [u8; MARKER.len() + MAX_LEN] = stamp();
 
-/// Whether `v` is acceptable as a version: 1 to [`MAX_LEN`] bytes of a Debian version's
-/// characters (`0-9 A-Z a-z . + ~ -`), starting with a digit.
+/// Whether `v` is acceptable as a version: `MAJOR.MINOR.PATCH` (what OTA constraints compare),
+/// optionally followed by a `-`, `+` or `~` suffix, in at most [`MAX_LEN`] bytes of a Debian
+/// version's characters (`0-9 A-Z a-z . + ~ -`).
 pub fn valid(v: &str) -> bool {
-    !v.is_empty()
-        && v.len() <= MAX_LEN
-        && v.starts_with(|c: char| c.is_ascii_digit())
+    let core = v.split(['-', '+', '~']).next().unwrap_or("");
+    let parts: Vec<&str> = core.split('.').collect();
+    v.len() <= MAX_LEN
+        && parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
         && v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b".+~-".contains(&b))
 }
@@ -68,7 +73,13 @@ mod tests {
 
     #[test]
     fn versions_are_debian_versions_of_bounded_length() {
-        for ok in ["0.1.0", "0.1.1+b1", "1.0~rc1", "2.0.0-3"] {
+        for ok in [
+            "0.1.0",
+            "0.1.1+b1",
+            "1.0.0~rc1",
+            "2.0.0-3",
+            "10.20.30+next1",
+        ] {
             assert!(valid(ok), "{ok}");
         }
         for bad in [

@@ -307,7 +307,7 @@ impl Manifest {
 }
 
 fn parse_version(v: &str) -> Result<(u64, u64, u64), OtaError> {
-    let core = v.split(['-', '+']).next().unwrap_or(v);
+    let core = v.split(['-', '+', '~']).next().unwrap_or(v);
     let parts: Vec<Option<u64>> = core.split('.').map(|p| p.parse().ok()).collect();
     match parts.as_slice() {
         [Some(a), Some(b), Some(c)] => Ok((*a, *b, *c)),
@@ -600,5 +600,9 @@ mod tests {
     fn versions_compare_numerically() {
         assert!(parse_version("0.10.0").unwrap() > parse_version("0.9.9").unwrap());
         assert!(parse_version("1.2").is_err());
+        // Packaged releases (vigil-core's version stamp): the suffix is not compared.
+        for v in ["0.1.0+next1", "0.1.0-3", "0.1.0~rc1"] {
+            assert_eq!(parse_version(v).unwrap(), (0, 1, 0), "{v}");
+        }
     }
 }
