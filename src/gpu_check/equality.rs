@@ -10,7 +10,7 @@
 //! every edge within [`EDGE_TOL_PX`] pixels of the network's input. The second clause is for
 //! small boxes, whose IoU a pixel moves a lot: on the H100 (2026-12-07) a person 13×55 input
 //! pixels came out of the two paths with the same score (0.595) and edges 1.4, 1.1, 0.5 and
-//! 0.2 px apart, IoU 0.857 (NMS kept the other of two near-equal candidates). A detection within
+//! 0.2 px apart, IoU 0.857 (why those edges moved was not traced). A detection within
 //! [`SCORE_TOL`] of the threshold may appear on one side only (it is on the edge either way).
 
 use anyhow::{Result, bail};
