@@ -10,11 +10,16 @@
 //! nightly is only `-Zsanitizer=address`; the code under test forbids `unsafe`, so panics,
 //! overflow checks, timeouts and the RSS limit are what find faults here.
 //!
-//! Built with `--target <host>` so the flags reach the target crates only (build scripts and
-//! proc macros are shared with the ordinary release build); the binaries land in
-//! `target/<host>/release/fuzz_<target>`. New inputs go to `target/fuzz/corpus/<target>/` (the
-//! committed corpus is only read), crashes to `target/fuzz/artifacts/<target>/` (`target/` is
-//! `CARGO_TARGET_DIR` when that is set).
+//! Built with `--target <host>` so the flags reach the target crates only (not build scripts
+//! and proc macros), in a target folder of its own, `target/fuzz-build/` (Cargo locks a target
+//! folder while it builds: there the build can run while the test suite uses `target/`); the
+//! binaries land in `target/fuzz-build/<host>/release/fuzz_<target>`. New inputs go to
+//! `target/fuzz/corpus/<target>/` (the committed corpus is only read), crashes to
+//! `target/fuzz/artifacts/<target>/` (`target/` is `CARGO_TARGET_DIR` when that is set).
+//!
+//! `cargo xtask test` starts the build in the background as soon as the tests are compiled, at
+//! the lowest CPU priority, and runs the targets once the tests have passed
+//! ([`Background`]).
 
 use crate::{cargo, run, step};
 use anyhow::{Context, Result, bail};
@@ -53,15 +58,15 @@ fn host_triple() -> Result<String> {
         .context("rustc -vV printed no host line")
 }
 
-/// Builds the instrumented targets; returns the folder holding the binaries.
-pub fn build(root: &Path) -> Result<std::path::PathBuf> {
+/// The instrumented build: `cargo build` of the fuzz binaries with the coverage flags, in
+/// their own target folder; with the folder that will hold the binaries.
+fn build_command(root: &Path) -> Result<(Command, std::path::PathBuf)> {
     let host = host_triple()?;
-    step(&format!(
-        "building the fuzz targets with coverage instrumentation (--target {host})"
-    ));
-    run(cargo()
-        .current_dir(root)
+    let dir = target_dir(root).join("fuzz-build");
+    let mut cmd = cargo();
+    cmd.current_dir(root)
         .env("RUSTFLAGS", RUSTFLAGS)
+        .env("CARGO_TARGET_DIR", &dir)
         .args([
             "build",
             "--release",
@@ -70,8 +75,94 @@ pub fn build(root: &Path) -> Result<std::path::PathBuf> {
             "--bins",
             "--target",
         ])
-        .arg(&host))?;
-    Ok(target_dir(root).join(host).join("release"))
+        .arg(&host);
+    Ok((cmd, dir.join(host).join("release")))
+}
+
+/// Builds the instrumented targets; returns the folder holding the binaries.
+pub fn build(root: &Path) -> Result<std::path::PathBuf> {
+    let (mut cmd, bins) = build_command(root)?;
+    step("building the fuzz targets with coverage instrumentation");
+    run(&mut cmd)?;
+    Ok(bins)
+}
+
+/// The instrumented build running in the background (`nice -n 19`: it takes the CPU that the
+/// tests beside it leave idle), its output in `target/fuzz-build.log`. Killed if dropped
+/// before [`Background::wait`] (a failed test ends `cargo xtask test` early).
+pub struct Background {
+    child: Option<std::process::Child>,
+    log: std::path::PathBuf,
+    bins: std::path::PathBuf,
+    t0: Instant,
+}
+
+impl Background {
+    pub fn start(root: &Path) -> Result<Background> {
+        let (cmd, bins) = build_command(root)?;
+        let log = target_dir(root).join("fuzz-build.log");
+        std::fs::create_dir_all(target_dir(root))?;
+        let out = std::fs::File::create(&log)?;
+        let mut niced = Command::new("nice");
+        niced
+            .args(["-n", "19"])
+            .arg(cmd.get_program())
+            .args(cmd.get_args());
+        for (k, v) in cmd.get_envs() {
+            match v {
+                Some(v) => niced.env(k, v),
+                None => niced.env_remove(k),
+            };
+        }
+        if let Some(d) = cmd.get_current_dir() {
+            niced.current_dir(d);
+        }
+        let child = niced
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .context("cannot start the fuzz build (nice, cargo)")?;
+        step(&format!(
+            "building the fuzz targets in the background (nice -n 19; log {})",
+            log.display()
+        ));
+        Ok(Background {
+            child: Some(child),
+            log,
+            bins,
+            t0: Instant::now(),
+        })
+    }
+
+    /// Waits for the build; the folder holding the binaries, or the build's error with the end
+    /// of its log.
+    pub fn wait(mut self) -> Result<std::path::PathBuf> {
+        let status = self.child.take().expect("waited once").wait()?;
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        if !status.success() {
+            let tail: Vec<&str> = text.lines().rev().take(60).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            bail!(
+                "the fuzz build failed ({status}); the end of {}:\n{}",
+                self.log.display(),
+                tail.join("\n")
+            );
+        }
+        step(&format!(
+            "fuzz targets built (in the background, {:.0} s after it started)",
+            self.t0.elapsed().as_secs_f64()
+        ));
+        Ok(self.bins.clone())
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 /// Cargo's target folder: `CARGO_TARGET_DIR`, or `target/` in the workspace.
@@ -146,10 +237,15 @@ pub fn fuzz(root: &Path, args: &[String]) -> Result<()> {
         targets = TARGETS.to_vec();
     }
     let bins = build(root)?;
-    for t in targets {
+    run_targets(root, &bins, &targets, seconds)
+}
+
+/// Runs each of `targets` for `seconds`, one after the other.
+pub fn run_targets(root: &Path, bins: &Path, targets: &[&str], seconds: u64) -> Result<()> {
+    for &t in targets {
         step(&format!("fuzz_{t}: {seconds} s"));
         let t0 = Instant::now();
-        let execs = run_target(root, &bins, t, seconds)?;
+        let execs = run_target(root, bins, t, seconds)?;
         println!(
             "fuzz_{t}: {execs} executions in {:.0} s, no crash",
             t0.elapsed().as_secs_f64()

@@ -144,30 +144,37 @@ fn test(args: &[String]) -> Result<()> {
     }
     // All features: the test-only fault hooks (`test-hooks`) that the end-to-end tests drive,
     // and the Jetson NVMM module (`jetson`), whose unit tests run on any machine.
+    // The partition test needs network namespaces (root): in CI, and whenever run as root, it
+    // must not skip.
+    let test = || {
+        let mut test = cargo();
+        if std::env::var_os("CI").is_some() || is_root() {
+            test.env("VIGIL_REQUIRE_NETNS", "1");
+        }
+        test.current_dir(&root)
+            .args(["test", "--release", "--workspace", "--all-features"]);
+        test
+    };
+    // Every fuzz target for 10 s on its committed corpus (longer runs: benches/RESULTS.md);
+    // not when only some tests were asked for. The instrumented build (minutes) runs in the
+    // background while the tests run, once they are compiled (both would fight for the CPU).
+    let fuzz_build = if extra.is_empty() {
+        step("cargo test --release --workspace --all-features --no-run (building the tests)");
+        run(test().arg("--no-run"))?;
+        Some(fuzz::Background::start(&root)?)
+    } else {
+        None
+    };
     step(
         "cargo test --release --workspace --all-features (unit, integration and end-to-end tests)",
     );
-    // The partition test needs network namespaces (root): in CI, and whenever run as root, it
-    // must not skip.
-    let mut test = cargo();
-    if std::env::var_os("CI").is_some() || is_root() {
-        test.env("VIGIL_REQUIRE_NETNS", "1");
-    }
-    run(test
-        .current_dir(&root)
-        .args(["test", "--release", "--workspace", "--all-features"])
-        .args(&extra))?;
-    // Every fuzz target for 10 s on its committed corpus (longer runs: benches/RESULTS.md);
-    // not when only some tests were asked for.
-    if extra.is_empty() {
-        if ci {
-            disk_report(&root);
-            free_test_binaries(&root);
-        }
-        fuzz::fuzz(&root, &["--seconds".into(), "10".into()])?;
+    run(test().args(&extra))?;
+    if let Some(build) = fuzz_build {
+        let bins = build.wait()?;
         if ci {
             disk_report(&root);
         }
+        fuzz::run_targets(&root, &bins, &fuzz::TARGETS, 10)?;
     }
     step(&format!(
         "all tests passed in {:.0}s",
@@ -226,27 +233,6 @@ fn disk_report(root: &Path) {
         })
         .unwrap_or_default();
     println!("disk: target {used}; {free} free");
-}
-
-/// Deletes the test executables of the release build (CI only, once the tests have passed):
-/// the fuzz build that follows needs the disk more than a rerun needs them.
-fn free_test_binaries(root: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let deps = root.join("target/release/deps");
-    let Ok(dir) = std::fs::read_dir(&deps) else {
-        return;
-    };
-    let mut freed = 0u64;
-    for e in dir.flatten() {
-        let path = e.path();
-        let Ok(meta) = e.metadata() else { continue };
-        let executable =
-            meta.is_file() && meta.permissions().mode() & 0o111 != 0 && path.extension().is_none();
-        if executable && std::fs::remove_file(&path).is_ok() {
-            freed += meta.len();
-        }
-    }
-    println!("disk: freed {} MiB of test executables", freed >> 20);
 }
 
 /// `vigil bench` with the Python baseline (OpenCV + onnxruntime in a virtualenv that sees
