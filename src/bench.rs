@@ -28,8 +28,13 @@ pub struct BenchArgs {
     /// H.264 clip (the first 30 s of vtest.avi by default).
     #[arg(long, default_value = ".cache/media/vtest-30s.mp4")]
     pub clip: PathBuf,
+    /// The model: the baseline's, and Vigil's on the GPU.
     #[arg(long, default_value = "models/nanodet.onnx")]
     pub model: PathBuf,
+    /// Vigil's model on the CPU, the config's `cpu_path` (what the shipped configs run: NanoDet
+    /// quantized to int8); `none`: `--model`, as the baseline.
+    #[arg(long, default_value = "models/nanodet-int8.onnx")]
+    pub cpu_model: String,
     /// Inference threads, for both.
     #[arg(long, default_value_t = 2)]
     pub threads: u32,
@@ -149,6 +154,10 @@ fn run_vigil(
         model.display(),
         a.threads
     ))?;
+    let model_cfg = ModelConfig {
+        cpu_path: crate::eval::cpu_model(&a.cpu_model)?,
+        ..model_cfg
+    };
     let cfg = Config {
         device: DeviceConfig {
             id: "bench".into(),
@@ -413,12 +422,19 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let min_score = 0.35;
     let clip_s = vigil_dataplane::media::still::duration_s(&a.clip)?;
     println!(
-        "clip {} ({clip_s:.1} s), model {}, {} inference threads",
+        "clip {} ({clip_s:.1} s), model {} (Vigil on the CPU: {}), {} inference threads",
         a.clip.display(),
         a.model.display(),
+        a.cpu_model,
         a.threads
     );
-    let mut json = serde_json::json!({ "clip": a.clip, "clip_s": clip_s, "fps": a.fps });
+    let mut json = serde_json::json!({
+        "clip": a.clip,
+        "clip_s": clip_s,
+        "fps": a.fps,
+        "model": a.model,
+        "cpu_model": a.cpu_model,
+    });
     // The service's default (the motion gate on, as on every CPU camera), then without it.
     let v = run_vigil(&a, &rules, min_score, MotionGateMode::Auto)?;
     report("vigil   ", &format!("at {} fps", a.fps), &v, clip_s);

@@ -27,6 +27,11 @@ pub struct EvalArgs {
     pub clip: Vec<String>,
     #[arg(long, default_value = "models/nanodet.onnx")]
     pub model: PathBuf,
+    /// The model's form for the CPU backend, the config's `cpu_path` (what the shipped configs
+    /// run on the CPU: NanoDet quantized to int8); `none`: `--model` on the CPU too. The GPU
+    /// backends (`--set model.backend=cuda`) run `--model`.
+    #[arg(long, default_value = "models/nanodet-int8.onnx")]
+    pub cpu_model: String,
     /// Inference threads.
     #[arg(long, default_value_t = 2)]
     pub threads: u32,
@@ -81,6 +86,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     };
     std::fs::create_dir_all(&out).with_context(|| out.display().to_string())?;
     let model = std::fs::canonicalize(&a.model).with_context(|| a.model.display().to_string())?;
+    let cpu_model = cpu_model(&a.cpu_model)?;
     let sets = Sets::parse(&a.set)?;
     // Every truth file is read and checked before anything runs.
     let mut truths = Vec::new();
@@ -103,7 +109,15 @@ pub fn run(a: EvalArgs) -> Result<()> {
         let cfg_path = out.join(format!("{}.toml", t.clip.name));
         std::fs::write(
             &cfg_path,
-            config_text(t, &clip, &model, a.threads, a.fps, &sets)?,
+            config_text(
+                t,
+                &clip,
+                &model,
+                cpu_model.as_deref(),
+                a.threads,
+                a.fps,
+                &sets,
+            )?,
         )?;
         let cfg = vigil_core::config::load(&cfg_path, &ThisBox).map_err(|e| {
             anyhow::anyhow!(
@@ -321,11 +335,22 @@ impl Sets {
     }
 }
 
+/// `--cpu-model`: the file (made absolute), or `None` for `none`.
+pub(crate) fn cpu_model(arg: &str) -> Result<Option<PathBuf>> {
+    if arg == "none" {
+        return Ok(None);
+    }
+    std::fs::canonicalize(arg)
+        .map(Some)
+        .with_context(|| format!("--cpu-model {arg} (a file, or none)"))
+}
+
 /// The config file the eval runs: one model, one `file://` camera with the truth's rules.
 fn config_text(
     t: &Truth,
     clip: &Path,
     model: &Path,
+    cpu_model: Option<&Path>,
     threads: u32,
     fps: Option<f32>,
     sets: &Sets,
@@ -333,6 +358,9 @@ fn config_text(
     use toml::Value;
     let mut m = toml::Table::new();
     m.insert("path".into(), Value::String(model.display().to_string()));
+    if let Some(c) = cpu_model {
+        m.insert("cpu_path".into(), Value::String(c.display().to_string()));
+    }
     m.insert("kind".into(), Value::String("nanodet".into()));
     m.insert("backend".into(), Value::String("cpu".into()));
     m.insert("threads".into(), Value::Integer(threads.into()));

@@ -173,6 +173,7 @@ fn expected_good_config() -> Config {
                 input_size: vigil_core::config::InputSize::Pixels(416),
                 tiles: None,
                 calibration_table: None,
+                cpu_path: None,
             },
         ),
         (
@@ -185,6 +186,7 @@ fn expected_good_config() -> Config {
                 input_size: vigil_core::config::InputSize::Pixels(320),
                 tiles: None,
                 calibration_table: None,
+                cpu_path: None,
             },
         ),
     ];

@@ -117,13 +117,15 @@ fn the_debian_package_installs_runs_under_systemd_and_purges() {
     let _server = rtsp_server(&asset(".cache/media/vtest.mp4"), rtsp, "/plaza");
     let sub = Subscriber::start(mqtt, &["vigil/debtest/#"]);
 
-    // The user's config: the packaged model, the service's own state directory.
+    // The user's config: the packaged models (the CPU runs the int8 one, as the package's
+    // default config says), the service's own state directory.
     let url = format!("rtsp://127.0.0.1:{rtsp}/plaza");
     let cfg = config_toml("debtest", mqtt, &url, "fps = 5", PLAZA_ZONE);
     let cfg = strip_storage(&cfg)
         .replace(
-            &model().display().to_string(),
-            "/usr/share/vigil/models/nanodet.onnx",
+            &format!("path = \"{}\"", model().display()),
+            "path = \"/usr/share/vigil/models/nanodet.onnx\"\n\
+             cpu_path = \"/usr/share/vigil/models/nanodet-int8.onnx\"",
         )
         .replace(
             "listen = \"127.0.0.1:0\"",

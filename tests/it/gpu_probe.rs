@@ -196,6 +196,7 @@ fn the_backend_chain_reports_what_it_chose_and_why() {
         input_size: vigil_core::config::InputSize::Pixels(416),
         tiles: None,
         calibration_table: None,
+        cpu_path: None,
     };
     let trt = vigil_dataplane::facts::tensorrt();
     let gpu = vigil_dataplane::gpu::probe();
@@ -216,7 +217,27 @@ fn the_backend_chain_reports_what_it_chose_and_why() {
         }
         (_, Ok(_)) => assert_eq!(b.backend.name, "tensorrt"),
     }
+    assert_eq!(b.backend.file, m.path);
     drop(b);
+    // `cpu_path`: the file the CPU runs (here int8); the GPU backends run `path`.
+    let int8 = common::int8_model();
+    for backend in [BackendKind::Auto, BackendKind::Cpu] {
+        let c = ModelConfig {
+            cpu_path: Some(int8.clone()),
+            backend,
+            ..m.clone()
+        };
+        let b = vigil_dataplane::engine::build("m", &c).expect("loads");
+        let want = if b.backend.name == "cpu" {
+            &int8
+        } else {
+            &m.path
+        };
+        assert_eq!(&b.backend.file, want, "{backend:?} → {}", b.backend.name);
+        if backend == BackendKind::Cpu {
+            assert_eq!(b.backend.name, "cpu");
+        }
+    }
     if trt.is_err() {
         let t = ModelConfig {
             backend: BackendKind::Tensorrt,

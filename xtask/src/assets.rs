@@ -133,6 +133,7 @@ pub fn setup(root: &Path) -> Result<Assets> {
     let model = nanodet(root, &cache, &dl)?;
     let demo_clip = clips(&media)?;
     pictures(&media, &dl)?;
+    nanodet_int8(root, &media, &model)?;
     nspawn_rootfs(&cache)?;
     deb_rootfs(&cache)?;
     step(&format!(
@@ -426,6 +427,50 @@ fn nanodet(root: &Path, cache: &Path, dl: &Path) -> Result<PathBuf> {
     // The converter is needed once; it is large.
     let _ = std::fs::remove_dir_all(&venv);
     Ok(onnx)
+}
+
+/// How models/nanodet-int8.onnx is made (with the sha256 of models/quantize_int8.py and of
+/// the float model, in its recipe file: a change to either makes it again).
+const INT8_RECIPE: &str = "nanodet int8: QDQ, Conv only, per channel, MinMax on bikes.mp4 every \
+     10th frame + astronaut.png, onnxruntime 1.32.0, onnx 1.16.2";
+
+/// NanoDet quantized to int8 for the CPU backend (`cpu_path`: about half the CPU per inference;
+/// its accuracy on the eval set in benches/RESULTS.md), made from the float model by
+/// models/quantize_int8.py with ONNX Runtime's quantization tool, in the baseline's virtualenv
+/// (Debian's python3-opencv reads the calibration frames).
+fn nanodet_int8(root: &Path, media: &Path, fp32: &Path) -> Result<PathBuf> {
+    let out = root.join("models/nanodet-int8.onnx");
+    let stamp = root.join("models/nanodet-int8.onnx.recipe");
+    let script = root.join("models/quantize_int8.py");
+    let recipe = format!(
+        "{INT8_RECIPE}; script {}; float model {}",
+        sha256(&script)?,
+        sha256(fp32)?
+    );
+    if out.exists() && std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == recipe) {
+        step("model models/nanodet-int8.onnx: present");
+        return Ok(out);
+    }
+    let py = bench_python(root)?;
+    run(Command::new(&py).args([
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "onnx==1.16.2",
+        "ml-dtypes==0.4.1",
+    ]))?;
+    step("quantizing NanoDet to int8 for the CPU backend (models/quantize_int8.py)");
+    let tmp = root.join("models/nanodet-int8.onnx.part");
+    run(Command::new(&py)
+        .arg(&script)
+        .arg(fp32)
+        .arg(&tmp)
+        .arg(media.join("bikes.mp4"))
+        .arg(media.join("astronaut.png")))?;
+    std::fs::rename(&tmp, &out)?;
+    std::fs::write(&stamp, format!("{recipe}\n"))?;
+    Ok(out)
 }
 
 /// x264's settings for every clip made from vtest.avi.

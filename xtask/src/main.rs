@@ -255,7 +255,7 @@ fn bench(args: &[String]) -> Result<()> {
     };
     for extra in runs {
         step(&format!(
-            "vigil bench {} (Vigil's CPU path with and without the motion gate, then the Python baseline: same clip, model and threads)",
+            "vigil bench {} (Vigil's CPU path with and without the motion gate, on the int8 model the shipped configs give the CPU; then the Python baseline on the float model; same clip and threads)",
             extra.join(" ")
         ));
         run(Command::new(root.join("target/release/vigil"))
@@ -764,13 +764,15 @@ fn demo_ota(root: &Path, vigil: &Path, work: &Path) -> Result<DemoOta> {
     let bundle_src = work.join("bundle");
     let _ = std::fs::remove_dir_all(&bundle_src);
     std::fs::create_dir_all(bundle_src.join("models"))?;
-    std::fs::copy(
-        root.join("models/nanodet.onnx"),
-        bundle_src.join("models/nanodet.onnx"),
-    )?;
+    for m in ["nanodet.onnx", "nanodet-int8.onnx"] {
+        std::fs::copy(
+            root.join("models").join(m),
+            bundle_src.join("models").join(m),
+        )?;
+    }
     std::fs::write(
         bundle_src.join("config.toml"),
-        "[models.nanodet]\npath = \"models/nanodet.onnx\"\nkind = \"nanodet\"\nbackend = \"cpu\"\nthreads = 2\n",
+        "[models.nanodet]\npath = \"models/nanodet.onnx\"\ncpu_path = \"models/nanodet-int8.onnx\"\nkind = \"nanodet\"\nbackend = \"cpu\"\nthreads = 2\n",
     )?;
     let www = work.join("www");
     let _ = std::fs::remove_dir_all(&www);

@@ -68,6 +68,8 @@ pub struct Built {
 pub struct BackendUsed {
     pub name: &'static str,
     pub fallback: Option<String>,
+    /// The ONNX file loaded: the model's `path`, or its `cpu_path` on the CPU.
+    pub file: std::path::PathBuf,
 }
 
 /// Where TensorRT engines are cached: `<state>/engines`, bounded (`[storage]
@@ -198,6 +200,7 @@ pub fn build(name: &str, m: &ModelConfig) -> Result<Built, EngineError> {
                         backend: BackendUsed {
                             name: "tensorrt",
                             fallback: None,
+                            file: m.path.clone(),
                         },
                     });
                 }
@@ -229,6 +232,7 @@ pub fn build(name: &str, m: &ModelConfig) -> Result<Built, EngineError> {
                     backend: BackendUsed {
                         name: "cuda",
                         fallback: (!fallback.is_empty()).then(|| fallback.join("; ")),
+                        file: m.path.clone(),
                     },
                 });
             }
@@ -240,8 +244,10 @@ pub fn build(name: &str, m: &ModelConfig) -> Result<Built, EngineError> {
             }
         }
     }
+    // On the CPU: the model's CPU form where the config names one (`cpu_path`, e.g. int8).
+    let file = m.cpu_path.as_ref().unwrap_or(&m.path);
     let backend =
-        OnnxBackend::load_cpu(&m.path, m.threads as usize).map_err(|source| EngineError::Load {
+        OnnxBackend::load_cpu(file, m.threads as usize).map_err(|source| EngineError::Load {
             model: name.to_string(),
             source,
         })?;
@@ -252,8 +258,8 @@ pub fn build(name: &str, m: &ModelConfig) -> Result<Built, EngineError> {
     )?;
     check_input_size(name, m, size, dynamic)?;
     let described = describe_sizing(m, size, dynamic);
-    tracing::info!(model = name, backend = "cpu", engine = %backend.describe(), "model loaded; input {described}");
-    let decoder = NanodetDecoder::new(&m.path.display().to_string(), size, backend.outputs())?;
+    tracing::info!(model = name, backend = "cpu", engine = %backend.describe(), file = %file.display(), "model loaded; input {described}");
+    let decoder = NanodetDecoder::new(&file.display().to_string(), size, backend.outputs())?;
     Ok(Built {
         engine: Engine::Cpu {
             backend: Box::new(backend),
@@ -265,6 +271,7 @@ pub fn build(name: &str, m: &ModelConfig) -> Result<Built, EngineError> {
         backend: BackendUsed {
             name: "cpu",
             fallback: (!fallback.is_empty()).then(|| fallback.join("; ")),
+            file: file.clone(),
         },
     })
 }

@@ -34,6 +34,11 @@ pub fn model() -> PathBuf {
     asset("models/nanodet.onnx")
 }
 
+/// NanoDet quantized to int8, the shipped configs' `cpu_path`.
+pub fn int8_model() -> PathBuf {
+    asset("models/nanodet-int8.onnx")
+}
+
 pub fn vigil_bin() -> &'static str {
     env!("CARGO_BIN_EXE_vigil")
 }

@@ -182,9 +182,11 @@ pub fn load_overlaid(
     over_src.report(overlay_model_paths(&over, slot))?;
     if let Some(toml::Value::Table(models)) = over.get_mut("models") {
         for (_, m) in models.iter_mut() {
-            if let Some(toml::Value::String(p)) = m.get_mut("path") {
-                let joined = slot.join(p.as_str()).display().to_string();
-                *p = joined;
+            for field in MODEL_FILES {
+                if let Some(toml::Value::String(p)) = m.get_mut(field) {
+                    let joined = slot.join(p.as_str()).display().to_string();
+                    *p = joined;
+                }
             }
         }
     }
@@ -230,30 +232,44 @@ pub(super) fn overlay_model_paths(over: &toml::Table, slot: &Path) -> Vec<Issue>
     let root = slot.canonicalize().unwrap_or_else(|_| slot.to_path_buf());
     let mut issues = Vec::new();
     for (name, m) in models {
-        let Some(toml::Value::String(p)) = m.get("path") else {
-            continue;
-        };
-        let path = Path::new(p);
-        let inside = path
-            .components()
-            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
-        let through_link = inside && leaves(&root, &root.join(path));
-        if !inside || through_link {
-            let how = if through_link {
-                "leads out of its OTA set through a symbolic link"
-            } else {
-                "leaves its OTA set"
+        for field in MODEL_FILES {
+            let Some(toml::Value::String(p)) = m.get(field) else {
+                continue;
             };
-            issues.push(Issue {
-                path: join_key(&join_key("models", name), "path"),
-                message: format!(
-                    "{:?} {how} (expected a path relative to the bundle's files, without \"..\", e.g. \"models/detector.onnx\")",
-                    p.chars().take(200).collect::<String>()
-                ),
-            });
+            if let Some(i) = overlay_model_path(&root, name, field, p) {
+                issues.push(i);
+            }
         }
     }
     issues
+}
+
+/// The fields of a `[models.NAME]` table that name a file: in an OTA overlay each must stay
+/// inside the set, and is read relative to it.
+const MODEL_FILES: [&str; 3] = ["path", "cpu_path", "calibration_table"];
+
+/// The issue with one file field of an overlay's model (`field` = `p`), if it leaves the set.
+fn overlay_model_path(root: &Path, name: &str, field: &str, p: &str) -> Option<Issue> {
+    let path = Path::new(p);
+    let inside = path
+        .components()
+        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+    let through_link = inside && leaves(root, &root.join(path));
+    if inside && !through_link {
+        return None;
+    }
+    let how = if through_link {
+        "leads out of its OTA set through a symbolic link"
+    } else {
+        "leaves its OTA set"
+    };
+    Some(Issue {
+        path: join_key(&join_key("models", name), field),
+        message: format!(
+            "{:?} {how} (expected a path relative to the bundle's files, without \"..\", e.g. \"models/detector.onnx\")",
+            p.chars().take(200).collect::<String>()
+        ),
+    })
 }
 
 /// Whether `path` (inside `root` by its text) resolves outside `root`: its deepest existing
@@ -460,6 +476,15 @@ pub(super) fn resolve_model_paths(config: &mut Config, config_file: &Path) -> Ve
         {
             c.err(format!("{}.path", join_key("models", name)), problem);
         }
+        if let Some(p) = model.cpu_path.as_mut() {
+            let joined = dir.join(&*p);
+            *p = std::path::absolute(&joined).unwrap_or(joined);
+            if used.contains(name)
+                && let Some(problem) = model_file_problem(p)
+            {
+                c.err(format!("{}.cpu_path", join_key("models", name)), problem);
+            }
+        }
     }
     c.issues
 }
@@ -505,6 +530,23 @@ mod tests {
     const DOC: &str = "[device]\nid = \"x\"\n\n[models.\"a.b\"]\npath = \"m.onnx\"\n\n\
         [[cameras]]\nname = \"c\"\n\n[[cameras.zones]]\nname = \"z\"\n\
         polygon = [[0, 0], [1, 0], [1, 1]]\n";
+
+    #[test]
+    fn every_file_of_an_overlays_model_must_stay_inside_its_set() {
+        let slot = std::env::temp_dir().join(format!("vigil-overlay-{}", std::process::id()));
+        std::fs::create_dir_all(&slot).unwrap();
+        let over: toml::Table = toml::from_str(
+            "[models.m]\npath = \"models/a.onnx\"\ncpu_path = \"../../etc/a.onnx\"\n\
+             calibration_table = \"/etc/table\"\n[models.ok]\npath = \"a.onnx\"\n\
+             cpu_path = \"./models/a-int8.onnx\"\n",
+        )
+        .unwrap();
+        let issues = overlay_model_paths(&over, &slot);
+        let paths: Vec<&str> = issues.iter().map(|i| i.path.as_str()).collect();
+        assert_eq!(paths, ["models.m.cpu_path", "models.m.calibration_table"]);
+        assert!(issues[0].message.contains("leaves its OTA set"));
+        let _ = std::fs::remove_dir_all(&slot);
+    }
 
     #[test]
     fn path_at_finds_innermost_value() {

