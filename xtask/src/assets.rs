@@ -432,7 +432,11 @@ fn nanodet(root: &Path, cache: &Path, dl: &Path) -> Result<PathBuf> {
 /// How models/nanodet-int8.onnx is made (with the sha256 of models/quantize_int8.py and of
 /// the float model, in its recipe file: a change to either makes it again).
 const INT8_RECIPE: &str = "nanodet int8: QDQ, Conv only, per channel, MinMax on bikes.mp4 every \
-     10th frame + astronaut.png, onnxruntime 1.32.0, onnx 1.16.2";
+     10th frame + astronaut.png";
+
+/// What ONNX Runtime's quantization tool needs beside `onnxruntime` (the baseline's, at
+/// [`ORT_VERSION`]) in the virtualenv.
+const INT8_PIP: [&str; 2] = ["onnx==1.16.2", "ml-dtypes==0.4.1"];
 
 /// NanoDet quantized to int8 for the CPU backend (`cpu_path`: about half the CPU per inference;
 /// its accuracy on the eval set in benches/RESULTS.md), made from the float model by
@@ -443,7 +447,8 @@ fn nanodet_int8(root: &Path, media: &Path, fp32: &Path) -> Result<PathBuf> {
     let stamp = root.join("models/nanodet-int8.onnx.recipe");
     let script = root.join("models/quantize_int8.py");
     let recipe = format!(
-        "{INT8_RECIPE}; script {}; float model {}",
+        "{INT8_RECIPE}; onnxruntime {ORT_VERSION}, {}; script {}; float model {}",
+        INT8_PIP.join(", "),
         sha256(&script)?,
         sha256(fp32)?
     );
@@ -452,14 +457,9 @@ fn nanodet_int8(root: &Path, media: &Path, fp32: &Path) -> Result<PathBuf> {
         return Ok(out);
     }
     let py = bench_python(root)?;
-    run(Command::new(&py).args([
-        "-m",
-        "pip",
-        "install",
-        "-q",
-        "onnx==1.16.2",
-        "ml-dtypes==0.4.1",
-    ]))?;
+    run(Command::new(&py)
+        .args(["-m", "pip", "install", "-q"])
+        .args(INT8_PIP))?;
     step("quantizing NanoDet to int8 for the CPU backend (models/quantize_int8.py)");
     let tmp = root.join("models/nanodet-int8.onnx.part");
     run(Command::new(&py)

@@ -138,8 +138,8 @@ impl Background {
     /// of its log.
     pub fn wait(mut self) -> Result<std::path::PathBuf> {
         let status = self.child.take().expect("waited once").wait()?;
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         if !status.success() {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(60).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
             bail!(

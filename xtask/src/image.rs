@@ -165,6 +165,7 @@ pub fn build(
             (v, crate::cross::ort_lib(root, Arch::Arm64)?)
         }
     };
+    let (model, cpu_model) = crate::deb::models(root);
     let deb_of = |version: &str| {
         crate::deb::build(
             root,
@@ -172,8 +173,8 @@ pub fn build(
                 arch,
                 vigil: vigil.clone(),
                 onnxruntime: onnxruntime.clone(),
-                model: crate::deb::models(root).0,
-                cpu_model: crate::deb::models(root).1,
+                model: model.clone(),
+                cpu_model: cpu_model.clone(),
                 version: version.to_string(),
             },
             out,

@@ -148,7 +148,7 @@ fn test(args: &[String]) -> Result<()> {
     // must not skip.
     let test = || {
         let mut test = cargo();
-        if std::env::var_os("CI").is_some() || is_root() {
+        if ci || is_root() {
             test.env("VIGIL_REQUIRE_NETNS", "1");
         }
         test.current_dir(&root)

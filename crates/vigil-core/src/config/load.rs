@@ -435,6 +435,10 @@ pub(super) fn resolve_model_paths(config: &mut Config, config_file: &Path) -> Ve
         .filter(|cam| cam.enabled)
         .map(|cam| cam.model.clone())
         .collect();
+    let absolute = |p: &mut std::path::PathBuf| {
+        let joined = dir.join(&*p);
+        *p = std::path::absolute(&joined).unwrap_or(joined);
+    };
     for d in [
         config.storage.dir.as_mut(),
         config.ota.dir.as_mut(),
@@ -451,16 +455,14 @@ pub(super) fn resolve_model_paths(config: &mut Config, config_file: &Path) -> Ve
             .iter_mut()
             .flat_map(|t| [&mut t.cert, &mut t.key]),
     ) {
-        let joined = dir.join(&*d);
-        *d = std::path::absolute(&joined).unwrap_or(joined);
+        absolute(d);
     }
     let mut c = Checker::default();
     for (name, model) in config.models.iter_mut() {
-        let joined = dir.join(&model.path);
-        model.path = std::path::absolute(&joined).unwrap_or(joined);
+        absolute(&mut model.path);
+        model.cpu_path.iter_mut().for_each(absolute);
         if let Some(t) = model.calibration_table.as_mut() {
-            let joined = dir.join(&*t);
-            *t = std::path::absolute(&joined).unwrap_or(joined);
+            absolute(t);
             if used.contains(name) && !t.is_file() {
                 c.err(
                     format!("{}.calibration_table", join_key("models", name)),
@@ -471,18 +473,16 @@ pub(super) fn resolve_model_paths(config: &mut Config, config_file: &Path) -> Ve
                 );
             }
         }
-        if used.contains(name)
-            && let Some(problem) = model_file_problem(&model.path)
-        {
-            c.err(format!("{}.path", join_key("models", name)), problem);
+        if !used.contains(name) {
+            continue;
         }
-        if let Some(p) = model.cpu_path.as_mut() {
-            let joined = dir.join(&*p);
-            *p = std::path::absolute(&joined).unwrap_or(joined);
-            if used.contains(name)
-                && let Some(problem) = model_file_problem(p)
-            {
-                c.err(format!("{}.cpu_path", join_key("models", name)), problem);
+        // The ONNX files: `path`, and `cpu_path` where set.
+        for (field, file) in [
+            ("path", Some(&model.path)),
+            ("cpu_path", model.cpu_path.as_ref()),
+        ] {
+            if let Some(problem) = file.and_then(|f| model_file_problem(f)) {
+                c.err(format!("{}.{field}", join_key("models", name)), problem);
             }
         }
     }
