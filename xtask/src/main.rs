@@ -381,7 +381,7 @@ fn gpu_payload() -> Result<()> {
     pack_mosquitto(&payload.join("mosq"))?;
     std::fs::write(
         payload.join("run.sh"),
-        "#!/usr/bin/env bash\n# On the GPU machine, after the four parts were copied to /tmp/ort and /tmp/assets:\n# the runtime environment, the assets in place, then the command given.\nsource gpu-payload/gst/env.sh\nexport ORT_DYLIB_PATH=$(ls /tmp/ort/lib/libonnxruntime.so.1.*) LD_LIBRARY_PATH=/tmp/ort/lib:$LD_LIBRARY_PATH:/usr/local/cuda/lib64\nmkdir -p models .cache/media target/release\ncp /tmp/assets/nanodet.onnx models/ && cp /tmp/assets/*.mp4 /tmp/assets/*.png .cache/media/\ncp gpu-payload/vigil target/release/vigil\n\"$@\"\n",
+        "#!/usr/bin/env bash\n# On the GPU machine, after the four parts were copied to /tmp/ort and /tmp/assets:\n# the runtime environment, the assets in place, then the command given.\nsource gpu-payload/gst/env.sh\nexport ORT_DYLIB_PATH=$(ls /tmp/ort/lib/libonnxruntime.so.1.*) LD_LIBRARY_PATH=/tmp/ort/lib:$LD_LIBRARY_PATH:/usr/local/cuda/lib64\nmkdir -p models .cache/media target/release\ncp /tmp/assets/*.onnx models/ && cp /tmp/assets/*.mp4 /tmp/assets/*.png .cache/media/\ncp gpu-payload/vigil target/release/vigil\n\"$@\"\n",
     )?;
     step("packing ONNX Runtime 1.31.1 with its CUDA 13 provider, in parts");
     let ort = std::env::temp_dir().join("vigil-ort-cuda");
@@ -431,6 +431,7 @@ fn gpu_payload() -> Result<()> {
     std::fs::copy(ort.join("ort-cuda/unpack.sh"), media.join("unpack.sh"))?;
     for f in [
         "models/nanodet.onnx",
+        "models/nanodet-int8.onnx",
         ".cache/media/astronaut.png",
         ".cache/media/vtest-30s.mp4",
         ".cache/media/vtest-1080p30.mp4",
