@@ -178,6 +178,9 @@ fn check_config(file: &std::path::Path) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    // A crash in a native library (GStreamer, CUDA, ONNX Runtime) leaves a backtrace naming it on
+    // the standard error (the journal) before the process dies as it would have.
+    vigil_dataplane::ffi::crash::install();
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::CheckConfig { file } => check_config(&file),

@@ -1,5 +1,5 @@
 //! The command line: `check-config` exit codes and messages, `run` refusing a bad file, `ota
-//! keygen | pack | verify`.
+//! keygen | pack | verify`, the report of a fatal signal.
 
 use crate::common;
 
@@ -219,4 +219,43 @@ fn engines_list_build_and_prune_say_what_is_here() {
     let p = run(&["prune"]);
     assert!(p.status.success());
     assert!(String::from_utf8_lossy(&p.stdout).contains("removed 0 engine(s)"));
+}
+
+/// A fatal signal leaves a report on the standard error (the signal, the thread, a backtrace
+/// whose frames name their module), then the process dies of that signal as it would have
+/// (exit status, core). `rtsp-serve` has GStreamer initialised and its plugins loaded: the
+/// report's handler must still be the one in place.
+#[test]
+fn a_fatal_signal_leaves_a_backtrace_then_kills_as_before() {
+    use std::os::unix::process::ExitStatusExt;
+    for (name, number) in [("SEGV", 11), ("ABRT", 6)] {
+        let port = common::free_port();
+        let server = Command::new(common::vigil_bin())
+            .args(["rtsp-serve", "--port", &port.to_string(), "--file"])
+            .arg(common::asset(".cache/media/vtest-30s.mp4"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        common::wait_port(port, Duration::from_secs(20));
+        let kill = Command::new("kill")
+            .args([&format!("-{name}"), &server.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        let out = server.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.signal(), Some(number), "{name}: {err}");
+        assert!(
+            err.contains(&format!(
+                "vigil: fatal SIG{name} (sent by a process) in thread \""
+            )),
+            "{name}: {err}"
+        );
+        // Frames naming their module: the binary's (the handler at least) and a native
+        // library's (whichever thread took the signal, it was in libc: a wait, a poll).
+        assert!(err.contains("vigil(+0x"), "{name}: {err}");
+        assert!(err.contains("libc.so.6("), "{name}: {err}");
+        assert!(err.contains("vigil: end of the report"), "{name}: {err}");
+    }
 }

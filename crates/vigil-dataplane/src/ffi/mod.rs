@@ -4,6 +4,7 @@
 //! holds. Everything else in the workspace is safe Rust (`cargo xtask tidy` checks the list of
 //! files).
 //!
+//! - [`crash`]: a report with a native backtrace when the process dies of a fatal signal.
 //! - [`cuda`]: the CUDA driver calls cudarc has no safe function for (driver presence, context
 //!   flags, event tracking, capture mode, dangling captures, stream sync, pinned memory) and the
 //!   typed device-memory views the kernel launches take instead of raw pointers.
@@ -19,6 +20,7 @@
 //! - [`rusage`]: CPU time used, from `getrusage(2)`.
 //! - [`statvfs`]: free space of a file system, from `statvfs(3)`.
 
+pub mod crash;
 pub mod cuda;
 pub mod gst_cuda;
 // Jetson `memory:NVMM` frames: compiled with the `jetson` feature only (CI compiles it; no
