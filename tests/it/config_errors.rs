@@ -261,6 +261,7 @@ fn lobby_camera() -> CameraConfig {
             cooldown: Dur::secs(10),
             anchor: Anchor::Center,
             inertia: 3,
+            leave_margin: 0.5,
         }],
         lines: vec![LineConfig {
             name: "door-line".into(),

@@ -543,6 +543,9 @@ impl AnalysisWorker {
                 };
                 dets.retain(|d| d.score >= cam.tracker.config().low_thresh);
                 let out = cam.tracker.update(dets);
+                let f = &frames[k];
+                cam.rules
+                    .set_frame_size(f.width() as u32, f.height() as u32);
                 cam.rules.update(t, out.active, out.removed, &mut hits);
                 publish_counts(&cam.rules, &cam.stats, &mut cam.counts_last);
                 // A frame that fired events gets its picture, the events' tracks highlighted.

@@ -95,6 +95,29 @@ pub fn point_in_polygon(poly: &[Point], p: Point) -> bool {
     inside
 }
 
+/// Distance from `p` to the nearest edge of `poly`, with x scaled by `sx` first (a frame's
+/// width / height: the distance is then in units of the frame's height, as pixels measure it).
+pub fn distance_to_polygon(poly: &[Point], p: Point, sx: f32) -> f32 {
+    let n = poly.len();
+    let mut best = f32::INFINITY;
+    let mut j = n.wrapping_sub(1);
+    for i in 0..n {
+        let (a, b) = (poly[j], poly[i]);
+        let (ax, ay, bx, by, px, py) = (a[0] * sx, a[1], b[0] * sx, b[1], p[0] * sx, p[1]);
+        let (dx, dy) = (bx - ax, by - ay);
+        let len2 = dx * dx + dy * dy;
+        let t = if len2 > 0.0 {
+            (((px - ax) * dx + (py - ay) * dy) / len2).clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        let (qx, qy) = (ax + t * dx - px, ay + t * dy - py);
+        best = best.min((qx * qx + qy * qy).sqrt());
+        j = i;
+    }
+    best
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,6 +138,19 @@ mod tests {
         assert!(point_in_polygon(&sq, [0.5, 0.5]));
         assert!(!point_in_polygon(&sq, [0.95, 0.5]));
         assert!(point_in_polygon(&sq, [0.9, 0.5]));
+    }
+
+    #[test]
+    fn distance_to_polygon_is_to_the_nearest_edge_in_pixel_proportions() {
+        let sq = [[0.2, 0.2], [0.6, 0.2], [0.6, 0.6], [0.2, 0.6]];
+        // Beside an edge, beyond a corner, on an edge.
+        assert!((distance_to_polygon(&sq, [0.7, 0.4], 1.0) - 0.1).abs() < 1e-6);
+        assert!((distance_to_polygon(&sq, [0.7, 0.7], 1.0) - 0.02f32.sqrt()).abs() < 1e-6);
+        assert!(distance_to_polygon(&sq, [0.6, 0.4], 1.0) < 1e-6);
+        // A 16:9 frame: 0.1 of the width is 0.178 of the height.
+        assert!((distance_to_polygon(&sq, [0.7, 0.4], 16.0 / 9.0) - 0.1 * 16.0 / 9.0).abs() < 1e-6);
+        // Inside, the distance is to the nearest edge as well.
+        assert!((distance_to_polygon(&sq, [0.25, 0.4], 1.0) - 0.05).abs() < 1e-6);
     }
 
     #[test]

@@ -17,7 +17,11 @@
 //!   frames after being inside (the stay ends at the first of them), or when the track is
 //!   removed (left the frame or died) while inside (the stay ends when it was last seen); a
 //!   track that is lost but not yet removed stays inside. With `inertia` = 1 a transition
-//!   fires at once; jitter at the edge shorter than `inertia` frames fires nothing. `dwell`
+//!   fires at once; jitter at the edge shorter than `inertia` frames fires nothing. A point
+//!   counts as outside a zone it is in only beyond `leave_margin` widths of the track's box
+//!   from the polygon (measured in the frame's pixel proportions, [`RuleEngine::set_frame_size`]),
+//!   unless the box touches the picture's border: someone standing on the edge, feet a little in
+//!   and a little out for longer than the inertia, does not leave and enter again. `dwell`
 //!   fires once per continuous stay, the first frame the stay has lasted `dwell` seconds; a new
 //!   stay (after leaving) can fire it again. Points on the polygon's edge are inside. Enter
 //!   fires `dwell_s: None`; dwell and leave report the stay's length.
@@ -37,7 +41,7 @@
 //! track is reported removed; if a new track finds every slot taken, the slot seen least
 //! recently is reused (its state is dropped without events).
 
-use super::geometry::{Point, cross, point_in_polygon, segments_intersect};
+use super::geometry::{Point, cross, distance_to_polygon, point_in_polygon, segments_intersect};
 use super::tracker::TrackView;
 use super::{BBox, MAX_HITS, MAX_TRACKS, coco_class_id};
 use crate::config::{Anchor, LineConfig, LineDirection, ZoneConfig, ZoneEventKind};
@@ -118,6 +122,8 @@ enum Shape {
         dwell: Option<f64>,
         /// Frames inside (outside) before `enter` (`leave`).
         inertia: u32,
+        /// Box widths outside the polygon that a point inside must go to count as outside.
+        leave_margin: f32,
     },
     Line {
         from: Point,
@@ -203,6 +209,9 @@ pub struct RuleEngine {
     dropped_hits: u64,
     /// Per rule, the line crossings emitted: `[in, out]` (zones: unused).
     crossings: Vec<[u64; 2]>,
+    /// The frame's width / height: distances (a zone's `leave_margin`) are measured in pixels'
+    /// proportions, not in the normalised units, which stretch one axis. 1 until told.
+    aspect: f32,
 }
 
 /// What a rule looks like and what it has counted, for drawing it ([`RuleEngine::shapes`]).
@@ -243,6 +252,7 @@ impl RuleEngine {
                         .filter(|_| has(ZoneEventKind::Dwell))
                         .map(|d| d.as_secs_f64()),
                     inertia: z.inertia.max(1),
+                    leave_margin: z.leave_margin.max(0.0),
                 },
                 classes: class_filter(&z.classes),
                 min_score: z.min_score.unwrap_or(camera_min_score),
@@ -274,6 +284,7 @@ impl RuleEngine {
             states,
             frame: 0,
             dropped_hits: 0,
+            aspect: 1.0,
         }
     }
 
@@ -335,6 +346,13 @@ impl RuleEngine {
         self.dropped_hits
     }
 
+    /// The frames' size in pixels (for the zones' `leave_margin`); ignored if either is 0.
+    pub fn set_frame_size(&mut self, width: u32, height: u32) {
+        if width > 0 && height > 0 {
+            self.aspect = width as f32 / height as f32;
+        }
+    }
+
     /// Forgets every track, firing nothing.
     pub fn reset(&mut self) {
         self.slots = [None; MAX_TRACKS];
@@ -352,6 +370,7 @@ impl RuleEngine {
         if n == 0 {
             return;
         }
+        let aspect = self.aspect;
         for tv in tracks {
             let slot = self.slot_for(tv.id);
             let first_t = self.slots[slot]
@@ -405,8 +424,17 @@ impl RuleEngine {
                         leave,
                         dwell,
                         inertia,
+                        leave_margin,
                     } => {
-                        let now_inside = point_in_polygon(polygon, p);
+                        let mut now_inside = point_in_polygon(polygon, p);
+                        if st.inside && !now_inside && *leave_margin > 0.0 && !at_border(&tv.bbox) {
+                            // Inside until clearly out: a point within the margin of the edge
+                            // still counts as inside (x in units of the frame's height). Not for
+                            // a box at the picture's border: leaving the picture, the person
+                            // could not get clear of a zone drawn near it.
+                            let margin = leave_margin * (tv.bbox.x2 - tv.bbox.x1) * aspect;
+                            now_inside = distance_to_polygon(polygon, p, aspect) <= margin;
+                        }
                         st.seen = true;
                         if now_inside == st.inside {
                             st.streak = 0;
@@ -612,6 +640,12 @@ fn side_crossing(side: i8) -> Crossing {
     }
 }
 
+/// A box touching the picture's border (within 1 % of it): its object is partly out of view.
+fn at_border(b: &BBox) -> bool {
+    const EDGE: f32 = 0.01;
+    b.x1 <= EDGE || b.y1 <= EDGE || b.x2 >= 1.0 - EDGE || b.y2 >= 1.0 - EDGE
+}
+
 fn anchor_point(b: &BBox, anchor: Anchor) -> Point {
     let cx = (b.x1 + b.x2) * 0.5;
     match anchor {
@@ -627,8 +661,10 @@ mod tests {
 
     fn zone(name: &str, polygon: &[[f32; 2]]) -> ZoneConfig {
         ZoneConfig {
-            // Most tests look at one frame's transition; inertia has its own tests.
+            // Most tests look at one frame's transition; inertia and the leave margin have their
+            // own tests.
             inertia: 1,
+            leave_margin: 0.0,
             name: name.into(),
             polygon: polygon.to_vec(),
             classes: vec![],
@@ -1045,6 +1081,117 @@ mod tests {
             vec![(2, HitKind::ZoneEnter), (8, HitKind::ZoneLeave)]
         );
         assert!((got[1].2.unwrap() - 1.2).abs() < 1e-6, "{got:?}");
+    }
+
+    /// A track at `(x, y)` each frame in `SQUARE`'s zone with inertia 3 and the given leave
+    /// margin, in frames of `aspect`: (frame, kind).
+    fn margin_run(margin: f32, aspect: (u32, u32), path: &[(f32, f32)]) -> Vec<(usize, HitKind)> {
+        let mut z = zone("z", &SQUARE);
+        z.inertia = 3;
+        z.leave_margin = margin;
+        let mut e = RuleEngine::new(&[z], &[], 0.3);
+        e.set_frame_size(aspect.0, aspect.1);
+        let mut hits = RuleHits::new();
+        let mut out = Vec::new();
+        for (i, &(x, y)) in path.iter().enumerate() {
+            e.update(i as f64 * 0.2, &[tv(1, x, y)], &[], &mut hits);
+            out.extend(hits.iter().map(|h| (i, h.kind)));
+        }
+        out
+    }
+
+    #[test]
+    fn a_person_standing_on_a_zone_edge_leaves_only_when_clearly_out() {
+        // In the zone (its left edge at x = 0.4), then standing on the edge with the feet
+        // (box 0.1 wide) 0.02 outside for four frames, then inside again: with inertia alone that
+        // is a leave and a new enter; a margin of half a box width (0.05) keeps the stay whole.
+        let edge = [
+            (0.5, 0.5),
+            (0.45, 0.5),
+            (0.42, 0.5),
+            (0.38, 0.5),
+            (0.38, 0.5),
+            (0.38, 0.5),
+            (0.38, 0.5),
+            (0.42, 0.5),
+            (0.43, 0.5),
+            (0.45, 0.5),
+        ];
+        assert_eq!(
+            margin_run(0.0, (1, 1), &edge),
+            vec![
+                (2, HitKind::ZoneEnter),
+                (5, HitKind::ZoneLeave),
+                (9, HitKind::ZoneEnter)
+            ]
+        );
+        assert_eq!(
+            margin_run(0.5, (1, 1), &edge),
+            vec![(2, HitKind::ZoneEnter)]
+        );
+        // Walking out past the margin: one leave, at the third frame beyond it (x 0.34 is 0.06
+        // out); the frame within the margin (0.38) does not start the count.
+        let out = [
+            (0.5, 0.5),
+            (0.5, 0.5),
+            (0.5, 0.5),
+            (0.38, 0.5),
+            (0.34, 0.5),
+            (0.3, 0.5),
+            (0.25, 0.5),
+            (0.2, 0.5),
+        ];
+        assert_eq!(
+            margin_run(0.5, (1, 1), &out),
+            vec![(2, HitKind::ZoneEnter), (6, HitKind::ZoneLeave)]
+        );
+        // Entering is not delayed: the first frames inside count, however near the edge.
+        let enter = [(0.3, 0.5), (0.41, 0.5), (0.41, 0.5), (0.41, 0.5)];
+        assert_eq!(
+            margin_run(0.5, (1, 1), &enter),
+            vec![(3, HitKind::ZoneEnter)]
+        );
+    }
+
+    #[test]
+    fn leaving_the_picture_through_a_zone_at_its_border_needs_no_margin() {
+        // A zone 0.02 from the picture's left border: a person walking out of the picture can
+        // never get half a box width clear of it. Once their box touches the border, any point
+        // outside counts.
+        let mut z = zone("door", &[[0.02, 0.4], [0.3, 0.4], [0.3, 0.6], [0.02, 0.6]]);
+        z.inertia = 3;
+        z.leave_margin = 0.5;
+        let mut e = RuleEngine::new(&[z], &[], 0.3);
+        let mut hits = RuleHits::new();
+        let mut got = Vec::new();
+        for (i, x) in [0.1, 0.1, 0.1, 0.015, 0.015, 0.015].into_iter().enumerate() {
+            e.update(i as f64 * 0.2, &[tv(1, x, 0.5)], &[], &mut hits);
+            got.extend(hits.iter().map(|h| (i, h.kind)));
+        }
+        assert_eq!(got, vec![(2, HitKind::ZoneEnter), (5, HitKind::ZoneLeave)]);
+    }
+
+    #[test]
+    fn the_leave_margin_is_measured_in_the_frames_pixel_proportions() {
+        // Feet 0.06 of the height below the zone's bottom edge (y = 0.6) for three frames. The
+        // margin is half the box's width, 0.05 of the frame's width: 0.05 of its height in a
+        // square frame (so 0.06 is out: a leave), 0.089 in a 16:9 one (still inside).
+        let below = [
+            (0.5, 0.5),
+            (0.5, 0.5),
+            (0.5, 0.5),
+            (0.5, 0.66),
+            (0.5, 0.66),
+            (0.5, 0.66),
+        ];
+        assert_eq!(
+            margin_run(0.5, (1000, 1000), &below),
+            vec![(2, HitKind::ZoneEnter), (5, HitKind::ZoneLeave)]
+        );
+        assert_eq!(
+            margin_run(0.5, (1920, 1080), &below),
+            vec![(2, HitKind::ZoneEnter)]
+        );
     }
 
     #[test]

@@ -852,6 +852,18 @@ pub(super) fn check_zone_events(c: &mut Checker, zp: &str, zone: &ZoneConfig) {
             ),
         );
     }
+    if !(zone.leave_margin.is_finite()
+        && (0.0..=super::schema::MAX_LEAVE_MARGIN).contains(&zone.leave_margin))
+    {
+        c.err(
+            format!("{zp}.leave_margin"),
+            format!(
+                "leave_margin of {} (expected 0 to {} widths of the track's box)",
+                zone.leave_margin,
+                super::schema::MAX_LEAVE_MARGIN
+            ),
+        );
+    }
     let dwell_event = zone.events.iter().position(|&e| e == ZoneEventKind::Dwell);
     match (dwell_event, zone.dwell) {
         (Some(k), None) => c.err(

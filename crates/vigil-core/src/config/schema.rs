@@ -823,7 +823,20 @@ pub struct ZoneConfig {
     /// `leave` (1 = at once): jitter at the zone's edge fires nothing.
     #[serde(default = "default_inertia")]
     pub inertia: u32,
+    /// How far outside the zone a track's anchor must be for the frame to count as outside
+    /// (towards `leave`), in widths of the track's box: a person standing on the edge, their
+    /// feet a little in and a little out, neither leaves nor enters again. 0 = any point outside.
+    #[serde(default = "default_leave_margin")]
+    pub leave_margin: f32,
 }
+
+/// Chosen on the eval set (benches/RESULTS.md, "Zone edges"): half a box width.
+pub fn default_leave_margin() -> f32 {
+    0.5
+}
+
+/// The most `leave_margin` a zone may have (box widths).
+pub const MAX_LEAVE_MARGIN: f32 = 5.0;
 
 /// Frigate's default: 3 analysed frames.
 pub fn default_inertia() -> u32 {
