@@ -440,7 +440,7 @@ fn gpu_payload() -> Result<()> {
         std::fs::copy(&from, media.join(from.file_name().expect("a file")))?;
     }
     println!(
-        "send {} (each: mkdir -p /tmp/ort && cp gpu-parts-XX/part-* /tmp/ort/), then gpu-parts-media (mkdir -p /tmp/assets && cp gpu-parts-media/*.{{mp4,png,onnx}} /tmp/assets/ && bash gpu-parts-media/unpack.sh /tmp/ort), back to back, one folder a call; then carry gpu-payload and run e.g. `bash gpu-payload/run.sh gpu-payload/it-test gpu_probe:: --nocapture` (the filter keeps it to the GPU tests)",
+        "send {} (each: mkdir -p /tmp/ort && cp gpu-parts-XX/part-* /tmp/ort/), then gpu-parts-media (mkdir -p /tmp/assets && cp gpu-parts-media/*.{{mp4,png,onnx}} /tmp/assets/ && bash gpu-parts-media/unpack.sh /tmp/ort), back to back, one folder a call; then carry gpu-payload and run e.g. `bash gpu-payload/run.sh gpu-payload/it-test gpu_probe:: --nocapture` (the filter keeps it to the GPU tests); or, in fewer calls, benches/device.sh's stages",
         sent.join(", ")
     );
     Ok(())
