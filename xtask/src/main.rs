@@ -666,6 +666,9 @@ fn demo(args: &[String]) -> Result<()> {
         .context("python3 -m http.server")?;
     kids.0.push(("update server".into(), www));
     wait_port(fleet_port, Duration::from_secs(10))?;
+    // Listening before the rollout points the box at it (else the box's first download try is
+    // refused: a warning at the demo's start, and a retry).
+    wait_port(www_port, Duration::from_secs(10))?;
     {
         let (url, sha, pw) = (
             format!("http://127.0.0.1:{www_port}/{}", ota.bundle),
