@@ -8,8 +8,10 @@
 //! After the report the signal's previous disposition is put back and the signal delivered again
 //! (a fault re-executes; a sent or raised signal is raised anew), so the process still dies as it
 //! would have: Rust's stack-overflow message where that was the cause, the exit status and a
-//! core dump where the system keeps them. Only glibc has `backtrace(3)`: elsewhere
-//! [`install`] does nothing.
+//! core dump where the system keeps them (checked with a stack overflow, in the main thread and
+//! in a spawned one: the report, Rust's "has overflowed its stack", then SIGABRT as without the
+//! report). One backtrace per process: a signal after a report (that abort) writes one line.
+//! Only glibc has `backtrace(3)`: elsewhere [`install`] does nothing.
 
 /// The signals reported.
 const FATAL: [libc::c_int; 5] = [
@@ -35,6 +37,10 @@ pub fn install() {
 mod imp {
     use super::FATAL;
     use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Set by the first report.
+    static REPORTED: AtomicBool = AtomicBool::new(false);
 
     unsafe extern "C" {
         // glibc's <execinfo.h>; the libc crate does not declare them.
@@ -95,6 +101,22 @@ mod imp {
         unsafe { libc::write(2, s.as_ptr().cast(), s.len()) };
     }
 
+    /// Writes `v` in decimal without allocating.
+    fn put_dec(v: u64) {
+        let mut buf = [0u8; 20];
+        let mut i = buf.len();
+        let mut v = v;
+        loop {
+            i -= 1;
+            buf[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        put(&buf[i..]);
+    }
+
     /// Writes `v` in hexadecimal without allocating.
     fn put_hex(v: usize) {
         let mut buf = [0u8; 18];
@@ -129,16 +151,38 @@ mod imp {
     extern "C" fn on_fatal(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
         put(b"\nvigil: fatal ");
         put(name(sig));
-        // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
+        // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler; si_pid is only
+        // read for the codes that fill it (SI_USER, SI_TKILL).
         let (code, addr) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
         // A fault has si_code > 0; kill(2), tgkill(2) and raise(3) give SI_USER/SI_TKILL (<= 0).
         let sent = code <= 0;
         if sent {
-            put(b" (sent by a process)");
+            // SAFETY: as above; getpid(2) is async-signal-safe.
+            let (from, me) = unsafe { ((*info).si_pid(), libc::getpid()) };
+            if from == me {
+                put(b" (raised by this process: abort or raise)");
+            } else {
+                put(b" (sent by process ");
+                put_dec(from as u64);
+                put(b")");
+            }
         } else {
             put(b" at address ");
             put_hex(addr);
         }
+        // One backtrace per process: a signal that follows a report (Rust's stack-overflow
+        // handler aborts after the fault was reported, on the same alternate stack, which a
+        // second unwinding could overflow) only says so.
+        if REPORTED.swap(true, Ordering::SeqCst) {
+            put(b", after the report above\n");
+        } else {
+            report();
+        }
+        finish(sig, sent);
+    }
+
+    /// The thread's name and the backtrace.
+    fn report() {
         let mut thread = [0u8; 17];
         // SAFETY: PR_GET_NAME writes at most 16 bytes and a NUL into the 17-byte buffer.
         unsafe { libc::prctl(libc::PR_GET_NAME, thread.as_mut_ptr()) };
@@ -153,6 +197,10 @@ mod imp {
         // SAFETY: `frames[..n]` were filled by backtrace; the _fd variant does not allocate.
         unsafe { backtrace_symbols_fd(frames.as_ptr(), n, 2) };
         put(b"vigil: end of the report\n");
+    }
+
+    /// The death the signal would have brought.
+    fn finish(sig: libc::c_int, sent: bool) {
         if sent || sig == libc::SIGABRT {
             // Not a fault that re-executes on return: the default action (death, core), raised
             // again and delivered once this handler returns (the signal is blocked while it
@@ -172,5 +220,52 @@ mod imp {
             // SAFETY: `prev.0[i]` is the disposition read for this signal at install.
             unsafe { libc::sigaction(sig, &prev.0[i], std::ptr::null_mut()) };
         }
+    }
+}
+
+#[cfg(all(test, target_os = "linux", target_env = "gnu"))]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+
+    /// Recursion that no optimisation turns into a loop: a page of stack per call, used after
+    /// the call returns.
+    fn deep(n: u64) -> u64 {
+        let local = std::hint::black_box([n as u8; 4096]);
+        if n == u64::MAX {
+            return 0;
+        }
+        deep(n + 1) + u64::from(local[7])
+    }
+
+    /// Run again as a child process (this test binary, this test only), which installs the
+    /// report and overflows a thread's stack: the report, then Rust's own message and its abort,
+    /// as without the report; one backtrace.
+    #[test]
+    fn a_stack_overflow_is_reported_then_dies_as_before() {
+        if std::env::var_os("VIGIL_CRASH_CHILD").is_some() {
+            super::install();
+            let _ = std::thread::spawn(|| deep(0)).join();
+            unreachable!("the stack overflowed");
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "ffi::crash::tests::a_stack_overflow_is_reported_then_dies_as_before",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("VIGIL_CRASH_CHILD", "1")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.signal(), Some(libc::SIGABRT), "{err}");
+        assert!(err.contains("vigil: fatal SIGSEGV at address 0x"), "{err}");
+        assert!(err.contains("vigil: end of the report"), "{err}");
+        assert!(err.contains("has overflowed its stack"), "{err}");
+        assert!(
+            err.contains("vigil: fatal SIGABRT (raised by this process: abort or raise), after the report above"),
+            "{err}"
+        );
+        assert_eq!(err.matches("backtrace (module").count(), 1, "{err}");
     }
 }
