@@ -69,14 +69,14 @@ fn counts_at_the_default_analysis_rate_do_not_regress() {
     let (hits, truth, dup, dir, fp, sw) = summary(vtest);
     assert_eq!(truth, 47);
     // The CPU runs the configs' `cpu_path`, NanoDet in int8 (`vigil eval`'s default
-    // `--cpu-model`). Measured: 46 hits, 1 duplicate (a second box beside person B became a
-    // track of its own and crossed plaza-west 0.2 s after him), 0 direction errors, 0 false
-    // positives, 8 id switches. The float model (`--cpu-model none`): 45 hits, 0 duplicates,
-    // 1 false positive, 6 id switches (benches/RESULTS.md, "int8 on the CPU").
+    // `--cpu-model`). Measured: 46 hits, 0 duplicates, 0 direction errors, 0 false positives,
+    // 7 id switches. Before the tracker matched followed tracks ahead of lost ones: 1 duplicate
+    // (a lost track took person B's box for a frame and crossed plaza-west 0.2 s before B's own
+    // track) and 8 switches (benches/RESULTS.md, "Tracked before lost").
     assert!(hits >= 45, "vtest at 5 fps: {hits}/{truth} hits\n{vtest:#}");
-    assert!(dup <= 1 && dir == 0, "vtest at 5 fps\n{vtest:#}");
+    assert!(dup == 0 && dir == 0, "vtest at 5 fps\n{vtest:#}");
     assert!(fp <= 1, "vtest at 5 fps: {fp} false positives\n{vtest:#}");
-    assert!(sw <= 9, "vtest at 5 fps: {sw} id switches\n{vtest:#}");
+    assert!(sw <= 8, "vtest at 5 fps: {sw} id switches\n{vtest:#}");
     // bikes.mp4 is a montage of shots under a second long: at 5 fps a tracker confirms
     // almost nobody before the cut (measured: 1 of 7). It is scored at every frame below.
     let (hits, truth, dup, _, fp, _) = summary(clip(&v, "bikes"));
