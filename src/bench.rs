@@ -280,6 +280,11 @@ pub(crate) fn run_to_end(cfg: &Config) -> Result<FileRun> {
 #[derive(serde::Deserialize)]
 struct BaselineSummary {
     loop_cpu_s: f64,
+    /// The clip's size (the zones' leave margin is measured in its proportions).
+    #[serde(default)]
+    width: u32,
+    #[serde(default)]
+    height: u32,
 }
 
 #[derive(serde::Deserialize)]
@@ -329,6 +334,7 @@ fn run_baseline(
         ..TrackerConfig::default()
     });
     let mut engine = RuleEngine::new(&rules.zones, &rules.lines, min_score);
+    engine.set_frame_size(summary.width, summary.height);
     let mut hits = RuleHits::new();
     let mut all = Vec::new();
     let mut frames = 0;

@@ -123,7 +123,7 @@ def main():
     # CPU of the whole process (all threads) over the frame loop: start-up (imports, model load)
     # excluded.
     loop_cpu_s = time.process_time() - c0
-    print(json.dumps({"frames": frames, "fps": fps, "wall_s": time.perf_counter() - t0, "loop_cpu_s": loop_cpu_s, "ort": ort.__version__}))
+    print(json.dumps({"frames": frames, "fps": fps, "width": int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), "height": int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)), "wall_s": time.perf_counter() - t0, "loop_cpu_s": loop_cpu_s, "ort": ort.__version__}))
 
 
 if __name__ == "__main__":

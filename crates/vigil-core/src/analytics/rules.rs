@@ -20,7 +20,7 @@
 //!   fires at once; jitter at the edge shorter than `inertia` frames fires nothing. A point
 //!   counts as outside a zone it is in only beyond `leave_margin` widths of the track's box
 //!   from the polygon (measured in the frame's pixel proportions, [`RuleEngine::set_frame_size`]),
-//!   unless the box touches the picture's border: someone standing on the edge, feet a little in
+//!   unless the box touches the picture's left, right or bottom border: someone standing on the edge, feet a little in
 //!   and a little out for longer than the inertia, does not leave and enter again. `dwell`
 //!   fires once per continuous stay, the first frame the stay has lasted `dwell` seconds; a new
 //!   stay (after leaving) can fire it again. Points on the polygon's edge are inside. Enter
@@ -640,10 +640,12 @@ fn side_crossing(side: i8) -> Crossing {
     }
 }
 
-/// A box touching the picture's border (within 1 % of it): its object is partly out of view.
+/// A box touching the picture's left, right or bottom border (within 1 % of it): its object is
+/// leaving the picture there. Not the top: a head cut off by the top of the picture (someone
+/// near the camera) says nothing about where the feet are.
 fn at_border(b: &BBox) -> bool {
     const EDGE: f32 = 0.01;
-    b.x1 <= EDGE || b.y1 <= EDGE || b.x2 >= 1.0 - EDGE || b.y2 >= 1.0 - EDGE
+    b.x1 <= EDGE || b.x2 >= 1.0 - EDGE || b.y2 >= 1.0 - EDGE
 }
 
 fn anchor_point(b: &BBox, anchor: Anchor) -> Point {
@@ -1192,6 +1194,35 @@ mod tests {
             margin_run(0.5, (1920, 1080), &below),
             vec![(2, HitKind::ZoneEnter)]
         );
+        // Sideways in 16:9: feet 0.06 of the width left of the zone's left edge (x = 0.4) are
+        // 0.107 of the height away, beyond the margin of 0.089: a leave (measured in normalised
+        // units, 0.06 < 0.089, it would not be).
+        let left = [
+            (0.5, 0.5),
+            (0.5, 0.5),
+            (0.5, 0.5),
+            (0.34, 0.5),
+            (0.34, 0.5),
+            (0.34, 0.5),
+        ];
+        assert_eq!(
+            margin_run(0.5, (1920, 1080), &left),
+            vec![(2, HitKind::ZoneEnter), (5, HitKind::ZoneLeave)]
+        );
+        // A box whose top is cut off by the picture's edge keeps the margin.
+        let mut z = zone("z", &SQUARE);
+        z.inertia = 1;
+        z.leave_margin = 0.5;
+        let mut e = RuleEngine::new(&[z], &[], 0.3);
+        let mut hits = RuleHits::new();
+        let tall = |x: f32| TrackView {
+            bbox: BBox::new(x - 0.05, 0.0, x + 0.05, 0.5),
+            ..tv(1, x, 0.5)
+        };
+        e.update(0.0, &[tall(0.5)], &[], &mut hits);
+        assert_eq!(hits.len(), 1, "enter");
+        e.update(0.2, &[tall(0.38)], &[], &mut hits);
+        assert!(hits.is_empty(), "0.02 out, within the margin: {hits:?}");
     }
 
     #[test]

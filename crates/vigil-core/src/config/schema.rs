@@ -830,7 +830,8 @@ pub struct ZoneConfig {
     pub leave_margin: f32,
 }
 
-/// Chosen on the eval set (benches/RESULTS.md, "Zone edges"): half a box width.
+/// Half a box width: the eval set scores the same with it as without, and the demo zone's two
+/// leave-then-enter flickers at its edge are gone (benches/RESULTS.md, "Zone edges").
 pub fn default_leave_margin() -> f32 {
     0.5
 }

@@ -11,7 +11,12 @@
 //! core dump where the system keeps them (checked with a stack overflow, in the main thread and
 //! in a spawned one: the report, Rust's "has overflowed its stack", then SIGABRT as without the
 //! report). One backtrace per process: a signal after a report (that abort) writes one line.
-//! Only glibc has `backtrace(3)`: elsewhere [`install`] does nothing.
+//! Limits: the report of a fault in a Rust thread runs on Rust's small alternate signal stack
+//! (8 KiB or more): it fits on x86-64 (the test below), but a deeper unwinder could overflow
+//! it, and the process then dies of SIGSEGV without Rust's message; a stack overflow in a thread
+//! started by a C library (GStreamer, ONNX Runtime, CUDA), which has no alternate stack, gets no
+//! report. A SIGSEGV *sent* by another process now kills at once (Rust's own handler let the
+//! first one pass). Only glibc has `backtrace(3)`: elsewhere [`install`] does nothing.
 
 /// The signals reported.
 const FATAL: [libc::c_int; 5] = [
@@ -52,13 +57,9 @@ mod imp {
         );
     }
 
-    /// Each signal's disposition before ours, set once before any handler is installed.
+    /// Each signal's disposition before ours, set once before any handler is installed (plain
+    /// data: handler addresses, flags, masks).
     struct Previous([libc::sigaction; FATAL.len()]);
-    // SAFETY: plain data (handler addresses, flags, masks) written once before the handlers
-    // that read it are installed, never written again.
-    unsafe impl Sync for Previous {}
-    // SAFETY: as above: plain data, no pointer into anything a thread owns.
-    unsafe impl Send for Previous {}
     static PREVIOUS: OnceLock<Previous> = OnceLock::new();
 
     /// True on the first call, which installed the handlers.
@@ -146,18 +147,19 @@ mod imp {
         }
     }
 
-    /// The handler: only async-signal-safe calls (write, prctl, sigaction, raise, and glibc's
-    /// backtrace after its first call).
+    /// The handler: async-signal-safe calls (write, prctl, getpid, sigaction, raise), and
+    /// glibc's backtrace, which its manual does not list as such (its first call loads libgcc_s,
+    /// done at install): a best effort in a process that is dying anyway.
     extern "C" fn on_fatal(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
         put(b"\nvigil: fatal ");
         put(name(sig));
-        // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler; si_pid is only
-        // read for the codes that fill it (SI_USER, SI_TKILL).
+        // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
         let (code, addr) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
-        // A fault has si_code > 0; kill(2), tgkill(2) and raise(3) give SI_USER/SI_TKILL (<= 0).
+        // A fault has si_code > 0; a signal from user space has one <= 0: kill(2) SI_USER,
+        // sigqueue(3) SI_QUEUE, tgkill(2) and raise(3) SI_TKILL (which fill si_pid), or another.
         let sent = code <= 0;
-        if sent {
-            // SAFETY: as above; getpid(2) is async-signal-safe.
+        if matches!(code, libc::SI_USER | libc::SI_QUEUE | libc::SI_TKILL) {
+            // SAFETY: these codes fill si_pid; getpid(2) is async-signal-safe.
             let (from, me) = unsafe { ((*info).si_pid(), libc::getpid()) };
             if from == me {
                 put(b" (raised by this process: abort or raise)");
@@ -166,6 +168,10 @@ mod imp {
                 put_dec(from as u64);
                 put(b")");
             }
+        } else if sent {
+            put(b" (sent from user space, si_code ");
+            put_dec(code.unsigned_abs() as u64);
+            put(b" below 0)");
         } else {
             put(b" at address ");
             put_hex(addr);
@@ -184,7 +190,7 @@ mod imp {
     /// The thread's name and the backtrace.
     fn report() {
         let mut thread = [0u8; 17];
-        // SAFETY: PR_GET_NAME writes at most 16 bytes and a NUL into the 17-byte buffer.
+        // SAFETY: PR_GET_NAME writes at most 16 bytes, its NUL included, into the buffer.
         unsafe { libc::prctl(libc::PR_GET_NAME, thread.as_mut_ptr()) };
         let len = thread.iter().position(|&b| b == 0).unwrap_or(16);
         put(b" in thread \"");
@@ -247,7 +253,10 @@ mod tests {
             let _ = std::thread::spawn(|| deep(0)).join();
             unreachable!("the stack overflowed");
         }
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
+        // Through sh for `ulimit -c 0`: the child's death leaves no core file behind.
+        let out = std::process::Command::new("sh")
+            .args(["-c", "ulimit -c 0 && exec \"$0\" \"$@\""])
+            .arg(std::env::current_exe().unwrap())
             .args([
                 "--exact",
                 "ffi::crash::tests::a_stack_overflow_is_reported_then_dies_as_before",
