@@ -47,8 +47,10 @@ mod imp {
     /// Set by the first report.
     static REPORTED: AtomicBool = AtomicBool::new(false);
 
+    // SAFETY: the declarations are glibc's own, from <execinfo.h> (the libc crate does not
+    // declare them): `int backtrace(void **, int)` and `void backtrace_symbols_fd(void *const *,
+    // int, int)`, in libc.so.6, which every glibc build links.
     unsafe extern "C" {
-        // glibc's <execinfo.h>; the libc crate does not declare them.
         fn backtrace(buffer: *mut *mut libc::c_void, size: libc::c_int) -> libc::c_int;
         fn backtrace_symbols_fd(
             buffer: *const *mut libc::c_void,
@@ -102,37 +104,20 @@ mod imp {
         unsafe { libc::write(2, s.as_ptr().cast(), s.len()) };
     }
 
-    /// Writes `v` in decimal without allocating.
-    fn put_dec(v: u64) {
+    /// Writes `v` in base `radix` (10 or 16, lower-case digits) without allocating.
+    fn put_num(v: u64, radix: u64) {
+        // 20 digits hold u64::MAX in decimal, 16 in hexadecimal.
         let mut buf = [0u8; 20];
         let mut i = buf.len();
         let mut v = v;
         loop {
             i -= 1;
-            buf[i] = b'0' + (v % 10) as u8;
-            v /= 10;
+            buf[i] = b"0123456789abcdef"[(v % radix) as usize];
+            v /= radix;
             if v == 0 {
                 break;
             }
         }
-        put(&buf[i..]);
-    }
-
-    /// Writes `v` in hexadecimal without allocating.
-    fn put_hex(v: usize) {
-        let mut buf = [0u8; 18];
-        let mut i = buf.len();
-        let mut v = v;
-        loop {
-            i -= 1;
-            buf[i] = b"0123456789abcdef"[v & 0xf];
-            v >>= 4;
-            if v == 0 {
-                break;
-            }
-        }
-        i -= 2;
-        buf[i..i + 2].copy_from_slice(b"0x");
         put(&buf[i..]);
     }
 
@@ -165,16 +150,16 @@ mod imp {
                 put(b" (raised by this process: abort or raise)");
             } else {
                 put(b" (sent by process ");
-                put_dec(from as u64);
+                put_num(from as u64, 10);
                 put(b")");
             }
         } else if sent {
             put(b" (sent from user space, si_code ");
-            put_dec(code.unsigned_abs() as u64);
+            put_num(u64::from(code.unsigned_abs()), 10);
             put(b" below 0)");
         } else {
-            put(b" at address ");
-            put_hex(addr);
+            put(b" at address 0x");
+            put_num(addr as u64, 16);
         }
         // One backtrace per process: a signal that follows a report (Rust's stack-overflow
         // handler aborts after the fault was reported, on the same alternate stack, which a
