@@ -19,9 +19,10 @@
 //!   track that is lost but not yet removed stays inside. With `inertia` = 1 a transition
 //!   fires at once; jitter at the edge shorter than `inertia` frames fires nothing. A point
 //!   counts as outside a zone it is in only beyond `leave_margin` widths of the track's box
-//!   from the polygon (measured in the frame's pixel proportions, [`RuleEngine::set_frame_size`]),
-//!   unless the box touches the picture's left, right or bottom border: someone standing on the edge, feet a little in
-//!   and a little out for longer than the inertia, does not leave and enter again. `dwell`
+//!   from the polygon (measured in the frame's pixel proportions,
+//!   [`RuleEngine::set_frame_size`]), unless the box touches the picture's left, right or bottom
+//!   border: someone standing on the edge, feet a little in and a little out for longer than the
+//!   inertia, does not leave and enter again. `dwell`
 //!   fires once per continuous stay, the first frame the stay has lasted `dwell` seconds; a new
 //!   stay (after leaving) can fire it again. Points on the polygon's edge are inside. Enter
 //!   fires `dwell_s: None`; dwell and leave report the stay's length.
@@ -1038,19 +1039,30 @@ mod tests {
         assert_eq!(counted, vec![(1, 0)]);
     }
 
+    /// Zone `z` alone, in frames of `size` (pixels), over one track's views, a frame every 0.2 s:
+    /// (frame, kind, dwell_s) of each hit.
+    fn zone_run(
+        z: ZoneConfig,
+        size: (u32, u32),
+        views: impl IntoIterator<Item = TrackView>,
+    ) -> Vec<(usize, HitKind, Option<f32>)> {
+        let mut e = RuleEngine::new(&[z], &[], 0.3);
+        e.set_frame_size(size.0, size.1);
+        let mut hits = RuleHits::new();
+        let mut out = Vec::new();
+        for (i, v) in views.into_iter().enumerate() {
+            e.update(i as f64 * 0.2, &[v], &[], &mut hits);
+            out.extend(hits.iter().map(|h| (i, h.kind, h.dwell_s)));
+        }
+        out
+    }
+
     /// A track moving along x through `SQUARE`'s zone with the given inertia: (frame, kind).
     fn inertia_run(inertia: u32, xs: &[f32]) -> Vec<(usize, HitKind, Option<f32>)> {
         let mut z = zone("z", &SQUARE);
         z.inertia = inertia;
         z.events = vec![ZoneEventKind::Enter, ZoneEventKind::Leave];
-        let mut e = RuleEngine::new(&[z], &[], 0.3);
-        let mut hits = RuleHits::new();
-        let mut out = Vec::new();
-        for (i, &x) in xs.iter().enumerate() {
-            e.update(i as f64 * 0.2, &[tv(1, x, 0.45)], &[], &mut hits);
-            out.extend(hits.iter().map(|h| (i, h.kind, h.dwell_s)));
-        }
-        out
+        zone_run(z, (1, 1), xs.iter().map(|&x| tv(1, x, 0.45)))
     }
 
     #[test]
@@ -1091,15 +1103,11 @@ mod tests {
         let mut z = zone("z", &SQUARE);
         z.inertia = 3;
         z.leave_margin = margin;
-        let mut e = RuleEngine::new(&[z], &[], 0.3);
-        e.set_frame_size(aspect.0, aspect.1);
-        let mut hits = RuleHits::new();
-        let mut out = Vec::new();
-        for (i, &(x, y)) in path.iter().enumerate() {
-            e.update(i as f64 * 0.2, &[tv(1, x, y)], &[], &mut hits);
-            out.extend(hits.iter().map(|h| (i, h.kind)));
-        }
-        out
+        let views = path.iter().map(|&(x, y)| tv(1, x, y));
+        zone_run(z, aspect, views)
+            .into_iter()
+            .map(|(i, kind, _)| (i, kind))
+            .collect()
     }
 
     #[test]
@@ -1163,14 +1171,15 @@ mod tests {
         let mut z = zone("door", &[[0.02, 0.4], [0.3, 0.4], [0.3, 0.6], [0.02, 0.6]]);
         z.inertia = 3;
         z.leave_margin = 0.5;
-        let mut e = RuleEngine::new(&[z], &[], 0.3);
-        let mut hits = RuleHits::new();
-        let mut got = Vec::new();
-        for (i, x) in [0.1, 0.1, 0.1, 0.015, 0.015, 0.015].into_iter().enumerate() {
-            e.update(i as f64 * 0.2, &[tv(1, x, 0.5)], &[], &mut hits);
-            got.extend(hits.iter().map(|h| (i, h.kind)));
-        }
-        assert_eq!(got, vec![(2, HitKind::ZoneEnter), (5, HitKind::ZoneLeave)]);
+        let xs = [0.1, 0.1, 0.1, 0.015, 0.015, 0.015];
+        let got = zone_run(z, (1, 1), xs.map(|x| tv(1, x, 0.5)));
+        assert_eq!(
+            got,
+            vec![
+                (2, HitKind::ZoneEnter, None),
+                (5, HitKind::ZoneLeave, Some(0.6))
+            ]
+        );
     }
 
     #[test]
@@ -1213,16 +1222,13 @@ mod tests {
         let mut z = zone("z", &SQUARE);
         z.inertia = 1;
         z.leave_margin = 0.5;
-        let mut e = RuleEngine::new(&[z], &[], 0.3);
-        let mut hits = RuleHits::new();
         let tall = |x: f32| TrackView {
             bbox: BBox::new(x - 0.05, 0.0, x + 0.05, 0.5),
             ..tv(1, x, 0.5)
         };
-        e.update(0.0, &[tall(0.5)], &[], &mut hits);
-        assert_eq!(hits.len(), 1, "enter");
-        e.update(0.2, &[tall(0.38)], &[], &mut hits);
-        assert!(hits.is_empty(), "0.02 out, within the margin: {hits:?}");
+        // Entered on the first frame; 0.02 out on the second, within the margin: no leave.
+        let got = zone_run(z, (1, 1), [tall(0.5), tall(0.38)]);
+        assert_eq!(got, vec![(0, HitKind::ZoneEnter, None)]);
     }
 
     #[test]
